@@ -1,0 +1,262 @@
+//! The region's binary layout: a versioned header followed by offset-addressed tables.
+//!
+//! Every type here is `#[repr(C)]` and holds only atomics and plain integers: no pointers, so the
+//! region means the same at whatever address each process maps it. Sections are found through
+//! offsets computed from the [`Geometry`] by `const` functions; a reader recomputes them and
+//! checks them against the header before trusting anything.
+
+use crossbeam_utils::CachePadded;
+use std::mem::size_of;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+/// `b"NGXPOOL1"` read as a little-endian integer.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"NGXPOOL1");
+/// Bumped on any change of layout or message format; both sides must agree exactly.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Bytes at the start of each chunk reserved for its chain link and fill length.
+pub const CHUNK_HEADER: u32 = 16;
+/// Alignment of every section and of the chunk stride.
+pub const SECTION_ALIGN: u64 = 128;
+
+/// The sizes a region is built with. Chosen by poold, published in the header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Request slots: the most requests in flight (queued + running) at once.
+    pub slots: u32,
+    /// Size of one chunk, header included; a multiple of [`SECTION_ALIGN`].
+    pub chunk_size: u32,
+    /// Chunks in the arena.
+    pub chunks: u32,
+    /// The most nginx workers attached at once.
+    pub max_conns: u32,
+    /// The most pool workers; sizes the per-worker table.
+    pub max_workers: u32,
+}
+
+impl Geometry {
+    /// Request-queue capacity: a power of two at least `slots`, so a push never finds it full
+    /// while the pusher holds a slot.
+    pub const fn queue_cap(&self) -> u32 {
+        (self.slots as u64).next_power_of_two() as u32
+    }
+    /// Payload bytes per chunk.
+    pub const fn chunk_data(&self) -> u32 {
+        self.chunk_size - CHUNK_HEADER
+    }
+    /// Bytes one request or response may occupy at once: a quarter of the arena, so that one
+    /// large message cannot starve every other request.
+    pub const fn message_limit(&self) -> u64 {
+        (self.chunks as u64 / 4) * self.chunk_data() as u64
+    }
+    pub const fn slots_offset(&self) -> u64 {
+        align(size_of::<Header>() as u64)
+    }
+    pub const fn conns_offset(&self) -> u64 {
+        align(self.slots_offset() + self.slots as u64 * size_of::<Slot>() as u64)
+    }
+    pub const fn workers_offset(&self) -> u64 {
+        align(self.conns_offset() + self.max_conns as u64 * size_of::<Conn>() as u64)
+    }
+    pub const fn queue_offset(&self) -> u64 {
+        align(self.workers_offset() + self.max_workers as u64 * size_of::<WorkerEntry>() as u64)
+    }
+    pub const fn chunks_offset(&self) -> u64 {
+        align(self.queue_offset() + self.queue_cap() as u64 * size_of::<Cell>() as u64)
+    }
+    /// Total bytes of the region.
+    pub const fn region_size(&self) -> u64 {
+        self.chunks_offset() + self.chunks as u64 * self.chunk_size as u64
+    }
+    /// Checks the values are usable; returns what is wrong otherwise.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if self.slots == 0 || self.slots > 1 << 20 {
+            return Err("slots must be 1..=1048576");
+        }
+        if self.chunk_size < 1024
+            || self.chunk_size > 1 << 24
+            || self.chunk_size as u64 % SECTION_ALIGN != 0
+        {
+            return Err("chunk size must be a multiple of 128 between 1 KiB and 16 MiB");
+        }
+        if self.chunks < 8 || self.chunks > 1 << 24 {
+            return Err("chunks must be 8..=16777216");
+        }
+        if self.max_conns == 0 || self.max_conns > 4096 {
+            return Err("max_conns must be 1..=4096");
+        }
+        if self.max_workers == 0 || self.max_workers > 4096 {
+            return Err("max_workers must be 1..=4096");
+        }
+        if self.region_size() > 1 << 40 {
+            return Err("region larger than 1 TiB");
+        }
+        Ok(())
+    }
+}
+
+const fn align(n: u64) -> u64 {
+    n.div_ceil(SECTION_ALIGN) * SECTION_ALIGN
+}
+
+/// Start of the region. Immutable fields are written once by poold before the region is shared.
+#[repr(C)]
+pub struct Header {
+    pub magic: u64,
+    pub version: u32,
+    pub header_size: u32,
+    pub geometry: Geometry,
+    pub region_size: u64,
+    /// poold's pid, for log lines.
+    pub poold_pid: u32,
+    _pad: u32,
+    /// Futex word idle pool workers sleep on; bumped by a producer that saw sleepers.
+    pub work_seq: CachePadded<AtomicU32>,
+    /// How many pool workers are (about to be) asleep on `work_seq`.
+    pub sleepers: CachePadded<AtomicU32>,
+    /// Free-list head of slots (tag << 32 | index + 1).
+    pub slot_free: CachePadded<AtomicU64>,
+    /// Free-list head of chunks (tag << 32 | index + 1).
+    pub chunk_free: CachePadded<AtomicU64>,
+    /// Request queue producer and consumer positions.
+    pub enqueue_pos: CachePadded<AtomicU64>,
+    pub dequeue_pos: CachePadded<AtomicU64>,
+    /// Counters, for status and leak checks.
+    pub stats: Stats,
+}
+
+/// Monotonic counters kept in the region (relaxed; for reporting only).
+#[repr(C)]
+#[derive(Default)]
+pub struct Stats {
+    pub accepted: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub rejected_full: AtomicU64,
+    pub abandoned: AtomicU64,
+    pub slots_in_use: AtomicU64,
+    pub chunks_in_use: AtomicU64,
+}
+
+/// One request slot. `state` owns everything else: a side reads the other fields only after an
+/// Acquire load of `state` that saw the value published by the writer's Release.
+#[repr(C)]
+pub struct Slot {
+    pub state: AtomicU64,
+    /// Index and generation of the nginx connection that owns the request.
+    pub conn: AtomicU32,
+    pub conn_gen: AtomicU32,
+    /// Index of the pool worker running it (valid in `Running`).
+    pub worker: AtomicU32,
+    /// Why it failed (a [`crate::slot::FailReason`] code), in `Failed`.
+    pub fail_reason: AtomicU32,
+    pub req_head: AtomicU32,
+    pub resp_head: AtomicU32,
+    pub req_len: AtomicU64,
+    pub resp_len: AtomicU64,
+    /// Milliseconds (CLOCK_MONOTONIC) when a worker took it; for deadlines and status.
+    pub started_ms: AtomicU64,
+    /// Free-list link (index + 1, 0 = end).
+    pub next_free: AtomicU32,
+    _pad: AtomicU32,
+}
+
+/// One attached nginx worker.
+#[repr(C)]
+pub struct Conn {
+    /// `gen << 1 | active`. Written by poold only.
+    pub state: AtomicU64,
+    pub pid: AtomicU32,
+    /// Set by a completer before it writes the eventfd; cleared by the nginx worker before it
+    /// scans. A completer writes the eventfd only when it turned this from 0 to 1.
+    pub wake_pending: AtomicU32,
+    _pad: [u64; 6],
+}
+
+/// One pool worker, as poold and the worker itself report it.
+#[repr(C)]
+pub struct WorkerEntry {
+    pub pid: AtomicU32,
+    /// A [`crate::slot::WorkerState`] code.
+    pub state: AtomicU32,
+    pub served: AtomicU64,
+    /// Slot index + 1 of the request it runs, 0 when idle.
+    pub current: AtomicU32,
+    _pad: AtomicU32,
+    pub started_ms: AtomicU64,
+    _pad2: [u64; 4],
+}
+
+/// A request-queue cell (Vyukov's bounded MPMC queue).
+#[repr(C)]
+pub struct Cell {
+    pub seq: AtomicU64,
+    pub value: AtomicU64,
+}
+
+/// The start of every chunk.
+#[repr(C)]
+pub struct ChunkHead {
+    /// Next chunk of the same chain (index + 1, 0 = end).
+    pub next: AtomicU32,
+    /// Bytes of payload filled.
+    pub len: AtomicU32,
+    /// Free-list link (index + 1, 0 = end).
+    pub next_free: AtomicU32,
+    _pad: AtomicU32,
+}
+
+const _: () = assert!(size_of::<ChunkHead>() == CHUNK_HEADER as usize);
+const _: () = assert!(size_of::<Slot>() == 64);
+const _: () = assert!(size_of::<Conn>() == 64);
+const _: () = assert!(size_of::<WorkerEntry>() == 64);
+
+impl Header {
+    /// Values for a fresh header; the atomics start at their empty values.
+    pub fn new(geometry: Geometry, poold_pid: u32) -> Self {
+        Header {
+            magic: MAGIC,
+            version: LAYOUT_VERSION,
+            header_size: size_of::<Header>() as u32,
+            geometry,
+            region_size: geometry.region_size(),
+            poold_pid,
+            _pad: 0,
+            work_seq: Default::default(),
+            sleepers: Default::default(),
+            slot_free: Default::default(),
+            chunk_free: Default::default(),
+            enqueue_pos: Default::default(),
+            dequeue_pos: Default::default(),
+            stats: Stats::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_are_aligned_and_ordered() {
+        let g = Geometry {
+            slots: 100,
+            chunk_size: 16384,
+            chunks: 64,
+            max_conns: 8,
+            max_workers: 4,
+        };
+        g.validate().unwrap();
+        assert_eq!(g.queue_cap(), 128);
+        let offs = [
+            g.slots_offset(),
+            g.conns_offset(),
+            g.workers_offset(),
+            g.queue_offset(),
+            g.chunks_offset(),
+        ];
+        assert!(offs.windows(2).all(|w| w[0] < w[1]));
+        assert!(offs.iter().all(|o| o % SECTION_ALIGN == 0));
+        assert_eq!(g.region_size(), g.chunks_offset() + 64 * 16384);
+    }
+}

@@ -1,0 +1,252 @@
+//! The request and response formats carried in chunk chains (little-endian, length-prefixed).
+//!
+//! ```text
+//! request  = u8 format, str8 method, str32 uri, u8 major, u8 minor, str16 client,
+//!            u32 n, n × (str16 name, str32 value), u64 body_len, body
+//! response = u16 status, u32 n, n × (str16 name, str32 value), u64 body_len, body
+//! ```
+//! Encoders write into any `io::Write` (a [`crate::chain::ChainWriter`]); decoders borrow from a
+//! byte slice and check every length against what is left, so arbitrary bytes give an error,
+//! never a panic.
+
+use std::io::{self, Write};
+
+pub const REQUEST_FORMAT: u8 = 1;
+
+/// What went wrong decoding a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(pub &'static str);
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "malformed message: {}", self.0)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// The parts of a request before its body.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    pub method: &'a [u8],
+    pub uri: &'a [u8],
+    pub version: (u8, u8),
+    pub client: &'a [u8],
+    pub headers: &'a [(&'a [u8], &'a [u8])],
+}
+
+/// A decoded request, borrowing from the message bytes.
+#[derive(Debug, Clone)]
+pub struct RequestView<'a> {
+    pub method: &'a [u8],
+    pub uri: &'a [u8],
+    pub version: (u8, u8),
+    pub client: &'a [u8],
+    pub headers: Vec<(&'a [u8], &'a [u8])>,
+    pub body: &'a [u8],
+}
+
+/// A decoded response, borrowing from the message bytes.
+#[derive(Debug, Clone)]
+pub struct ResponseView<'a> {
+    pub status: u16,
+    pub headers: Vec<(&'a [u8], &'a [u8])>,
+    pub body: &'a [u8],
+}
+
+fn put_str(w: &mut impl Write, s: &[u8], width: usize) -> io::Result<()> {
+    let too_long = || io::Error::new(io::ErrorKind::InvalidInput, "field too long");
+    match width {
+        1 => w.write_all(&[u8::try_from(s.len()).map_err(|_| too_long())?])?,
+        2 => w.write_all(&u16::try_from(s.len()).map_err(|_| too_long())?.to_le_bytes())?,
+        _ => w.write_all(&u32::try_from(s.len()).map_err(|_| too_long())?.to_le_bytes())?,
+    }
+    w.write_all(s)
+}
+
+fn put_headers(w: &mut impl Write, headers: &[(&[u8], &[u8])]) -> io::Result<()> {
+    w.write_all(&(headers.len() as u32).to_le_bytes())?;
+    for (name, value) in headers {
+        put_str(w, name, 2)?;
+        put_str(w, value, 4)?;
+    }
+    Ok(())
+}
+
+/// Writes a request head; the caller then writes exactly `body_len` body bytes.
+pub fn encode_request_head(w: &mut impl Write, head: &RequestHead<'_>, body_len: u64) -> io::Result<()> {
+    w.write_all(&[REQUEST_FORMAT])?;
+    put_str(w, head.method, 1)?;
+    put_str(w, head.uri, 4)?;
+    w.write_all(&[head.version.0, head.version.1])?;
+    put_str(w, head.client, 2)?;
+    put_headers(w, head.headers)?;
+    w.write_all(&body_len.to_le_bytes())
+}
+
+/// Writes a response head; the caller then writes exactly `body_len` body bytes.
+pub fn encode_response_head(
+    w: &mut impl Write,
+    status: u16,
+    headers: &[(&[u8], &[u8])],
+    body_len: u64,
+) -> io::Result<()> {
+    w.write_all(&status.to_le_bytes())?;
+    put_headers(w, headers)?;
+    w.write_all(&body_len.to_le_bytes())
+}
+
+/// A bounds-checked cursor over untrusted bytes.
+struct Cursor<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if n > self.rest.len() {
+            return Err(DecodeError("truncated"));
+        }
+        let (a, b) = self.rest.split_at(n);
+        self.rest = b;
+        Ok(a)
+    }
+    fn int<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        Ok(self.take(N)?.try_into().expect("take returned N bytes"))
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.int::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(self.int()?))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.int()?))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.int()?))
+    }
+    fn str(&mut self, width: usize) -> Result<&'a [u8], DecodeError> {
+        let n = match width {
+            1 => self.u8()? as usize,
+            2 => self.u16()? as usize,
+            _ => self.u32()? as usize,
+        };
+        self.take(n)
+    }
+    fn headers(&mut self) -> Result<Vec<(&'a [u8], &'a [u8])>, DecodeError> {
+        let n = self.u32()? as usize;
+        // Each header takes at least 6 bytes: refuse counts the data cannot hold before
+        // allocating for them.
+        if n > self.rest.len() / 6 {
+            return Err(DecodeError("header count exceeds message"));
+        }
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = self.str(2)?;
+            let value = self.str(4)?;
+            out.push((name, value));
+        }
+        Ok(out)
+    }
+    fn body(&mut self) -> Result<&'a [u8], DecodeError> {
+        let n = self.u64()?;
+        if n != self.rest.len() as u64 {
+            return Err(DecodeError("body length disagrees with message length"));
+        }
+        self.take(n as usize)
+    }
+}
+
+pub fn decode_request(bytes: &[u8]) -> Result<RequestView<'_>, DecodeError> {
+    let mut c = Cursor { rest: bytes };
+    if c.u8()? != REQUEST_FORMAT {
+        return Err(DecodeError("unknown request format"));
+    }
+    let method = c.str(1)?;
+    let uri = c.str(4)?;
+    let version = (c.u8()?, c.u8()?);
+    let client = c.str(2)?;
+    let headers = c.headers()?;
+    let body = c.body()?;
+    Ok(RequestView {
+        method,
+        uri,
+        version,
+        client,
+        headers,
+        body,
+    })
+}
+
+pub fn decode_response(bytes: &[u8]) -> Result<ResponseView<'_>, DecodeError> {
+    let mut c = Cursor { rest: bytes };
+    let status = c.u16()?;
+    if !(100..=999).contains(&status) {
+        return Err(DecodeError("status out of range"));
+    }
+    let headers = c.headers()?;
+    for (name, value) in &headers {
+        if name.is_empty() || !name.iter().all(|b| b.is_ascii_graphic() && *b != b':') {
+            return Err(DecodeError("invalid header name"));
+        }
+        if value.iter().any(|b| *b == b'\r' || *b == b'\n' || *b == 0) {
+            return Err(DecodeError("invalid header value"));
+        }
+    }
+    let body = c.body()?;
+    Ok(ResponseView { status, headers, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trip() {
+        let headers: &[(&[u8], &[u8])] = &[(b"Host", b"x"), (b"X-A", b"1"), (b"X-A", b"2")];
+        let head = RequestHead {
+            method: b"POST",
+            uri: b"/a?b=c",
+            version: (1, 1),
+            client: b"127.0.0.1",
+            headers,
+        };
+        let mut buf = Vec::new();
+        encode_request_head(&mut buf, &head, 3).unwrap();
+        buf.extend_from_slice(b"abc");
+        let v = decode_request(&buf).unwrap();
+        assert_eq!(v.method, b"POST");
+        assert_eq!(v.uri, b"/a?b=c");
+        assert_eq!(v.headers, headers);
+        assert_eq!(v.body, b"abc");
+    }
+
+    #[test]
+    fn response_round_trip_and_rejects_injection() {
+        let mut buf = Vec::new();
+        encode_response_head(&mut buf, 201, &[(b"A", b"b")], 2).unwrap();
+        buf.extend_from_slice(b"hi");
+        let v = decode_response(&buf).unwrap();
+        assert_eq!((v.status, v.body), (201, &b"hi"[..]));
+        let mut bad = Vec::new();
+        encode_response_head(&mut bad, 200, &[(b"A", b"b\r\nSet-Cookie: x")], 0).unwrap();
+        assert!(decode_response(&bad).is_err());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut x: u64 = 0x9E3779B97F4A7C15;
+        for len in 0..2000usize {
+            let bytes: Vec<u8> = (0..len % 200)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let _ = decode_request(&bytes);
+            let _ = decode_response(&bytes);
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The mapped region: creation by poold, attachment by everyone else, and bounds-checked access.
+//!
+//! This module and [`crate::sys`] hold all of the crate's `unsafe`. The invariants they rest on:
+//!
+//! 1. The mapping is `MAP_SHARED`, at least `geometry.region_size()` bytes long, and lives as long
+//!    as the `Region` (memmap2 unmaps on drop).
+//! 2. Every table entry handed out as a reference is in bounds per the *local* copy of the
+//!    geometry, taken once at attach time and validated; later writes to the header by another
+//!    process cannot move our bounds.
+//! 3. References are only ever to `#[repr(C)]` types made of atomics (interior mutability),
+//!    so other processes writing to them concurrently is not a data race. Chunk payload bytes
+//!    are never referenced: they are copied in and out with raw copies, and the ownership
+//!    protocol (slot state, Acquire/Release) decides who may write them.
+
+use crate::layout::{Cell, ChunkHead, Conn, Geometry, Header, Slot, WorkerEntry};
+use crate::layout::{CHUNK_HEADER, LAYOUT_VERSION, MAGIC};
+use memmap2::{MmapOptions, MmapRaw};
+use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::mem::size_of;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering;
+
+/// Why a region could not be attached.
+#[derive(Debug)]
+pub enum AttachError {
+    Io(io::Error),
+    TooSmall(u64),
+    BadMagic,
+    Version { found: u32, expected: u32 },
+    Geometry(&'static str),
+    SizeMismatch { header: u64, file: u64 },
+}
+
+impl std::fmt::Display for AttachError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttachError::Io(e) => write!(f, "{e}"),
+            AttachError::TooSmall(n) => write!(f, "region of {n} bytes is too small"),
+            AttachError::BadMagic => write!(f, "not an ngx-pool region (bad magic)"),
+            AttachError::Version { found, expected } => write!(
+                f,
+                "region layout version {found}, this build speaks {expected}: rebuild poold and the module together"
+            ),
+            AttachError::Geometry(why) => write!(f, "bad geometry in region header: {why}"),
+            AttachError::SizeMismatch { header, file } => {
+                write!(f, "header says {header} bytes, memfd has {file}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for AttachError {}
+
+impl From<io::Error> for AttachError {
+    fn from(e: io::Error) -> Self {
+        AttachError::Io(e)
+    }
+}
+
+/// A mapped pool region.
+pub struct Region {
+    map: MmapRaw,
+    fd: OwnedFd,
+    geometry: Geometry,
+}
+
+// SAFETY: the region is only accessed through atomics and raw byte copies (invariant 3), which are
+// sound from any thread; `MmapRaw` itself is just an address and a length.
+unsafe impl Send for Region {}
+// SAFETY: as above; `&Region` hands out only `&` to atomic-only types.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// Creates and initialises a fresh region in a new memfd (poold's side).
+    pub fn create(name: &str, geometry: Geometry, poold_pid: u32) -> io::Result<Region> {
+        geometry
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let cname = CString::new(format!("ngx-pool:{name}"))
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in pool name"))?;
+        let fd = memfd_create(&cname, MemFdCreateFlag::MFD_CLOEXEC)?;
+        let file = File::from(fd);
+        file.set_len(geometry.region_size())?;
+        let map = MmapOptions::new()
+            .len(geometry.region_size() as usize)
+            .map_raw(&file)?;
+        // SAFETY: the mapping is fresh, zero-filled, exclusively ours (not yet shared) and at least
+        // `size_of::<Header>()` bytes; `Header` is `repr(C)` and its zero-initialised atomics are
+        // valid, so writing a whole value over it is sound.
+        unsafe { std::ptr::write(map.as_mut_ptr().cast::<Header>(), Header::new(geometry, poold_pid)) };
+        let region = Region {
+            map,
+            fd: file.into(),
+            geometry,
+        };
+        region.init_tables();
+        Ok(region)
+    }
+
+    /// Maps a region received from poold and validates its header (an nginx worker's side).
+    pub fn attach(fd: OwnedFd) -> Result<Region, AttachError> {
+        let file = File::from(fd);
+        let file_len = file.metadata()?.len();
+        if file_len < size_of::<Header>() as u64 {
+            return Err(AttachError::TooSmall(file_len));
+        }
+        let map = MmapOptions::new().len(file_len as usize).map_raw(&file)?;
+        // SAFETY: the mapping holds at least a `Header` (checked above). We copy plain integer
+        // fields out with unaligned-safe reads of a page-aligned address; concurrent writes to
+        // them by a buggy peer could only give us wrong numbers, which we validate next.
+        let (magic, version, geometry, region_size) = unsafe {
+            let h = map.as_ptr().cast::<Header>();
+            (
+                std::ptr::read_volatile(std::ptr::addr_of!((*h).magic)),
+                std::ptr::read_volatile(std::ptr::addr_of!((*h).version)),
+                std::ptr::read_volatile(std::ptr::addr_of!((*h).geometry)),
+                std::ptr::read_volatile(std::ptr::addr_of!((*h).region_size)),
+            )
+        };
+        if magic != MAGIC {
+            return Err(AttachError::BadMagic);
+        }
+        if version != LAYOUT_VERSION {
+            return Err(AttachError::Version {
+                found: version,
+                expected: LAYOUT_VERSION,
+            });
+        }
+        geometry.validate().map_err(AttachError::Geometry)?;
+        if region_size != geometry.region_size() || file_len < region_size {
+            return Err(AttachError::SizeMismatch {
+                header: region_size,
+                file: file_len,
+            });
+        }
+        Ok(Region {
+            map,
+            fd: file.into(),
+            geometry,
+        })
+    }
+
+    /// Links every slot and chunk into its free list and primes the queue's sequence numbers.
+    fn init_tables(&self) {
+        let g = self.geometry;
+        for i in 0..g.slots {
+            let next = if i + 1 < g.slots { i + 2 } else { 0 };
+            self.slot(i).unwrap().next_free.store(next, Ordering::Relaxed);
+        }
+        for i in 0..g.chunks {
+            let next = if i + 1 < g.chunks { i + 2 } else { 0 };
+            self.chunk_head(i).unwrap().next_free.store(next, Ordering::Relaxed);
+        }
+        for i in 0..g.queue_cap() {
+            self.cell(i).unwrap().seq.store(i as u64, Ordering::Relaxed);
+        }
+        let h = self.header();
+        h.slot_free.store(1, Ordering::Relaxed);
+        h.chunk_free.store(1, Ordering::Relaxed);
+        // Release: publishes the initialised tables to whoever attaches after the fd is sent.
+        std::sync::atomic::fence(Ordering::Release);
+    }
+
+    /// The geometry as validated when this process created or attached the region.
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// The memfd, to pass to another process.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    pub fn header(&self) -> &Header {
+        // SAFETY: invariant 1 (the mapping holds a Header) and 3 (we only use its atomics after
+        // attach; the plain fields were copied out and validated).
+        unsafe { &*self.map.as_ptr().cast::<Header>() }
+    }
+
+    /// Entry `index` of a table of `count` `T`s at `offset`, or `None` out of bounds.
+    fn entry<T>(&self, offset: u64, count: u32, index: u32) -> Option<&T> {
+        if index >= count {
+            return None;
+        }
+        let at = offset + index as u64 * size_of::<T>() as u64;
+        debug_assert!(at + size_of::<T>() as u64 <= self.geometry.region_size());
+        // SAFETY: `index < count` and the table lies inside the mapping by the validated geometry
+        // (invariants 1 and 2); sections are 128-byte aligned and T's size keeps entries aligned;
+        // T is an atomic-only repr(C) type (invariant 3).
+        Some(unsafe { &*self.map.as_ptr().add(at as usize).cast::<T>() })
+    }
+
+    pub fn slot(&self, index: u32) -> Option<&Slot> {
+        let g = self.geometry;
+        self.entry(g.slots_offset(), g.slots, index)
+    }
+
+    pub fn conn(&self, index: u32) -> Option<&Conn> {
+        let g = self.geometry;
+        self.entry(g.conns_offset(), g.max_conns, index)
+    }
+
+    pub fn worker(&self, index: u32) -> Option<&WorkerEntry> {
+        let g = self.geometry;
+        self.entry(g.workers_offset(), g.max_workers, index)
+    }
+
+    pub fn cell(&self, index: u32) -> Option<&Cell> {
+        let g = self.geometry;
+        self.entry(g.queue_offset(), g.queue_cap(), index)
+    }
+
+    pub fn chunk_head(&self, index: u32) -> Option<&ChunkHead> {
+        if index >= self.geometry.chunks {
+            return None;
+        }
+        let at = self.chunk_offset(index);
+        // SAFETY: as in `entry`: in bounds, chunk stride is a multiple of 128, ChunkHead is
+        // atomic-only.
+        Some(unsafe { &*self.map.as_ptr().add(at).cast::<ChunkHead>() })
+    }
+
+    fn chunk_offset(&self, index: u32) -> usize {
+        let g = self.geometry;
+        (g.chunks_offset() + index as u64 * g.chunk_size as u64) as usize
+    }
+
+    /// Copies `data` into chunk `index`'s payload at `at`. Returns false if out of bounds.
+    ///
+    /// The caller must own the chunk (it took it from the free list and has not published it).
+    pub fn chunk_write(&self, index: u32, at: u32, data: &[u8]) -> bool {
+        let cap = self.geometry.chunk_data() as usize;
+        if index >= self.geometry.chunks || at as usize > cap || data.len() > cap - at as usize {
+            return false;
+        }
+        let dst = self.chunk_offset(index) + CHUNK_HEADER as usize + at as usize;
+        // SAFETY: the destination range is inside chunk `index`'s payload (checked above, and the
+        // chunk is inside the mapping by invariant 2). The payload is never referenced, only
+        // copied, so no Rust reference aliases it; `data` is process-local memory.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(dst), data.len())
+        };
+        true
+    }
+
+    /// Copies `out.len()` bytes of chunk `index`'s payload from `at` into `out`. Returns false if
+    /// out of bounds.
+    pub fn chunk_read(&self, index: u32, at: u32, out: &mut [u8]) -> bool {
+        let cap = self.geometry.chunk_data() as usize;
+        if index >= self.geometry.chunks || at as usize > cap || out.len() > cap - at as usize {
+            return false;
+        }
+        let src = self.chunk_offset(index) + CHUNK_HEADER as usize + at as usize;
+        // SAFETY: the source range is inside the mapping (checked above); we copy out into a
+        // local buffer, so a concurrent writer can only make the bytes wrong, which the message
+        // decoder validates.
+        unsafe { std::ptr::copy_nonoverlapping(self.map.as_ptr().add(src), out.as_mut_ptr(), out.len()) };
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn small() -> Geometry {
+        Geometry {
+            slots: 16,
+            chunk_size: 1024,
+            chunks: 64,
+            max_conns: 4,
+            max_workers: 4,
+        }
+    }
+
+    #[test]
+    fn create_then_attach_sees_same_geometry() {
+        let r = Region::create("t", small(), 1).unwrap();
+        let fd = r.fd().try_clone_to_owned().unwrap();
+        let a = Region::attach(fd).unwrap();
+        assert_eq!(a.geometry(), small());
+        assert!(a.slot(15).is_some() && a.slot(16).is_none());
+        assert!(a.chunk_write(0, 0, b"hello"));
+        let mut out = [0u8; 5];
+        assert!(r.chunk_read(0, 0, &mut out));
+        assert_eq!(&out, b"hello");
+        assert!(!a.chunk_write(0, 1000, b"xxxxxxxxxxxxxxxxxxxxxxx"));
+        assert!(!a.chunk_read(64, 0, &mut out));
+    }
+
+    #[test]
+    fn attach_rejects_garbage() {
+        let fd = memfd_create(c"x", MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+        let f = File::from(fd);
+        f.set_len(4096).unwrap();
+        assert!(matches!(Region::attach(f.into()), Err(AttachError::BadMagic)));
+    }
+}

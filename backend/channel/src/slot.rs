@@ -1,0 +1,376 @@
+//! The request slot state machine: allocation, submission, hand-over and release.
+//!
+//! A slot's `state` word is `generation << 32 | state`. It changes only by compare-and-swap (or by
+//! a plain store from the one party that owns the slot exclusively), and every change that hands
+//! the slot to another party is a Release that the taker Acquires. The generation grows on each
+//! allocation, so a completion or a cancellation aimed at an earlier use of the slot fails its
+//! CAS and is dropped.
+//!
+//! ```text
+//!  Free ─alloc (nginx)─▶ Filling ─submit─▶ Queued ─take (pool worker)─▶ Running ─finish─▶ Done
+//!   ▲                                        │                            │  └──fail──▶ Failed
+//!   │                                        └──abandon (nginx)──▶ Abandoned ◀──┘
+//!   └── release: by nginx from Done/Failed, by the pool worker from Abandoned
+//! ```
+
+use crate::chain::free_chain;
+use crate::freelist;
+use crate::queue;
+use crate::region::Region;
+use crate::sys::futex_wake;
+use std::sync::atomic::{fence, Ordering};
+
+/// Where a slot is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SlotState {
+    Free = 0,
+    Filling = 1,
+    Queued = 2,
+    Running = 3,
+    Done = 4,
+    Failed = 5,
+    Abandoned = 6,
+}
+
+impl SlotState {
+    fn from_bits(b: u8) -> Option<SlotState> {
+        Some(match b {
+            0 => SlotState::Free,
+            1 => SlotState::Filling,
+            2 => SlotState::Queued,
+            3 => SlotState::Running,
+            4 => SlotState::Done,
+            5 => SlotState::Failed,
+            6 => SlotState::Abandoned,
+            _ => return None,
+        })
+    }
+}
+
+/// Why the pool side failed a request; decides the status nginx answers with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum FailReason {
+    /// The request could not be decoded (bad message): 502.
+    BadRequest = 1,
+    /// The handler's response did not fit the arena: 502.
+    ResponseTooLarge = 2,
+    /// The worker died while running it: 502.
+    WorkerDied = 3,
+    /// The worker ran past the deadline and was killed: 504.
+    Timeout = 4,
+    /// Anything else: 502.
+    Other = 5,
+}
+
+impl FailReason {
+    pub fn from_code(code: u32) -> FailReason {
+        match code {
+            1 => FailReason::BadRequest,
+            2 => FailReason::ResponseTooLarge,
+            3 => FailReason::WorkerDied,
+            4 => FailReason::Timeout,
+            _ => FailReason::Other,
+        }
+    }
+}
+
+/// What a pool worker reports about itself in the region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum WorkerState {
+    Starting = 0,
+    Idle = 1,
+    Busy = 2,
+    Exited = 3,
+}
+
+/// A slot index with the generation of one use of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SlotId {
+    pub index: u32,
+    pub gen: u32,
+}
+
+impl SlotId {
+    pub fn encode(self) -> u64 {
+        (self.gen as u64) << 32 | self.index as u64
+    }
+    pub fn decode(v: u64) -> SlotId {
+        SlotId {
+            index: v as u32,
+            gen: (v >> 32) as u32,
+        }
+    }
+}
+
+fn word(gen: u32, state: SlotState) -> u64 {
+    (gen as u64) << 32 | state as u64
+}
+
+/// The state of slot `id` as seen now: `None` if the slot is in another generation (or the index
+/// or state bits are corrupt), which means our request no longer owns it.
+pub fn state_of(region: &Region, id: SlotId) -> Option<SlotState> {
+    // Acquire: pairs with the Release of whoever set this state, making the slot's other fields
+    // (response head and length, fail reason) visible.
+    let w = region.slot(id.index)?.state.load(Ordering::Acquire);
+    if (w >> 32) as u32 != id.gen {
+        return None;
+    }
+    SlotState::from_bits(w as u8)
+}
+
+fn transition(region: &Region, id: SlotId, from: SlotState, to: SlotState) -> bool {
+    let Some(slot) = region.slot(id.index) else { return false };
+    // AcqRel: Release publishes what we wrote into the slot to the next owner; Acquire makes
+    // what the previous owner wrote visible to us.
+    slot.state
+        .compare_exchange(word(id.gen, from), word(id.gen, to), Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+}
+
+/// Takes a free slot for a request of nginx connection `conn`, or `None` if all are in use.
+pub fn alloc(region: &Region, conn: u32, conn_gen: u32) -> Option<SlotId> {
+    let g = region.geometry();
+    let h = region.header();
+    let index = freelist::pop(&h.slot_free, g.slots, |i| region.slot(i).map(|s| &s.next_free))?;
+    let slot = region.slot(index)?;
+    let gen = ((slot.state.load(Ordering::Relaxed) >> 32) as u32).wrapping_add(1);
+    slot.conn.store(conn, Ordering::Relaxed);
+    slot.conn_gen.store(conn_gen, Ordering::Relaxed);
+    slot.req_head.store(0, Ordering::Relaxed);
+    slot.resp_head.store(0, Ordering::Relaxed);
+    slot.req_len.store(0, Ordering::Relaxed);
+    slot.resp_len.store(0, Ordering::Relaxed);
+    slot.fail_reason.store(0, Ordering::Relaxed);
+    // Relaxed: the slot came off the free list, so it is ours alone until `submit` publishes it.
+    slot.state.store(word(gen, SlotState::Filling), Ordering::Relaxed);
+    h.stats.slots_in_use.fetch_add(1, Ordering::Relaxed);
+    Some(SlotId { index, gen })
+}
+
+/// Publishes a filled request and wakes a sleeping pool worker if there is one.
+pub fn submit(region: &Region, id: SlotId, req_head: u32, req_len: u64) -> bool {
+    let Some(slot) = region.slot(id.index) else { return false };
+    slot.req_head.store(req_head, Ordering::Relaxed);
+    slot.req_len.store(req_len, Ordering::Relaxed);
+    if !transition(region, id, SlotState::Filling, SlotState::Queued) {
+        return false;
+    }
+    if queue::push(region, id.encode()).is_err() {
+        // Cannot happen while queue capacity >= slots; undo so the caller answers 503.
+        transition(region, id, SlotState::Queued, SlotState::Filling);
+        return false;
+    }
+    let h = region.header();
+    h.stats.accepted.fetch_add(1, Ordering::Relaxed);
+    // SeqCst fence: orders our queue push before the `sleepers` load, against the sleeper's
+    // fetch_add-then-pop in `wait_for_work` (Dekker pattern); one of us must see the other.
+    fence(Ordering::SeqCst);
+    if h.sleepers.load(Ordering::Relaxed) > 0 {
+        h.work_seq.fetch_add(1, Ordering::SeqCst);
+        let _ = futex_wake(&h.work_seq, 1);
+    }
+    true
+}
+
+/// Pool worker: takes the next queued request, skipping ones their nginx side abandoned.
+pub fn take(region: &Region) -> Option<SlotId> {
+    loop {
+        let id = SlotId::decode(queue::pop(region)?);
+        if transition(region, id, SlotState::Queued, SlotState::Running) {
+            return Some(id);
+        }
+        if transition(region, id, SlotState::Abandoned, SlotState::Free) {
+            recycle(region, id.index);
+        }
+    }
+}
+
+/// Pool worker: sleeps until a request may be there (no CPU, no syscalls while none comes).
+pub fn wait_for_work(region: &Region) -> Option<SlotId> {
+    let h = region.header();
+    loop {
+        if let Some(id) = take(region) {
+            return Some(id);
+        }
+        h.sleepers.fetch_add(1, Ordering::SeqCst);
+        // SeqCst fence: pairs with the one in `submit` (see there).
+        fence(Ordering::SeqCst);
+        let seq = h.work_seq.load(Ordering::SeqCst);
+        if let Some(id) = take(region) {
+            h.sleepers.fetch_sub(1, Ordering::SeqCst);
+            return Some(id);
+        }
+        let _ = crate::sys::futex_wait(&h.work_seq, seq, None);
+        h.sleepers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Pool worker: the request is read; returns its chunks to the arena early.
+pub fn drop_request_body(region: &Region, id: SlotId) {
+    let Some(slot) = region.slot(id.index) else { return };
+    let head = slot.req_head.swap(0, Ordering::Relaxed);
+    free_chain(region, head);
+}
+
+/// The outcome of finishing or failing a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Handover {
+    /// Delivered: wake nginx connection `conn` (generation `conn_gen`).
+    Deliver { conn: u32, conn_gen: u32 },
+    /// nginx gave up on it meanwhile; the slot has been released.
+    Abandoned,
+}
+
+/// Pool worker: publishes the response.
+pub fn finish(region: &Region, id: SlotId, resp_head: u32, resp_len: u64) -> Handover {
+    let slot = region.slot(id.index).expect("slot taken from queue is in bounds");
+    slot.resp_head.store(resp_head, Ordering::Relaxed);
+    slot.resp_len.store(resp_len, Ordering::Relaxed);
+    settle(region, id, SlotState::Done)
+}
+
+/// Pool worker or poold: fails the request with `reason`.
+pub fn fail(region: &Region, id: SlotId, reason: FailReason) -> Handover {
+    if let Some(slot) = region.slot(id.index) {
+        slot.fail_reason.store(reason as u32, Ordering::Relaxed);
+    }
+    region.header().stats.failed.fetch_add(1, Ordering::Relaxed);
+    settle(region, id, SlotState::Failed)
+}
+
+fn settle(region: &Region, id: SlotId, to: SlotState) -> Handover {
+    let slot = region.slot(id.index).expect("in bounds");
+    if transition(region, id, SlotState::Running, to) {
+        return Handover::Deliver {
+            conn: slot.conn.load(Ordering::Relaxed),
+            conn_gen: slot.conn_gen.load(Ordering::Relaxed),
+        };
+    }
+    if transition(region, id, SlotState::Abandoned, SlotState::Free) {
+        recycle(region, id.index);
+    }
+    Handover::Abandoned
+}
+
+/// nginx: the request no longer wants an answer (client gone, deadline). Whoever holds the slot
+/// releases it; returns true if that was us.
+pub fn abandon(region: &Region, id: SlotId) -> bool {
+    region.header().stats.abandoned.fetch_add(1, Ordering::Relaxed);
+    for from in [SlotState::Queued, SlotState::Running] {
+        if transition(region, id, from, SlotState::Abandoned) {
+            return false;
+        }
+    }
+    release(region, id)
+}
+
+/// nginx: after reading a `Done` or `Failed` slot (or for one still `Filling`), frees it.
+pub fn release(region: &Region, id: SlotId) -> bool {
+    for from in [SlotState::Done, SlotState::Failed, SlotState::Filling] {
+        if transition(region, id, from, SlotState::Free) {
+            recycle(region, id.index);
+            return true;
+        }
+    }
+    false
+}
+
+/// Frees a slot's chains and puts it back on the free list. The caller has just moved it to Free.
+fn recycle(region: &Region, index: u32) {
+    let Some(slot) = region.slot(index) else { return };
+    free_chain(region, slot.req_head.swap(0, Ordering::Relaxed));
+    free_chain(region, slot.resp_head.swap(0, Ordering::Relaxed));
+    let h = region.header();
+    h.stats.slots_in_use.fetch_sub(1, Ordering::Relaxed);
+    freelist::push(&h.slot_free, region.geometry().slots, index, |i| region.slot(i).map(|s| &s.next_free));
+}
+
+/// After `finish`/`fail` delivered: returns true if the caller must write the connection's
+/// eventfd (the nginx worker was not already told).
+pub fn needs_wake(region: &Region, conn: u32, conn_gen: u32) -> bool {
+    let Some(c) = region.conn(conn) else { return false };
+    let st = c.state.load(Ordering::Acquire);
+    if st & 1 == 0 || (st >> 1) as u32 != conn_gen {
+        return false;
+    }
+    // SeqCst: pairs with `clear_wake`; either the nginx worker's scan sees our Done, or we see
+    // its cleared flag and write the eventfd.
+    c.wake_pending.swap(1, Ordering::SeqCst) == 0
+}
+
+/// nginx: called on each eventfd wake-up, before scanning its requests.
+pub fn clear_wake(region: &Region, conn: u32) {
+    if let Some(c) = region.conn(conn) {
+        c.wake_pending.store(0, Ordering::SeqCst);
+    }
+}
+
+/// The fail reason of a `Failed` slot.
+pub fn fail_reason(region: &Region, id: SlotId) -> FailReason {
+    region
+        .slot(id.index)
+        .map_or(FailReason::Other, |s| FailReason::from_code(s.fail_reason.load(Ordering::Relaxed)))
+}
+
+/// The response chain of a `Done` slot.
+pub fn response(region: &Region, id: SlotId) -> Option<(u32, u64)> {
+    let s = region.slot(id.index)?;
+    Some((s.resp_head.load(Ordering::Relaxed), s.resp_len.load(Ordering::Relaxed)))
+}
+
+/// The request chain of a `Running` slot.
+pub fn request(region: &Region, id: SlotId) -> Option<(u32, u64)> {
+    let s = region.slot(id.index)?;
+    Some((s.req_head.load(Ordering::Relaxed), s.req_len.load(Ordering::Relaxed)))
+}
+
+/// poold: marks connection `index` attached with a new generation; returns that generation.
+pub fn open_conn(region: &Region, index: u32, pid: u32) -> Option<u32> {
+    let c = region.conn(index)?;
+    let gen = ((c.state.load(Ordering::Relaxed) >> 1) as u32).wrapping_add(1);
+    c.pid.store(pid, Ordering::Relaxed);
+    c.wake_pending.store(0, Ordering::Relaxed);
+    // Release: publishes pid and the cleared flag to completers that Acquire the state.
+    c.state.store((gen as u64) << 1 | 1, Ordering::Release);
+    Some(gen)
+}
+
+/// poold: marks connection `index` detached.
+pub fn close_conn(region: &Region, index: u32) {
+    if let Some(c) = region.conn(index) {
+        let st = c.state.load(Ordering::Relaxed);
+        c.state.store(st & !1, Ordering::Release);
+    }
+}
+
+/// A snapshot of one slot, for poold's reclaiming and status.
+#[derive(Clone, Copy, Debug)]
+pub struct SlotView {
+    pub id: SlotId,
+    pub state: Option<SlotState>,
+    pub conn: u32,
+    pub worker: u32,
+}
+
+/// Reads slot `index`'s state word and owners.
+pub fn view(region: &Region, index: u32) -> Option<SlotView> {
+    let s = region.slot(index)?;
+    let w = s.state.load(Ordering::Acquire);
+    Some(SlotView {
+        id: SlotId { index, gen: (w >> 32) as u32 },
+        state: SlotState::from_bits(w as u8),
+        conn: s.conn.load(Ordering::Relaxed),
+        worker: s.worker.load(Ordering::Relaxed),
+    })
+}
+
+/// Pool worker: records which worker runs slot `id` and since when.
+pub fn mark_running(region: &Region, id: SlotId, worker: u32, now_ms: u64) {
+    if let Some(s) = region.slot(id.index) {
+        s.worker.store(worker, Ordering::Relaxed);
+        s.started_ms.store(now_ms, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,65 @@
+//! Thin, checked wrappers over the few raw system calls the channel needs (futex).
+
+use std::io;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+/// Turns a libc-style `-1` return into the thread's `io::Error`.
+#[macro_export]
+macro_rules! syscall {
+    ($fn:ident ( $($arg:expr),* $(,)* ) ) => {{
+        // SAFETY: the caller passes arguments valid for this libc function; this macro only
+        // checks the return value.
+        let res = unsafe { libc::$fn($($arg, )*) };
+        if res == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+
+/// Sleeps while `word` still holds `expected`, until woken by [`futex_wake`] (or `timeout`).
+///
+/// The futex is *shared* (no `FUTEX_PRIVATE_FLAG`): the word lives in a `MAP_SHARED` mapping
+/// and the waker is another process.
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> io::Result<()> {
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    let res = syscall!(syscall(
+        libc::SYS_futex,
+        word.as_ptr(),
+        libc::FUTEX_WAIT,
+        expected,
+        ts_ptr,
+        std::ptr::null::<u32>(),
+        0u32
+    ));
+    match res {
+        Ok(_) => Ok(()),
+        Err(e) => match e.raw_os_error() {
+            // Value already changed, interrupted, or timed out: all mean "look again".
+            Some(libc::EAGAIN) | Some(libc::EINTR) | Some(libc::ETIMEDOUT) => Ok(()),
+            _ => Err(e),
+        },
+    }
+}
+
+/// Wakes up to `count` processes sleeping in [`futex_wait`] on `word`.
+pub fn futex_wake(word: &AtomicU32, count: u32) -> io::Result<usize> {
+    syscall!(syscall(
+        libc::SYS_futex,
+        word.as_ptr(),
+        libc::FUTEX_WAKE,
+        count,
+        std::ptr::null::<libc::timespec>(),
+        std::ptr::null::<u32>(),
+        0u32
+    ))
+    .map(|n| n as usize)
+}
