@@ -1,0 +1,55 @@
+//! ngx-pool's nginx module: `pool` and `pool_pass` directives, and the glue that hands requests
+//! to a poold worker pool through shared memory.
+//!
+//! The module follows the nginx development guide
+//! (<https://nginx.org/en/docs/dev/development_guide.html>): directives are parsed at
+//! configuration time ([`directives`]); the master starts one poold per managed pool from
+//! `init_module` ([`managed`]); each worker attaches to every pool in `init_process` and keeps
+//! the pool's eventfd in its event loop ([`runtime`]); a `pool_pass` location's content handler
+//! writes the request into the region, suspends it, and finishes it when the eventfd fires
+//! ([`request`]). `unsafe` code lives in those FFI-edge modules; [`conf`] is plain Rust.
+
+pub mod conf;
+pub mod directives;
+pub mod managed;
+pub mod request;
+pub mod runtime;
+
+use nginx_sys::{ngx_cycle_t, ngx_int_t, ngx_module_t, NGX_HTTP_MODULE, NGX_OK};
+
+/// The module table entry nginx loads (`ngx_pool_module`).
+#[used]
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_pool_module: ngx_module_t = ngx_module_t {
+    ctx: std::ptr::addr_of!(directives::MODULE_CTX) as _,
+    // SAFETY: nginx reads the command table through this pointer; it is a static that lives
+    // for the whole process and is only read after initialisation.
+    commands: unsafe { std::ptr::addr_of_mut!(directives::COMMANDS[0]) },
+    type_: NGX_HTTP_MODULE as _,
+    init_module: Some(init_module),
+    init_process: Some(init_process),
+    exit_process: Some(exit_process),
+    exit_master: Some(exit_master),
+    ..ngx_module_t::default()
+};
+
+ngx::ngx_modules!(ngx_pool_module);
+
+extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    managed::on_init_module(cycle);
+    NGX_OK as ngx_int_t
+}
+
+extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    runtime::on_init_process(cycle);
+    NGX_OK as ngx_int_t
+}
+
+extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
+    runtime::on_exit_process();
+}
+
+extern "C" fn exit_master(_cycle: *mut ngx_cycle_t) {
+    managed::on_exit_master();
+}

@@ -53,10 +53,14 @@ pub fn free_chain(region: &Region, head_plus_one: u32) {
             return;
         }
         let index = next - 1;
-        let Some(c) = region.chunk_head(index) else { return };
+        let Some(c) = region.chunk_head(index) else {
+            return;
+        };
         next = c.next.swap(0, Ordering::Relaxed);
         h.stats.chunks_in_use.fetch_sub(1, Ordering::Relaxed);
-        freelist::push(&h.chunk_free, g.chunks, index, |i| region.chunk_head(i).map(|c| &c.next_free));
+        freelist::push(&h.chunk_free, g.chunks, index, |i| {
+            region.chunk_head(i).map(|c| &c.next_free)
+        });
     }
 }
 
@@ -113,7 +117,10 @@ impl<'r> ChainWriter<'r> {
                 self.tail_len = 0;
             }
             let n = ((cap - self.tail_len) as usize).min(data.len());
-            if !self.region.chunk_write(self.tail - 1, self.tail_len, &data[..n]) {
+            if !self
+                .region
+                .chunk_write(self.tail - 1, self.tail_len, &data[..n])
+            {
                 return Err(ChainError::Corrupt);
             }
             self.tail_len += n as u32;
@@ -155,11 +162,24 @@ impl std::io::Write for ChainWriter<'_> {
 /// Reads a whole chain of `len` bytes starting at `head_plus_one` into a new vector, checking
 /// every link and length on the way.
 pub fn read_chain(region: &Region, head_plus_one: u32, len: u64) -> Result<Vec<u8>, ChainError> {
-    let g = region.geometry();
-    if len > g.message_limit() {
+    if len > region.geometry().message_limit() {
         return Err(ChainError::Corrupt);
     }
     let mut out = vec![0u8; len as usize];
+    read_chain_into(region, head_plus_one, &mut out)?;
+    Ok(out)
+}
+
+/// Fills `out` from the chain starting at `head_plus_one`, checking every link and length.
+pub fn read_chain_into(
+    region: &Region,
+    head_plus_one: u32,
+    out: &mut [u8],
+) -> Result<(), ChainError> {
+    let g = region.geometry();
+    if out.len() as u64 > g.message_limit() {
+        return Err(ChainError::Corrupt);
+    }
     let mut filled = 0usize;
     let mut next = head_plus_one;
     let mut hops = 0u32;
@@ -180,7 +200,7 @@ pub fn read_chain(region: &Region, head_plus_one: u32, len: u64) -> Result<Vec<u
         }
         filled += n;
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -189,7 +209,13 @@ mod tests {
     use crate::layout::Geometry;
 
     fn region() -> Region {
-        let g = Geometry { slots: 4, chunk_size: 1024, chunks: 64, max_conns: 1, max_workers: 1 };
+        let g = Geometry {
+            slots: 4,
+            chunk_size: 1024,
+            chunks: 64,
+            max_conns: 1,
+            max_workers: 1,
+        };
         Region::create("c", g, 1).unwrap()
     }
 
@@ -224,8 +250,11 @@ mod tests {
         let mut w = ChainWriter::new(&r);
         w.append(&[1; 2000]).unwrap();
         let (head, _) = w.finish();
-        r.chunk_head(head - 1).unwrap().next.store(head, Ordering::Relaxed); // self loop
-        // A cycle can only ever yield the requested number of (wrong) bytes, never a hang.
+        r.chunk_head(head - 1)
+            .unwrap()
+            .next
+            .store(head, Ordering::Relaxed); // self loop
+                                             // A cycle can only ever yield the requested number of (wrong) bytes, never a hang.
         let _ = read_chain(&r, head, 16_000);
         assert_eq!(read_chain(&r, head, 1 << 20), Err(ChainError::Corrupt));
         assert_eq!(read_chain(&r, 0, 10), Err(ChainError::Corrupt));

@@ -8,7 +8,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 const EMPTY: u32 = 0;
 
 /// Pops one index, or `None` when the list is empty (or its head is corrupt).
-pub fn pop<'a>(head: &AtomicU64, count: u32, link: impl Fn(u32) -> Option<&'a AtomicU32>) -> Option<u32> {
+pub fn pop<'a>(
+    head: &AtomicU64,
+    count: u32,
+    link: impl Fn(u32) -> Option<&'a AtomicU32>,
+) -> Option<u32> {
     // Acquire: synchronises with the Release of the `push` that published the head, so the
     // link we read below is the one that pusher wrote.
     let mut cur = head.load(Ordering::Acquire);
@@ -34,7 +38,12 @@ pub fn pop<'a>(head: &AtomicU64, count: u32, link: impl Fn(u32) -> Option<&'a At
 }
 
 /// Pushes `index` (which the caller owns and no longer uses) back on the list.
-pub fn push<'a>(head: &AtomicU64, count: u32, index: u32, link: impl Fn(u32) -> Option<&'a AtomicU32>) {
+pub fn push<'a>(
+    head: &AtomicU64,
+    count: u32,
+    index: u32,
+    link: impl Fn(u32) -> Option<&'a AtomicU32>,
+) {
     let Some(my_link) = link(index) else { return };
     debug_assert!(index < count);
     let mut cur = head.load(Ordering::Relaxed);
@@ -56,7 +65,9 @@ mod tests {
 
     #[test]
     fn pops_every_index_once_then_empty() {
-        let links: Vec<AtomicU32> = (0..8u32).map(|i| AtomicU32::new(if i < 7 { i + 2 } else { 0 })).collect();
+        let links: Vec<AtomicU32> = (0..8u32)
+            .map(|i| AtomicU32::new(if i < 7 { i + 2 } else { 0 }))
+            .collect();
         let head = AtomicU64::new(1);
         let link = |i: u32| links.get(i as usize);
         let mut got: Vec<u32> = std::iter::from_fn(|| pop(&head, 8, link)).collect();

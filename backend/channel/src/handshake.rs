@@ -35,7 +35,13 @@ pub struct Frame {
 
 impl Frame {
     pub fn new(kind: [u8; 4], a: u32, b: u32, c: u32) -> Frame {
-        Frame { kind, a, b, c, d: 0 }
+        Frame {
+            kind,
+            a,
+            b,
+            c,
+            d: 0,
+        }
     }
 
     fn to_bytes(self) -> [u8; FRAME_LEN] {
@@ -69,16 +75,28 @@ pub fn send_frame(sock: impl AsFd, frame: Frame, fd: Option<impl AsFd>) -> io::R
     } else {
         vec![ControlMessage::ScmRights(&raw)]
     };
-    let n = sendmsg::<()>(sock.as_fd().as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
+    let n = sendmsg::<()>(
+        sock.as_fd().as_raw_fd(),
+        &iov,
+        &cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
     if n != FRAME_LEN {
-        return Err(io::Error::new(io::ErrorKind::WriteZero, "short frame write"));
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short frame write",
+        ));
     }
     Ok(())
 }
 
 /// Receives one frame and the descriptor attached to it. `Ok(None)` means end of file.
 /// Extra descriptors (a confused peer) are closed; a wrong-sized frame is an error.
-pub fn recv_frame(sock: impl AsFd, flags: MsgFlags) -> io::Result<Option<(Frame, Option<OwnedFd>)>> {
+pub fn recv_frame(
+    sock: impl AsFd,
+    flags: MsgFlags,
+) -> io::Result<Option<(Frame, Option<OwnedFd>)>> {
     let mut bytes = [0u8; FRAME_LEN];
     let mut iov = [IoSliceMut::new(&mut bytes)];
     let mut space = nix::cmsg_space!([RawFd; 4]);
@@ -105,7 +123,11 @@ pub fn recv_frame(sock: impl AsFd, flags: MsgFlags) -> io::Result<Option<(Frame,
     if n != FRAME_LEN || msg.flags.contains(MsgFlags::MSG_TRUNC) {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "bad frame size"));
     }
-    let fd = if fds.is_empty() { None } else { Some(fds.swap_remove(0)) };
+    let fd = if fds.is_empty() {
+        None
+    } else {
+        Some(fds.swap_remove(0))
+    };
     Ok(Some((Frame::from_bytes(&bytes), fd)))
 }
 
@@ -116,7 +138,13 @@ mod tests {
 
     #[test]
     fn frame_and_fd_arrive_together() {
-        let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
         let f = Frame::new(HELLO, 1, 2, 3);
         send_frame(&a, f, Some(&a)).unwrap();
         let (got, fd) = recv_frame(&b, MsgFlags::empty()).unwrap().unwrap();
@@ -124,7 +152,11 @@ mod tests {
         assert!(fd.is_some());
         drop(fd); // it is a copy of `a`: keep it and `a` never reaches end of file
         send_frame(&a, f, None::<&OwnedFd>).unwrap();
-        assert!(recv_frame(&b, MsgFlags::empty()).unwrap().unwrap().1.is_none());
+        assert!(recv_frame(&b, MsgFlags::empty())
+            .unwrap()
+            .unwrap()
+            .1
+            .is_none());
         drop(a);
         assert!(recv_frame(&b, MsgFlags::empty()).unwrap().is_none());
     }

@@ -182,7 +182,8 @@ pub struct WorkerEntry {
     pub served: AtomicU64,
     /// Slot index + 1 of the request it runs, 0 when idle.
     pub current: AtomicU32,
-    _pad: AtomicU32,
+    /// Generation of that slot's use.
+    pub current_gen: AtomicU32,
     pub started_ms: AtomicU64,
     _pad2: [u64; 4],
 }

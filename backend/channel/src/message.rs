@@ -58,8 +58,16 @@ fn put_str(w: &mut impl Write, s: &[u8], width: usize) -> io::Result<()> {
     let too_long = || io::Error::new(io::ErrorKind::InvalidInput, "field too long");
     match width {
         1 => w.write_all(&[u8::try_from(s.len()).map_err(|_| too_long())?])?,
-        2 => w.write_all(&u16::try_from(s.len()).map_err(|_| too_long())?.to_le_bytes())?,
-        _ => w.write_all(&u32::try_from(s.len()).map_err(|_| too_long())?.to_le_bytes())?,
+        2 => w.write_all(
+            &u16::try_from(s.len())
+                .map_err(|_| too_long())?
+                .to_le_bytes(),
+        )?,
+        _ => w.write_all(
+            &u32::try_from(s.len())
+                .map_err(|_| too_long())?
+                .to_le_bytes(),
+        )?,
     }
     w.write_all(s)
 }
@@ -74,7 +82,11 @@ fn put_headers(w: &mut impl Write, headers: &[(&[u8], &[u8])]) -> io::Result<()>
 }
 
 /// Writes a request head; the caller then writes exactly `body_len` body bytes.
-pub fn encode_request_head(w: &mut impl Write, head: &RequestHead<'_>, body_len: u64) -> io::Result<()> {
+pub fn encode_request_head(
+    w: &mut impl Write,
+    head: &RequestHead<'_>,
+    body_len: u64,
+) -> io::Result<()> {
     w.write_all(&[REQUEST_FORMAT])?;
     put_str(w, head.method, 1)?;
     put_str(w, head.uri, 4)?;
@@ -194,7 +206,11 @@ pub fn decode_response(bytes: &[u8]) -> Result<ResponseView<'_>, DecodeError> {
         }
     }
     let body = c.body()?;
-    Ok(ResponseView { status, headers, body })
+    Ok(ResponseView {
+        status,
+        headers,
+        body,
+    })
 }
 
 #[cfg(test)]

@@ -20,13 +20,20 @@ pub fn push(region: &Region, value: u64) -> Result<(), PushError> {
     let cap = region.geometry().queue_cap() as u64;
     let mut pos = h.enqueue_pos.load(Ordering::Relaxed);
     loop {
-        let cell = region.cell((pos & (cap - 1)) as u32).ok_or(PushError::Corrupt)?;
+        let cell = region
+            .cell((pos & (cap - 1)) as u32)
+            .ok_or(PushError::Corrupt)?;
         // Acquire: pairs with the consumer's Release that freed this cell, so our value store
         // cannot overtake its read of the previous value.
         let seq = cell.seq.load(Ordering::Acquire);
         let diff = seq as i64 - pos as i64;
         if diff == 0 {
-            match h.enqueue_pos.compare_exchange_weak(pos, pos + 1, Ordering::Relaxed, Ordering::Relaxed) {
+            match h.enqueue_pos.compare_exchange_weak(
+                pos,
+                pos + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => {
                     cell.value.store(value, Ordering::Relaxed);
                     // Release: publishes `value` to the consumer that Acquires `seq`.
@@ -54,7 +61,12 @@ pub fn pop(region: &Region) -> Option<u64> {
         let seq = cell.seq.load(Ordering::Acquire);
         let diff = seq as i64 - (pos + 1) as i64;
         if diff == 0 {
-            match h.dequeue_pos.compare_exchange_weak(pos, pos + 1, Ordering::Relaxed, Ordering::Relaxed) {
+            match h.dequeue_pos.compare_exchange_weak(
+                pos,
+                pos + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => {
                     let value = cell.value.load(Ordering::Relaxed);
                     // Release: hands the cell back to the producer one lap later.
@@ -86,7 +98,13 @@ mod tests {
 
     #[test]
     fn fifo_and_full() {
-        let g = Geometry { slots: 4, chunk_size: 1024, chunks: 8, max_conns: 1, max_workers: 1 };
+        let g = Geometry {
+            slots: 4,
+            chunk_size: 1024,
+            chunks: 8,
+            max_conns: 1,
+            max_workers: 1,
+        };
         let r = Region::create("q", g, 1).unwrap();
         for i in 0..4 {
             push(&r, i).unwrap();
@@ -105,7 +123,13 @@ mod tests {
 
     #[test]
     fn threads_lose_and_duplicate_nothing() {
-        let g = Geometry { slots: 64, chunk_size: 1024, chunks: 8, max_conns: 1, max_workers: 1 };
+        let g = Geometry {
+            slots: 64,
+            chunk_size: 1024,
+            chunks: 8,
+            max_conns: 1,
+            max_workers: 1,
+        };
         let r = std::sync::Arc::new(Region::create("q", g, 1).unwrap());
         let per = 20_000u64;
         let producers: Vec<_> = (0..2)
@@ -137,7 +161,10 @@ mod tests {
             })
             .collect();
         producers.into_iter().for_each(|t| t.join().unwrap());
-        let mut all: Vec<u64> = consumers.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        let mut all: Vec<u64> = consumers
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
         all.sort();
         assert_eq!(all, (0..2 * per).collect::<Vec<_>>());
     }

@@ -90,7 +90,12 @@ impl Region {
         // SAFETY: the mapping is fresh, zero-filled, exclusively ours (not yet shared) and at least
         // `size_of::<Header>()` bytes; `Header` is `repr(C)` and its zero-initialised atomics are
         // valid, so writing a whole value over it is sound.
-        unsafe { std::ptr::write(map.as_mut_ptr().cast::<Header>(), Header::new(geometry, poold_pid)) };
+        unsafe {
+            std::ptr::write(
+                map.as_mut_ptr().cast::<Header>(),
+                Header::new(geometry, poold_pid),
+            )
+        };
         let region = Region {
             map,
             fd: file.into(),
@@ -148,11 +153,17 @@ impl Region {
         let g = self.geometry;
         for i in 0..g.slots {
             let next = if i + 1 < g.slots { i + 2 } else { 0 };
-            self.slot(i).unwrap().next_free.store(next, Ordering::Relaxed);
+            self.slot(i)
+                .unwrap()
+                .next_free
+                .store(next, Ordering::Relaxed);
         }
         for i in 0..g.chunks {
             let next = if i + 1 < g.chunks { i + 2 } else { 0 };
-            self.chunk_head(i).unwrap().next_free.store(next, Ordering::Relaxed);
+            self.chunk_head(i)
+                .unwrap()
+                .next_free
+                .store(next, Ordering::Relaxed);
         }
         for i in 0..g.queue_cap() {
             self.cell(i).unwrap().seq.store(i as u64, Ordering::Relaxed);
@@ -257,7 +268,9 @@ impl Region {
         // SAFETY: the source range is inside the mapping (checked above); we copy out into a
         // local buffer, so a concurrent writer can only make the bytes wrong, which the message
         // decoder validates.
-        unsafe { std::ptr::copy_nonoverlapping(self.map.as_ptr().add(src), out.as_mut_ptr(), out.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.map.as_ptr().add(src), out.as_mut_ptr(), out.len())
+        };
         true
     }
 }
@@ -296,6 +309,9 @@ mod tests {
         let fd = memfd_create(c"x", MemFdCreateFlag::MFD_CLOEXEC).unwrap();
         let f = File::from(fd);
         f.set_len(4096).unwrap();
-        assert!(matches!(Region::attach(f.into()), Err(AttachError::BadMagic)));
+        assert!(matches!(
+            Region::attach(f.into()),
+            Err(AttachError::BadMagic)
+        ));
     }
 }

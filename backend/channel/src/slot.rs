@@ -122,11 +122,18 @@ pub fn state_of(region: &Region, id: SlotId) -> Option<SlotState> {
 }
 
 fn transition(region: &Region, id: SlotId, from: SlotState, to: SlotState) -> bool {
-    let Some(slot) = region.slot(id.index) else { return false };
+    let Some(slot) = region.slot(id.index) else {
+        return false;
+    };
     // AcqRel: Release publishes what we wrote into the slot to the next owner; Acquire makes
     // what the previous owner wrote visible to us.
     slot.state
-        .compare_exchange(word(id.gen, from), word(id.gen, to), Ordering::AcqRel, Ordering::Acquire)
+        .compare_exchange(
+            word(id.gen, from),
+            word(id.gen, to),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
         .is_ok()
 }
 
@@ -134,7 +141,9 @@ fn transition(region: &Region, id: SlotId, from: SlotState, to: SlotState) -> bo
 pub fn alloc(region: &Region, conn: u32, conn_gen: u32) -> Option<SlotId> {
     let g = region.geometry();
     let h = region.header();
-    let index = freelist::pop(&h.slot_free, g.slots, |i| region.slot(i).map(|s| &s.next_free))?;
+    let index = freelist::pop(&h.slot_free, g.slots, |i| {
+        region.slot(i).map(|s| &s.next_free)
+    })?;
     let slot = region.slot(index)?;
     let gen = ((slot.state.load(Ordering::Relaxed) >> 32) as u32).wrapping_add(1);
     slot.conn.store(conn, Ordering::Relaxed);
@@ -145,14 +154,17 @@ pub fn alloc(region: &Region, conn: u32, conn_gen: u32) -> Option<SlotId> {
     slot.resp_len.store(0, Ordering::Relaxed);
     slot.fail_reason.store(0, Ordering::Relaxed);
     // Relaxed: the slot came off the free list, so it is ours alone until `submit` publishes it.
-    slot.state.store(word(gen, SlotState::Filling), Ordering::Relaxed);
+    slot.state
+        .store(word(gen, SlotState::Filling), Ordering::Relaxed);
     h.stats.slots_in_use.fetch_add(1, Ordering::Relaxed);
     Some(SlotId { index, gen })
 }
 
 /// Publishes a filled request and wakes a sleeping pool worker if there is one.
 pub fn submit(region: &Region, id: SlotId, req_head: u32, req_len: u64) -> bool {
-    let Some(slot) = region.slot(id.index) else { return false };
+    let Some(slot) = region.slot(id.index) else {
+        return false;
+    };
     slot.req_head.store(req_head, Ordering::Relaxed);
     slot.req_len.store(req_len, Ordering::Relaxed);
     if !transition(region, id, SlotState::Filling, SlotState::Queued) {
@@ -175,12 +187,29 @@ pub fn submit(region: &Region, id: SlotId, req_head: u32, req_len: u64) -> bool 
     true
 }
 
-/// Pool worker: takes the next queued request, skipping ones their nginx side abandoned.
-pub fn take(region: &Region) -> Option<SlotId> {
+/// Pool worker `worker`: takes the next queued request, skipping ones their nginx side
+/// abandoned. The worker's entry names the slot *before* the slot turns Running, so poold can
+/// always tell which request a dead worker held.
+pub fn take(region: &Region, worker: u32) -> Option<SlotId> {
+    let entry = region.worker(worker);
     loop {
         let id = SlotId::decode(queue::pop(region)?);
+        if let Some(e) = entry {
+            e.current_gen.store(id.gen, Ordering::Relaxed);
+            // SeqCst: ordered before the CAS below, so poold (which reads the slot state after
+            // this) never sees Running without also seeing which worker took it.
+            e.current.store(id.index + 1, Ordering::SeqCst);
+        }
+        if let Some(s) = region.slot(id.index) {
+            s.worker.store(worker, Ordering::Relaxed);
+            s.started_ms
+                .store(crate::sys::monotonic_ms(), Ordering::Relaxed);
+        }
         if transition(region, id, SlotState::Queued, SlotState::Running) {
             return Some(id);
+        }
+        if let Some(e) = entry {
+            e.current.store(0, Ordering::Relaxed);
         }
         if transition(region, id, SlotState::Abandoned, SlotState::Free) {
             recycle(region, id.index);
@@ -189,19 +218,19 @@ pub fn take(region: &Region) -> Option<SlotId> {
 }
 
 /// Pool worker: sleeps until a request may be there (no CPU, no syscalls while none comes).
-pub fn wait_for_work(region: &Region) -> Option<SlotId> {
+pub fn wait_for_work(region: &Region, worker: u32) -> SlotId {
     let h = region.header();
     loop {
-        if let Some(id) = take(region) {
-            return Some(id);
+        if let Some(id) = take(region, worker) {
+            return id;
         }
         h.sleepers.fetch_add(1, Ordering::SeqCst);
         // SeqCst fence: pairs with the one in `submit` (see there).
         fence(Ordering::SeqCst);
         let seq = h.work_seq.load(Ordering::SeqCst);
-        if let Some(id) = take(region) {
+        if let Some(id) = take(region, worker) {
             h.sleepers.fetch_sub(1, Ordering::SeqCst);
-            return Some(id);
+            return id;
         }
         let _ = crate::sys::futex_wait(&h.work_seq, seq, None);
         h.sleepers.fetch_sub(1, Ordering::SeqCst);
@@ -210,7 +239,9 @@ pub fn wait_for_work(region: &Region) -> Option<SlotId> {
 
 /// Pool worker: the request is read; returns its chunks to the arena early.
 pub fn drop_request_body(region: &Region, id: SlotId) {
-    let Some(slot) = region.slot(id.index) else { return };
+    let Some(slot) = region.slot(id.index) else {
+        return;
+    };
     let head = slot.req_head.swap(0, Ordering::Relaxed);
     free_chain(region, head);
 }
@@ -226,7 +257,9 @@ pub enum Handover {
 
 /// Pool worker: publishes the response.
 pub fn finish(region: &Region, id: SlotId, resp_head: u32, resp_len: u64) -> Handover {
-    let slot = region.slot(id.index).expect("slot taken from queue is in bounds");
+    let Some(slot) = region.slot(id.index) else {
+        return Handover::Abandoned;
+    };
     slot.resp_head.store(resp_head, Ordering::Relaxed);
     slot.resp_len.store(resp_len, Ordering::Relaxed);
     settle(region, id, SlotState::Done)
@@ -242,7 +275,9 @@ pub fn fail(region: &Region, id: SlotId, reason: FailReason) -> Handover {
 }
 
 fn settle(region: &Region, id: SlotId, to: SlotState) -> Handover {
-    let slot = region.slot(id.index).expect("in bounds");
+    let Some(slot) = region.slot(id.index) else {
+        return Handover::Abandoned;
+    };
     if transition(region, id, SlotState::Running, to) {
         return Handover::Deliver {
             conn: slot.conn.load(Ordering::Relaxed),
@@ -258,7 +293,11 @@ fn settle(region: &Region, id: SlotId, to: SlotState) -> Handover {
 /// nginx: the request no longer wants an answer (client gone, deadline). Whoever holds the slot
 /// releases it; returns true if that was us.
 pub fn abandon(region: &Region, id: SlotId) -> bool {
-    region.header().stats.abandoned.fetch_add(1, Ordering::Relaxed);
+    region
+        .header()
+        .stats
+        .abandoned
+        .fetch_add(1, Ordering::Relaxed);
     for from in [SlotState::Queued, SlotState::Running] {
         if transition(region, id, from, SlotState::Abandoned) {
             return false;
@@ -280,18 +319,24 @@ pub fn release(region: &Region, id: SlotId) -> bool {
 
 /// Frees a slot's chains and puts it back on the free list. The caller has just moved it to Free.
 fn recycle(region: &Region, index: u32) {
-    let Some(slot) = region.slot(index) else { return };
+    let Some(slot) = region.slot(index) else {
+        return;
+    };
     free_chain(region, slot.req_head.swap(0, Ordering::Relaxed));
     free_chain(region, slot.resp_head.swap(0, Ordering::Relaxed));
     let h = region.header();
     h.stats.slots_in_use.fetch_sub(1, Ordering::Relaxed);
-    freelist::push(&h.slot_free, region.geometry().slots, index, |i| region.slot(i).map(|s| &s.next_free));
+    freelist::push(&h.slot_free, region.geometry().slots, index, |i| {
+        region.slot(i).map(|s| &s.next_free)
+    });
 }
 
 /// After `finish`/`fail` delivered: returns true if the caller must write the connection's
 /// eventfd (the nginx worker was not already told).
 pub fn needs_wake(region: &Region, conn: u32, conn_gen: u32) -> bool {
-    let Some(c) = region.conn(conn) else { return false };
+    let Some(c) = region.conn(conn) else {
+        return false;
+    };
     let st = c.state.load(Ordering::Acquire);
     if st & 1 == 0 || (st >> 1) as u32 != conn_gen {
         return false;
@@ -310,21 +355,27 @@ pub fn clear_wake(region: &Region, conn: u32) {
 
 /// The fail reason of a `Failed` slot.
 pub fn fail_reason(region: &Region, id: SlotId) -> FailReason {
-    region
-        .slot(id.index)
-        .map_or(FailReason::Other, |s| FailReason::from_code(s.fail_reason.load(Ordering::Relaxed)))
+    region.slot(id.index).map_or(FailReason::Other, |s| {
+        FailReason::from_code(s.fail_reason.load(Ordering::Relaxed))
+    })
 }
 
 /// The response chain of a `Done` slot.
 pub fn response(region: &Region, id: SlotId) -> Option<(u32, u64)> {
     let s = region.slot(id.index)?;
-    Some((s.resp_head.load(Ordering::Relaxed), s.resp_len.load(Ordering::Relaxed)))
+    Some((
+        s.resp_head.load(Ordering::Relaxed),
+        s.resp_len.load(Ordering::Relaxed),
+    ))
 }
 
 /// The request chain of a `Running` slot.
 pub fn request(region: &Region, id: SlotId) -> Option<(u32, u64)> {
     let s = region.slot(id.index)?;
-    Some((s.req_head.load(Ordering::Relaxed), s.req_len.load(Ordering::Relaxed)))
+    Some((
+        s.req_head.load(Ordering::Relaxed),
+        s.req_len.load(Ordering::Relaxed),
+    ))
 }
 
 /// poold: marks connection `index` attached with a new generation; returns that generation.
@@ -352,6 +403,7 @@ pub struct SlotView {
     pub id: SlotId,
     pub state: Option<SlotState>,
     pub conn: u32,
+    pub conn_gen: u32,
     pub worker: u32,
 }
 
@@ -360,17 +412,67 @@ pub fn view(region: &Region, index: u32) -> Option<SlotView> {
     let s = region.slot(index)?;
     let w = s.state.load(Ordering::Acquire);
     Some(SlotView {
-        id: SlotId { index, gen: (w >> 32) as u32 },
+        id: SlotId {
+            index,
+            gen: (w >> 32) as u32,
+        },
         state: SlotState::from_bits(w as u8),
         conn: s.conn.load(Ordering::Relaxed),
+        conn_gen: s.conn_gen.load(Ordering::Relaxed),
         worker: s.worker.load(Ordering::Relaxed),
     })
 }
 
-/// Pool worker: records which worker runs slot `id` and since when.
-pub fn mark_running(region: &Region, id: SlotId, worker: u32, now_ms: u64) {
-    if let Some(s) = region.slot(id.index) {
-        s.worker.store(worker, Ordering::Relaxed);
-        s.started_ms.store(now_ms, Ordering::Relaxed);
+/// poold: nginx connection `conn` (generation `conn_gen`) is gone; abandons or releases every
+/// slot it owned. Returns how many slots were reclaimed.
+pub fn reclaim_conn(region: &Region, conn: u32, conn_gen: u32) -> u32 {
+    let mut n = 0;
+    for index in 0..region.geometry().slots {
+        let Some(v) = view(region, index) else {
+            continue;
+        };
+        if v.conn != conn || v.conn_gen != conn_gen {
+            continue;
+        }
+        let reclaimed = match v.state {
+            Some(SlotState::Queued) | Some(SlotState::Running) => {
+                transition(region, v.id, SlotState::Queued, SlotState::Abandoned)
+                    || transition(region, v.id, SlotState::Running, SlotState::Abandoned)
+                    || release(region, v.id)
+            }
+            Some(SlotState::Done) | Some(SlotState::Failed) | Some(SlotState::Filling) => {
+                release(region, v.id)
+            }
+            _ => false,
+        };
+        n += u32::from(reclaimed);
+    }
+    n
+}
+
+/// poold: pool worker `worker` died. If it held a request, fails it (nginx answers 502) and
+/// returns where to deliver that failure.
+pub fn reclaim_worker(region: &Region, worker: u32) -> Option<(SlotId, Handover)> {
+    let e = region.worker(worker)?;
+    let current = e.current.swap(0, Ordering::SeqCst);
+    if current == 0 {
+        return None;
+    }
+    let id = SlotId {
+        index: current - 1,
+        gen: e.current_gen.load(Ordering::Relaxed),
+    };
+    match state_of(region, id) {
+        Some(SlotState::Running) | Some(SlotState::Abandoned) => {
+            Some((id, fail(region, id, FailReason::WorkerDied)))
+        }
+        _ => None,
+    }
+}
+
+/// Pool worker: done with its current request.
+pub fn clear_current(region: &Region, worker: u32) {
+    if let Some(e) = region.worker(worker) {
+        e.current.store(0, Ordering::Relaxed);
     }
 }

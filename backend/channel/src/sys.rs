@@ -63,3 +63,14 @@ pub fn futex_wake(word: &AtomicU32, count: u32) -> io::Result<usize> {
     ))
     .map(|n| n as usize)
 }
+
+/// Milliseconds of CLOCK_MONOTONIC: the one clock every process on the machine shares.
+pub fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}

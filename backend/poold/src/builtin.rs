@@ -1,0 +1,130 @@
+//! Handlers compiled into poold: `echo`, `hello`, `sleep`, `cpu`, `crash`.
+
+use crate::handler::{Handler, Request, Response};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::time::Duration;
+
+/// The names `builtin:NAME` accepts.
+pub const NAMES: &[&str] = &["echo", "hello", "sleep", "cpu", "crash"];
+
+/// Looks up a built-in handler by name.
+pub fn lookup(name: &str) -> Option<Box<dyn Handler>> {
+    Some(match name {
+        "echo" => Box::new(Echo),
+        "hello" => Box::new(Hello),
+        "sleep" => Box::new(Sleep),
+        "cpu" => Box::new(Cpu),
+        "crash" => Box::new(Crash),
+        _ => return None,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The request back as JSON: method, URI, version, client, headers, body length and SHA-256.
+pub struct Echo;
+
+impl Handler for Echo {
+    fn handle(&self, req: &Request<'_>, resp: &mut Response) {
+        let headers: Vec<[String; 2]> = req
+            .headers()
+            .iter()
+            .map(|(n, v)| [lossy(n), lossy(v)])
+            .collect();
+        let doc = serde_json::json!({
+            "method": req.method(),
+            "uri": req.uri(),
+            "version": format!("{}.{}", req.version().0, req.version().1),
+            "client": req.client(),
+            "headers": headers,
+            "body_length": req.body().len(),
+            "body_sha256": hex(&Sha256::digest(req.body())),
+            "pid": std::process::id(),
+        });
+        resp.add_header("Content-Type", "application/json");
+        resp.add_header("X-Pool-Worker", &std::process::id().to_string());
+        let _ = serde_json::to_writer(&mut *resp, &doc);
+        resp.body.push(b'\n');
+    }
+}
+
+/// `hello`: the smallest useful response, for benchmarks.
+pub struct Hello;
+
+impl Handler for Hello {
+    fn handle(&self, _req: &Request<'_>, resp: &mut Response) {
+        resp.add_header("Content-Type", "text/plain");
+        resp.body.extend_from_slice(b"hello");
+    }
+}
+
+/// `sleep`: waits `?ms=N` milliseconds (default 100, at most one hour), then answers.
+pub struct Sleep;
+
+impl Handler for Sleep {
+    fn handle(&self, req: &Request<'_>, resp: &mut Response) {
+        let ms = req
+            .arg("ms")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(100)
+            .min(3_600_000);
+        std::thread::sleep(Duration::from_millis(ms));
+        resp.add_header("Content-Type", "text/plain");
+        resp.add_header("X-Pool-Worker", &std::process::id().to_string());
+        let _ = writeln!(resp, "slept {ms} ms in pid {}", std::process::id());
+    }
+}
+
+/// The CPU kernel: `n` rounds of SHA-256 chaining from the digest of the empty string.
+pub fn cpu_kernel(rounds: u64) -> [u8; 32] {
+    let mut state: [u8; 32] = Sha256::digest(b"").into();
+    for _ in 0..rounds {
+        state = Sha256::digest(state).into();
+    }
+    state
+}
+
+/// `cpu`: runs [`cpu_kernel`] for `?n=N` rounds (default 1000, at most 10^9), answers the digest.
+pub struct Cpu;
+
+impl Handler for Cpu {
+    fn handle(&self, req: &Request<'_>, resp: &mut Response) {
+        let n = req
+            .arg("n")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(1000)
+            .min(1_000_000_000);
+        let digest = cpu_kernel(n);
+        resp.add_header("Content-Type", "application/json");
+        resp.add_header("X-Pool-Worker", &std::process::id().to_string());
+        let _ = writeln!(resp, "{{\"rounds\":{n},\"digest\":\"{}\"}}", hex(&digest));
+    }
+}
+
+/// `crash`: aborts the pool worker mid-request, for fault tests.
+pub struct Crash;
+
+impl Handler for Crash {
+    fn handle(&self, _req: &Request<'_>, _resp: &mut Response) {
+        std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_kernel_is_deterministic() {
+        assert_eq!(cpu_kernel(0), <[u8; 32]>::from(Sha256::digest(b"")));
+        assert_eq!(cpu_kernel(3), cpu_kernel(3));
+        assert_ne!(cpu_kernel(3), cpu_kernel(4));
+    }
+}

@@ -1,0 +1,198 @@
+//! poold's command line: what one pool is made of.
+
+use ngx_pool_channel::Geometry;
+use std::path::PathBuf;
+
+pub const USAGE: &str = "\
+poold - ngx-pool's pool manager: runs a handler in a supervised pool of worker processes and
+serves nginx workers (the ngx-pool module) through shared memory.
+
+USAGE:
+    poold --socket PATH --handler SPEC [OPTIONS]
+
+REQUIRED:
+    --socket PATH       unix socket the nginx workers attach to (created; mode 0600)
+    --handler SPEC      builtin:echo | builtin:hello | builtin:sleep | builtin:cpu | builtin:crash
+
+OPTIONS:
+    --name NAME         pool name used in log lines                  [default: pool]
+    --workers N         pool worker processes                        [default: number of CPUs]
+    --queue N           requests that may wait for a worker, beyond
+                        those running; more get 503 at once           [default: 1024]
+    --arena SIZE        shared-memory arena for request and response
+                        bodies (k, m, g suffixes)                     [default: 64m]
+    --chunk SIZE        arena chunk size                              [default: 16k]
+    --max-conns N       nginx worker processes that may attach        [default: 256]
+    --user USER         when started as root: owner of the socket, and the user (and its
+                        group) the pool workers run as
+    --group GROUP       group for the above                           [default: USER's group]
+    --lifeline-fd FD    exit when this descriptor reaches end of file (set by the nginx
+                        module in managed mode)
+    -h, --help          this text
+    -V, --version       version
+
+One request or response may use at most a quarter of the arena (16 MiB by default).
+Signals: TERM, INT or QUIT stop the workers and remove the socket.
+";
+
+/// One pool's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub handler: String,
+    pub name: String,
+    pub workers: u32,
+    pub queue: u32,
+    pub arena: u64,
+    pub chunk: u64,
+    pub max_conns: u32,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub lifeline_fd: Option<i32>,
+}
+
+/// What the command line asked for.
+#[derive(Debug)]
+pub enum Command {
+    Run(Config),
+    Help,
+    Version,
+}
+
+/// Parses `1024`, `16k`, `64m`, `1g` (binary multiples).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.as_bytes().last()? {
+        b'k' | b'K' => (&s[..s.len() - 1], 1u64 << 10),
+        b'm' | b'M' => (&s[..s.len() - 1], 1 << 20),
+        b'g' | b'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+fn default_workers() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+impl Config {
+    /// The region geometry these settings make.
+    pub fn geometry(&self) -> Geometry {
+        Geometry {
+            slots: self.workers + self.queue,
+            chunk_size: self.chunk as u32,
+            chunks: (self.arena / self.chunk) as u32,
+            max_conns: self.max_conns,
+            max_workers: self.workers,
+        }
+    }
+}
+
+/// Parses poold's arguments (without the program name).
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+    let mut it = args.into_iter();
+    let mut cfg = Config {
+        socket: PathBuf::new(),
+        handler: String::new(),
+        name: "pool".into(),
+        workers: default_workers(),
+        queue: 1024,
+        arena: 64 << 20,
+        chunk: 16 << 10,
+        max_conns: 256,
+        user: None,
+        group: None,
+        lifeline_fd: None,
+    };
+    while let Some(arg) = it.next() {
+        let (key, inline) = match arg.split_once('=') {
+            Some((k, v)) if k.starts_with("--") => (k.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |what: &str| -> Result<String, String> {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{key} needs {what}"))
+        };
+        let number = |v: String, key: &str| -> Result<u32, String> {
+            v.parse::<u32>()
+                .map_err(|_| format!("{key}: \"{v}\" is not a number"))
+        };
+        match key.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--socket" => cfg.socket = PathBuf::from(value("a path")?),
+            "--handler" => cfg.handler = value("a handler")?,
+            "--name" => cfg.name = value("a name")?,
+            "--workers" => cfg.workers = number(value("a number")?, &key)?,
+            "--queue" => cfg.queue = number(value("a number")?, &key)?,
+            "--max-conns" => cfg.max_conns = number(value("a number")?, &key)?,
+            "--arena" | "--chunk" => {
+                let v = value("a size")?;
+                let n = parse_size(&v).ok_or_else(|| format!("{key}: \"{v}\" is not a size"))?;
+                if key == "--arena" {
+                    cfg.arena = n
+                } else {
+                    cfg.chunk = n
+                }
+            }
+            "--user" => cfg.user = Some(value("a user")?),
+            "--group" => cfg.group = Some(value("a group")?),
+            "--lifeline-fd" => cfg.lifeline_fd = Some(number(value("a descriptor")?, &key)? as i32),
+            other => return Err(format!("unknown option \"{other}\" (see --help)")),
+        }
+    }
+    if cfg.socket.as_os_str().is_empty() {
+        return Err("--socket is required (see --help)".into());
+    }
+    if cfg.handler.is_empty() {
+        return Err("--handler is required (see --help)".into());
+    }
+    if cfg.workers == 0 || cfg.workers > 4096 {
+        return Err("--workers must be 1..=4096".into());
+    }
+    if cfg.chunk > u32::MAX as u64 {
+        return Err("--chunk too large".into());
+    }
+    cfg.geometry()
+        .validate()
+        .map_err(|e| format!("bad --arena/--chunk/--queue: {e}"))?;
+    Ok(Command::Run(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn parses_and_defaults() {
+        let Command::Run(c) = parse(args(
+            "--socket /t/s --handler builtin:echo --workers=3 --arena 8m",
+        ))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!((c.workers, c.arena, c.queue), (3, 8 << 20, 1024));
+        assert_eq!(c.geometry().chunks, 512);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        assert!(parse(args("--handler builtin:echo"))
+            .unwrap_err()
+            .contains("--socket"));
+        assert!(parse(args("--socket s --handler h --workers x"))
+            .unwrap_err()
+            .contains("not a number"));
+        assert!(parse(args("--socket s --handler h --bogus"))
+            .unwrap_err()
+            .contains("unknown option"));
+        assert_eq!(parse_size("16k"), Some(16384));
+        assert_eq!(parse_size("k"), None);
+    }
+}

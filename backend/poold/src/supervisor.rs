@@ -1,0 +1,519 @@
+//! poold's main loop: the socket nginx workers attach to, worker supervision, reclaiming.
+//!
+//! Single-threaded on purpose: it forks. One `poll` covers the signalfd (SIGCHLD and stop
+//! signals), the listening socket, every attached nginx worker's socket (its lifeline: end of
+//! file means it died) and, in managed mode, the lifeline from the nginx master.
+
+use crate::config::Config;
+use crate::handler::Handler;
+use crate::log;
+use crate::sys;
+use crate::worker::{ConnFds, Worker};
+use ngx_pool_channel::handshake::{self, recv_frame, send_frame, Frame};
+use ngx_pool_channel::layout::LAYOUT_VERSION;
+use ngx_pool_channel::slot::{self, Handover, WorkerState};
+use ngx_pool_channel::Region;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{Gid, Pid, Uid};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// A worker that dies sooner than this after its start counts as a crash loop.
+const QUICK_DEATH: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long stopping waits for workers to exit after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+struct NginxConn {
+    sock: OwnedFd,
+    gen: u32,
+    pid: u32,
+    eventfd: OwnedFd,
+}
+
+#[derive(Default)]
+struct WorkerSlot {
+    pid: Option<Pid>,
+    control: Option<OwnedFd>,
+    started: Option<Instant>,
+    quick_deaths: u32,
+    respawn_at: Option<Instant>,
+}
+
+pub struct Supervisor {
+    cfg: Config,
+    region: Region,
+    handler: Box<dyn Handler>,
+    listener: OwnedFd,
+    signals: SignalFd,
+    lifeline: Option<OwnedFd>,
+    /// Accepted sockets that have not said Hello yet.
+    pending: Vec<OwnedFd>,
+    conns: Vec<Option<NginxConn>>,
+    workers: Vec<WorkerSlot>,
+    run_as: Option<(Uid, Gid)>,
+    me: Pid,
+}
+
+enum Source {
+    Signals,
+    Listener,
+    Lifeline,
+    Pending(usize),
+    Conn(usize),
+}
+
+impl Supervisor {
+    /// Builds the region, loads nothing yet: `handler` was loaded by the caller, before forking.
+    pub fn new(
+        cfg: Config,
+        handler: Box<dyn Handler>,
+        lifeline: Option<OwnedFd>,
+    ) -> io::Result<Supervisor> {
+        let mask = sys::handled_signals();
+        mask.thread_block()?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+        let run_as = match (&cfg.user, Uid::effective().is_root()) {
+            (Some(u), true) => Some(sys::lookup_user(u, cfg.group.as_deref())?),
+            _ => None,
+        };
+        let region = Region::create(&cfg.name, cfg.geometry(), std::process::id())?;
+        let listener = sys::listen_seqpacket(&cfg.socket).map_err(|e| {
+            io::Error::new(e.kind(), format!("socket {}: {e}", cfg.socket.display()))
+        })?;
+        // Only the nginx workers' user may connect (and root).
+        std::fs::set_permissions(
+            &cfg.socket,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+        if let Some((uid, gid)) = run_as {
+            nix::unistd::chown(&cfg.socket, Some(uid), Some(gid))?;
+        }
+        let conns = (0..cfg.max_conns).map(|_| None).collect();
+        let workers = (0..cfg.workers).map(|_| WorkerSlot::default()).collect();
+        Ok(Supervisor {
+            cfg,
+            region,
+            handler,
+            listener,
+            signals,
+            lifeline,
+            pending: Vec::new(),
+            conns,
+            workers,
+            run_as,
+            me: nix::unistd::getpid(),
+        })
+    }
+
+    /// Runs until told to stop; then stops the workers and removes the socket.
+    pub fn run(mut self) -> io::Result<()> {
+        for i in 0..self.workers.len() {
+            self.spawn(i)?;
+        }
+        let g = self.region.geometry();
+        log!(
+            "notice",
+            "started: handler {}, {} workers, {} slots, arena {} x {} bytes, socket {}",
+            self.cfg.handler,
+            self.cfg.workers,
+            g.slots,
+            g.chunks,
+            g.chunk_size,
+            self.cfg.socket.display()
+        );
+        loop {
+            let (ready, timeout_hit) = self.wait()?;
+            if timeout_hit {
+                self.respawn_due()?;
+            }
+            for src in ready {
+                match src {
+                    Source::Signals => {
+                        if self.on_signals()? {
+                            return self.stop();
+                        }
+                    }
+                    Source::Lifeline => {
+                        log!("notice", "nginx master is gone; stopping");
+                        return self.stop();
+                    }
+                    Source::Listener => self.accept_all(),
+                    Source::Pending(i) => self.on_hello(i),
+                    Source::Conn(i) => self.on_conn_readable(i),
+                }
+            }
+            self.pending.retain(|fd| fd.as_raw_fd() >= 0);
+        }
+    }
+
+    /// Polls everything; returns what is readable (highest pending index first, so removal by
+    /// index stays valid) and whether the respawn timer expired.
+    fn wait(&self) -> io::Result<(Vec<Source>, bool)> {
+        let mut sources = vec![Source::Signals, Source::Listener];
+        let mut fds = vec![
+            PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+        ];
+        if let Some(l) = &self.lifeline {
+            sources.push(Source::Lifeline);
+            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        }
+        for (i, p) in self.pending.iter().enumerate().rev() {
+            sources.push(Source::Pending(i));
+            fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+        }
+        for (i, c) in self.conns.iter().enumerate() {
+            if let Some(c) = c {
+                sources.push(Source::Conn(i));
+                fds.push(PollFd::new(c.sock.as_fd(), PollFlags::POLLIN));
+            }
+        }
+        let next_respawn = self.workers.iter().filter_map(|w| w.respawn_at).min();
+        let timeout = match next_respawn {
+            Some(at) => {
+                let ms = at
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .min(60_000) as u16;
+                PollTimeout::from(ms)
+            }
+            None => PollTimeout::NONE,
+        };
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let ready = fds
+            .iter()
+            .zip(sources)
+            .filter(|(fd, _)| fd.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(_, s)| s)
+            .collect();
+        let due = next_respawn.is_some_and(|at| at <= Instant::now());
+        Ok((ready, due))
+    }
+
+    /// Forks pool worker `i`.
+    fn spawn(&mut self, i: usize) -> io::Result<()> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )?;
+        let me = self.me;
+        let pid = {
+            let region = &self.region;
+            let handler = &*self.handler;
+            let conns = &self.conns;
+            let run_as = self.run_as;
+            sys::fork_child(|| {
+                sys::child_defaults(me);
+                let mut table = ConnFds::new();
+                for (ci, c) in conns.iter().enumerate() {
+                    if let Some(c) = c {
+                        if let Ok(fd) = c.eventfd.try_clone() {
+                            table.insert(ci as u32, (c.gen, fd));
+                        }
+                    }
+                }
+                let mut keep: Vec<RawFd> = table.values().map(|(_, fd)| fd.as_raw_fd()).collect();
+                keep.push(theirs.as_raw_fd());
+                sys::close_all_except(&keep);
+                if let Some((uid, gid)) = run_as {
+                    if let Err(e) = sys::drop_privileges(uid, gid) {
+                        log!(
+                            "alert",
+                            "worker {}: cannot drop privileges: {e}",
+                            std::process::id()
+                        );
+                        std::process::exit(1);
+                    }
+                }
+                // `theirs` is kept open above; the duplicate below is what the worker owns.
+                let control = theirs.try_clone().unwrap_or_else(|_| std::process::exit(1));
+                Worker {
+                    region,
+                    handler,
+                    index: i as u32,
+                    control,
+                    conns: table,
+                }
+                .run()
+            })?
+        };
+        drop(theirs);
+        if let Some(e) = self.region.worker(i as u32) {
+            e.pid.store(pid.as_raw() as u32, Ordering::Relaxed);
+            e.state
+                .store(WorkerState::Starting as u32, Ordering::Relaxed);
+            e.current.store(0, Ordering::Relaxed);
+            e.served.store(0, Ordering::Relaxed);
+            e.started_ms
+                .store(ngx_pool_channel::sys::monotonic_ms(), Ordering::Relaxed);
+        }
+        let w = &mut self.workers[i];
+        w.pid = Some(pid);
+        w.control = Some(ours);
+        w.started = Some(Instant::now());
+        w.respawn_at = None;
+        Ok(())
+    }
+
+    fn respawn_due(&mut self) -> io::Result<()> {
+        let now = Instant::now();
+        for i in 0..self.workers.len() {
+            if self.workers[i].pid.is_none() && self.workers[i].respawn_at.is_some_and(|t| t <= now)
+            {
+                self.spawn(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns true when poold should stop.
+    fn on_signals(&mut self) -> io::Result<bool> {
+        let mut stop = false;
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGCHLD) => self.reap()?,
+                Ok(Signal::SIGHUP) => log!(
+                    "notice",
+                    "SIGHUP ignored (the pool is configured from nginx.conf)"
+                ),
+                Ok(s) => {
+                    log!("notice", "{s} received; stopping");
+                    stop = true;
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(stop)
+    }
+
+    fn reap(&mut self) -> io::Result<()> {
+        loop {
+            let status = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return Ok(()),
+                Ok(s) => s,
+                Err(e) => return Err(e.into()),
+            };
+            let Some(pid) = status.pid() else { continue };
+            let Some(i) = self.workers.iter().position(|w| w.pid == Some(pid)) else {
+                continue;
+            };
+            self.on_worker_exit(i, status);
+        }
+    }
+
+    fn on_worker_exit(&mut self, i: usize, status: WaitStatus) {
+        let how = match status {
+            WaitStatus::Exited(_, code) => format!("exited with code {code}"),
+            WaitStatus::Signaled(_, sig, core) => {
+                format!(
+                    "killed by {sig}{}",
+                    if core { " (core dumped)" } else { "" }
+                )
+            }
+            other => format!("{other:?}"),
+        };
+        let pid = self.workers[i].pid.take().map_or(0, |p| p.as_raw());
+        self.workers[i].control = None;
+        if let Some(e) = self.region.worker(i as u32) {
+            e.state.store(WorkerState::Exited as u32, Ordering::Relaxed);
+        }
+        match slot::reclaim_worker(&self.region, i as u32) {
+            Some((id, Handover::Deliver { conn, conn_gen })) => {
+                log!(
+                    "error",
+                    "pool worker {pid} {how} while running a request (slot {}); it gets 502",
+                    id.index
+                );
+                self.wake(conn, conn_gen);
+            }
+            _ => log!("warn", "pool worker {pid} {how}"),
+        }
+        let w = &mut self.workers[i];
+        let quick = w.started.is_some_and(|t| t.elapsed() < QUICK_DEATH);
+        w.quick_deaths = if quick { w.quick_deaths + 1 } else { 0 };
+        let delay = if w.quick_deaths <= 1 {
+            Duration::ZERO
+        } else {
+            (Duration::from_millis(100) * 2u32.pow(w.quick_deaths.min(10) - 2)).min(MAX_BACKOFF)
+        };
+        if !delay.is_zero() {
+            log!(
+                "warn",
+                "pool worker slot {i} keeps dying; respawn in {} ms",
+                delay.as_millis()
+            );
+        }
+        w.respawn_at = Some(Instant::now() + delay);
+    }
+
+    fn wake(&self, conn: u32, conn_gen: u32) {
+        if !slot::needs_wake(&self.region, conn, conn_gen) {
+            return;
+        }
+        if let Some(Some(c)) = self.conns.get(conn as usize) {
+            if c.gen == conn_gen {
+                let _ = nix::unistd::write(c.eventfd.as_fd(), &1u64.to_ne_bytes());
+            }
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match sys::accept(&self.listener) {
+                Ok(Some(fd)) => self.pending.push(fd),
+                Ok(None) => return,
+                Err(e) => {
+                    log!("error", "accept on {}: {e}", self.cfg.socket.display());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// An accepted socket has something: its Hello (or end of file).
+    fn on_hello(&mut self, i: usize) {
+        let sock = self.pending.swap_remove(i);
+        let (frame, fd) = match recv_frame(&sock, MsgFlags::MSG_DONTWAIT) {
+            Ok(Some((f, Some(fd)))) if f.kind == handshake::HELLO => (f, fd),
+            Ok(None) => return,
+            Ok(Some(_)) => {
+                log!(
+                    "warn",
+                    "a client of {} sent no valid hello; closed",
+                    self.cfg.socket.display()
+                );
+                return;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                self.pending.push(sock);
+                return;
+            }
+            Err(e) => {
+                log!("warn", "hello: {e}");
+                return;
+            }
+        };
+        let refuse = |status: u32| {
+            let _ = send_frame(
+                &sock,
+                Frame::new(handshake::WELCOME, status, 0, 0),
+                None::<&OwnedFd>,
+            );
+        };
+        if frame.a != LAYOUT_VERSION {
+            log!(
+                "error",
+                "nginx worker {} speaks layout version {}, poold speaks {LAYOUT_VERSION}: rebuild the module and poold together",
+                frame.b,
+                frame.a
+            );
+            return refuse(handshake::WELCOME_BAD_VERSION);
+        }
+        let Some(index) = self.conns.iter().position(Option::is_none) else {
+            log!(
+                "error",
+                "more than {} nginx workers attached; raise --max-conns",
+                self.cfg.max_conns
+            );
+            return refuse(handshake::WELCOME_FULL);
+        };
+        let Some(gen) = slot::open_conn(&self.region, index as u32, frame.b) else {
+            return;
+        };
+        // The pool workers must hold the eventfd before any request of this nginx worker exists.
+        for w in &self.workers {
+            if let Some(ctl) = &w.control {
+                let _ = send_frame(
+                    ctl,
+                    Frame::new(handshake::CONN_FD, index as u32, gen, 0),
+                    Some(&fd),
+                );
+            }
+        }
+        let welcome = Frame::new(handshake::WELCOME, handshake::WELCOME_OK, index as u32, gen);
+        if let Err(e) = send_frame(&sock, welcome, Some(self.region.fd())) {
+            log!("warn", "welcome to nginx worker {}: {e}", frame.b);
+            slot::close_conn(&self.region, index as u32);
+            return;
+        }
+        self.conns[index] = Some(NginxConn {
+            sock,
+            gen,
+            pid: frame.b,
+            eventfd: fd,
+        });
+    }
+
+    /// An attached nginx worker's socket is readable: it only ever closes (it died or exited).
+    fn on_conn_readable(&mut self, i: usize) {
+        let Some(c) = &self.conns[i] else { return };
+        match recv_frame(&c.sock, MsgFlags::MSG_DONTWAIT) {
+            Ok(Some(_)) => return,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return,
+            _ => {}
+        }
+        let c = self.conns[i].take().expect("checked above");
+        slot::close_conn(&self.region, i as u32);
+        let n = slot::reclaim_conn(&self.region, i as u32, c.gen);
+        if n > 0 {
+            log!(
+                "warn",
+                "nginx worker {} detached with {n} requests in flight; reclaimed",
+                c.pid
+            );
+        }
+    }
+
+    /// Stops every worker (TERM, then KILL after a grace period) and removes the socket.
+    fn stop(mut self) -> io::Result<()> {
+        let _ = std::fs::remove_file(&self.cfg.socket);
+        for w in &self.workers {
+            if let Some(pid) = w.pid {
+                let _ = kill(pid, Signal::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        while self.workers.iter().any(|w| w.pid.is_some()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                for w in &self.workers {
+                    if let Some(pid) = w.pid {
+                        let _ = kill(pid, Signal::SIGKILL);
+                    }
+                }
+            }
+            let ms = left.as_millis().clamp(10, 1000) as u16;
+            let mut fds = [PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut fds, PollTimeout::from(ms));
+            while let Ok(Some(_)) = self.signals.read_signal() {}
+            loop {
+                match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(s) => {
+                        if let Some(w) = self
+                            .workers
+                            .iter_mut()
+                            .find(|w| w.pid == s.pid() && s.pid().is_some())
+                        {
+                            w.pid = None;
+                        }
+                    }
+                }
+            }
+        }
+        log!("notice", "stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,133 @@
+//! Process plumbing for poold: forking workers, descriptor hygiene, privileges, signals.
+
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::unistd::{Gid, Pid, Uid};
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::RawFd;
+
+/// Forks. The child runs `child` and never returns.
+// `child` returns an uninhabited type; matching on it is how we say so, which rustc flags.
+#[allow(unreachable_code)]
+pub fn fork_child(child: impl FnOnce() -> std::convert::Infallible) -> io::Result<Pid> {
+    // SAFETY: poold is single-threaded (it never spawns threads), so the child inherits no lock
+    // held by another thread and may run arbitrary Rust code.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child: pid } => Ok(pid),
+        nix::unistd::ForkResult::Child => match child() {},
+    }
+}
+
+/// In a freshly forked child: dies with its parent, and takes back the default signal state.
+pub fn child_defaults(parent: Pid) {
+    let _ = nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL));
+    // The parent may have died before prctl took effect.
+    if nix::unistd::getppid() != parent {
+        std::process::exit(1);
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
+/// Closes every descriptor of this process except `keep` (and stdin, stdout, stderr).
+pub fn close_all_except(keep: &[RawFd]) {
+    let keep: HashSet<RawFd> = keep.iter().copied().chain([0, 1, 2]).collect();
+    let open: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => return,
+    };
+    for fd in open {
+        if !keep.contains(&fd) {
+            // The read_dir handle itself is closed already (dropped); EBADF is harmless.
+            let _ = nix::unistd::close(fd);
+        }
+    }
+}
+
+/// The uid and gid for `--user`/`--group`: names, or numbers (as the nginx module passes them).
+pub fn lookup_user(user: &str, group: Option<&str>) -> io::Result<(Uid, Gid)> {
+    let not_found = |what: &str| io::Error::new(io::ErrorKind::NotFound, what.to_string());
+    let (uid, user_gid) = match user.parse::<u32>() {
+        Ok(n) => (
+            Uid::from_raw(n),
+            nix::unistd::User::from_uid(Uid::from_raw(n))?.map(|u| u.gid),
+        ),
+        Err(_) => {
+            let u = nix::unistd::User::from_name(user)?
+                .ok_or_else(|| not_found(&format!("no user \"{user}\"")))?;
+            (u.uid, Some(u.gid))
+        }
+    };
+    let gid = match group {
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => Gid::from_raw(n),
+            Err(_) => {
+                nix::unistd::Group::from_name(g)?
+                    .ok_or_else(|| not_found(&format!("no group \"{g}\"")))?
+                    .gid
+            }
+        },
+        None => {
+            user_gid.ok_or_else(|| not_found(&format!("user {user} has no group; give --group")))?
+        }
+    };
+    Ok((uid, gid))
+}
+
+/// Drops root for good: supplementary groups, gid, then uid.
+pub fn drop_privileges(uid: Uid, gid: Gid) -> io::Result<()> {
+    nix::unistd::setgroups(&[gid])?;
+    nix::unistd::setgid(gid)?;
+    nix::unistd::setuid(uid)?;
+    Ok(())
+}
+
+/// The signals poold handles through its signalfd.
+pub fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGHUP,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// Creates a listening unix seqpacket socket at `path` (replacing a stale one), non-blocking.
+pub fn listen_seqpacket(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{
+        bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+    };
+    use std::os::fd::AsRawFd;
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    bind(sock.as_raw_fd(), &UnixAddr::new(path)?)?;
+    listen(&sock, Backlog::new(512)?)?;
+    Ok(sock)
+}
+
+/// Accepts one connection (close-on-exec, blocking), or `None` if none is pending.
+pub fn accept(listener: &std::os::fd::OwnedFd) -> io::Result<Option<std::os::fd::OwnedFd>> {
+    use nix::sys::socket::{accept4, SockFlag};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+        // SAFETY: accept4 just returned this new descriptor; nothing else owns it.
+        Ok(fd) => Ok(Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })),
+        Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::ECONNABORTED) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}

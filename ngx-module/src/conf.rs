@@ -1,0 +1,227 @@
+//! The `pool` directive's parameters, parsed and checked in safe Rust.
+//!
+//! `pool NAME handler=SPEC [workers=N] [queue=N] [timeout=TIME] [socket=PATH] [arena=SIZE] [external];`
+
+use std::path::PathBuf;
+
+/// Handlers poold has compiled in (`builtin:NAME`).
+pub const BUILTIN_HANDLERS: &[&str] = &["echo", "hello", "sleep", "cpu", "crash"];
+
+/// One declared pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConf {
+    pub name: String,
+    pub handler: String,
+    pub workers: u32,
+    pub queue: u32,
+    pub timeout_ms: u64,
+    /// As written; made absolute against the prefix by the caller.
+    pub socket: Option<String>,
+    pub arena: Option<u64>,
+    pub external: bool,
+}
+
+/// Default pool workers: one per CPU.
+pub fn default_workers() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+pub const DEFAULT_QUEUE: u32 = 1024;
+pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+
+/// Parses nginx time syntax: `30s`, `500ms`, `1m`, `1h30m`, a bare number is seconds.
+pub fn parse_time_ms(s: &str) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    if let Ok(n) = s.parse::<u64>() {
+        return n.checked_mul(1000);
+    }
+    let mut total: u64 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let mult = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total = total.checked_add(n.checked_mul(mult)?)?;
+    }
+    Some(total)
+}
+
+/// Parses nginx size syntax: `1024`, `16k`, `64m`, `1g`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let (num, mult) = match s.as_bytes().last()? {
+        b'k' | b'K' => (&s[..s.len() - 1], 1u64 << 10),
+        b'm' | b'M' => (&s[..s.len() - 1], 1 << 20),
+        b'g' | b'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Checks a handler spec. `dylib:` paths must exist when given.
+pub fn check_handler(spec: &str) -> Result<(), String> {
+    match spec.split_once(':') {
+        Some(("builtin", name)) if BUILTIN_HANDLERS.contains(&name) => Ok(()),
+        Some(("builtin", name)) => Err(format!(
+            "unknown handler \"builtin:{name}\" (built-in handlers: {})",
+            BUILTIN_HANDLERS.join(", ")
+        )),
+        _ => Err(format!(
+            "unknown handler \"{spec}\" (expected builtin:NAME)"
+        )),
+    }
+}
+
+/// Parses the arguments after `pool`. Errors are the reason only; nginx adds file and line.
+pub fn parse_pool(args: &[&str]) -> Result<PoolConf, String> {
+    let (name, params) = args.split_first().ok_or("pool needs a name")?;
+    if !valid_name(name) {
+        return Err(format!(
+            "invalid pool name \"{name}\" (letters, digits, '_' and '-', up to 64)"
+        ));
+    }
+    let mut p = PoolConf {
+        name: name.to_string(),
+        handler: String::new(),
+        workers: default_workers(),
+        queue: DEFAULT_QUEUE,
+        timeout_ms: DEFAULT_TIMEOUT_MS,
+        socket: None,
+        arena: None,
+        external: false,
+    };
+    for param in params {
+        if *param == "external" {
+            p.external = true;
+            continue;
+        }
+        let Some((key, value)) = param.split_once('=') else {
+            return Err(format!("invalid parameter \"{param}\""));
+        };
+        let number = |max: u32| -> Result<u32, String> {
+            match value.parse::<u32>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "invalid {key} \"{value}\" (a number from 1 to {max})"
+                )),
+            }
+        };
+        match key {
+            "handler" => {
+                check_handler(value)?;
+                p.handler = value.to_string();
+            }
+            "workers" => p.workers = number(4096)?,
+            "queue" => {
+                p.queue = match value.parse::<u32>() {
+                    Ok(n) if n <= 1 << 20 => n,
+                    _ => {
+                        return Err(format!(
+                            "invalid queue \"{value}\" (a number from 0 to 1048576)"
+                        ))
+                    }
+                }
+            }
+            "timeout" => {
+                p.timeout_ms = match parse_time_ms(value) {
+                    Some(ms) if ms > 0 => ms,
+                    _ => {
+                        return Err(format!(
+                            "invalid timeout \"{value}\" (a time such as 30s or 500ms)"
+                        ))
+                    }
+                }
+            }
+            "socket" if !value.is_empty() => p.socket = Some(value.to_string()),
+            "arena" => {
+                p.arena = match parse_size(value) {
+                    Some(n) if n >= 1 << 20 => Some(n),
+                    _ => return Err(format!("invalid arena \"{value}\" (a size of at least 1m)")),
+                }
+            }
+            _ => return Err(format!("invalid parameter \"{param}\"")),
+        }
+    }
+    if p.handler.is_empty() && !p.external {
+        return Err(format!("pool \"{}\" needs handler=", p.name));
+    }
+    if p.external && p.socket.is_none() {
+        return Err(format!("external pool \"{}\" needs socket=PATH", p.name));
+    }
+    Ok(p)
+}
+
+/// The socket path of a pool: `socket=` or `logs/pool-NAME.sock`, absolute against `prefix`.
+pub fn socket_path(p: &PoolConf, prefix: &str) -> PathBuf {
+    let raw = p
+        .socket
+        .clone()
+        .unwrap_or_else(|| format!("logs/pool-{}.sock", p.name));
+    let path = PathBuf::from(raw);
+    if path.is_absolute() {
+        path
+    } else {
+        PathBuf::from(prefix).join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_pool_line() {
+        let p = parse_pool(&[
+            "app",
+            "handler=builtin:cpu",
+            "workers=4",
+            "queue=10",
+            "timeout=1m30s",
+            "socket=/x.sock",
+        ])
+        .unwrap();
+        assert_eq!((p.workers, p.queue, p.timeout_ms), (4, 10, 90_000));
+        assert_eq!(socket_path(&p, "/p/"), PathBuf::from("/x.sock"));
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        let e = |a: &[&str]| parse_pool(a).unwrap_err();
+        assert!(e(&["a", "handler=builtin:nope"]).contains("unknown handler"));
+        assert!(e(&["a", "handler=builtin:echo", "workers=x"]).contains("invalid workers"));
+        assert!(e(&["a", "handler=builtin:echo", "timeout=5q"]).contains("invalid timeout"));
+        assert!(e(&["a", "handler=builtin:echo", "colour=red"]).contains("invalid parameter"));
+        assert!(e(&["a"]).contains("needs handler"));
+        assert!(e(&["a", "external"]).contains("socket"));
+        assert!(e(&["a b"]).contains("invalid pool name"));
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time_ms("500ms"), Some(500));
+        assert_eq!(parse_time_ms("2"), Some(2000));
+        assert_eq!(parse_time_ms("1h"), Some(3_600_000));
+        assert_eq!(parse_time_ms("s"), None);
+    }
+}

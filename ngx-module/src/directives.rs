@@ -1,0 +1,310 @@
+//! Configuration directives (`pool`, `pool_pass`, `pool_daemon`) at the FFI edge.
+//!
+//! Parsing proper is in [`crate::conf`]; this module turns nginx's argument arrays into `&str`s,
+//! stores results in the module's configuration structs, and reports errors the nginx way: a
+//! message string returned from the set handler, to which nginx adds "in FILE:LINE".
+//! See <https://nginx.org/en/docs/dev/development_guide.html#config_directives>.
+
+use crate::conf::{self, PoolConf};
+use nginx_sys::{
+    ngx_command_t, ngx_conf_t, ngx_http_core_loc_conf_t, ngx_http_module_t, ngx_module_t,
+    ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_TAKE1, NGX_HTTP_LIF_CONF, NGX_HTTP_LOC_CONF,
+    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_LOG_EMERG,
+};
+use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
+use std::ffi::{c_char, c_void, CString};
+use std::path::PathBuf;
+use std::ptr;
+
+const NGX_CONF_ERROR: *mut c_char = ngx::core::NGX_CONF_ERROR as *mut c_char;
+
+/// A pool as declared, with where it was declared.
+#[derive(Debug, Clone)]
+pub struct PoolEntry {
+    pub conf: PoolConf,
+    /// Absolute socket path.
+    pub socket: PathBuf,
+}
+
+/// http-level configuration: every declared pool.
+#[derive(Debug, Default)]
+pub struct MainConf {
+    pub pools: Vec<PoolEntry>,
+    /// `pool_daemon PATH;` — the poold binary for managed pools.
+    pub daemon: Option<PathBuf>,
+    /// The nginx prefix, for relative paths.
+    pub prefix: String,
+}
+
+/// location-level configuration: the pool this location passes to.
+#[derive(Debug, Default)]
+pub struct LocConf {
+    pub pool_name: Option<String>,
+    /// Index into `MainConf::pools`, resolved when locations merge.
+    pub pool: Option<usize>,
+    /// Where `pool_pass` was written, for the error if the pool does not exist.
+    pub origin: String,
+}
+
+/// Zero-sized handle that ties the configuration types to the module.
+pub struct Module;
+
+impl HttpModule for Module {
+    fn module() -> &'static ngx_module_t {
+        // SAFETY: the module static is initialised at load time and nginx only fills in its
+        // indices before any configuration is read; we only read it.
+        unsafe { &*ptr::addr_of!(crate::ngx_pool_module) }
+    }
+}
+
+// SAFETY: create_main_conf below allocates exactly a `MainConf` for this module.
+unsafe impl HttpModuleMainConf for Module {
+    type MainConf = MainConf;
+}
+
+// SAFETY: create_loc_conf below allocates exactly a `LocConf` for this module.
+unsafe impl HttpModuleLocationConf for Module {
+    type LocationConf = LocConf;
+}
+
+pub static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
+    preconfiguration: None,
+    postconfiguration: None,
+    create_main_conf: Some(create_main_conf),
+    init_main_conf: None,
+    create_srv_conf: None,
+    merge_srv_conf: None,
+    create_loc_conf: Some(create_loc_conf),
+    merge_loc_conf: Some(merge_loc_conf),
+};
+
+const fn command(
+    name: &'static [u8],
+    type_: u32,
+    set: unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char,
+    conf: usize,
+) -> ngx_command_t {
+    // nginx compares directive names with strcmp: the bytes must be NUL-terminated, the NUL
+    // not counted in `len`.
+    ngx_command_t {
+        name: ngx_str_t {
+            len: name.len() - 1,
+            data: name.as_ptr() as *mut u8,
+        },
+        type_: type_ as ngx_uint_t,
+        set: Some(set),
+        conf: conf as ngx_uint_t,
+        offset: 0,
+        post: ptr::null_mut(),
+    }
+}
+
+pub static mut COMMANDS: [ngx_command_t; 4] = [
+    command(
+        b"pool\0",
+        NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE,
+        set_pool,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        b"pool_pass\0",
+        NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_TAKE1,
+        set_pool_pass,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        b"pool_daemon\0",
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        set_pool_daemon,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    ngx_command_t::empty(),
+];
+
+/// The directive's arguments after its name, as UTF-8 strings.
+///
+/// # Safety
+/// `cf` must be the `ngx_conf_t` nginx passed to a set handler.
+unsafe fn args<'a>(cf: *mut ngx_conf_t) -> Result<Vec<&'a str>, String> {
+    // SAFETY: during a set handler `cf->args` is an array of `ngx_str_t` whose data lives in the
+    // configuration pool for the whole configuration cycle.
+    let elts = unsafe { (*(*cf).args).as_slice::<ngx_str_t>() };
+    elts.iter()
+        .skip(1)
+        .map(|s| {
+            s.to_str()
+                .map_err(|_| "arguments must be UTF-8".to_string())
+        })
+        .collect()
+}
+
+/// Logs `msg` as an `[emerg]` for the directive being parsed (nginx appends " in FILE:LINE")
+/// and fails it.
+fn conf_error(cf: *mut ngx_conf_t, msg: &str) -> *mut c_char {
+    ngx::ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", msg);
+    NGX_CONF_ERROR
+}
+
+/// `file:line` of the directive being parsed.
+fn origin(cf: *mut ngx_conf_t) -> String {
+    // SAFETY: during parsing `cf->conf_file` points at the current file, whose name is an
+    // ngx_str_t in the cycle pool.
+    unsafe {
+        let file = (*cf).conf_file;
+        if file.is_null() {
+            return String::from("?");
+        }
+        format!(
+            "{}:{}",
+            (*file).file.name.to_str().unwrap_or("?"),
+            (*file).line
+        )
+    }
+}
+
+fn prefix(cf: *mut ngx_conf_t) -> String {
+    // SAFETY: `cf->cycle` is the cycle being configured; its prefix is set before parsing.
+    unsafe { (*(*cf).cycle).prefix.to_str().unwrap_or("").to_string() }
+}
+
+unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+    // SAFETY: `cf` is valid during configuration; the pool frees (and drops) the value with the
+    // configuration cycle.
+    unsafe {
+        let pool = ngx::core::Pool::from_ngx_pool((*cf).pool);
+        pool.allocate(MainConf::default()) as *mut c_void
+    }
+}
+
+unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+    // SAFETY: as in create_main_conf.
+    unsafe {
+        let pool = ngx::core::Pool::from_ngx_pool((*cf).pool);
+        pool.allocate(LocConf::default()) as *mut c_void
+    }
+}
+
+unsafe extern "C" fn merge_loc_conf(
+    cf: *mut ngx_conf_t,
+    prev: *mut c_void,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes the two LocConfs this module created.
+    let (prev, conf) = unsafe { (&*(prev as *const LocConf), &mut *(conf as *mut LocConf)) };
+    if conf.pool_name.is_none() {
+        conf.pool_name = prev.pool_name.clone();
+        conf.origin = prev.origin.clone();
+    }
+    let Some(name) = conf.pool_name.clone() else {
+        return ptr::null_mut();
+    };
+    // SAFETY: cf is valid during merging.
+    let main = Module::main_conf(unsafe { &*cf }).expect("main conf exists for an http module");
+    match main.pools.iter().position(|p| p.conf.name == name) {
+        Some(i) => {
+            conf.pool = Some(i);
+            ptr::null_mut()
+        }
+        None => {
+            // Reported with our own location: nginx's would name the end of the http block.
+            let msg = CString::new(format!(
+                "unknown pool \"{name}\" in pool_pass in {}",
+                conf.origin
+            ))
+            .unwrap_or_default();
+            // SAFETY: cf->log is valid during configuration; the format is a C string literal.
+            unsafe {
+                nginx_sys::ngx_log_error_core(
+                    NGX_LOG_EMERG as _,
+                    (*cf).log,
+                    0,
+                    c"%s".as_ptr(),
+                    msg.as_ptr(),
+                )
+            };
+            NGX_CONF_ERROR
+        }
+    }
+}
+
+unsafe extern "C" fn set_pool(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: conf is our MainConf (NGX_HTTP_MAIN_CONF_OFFSET); cf is valid in a set handler.
+    let main = unsafe { &mut *(conf as *mut MainConf) };
+    let args = match unsafe { args(cf) } {
+        Ok(a) => a,
+        Err(e) => return conf_error(cf, &e),
+    };
+    let pool = match conf::parse_pool(&args) {
+        Ok(p) => p,
+        Err(e) => return conf_error(cf, &e),
+    };
+    if main.pools.iter().any(|p| p.conf.name == pool.name) {
+        return conf_error(cf, &format!("duplicate pool \"{}\"", pool.name));
+    }
+    main.prefix = prefix(cf);
+    let socket = conf::socket_path(&pool, &main.prefix);
+    if let Some(other) = main.pools.iter().find(|p| p.socket == socket) {
+        return conf_error(
+            cf,
+            &format!(
+                "pool \"{}\" uses the socket of pool \"{}\"",
+                pool.name, other.conf.name
+            ),
+        );
+    }
+    main.pools.push(PoolEntry { conf: pool, socket });
+    ptr::null_mut()
+}
+
+unsafe extern "C" fn set_pool_daemon(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: as in set_pool.
+    let main = unsafe { &mut *(conf as *mut MainConf) };
+    let args = match unsafe { args(cf) } {
+        Ok(a) => a,
+        Err(e) => return conf_error(cf, &e),
+    };
+    if main.daemon.is_some() {
+        return c"is duplicate".as_ptr() as *mut c_char;
+    }
+    let path = PathBuf::from(prefix(cf)).join(args[0]);
+    main.daemon = Some(path);
+    ptr::null_mut()
+}
+
+unsafe extern "C" fn set_pool_pass(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: conf is our LocConf (NGX_HTTP_LOC_CONF_OFFSET); cf is valid in a set handler.
+    let loc = unsafe { &mut *(conf as *mut LocConf) };
+    if loc.pool_name.is_some() {
+        return c"is duplicate".as_ptr() as *mut c_char;
+    }
+    let args = match unsafe { args(cf) } {
+        Ok(a) => a,
+        Err(e) => return conf_error(cf, &e),
+    };
+    loc.pool_name = Some(args[0].to_string());
+    loc.origin = origin(cf);
+    // SAFETY: the core module's location configuration of the block being parsed; setting its
+    // content handler is how proxy_pass and fastcgi_pass take over a location.
+    unsafe {
+        let clcf = ngx::http::NgxHttpCoreModule::location_conf_mut(&*cf)
+            .map(|c| c as *mut ngx_http_core_loc_conf_t)
+            .unwrap_or(ptr::null_mut());
+        if clcf.is_null() {
+            return NGX_CONF_ERROR;
+        }
+        (*clcf).handler = Some(crate::request::pool_pass_handler);
+    }
+    ptr::null_mut()
+}

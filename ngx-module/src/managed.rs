@@ -1,0 +1,315 @@
+//! Managed mode: the nginx master starts one poold per pool and stops it when nginx exits.
+//!
+//! `init_module` runs in the master at start and on every reload (never acted on in `nginx -t`
+//! or the `-s` signaller). A pool whose settings are unchanged keeps its poold across a reload;
+//! a changed one is restarted; a removed one is stopped. The module's statics survive reloads
+//! because the new cycle opens the module before the old one closes it.
+//!
+//! Every poold inherits the read end of a *lifeline* pipe whose write end only the master holds
+//! (workers close theirs in `init_process`): if the master dies, even by SIGKILL, poold reads end
+//! of file and stops its workers. poold gets neither nginx's listening sockets nor its blocked
+//! signal mask.
+
+use crate::directives::{MainConf, Module, PoolEntry};
+use nginx_sys::{ngx_cycle_t, NGX_LOG_EMERG, NGX_LOG_NOTICE, NGX_PROCESS_SIGNALLER};
+use ngx::core::CoreModuleMainConf;
+use ngx::http::HttpModuleMainConf;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const START_WAIT: Duration = Duration::from_secs(5);
+const STOP_WAIT: Duration = Duration::from_secs(5);
+/// The descriptor number the lifeline has in poold.
+const LIFELINE_FD: i32 = 3;
+
+struct Running {
+    name: String,
+    argv: Vec<String>,
+    pid: Pid,
+    socket: PathBuf,
+}
+
+/// The lifeline pipe (read end, write end), created on first use.
+static LIFELINE: Mutex<Option<(OwnedFd, OwnedFd)>> = Mutex::new(None);
+static RUNNING: Mutex<Vec<Running>> = Mutex::new(Vec::new());
+
+/// Closes the master's lifeline ends in a worker process (see module docs).
+pub fn close_lifeline_in_worker() {
+    if let Ok(mut l) = LIFELINE.lock() {
+        *l = None;
+    }
+    if let Ok(mut r) = RUNNING.lock() {
+        r.clear();
+    }
+}
+
+fn log(cycle: *mut ngx_cycle_t, level: u32, msg: &str) {
+    // SAFETY: `cycle` is the live cycle nginx passed to a hook; its log is valid.
+    let log = unsafe { (*cycle).log };
+    ngx::ngx_log_error!(level, log, "{}", msg);
+}
+
+/// `pool_daemon`, or `poold` beside this module's shared object.
+fn daemon_path(main: &MainConf) -> PathBuf {
+    if let Some(p) = &main.daemon {
+        return p.clone();
+    }
+    let mut info: libc::Dl_info = libc::Dl_info {
+        dli_fname: std::ptr::null(),
+        dli_fbase: std::ptr::null_mut(),
+        dli_sname: std::ptr::null(),
+        dli_saddr: std::ptr::null_mut(),
+    };
+    // SAFETY: dladdr only reads the address (a function of this object) and fills `info`;
+    // dli_fname, when set, is a NUL-terminated path owned by the dynamic loader.
+    let so = unsafe {
+        if libc::dladdr(daemon_path as *const libc::c_void, &mut info) != 0
+            && !info.dli_fname.is_null()
+        {
+            std::ffi::CStr::from_ptr(info.dli_fname)
+                .to_str()
+                .ok()
+                .map(PathBuf::from)
+        } else {
+            None
+        }
+    };
+    so.and_then(|p| p.parent().map(|d| d.join("poold")))
+        .unwrap_or_else(|| PathBuf::from("poold"))
+}
+
+fn argv_for(pool: &PoolEntry, cycle: *mut ngx_cycle_t) -> Vec<String> {
+    let c = &pool.conf;
+    let mut argv = vec![
+        "--name".into(),
+        c.name.clone(),
+        "--socket".into(),
+        pool.socket.display().to_string(),
+        "--handler".into(),
+        c.handler.clone(),
+        "--workers".into(),
+        c.workers.to_string(),
+        "--queue".into(),
+        c.queue.to_string(),
+    ];
+    if let Some(a) = c.arena {
+        argv.extend(["--arena".into(), a.to_string()]);
+    }
+    if nix::unistd::geteuid().is_root() {
+        // SAFETY: the core module's configuration exists in every cycle.
+        let ccf = ngx::core::NgxCoreModule::main_conf(unsafe { &*cycle });
+        if let Some(ccf) = ccf {
+            if ccf.user != libc::uid_t::MAX {
+                argv.extend([
+                    "--user".into(),
+                    ccf.user.to_string(),
+                    "--group".into(),
+                    ccf.group.to_string(),
+                ]);
+            }
+        }
+    }
+    argv
+}
+
+/// Starts, keeps or stops poolds to match the new configuration.
+pub fn on_init_module(cycle: *mut ngx_cycle_t) {
+    // SAFETY: reading nginx's process-global flags in the master's single thread.
+    let (testing, process) = unsafe { (nginx_sys::ngx_test_config, nginx_sys::ngx_process) };
+    if testing != 0 || process == NGX_PROCESS_SIGNALLER as _ {
+        return;
+    }
+    // SAFETY: `cycle` is the cycle being initialised; its configuration is complete.
+    let Some(main) = Module::main_conf(unsafe { &*cycle }) else {
+        return;
+    };
+    let daemon = daemon_path(main);
+    let wanted: Vec<(&PoolEntry, Vec<String>)> = main
+        .pools
+        .iter()
+        .filter(|p| !p.conf.external)
+        .map(|p| (p, argv_for(p, cycle)))
+        .collect();
+    let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+    // Stop what is gone or changed.
+    running.retain(|r| {
+        let keep = wanted
+            .iter()
+            .any(|(p, argv)| p.conf.name == r.name && *argv == r.argv)
+            && alive(r.pid);
+        if !keep {
+            log(
+                cycle,
+                NGX_LOG_NOTICE,
+                &format!("stopping poold {} of pool \"{}\"", r.pid, r.name),
+            );
+            stop(r);
+        }
+        keep
+    });
+    for (pool, argv) in wanted {
+        if running.iter().any(|r| r.name == pool.conf.name) {
+            continue;
+        }
+        match spawn(&daemon, &argv, &pool.socket, cycle) {
+            Ok(pid) => {
+                log(
+                    cycle,
+                    NGX_LOG_NOTICE,
+                    &format!(
+                        "started poold {pid} for pool \"{}\" on {}",
+                        pool.conf.name,
+                        pool.socket.display()
+                    ),
+                );
+                running.push(Running {
+                    name: pool.conf.name.clone(),
+                    argv,
+                    pid,
+                    socket: pool.socket.clone(),
+                });
+            }
+            Err(e) => log(
+                cycle,
+                NGX_LOG_EMERG,
+                &format!(
+                    "pool \"{}\": cannot start {}: {e}",
+                    pool.conf.name,
+                    daemon.display()
+                ),
+            ),
+        }
+    }
+}
+
+fn alive(pid: Pid) -> bool {
+    match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::StillAlive) => true,
+        Ok(_) => false,
+        // Not our child (we daemonised after forking it): ask the kernel.
+        Err(_) => kill(pid, None).is_ok(),
+    }
+}
+
+fn lifeline_read_fd() -> std::io::Result<i32> {
+    let mut l = LIFELINE.lock().unwrap_or_else(|e| e.into_inner());
+    if l.is_none() {
+        *l = Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?);
+    }
+    Ok(l.as_ref().expect("just set").0.as_raw_fd())
+}
+
+/// Forks and execs poold, then waits until its socket exists (or it died).
+fn spawn(
+    daemon: &Path,
+    args: &[String],
+    socket: &Path,
+    cycle: *mut ngx_cycle_t,
+) -> std::io::Result<Pid> {
+    let lifeline = lifeline_read_fd()?;
+    let _ = std::fs::remove_file(socket);
+    let mut argv: Vec<CString> = vec![CString::new(daemon.as_os_str().as_encoded_bytes())?];
+    for a in args
+        .iter()
+        .cloned()
+        .chain(["--lifeline-fd".into(), LIFELINE_FD.to_string()])
+    {
+        argv.push(CString::new(a)?);
+    }
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    // SAFETY: the cycle's log is open; we only read its descriptor number.
+    let log_fd = unsafe {
+        let log = (*cycle).log;
+        if !log.is_null() && !(*log).file.is_null() {
+            (*(*log).file).fd
+        } else {
+            2
+        }
+    };
+    // SAFETY: the nginx master is single-threaded, so the child may run anything; still, between
+    // fork and exec it only makes async-signal-safe calls on memory prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: async-signal-safe calls only; every pointer was built before fork.
+        unsafe {
+            let empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            for sig in [
+                libc::SIGTERM,
+                libc::SIGINT,
+                libc::SIGQUIT,
+                libc::SIGHUP,
+                libc::SIGCHLD,
+                libc::SIGPIPE,
+            ] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            libc::setpgid(0, 0);
+            if log_fd != 2 && log_fd >= 0 {
+                libc::dup2(log_fd, 2);
+            }
+            libc::dup2(lifeline, LIFELINE_FD);
+            if libc::syscall(libc::SYS_close_range, LIFELINE_FD + 1, u32::MAX, 0) != 0 {
+                for fd in LIFELINE_FD + 1..65536 {
+                    libc::close(fd);
+                }
+            }
+            libc::execv(argv_ptrs[0], argv_ptrs.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    let pid = Pid::from_raw(pid);
+    let deadline = Instant::now() + START_WAIT;
+    while Instant::now() < deadline {
+        if socket.exists() {
+            return Ok(pid);
+        }
+        if !alive(pid) {
+            return Err(std::io::Error::other(
+                "poold exited at start (its reason is in the error log above)",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Err(std::io::Error::other(format!(
+        "no socket at {} after {:?}",
+        socket.display(),
+        START_WAIT
+    )))
+}
+
+fn stop(r: &Running) {
+    let _ = kill(r.pid, Signal::SIGTERM);
+    let deadline = Instant::now() + STOP_WAIT;
+    while alive(r.pid) {
+        if Instant::now() >= deadline {
+            let _ = kill(r.pid, Signal::SIGKILL);
+            let _ = waitpid(r.pid, None);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = std::fs::remove_file(&r.socket);
+}
+
+/// nginx is exiting: stop every poold.
+pub fn on_exit_master() {
+    let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+    for r in running.iter() {
+        let _ = kill(r.pid, Signal::SIGTERM);
+    }
+    for r in running.drain(..) {
+        stop(&r);
+    }
+    *LIFELINE.lock().unwrap_or_else(|e| e.into_inner()) = None;
+}

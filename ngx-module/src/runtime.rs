@@ -1,0 +1,405 @@
+//! Per-worker state: each nginx worker's attachment to each pool, and its event-loop hooks.
+//!
+//! A worker attaches to a pool by connecting to its socket, sending its eventfd and receiving the
+//! region's memfd ([`ngx_pool_channel::handshake`]). Both descriptors then join nginx's event
+//! loop as connections (`ngx_get_connection`, per the development guide's "Events" section):
+//! the eventfd fires when pool workers completed requests of ours, the socket fires only when
+//! poold goes away, and then every request in flight is answered 502 at once.
+//!
+//! nginx workers are single-threaded, so the state is a thread-local; no borrow of it is held
+//! while calling back into nginx (finalizing a request can re-enter us through cleanups).
+
+use crate::directives::{Module, PoolEntry};
+use crate::request::{self, Outcome};
+use nginx_sys::{
+    ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_http_request_t, NGX_LOG_ERR, NGX_LOG_NOTICE,
+};
+use ngx::http::HttpModuleMainConf;
+use ngx_pool_channel::chain::read_chain_into;
+use ngx_pool_channel::handshake::{self, recv_frame, send_frame, Frame};
+use ngx_pool_channel::layout::LAYOUT_VERSION;
+use ngx_pool_channel::slot::{self, FailReason, SlotId, SlotState};
+use ngx_pool_channel::Region;
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::socket::{connect, socket, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// How often a worker retries attaching to a pool that is down.
+const RETRY_EVERY: Duration = Duration::from_millis(200);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A request of ours that a pool holds.
+pub struct InFlight {
+    pub gen: u32,
+    pub r: *mut ngx_http_request_t,
+}
+
+/// A live attachment.
+pub struct Attached {
+    pub region: Region,
+    pub conn: u32,
+    pub conn_gen: u32,
+    socket_c: *mut ngx_connection_t,
+    eventfd_c: *mut ngx_connection_t,
+}
+
+/// One pool as this worker sees it.
+pub struct PoolRt {
+    pub name: String,
+    pub socket: PathBuf,
+    pub timeout_ms: u64,
+    pub attached: Option<Attached>,
+    next_attempt: Option<Instant>,
+    pub inflight: HashMap<u32, InFlight>,
+}
+
+thread_local! {
+    static POOLS: RefCell<Vec<PoolRt>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on pool `i` (None if the index is unknown or the state is busy).
+pub fn with_pool<T>(i: usize, f: impl FnOnce(&mut PoolRt) -> T) -> Option<T> {
+    POOLS.with(|p| {
+        p.try_borrow_mut()
+            .ok()
+            .and_then(|mut p| p.get_mut(i).map(f))
+    })
+}
+
+fn cycle_log() -> *mut nginx_sys::ngx_log_t {
+    // SAFETY: ngx_cycle is set for the worker's whole life.
+    unsafe { (*nginx_sys::ngx_cycle).log }
+}
+
+pub fn log(level: u32, msg: &str) {
+    ngx::ngx_log_error!(level, cycle_log(), "{}", msg);
+}
+
+pub fn on_init_process(cycle: *mut ngx_cycle_t) {
+    crate::managed::close_lifeline_in_worker();
+    // SAFETY: `cycle` is the worker's cycle, fully configured.
+    let Some(main) = Module::main_conf(unsafe { &*cycle }) else {
+        return;
+    };
+    let pools: Vec<PoolRt> = main.pools.iter().map(pool_rt).collect();
+    POOLS.with(|p| *p.borrow_mut() = pools);
+    for i in 0..main.pools.len() {
+        ensure_attached(i);
+    }
+}
+
+fn pool_rt(e: &PoolEntry) -> PoolRt {
+    PoolRt {
+        name: e.conf.name.clone(),
+        socket: e.socket.clone(),
+        timeout_ms: e.conf.timeout_ms,
+        attached: None,
+        next_attempt: None,
+        inflight: HashMap::new(),
+    }
+}
+
+pub fn on_exit_process() {
+    let n = POOLS.with(|p| p.borrow().len());
+    for i in 0..n {
+        detach(i, None);
+    }
+}
+
+/// Attaches pool `i` if it is not attached and a retry is due. Returns whether it is attached.
+pub fn ensure_attached(i: usize) -> bool {
+    let due = with_pool(i, |p| {
+        p.attached.is_none() && p.next_attempt.is_none_or(|t| Instant::now() >= t)
+    });
+    match due {
+        Some(true) => {}
+        Some(false) => return with_pool(i, |p| p.attached.is_some()).unwrap_or(false),
+        None => return false,
+    }
+    let (name, socket) = with_pool(i, |p| (p.name.clone(), p.socket.clone())).expect("pool exists");
+    match attach(&socket) {
+        Ok((region, conn, conn_gen, sock, efd)) => {
+            let socket_c = register(sock, i, on_socket_event);
+            let eventfd_c = register(efd, i, on_eventfd_event);
+            if socket_c.is_null() || eventfd_c.is_null() {
+                log(
+                    NGX_LOG_ERR,
+                    &format!(
+                        "pool \"{name}\": no free nginx connection for the pool's descriptors"
+                    ),
+                );
+                close_connection(socket_c);
+                close_connection(eventfd_c);
+                return false;
+            }
+            log(
+                NGX_LOG_NOTICE,
+                &format!(
+                    "pool \"{name}\": attached to {} as connection {conn}",
+                    socket.display()
+                ),
+            );
+            with_pool(i, |p| {
+                p.attached = Some(Attached {
+                    region,
+                    conn,
+                    conn_gen,
+                    socket_c,
+                    eventfd_c,
+                });
+                p.next_attempt = None;
+            });
+            true
+        }
+        Err(e) => {
+            log(
+                NGX_LOG_ERR,
+                &format!(
+                    "pool \"{name}\": cannot attach to {}: {e}",
+                    socket.display()
+                ),
+            );
+            with_pool(i, |p| p.next_attempt = Some(Instant::now() + RETRY_EVERY));
+            false
+        }
+    }
+}
+
+type Attachment = (Region, u32, u32, OwnedFd, OwnedFd);
+
+/// The handshake, blocking but bounded: the socket is local and poold answers at once.
+fn attach(path: &std::path::Path) -> Result<Attachment, String> {
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| format!("socket: {e}"))?;
+    let addr = UnixAddr::new(path).map_err(|e| e.to_string())?;
+    connect(sock.as_raw_fd(), &addr).map_err(|e| format!("connect: {e}"))?;
+    let tv = nix::sys::time::TimeVal::new(HANDSHAKE_TIMEOUT.as_secs() as _, 0);
+    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
+        .map_err(|e| e.to_string())?;
+    let efd: OwnedFd =
+        EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(|e| format!("eventfd: {e}"))?
+            .into();
+    let hello = Frame::new(handshake::HELLO, LAYOUT_VERSION, std::process::id(), 0);
+    send_frame(&sock, hello, Some(&efd)).map_err(|e| format!("hello: {e}"))?;
+    let (welcome, memfd) = match recv_frame(&sock, MsgFlags::empty()) {
+        Ok(Some(x)) => x,
+        Ok(None) => return Err("poold closed the connection during the handshake".into()),
+        Err(e) => return Err(format!("welcome: {e}")),
+    };
+    if welcome.kind != handshake::WELCOME {
+        return Err("poold sent no welcome".into());
+    }
+    match welcome.a {
+        handshake::WELCOME_OK => {}
+        handshake::WELCOME_BAD_VERSION => {
+            return Err(format!(
+                "poold speaks another layout version than {LAYOUT_VERSION}: rebuild both"
+            ))
+        }
+        handshake::WELCOME_FULL => {
+            return Err("poold has no room for another nginx worker (--max-conns)".into())
+        }
+        other => return Err(format!("poold refused with status {other}")),
+    }
+    let memfd = memfd.ok_or("poold sent no region")?;
+    let region = Region::attach(memfd).map_err(|e| e.to_string())?;
+    nix::fcntl::fcntl(
+        sock.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((region, welcome.b, welcome.c, sock, efd))
+}
+
+/// Hands `fd` to nginx as a connection whose read events call `handler`; `c->data` is the pool
+/// index. Returns null on failure (the descriptor is then closed).
+fn register(
+    fd: OwnedFd,
+    pool: usize,
+    handler: unsafe extern "C" fn(*mut ngx_event_t),
+) -> *mut ngx_connection_t {
+    let raw = fd.into_raw_fd();
+    // SAFETY: `raw` is an open descriptor we own and hand over to the connection (closed by
+    // ngx_close_connection). The connection, its read event and log come from nginx and are
+    // valid until that close.
+    unsafe {
+        let c = nginx_sys::ngx_get_connection(raw, cycle_log());
+        if c.is_null() {
+            libc::close(raw);
+            return c;
+        }
+        (*c).data = pool as *mut std::ffi::c_void;
+        let rev = (*c).read;
+        (*rev).handler = Some(handler);
+        (*rev).log = cycle_log();
+        (*(*c).write).log = cycle_log();
+        if nginx_sys::ngx_handle_read_event(rev, 0) != nginx_sys::NGX_OK as isize {
+            nginx_sys::ngx_close_connection(c);
+            return std::ptr::null_mut();
+        }
+        c
+    }
+}
+
+fn close_connection(c: *mut ngx_connection_t) {
+    if !c.is_null() {
+        // SAFETY: `c` came from ngx_get_connection and is closed exactly once (we forget it).
+        unsafe { nginx_sys::ngx_close_connection(c) };
+    }
+}
+
+/// Pool index stored in an event's connection.
+///
+/// # Safety
+/// `ev` must be the read event of a connection made by [`register`].
+unsafe fn pool_of(ev: *mut ngx_event_t) -> (usize, *mut ngx_connection_t) {
+    // SAFETY: per the contract, ev->data is our connection and c->data the pool index.
+    unsafe {
+        let c = (*ev).data as *mut ngx_connection_t;
+        ((*c).data as usize, c)
+    }
+}
+
+/// The socket to poold is readable: poold only ever closes it (it died or stopped).
+unsafe extern "C" fn on_socket_event(ev: *mut ngx_event_t) {
+    // SAFETY: nginx calls this with the read event of our socket connection.
+    let (i, c) = unsafe { pool_of(ev) };
+    // SAFETY: as above; the descriptor is open while the connection is.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw((*c).fd) };
+    match recv_frame(fd, MsgFlags::MSG_DONTWAIT) {
+        Ok(Some(_)) => return,
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return,
+        _ => {}
+    }
+    // SAFETY: still our event; clearing `ready` is how an edge-triggered handler says "drained".
+    unsafe { (*ev).set_ready(0) };
+    detach(i, Some("poold closed the connection"));
+}
+
+/// Pool workers finished requests of ours.
+unsafe extern "C" fn on_eventfd_event(ev: *mut ngx_event_t) {
+    // SAFETY: nginx calls this with the read event of our eventfd connection.
+    let (i, c) = unsafe { pool_of(ev) };
+    let mut buf = [0u8; 8];
+    // SAFETY: the eventfd is open while the connection is; reading resets its counter.
+    while unsafe { libc::read((*c).fd, buf.as_mut_ptr().cast(), 8) } == 8 {}
+    // SAFETY: as in on_socket_event.
+    unsafe { (*ev).set_ready(0) };
+    complete_ready(i);
+}
+
+/// Answers every request of pool `i` whose slot is Done or Failed.
+pub fn complete_ready(i: usize) {
+    let finished = with_pool(i, |p| {
+        let Some(a) = &p.attached else {
+            return Vec::new();
+        };
+        slot::clear_wake(&a.region, a.conn);
+        let ready: Vec<u32> = p
+            .inflight
+            .iter()
+            .filter(|(index, f)| {
+                let st = slot::state_of(
+                    &a.region,
+                    SlotId {
+                        index: **index,
+                        gen: f.gen,
+                    },
+                );
+                !matches!(
+                    st,
+                    Some(SlotState::Queued) | Some(SlotState::Running) | Some(SlotState::Filling)
+                )
+            })
+            .map(|(index, _)| *index)
+            .collect();
+        ready
+            .into_iter()
+            .filter_map(|index| {
+                let f = p.inflight.remove(&index)?;
+                let id = SlotId { index, gen: f.gen };
+                Some((f.r, take_outcome(a, id, f.r, &p.name)))
+            })
+            .collect()
+    })
+    .unwrap_or_default();
+    for (r, outcome) in finished {
+        request::respond(r, outcome);
+    }
+}
+
+/// Reads the outcome of a finished slot into the request's pool and frees the slot.
+fn take_outcome(a: &Attached, id: SlotId, r: *mut ngx_http_request_t, pool: &str) -> Outcome {
+    let outcome = match slot::state_of(&a.region, id) {
+        Some(SlotState::Done) => match slot::response(&a.region, id) {
+            Some((head, len)) => match request::alloc_in_request(r, len) {
+                Some(buf) => match read_chain_into(&a.region, head, buf) {
+                    Ok(()) => Outcome::Response(buf.as_mut_ptr(), buf.len()),
+                    Err(e) => Outcome::Error(502, format!("pool \"{pool}\": response: {e}")),
+                },
+                None => Outcome::Error(
+                    500,
+                    format!("pool \"{pool}\": no memory for a {len}-byte response"),
+                ),
+            },
+            None => Outcome::Error(502, format!("pool \"{pool}\": bad slot")),
+        },
+        Some(SlotState::Failed) => {
+            let reason = slot::fail_reason(&a.region, id);
+            let status = if reason == FailReason::Timeout {
+                504
+            } else {
+                502
+            };
+            Outcome::Error(
+                status,
+                format!("pool \"{pool}\": request failed in the pool: {reason:?}"),
+            )
+        }
+        other => Outcome::Error(
+            502,
+            format!("pool \"{pool}\": request lost its slot (state {other:?})"),
+        ),
+    };
+    slot::release(&a.region, id);
+    outcome
+}
+
+/// Drops the attachment of pool `i`; with a reason, answers every request in flight with 502.
+pub fn detach(i: usize, reason: Option<&str>) {
+    let taken = with_pool(i, |p| {
+        let a = p.attached.take();
+        let inflight: Vec<InFlight> = p.inflight.drain().map(|(_, f)| f).collect();
+        p.next_attempt = None;
+        (a, inflight, p.name.clone())
+    });
+    let Some((attached, inflight, name)) = taken else {
+        return;
+    };
+    if let Some(a) = attached {
+        close_connection(a.socket_c);
+        close_connection(a.eventfd_c);
+    }
+    if let Some(reason) = reason {
+        log(
+            NGX_LOG_ERR,
+            &format!(
+                "pool \"{name}\": {reason}; {} requests in flight get 502",
+                inflight.len()
+            ),
+        );
+        for f in inflight {
+            request::respond(f.r, Outcome::Error(502, String::new()));
+        }
+    }
+}
