@@ -5,13 +5,13 @@
 //! message string returned from the set handler, to which nginx adds "in FILE:LINE".
 //! See <https://nginx.org/en/docs/dev/development_guide.html#config_directives>.
 
-use crate::conf::{self, PoolConf};
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_http_core_loc_conf_t, ngx_http_module_t, ngx_module_t,
     ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_TAKE1, NGX_HTTP_LIF_CONF, NGX_HTTP_LOC_CONF,
     NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_LOG_EMERG,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
+use ngx_pool_conf::{self as conf, PoolConf};
 use std::ffi::{c_char, c_void, CString};
 use std::path::PathBuf;
 use std::ptr;

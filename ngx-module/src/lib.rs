@@ -7,13 +7,13 @@
 //! `init_module` ([`managed`]); each worker attaches to every pool in `init_process` and keeps
 //! the pool's eventfd in its event loop ([`runtime`]); a `pool_pass` location's content handler
 //! writes the request into the region, suspends it, and finishes it when the eventfd fires
-//! ([`request`]). `unsafe` code lives in those FFI-edge modules; [`conf`] is plain Rust.
+//! ([`request`]). `unsafe` code lives in those FFI-edge modules; the directive parameters are
+//! parsed in plain Rust by the `ngx-pool-conf` crate.
 
-pub mod conf;
-pub mod directives;
-pub mod managed;
-pub mod request;
-pub mod runtime;
+mod directives;
+mod managed;
+mod request;
+mod runtime;
 
 use nginx_sys::{ngx_cycle_t, ngx_int_t, ngx_module_t, NGX_HTTP_MODULE, NGX_OK};
 

@@ -1,1 +1,387 @@
+//! Test harness: runs a real nginx with the ngx-pool module in a temporary prefix on a free
+//! loopback port, talks HTTP to it, and cleans up every process it started, even on failure.
+//!
+//! Hygiene after each test (`Nginx::finish`): no `[alert]`, `[emerg]` or `[crit]` in the error
+//! log unless the test allowed it, no descriptor leaked by nginx workers, no process left.
 
+pub mod http;
+pub mod procs;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long readiness waits may take before the test fails.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The directory holding the built module and poold (`target/<profile>`).
+pub fn target_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("NGX_POOL_TARGET_DIR") {
+        return PathBuf::from(d);
+    }
+    // The test executable is target/<profile>/deps/<name>.
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf()
+}
+
+pub fn module_path() -> PathBuf {
+    target_dir().join("libngx_pool_module.so")
+}
+
+pub fn poold_path() -> PathBuf {
+    target_dir().join("poold")
+}
+
+/// The nginx binary built by nginx-sys (or `NGX_POOL_NGINX`).
+pub fn nginx_path() -> PathBuf {
+    if let Ok(p) = std::env::var("NGX_POOL_NGINX") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(env!("NGX_POOL_NGINX_BUILD_DIR")).join("nginx")
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh directory for one nginx prefix, readable by the workers' user.
+pub fn temp_prefix() -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ngx-pool-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    for d in [&dir, &dir.join("logs")] {
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
+/// What a test's nginx.conf contains besides the fixed frame.
+pub struct Conf {
+    pub worker_processes: u32,
+    /// Inside `http {}`: `pool` lines and anything else.
+    pub http: String,
+    /// Inside `server {}`: locations.
+    pub server: String,
+    /// Pools the workers must attach to before the test starts.
+    pub pools: u32,
+}
+
+impl Conf {
+    pub fn new(http: &str, server: &str) -> Conf {
+        Conf {
+            worker_processes: 2,
+            http: http.into(),
+            server: server.into(),
+            pools: http
+                .lines()
+                .filter(|l| l.trim_start().starts_with("pool "))
+                .count() as u32,
+        }
+    }
+    pub fn workers(mut self, n: u32) -> Conf {
+        self.worker_processes = n;
+        self
+    }
+}
+
+/// Writes the full nginx.conf for `conf` into `dir`.
+pub fn write_conf(dir: &Path, port: u16, conf: &Conf) -> PathBuf {
+    let text = format!(
+        "daemon off;\nmaster_process on;\nworker_processes {wp};\nerror_log {dir}/logs/error.log info;\n\
+         pid {dir}/logs/nginx.pid;\nload_module {module};\nworker_shutdown_timeout 10s;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n    access_log off;\n    client_body_temp_path {dir}/body;\n{http}\n\
+         server {{\n    listen 127.0.0.1:{port};\n{server}\n    location = /plain {{ return 200 \"plain\\n\"; }}\n}}\n}}\n",
+        wp = conf.worker_processes,
+        dir = dir.display(),
+        module = module_path().display(),
+        http = conf.http,
+        server = conf.server,
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs `nginx -t` on `conf`; returns (success, output).
+pub fn nginx_test_config(conf: &Conf) -> (bool, String) {
+    let dir = temp_prefix();
+    let path = write_conf(&dir, free_port(), conf);
+    let out = Command::new(nginx_path())
+        .args(["-t", "-p"])
+        .arg(&dir)
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("run nginx -t");
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let _ = std::fs::remove_dir_all(&dir);
+    (out.status.success(), text)
+}
+
+/// A running nginx.
+pub struct Nginx {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub conf: Conf,
+    master: Option<Child>,
+    /// Log lines a test expects (substrings); any other alert/emerg/crit fails `finish`.
+    allowed: Vec<String>,
+    fd_baseline: Vec<(u32, usize)>,
+}
+
+impl Nginx {
+    /// Starts nginx and waits until it listens and every worker attached to every pool.
+    pub fn start(conf: Conf) -> Nginx {
+        let dir = temp_prefix();
+        let port = free_port();
+        let path = write_conf(&dir, port, &conf);
+        let master = Command::new(nginx_path())
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start nginx");
+        let mut ng = Nginx {
+            dir,
+            port,
+            conf,
+            master: Some(master),
+            allowed: Vec::new(),
+            fd_baseline: Vec::new(),
+        };
+        let want = ng.conf.worker_processes * ng.conf.pools;
+        ng.wait_for(&format!("{want} attachments"), |ng| {
+            TcpStream::connect(("127.0.0.1", ng.port)).is_ok()
+                && ng.log().matches("attached to").count() as u32 >= want
+        });
+        ng.fd_baseline = ng.worker_fds();
+        ng
+    }
+
+    /// Polls `cond` until true; panics with the error log after [`READY_TIMEOUT`].
+    pub fn wait_for(&mut self, what: &str, mut cond: impl FnMut(&mut Nginx) -> bool) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !cond(self) {
+            if let Some(m) = self.master.as_mut() {
+                if let Ok(Some(status)) = m.try_wait() {
+                    panic!(
+                        "nginx exited ({status}) while waiting for {what}; log:\n{}",
+                        self.log()
+                    );
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("logs/error.log")).unwrap_or_default()
+    }
+
+    /// Allows log lines containing `s` at alert/emerg/crit level.
+    pub fn allow(&mut self, s: &str) {
+        self.allowed.push(s.to_string());
+    }
+
+    pub fn master_pid(&self) -> u32 {
+        self.master.as_ref().map_or(0, |m| m.id())
+    }
+
+    pub fn conf_path(&self) -> PathBuf {
+        self.dir.join("nginx.conf")
+    }
+
+    /// Sends `nginx -s SIGNAL`.
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new(nginx_path())
+            .arg("-p")
+            .arg(&self.dir)
+            .arg("-c")
+            .arg(self.conf_path())
+            .args(["-s", sig])
+            .status()
+            .unwrap();
+        assert!(st.success(), "nginx -s {sig} failed");
+    }
+
+    /// Rewrites the configuration (same port) and reloads; waits until the new workers attached.
+    pub fn reload(&mut self, conf: Option<Conf>) {
+        if let Some(c) = conf {
+            self.conf = c;
+        }
+        write_conf(&self.dir, self.port, &self.conf);
+        let before = self.log().matches("attached to").count() as u32;
+        self.signal("reload");
+        let want = before + self.conf.worker_processes * self.conf.pools;
+        self.wait_for("reloaded workers to attach", |ng| {
+            ng.log().matches("attached to").count() as u32 >= want
+        });
+    }
+
+    pub fn get(&self, path: &str) -> http::Response {
+        http::request(self.port, "GET", path, &[], b"")
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// nginx worker pids (children of the master running "nginx: worker").
+    pub fn worker_pids(&self) -> Vec<u32> {
+        procs::children(self.master_pid())
+            .into_iter()
+            .filter(|p| procs::cmdline(*p).contains("nginx: worker"))
+            .collect()
+    }
+
+    fn worker_fds(&self) -> Vec<(u32, usize)> {
+        let mut v: Vec<(u32, usize)> = self
+            .worker_pids()
+            .into_iter()
+            .map(|p| (p, procs::fd_count(p)))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Stops nginx with `nginx -s quit` and checks hygiene: no leaked descriptors in the workers,
+    /// no unexpected alert/emerg/crit, no process or socket left behind.
+    pub fn finish(mut self) {
+        if !self.fd_baseline.is_empty() && self.worker_pids().len() == self.fd_baseline.len() {
+            // Client connections close asynchronously: wait for the counts to settle.
+            let baseline = self.fd_baseline.clone();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.worker_fds() != baseline && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let now = self.worker_fds();
+            if now.iter().map(|p| p.0).collect::<Vec<_>>()
+                == baseline.iter().map(|p| p.0).collect::<Vec<_>>()
+            {
+                assert_eq!(
+                    now, baseline,
+                    "nginx workers leaked descriptors (pid, count)"
+                );
+            }
+        }
+        self.signal("quit");
+        let mut master = self.master.take().unwrap();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if master.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not quit; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let left = procs::with_arg_containing(&self.dir.display().to_string());
+        assert!(left.is_empty(), "processes left after quit: {left:?}");
+        let sockets: Vec<_> = std::fs::read_dir(self.dir.join("logs"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "sock"))
+            .collect();
+        assert!(sockets.is_empty(), "socket files left: {sockets:?}");
+        self.check_log();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    /// Fails on alert/emerg/crit lines the test did not allow.
+    pub fn check_log(&self) {
+        let log = self.log();
+        let bad: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("[alert]") || l.contains("[emerg]") || l.contains("[crit]"))
+            .filter(|l| !self.allowed.iter().any(|a| l.contains(a.as_str())))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "unexpected lines in error log:\n{}",
+            bad.join("\n")
+        );
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let Some(mut master) = self.master.take() else {
+            return;
+        };
+        // Failure path: kill the whole tree, whatever state it is in.
+        let mut pids = procs::descendants(master.id());
+        pids.extend(procs::with_arg_containing(&self.dir.display().to_string()));
+        let _ = master.kill();
+        let _ = master.wait();
+        for p in pids {
+            procs::kill(p, libc::SIGKILL);
+        }
+        if std::thread::panicking() {
+            let _ = writeln!(
+                std::io::stderr(),
+                "--- error log of {} ---\n{}",
+                self.dir.display(),
+                self.log()
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `f(i)` for `i` in `0..n` on `threads` threads at once; returns results in order.
+pub fn parallel<T: Send + 'static>(
+    n: usize,
+    threads: usize,
+    f: impl Fn(usize) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let f = std::sync::Arc::new(f);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (f, next) = (f.clone(), next.clone());
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return out;
+                    }
+                    out.push((i, f(i)));
+                }
+            })
+        })
+        .collect();
+    let mut all: Vec<(usize, T)> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, t)| t).collect()
+}

@@ -75,7 +75,7 @@ impl Geometry {
         }
         if self.chunk_size < 1024
             || self.chunk_size > 1 << 24
-            || self.chunk_size as u64 % SECTION_ALIGN != 0
+            || !(self.chunk_size as u64).is_multiple_of(SECTION_ALIGN)
         {
             return Err("chunk size must be a multiple of 128 between 1 KiB and 16 MiB");
         }

@@ -13,6 +13,9 @@ use std::io::{self, Write};
 
 pub const REQUEST_FORMAT: u8 = 1;
 
+/// A header as (name, value) bytes.
+pub type Header<'a> = (&'a [u8], &'a [u8]);
+
 /// What went wrong decoding a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError(pub &'static str);
@@ -32,7 +35,7 @@ pub struct RequestHead<'a> {
     pub uri: &'a [u8],
     pub version: (u8, u8),
     pub client: &'a [u8],
-    pub headers: &'a [(&'a [u8], &'a [u8])],
+    pub headers: &'a [Header<'a>],
 }
 
 /// A decoded request, borrowing from the message bytes.
@@ -42,7 +45,7 @@ pub struct RequestView<'a> {
     pub uri: &'a [u8],
     pub version: (u8, u8),
     pub client: &'a [u8],
-    pub headers: Vec<(&'a [u8], &'a [u8])>,
+    pub headers: Vec<Header<'a>>,
     pub body: &'a [u8],
 }
 
@@ -50,7 +53,7 @@ pub struct RequestView<'a> {
 #[derive(Debug, Clone)]
 pub struct ResponseView<'a> {
     pub status: u16,
-    pub headers: Vec<(&'a [u8], &'a [u8])>,
+    pub headers: Vec<Header<'a>>,
     pub body: &'a [u8],
 }
 
@@ -145,7 +148,7 @@ impl<'a> Cursor<'a> {
         };
         self.take(n)
     }
-    fn headers(&mut self) -> Result<Vec<(&'a [u8], &'a [u8])>, DecodeError> {
+    fn headers(&mut self) -> Result<Vec<Header<'a>>, DecodeError> {
         let n = self.u32()? as usize;
         // Each header takes at least 6 bytes: refuse counts the data cannot hold before
         // allocating for them.

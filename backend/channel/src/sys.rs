@@ -5,7 +5,10 @@ use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 /// Turns a libc-style `-1` return into the thread's `io::Error`.
-#[macro_export]
+///
+/// Only used in this module, on plain values: the arguments it expands inside `unsafe` are
+/// integers and pointers computed by safe code above each call.
+#[allow(clippy::macro_metavars_in_unsafe)]
 macro_rules! syscall {
     ($fn:ident ( $($arg:expr),* $(,)* ) ) => {{
         // SAFETY: the caller passes arguments valid for this libc function; this macro only

@@ -215,7 +215,6 @@ impl Supervisor {
             let conns = &self.conns;
             let run_as = self.run_as;
             sys::fork_child(|| {
-                sys::child_defaults(me);
                 let mut table = ConnFds::new();
                 for (ci, c) in conns.iter().enumerate() {
                     if let Some(c) = c {
@@ -237,6 +236,7 @@ impl Supervisor {
                         std::process::exit(1);
                     }
                 }
+                sys::child_defaults(me);
                 // `theirs` is kept open above; the duplicate below is what the worker owns.
                 let control = theirs.try_clone().unwrap_or_else(|_| std::process::exit(1));
                 Worker {

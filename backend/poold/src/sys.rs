@@ -18,7 +18,8 @@ pub fn fork_child(child: impl FnOnce() -> std::convert::Infallible) -> io::Resul
     }
 }
 
-/// In a freshly forked child: dies with its parent, and takes back the default signal state.
+/// In a freshly forked child, after any change of credentials (which clears it): dies with its
+/// parent, and takes back the default signal state.
 pub fn child_defaults(parent: Pid) {
     let _ = nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL));
     // The parent may have died before prctl took effect.

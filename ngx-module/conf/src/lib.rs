@@ -1,4 +1,6 @@
-//! The `pool` directive's parameters, parsed and checked in safe Rust.
+//! The `pool` directive's parameters, parsed and checked in plain Rust.
+//!
+//! A crate of its own so its tests link without nginx (the module's own test binary cannot).
 //!
 //! `pool NAME handler=SPEC [workers=N] [queue=N] [timeout=TIME] [socket=PATH] [arena=SIZE] [external];`
 

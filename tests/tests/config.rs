@@ -1,0 +1,106 @@
+//! `nginx -t` rejects every bad directive, naming file, line and reason.
+
+use ngx_pool_tests::{nginx_test_config, Conf};
+
+fn rejected(http: &str, server: &str, reason: &str) {
+    let (ok, out) = nginx_test_config(&Conf::new(http, server));
+    assert!(!ok, "nginx -t accepted:\n{http}\n{server}");
+    assert!(
+        out.contains(reason),
+        "reason \"{reason}\" missing in:\n{out}"
+    );
+    assert!(out.contains("nginx.conf:"), "file:line missing in:\n{out}");
+}
+
+const LOC: &str = "    location /x { pool_pass app; }";
+
+#[test]
+fn good_configuration_passes() {
+    let (ok, out) = nginx_test_config(&Conf::new(
+        "    pool app handler=builtin:echo workers=2 queue=10 timeout=5s;",
+        LOC,
+    ));
+    assert!(ok, "{out}");
+    assert!(out.contains("test is successful"));
+}
+
+#[test]
+fn unknown_pool_in_pool_pass() {
+    rejected(
+        "    pool app handler=builtin:echo;",
+        "    location /y { pool_pass nope; }",
+        "unknown pool \"nope\"",
+    );
+}
+
+#[test]
+fn duplicate_pool_name() {
+    rejected(
+        "    pool app handler=builtin:echo;\n    pool app handler=builtin:cpu;",
+        LOC,
+        "duplicate pool \"app\"",
+    );
+}
+
+#[test]
+fn bad_number() {
+    rejected(
+        "    pool app handler=builtin:echo workers=many;",
+        LOC,
+        "invalid workers \"many\"",
+    );
+    rejected(
+        "    pool app handler=builtin:echo queue=-1;",
+        LOC,
+        "invalid queue",
+    );
+}
+
+#[test]
+fn bad_time() {
+    rejected(
+        "    pool app handler=builtin:echo timeout=soon;",
+        LOC,
+        "invalid timeout \"soon\"",
+    );
+}
+
+#[test]
+fn unknown_handler() {
+    rejected(
+        "    pool app handler=builtin:nope;",
+        LOC,
+        "unknown handler \"builtin:nope\"",
+    );
+    rejected("    pool app handler=python:app;", LOC, "unknown handler");
+}
+
+#[test]
+fn unknown_parameter() {
+    rejected(
+        "    pool app handler=builtin:echo colour=blue;",
+        LOC,
+        "invalid parameter \"colour=blue\"",
+    );
+}
+
+#[test]
+fn pool_pass_outside_a_location_and_missing_handler() {
+    rejected("    pool app;", LOC, "needs handler=");
+    rejected(
+        "    pool app handler=builtin:echo;\n    pool_pass app;",
+        LOC,
+        "\"pool_pass\" directive is not allowed here",
+    );
+}
+
+#[test]
+fn nginx_t_starts_no_poold() {
+    let before = ngx_pool_tests::procs::with_arg_containing("--lifeline-fd").len();
+    let (ok, _) = nginx_test_config(&Conf::new("    pool app handler=builtin:echo;", LOC));
+    assert!(ok);
+    assert_eq!(
+        ngx_pool_tests::procs::with_arg_containing("--lifeline-fd").len(),
+        before
+    );
+}

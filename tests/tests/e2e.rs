@@ -1,0 +1,289 @@
+//! End-to-end: HTTP through nginx, the module, shared memory and a pool worker, and back.
+
+use ngx_pool_tests::http::request;
+use ngx_pool_tests::{parallel, procs, Conf, Nginx};
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn echo_conf(extra_http: &str) -> Conf {
+    Conf::new(
+        &format!("    pool app handler=builtin:echo workers=2 timeout=10s;\n    client_max_body_size 64m;\n{extra_http}"),
+        "    location /echo { pool_pass app; }",
+    )
+}
+
+#[test]
+fn get_head_post_round_trip_with_headers_and_bodies() {
+    let ng = Nginx::start(echo_conf(""));
+    let big = "v".repeat(6000);
+    let r = request(
+        ng.port,
+        "GET",
+        "/echo/a?x=1&y=2",
+        &[("X-Rep", "one"), ("X-Rep", "two"), ("X-Big", &big)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let j = r.json();
+    assert_eq!(j["method"], "GET");
+    assert_eq!(j["uri"], "/echo/a?x=1&y=2");
+    assert_eq!(j["version"], "1.1");
+    assert_eq!(j["client"], "127.0.0.1");
+    let headers: Vec<(String, String)> = j["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h[0].as_str().unwrap().into(), h[1].as_str().unwrap().into()))
+        .collect();
+    let reps: Vec<&str> = headers
+        .iter()
+        .filter(|(n, _)| n == "X-Rep")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(reps, ["one", "two"], "repeated headers kept in order");
+    assert!(
+        headers.iter().any(|(n, v)| n == "X-Big" && *v == big),
+        "large header preserved"
+    );
+    assert_eq!(r.header("Content-Type"), Some("application/json"));
+    assert!(r.header("X-Pool-Worker").is_some());
+
+    let h = request(ng.port, "HEAD", "/echo/h", &[], b"").unwrap();
+    assert_eq!(h.status, 200);
+    assert!(h.body.is_empty());
+    assert!(h.header("Content-Length").is_some_and(|l| l != "0"));
+
+    // In memory (below client_body_buffer_size) and from nginx's temp file (above it).
+    for size in [100usize, 3 << 20] {
+        let body: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+        let r = request(
+            ng.port,
+            "POST",
+            "/echo/p",
+            &[("Content-Type", "application/octet-stream")],
+            &body,
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let j = r.json();
+        assert_eq!(j["method"], "POST");
+        assert_eq!(j["body_length"], size);
+        assert_eq!(j["body_sha256"], hex(&Sha256::digest(&body)));
+    }
+    assert!(
+        ng.log().contains("buffered to a temporary file"),
+        "the large body went through a temp file"
+    );
+    ng.finish();
+}
+
+#[test]
+fn five_hundred_concurrent_requests_get_their_own_answers() {
+    let ng = Nginx::start(echo_conf(""));
+    let port = ng.port;
+    let results = parallel(500, 500, move |i| {
+        let tag = format!("req-{i}");
+        let body = tag.repeat(i % 7 + 1);
+        let r = request(
+            port,
+            "POST",
+            &format!("/echo/{i}?tag={tag}"),
+            &[("X-Tag", &tag)],
+            body.as_bytes(),
+        );
+        (i, tag, body, r)
+    });
+    let mut pids = HashSet::new();
+    for (i, tag, body, r) in results {
+        let r = r.unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(r.status, 200, "request {i}");
+        let j = r.json();
+        assert_eq!(j["uri"], format!("/echo/{i}?tag={tag}"));
+        assert!(j["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h[0] == "X-Tag" && h[1] == tag.as_str()));
+        assert_eq!(j["body_sha256"], hex(&Sha256::digest(body.as_bytes())));
+        pids.insert(j["pid"].as_u64().unwrap());
+    }
+    assert!(pids.len() <= 2, "only the 2 pool workers answer: {pids:?}");
+    ng.finish();
+}
+
+#[test]
+fn pool_workers_serve_in_parallel() {
+    let ng = Nginx::start(Conf::new(
+        "    pool naps handler=builtin:sleep workers=3;",
+        "    location /sleep { pool_pass naps; }",
+    ));
+    let port = ng.port;
+    // Nine 200 ms requests at once on three workers: every worker must take some.
+    let pids: HashSet<String> = parallel(9, 9, move |_| {
+        let r = request(port, "GET", "/sleep?ms=200", &[], b"").unwrap();
+        assert_eq!(r.status, 200);
+        r.header("X-Pool-Worker").unwrap().to_string()
+    })
+    .into_iter()
+    .collect();
+    assert_eq!(
+        pids.len(),
+        3,
+        "requests ran on distinct pool workers: {pids:?}"
+    );
+    ng.finish();
+}
+
+#[test]
+fn process_budget_is_exact_under_load() {
+    let ng = Nginx::start(
+        Conf::new(
+            "    pool app handler=builtin:sleep workers=3;",
+            "    location /sleep { pool_pass app; }",
+        )
+        .workers(2),
+    );
+    let port = ng.port;
+    let load = std::thread::spawn(move || {
+        parallel(40, 20, move |_| {
+            request(port, "GET", "/sleep?ms=50", &[], b"")
+                .unwrap()
+                .status
+        })
+    });
+    let master = ng.master_pid();
+    let children = procs::children(master);
+    let workers: Vec<u32> = children
+        .iter()
+        .copied()
+        .filter(|p| procs::cmdline(*p).contains("nginx: worker"))
+        .collect();
+    let poolds: Vec<u32> = children
+        .iter()
+        .copied()
+        .filter(|p| procs::cmdline(*p).contains("poold"))
+        .collect();
+    assert_eq!(workers.len(), 2, "nginx workers");
+    assert_eq!(poolds.len(), 1, "one poold");
+    assert_eq!(procs::children(poolds[0]).len(), 3, "pool workers");
+    assert_eq!(procs::descendants(master).len(), 2 + 1 + 3, "nothing else");
+    assert!(load.join().unwrap().iter().all(|s| *s == 200));
+    ng.finish();
+}
+
+#[test]
+fn body_over_the_pool_limit_gets_413_without_reaching_poold() {
+    // arena=4m: one message may use a quarter, about 1 MiB.
+    let ng = Nginx::start(Conf::new(
+        "    pool small handler=builtin:echo workers=1 arena=4m;\n    client_max_body_size 64m;",
+        "    location /echo { pool_pass small; }",
+    ));
+    let body = vec![7u8; 2 << 20];
+    let r = request(ng.port, "POST", "/echo", &[], &body).unwrap();
+    assert_eq!(r.status, 413);
+    assert!(
+        ng.log().contains("exceeds the pool's limit of"),
+        "error_log names the limit"
+    );
+    // The pool still serves.
+    assert_eq!(
+        request(ng.port, "POST", "/echo", &[], &body[..1000])
+            .unwrap()
+            .status,
+        200
+    );
+    ng.finish();
+}
+
+#[test]
+fn deadline_gives_504_and_the_pool_keeps_serving() {
+    let ng = Nginx::start(Conf::new(
+        "    pool naps handler=builtin:sleep workers=1 timeout=300ms;",
+        "    location /sleep { pool_pass naps; }",
+    ));
+    let r = ng.get("/sleep?ms=2000");
+    assert_eq!(r.status, 504);
+    assert!(ng.log().contains("timed out after 300 ms"));
+    // The worker is busy with the abandoned request for a while; a short one is served after.
+    let r = request(ng.port, "GET", "/sleep?ms=1", &[], b"").unwrap();
+    assert!(r.status == 200 || r.status == 504, "{}", r.status);
+    ng.finish();
+}
+
+#[test]
+fn client_disconnect_is_noticed_while_waiting() {
+    use std::io::Write;
+    let ng = Nginx::start(Conf::new(
+        "    pool naps handler=builtin:sleep workers=1;",
+        "    location /sleep { pool_pass naps; }",
+    ));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", ng.port)).unwrap();
+    s.write_all(b"GET /sleep?ms=1500 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // Wait until the request reached the pool (the worker is busy), then hang up.
+    let mut ng = ng;
+    let poold = procs::children(ng.master_pid())
+        .into_iter()
+        .find(|p| procs::cmdline(*p).contains("poold"))
+        .unwrap();
+    let worker = procs::children(poold)[0];
+    ng.wait_for("the pool worker to run the request", |_| {
+        procs::wchan(worker).contains("sleep")
+    });
+    drop(s);
+    ng.wait_for("nginx to notice the client left", |ng| {
+        ng.log().contains("client prematurely closed connection")
+    });
+    assert_eq!(ng.get("/sleep?ms=1").status, 200);
+    ng.finish();
+}
+
+#[test]
+fn crash_of_a_pool_worker_gives_502_and_it_is_replaced() {
+    let mut ng = Nginx::start(Conf::new(
+        "    pool boom handler=builtin:crash workers=1;\n    pool app handler=builtin:echo workers=1;",
+        "    location /crash { pool_pass boom; }\n    location /echo { pool_pass app; }",
+    ));
+    let r = ng.get("/crash");
+    assert_eq!(r.status, 502);
+    ng.wait_for("a replacement worker", |ng| {
+        ng.log().matches("killed by SIGABRT").count() >= 1
+    });
+    assert_eq!(ng.get("/echo").status, 200);
+    let r = ng.get("/crash");
+    assert_eq!(
+        r.status, 502,
+        "the respawned worker serves (and crashes) again"
+    );
+    ng.finish();
+}
+
+#[test]
+fn idle_pool_uses_no_cpu() {
+    let ng = Nginx::start(Conf::new(
+        "    pool app handler=builtin:echo workers=2;",
+        "    location /echo { pool_pass app; }",
+    ));
+    assert_eq!(ng.get("/echo").status, 200);
+    let poold = procs::children(ng.master_pid())
+        .into_iter()
+        .find(|p| procs::cmdline(*p).contains("poold"))
+        .unwrap();
+    let mut pids = procs::children(poold);
+    pids.push(poold);
+    let before: u64 = pids.iter().map(|p| procs::cpu_ticks(*p)).sum();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let after: u64 = pids.iter().map(|p| procs::cpu_ticks(*p)).sum();
+    // A spinning process would burn ~150 ticks in 1.5 s; allow one tick of accounting noise.
+    assert!(
+        after - before <= 1,
+        "idle pool used {} ticks",
+        after - before
+    );
+    ng.finish();
+}

@@ -1,0 +1,125 @@
+//! Reload, quit and external mode against the real nginx.
+
+use ngx_pool_tests::http::request;
+use ngx_pool_tests::{free_port, poold_path, procs, temp_prefix, Conf, Nginx, READY_TIMEOUT};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[test]
+fn reload_under_a_stream_of_requests_fails_none() {
+    let mut ng = Nginx::start(Conf::new(
+        "    pool app handler=builtin:echo workers=2;",
+        "    location /echo { pool_pass app; }",
+    ));
+    let sock = format!("{}/logs/pool-app.sock", ng.dir.display());
+    let poold_before = procs::with_arg_containing(&sock);
+    let stop = Arc::new(AtomicBool::new(false));
+    let port = ng.port;
+    let streams: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut bad) = (0u32, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    match request(port, "GET", "/echo/r", &[], b"") {
+                        Ok(r) if r.status == 200 => ok += 1,
+                        Ok(r) => bad.push(format!("status {}", r.status)),
+                        Err(e) => bad.push(e.to_string()),
+                    }
+                }
+                (ok, bad)
+            })
+        })
+        .collect();
+    for _ in 0..3 {
+        ng.reload(None);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for s in streams {
+        let (ok, bad) = s.join().unwrap();
+        assert!(bad.is_empty(), "failed requests during reload: {bad:?}");
+        total += ok;
+    }
+    assert!(total > 0);
+    assert_eq!(
+        procs::with_arg_containing(&sock),
+        poold_before,
+        "an unchanged pool keeps its poold"
+    );
+    ng.finish(); // quit: checks no poold, pool worker or socket is left
+}
+
+#[test]
+fn quit_leaves_no_process_and_no_socket() {
+    let ng = Nginx::start(Conf::new(
+        "    pool app handler=builtin:echo workers=3;",
+        "    location /echo { pool_pass app; }",
+    ));
+    let dir = ng.dir.display().to_string();
+    // The master (-p DIR), poold and its 3 workers (--socket DIR/...); nginx workers retitle
+    // themselves and no longer show the prefix.
+    assert_eq!(
+        procs::with_arg_containing(&dir).len(),
+        1 + 1 + 3,
+        "master, poold, 3 pool workers"
+    );
+    assert_eq!(ng.get("/echo").status, 200);
+    ng.finish();
+    assert!(procs::with_arg_containing(&dir).is_empty());
+}
+
+struct ExternalPoold(std::process::Child);
+
+impl Drop for ExternalPoold {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn external_poold_attached_by_socket() {
+    let dir = temp_prefix();
+    let sock = dir.join("ext.sock");
+    // The workers (nobody when we run as root) must reach the socket.
+    let mut cmd = std::process::Command::new(poold_path());
+    cmd.args([
+        "--name",
+        "ext",
+        "--handler",
+        "builtin:echo",
+        "--workers",
+        "2",
+        "--socket",
+    ])
+    .arg(&sock);
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.args(["--user", "nobody"]);
+    }
+    let poold = ExternalPoold(cmd.spawn().unwrap());
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "external poold did not create its socket"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let ng = Nginx::start(Conf::new(
+        &format!("    pool ext external socket={};", sock.display()),
+        "    location /echo { pool_pass ext; }",
+    ));
+    let r = ng.get("/echo/ext?q=1");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["uri"], "/echo/ext?q=1");
+    let workers: Vec<u32> = procs::children(poold.0.id());
+    assert!(r
+        .header("X-Pool-Worker")
+        .is_some_and(|p| workers.contains(&p.parse().unwrap())));
+    ng.finish();
+    drop(poold);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = free_port();
+}
