@@ -80,6 +80,9 @@ pub struct Conf {
     pub server: String,
     /// Pools the workers must attach to before the test starts.
     pub pools: u32,
+    /// The nginx binary and the module built for it (default: the vendored build).
+    pub nginx: PathBuf,
+    pub module: PathBuf,
 }
 
 impl Conf {
@@ -92,6 +95,8 @@ impl Conf {
                 .lines()
                 .filter(|l| l.trim_start().starts_with("pool "))
                 .count() as u32,
+            nginx: nginx_path(),
+            module: module_path(),
         }
     }
     pub fn workers(mut self, n: u32) -> Conf {
@@ -110,7 +115,7 @@ pub fn write_conf(dir: &Path, port: u16, conf: &Conf) -> PathBuf {
          server {{\n    listen 127.0.0.1:{port};\n{server}\n    location = /plain {{ return 200 \"plain\\n\"; }}\n}}\n}}\n",
         wp = conf.worker_processes,
         dir = dir.display(),
-        module = module_path().display(),
+        module = conf.module.display(),
         http = conf.http,
         server = conf.server,
     );
@@ -123,7 +128,7 @@ pub fn write_conf(dir: &Path, port: u16, conf: &Conf) -> PathBuf {
 pub fn nginx_test_config(conf: &Conf) -> (bool, String) {
     let dir = temp_prefix();
     let path = write_conf(&dir, free_port(), conf);
-    let out = Command::new(nginx_path())
+    let out = Command::new(&conf.nginx)
         .args(["-t", "-p"])
         .arg(&dir)
         .arg("-c")
@@ -153,7 +158,7 @@ impl Nginx {
         let dir = temp_prefix();
         let port = free_port();
         let path = write_conf(&dir, port, &conf);
-        let master = Command::new(nginx_path())
+        let master = Command::new(&conf.nginx)
             .arg("-p")
             .arg(&dir)
             .arg("-c")
@@ -220,7 +225,7 @@ impl Nginx {
 
     /// Sends `nginx -s SIGNAL`.
     pub fn signal(&self, sig: &str) {
-        let st = Command::new(nginx_path())
+        let st = Command::new(&self.conf.nginx)
             .arg("-p")
             .arg(&self.dir)
             .arg("-c")
