@@ -1,0 +1,192 @@
+//! Round trips between two processes: over the shared-memory channel, and over a unix socket
+//! pair as the baseline, measured in the same run at several payload sizes.
+//!
+//! The "nginx" side sleeps in a blocking read of its eventfd (as an nginx worker sleeps in
+//! epoll); the "pool worker" side sleeps on the region's futex. Each round trip sends `size`
+//! bytes and receives `size` bytes back, copied in and out as the real data path does.
+//!
+//! `channel-bench [--sizes 64,4096,65536,1048576] [--scale F]` prints a Markdown table.
+
+use ngx_pool_channel::chain::{read_chain_into, ChainWriter};
+use ngx_pool_channel::slot::{self, Handover, SlotState};
+use ngx_pool_channel::{Geometry, Region};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+struct Stats {
+    p50: Duration,
+    p99: Duration,
+    per_sec: f64,
+}
+
+fn stats(mut rtts: Vec<Duration>, total: Duration) -> Stats {
+    rtts.sort();
+    let at = |q: f64| rtts[((rtts.len() as f64 * q) as usize).min(rtts.len() - 1)];
+    Stats { p50: at(0.5), p99: at(0.99), per_sec: rtts.len() as f64 / total.as_secs_f64() }
+}
+
+fn fork(child: impl FnOnce()) -> nix::unistd::Pid {
+    // SAFETY: the benchmark is single-threaded when it forks.
+    match unsafe { nix::unistd::fork() }.expect("fork") {
+        nix::unistd::ForkResult::Parent { child } => child,
+        nix::unistd::ForkResult::Child => {
+            let _ = nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGKILL));
+            child();
+            std::process::exit(0);
+        }
+    }
+}
+
+fn reap(pid: nix::unistd::Pid) {
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(pid, None);
+}
+
+fn channel(size: usize, iters: usize) -> Stats {
+    let chunk = 64 * 1024;
+    let chunks = ((size * 8 / (chunk - 16)) as u32 + 16).max(64);
+    let g = Geometry { slots: 8, chunk_size: chunk as u32, chunks, max_conns: 1, max_workers: 1 };
+    let region = Region::create("bench", g, std::process::id()).expect("region");
+    let efd: OwnedFd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC).expect("eventfd").into();
+    let conn_gen = slot::open_conn(&region, 0, std::process::id()).expect("conn");
+    let worker = fork(|| {
+        let mut buf = Vec::new();
+        loop {
+            let id = slot::wait_for_work(&region, 0);
+            let (head, len) = slot::request(&region, id).expect("request");
+            buf.resize(len as usize, 0);
+            read_chain_into(&region, head, &mut buf).expect("read request");
+            slot::drop_request_body(&region, id);
+            let mut w = ChainWriter::new(&region);
+            w.append(&buf).expect("write response");
+            let (h, l) = w.finish();
+            slot::clear_current(&region, 0);
+            if let Handover::Deliver { conn, conn_gen } = slot::finish(&region, id, h, l) {
+                if slot::needs_wake(&region, conn, conn_gen) {
+                    nix::unistd::write(efd.as_fd(), &1u64.to_ne_bytes()).expect("wake");
+                }
+            }
+        }
+    });
+    let payload = vec![0xA5u8; size];
+    let mut back = vec![0u8; size];
+    let mut rtts = Vec::with_capacity(iters);
+    let warmup = iters / 10;
+    let mut started = Instant::now();
+    for i in 0..iters + warmup {
+        if i == warmup {
+            started = Instant::now();
+        }
+        let t = Instant::now();
+        let id = slot::alloc(&region, 0, conn_gen).expect("slot");
+        let mut w = ChainWriter::new(&region);
+        w.append(&payload).expect("write request");
+        let (h, l) = w.finish();
+        assert!(slot::submit(&region, id, h, l));
+        loop {
+            let mut b = [0u8; 8];
+            nix::unistd::read(efd.as_raw_fd(), &mut b).expect("eventfd");
+            slot::clear_wake(&region, 0);
+            if slot::state_of(&region, id) == Some(SlotState::Done) {
+                break;
+            }
+        }
+        let (rh, rl) = slot::response(&region, id).expect("response");
+        read_chain_into(&region, rh, &mut back[..rl as usize]).expect("read response");
+        slot::release(&region, id);
+        if i >= warmup {
+            rtts.push(t.elapsed());
+        }
+    }
+    let total = started.elapsed();
+    reap(worker);
+    stats(rtts, total)
+}
+
+fn socket(size: usize, iters: usize) -> Stats {
+    let (a, b) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC).expect("socketpair");
+    let (mut a, mut b) = (UnixStream::from(a), UnixStream::from(b));
+    let echo = fork(move || {
+        let mut buf = vec![0u8; size];
+        while b.read_exact(&mut buf).is_ok() {
+            if b.write_all(&buf).is_err() {
+                return;
+            }
+        }
+    });
+    let payload = vec![0xA5u8; size];
+    let mut back = vec![0u8; size];
+    let mut rtts = Vec::with_capacity(iters);
+    let warmup = iters / 10;
+    let mut started = Instant::now();
+    for i in 0..iters + warmup {
+        if i == warmup {
+            started = Instant::now();
+        }
+        let t = Instant::now();
+        // Write and read concurrently in effect: a large payload would fill the socket buffer
+        // while the peer's reply fills ours, so write from a thread.
+        if size > 64 * 1024 {
+            std::thread::scope(|s| {
+                let mut wa = a.try_clone().expect("clone");
+                let p = &payload;
+                s.spawn(move || wa.write_all(p).expect("write"));
+                a.read_exact(&mut back).expect("read");
+            });
+        } else {
+            a.write_all(&payload).expect("write");
+            a.read_exact(&mut back).expect("read");
+        }
+        if i >= warmup {
+            rtts.push(t.elapsed());
+        }
+    }
+    let total = started.elapsed();
+    reap(echo);
+    stats(rtts, total)
+}
+
+fn human(size: usize) -> String {
+    match size {
+        s if s >= 1 << 20 => format!("{} MiB", s >> 20),
+        s if s >= 1 << 10 => format!("{} KiB", s >> 10),
+        s => format!("{s} B"),
+    }
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e6)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let sizes: Vec<usize> = arg("--sizes")
+        .unwrap_or_else(|| "64,4096,65536,1048576".into())
+        .split(',')
+        .map(|s| s.parse().expect("size"))
+        .collect();
+    let scale: f64 = arg("--scale").map_or(1.0, |s| s.parse().expect("scale"));
+    println!("| payload | channel p50 µs | channel p99 µs | channel rt/s | socket p50 µs | socket p99 µs | socket rt/s | channel ÷ socket (rt/s) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for size in sizes {
+        let iters = (((64 << 20) / size.max(4096)).clamp(200, 20_000) as f64 * scale).max(20.0) as usize;
+        let c = channel(size, iters);
+        let s = socket(size, iters);
+        println!(
+            "| {} | {} | {} | {:.0} | {} | {} | {:.0} | {:.2}× |",
+            human(size),
+            us(c.p50),
+            us(c.p99),
+            c.per_sec,
+            us(s.p50),
+            us(s.p99),
+            s.per_sec,
+            c.per_sec / s.per_sec
+        );
+    }
+}
