@@ -26,7 +26,11 @@ struct Stats {
 fn stats(mut rtts: Vec<Duration>, total: Duration) -> Stats {
     rtts.sort();
     let at = |q: f64| rtts[((rtts.len() as f64 * q) as usize).min(rtts.len() - 1)];
-    Stats { p50: at(0.5), p99: at(0.99), per_sec: rtts.len() as f64 / total.as_secs_f64() }
+    Stats {
+        p50: at(0.5),
+        p99: at(0.99),
+        per_sec: rtts.len() as f64 / total.as_secs_f64(),
+    }
 }
 
 fn fork(child: impl FnOnce()) -> nix::unistd::Pid {
@@ -49,9 +53,17 @@ fn reap(pid: nix::unistd::Pid) {
 fn channel(size: usize, iters: usize) -> Stats {
     let chunk = 64 * 1024;
     let chunks = ((size * 8 / (chunk - 16)) as u32 + 16).max(64);
-    let g = Geometry { slots: 8, chunk_size: chunk as u32, chunks, max_conns: 1, max_workers: 1 };
+    let g = Geometry {
+        slots: 8,
+        chunk_size: chunk as u32,
+        chunks,
+        max_conns: 1,
+        max_workers: 1,
+    };
     let region = Region::create("bench", g, std::process::id()).expect("region");
-    let efd: OwnedFd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC).expect("eventfd").into();
+    let efd: OwnedFd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)
+        .expect("eventfd")
+        .into();
     let conn_gen = slot::open_conn(&region, 0, std::process::id()).expect("conn");
     let worker = fork(|| {
         let mut buf = Vec::new();
@@ -108,7 +120,13 @@ fn channel(size: usize, iters: usize) -> Stats {
 }
 
 fn socket(size: usize, iters: usize) -> Stats {
-    let (a, b) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC).expect("socketpair");
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .expect("socketpair");
     let (mut a, mut b) = (UnixStream::from(a), UnixStream::from(b));
     let echo = fork(move || {
         let mut buf = vec![0u8; size];
@@ -164,7 +182,12 @@ fn us(d: Duration) -> String {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let sizes: Vec<usize> = arg("--sizes")
         .unwrap_or_else(|| "64,4096,65536,1048576".into())
         .split(',')
@@ -174,7 +197,8 @@ fn main() {
     println!("| payload | channel p50 µs | channel p99 µs | channel rt/s | socket p50 µs | socket p99 µs | socket rt/s | channel ÷ socket (rt/s) |");
     println!("|---|---|---|---|---|---|---|---|");
     for size in sizes {
-        let iters = (((64 << 20) / size.max(4096)).clamp(200, 20_000) as f64 * scale).max(20.0) as usize;
+        let iters =
+            (((64 << 20) / size.max(4096)).clamp(200, 20_000) as f64 * scale).max(20.0) as usize;
         let c = channel(size, iters);
         let s = socket(size, iters);
         println!(
