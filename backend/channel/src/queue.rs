@@ -45,7 +45,13 @@ pub fn push(region: &Region, value: u64) -> Result<(), PushError> {
         } else if diff < 0 {
             return Err(PushError::Full);
         } else {
-            pos = h.enqueue_pos.load(Ordering::Relaxed);
+            // Another producer took `pos` and has moved enqueue_pos on. If it has not, the
+            // cell's sequence is corrupt: fail rather than spin on it forever.
+            let now = h.enqueue_pos.load(Ordering::Relaxed);
+            if now == pos {
+                return Err(PushError::Corrupt);
+            }
+            pos = now;
         }
     }
 }
@@ -78,7 +84,12 @@ pub fn pop(region: &Region) -> Option<u64> {
         } else if diff < 0 {
             return None;
         } else {
-            pos = h.dequeue_pos.load(Ordering::Relaxed);
+            // As in `push`: an unchanged position means a corrupt cell, not a racing consumer.
+            let now = h.dequeue_pos.load(Ordering::Relaxed);
+            if now == pos {
+                return None;
+            }
+            pos = now;
         }
     }
 }
