@@ -97,6 +97,8 @@ fn argv_for(pool: &PoolEntry, cycle: *mut ngx_cycle_t) -> Vec<String> {
         c.workers.to_string(),
         "--queue".into(),
         c.queue.to_string(),
+        "--timeout".into(),
+        format!("{}ms", c.timeout_ms),
     ];
     if let Some(a) = c.arena {
         argv.extend(["--arena".into(), a.to_string()]);

@@ -465,9 +465,13 @@ pub fn reclaim_conn(region: &Region, conn: u32, conn_gen: u32) -> u32 {
     n
 }
 
-/// poold: pool worker `worker` died. If it held a request, fails it (nginx answers 502) and
-/// returns where to deliver that failure.
-pub fn reclaim_worker(region: &Region, worker: u32) -> Option<(SlotId, Handover)> {
+/// poold: pool worker `worker` died (or was killed for `reason`). If it held a request, fails it
+/// (nginx answers 502, or 504 for a timeout) and returns where to deliver that failure.
+pub fn reclaim_worker(
+    region: &Region,
+    worker: u32,
+    reason: FailReason,
+) -> Option<(SlotId, Handover)> {
     let e = region.worker(worker)?;
     let current = e.current.swap(0, Ordering::SeqCst);
     if current == 0 {
@@ -479,7 +483,7 @@ pub fn reclaim_worker(region: &Region, worker: u32) -> Option<(SlotId, Handover)
     };
     match state_of(region, id) {
         Some(SlotState::Running) | Some(SlotState::Abandoned) => {
-            Some((id, fail(region, id, FailReason::WorkerDied)))
+            Some((id, fail(region, id, reason)))
         }
         _ => None,
     }
@@ -489,5 +493,25 @@ pub fn reclaim_worker(region: &Region, worker: u32) -> Option<(SlotId, Handover)
 pub fn clear_current(region: &Region, worker: u32) {
     if let Some(e) = region.worker(worker) {
         e.current.store(0, Ordering::Relaxed);
+    }
+}
+
+/// poold: the request worker `worker` is running now, and since when (CLOCK_MONOTONIC ms).
+pub fn running_since(region: &Region, worker: u32) -> Option<(SlotId, u64)> {
+    let e = region.worker(worker)?;
+    let current = e.current.load(Ordering::SeqCst);
+    if current == 0 {
+        return None;
+    }
+    let id = SlotId {
+        index: current - 1,
+        gen: e.current_gen.load(Ordering::Relaxed),
+    };
+    match state_of(region, id) {
+        Some(SlotState::Running) | Some(SlotState::Abandoned) => Some((
+            id,
+            region.slot(id.index)?.started_ms.load(Ordering::Relaxed),
+        )),
+        _ => None,
     }
 }

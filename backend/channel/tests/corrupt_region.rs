@@ -85,7 +85,8 @@ fn exercise(region: &Region, rng: &mut Rng) {
     let _ = queue::push(region, rng.next());
     let _ = queue::pop(region);
     let _ = slot::reclaim_conn(region, rng.below(4) as u32, rng.next() as u32);
-    let _ = slot::reclaim_worker(region, rng.below(6) as u32);
+    let _ = slot::reclaim_worker(region, rng.below(6) as u32, slot::FailReason::WorkerDied);
+    let _ = slot::running_since(region, rng.below(6) as u32);
     free_chain(region, rng.below(g.chunks as u64 + 2) as u32);
     for i in 0..g.slots + 2 {
         let _ = slot::view(region, i);

@@ -23,6 +23,8 @@ OPTIONS:
                         bodies (k, m, g suffixes)                     [default: 64m]
     --chunk SIZE        arena chunk size                              [default: 16k]
     --max-conns N       nginx worker processes that may attach        [default: 256]
+    --timeout TIME      a request running longer (30s, 500ms) gets its worker SIGTERM, then
+                        SIGKILL 2 s later, and a fresh worker replaces it [default: none]
     --user USER         when started as root: owner of the socket, and the user (and its
                         group) the pool workers run as
     --group GROUP       group for the above                           [default: USER's group]
@@ -49,6 +51,7 @@ pub struct Config {
     pub user: Option<String>,
     pub group: Option<String>,
     pub lifeline_fd: Option<i32>,
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// What the command line asked for.
@@ -69,6 +72,31 @@ pub fn parse_size(s: &str) -> Option<u64> {
         _ => (s, 1),
     };
     num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// Parses `30s`, `500ms`, `1m30s`; a bare number is seconds.
+pub fn parse_time_ms(s: &str) -> Option<u64> {
+    if let Ok(n) = s.parse::<u64>() {
+        return n.checked_mul(1000);
+    }
+    let mut total: u64 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let mult = match &rest[..unit] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => return None,
+        };
+        rest = &rest[unit..];
+        total = total.checked_add(n.checked_mul(mult)?)?;
+    }
+    (!s.is_empty()).then_some(total)
 }
 
 fn default_workers() -> u32 {
@@ -103,6 +131,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         user: None,
         group: None,
         lifeline_fd: None,
+        timeout: None,
     };
     while let Some(arg) = it.next() {
         let (key, inline) = match arg.split_once('=') {
@@ -136,6 +165,13 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
                 } else {
                     cfg.chunk = n
                 }
+            }
+            "--timeout" => {
+                let v = value("a time")?;
+                let ms = parse_time_ms(&v)
+                    .filter(|ms| *ms > 0)
+                    .ok_or_else(|| format!("--timeout: \"{v}\" is not a time"))?;
+                cfg.timeout = Some(std::time::Duration::from_millis(ms));
             }
             "--user" => cfg.user = Some(value("a user")?),
             "--group" => cfg.group = Some(value("a group")?),
@@ -194,5 +230,8 @@ mod tests {
             .contains("unknown option"));
         assert_eq!(parse_size("16k"), Some(16384));
         assert_eq!(parse_size("k"), None);
+        assert_eq!(parse_time_ms("1m30s"), Some(90_000));
+        assert_eq!(parse_time_ms("250ms"), Some(250));
+        assert_eq!(parse_time_ms("x"), None);
     }
 }

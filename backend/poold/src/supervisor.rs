@@ -11,7 +11,7 @@ use crate::sys;
 use crate::worker::{ConnFds, Worker};
 use ngx_pool_channel::handshake::{self, recv_frame, send_frame, Frame};
 use ngx_pool_channel::layout::LAYOUT_VERSION;
-use ngx_pool_channel::slot::{self, Handover, WorkerState};
+use ngx_pool_channel::slot::{self, FailReason, Handover, WorkerState};
 use ngx_pool_channel::Region;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
@@ -29,6 +29,10 @@ const QUICK_DEATH: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long stopping waits for workers to exit after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How long a worker past its deadline has between SIGTERM and SIGKILL.
+const DEADLINE_GRACE: Duration = Duration::from_secs(2);
+/// How often deadlines are checked when the pool has a timeout.
+const DEADLINE_TICK: Duration = Duration::from_millis(100);
 
 struct NginxConn {
     sock: OwnedFd,
@@ -40,6 +44,8 @@ struct NginxConn {
 #[derive(Default)]
 struct WorkerSlot {
     pid: Option<Pid>,
+    /// Set when poold stopped this worker for running past the deadline.
+    killed_for_timeout: Option<Instant>,
     control: Option<OwnedFd>,
     started: Option<Instant>,
     quick_deaths: u32,
@@ -131,6 +137,7 @@ impl Supervisor {
         loop {
             let (ready, timeout_hit) = self.wait()?;
             if timeout_hit {
+                self.enforce_deadlines();
                 self.respawn_due()?;
             }
             for src in ready {
@@ -176,7 +183,12 @@ impl Supervisor {
             }
         }
         let next_respawn = self.workers.iter().filter_map(|w| w.respawn_at).min();
-        let timeout = match next_respawn {
+        let next_tick = self.cfg.timeout.map(|_| Instant::now() + DEADLINE_TICK);
+        let next_wake = match (next_respawn, next_tick) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timeout = match next_wake {
             Some(at) => {
                 let ms = at
                     .saturating_duration_since(Instant::now())
@@ -196,7 +208,7 @@ impl Supervisor {
             .filter(|(fd, _)| fd.revents().is_some_and(|r| !r.is_empty()))
             .map(|(_, s)| s)
             .collect();
-        let due = next_respawn.is_some_and(|at| at <= Instant::now());
+        let due = next_wake.is_some_and(|at| at <= Instant::now());
         Ok((ready, due))
     }
 
@@ -267,6 +279,45 @@ impl Supervisor {
         Ok(())
     }
 
+    /// SIGTERM for a worker whose request ran past the timeout, SIGKILL if it is still there
+    /// after the grace period. Its request is answered 504 when it is reaped.
+    fn enforce_deadlines(&mut self) {
+        let Some(timeout) = self.cfg.timeout else {
+            return;
+        };
+        let now_ms = ngx_pool_channel::sys::monotonic_ms();
+        for i in 0..self.workers.len() {
+            let Some(pid) = self.workers[i].pid else {
+                continue;
+            };
+            if let Some(since) = self.workers[i].killed_for_timeout {
+                if since.elapsed() >= DEADLINE_GRACE {
+                    log!(
+                        "error",
+                        "pool worker {pid} ignored SIGTERM for {:?}; SIGKILL",
+                        DEADLINE_GRACE
+                    );
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+                continue;
+            }
+            let Some((id, started)) = slot::running_since(&self.region, i as u32) else {
+                continue;
+            };
+            let elapsed = now_ms.saturating_sub(started);
+            if elapsed > timeout.as_millis() as u64 {
+                log!(
+                    "error",
+                    "pool worker {pid} has run the request in slot {} for {elapsed} ms, past the pool's timeout of {} ms; SIGTERM",
+                    id.index,
+                    timeout.as_millis()
+                );
+                let _ = kill(pid, Signal::SIGTERM);
+                self.workers[i].killed_for_timeout = Some(Instant::now());
+            }
+        }
+    }
+
     fn respawn_due(&mut self) -> io::Result<()> {
         let now = Instant::now();
         for i in 0..self.workers.len() {
@@ -329,7 +380,12 @@ impl Supervisor {
         if let Some(e) = self.region.worker(i as u32) {
             e.state.store(WorkerState::Exited as u32, Ordering::Relaxed);
         }
-        match slot::reclaim_worker(&self.region, i as u32) {
+        let reason = if self.workers[i].killed_for_timeout.take().is_some() {
+            FailReason::Timeout
+        } else {
+            FailReason::WorkerDied
+        };
+        match slot::reclaim_worker(&self.region, i as u32, reason) {
             Some((id, Handover::Deliver { conn, conn_gen })) => {
                 log!(
                     "error",
@@ -341,7 +397,8 @@ impl Supervisor {
             _ => log!("warn", "pool worker {pid} {how}"),
         }
         let w = &mut self.workers[i];
-        let quick = w.started.is_some_and(|t| t.elapsed() < QUICK_DEATH);
+        let quick =
+            reason != FailReason::Timeout && w.started.is_some_and(|t| t.elapsed() < QUICK_DEATH);
         w.quick_deaths = if quick { w.quick_deaths + 1 } else { 0 };
         let delay = if w.quick_deaths <= 1 {
             Duration::ZERO
