@@ -7,8 +7,9 @@
 
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_http_core_loc_conf_t, ngx_http_module_t, ngx_module_t,
-    ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_TAKE1, NGX_HTTP_LIF_CONF, NGX_HTTP_LOC_CONF,
-    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_LOG_EMERG,
+    ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_HTTP_LIF_CONF,
+    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
+    NGX_LOG_EMERG,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
 use ngx_pool_conf::{self as conf, PoolConf};
@@ -99,7 +100,7 @@ const fn command(
     }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 4] = [
+pub static mut COMMANDS: [ngx_command_t; 5] = [
     command(
         b"pool\0",
         NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE,
@@ -117,6 +118,12 @@ pub static mut COMMANDS: [ngx_command_t; 4] = [
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
         set_pool_daemon,
         NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        b"pool_status\0",
+        NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
+        set_pool_status,
+        NGX_HTTP_LOC_CONF_OFFSET,
     ),
     ngx_command_t::empty(),
 ];
@@ -276,6 +283,21 @@ unsafe extern "C" fn set_pool_daemon(
     }
     let path = PathBuf::from(prefix(cf)).join(args[0]);
     main.daemon = Some(path);
+    ptr::null_mut()
+}
+
+unsafe extern "C" fn set_pool_status(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    _conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: as in set_pool_pass: take over the location's content handler.
+    unsafe {
+        match ngx::http::NgxHttpCoreModule::location_conf_mut(&*cf) {
+            Some(clcf) => clcf.handler = Some(crate::status::pool_status_handler),
+            None => return NGX_CONF_ERROR,
+        }
+    }
     ptr::null_mut()
 }
 

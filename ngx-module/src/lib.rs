@@ -14,6 +14,7 @@ mod directives;
 mod managed;
 mod request;
 mod runtime;
+mod status;
 
 use nginx_sys::{ngx_cycle_t, ngx_int_t, ngx_module_t, NGX_HTTP_MODULE, NGX_OK};
 

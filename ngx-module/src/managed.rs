@@ -124,7 +124,7 @@ fn argv_for(pool: &PoolEntry, cycle: *mut ngx_cycle_t) -> Vec<String> {
 pub fn on_init_module(cycle: *mut ngx_cycle_t) {
     // SAFETY: reading nginx's process-global flags in the master's single thread.
     let (testing, process) = unsafe { (nginx_sys::ngx_test_config, nginx_sys::ngx_process) };
-    if testing != 0 || process == NGX_PROCESS_SIGNALLER as _ {
+    if testing != 0 || process == NGX_PROCESS_SIGNALLER as nginx_sys::ngx_uint_t {
         return;
     }
     // SAFETY: `cycle` is the cycle being initialised; its configuration is complete.

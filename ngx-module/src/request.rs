@@ -502,7 +502,7 @@ unsafe fn push_header(r: *mut ngx_http_request_t, name: &[u8], value: &[u8]) -> 
     }
 }
 
-fn send_response(
+pub fn send_response(
     r: *mut ngx_http_request_t,
     status: u16,
     headers: &[(&[u8], &[u8])],

@@ -75,6 +75,11 @@ fn cycle_log() -> *mut nginx_sys::ngx_log_t {
     unsafe { (*nginx_sys::ngx_cycle).log }
 }
 
+/// How many pools this worker knows.
+pub fn pool_count() -> usize {
+    POOLS.with(|p| p.try_borrow().map_or(0, |p| p.len()))
+}
+
 pub fn log(level: u32, msg: &str) {
     ngx::ngx_log_error!(level, cycle_log(), "{}", msg);
 }

@@ -287,3 +287,59 @@ fn idle_pool_uses_no_cpu() {
     );
     ng.finish();
 }
+
+#[test]
+fn status_reports_workers_counters_and_no_leaks() {
+    let ng = Nginx::start(Conf::new(
+        "    pool app handler=builtin:echo workers=2;",
+        "    location /echo { pool_pass app; }\n    location = /status { pool_status; }",
+    ));
+    let port = ng.port;
+    let ok = parallel(50, 10, move |i| {
+        request(port, "POST", "/echo", &[], format!("{i}").as_bytes())
+            .unwrap()
+            .status
+    });
+    assert!(ok.iter().all(|s| *s == 200));
+    let s = ng.get("/status");
+    assert_eq!(s.status, 200);
+    assert_eq!(s.header("Content-Type"), Some("application/json"));
+    let j = s.json();
+    let pool = &j["pools"][0];
+    assert_eq!(pool["name"], "app");
+    assert_eq!(pool["attached"], true);
+    let poold = procs::children(ng.master_pid())
+        .into_iter()
+        .find(|p| procs::cmdline(*p).contains("poold"))
+        .unwrap();
+    assert_eq!(pool["poold_pid"], poold);
+    let mut pids: Vec<u64> = pool["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_u64().unwrap())
+        .collect();
+    pids.sort();
+    let mut real: Vec<u64> = procs::children(poold).into_iter().map(u64::from).collect();
+    real.sort();
+    assert_eq!(pids, real, "status lists the live pool workers");
+    let served: u64 = pool["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(served, 50);
+    assert_eq!(pool["counters"]["accepted"], 50);
+    assert_eq!(pool["counters"]["completed"], 50);
+    assert_eq!(pool["slots"]["in_use"], 0, "no slot leaked");
+    assert_eq!(pool["chunks"]["in_use"], 0, "no chunk leaked");
+    let p = ng.get("/status?format=prometheus");
+    let text = String::from_utf8_lossy(&p.body);
+    assert!(
+        text.contains("ngx_pool_accepted_total{pool=\"app\"} 50"),
+        "{text}"
+    );
+    assert!(text.contains("ngx_pool_workers{pool=\"app\"} 2"), "{text}");
+    ng.finish();
+}

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 /// `b"NGXPOOL1"` read as a little-endian integer.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"NGXPOOL1");
 /// Bumped on any change of layout or message format; both sides must agree exactly.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Bytes at the start of each chunk reserved for its chain link and fill length.
 pub const CHUNK_HEADER: u32 = 16;
 /// Alignment of every section and of the chunk stride.
@@ -129,11 +129,22 @@ pub struct Header {
 #[repr(C)]
 #[derive(Default)]
 pub struct Stats {
+    /// Requests queued by nginx workers.
     pub accepted: AtomicU64,
+    /// Responses delivered by pool workers.
     pub completed: AtomicU64,
+    /// Requests failed on the pool side (any reason; 502, or 504 for `timeouts`).
     pub failed: AtomicU64,
+    /// Of `failed`: stopped by poold for running past the deadline.
+    pub timeouts: AtomicU64,
+    /// Requests nginx answered 503 because every slot was in use.
     pub rejected_full: AtomicU64,
+    /// Requests nginx gave up on (deadline or client gone) before their answer.
     pub abandoned: AtomicU64,
+    /// Pool workers that died or were killed.
+    pub worker_exits: AtomicU64,
+    /// Pool workers forked to replace one.
+    pub respawns: AtomicU64,
     pub slots_in_use: AtomicU64,
     pub chunks_in_use: AtomicU64,
 }

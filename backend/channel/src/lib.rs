@@ -25,6 +25,7 @@ pub mod message;
 pub mod queue;
 pub mod region;
 pub mod slot;
+pub mod status;
 pub mod sys;
 
 pub use layout::Geometry;

@@ -277,6 +277,11 @@ pub fn finish(region: &Region, id: SlotId, resp_head: u32, resp_len: u64) -> Han
     };
     slot.resp_head.store(resp_head, Ordering::Relaxed);
     slot.resp_len.store(resp_len, Ordering::Relaxed);
+    region
+        .header()
+        .stats
+        .completed
+        .fetch_add(1, Ordering::Relaxed);
     settle(region, id, SlotState::Done)
 }
 
@@ -285,7 +290,11 @@ pub fn fail(region: &Region, id: SlotId, reason: FailReason) -> Handover {
     if let Some(slot) = region.slot(id.index) {
         slot.fail_reason.store(reason as u32, Ordering::Relaxed);
     }
-    region.header().stats.failed.fetch_add(1, Ordering::Relaxed);
+    let stats = &region.header().stats;
+    stats.failed.fetch_add(1, Ordering::Relaxed);
+    if reason == FailReason::Timeout {
+        stats.timeouts.fetch_add(1, Ordering::Relaxed);
+    }
     settle(region, id, SlotState::Failed)
 }
 

@@ -271,6 +271,13 @@ impl Supervisor {
             e.started_ms
                 .store(ngx_pool_channel::sys::monotonic_ms(), Ordering::Relaxed);
         }
+        if self.workers[i].started.is_some() {
+            self.region
+                .header()
+                .stats
+                .respawns
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let w = &mut self.workers[i];
         w.pid = Some(pid);
         w.control = Some(ours);
@@ -376,6 +383,11 @@ impl Supervisor {
             other => format!("{other:?}"),
         };
         let pid = self.workers[i].pid.take().map_or(0, |p| p.as_raw());
+        self.region
+            .header()
+            .stats
+            .worker_exits
+            .fetch_add(1, Ordering::Relaxed);
         self.workers[i].control = None;
         if let Some(e) = self.region.worker(i as u32) {
             e.state.store(WorkerState::Exited as u32, Ordering::Relaxed);

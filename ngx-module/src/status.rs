@@ -1,0 +1,130 @@
+//! `pool_status;`: a location that reports every pool as JSON (or Prometheus text with
+//! `?format=prometheus`), read from the regions this nginx worker is attached to.
+
+use crate::request::{alloc_in_request, send_response};
+use crate::runtime::{self, with_pool};
+use nginx_sys::{ngx_http_request_t, ngx_int_t, NGX_HTTP_GET, NGX_HTTP_HEAD};
+use ngx_pool_channel::status::{snapshot, PoolStatus};
+use serde_json::json;
+use std::fmt::Write;
+
+/// Resident set size of `pid` in KiB, if readable.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4)
+}
+
+fn pools() -> Vec<(String, Option<PoolStatus>)> {
+    (0..runtime::pool_count())
+        .filter_map(|i| {
+            runtime::ensure_attached(i);
+            with_pool(i, |p| {
+                (
+                    p.name.clone(),
+                    p.attached.as_ref().map(|a| snapshot(&a.region)),
+                )
+            })
+        })
+        .collect()
+}
+
+fn json_doc(pools: &[(String, Option<PoolStatus>)]) -> String {
+    let list: Vec<_> = pools
+        .iter()
+        .map(|(name, st)| match st {
+            None => json!({ "name": name, "attached": false }),
+            Some(s) => json!({
+                "name": name,
+                "attached": true,
+                "poold_pid": s.poold_pid,
+                "workers": s.workers.iter().map(|w| json!({
+                    "pid": w.pid,
+                    "state": w.state,
+                    "requests": w.served,
+                    "busy_ms": w.busy_ms,
+                    "rss_kib": rss_kib(w.pid),
+                })).collect::<Vec<_>>(),
+                "queue_depth": s.queue_depth,
+                "slots": { "total": s.slots_total, "in_use": s.slots_in_use },
+                "chunks": { "total": s.chunks_total, "in_use": s.chunks_in_use, "size": s.chunk_size },
+                "counters": s.counters.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            }),
+        })
+        .collect();
+    let mut out = serde_json::to_string_pretty(&json!({ "pools": list })).unwrap_or_default();
+    out.push('\n');
+    out
+}
+
+fn prometheus(pools: &[(String, Option<PoolStatus>)]) -> String {
+    let mut o = String::new();
+    for (name, st) in pools {
+        let _ = writeln!(
+            o,
+            "ngx_pool_attached{{pool=\"{name}\"}} {}",
+            u8::from(st.is_some())
+        );
+        let Some(s) = st else { continue };
+        let busy = s.workers.iter().filter(|w| w.busy_ms.is_some()).count();
+        let _ = writeln!(o, "ngx_pool_workers{{pool=\"{name}\"}} {}", s.workers.len());
+        let _ = writeln!(o, "ngx_pool_workers_busy{{pool=\"{name}\"}} {busy}");
+        let _ = writeln!(
+            o,
+            "ngx_pool_queue_depth{{pool=\"{name}\"}} {}",
+            s.queue_depth
+        );
+        let _ = writeln!(
+            o,
+            "ngx_pool_slots_in_use{{pool=\"{name}\"}} {}",
+            s.slots_in_use
+        );
+        let _ = writeln!(
+            o,
+            "ngx_pool_chunks_in_use{{pool=\"{name}\"}} {}",
+            s.chunks_in_use
+        );
+        for (k, v) in &s.counters {
+            let _ = writeln!(o, "ngx_pool_{k}_total{{pool=\"{name}\"}} {v}");
+        }
+    }
+    o
+}
+
+/// The content handler of `pool_status` locations.
+///
+/// # Safety
+/// Called by nginx's content phase with a live request.
+pub unsafe extern "C" fn pool_status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: fields of a live request; discarding the body is allowed in a content handler.
+    let args = unsafe {
+        if (*r).method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as usize == 0 {
+            return 405;
+        }
+        let rc = nginx_sys::ngx_http_discard_request_body(r);
+        if rc != nginx_sys::NGX_OK as ngx_int_t {
+            return rc;
+        }
+        let a = (*r).args;
+        if a.data.is_null() {
+            Vec::new()
+        } else {
+            std::slice::from_raw_parts(a.data, a.len).to_vec()
+        }
+    };
+    let pools = pools();
+    let prom = String::from_utf8_lossy(&args)
+        .split('&')
+        .any(|kv| kv == "format=prometheus");
+    let (body, ctype): (String, &[u8]) = if prom {
+        (prometheus(&pools), b"text/plain; version=0.0.4")
+    } else {
+        (json_doc(&pools), b"application/json")
+    };
+    let Some(buf) = alloc_in_request(r, body.len() as u64) else {
+        return 500;
+    };
+    buf.copy_from_slice(body.as_bytes());
+    let headers: [(&[u8], &[u8]); 2] = [(b"Content-Type", ctype), (b"Cache-Control", b"no-store")];
+    send_response(r, 200, &headers, buf)
+}
