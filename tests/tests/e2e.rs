@@ -343,3 +343,31 @@ fn status_reports_workers_counters_and_no_leaks() {
     assert!(text.contains("ngx_pool_workers{pool=\"app\"} 2"), "{text}");
     ng.finish();
 }
+
+#[test]
+fn what_a_handler_forks_dies_with_its_worker() {
+    let mut ng = Nginx::start(Conf::new(
+        "    pool sp handler=builtin:spawn workers=1;",
+        "    location /spawn { pool_pass sp; }",
+    ));
+    let r = ng.get("/spawn");
+    assert_eq!(r.status, 200);
+    let grandchild: u32 = String::from_utf8_lossy(&r.body).trim().parse().unwrap();
+    assert!(procs::alive(grandchild));
+    let poold = procs::children(ng.master_pid())
+        .into_iter()
+        .find(|p| procs::cmdline(*p).contains("poold"))
+        .unwrap();
+    let worker = procs::children(poold)
+        .into_iter()
+        .find(|p| *p != grandchild)
+        .unwrap();
+    procs::kill(worker, libc::SIGKILL);
+    ng.wait_for("the handler's child to die with its worker", |_| {
+        !procs::alive(grandchild)
+    });
+    ng.wait_for("a replacement worker", |_| {
+        procs::children(poold).len() == 1
+    });
+    ng.finish();
+}

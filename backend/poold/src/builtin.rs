@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::Duration;
 
 /// The names `builtin:NAME` accepts.
-pub const NAMES: &[&str] = &["echo", "hello", "sleep", "cpu", "crash"];
+pub const NAMES: &[&str] = &["echo", "hello", "sleep", "cpu", "crash", "spawn"];
 
 /// Looks up a built-in handler by name.
 pub fn lookup(name: &str) -> Option<Box<dyn Handler>> {
@@ -16,6 +16,7 @@ pub fn lookup(name: &str) -> Option<Box<dyn Handler>> {
         "sleep" => Box::new(Sleep),
         "cpu" => Box::new(Cpu),
         "crash" => Box::new(Crash),
+        "spawn" => Box::new(Spawn),
         _ => return None,
     })
 }
@@ -114,6 +115,26 @@ pub struct Crash;
 impl Handler for Crash {
     fn handle(&self, _req: &Request<'_>, _resp: &mut Response) {
         std::process::abort();
+    }
+}
+
+/// `spawn`: starts a long-lived child process (`sleep 3600`) and answers its pid; for tests
+/// that a handler's children die with its pool worker.
+pub struct Spawn;
+
+impl Handler for Spawn {
+    fn handle(&self, _req: &Request<'_>, resp: &mut Response) {
+        match std::process::Command::new("sleep").arg("3600").spawn() {
+            Ok(child) => {
+                let _ = writeln!(resp, "{}", child.id());
+                // Deliberately not waited for: it must not outlive the worker.
+                std::mem::forget(child);
+            }
+            Err(e) => {
+                resp.set_status(500);
+                let _ = writeln!(resp, "spawn: {e}");
+            }
+        }
     }
 }
 

@@ -13,6 +13,7 @@ USAGE:
 REQUIRED:
     --socket PATH       unix socket the nginx workers attach to (created; mode 0600)
     --handler SPEC      builtin:echo | builtin:hello | builtin:sleep | builtin:cpu | builtin:crash
+                        | builtin:spawn
 
 OPTIONS:
     --name NAME         pool name used in log lines                  [default: pool]

@@ -227,6 +227,8 @@ impl Supervisor {
             let conns = &self.conns;
             let run_as = self.run_as;
             sys::fork_child(|| {
+                // Its own process group: whatever the handler forks is killed with it.
+                let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
                 let mut table = ConnFds::new();
                 for (ci, c) in conns.iter().enumerate() {
                     if let Some(c) = c {
@@ -383,6 +385,8 @@ impl Supervisor {
             other => format!("{other:?}"),
         };
         let pid = self.workers[i].pid.take().map_or(0, |p| p.as_raw());
+        // Anything the handler forked dies with the worker (the group outlives its leader).
+        let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
         self.region
             .header()
             .stats
@@ -553,6 +557,7 @@ impl Supervisor {
                 let _ = kill(pid, Signal::SIGTERM);
             }
         }
+        let groups: Vec<Pid> = self.workers.iter().filter_map(|w| w.pid).collect();
         let deadline = Instant::now() + STOP_GRACE;
         while self.workers.iter().any(|w| w.pid.is_some()) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -581,6 +586,9 @@ impl Supervisor {
                     }
                 }
             }
+        }
+        for g in groups {
+            let _ = nix::sys::signal::killpg(g, Signal::SIGKILL);
         }
         log!("notice", "stopped");
         Ok(())

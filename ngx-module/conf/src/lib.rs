@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 /// Handlers poold has compiled in (`builtin:NAME`).
-pub const BUILTIN_HANDLERS: &[&str] = &["echo", "hello", "sleep", "cpu", "crash"];
+pub const BUILTIN_HANDLERS: &[&str] = &["echo", "hello", "sleep", "cpu", "crash", "spawn"];
 
 /// One declared pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
