@@ -65,6 +65,8 @@ pub unsafe extern "C" fn pool_pass_handler(r: *mut ngx_http_request_t) -> ngx_in
         return NGX_ERROR as ngx_int_t;
     };
     if !runtime::ensure_attached(i) {
+        let name = with_pool(i, |p| p.name.clone()).unwrap_or_default();
+        log_request(r, &format!("pool \"{name}\" has no poold attached; 503"));
         add_retry_after(r);
         return 503;
     }

@@ -28,8 +28,10 @@ use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// How often a worker retries attaching to a pool that is down.
-const RETRY_EVERY: Duration = Duration::from_millis(200);
+/// How often a worker retries attaching to a pool that is down (a failed attempt is one quick
+/// local connect), and how often it says so in the error log.
+const RETRY_EVERY: Duration = Duration::from_millis(20);
+const LOG_EVERY: Duration = Duration::from_secs(1);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A request of ours that a pool holds.
@@ -54,6 +56,7 @@ pub struct PoolRt {
     pub timeout_ms: u64,
     pub attached: Option<Attached>,
     next_attempt: Option<Instant>,
+    last_failure_logged: Option<Instant>,
     pub inflight: HashMap<u32, InFlight>,
 }
 
@@ -104,6 +107,7 @@ fn pool_rt(e: &PoolEntry) -> PoolRt {
         timeout_ms: e.conf.timeout_ms,
         attached: None,
         next_attempt: None,
+        last_failure_logged: None,
         inflight: HashMap::new(),
     }
 }
@@ -161,14 +165,24 @@ pub fn ensure_attached(i: usize) -> bool {
             true
         }
         Err(e) => {
-            log(
-                NGX_LOG_ERR,
-                &format!(
-                    "pool \"{name}\": cannot attach to {}: {e}",
-                    socket.display()
-                ),
-            );
-            with_pool(i, |p| p.next_attempt = Some(Instant::now() + RETRY_EVERY));
+            let now = Instant::now();
+            let say = with_pool(i, |p| {
+                p.next_attempt = Some(now + RETRY_EVERY);
+                let due = p.last_failure_logged.is_none_or(|t| now >= t + LOG_EVERY);
+                if due {
+                    p.last_failure_logged = Some(now);
+                }
+                due
+            });
+            if say == Some(true) {
+                log(
+                    NGX_LOG_ERR,
+                    &format!(
+                        "pool \"{name}\": cannot attach to {}: {e}",
+                        socket.display()
+                    ),
+                );
+            }
             false
         }
     }

@@ -243,10 +243,14 @@ impl Nginx {
         }
         write_conf(&self.dir, self.port, &self.conf);
         let before = self.log().matches("attached to").count() as u32;
+        let old_workers = self.worker_pids();
         self.signal("reload");
         let want = before + self.conf.worker_processes * self.conf.pools;
         self.wait_for("reloaded workers to attach", |ng| {
             ng.log().matches("attached to").count() as u32 >= want
+        });
+        self.wait_for("the old workers to exit", |_| {
+            old_workers.iter().all(|p| !procs::alive(*p))
         });
     }
 

@@ -123,3 +123,52 @@ fn external_poold_attached_by_socket() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = free_port();
 }
+
+#[test]
+fn poold_killed_fails_fast_and_reload_brings_it_back() {
+    let mut ng = Nginx::start(Conf::new(
+        "    pool naps handler=builtin:sleep workers=2;",
+        "    location /sleep { pool_pass naps; }",
+    ));
+    // The master logs poold's death as an unknown child killed by a signal.
+    ng.allow("exited on signal 9");
+    let port = ng.port;
+    let sock = format!("{}/logs/pool-naps.sock", ng.dir.display());
+    let poold = *procs::with_arg_containing(&sock)
+        .iter()
+        .find(|p| procs::ppid(**p) == Some(ng.master_pid()))
+        .unwrap();
+    // Two requests in flight, then SIGKILL poold: both must fail at once, not after 10 s.
+    let inflight: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || {
+                request(port, "GET", "/sleep?ms=10000", &[], b"")
+                    .unwrap()
+                    .status
+            })
+        })
+        .collect();
+    let workers = procs::children(poold);
+    ng.wait_for("both requests to run", |_| {
+        workers.iter().all(|w| procs::wchan(*w).contains("sleep"))
+    });
+    let killed_at = Instant::now();
+    procs::kill(poold, libc::SIGKILL);
+    for t in inflight {
+        assert_eq!(t.join().unwrap(), 502);
+    }
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(10),
+        "answered before the handler would have"
+    );
+    ng.wait_for("pool workers to die with poold", |_| {
+        workers.iter().all(|w| !procs::alive(*w))
+    });
+    let r = request(port, "GET", "/sleep?ms=1", &[], b"").unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("Retry-After"), Some("1"));
+    ng.reload(None);
+    let r = request(port, "GET", "/sleep?ms=1", &[], b"").unwrap();
+    assert_eq!(r.status, 200, "{r:?}\n{}", ng.log());
+    ng.finish();
+}

@@ -190,10 +190,9 @@ impl Supervisor {
         };
         let timeout = match next_wake {
             Some(at) => {
-                let ms = at
-                    .saturating_duration_since(Instant::now())
-                    .as_millis()
-                    .min(60_000) as u16;
+                // Rounded up: waking a millisecond early would find nothing due and wait again.
+                let us = at.saturating_duration_since(Instant::now()).as_micros();
+                let ms = us.div_ceil(1000).min(60_000) as u16;
                 PollTimeout::from(ms)
             }
             None => PollTimeout::NONE,
