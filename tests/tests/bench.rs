@@ -1,0 +1,39 @@
+//! `scripts/bench --quick` keeps working: it builds what it needs, starts every target, loads each
+//! for a second and prints the report. (Full runs are for people, never for CI.)
+
+use std::process::Command;
+
+#[test]
+fn bench_script_quick_mode_runs_every_target() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(root.join("scripts/bench"))
+        .arg("--quick")
+        .output()
+        .expect("run scripts/bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "scripts/bench --quick failed:\n{stdout}\n{stderr}"
+    );
+    for row in [
+        "| return 200 |",
+        "| pool_pass hello |",
+        "| pool_pass echo |",
+        "| proxy_pass native |",
+        "| gunicorn",
+        "| pool, 1 worker |",
+        "channel vs unix socket",
+    ] {
+        assert!(stdout.contains(row), "report lacks {row}:\n{stdout}");
+    }
+    // Every run of every target answered without errors.
+    for line in stdout.lines().filter(|l| {
+        l.starts_with("| ") && !l.starts_with("| target") && !l.starts_with("| payload")
+    }) {
+        let cols: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cols.len() > 5 {
+            assert_eq!(cols[5], "0", "errors in: {line}");
+        }
+    }
+}
