@@ -217,20 +217,19 @@ pub fn take(region: &Region, worker: u32) -> Option<SlotId> {
     }
 }
 
-/// How long an idle pool worker polls the queue before it sleeps on the futex.
-pub const SPIN_FOR: std::time::Duration = std::time::Duration::from_micros(50);
-
 /// Pool worker: sleeps until a request may be there (no CPU, no syscalls while none comes).
-pub fn wait_for_work(region: &Region, worker: u32) -> SlotId {
+///
+/// With a non-zero `spin`, it first polls the queue that long: under load the next request is
+/// usually microseconds away, and catching it saves the producer a futex wake and us a sleep.
+/// That pays when cores are idle (3x the round trips in channel-bench) and costs when they are
+/// not (on 2 cores shared with nginx workers it lowered HTTP throughput), hence a setting.
+pub fn wait_for_work(region: &Region, worker: u32, spin: std::time::Duration) -> SlotId {
     let h = region.header();
     loop {
         if let Some(id) = take(region, worker) {
             return id;
         }
-        // A short, bounded spin first: under load the next request is usually microseconds
-        // away, and catching it saves the producer a futex wake and us a sleep. Idle, this costs
-        // SPIN_FOR once, then the worker sleeps.
-        let spin_until = std::time::Instant::now() + SPIN_FOR;
+        let spin_until = std::time::Instant::now() + spin;
         while std::time::Instant::now() < spin_until {
             for _ in 0..64 {
                 std::hint::spin_loop();

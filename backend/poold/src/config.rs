@@ -24,6 +24,9 @@ OPTIONS:
                         bodies (k, m, g suffixes)                     [default: 64m]
     --chunk SIZE        arena chunk size                              [default: 16k]
     --max-conns N       nginx worker processes that may attach        [default: 256]
+    --spin TIME         how long an idle pool worker polls the queue before it sleeps (50us,
+                        0 to never); lowers latency when cores are idle, costs CPU when
+                        they are not                                 [default: 0]
     --timeout TIME      a request running longer (30s, 500ms) gets its worker SIGTERM, then
                         SIGKILL 2 s later, and a fresh worker replaces it [default: none]
     --user USER         when started as root: owner of the socket, and the user (and its
@@ -53,6 +56,7 @@ pub struct Config {
     pub group: Option<String>,
     pub lifeline_fd: Option<i32>,
     pub timeout: Option<std::time::Duration>,
+    pub spin: std::time::Duration,
 }
 
 /// What the command line asked for.
@@ -133,6 +137,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         group: None,
         lifeline_fd: None,
         timeout: None,
+        spin: std::time::Duration::ZERO,
     };
     while let Some(arg) = it.next() {
         let (key, inline) = match arg.split_once('=') {
@@ -173,6 +178,15 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
                     .filter(|ms| *ms > 0)
                     .ok_or_else(|| format!("--timeout: \"{v}\" is not a time"))?;
                 cfg.timeout = Some(std::time::Duration::from_millis(ms));
+            }
+            "--spin" => {
+                let v = value("a time")?;
+                cfg.spin = match v.strip_suffix("us") {
+                    Some(us) => us.parse().ok().map(std::time::Duration::from_micros),
+                    None => parse_time_ms(&v).map(std::time::Duration::from_millis),
+                }
+                .filter(|d| *d <= std::time::Duration::from_millis(10))
+                .ok_or_else(|| format!("--spin: \"{v}\" is not a time up to 10ms"))?;
             }
             "--user" => cfg.user = Some(value("a user")?),
             "--group" => cfg.group = Some(value("a group")?),

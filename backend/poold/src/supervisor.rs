@@ -225,6 +225,7 @@ impl Supervisor {
             let handler = &*self.handler;
             let conns = &self.conns;
             let run_as = self.run_as;
+            let spin = self.cfg.spin;
             sys::fork_child(|| {
                 // Its own process group: whatever the handler forks is killed with it.
                 let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
@@ -258,6 +259,7 @@ impl Supervisor {
                     index: i as u32,
                     control,
                     conns: table,
+                    spin,
                 }
                 .run()
             })?

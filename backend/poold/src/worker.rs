@@ -23,6 +23,8 @@ pub struct Worker<'a> {
     /// From poold: eventfds of nginx workers that attached after this worker was forked.
     pub control: OwnedFd,
     pub conns: ConnFds,
+    /// How long to poll the queue before sleeping (`--spin`).
+    pub spin: std::time::Duration,
 }
 
 impl Worker<'_> {
@@ -36,7 +38,7 @@ impl Worker<'_> {
             entry
                 .state
                 .store(WorkerState::Idle as u32, Ordering::Relaxed);
-            let id = slot::wait_for_work(self.region, self.index);
+            let id = slot::wait_for_work(self.region, self.index, self.spin);
             entry
                 .state
                 .store(WorkerState::Busy as u32, Ordering::Relaxed);

@@ -5,7 +5,8 @@
 //! epoll); the "pool worker" side sleeps on the region's futex. Each round trip sends `size`
 //! bytes and receives `size` bytes back, copied in and out as the real data path does.
 //!
-//! `channel-bench [--sizes 64,4096,65536,1048576] [--scale F]` prints a Markdown table.
+//! `channel-bench [--sizes 64,4096,65536,1048576] [--scale F] [--spin-us N]` prints a Markdown
+//! table; `--spin-us` is poold's `--spin` (default 0).
 
 use ngx_pool_channel::chain::{read_chain_into, ChainWriter};
 use ngx_pool_channel::slot::{self, Handover, SlotState};
@@ -50,7 +51,7 @@ fn reap(pid: nix::unistd::Pid) {
     let _ = nix::sys::wait::waitpid(pid, None);
 }
 
-fn channel(size: usize, iters: usize) -> Stats {
+fn channel(size: usize, iters: usize, spin: Duration) -> Stats {
     let chunk = 64 * 1024;
     let chunks = ((size * 8 / (chunk - 16)) as u32 + 16).max(64);
     let g = Geometry {
@@ -68,7 +69,7 @@ fn channel(size: usize, iters: usize) -> Stats {
     let worker = fork(|| {
         let mut buf = Vec::new();
         loop {
-            let id = slot::wait_for_work(&region, 0);
+            let id = slot::wait_for_work(&region, 0, spin);
             let (head, len) = slot::request(&region, id).expect("request");
             buf.resize(len as usize, 0);
             read_chain_into(&region, head, &mut buf).expect("read request");
@@ -194,12 +195,17 @@ fn main() {
         .map(|s| s.parse().expect("size"))
         .collect();
     let scale: f64 = arg("--scale").map_or(1.0, |s| s.parse().expect("scale"));
+    let spin = Duration::from_micros(arg("--spin-us").map_or(0, |s| s.parse().expect("spin")));
+    println!(
+        "pool worker spin before sleeping: {} µs\n",
+        spin.as_micros()
+    );
     println!("| payload | channel p50 µs | channel p99 µs | channel rt/s | socket p50 µs | socket p99 µs | socket rt/s | channel ÷ socket (rt/s) |");
     println!("|---|---|---|---|---|---|---|---|");
     for size in sizes {
         let iters =
             (((64 << 20) / size.max(4096)).clamp(200, 20_000) as f64 * scale).max(20.0) as usize;
-        let c = channel(size, iters);
+        let c = channel(size, iters, spin);
         let s = socket(size, iters);
         println!(
             "| {} | {} | {} | {:.0} | {} | {} | {:.0} | {:.2}× |",
