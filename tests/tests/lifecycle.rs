@@ -172,3 +172,29 @@ fn poold_killed_fails_fast_and_reload_brings_it_back() {
     assert_eq!(r.status, 200, "{r:?}\n{}", ng.log());
     ng.finish();
 }
+
+#[test]
+fn sigkill_of_the_nginx_master_takes_poold_and_its_workers_down() {
+    let ng = Nginx::start(Conf::new(
+        "    pool app handler=builtin:echo workers=2;",
+        "    location /echo { pool_pass app; }",
+    ));
+    let dir = ng.dir.display().to_string();
+    let nginx_workers = ng.worker_pids();
+    let pool_side: Vec<u32> = procs::with_arg_containing(&format!("{dir}/logs/pool-app.sock"));
+    assert_eq!(pool_side.len(), 3, "poold and 2 workers");
+    procs::kill(ng.master_pid(), libc::SIGKILL);
+    // nginx's own workers outlive a SIGKILLed master (that is nginx); ours must not.
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while pool_side.iter().any(|p| procs::alive(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "poold or a pool worker outlived the master"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(ng.log().contains("nginx master is gone; stopping"));
+    for w in nginx_workers {
+        procs::kill(w, libc::SIGKILL);
+    }
+}
