@@ -67,42 +67,9 @@ pub enum Command {
     Version,
 }
 
-/// Parses `1024`, `16k`, `64m`, `1g` (binary multiples).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.as_bytes().last()? {
-        b'k' | b'K' => (&s[..s.len() - 1], 1u64 << 10),
-        b'm' | b'M' => (&s[..s.len() - 1], 1 << 20),
-        b'g' | b'G' => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    num.parse::<u64>().ok()?.checked_mul(mult)
-}
-
-/// Parses `30s`, `500ms`, `1m30s`; a bare number is seconds.
-pub fn parse_time_ms(s: &str) -> Option<u64> {
-    if let Ok(n) = s.parse::<u64>() {
-        return n.checked_mul(1000);
-    }
-    let mut total: u64 = 0;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        let n: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let mult = match &rest[..unit] {
-            "ms" => 1,
-            "s" => 1000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            _ => return None,
-        };
-        rest = &rest[unit..];
-        total = total.checked_add(n.checked_mul(mult)?)?;
-    }
-    (!s.is_empty()).then_some(total)
-}
+// Sizes and times are written as in nginx.conf (`16k`, `64m`, `500ms`, `1m30s`), by the same
+// parser the module uses.
+pub use ngx_pool_conf::{parse_size, parse_time_ms};
 
 fn default_workers() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
