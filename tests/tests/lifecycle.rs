@@ -198,3 +198,45 @@ fn sigkill_of_the_nginx_master_takes_poold_and_its_workers_down() {
         procs::kill(w, libc::SIGKILL);
     }
 }
+
+#[test]
+fn sigkill_of_an_nginx_worker_leaks_no_slot_or_chunk() {
+    let mut ng = Nginx::start(Conf::new(
+        "    pool naps handler=builtin:sleep workers=4;",
+        "    location /sleep { pool_pass naps; }\n    location = /status { pool_status; }",
+    ));
+    ng.allow("exited on signal 9");
+    let port = ng.port;
+    let victim = ng.worker_pids()[0];
+    // Eight slow requests spread over both nginx workers; some are the victim's.
+    let inflight: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                request(port, "GET", "/sleep?ms=700", &[], b"").map(|r| r.status)
+            })
+        })
+        .collect();
+    ng.wait_for("requests in flight", |ng| {
+        let j = ng.get("/status").json();
+        j["pools"][0]["slots"]["in_use"].as_u64().unwrap_or(0) >= 4
+    });
+    procs::kill(victim, libc::SIGKILL);
+    let statuses: Vec<_> = inflight.into_iter().map(|t| t.join().unwrap()).collect();
+    // The victim's clients lose their connection; everyone else is answered.
+    assert!(
+        statuses.iter().any(|s| matches!(s, Ok(200))),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| matches!(s, Ok(200)) || s.is_err()),
+        "{statuses:?}"
+    );
+    ng.wait_for("poold to reclaim the dead worker's requests", |ng| {
+        let j = ng.get("/status").json();
+        let p = &j["pools"][0];
+        p["slots"]["in_use"] == 0 && p["chunks"]["in_use"] == 0
+    });
+    assert!(ng.log().contains("detached with"), "poold logs the reclaim");
+    assert_eq!(ng.get("/sleep?ms=1").status, 200);
+    ng.finish();
+}
