@@ -36,6 +36,8 @@ struct Ctx {
     active: bool,
     r: *mut ngx_http_request_t,
     timer: ngx_event_t,
+    /// While set, the timer is the queue deadline; then it is re-armed for the rest of `timeout`.
+    queue_phase: Option<(u64, u64)>,
 }
 
 fn pool_index(r: *mut ngx_http_request_t) -> Option<usize> {
@@ -222,7 +224,7 @@ fn submit(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
         client: &client,
         headers: &headers,
     };
-    let submitted = with_pool(i, |p| -> Result<(SlotId, u64), (ngx_int_t, String)> {
+    let submitted = with_pool(i, |p| -> Result<(SlotId, u64, Option<u64>), (ngx_int_t, String)> {
         let name = p.name.clone();
         let a = p.attached.as_ref().ok_or((503, String::new()))?;
         let limit = a.region.geometry().message_limit();
@@ -261,10 +263,10 @@ fn submit(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
             return Err((503, format!("pool \"{name}\": could not queue the request")));
         }
         p.inflight.insert(id.index, InFlight { gen: id.gen, r });
-        Ok((id, p.timeout_ms))
+        Ok((id, p.timeout_ms, p.queue_timeout_ms))
     })
     .ok_or(500 as ngx_int_t)?;
-    let (id, timeout_ms) = match submitted {
+    let (id, timeout_ms, queue_timeout_ms) = match submitted {
         Ok(x) => x,
         Err((status, msg)) => {
             if !msg.is_empty() {
@@ -273,7 +275,7 @@ fn submit(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
             return Err(status);
         }
     };
-    if suspend(r, i, id, timeout_ms).is_err() {
+    if suspend(r, i, id, timeout_ms, queue_timeout_ms).is_err() {
         forget(i, id);
         return Err(500);
     }
@@ -302,7 +304,18 @@ fn forget(i: usize, id: SlotId) {
 }
 
 /// Installs the request context, its cleanup and deadline, and the client-abort check.
-fn suspend(r: *mut ngx_http_request_t, pool: usize, id: SlotId, timeout_ms: u64) -> Result<(), ()> {
+fn suspend(
+    r: *mut ngx_http_request_t,
+    pool: usize,
+    id: SlotId,
+    timeout_ms: u64,
+    queue_timeout_ms: Option<u64>,
+) -> Result<(), ()> {
+    // The timer first guards the queue wait (if shorter), then the rest of the deadline.
+    let queue_phase = queue_timeout_ms
+        .filter(|q| *q < timeout_ms)
+        .map(|q| (q, timeout_ms - q));
+    let first = queue_phase.map_or(timeout_ms, |(q, _)| q);
     // SAFETY: allocations come from the live request's pool; the context is zeroed then
     // written whole; the cleanup and timer reference it and are removed before the pool frees it
     // (cleanups run first in ngx_destroy_pool, and the cleanup deletes the timer).
@@ -320,6 +333,7 @@ fn suspend(r: *mut ngx_http_request_t, pool: usize, id: SlotId, timeout_ms: u64)
                 active: true,
                 r,
                 timer: std::mem::zeroed(),
+                queue_phase,
             },
         );
         let cln = nginx_sys::ngx_pool_cleanup_add(rpool, 0);
@@ -334,7 +348,7 @@ fn suspend(r: *mut ngx_http_request_t, pool: usize, id: SlotId, timeout_ms: u64)
         (*timer).handler = Some(on_timeout);
         (*timer).data = ctx as *mut c_void;
         (*timer).log = (*(*r).connection).log;
-        nginx_sys::ngx_add_timer(timer, timeout_ms as nginx_sys::ngx_msec_t);
+        nginx_sys::ngx_add_timer(timer, first as nginx_sys::ngx_msec_t);
         (*r).read_event_handler = Some(nginx_sys::ngx_http_test_reading);
         (*r).write_event_handler = Some(nginx_sys::ngx_http_request_empty_handler);
     }
@@ -373,6 +387,30 @@ unsafe extern "C" fn cleanup(data: *mut c_void) {
 unsafe extern "C" fn on_timeout(ev: *mut ngx_event_t) {
     // SAFETY: the timer's data is its context, alive while the timer is set.
     let ctx = unsafe { (*ev).data as *mut Ctx };
+    // SAFETY: as above.
+    if let Some((waited, rest)) = unsafe { (*ctx).queue_phase.take() } {
+        // SAFETY: as above.
+        let (r, pool, id) = unsafe { ((*ctx).r, (*ctx).pool, (*ctx).slot) };
+        let withdrawn = with_pool(pool, |p| {
+            p.attached
+                .as_ref()
+                .is_some_and(|a| slot::withdraw_queued(&a.region, id))
+        });
+        if withdrawn != Some(true) {
+            // A worker has it: the rest of the deadline applies.
+            // SAFETY: re-arming our own timer, which just fired.
+            unsafe { nginx_sys::ngx_add_timer(ev, rest as nginx_sys::ngx_msec_t) };
+            return;
+        }
+        // SAFETY: as above.
+        unsafe { deactivate(ctx) };
+        with_pool(pool, |p| p.inflight.remove(&id.index));
+        let name = with_pool(pool, |p| p.name.clone()).unwrap_or_default();
+        log_request(r, &format!("pool \"{name}\": no worker took the request within queue_timeout ({waited} ms); 503"));
+        add_retry_after(r);
+        finish(r, 503);
+        return;
+    }
     // SAFETY: as above.
     let (r, pool, id) = unsafe {
         if !deactivate(ctx) {

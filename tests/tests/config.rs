@@ -104,3 +104,12 @@ fn nginx_t_starts_no_poold() {
         before
     );
 }
+
+#[test]
+fn bad_queue_timeout() {
+    rejected(
+        "    pool app handler=builtin:echo queue_timeout=never;",
+        LOC,
+        "invalid queue_timeout \"never\"",
+    );
+}

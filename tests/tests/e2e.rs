@@ -378,3 +378,35 @@ fn what_a_handler_forks_dies_with_its_worker() {
     });
     ng.finish();
 }
+
+#[test]
+fn queue_timeout_gives_503_to_a_request_no_worker_took() {
+    let mut ng = Nginx::start(Conf::new(
+        "    pool naps handler=builtin:sleep workers=1 queue_timeout=200ms timeout=10s;",
+        "    location /sleep { pool_pass naps; }\n    location = /status { pool_status; }",
+    ));
+    let port = ng.port;
+    let busy = std::thread::spawn(move || {
+        request(port, "GET", "/sleep?ms=1500", &[], b"")
+            .unwrap()
+            .status
+    });
+    ng.wait_for("the only worker to be busy", |ng| {
+        ng.get("/status").json()["pools"][0]["workers"][0]["state"] == "busy"
+    });
+    let r = ng.get("/sleep?ms=1");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("Retry-After"), Some("1"));
+    assert!(ng.log().contains("within queue_timeout (200 ms); 503"));
+    assert_eq!(
+        busy.join().unwrap(),
+        200,
+        "the running request is not cut by queue_timeout"
+    );
+    let j = ng.get("/status").json();
+    assert_eq!(j["pools"][0]["counters"]["queue_timeouts"], 1);
+    ng.wait_for("the withdrawn slot to be released", |ng| {
+        ng.get("/status").json()["pools"][0]["slots"]["in_use"] == 0
+    });
+    ng.finish();
+}

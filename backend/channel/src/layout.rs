@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 /// `b"NGXPOOL1"` read as a little-endian integer.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"NGXPOOL1");
 /// Bumped on any change of layout or message format; both sides must agree exactly.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Bytes at the start of each chunk reserved for its chain link and fill length.
 pub const CHUNK_HEADER: u32 = 16;
 /// Alignment of every section and of the chunk stride.
@@ -139,6 +139,8 @@ pub struct Stats {
     pub timeouts: AtomicU64,
     /// Requests nginx answered 503 because every slot was in use.
     pub rejected_full: AtomicU64,
+    /// Requests nginx answered 503 because they waited in the queue past `queue_timeout`.
+    pub queue_timeouts: AtomicU64,
     /// Requests nginx gave up on (deadline or client gone) before their answer.
     pub abandoned: AtomicU64,
     /// Pool workers that died or were killed.

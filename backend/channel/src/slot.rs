@@ -329,6 +329,20 @@ pub fn abandon(region: &Region, id: SlotId) -> bool {
     release(region, id)
 }
 
+/// nginx: withdraws a request no pool worker has taken yet (it waited too long in the queue).
+/// Returns false if a worker took it meanwhile. The next worker to pop it releases it.
+pub fn withdraw_queued(region: &Region, id: SlotId) -> bool {
+    let withdrawn = transition(region, id, SlotState::Queued, SlotState::Abandoned);
+    if withdrawn {
+        region
+            .header()
+            .stats
+            .queue_timeouts
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    withdrawn
+}
+
 /// nginx: after reading a `Done` or `Failed` slot (or for one still `Filling`), frees it.
 pub fn release(region: &Region, id: SlotId) -> bool {
     for from in [SlotState::Done, SlotState::Failed, SlotState::Filling] {

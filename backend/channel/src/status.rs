@@ -77,6 +77,7 @@ pub fn snapshot(region: &Region) -> PoolStatus {
             ("failed", c(&s.failed)),
             ("timeouts", c(&s.timeouts)),
             ("rejected_full", c(&s.rejected_full)),
+            ("queue_timeouts", c(&s.queue_timeouts)),
             ("abandoned", c(&s.abandoned)),
             ("worker_exits", c(&s.worker_exits)),
             ("respawns", c(&s.respawns)),

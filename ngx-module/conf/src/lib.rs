@@ -2,7 +2,8 @@
 //!
 //! A crate of its own so its tests link without nginx (the module's own test binary cannot).
 //!
-//! `pool NAME handler=SPEC [workers=N] [queue=N] [timeout=TIME] [socket=PATH] [arena=SIZE] [external];`
+//! `pool NAME handler=SPEC [workers=N] [queue=N] [timeout=TIME] [queue_timeout=TIME] [socket=PATH]
+//! [arena=SIZE] [external];`
 
 use std::path::PathBuf;
 
@@ -17,6 +18,8 @@ pub struct PoolConf {
     pub workers: u32,
     pub queue: u32,
     pub timeout_ms: u64,
+    /// Longest wait in the queue before 503 (`queue_timeout=`); none: only `timeout` applies.
+    pub queue_timeout_ms: Option<u64>,
     /// As written; made absolute against the prefix by the caller.
     pub socket: Option<String>,
     pub arena: Option<u64>,
@@ -109,6 +112,7 @@ pub fn parse_pool(args: &[&str]) -> Result<PoolConf, String> {
         workers: default_workers(),
         queue: DEFAULT_QUEUE,
         timeout_ms: DEFAULT_TIMEOUT_MS,
+        queue_timeout_ms: None,
         socket: None,
         arena: None,
         external: false,
@@ -151,6 +155,16 @@ pub fn parse_pool(args: &[&str]) -> Result<PoolConf, String> {
                     _ => {
                         return Err(format!(
                             "invalid timeout \"{value}\" (a time such as 30s or 500ms)"
+                        ))
+                    }
+                }
+            }
+            "queue_timeout" => {
+                p.queue_timeout_ms = match parse_time_ms(value) {
+                    Some(ms) if ms > 0 => Some(ms),
+                    _ => {
+                        return Err(format!(
+                            "invalid queue_timeout \"{value}\" (a time such as 1s or 200ms)"
                         ))
                     }
                 }
