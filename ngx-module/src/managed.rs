@@ -100,6 +100,12 @@ fn argv_for(pool: &PoolEntry, cycle: *mut ngx_cycle_t) -> Vec<String> {
         "--timeout".into(),
         format!("{}ms", c.timeout_ms),
     ];
+    if let Some(n) = c.max_requests {
+        argv.extend(["--max-requests".into(), n.to_string()]);
+    }
+    if let Some(n) = c.max_rss {
+        argv.extend(["--max-rss".into(), n.to_string()]);
+    }
     if let Some(a) = c.arena {
         argv.extend(["--arena".into(), a.to_string()]);
     }

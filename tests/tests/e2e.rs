@@ -410,3 +410,34 @@ fn queue_timeout_gives_503_to_a_request_no_worker_took() {
     });
     ng.finish();
 }
+
+#[test]
+fn max_requests_recycles_workers_without_failing_a_request() {
+    let ng = Nginx::start(Conf::new(
+        "    pool app handler=builtin:echo workers=2 max_requests=20;",
+        "    location /echo { pool_pass app; }\n    location = /status { pool_status; }",
+    ));
+    let port = ng.port;
+    let results = parallel(300, 10, move |i| {
+        request(port, "POST", "/echo", &[], format!("{i}").as_bytes())
+    });
+    let mut pids = HashSet::new();
+    for r in results {
+        let r = r.expect("request");
+        assert_eq!(r.status, 200);
+        pids.insert(r.json()["pid"].as_u64().unwrap());
+    }
+    // 300 requests at about 20-22 per worker: at least 12 workers served, all but 2 retired.
+    assert!(pids.len() >= 12, "only {} distinct workers", pids.len());
+    let j = ng.get("/status").json();
+    let c = &j["pools"][0]["counters"];
+    assert!(c["recycles"].as_u64().unwrap() >= 10, "{c}");
+    assert_eq!(c["failed"], 0);
+    assert_eq!(
+        j["pools"][0]["workers"].as_array().unwrap().len(),
+        2,
+        "capacity back to 2"
+    );
+    assert!(ng.log().contains("retired after"));
+    ng.finish();
+}

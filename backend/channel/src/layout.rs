@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 /// `b"NGXPOOL1"` read as a little-endian integer.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"NGXPOOL1");
 /// Bumped on any change of layout or message format; both sides must agree exactly.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// Bytes at the start of each chunk reserved for its chain link and fill length.
 pub const CHUNK_HEADER: u32 = 16;
 /// Alignment of every section and of the chunk stride.
@@ -147,6 +147,8 @@ pub struct Stats {
     pub worker_exits: AtomicU64,
     /// Pool workers forked to replace one.
     pub respawns: AtomicU64,
+    /// Of `worker_exits`: workers that retired on `max_requests` or `max_rss`.
+    pub recycles: AtomicU64,
     pub slots_in_use: AtomicU64,
     pub chunks_in_use: AtomicU64,
 }

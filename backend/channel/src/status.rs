@@ -81,6 +81,7 @@ pub fn snapshot(region: &Region) -> PoolStatus {
             ("abandoned", c(&s.abandoned)),
             ("worker_exits", c(&s.worker_exits)),
             ("respawns", c(&s.respawns)),
+            ("recycles", c(&s.recycles)),
         ],
     }
 }

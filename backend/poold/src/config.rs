@@ -24,6 +24,9 @@ OPTIONS:
                         bodies (k, m, g suffixes)                     [default: 64m]
     --chunk SIZE        arena chunk size                              [default: 16k]
     --max-conns N       nginx worker processes that may attach        [default: 256]
+    --max-requests N    a worker retires after about N requests (N plus up to 10% jitter, so
+                        workers do not all retire at once) and a fresh one replaces it
+    --max-rss SIZE      a worker retires after a request that left it above SIZE resident
     --spin TIME         how long an idle pool worker polls the queue before it sleeps (50us,
                         0 to never); lowers latency when cores are idle, costs CPU when
                         they are not                                 [default: 0]
@@ -57,6 +60,8 @@ pub struct Config {
     pub lifeline_fd: Option<i32>,
     pub timeout: Option<std::time::Duration>,
     pub spin: std::time::Duration,
+    pub max_requests: Option<u64>,
+    pub max_rss: Option<u64>,
 }
 
 /// What the command line asked for.
@@ -105,6 +110,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         lifeline_fd: None,
         timeout: None,
         spin: std::time::Duration::ZERO,
+        max_requests: None,
+        max_rss: None,
     };
     while let Some(arg) = it.next() {
         let (key, inline) = match arg.split_once('=') {
@@ -145,6 +152,14 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
                     .filter(|ms| *ms > 0)
                     .ok_or_else(|| format!("--timeout: \"{v}\" is not a time"))?;
                 cfg.timeout = Some(std::time::Duration::from_millis(ms));
+            }
+            "--max-requests" => {
+                cfg.max_requests = Some(u64::from(number(value("a number")?, &key)?))
+            }
+            "--max-rss" => {
+                let v = value("a size")?;
+                cfg.max_rss =
+                    Some(parse_size(&v).ok_or_else(|| format!("{key}: \"{v}\" is not a size"))?);
             }
             "--spin" => {
                 let v = value("a time")?;

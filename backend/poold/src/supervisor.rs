@@ -226,6 +226,14 @@ impl Supervisor {
             let conns = &self.conns;
             let run_as = self.run_as;
             let spin = self.cfg.spin;
+            let max_rss = self.cfg.max_rss;
+            // Jitter: N plus up to 10%, different per fork, so workers do not retire together.
+            let max_requests = self.cfg.max_requests.map(|n| {
+                let seed = (std::process::id() as u64)
+                    ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    ^ ngx_pool_channel::sys::monotonic_ms().wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                n + seed % (n / 10 + 1)
+            });
             sys::fork_child(|| {
                 // Its own process group: whatever the handler forks is killed with it.
                 let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
@@ -260,6 +268,8 @@ impl Supervisor {
                     control,
                     conns: table,
                     spin,
+                    max_requests,
+                    max_rss,
                 }
                 .run()
             })?
@@ -396,6 +406,22 @@ impl Supervisor {
         self.workers[i].control = None;
         if let Some(e) = self.region.worker(i as u32) {
             e.state.store(WorkerState::Exited as u32, Ordering::Relaxed);
+        }
+        if let WaitStatus::Exited(_, crate::worker::EXIT_RECYCLE) = status {
+            self.region
+                .header()
+                .stats
+                .recycles
+                .fetch_add(1, Ordering::Relaxed);
+            let served = self
+                .region
+                .worker(i as u32)
+                .map_or(0, |e| e.served.load(Ordering::Relaxed));
+            log!("notice", "pool worker {pid} retired after {served} requests (max_requests/max_rss); replacing it");
+            let w = &mut self.workers[i];
+            w.quick_deaths = 0;
+            w.respawn_at = Some(Instant::now());
+            return;
         }
         let reason = if self.workers[i].killed_for_timeout.take().is_some() {
             FailReason::Timeout

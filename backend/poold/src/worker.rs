@@ -25,6 +25,20 @@ pub struct Worker<'a> {
     pub conns: ConnFds,
     /// How long to poll the queue before sleeping (`--spin`).
     pub spin: std::time::Duration,
+    /// Retire after this many requests (`--max-requests`, jittered by the caller).
+    pub max_requests: Option<u64>,
+    /// Retire once resident memory exceeds this many bytes (`--max-rss`).
+    pub max_rss: Option<u64>,
+}
+
+/// Exit status of a worker that retired on `max_requests`/`max_rss`: poold replaces it at once
+/// and counts a recycle, not a crash.
+pub const EXIT_RECYCLE: i32 = 75;
+
+/// Resident set size of this process, in bytes.
+fn own_rss() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    Some(statm.split_whitespace().nth(1)?.parse::<u64>().ok()? * 4096)
 }
 
 impl Worker<'_> {
@@ -44,9 +58,20 @@ impl Worker<'_> {
                 .store(WorkerState::Busy as u32, Ordering::Relaxed);
             let handover = self.serve(id);
             slot::clear_current(self.region, self.index);
-            entry.served.fetch_add(1, Ordering::Relaxed);
+            let served = entry.served.fetch_add(1, Ordering::Relaxed) + 1;
             if let Handover::Deliver { conn, conn_gen } = handover {
                 self.wake(conn, conn_gen);
+            }
+            // Retire at a request boundary; poold forks the replacement at once.
+            let too_many = self.max_requests.is_some_and(|m| served >= m);
+            let too_big = self
+                .max_rss
+                .is_some_and(|m| own_rss().is_some_and(|rss| rss > m));
+            if too_many || too_big {
+                entry
+                    .state
+                    .store(WorkerState::Exited as u32, Ordering::Relaxed);
+                std::process::exit(EXIT_RECYCLE);
             }
         }
     }

@@ -20,6 +20,10 @@ pub struct PoolConf {
     pub timeout_ms: u64,
     /// Longest wait in the queue before 503 (`queue_timeout=`); none: only `timeout` applies.
     pub queue_timeout_ms: Option<u64>,
+    /// A pool worker retires after about this many requests (`max_requests=`).
+    pub max_requests: Option<u32>,
+    /// A pool worker retires above this resident size in bytes (`max_rss=`).
+    pub max_rss: Option<u64>,
     /// As written; made absolute against the prefix by the caller.
     pub socket: Option<String>,
     pub arena: Option<u64>,
@@ -113,6 +117,8 @@ pub fn parse_pool(args: &[&str]) -> Result<PoolConf, String> {
         queue: DEFAULT_QUEUE,
         timeout_ms: DEFAULT_TIMEOUT_MS,
         queue_timeout_ms: None,
+        max_requests: None,
+        max_rss: None,
         socket: None,
         arena: None,
         external: false,
@@ -165,6 +171,17 @@ pub fn parse_pool(args: &[&str]) -> Result<PoolConf, String> {
                     _ => {
                         return Err(format!(
                             "invalid queue_timeout \"{value}\" (a time such as 1s or 200ms)"
+                        ))
+                    }
+                }
+            }
+            "max_requests" => p.max_requests = Some(number(u32::MAX)?),
+            "max_rss" => {
+                p.max_rss = match parse_size(value) {
+                    Some(n) if n >= 1 << 20 => Some(n),
+                    _ => {
+                        return Err(format!(
+                            "invalid max_rss \"{value}\" (a size of at least 1m)"
                         ))
                     }
                 }
