@@ -67,7 +67,7 @@ pub struct Config {
 /// What the command line asked for.
 #[derive(Debug)]
 pub enum Command {
-    Run(Config),
+    Run(Box<Config>),
     Help,
     Version,
 }
@@ -191,7 +191,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
     cfg.geometry()
         .validate()
         .map_err(|e| format!("bad --arena/--chunk/--queue: {e}"))?;
-    Ok(Command::Run(cfg))
+    Ok(Command::Run(Box::new(cfg)))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 
 fn main() {
     let cfg = match config::parse(std::env::args().skip(1)) {
-        Ok(Command::Run(c)) => c,
+        Ok(Command::Run(c)) => *c,
         Ok(Command::Help) => {
             print!("{}", config::USAGE);
             return;
