@@ -206,7 +206,7 @@ fn deadline_gives_504_and_the_pool_keeps_serving() {
         "    pool naps handler=builtin:sleep workers=1 timeout=300ms;",
         "    location /sleep { pool_pass naps; }",
     ));
-    let r = ng.get("/sleep?ms=60000");
+    let r = ng.get("/sleep?ms=60000&stubborn=1");
     assert_eq!(r.status, 504);
     assert!(
         ng.log().contains("timed out after 300 ms"),
@@ -225,12 +225,13 @@ fn deadline_gives_504_and_the_pool_keeps_serving() {
 #[test]
 fn client_disconnect_is_noticed_while_waiting() {
     use std::io::Write;
+    // One worker; a later request may wait 5 s for it at most.
     let ng = Nginx::start(Conf::new(
-        "    pool naps handler=builtin:sleep workers=1;",
+        "    pool naps handler=builtin:sleep workers=1 queue_timeout=5s;",
         "    location /sleep { pool_pass naps; }",
     ));
     let mut s = std::net::TcpStream::connect(("127.0.0.1", ng.port)).unwrap();
-    s.write_all(b"GET /sleep?ms=1500 HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(b"GET /sleep?ms=60000 HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     // Wait until the request reached the pool (the worker is busy), then hang up.
     let mut ng = ng;
@@ -246,6 +247,8 @@ fn client_disconnect_is_noticed_while_waiting() {
     ng.wait_for("nginx to notice the client left", |ng| {
         ng.log().contains("client prematurely closed connection")
     });
+    // The handler sees the cancellation and stops: the worker is free long before its minute
+    // is up, so the next request is served instead of hitting queue_timeout.
     assert_eq!(ng.get("/sleep?ms=1").status, 200);
     ng.finish();
 }

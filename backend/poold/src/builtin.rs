@@ -66,17 +66,29 @@ impl Handler for Hello {
     }
 }
 
-/// `sleep`: waits `?ms=N` milliseconds (default 100, at most one hour), then answers.
+/// `sleep`: waits `?ms=N` milliseconds (default 100, at most one hour), then answers; stops early
+/// when the request is cancelled (client gone, deadline), unless `?stubborn=1`.
 pub struct Sleep;
 
 impl Handler for Sleep {
     fn handle(&self, req: &Request<'_>, resp: &mut Response) {
-        let ms = req
+        let ms: u64 = req
             .arg("ms")
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(100)
             .min(3_600_000);
-        std::thread::sleep(Duration::from_millis(ms));
+        // In 10 ms steps, stopping early if nginx gave up on the request, unless `stubborn=1`
+        // (for tests of deadline enforcement on handlers that never look).
+        let stubborn = req.arg("stubborn") == Some("1");
+        let until = std::time::Instant::now() + Duration::from_millis(ms);
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+            if !stubborn && req.is_cancelled() {
+                resp.set_status(499);
+                let _ = writeln!(resp, "cancelled");
+                return;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(10)));
+        }
         resp.add_header("Content-Type", "text/plain");
         resp.add_header("X-Pool-Worker", &std::process::id().to_string());
         let _ = writeln!(resp, "slept {ms} ms in pid {}", std::process::id());

@@ -8,11 +8,18 @@ use std::io::Write;
 /// A request as the handler sees it, borrowing from the message in the worker's buffer.
 pub struct Request<'a> {
     view: RequestView<'a>,
+    cancelled: &'a dyn Fn() -> bool,
 }
 
 impl<'a> Request<'a> {
-    pub fn new(view: RequestView<'a>) -> Self {
-        Request { view }
+    /// A request whose cancellation `cancelled` reports (the worker passes a look at the slot).
+    pub fn new(view: RequestView<'a>, cancelled: &'a dyn Fn() -> bool) -> Self {
+        Request { view, cancelled }
+    }
+    /// True once nginx no longer wants the answer: the client went away, or the deadline
+    /// passed. A long handler may check it and stop early; whatever it returns is dropped.
+    pub fn is_cancelled(&self) -> bool {
+        (self.cancelled)()
     }
     /// The method, as sent (`GET`, `POST`, ...).
     pub fn method(&self) -> &'a str {

@@ -100,7 +100,9 @@ impl Worker<'_> {
                 return slot::fail(self.region, id, FailReason::BadRequest);
             }
         };
-        let req = Request::new(view);
+        let region = self.region;
+        let cancelled = move || slot::state_of(region, id) == Some(slot::SlotState::Abandoned);
+        let req = Request::new(view, &cancelled);
         let mut resp = Response::default();
         self.handler.handle(&req, &mut resp);
         let mut w = ChainWriter::new(self.region);
