@@ -180,11 +180,20 @@ fn sigkill_of_the_nginx_master_takes_poold_and_its_workers_down() {
         "    location /echo { pool_pass app; }",
     ));
     let dir = ng.dir.display().to_string();
-    let nginx_workers = ng.worker_pids();
+    // nginx's own workers outlive a SIGKILLed master (that is nginx): kill them however this ends.
+    struct KillOnDrop(Vec<u32>);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                procs::kill(*p, libc::SIGKILL);
+            }
+        }
+    }
+    let _nginx_workers = KillOnDrop(ng.worker_pids());
     let pool_side: Vec<u32> = procs::with_arg_containing(&format!("{dir}/logs/pool-app.sock"));
     assert_eq!(pool_side.len(), 3, "poold and 2 workers");
     procs::kill(ng.master_pid(), libc::SIGKILL);
-    // nginx's own workers outlive a SIGKILLed master (that is nginx); ours must not.
+    // Ours must not outlive it.
     let deadline = Instant::now() + READY_TIMEOUT;
     while pool_side.iter().any(|p| procs::alive(*p)) {
         assert!(
@@ -194,9 +203,6 @@ fn sigkill_of_the_nginx_master_takes_poold_and_its_workers_down() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(ng.log().contains("nginx master is gone; stopping"));
-    for w in nginx_workers {
-        procs::kill(w, libc::SIGKILL);
-    }
 }
 
 #[test]
