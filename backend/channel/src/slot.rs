@@ -494,21 +494,28 @@ pub fn reclaim_worker(
     worker: u32,
     reason: FailReason,
 ) -> Option<(SlotId, Handover)> {
+    let id = held_by(region, worker, true)?;
+    Some((id, fail(region, id, reason)))
+}
+
+/// The request worker `worker` holds (Running, or Abandoned by nginx meanwhile), if any; with
+/// `take`, the worker's entry is cleared in the same step.
+fn held_by(region: &Region, worker: u32, take: bool) -> Option<SlotId> {
     let e = region.worker(worker)?;
-    let current = e.current.swap(0, Ordering::SeqCst);
-    if current == 0 {
-        return None;
-    }
+    let current = if take {
+        e.current.swap(0, Ordering::SeqCst)
+    } else {
+        e.current.load(Ordering::SeqCst)
+    };
     let id = SlotId {
-        index: current - 1,
+        index: current.checked_sub(1)?,
         gen: e.current_gen.load(Ordering::Relaxed),
     };
-    match state_of(region, id) {
-        Some(SlotState::Running) | Some(SlotState::Abandoned) => {
-            Some((id, fail(region, id, reason)))
-        }
-        _ => None,
-    }
+    matches!(
+        state_of(region, id),
+        Some(SlotState::Running) | Some(SlotState::Abandoned)
+    )
+    .then_some(id)
 }
 
 /// Pool worker: done with its current request.
@@ -520,20 +527,9 @@ pub fn clear_current(region: &Region, worker: u32) {
 
 /// poold: the request worker `worker` is running now, and since when (CLOCK_MONOTONIC ms).
 pub fn running_since(region: &Region, worker: u32) -> Option<(SlotId, u64)> {
-    let e = region.worker(worker)?;
-    let current = e.current.load(Ordering::SeqCst);
-    if current == 0 {
-        return None;
-    }
-    let id = SlotId {
-        index: current - 1,
-        gen: e.current_gen.load(Ordering::Relaxed),
-    };
-    match state_of(region, id) {
-        Some(SlotState::Running) | Some(SlotState::Abandoned) => Some((
-            id,
-            region.slot(id.index)?.started_ms.load(Ordering::Relaxed),
-        )),
-        _ => None,
-    }
+    let id = held_by(region, worker, false)?;
+    Some((
+        id,
+        region.slot(id.index)?.started_ms.load(Ordering::Relaxed),
+    ))
 }
