@@ -235,7 +235,10 @@ fn submit(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
             a.region.header().stats.rejected_full.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err((503, format!("pool \"{name}\": queue full (all slots in use)")));
         };
-        let mut w = ChainWriter::new(&a.region);
+        let Some(mut w) = slot::request_writer(&a.region, id) else {
+            slot::release(&a.region, id);
+            return Err((502, format!("pool \"{name}\": bad slot")));
+        };
         let written = encode_request_head(&mut w, &head, body)
             .map_err(|e| e.to_string())
             .and_then(|_| if w.len() + body > limit { Err("too large".into()) } else { Ok(()) })

@@ -228,11 +228,8 @@ fn sigkill_of_an_nginx_worker_leaks_no_slot_or_chunk() {
     });
     procs::kill(victim, libc::SIGKILL);
     let statuses: Vec<_> = inflight.into_iter().map(|t| t.join().unwrap()).collect();
-    // The victim's clients lose their connection; everyone else is answered.
-    assert!(
-        statuses.iter().any(|s| matches!(s, Ok(200))),
-        "{statuses:?}"
-    );
+    // The victim's clients lose their connection (nginx may have given it all of them);
+    // everyone else is answered.
     assert!(
         statuses.iter().all(|s| matches!(s, Ok(200)) || s.is_err()),
         "{statuses:?}"

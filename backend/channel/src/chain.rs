@@ -2,7 +2,7 @@
 
 use crate::freelist;
 use crate::region::Region;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Why a chain could not be written or read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +64,31 @@ pub fn free_chain(region: &Region, head_plus_one: u32) {
     }
 }
 
+/// Frees the chain whose head `anchor` holds, one chunk at a time, moving the anchor past each
+/// chunk before freeing it: if this process dies midway, whoever reclaims the slot frees the
+/// rest from the anchor (at most the one chunk in hand is lost; never one freed twice).
+pub fn free_anchored(region: &Region, anchor: &AtomicU32) {
+    let g = region.geometry();
+    let h = region.header();
+    for _ in 0..g.chunks {
+        let head = anchor.load(Ordering::Relaxed);
+        if head == 0 || head > g.chunks {
+            anchor.store(0, Ordering::Relaxed);
+            return;
+        }
+        let index = head - 1;
+        let Some(c) = region.chunk_head(index) else {
+            return;
+        };
+        anchor.store(c.next.swap(0, Ordering::Relaxed), Ordering::Relaxed);
+        h.stats.chunks_in_use.fetch_sub(1, Ordering::Relaxed);
+        freelist::push(&h.chunk_free, g.chunks, index, |i| {
+            region.chunk_head(i).map(|c| &c.next_free)
+        });
+    }
+    anchor.store(0, Ordering::Relaxed);
+}
+
 /// Appends bytes to a new chain, taking chunks as it goes.
 pub struct ChainWriter<'r> {
     region: &'r Region,
@@ -72,6 +97,7 @@ pub struct ChainWriter<'r> {
     tail_len: u32,
     total: u64,
     done: bool,
+    anchor: Option<&'r AtomicU32>,
 }
 
 impl<'r> ChainWriter<'r> {
@@ -83,6 +109,17 @@ impl<'r> ChainWriter<'r> {
             tail_len: 0,
             total: 0,
             done: false,
+            anchor: None,
+        }
+    }
+
+    /// A writer that records its first chunk in `anchor` (a slot's request or response head)
+    /// as soon as it takes it: if the writing process dies, whoever reclaims the slot frees the
+    /// chunks from there, so none leaks.
+    pub fn anchored(region: &'r Region, anchor: &'r AtomicU32) -> Self {
+        ChainWriter {
+            anchor: Some(anchor),
+            ..ChainWriter::new(region)
         }
     }
 
@@ -110,6 +147,9 @@ impl<'r> ChainWriter<'r> {
                 c.len.store(0, Ordering::Relaxed);
                 if self.tail == 0 {
                     self.head = i + 1;
+                    if let Some(a) = self.anchor {
+                        a.store(i + 1, Ordering::Relaxed);
+                    }
                 } else if let Some(t) = self.region.chunk_head(self.tail - 1) {
                     t.next.store(i + 1, Ordering::Relaxed);
                 }
@@ -144,6 +184,9 @@ impl<'r> ChainWriter<'r> {
 impl Drop for ChainWriter<'_> {
     fn drop(&mut self) {
         if !self.done {
+            if let Some(a) = self.anchor {
+                a.store(0, Ordering::Relaxed);
+            }
             free_chain(self.region, self.head);
         }
     }

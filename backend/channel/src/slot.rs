@@ -13,7 +13,7 @@
 //!   └── release: by nginx from Done/Failed, by the pool worker from Abandoned
 //! ```
 
-use crate::chain::free_chain;
+use crate::chain::free_anchored;
 use crate::freelist;
 use crate::queue;
 use crate::region::Region;
@@ -256,8 +256,7 @@ pub fn drop_request_body(region: &Region, id: SlotId) {
     let Some(slot) = region.slot(id.index) else {
         return;
     };
-    let head = slot.req_head.swap(0, Ordering::Relaxed);
-    free_chain(region, head);
+    free_anchored(region, &slot.req_head);
 }
 
 /// The outcome of finishing or failing a request.
@@ -329,6 +328,22 @@ pub fn abandon(region: &Region, id: SlotId) -> bool {
     release(region, id)
 }
 
+/// nginx: a writer for the request of slot `id` (state Filling), anchored in the slot.
+pub fn request_writer(region: &Region, id: SlotId) -> Option<crate::chain::ChainWriter<'_>> {
+    Some(crate::chain::ChainWriter::anchored(
+        region,
+        &region.slot(id.index)?.req_head,
+    ))
+}
+
+/// Pool worker: a writer for the response of slot `id` (state Running), anchored in the slot.
+pub fn response_writer(region: &Region, id: SlotId) -> Option<crate::chain::ChainWriter<'_>> {
+    Some(crate::chain::ChainWriter::anchored(
+        region,
+        &region.slot(id.index)?.resp_head,
+    ))
+}
+
 /// nginx: withdraws a request no pool worker has taken yet (it waited too long in the queue).
 /// Returns false if a worker took it meanwhile. The next worker to pop it releases it.
 pub fn withdraw_queued(region: &Region, id: SlotId) -> bool {
@@ -359,8 +374,8 @@ fn recycle(region: &Region, index: u32) {
     let Some(slot) = region.slot(index) else {
         return;
     };
-    free_chain(region, slot.req_head.swap(0, Ordering::Relaxed));
-    free_chain(region, slot.resp_head.swap(0, Ordering::Relaxed));
+    free_anchored(region, &slot.req_head);
+    free_anchored(region, &slot.resp_head);
     let h = region.header();
     h.stats.slots_in_use.fetch_sub(1, Ordering::Relaxed);
     freelist::push(&h.slot_free, region.geometry().slots, index, |i| {
@@ -494,7 +509,23 @@ pub fn reclaim_worker(
     worker: u32,
     reason: FailReason,
 ) -> Option<(SlotId, Handover)> {
-    let id = held_by(region, worker, true)?;
+    let e = region.worker(worker)?;
+    let named = e.current.load(Ordering::SeqCst);
+    let id = match held_by(region, worker, true) {
+        Some(id) => id,
+        None => {
+            // Named but still Queued: the worker died after popping it and before taking it.
+            // It never started, so it goes back on the queue rather than failing.
+            let id = SlotId {
+                index: named.checked_sub(1)?,
+                gen: e.current_gen.load(Ordering::Relaxed),
+            };
+            if state_of(region, id) == Some(SlotState::Queued) {
+                let _ = queue::push(region, id.encode());
+            }
+            return None;
+        }
+    };
     Some((id, fail(region, id, reason)))
 }
 

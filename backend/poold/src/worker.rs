@@ -3,7 +3,7 @@
 
 use crate::handler::{Handler, Request, Response};
 use crate::log;
-use ngx_pool_channel::chain::{read_chain, ChainWriter};
+use ngx_pool_channel::chain::read_chain;
 use ngx_pool_channel::handshake::{recv_frame, CONN_FD};
 use ngx_pool_channel::message::{decode_request, encode_response_head};
 use ngx_pool_channel::slot::{self, FailReason, Handover, WorkerState};
@@ -105,7 +105,9 @@ impl Worker<'_> {
         let req = Request::new(view, &cancelled);
         let mut resp = Response::default();
         self.handler.handle(&req, &mut resp);
-        let mut w = ChainWriter::new(self.region);
+        let Some(mut w) = slot::response_writer(self.region, id) else {
+            return slot::fail(self.region, id, FailReason::Other);
+        };
         let headers: Vec<(&[u8], &[u8])> =
             resp.headers.iter().map(|(n, v)| (&n[..], &v[..])).collect();
         let written = encode_response_head(&mut w, resp.status, &headers, resp.body.len() as u64)
@@ -118,6 +120,9 @@ impl Worker<'_> {
                 req.uri(),
                 resp.body.len()
             );
+            // Free the partial chain before the slot is handed back: nginx may release the
+            // slot (and its response head) the moment it sees Failed.
+            drop(w);
             return slot::fail(self.region, id, FailReason::ResponseTooLarge);
         }
         let (head, len) = w.finish();
