@@ -89,7 +89,12 @@ pub fn log(level: u32, msg: &str) {
 }
 
 pub fn on_init_process(cycle: *mut ngx_cycle_t) {
-    crate::managed::close_lifeline_in_worker();
+    // SAFETY: reading nginx's process-role global in its only thread.
+    if unsafe { nginx_sys::ngx_process } == nginx_sys::NGX_PROCESS_WORKER as nginx_sys::ngx_uint_t {
+        // Only the master keeps the lifeline; with `master_process off` this process is the
+        // master too, and closing it would stop every poold at once.
+        crate::managed::close_lifeline_in_worker();
+    }
     // SAFETY: `cycle` is the worker's cycle, fully configured.
     let Some(main) = Module::main_conf(unsafe { &*cycle }) else {
         return;

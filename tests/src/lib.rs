@@ -83,6 +83,8 @@ pub struct Conf {
     /// The nginx binary and the module built for it (default: the vendored build).
     pub nginx: PathBuf,
     pub module: PathBuf,
+    /// `master_process off`: one process is master and worker (nginx's debugging mode).
+    pub single_process: bool,
 }
 
 impl Conf {
@@ -97,6 +99,7 @@ impl Conf {
                 .count() as u32,
             nginx: nginx_path(),
             module: module_path(),
+            single_process: false,
         }
     }
     pub fn workers(mut self, n: u32) -> Conf {
@@ -108,11 +111,12 @@ impl Conf {
 /// Writes the full nginx.conf for `conf` into `dir`.
 pub fn write_conf(dir: &Path, port: u16, conf: &Conf) -> PathBuf {
     let text = format!(
-        "daemon off;\nmaster_process on;\nworker_processes {wp};\nerror_log {dir}/logs/error.log info;\n\
+        "daemon off;\nmaster_process {mp};\nworker_processes {wp};\nerror_log {dir}/logs/error.log info;\n\
          pid {dir}/logs/nginx.pid;\nload_module {module};\nworker_shutdown_timeout 10s;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n    access_log off;\n    client_body_temp_path {dir}/body;\n{http}\n\
          server {{\n    listen 127.0.0.1:{port};\n{server}\n    location = /plain {{ return 200 \"plain\\n\"; }}\n}}\n}}\n",
+        mp = if conf.single_process { "off" } else { "on" },
         wp = conf.worker_processes,
         dir = dir.display(),
         module = conf.module.display(),

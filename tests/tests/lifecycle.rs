@@ -243,3 +243,19 @@ fn sigkill_of_an_nginx_worker_leaks_no_slot_or_chunk() {
     assert_eq!(ng.get("/sleep?ms=1").status, 200);
     ng.finish();
 }
+
+#[test]
+fn single_process_mode_keeps_its_poold_and_stops_it_on_quit() {
+    // With `master_process off` one process is master and worker: the worker-side hook must not
+    // close the master's lifeline (that once stopped poold at start).
+    let mut conf = Conf::new(
+        "    pool app handler=builtin:echo workers=1;",
+        "    location /echo { pool_pass app; }",
+    )
+    .workers(1);
+    conf.single_process = true;
+    let ng = Nginx::start(conf);
+    assert_eq!(ng.get("/echo/single").status, 200);
+    assert!(!ng.log().contains("nginx master is gone"));
+    ng.finish();
+}
