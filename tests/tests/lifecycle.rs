@@ -207,14 +207,19 @@ fn sigkill_of_the_nginx_master_takes_poold_and_its_workers_down() {
 
 #[test]
 fn sigkill_of_an_nginx_worker_leaks_no_slot_or_chunk() {
-    let mut ng = Nginx::start(Conf::new(
-        "    pool naps handler=builtin:sleep workers=4;",
-        "    location /sleep { pool_pass naps; }\n    location = /status { pool_status; }",
-    ));
+    // One nginx worker, so the requests in flight are surely the victim's; the master forks a
+    // fresh worker after the kill.
+    let mut ng = Nginx::start(
+        Conf::new(
+            "    pool naps handler=builtin:sleep workers=4;",
+            "    location /sleep { pool_pass naps; }\n    location = /status { pool_status; }",
+        )
+        .workers(1),
+    );
     ng.allow("exited on signal 9");
     let port = ng.port;
     let victim = ng.worker_pids()[0];
-    // Eight slow requests spread over both nginx workers; some are the victim's.
+    // Eight slow requests, all on the victim.
     let inflight: Vec<_> = (0..8)
         .map(|_| {
             std::thread::spawn(move || {
