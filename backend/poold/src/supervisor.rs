@@ -31,8 +31,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const STOP_GRACE: Duration = Duration::from_secs(3);
 /// How long a worker past its deadline has between SIGTERM and SIGKILL.
 const DEADLINE_GRACE: Duration = Duration::from_secs(2);
-/// How often deadlines are checked when the pool has a timeout.
+/// How often deadlines are checked when the pool has a timeout and requests are in flight, and
+/// when it is idle (poold is not told of new requests, so it still looks now and then; a stuck
+/// worker is then stopped at most this late, after nginx has already answered 504).
 const DEADLINE_TICK: Duration = Duration::from_millis(100);
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 struct NginxConn {
     sock: OwnedFd,
@@ -183,7 +186,15 @@ impl Supervisor {
             }
         }
         let next_respawn = self.workers.iter().filter_map(|w| w.respawn_at).min();
-        let next_tick = self.cfg.timeout.map(|_| Instant::now() + DEADLINE_TICK);
+        let busy = self
+            .region
+            .header()
+            .stats
+            .slots_in_use
+            .load(Ordering::Relaxed)
+            > 0;
+        let tick = if busy { DEADLINE_TICK } else { IDLE_TICK };
+        let next_tick = self.cfg.timeout.map(|_| Instant::now() + tick);
         let next_wake = match (next_respawn, next_tick) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
