@@ -161,8 +161,9 @@ fn producer(region: &Region, me: u32, conn_gen: u32, eventfd: &OwnedFd) -> i32 {
     }
 }
 
-#[test]
-fn producers_and_consumers_in_separate_processes_lose_and_duplicate_nothing() {
+/// One region for PRODUCERS connections and CONSUMERS workers, an eventfd per producer, and the
+/// connection generations.
+fn setup(name: &str) -> (Region, Vec<OwnedFd>, Vec<u32>) {
     let g = Geometry {
         slots: 64,
         chunk_size: 16384,
@@ -170,7 +171,7 @@ fn producers_and_consumers_in_separate_processes_lose_and_duplicate_nothing() {
         max_conns: PRODUCERS,
         max_workers: CONSUMERS,
     };
-    let region = Region::create("stress", g, std::process::id()).unwrap();
+    let region = Region::create(name, g, std::process::id()).unwrap();
     let eventfds: Vec<OwnedFd> = (0..PRODUCERS)
         .map(|_| {
             EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)
@@ -181,17 +182,25 @@ fn producers_and_consumers_in_separate_processes_lose_and_duplicate_nothing() {
     let gens: Vec<u32> = (0..PRODUCERS)
         .map(|p| slot::open_conn(&region, p, 0).unwrap())
         .collect();
-    let spawn = |f: &dyn Fn() -> i32| -> Pid {
-        // SAFETY: the test forks before starting any thread of its own; children only touch the
-        // region, their eventfds and the allocator, then exit without returning.
-        match unsafe { fork() }.unwrap() {
-            ForkResult::Parent { child } => child,
-            ForkResult::Child => {
-                let _ = nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL));
-                std::process::exit(f())
-            }
+    (region, eventfds, gens)
+}
+
+/// Forks a child that runs `f` and exits with its result (and dies with the test).
+fn spawn(f: &dyn Fn() -> i32) -> Pid {
+    // SAFETY: the tests fork before starting any thread of their own; children only touch the
+    // region, their eventfds and the allocator, then exit without returning.
+    match unsafe { fork() }.unwrap() {
+        ForkResult::Parent { child } => child,
+        ForkResult::Child => {
+            let _ = nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL));
+            std::process::exit(f())
         }
-    };
+    }
+}
+
+#[test]
+fn producers_and_consumers_in_separate_processes_lose_and_duplicate_nothing() {
+    let (region, eventfds, gens) = setup("stress");
     let consumers: Vec<Pid> = (0..CONSUMERS)
         .map(|c| spawn(&|| consumer(&region, c, &eventfds)))
         .collect();
@@ -234,34 +243,7 @@ fn producers_and_consumers_in_separate_processes_lose_and_duplicate_nothing() {
 
 #[test]
 fn consumers_killed_at_random_lose_nothing_and_leak_nothing() {
-    let g = Geometry {
-        slots: 64,
-        chunk_size: 16384,
-        chunks: 4096,
-        max_conns: PRODUCERS,
-        max_workers: CONSUMERS,
-    };
-    let region = Region::create("kill", g, std::process::id()).unwrap();
-    let eventfds: Vec<OwnedFd> = (0..PRODUCERS)
-        .map(|_| {
-            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)
-                .unwrap()
-                .into()
-        })
-        .collect();
-    let gens: Vec<u32> = (0..PRODUCERS)
-        .map(|p| slot::open_conn(&region, p, 0).unwrap())
-        .collect();
-    let spawn = |f: &dyn Fn() -> i32| -> Pid {
-        // SAFETY: as in the test above.
-        match unsafe { fork() }.unwrap() {
-            ForkResult::Parent { child } => child,
-            ForkResult::Child => {
-                let _ = nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL));
-                std::process::exit(f())
-            }
-        }
-    };
+    let (region, eventfds, gens) = setup("kill");
     let mut consumers: Vec<Pid> = (0..CONSUMERS)
         .map(|c| spawn(&|| consumer(&region, c, &eventfds)))
         .collect();
