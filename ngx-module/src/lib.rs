@@ -6,15 +6,17 @@
 //! configuration time ([`directives`]); the master starts one poold per managed pool from
 //! `init_module` ([`managed`]); each worker attaches to every pool in `init_process` and keeps
 //! the pool's eventfd in its event loop ([`runtime`]); a `pool_pass` location's content handler
-//! writes the request into the region, suspends it, and finishes it when the eventfd fires
-//! ([`request`]). `unsafe` code lives in those FFI-edge modules; the directive parameters are
+//! writes the request into the region and suspends it ([`request`]); events then stream the
+//! body in ([`upload`]) and the response out ([`download`]). `unsafe` code lives in those FFI-edge modules; the directive parameters are
 //! parsed in plain Rust by the `ngx-pool-conf` crate.
 
 mod directives;
+mod download;
 mod managed;
 mod request;
 mod runtime;
 mod status;
+mod upload;
 
 use nginx_sys::{ngx_cycle_t, ngx_int_t, ngx_module_t, NGX_HTTP_MODULE, NGX_OK};
 

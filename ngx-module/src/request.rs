@@ -1,43 +1,55 @@
-//! The `pool_pass` content handler: request into shared memory, suspend, respond on completion.
+//! The `pool_pass` content handler: request into shared memory, suspend, stream the answer.
 //!
 //! Request lifecycle per the development guide ("Request finalization", "Request body"):
 //! the handler starts reading the body (`ngx_http_read_client_request_body`, which takes a
-//! reference on the request); the body callback writes the request into the pool's region and
-//! returns with the request suspended; the eventfd handler (or the deadline timer, or the loss of
-//! poold) later sends the response and calls `ngx_http_finalize_request` exactly once, dropping
-//! that reference. A cleanup on the request pool abandons the slot if the request goes away
-//! first (client closed the connection, noticed through `ngx_http_test_reading`).
+//! reference on the request); once nginx has it (in memory or its temp file), the request gets
+//! a context in its pool and is written into the pool's region ([`crate::upload`]) and queued.
+//! From then on the request is suspended and driven by events: the eventfd (a pool worker made
+//! progress: it read our body, published response bytes, or finished), write events (the client
+//! took bytes, [`crate::download`]), the deadline and retry timers, and the loss of poold.
+//! Exactly one of them finalizes the request (`ngx_http_finalize_request`), dropping that
+//! reference. A cleanup on the request pool gives the slot back when the request is freed:
+//! then nginx has sent every byte that pointed into the region.
 
 use crate::directives::Module;
+use crate::download::{self, Download, Pump, Started};
 use crate::runtime::{self, with_pool, InFlight};
+use crate::upload::{BodyPart, Pumped, Upload};
 use nginx_sys::{
-    ngx_chain_t, ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_str_t, ngx_table_elt_t, NGX_DONE,
-    NGX_ERROR, NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR, NGX_OK,
+    ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_str_t, NGX_DONE, NGX_ERROR,
+    NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, Request};
-use ngx_pool_channel::chain::{ChainError, ChainWriter};
-use ngx_pool_channel::message::{decode_response, encode_request_head, RequestHead};
-use ngx_pool_channel::slot::{self, SlotId};
+use ngx_pool_channel::chain::ChainError;
+use ngx_pool_channel::message::{encode_request_head, RequestHead};
+use ngx_pool_channel::slot::{self, FailReason, SlotId, SlotState};
+use ngx_pool_channel::stream;
+use ngx_pool_channel::Region;
 use std::ffi::c_void;
 use std::ptr;
+use std::rc::Rc;
 
-/// How a suspended request ends.
-pub enum Outcome {
-    /// A response message, copied into the request's pool.
-    Response(*mut u8, usize),
-    /// An error status, with a line for the error log (empty: already logged).
-    Error(u16, String),
-}
+/// How soon a request waiting for arena space looks again.
+const ARENA_RETRY_MS: usize = 5;
 
-/// Per-request state, allocated in the request pool.
+/// Per-request state, in the request pool; dropped by its pool cleanup.
 struct Ctx {
     pool: usize,
-    slot: SlotId,
+    /// The slot, once the request is queued.
+    slot: Option<SlotId>,
+    /// We still own finalizing the request.
     active: bool,
     r: *mut ngx_http_request_t,
+    /// The deadline (first the queue deadline, while `queue_phase` is set).
     timer: ngx_event_t,
-    /// While set, the timer is the queue deadline; then it is re-armed for the rest of `timeout`.
+    /// Looks again when the arena was full.
+    retry: ngx_event_t,
     queue_phase: Option<(u64, u64)>,
+    /// The pool's mapping, held while buffers may point into it.
+    region: Rc<Region>,
+    upload: Option<Upload>,
+    download: Option<Download>,
+    timeout_ms: u64,
 }
 
 fn pool_index(r: *mut ngx_http_request_t) -> Option<usize> {
@@ -46,7 +58,7 @@ fn pool_index(r: *mut ngx_http_request_t) -> Option<usize> {
     Module::location_conf(req).and_then(|c| c.pool)
 }
 
-fn log_request(r: *mut ngx_http_request_t, msg: &str) {
+pub fn log_request(r: *mut ngx_http_request_t, msg: &str) {
     // SAFETY: a live request's connection log.
     let log = unsafe { (*(*r).connection).log };
     ngx::ngx_log_error!(NGX_LOG_ERR, log, "{}", msg);
@@ -54,8 +66,12 @@ fn log_request(r: *mut ngx_http_request_t, msg: &str) {
 
 /// Adds `Retry-After: 1` to a 503 about to be sent.
 fn add_retry_after(r: *mut ngx_http_request_t) {
-    // SAFETY: a live request; header values point at static bytes.
-    unsafe { push_header(r, b"Retry-After", b"1") };
+    // SAFETY: a live request whose header is not sent yet.
+    unsafe { download::push_header(r, b"Retry-After", b"1") };
+}
+
+fn pool_name(i: usize) -> String {
+    with_pool(i, |p| p.name.clone()).unwrap_or_default()
 }
 
 /// The content handler of `pool_pass` locations.
@@ -67,27 +83,12 @@ pub unsafe extern "C" fn pool_pass_handler(r: *mut ngx_http_request_t) -> ngx_in
         return NGX_ERROR as ngx_int_t;
     };
     if !runtime::ensure_attached(i) {
-        let name = with_pool(i, |p| p.name.clone()).unwrap_or_default();
-        log_request(r, &format!("pool \"{name}\" has no poold attached; 503"));
-        add_retry_after(r);
-        return 503;
-    }
-    let limit = with_pool(i, |p| {
-        p.attached
-            .as_ref()
-            .map(|a| a.region.geometry().message_limit())
-    })
-    .flatten()
-    .unwrap_or(0);
-    // SAFETY: reading a field of a live request.
-    let declared = unsafe { (*r).headers_in.content_length_n };
-    if declared > limit as i64 {
-        let name = with_pool(i, |p| p.name.clone()).unwrap_or_default();
         log_request(
             r,
-            &format!("pool \"{name}\": request body of {declared} bytes exceeds the pool's limit of {limit} bytes (a quarter of its arena)"),
+            &format!("pool \"{}\" has no poold attached; 503", pool_name(i)),
         );
-        return 413;
+        add_retry_after(r);
+        return 503;
     }
     // SAFETY: standard body reading; nginx calls `body_ready` once the body is in memory or in a
     // temporary file, holding a reference on the request until we finalize it.
@@ -99,12 +100,15 @@ pub unsafe extern "C" fn pool_pass_handler(r: *mut ngx_http_request_t) -> ngx_in
 }
 
 unsafe extern "C" fn body_ready(r: *mut ngx_http_request_t) {
-    if let Err(status) = submit(r) {
-        if status == 503 {
-            add_retry_after(r);
+    match begin(r) {
+        Ok(ctx) => submit(ctx),
+        Err(status) => {
+            if status == 503 {
+                add_retry_after(r);
+            }
+            // SAFETY: finalizing drops the reference body reading took; exactly once.
+            unsafe { nginx_sys::ngx_http_finalize_request(r, status) };
         }
-        // SAFETY: finalizing drops the reference body reading took; exactly once per request.
-        unsafe { nginx_sys::ngx_http_finalize_request(r, status) };
     }
 }
 
@@ -114,7 +118,7 @@ fn request_headers(r: *mut ngx_http_request_t) -> Vec<(&'static [u8], &'static [
     let req = unsafe { Request::from_ngx_http_request(r) };
     req.headers_in_iterator()
         .map(|(k, v)| {
-            // SAFETY: as above; the 'static is confined to `submit`, which copies them out.
+            // SAFETY: as above; the 'static is confined to `begin`, which copies them out.
             unsafe {
                 (
                     std::mem::transmute::<&[u8], &'static [u8]>(k.as_bytes()),
@@ -131,12 +135,6 @@ fn ngx_bytes(s: &ngx_str_t) -> &[u8] {
     }
     // SAFETY: an ngx_str_t with non-null data points at `len` readable bytes.
     unsafe { std::slice::from_raw_parts(s.data, s.len) }
-}
-
-/// One piece of the request body.
-enum BodyPart {
-    Memory(&'static [u8]),
-    File { fd: i32, from: i64, to: i64 },
 }
 
 fn body_parts(r: *mut ngx_http_request_t) -> Vec<BodyPart> {
@@ -160,7 +158,7 @@ fn body_parts(r: *mut ngx_http_request_t) -> Vec<BodyPart> {
                     });
                 } else if !(*b).pos.is_null() && (*b).last > (*b).pos {
                     let len = (*b).last.offset_from((*b).pos) as usize;
-                    parts.push(BodyPart::Memory(std::slice::from_raw_parts((*b).pos, len)));
+                    parts.push(BodyPart::Memory((*b).pos, len));
                 }
             }
             cl = (*cl).next;
@@ -169,270 +167,414 @@ fn body_parts(r: *mut ngx_http_request_t) -> Vec<BodyPart> {
     parts
 }
 
-fn body_len(parts: &[BodyPart]) -> u64 {
-    parts
-        .iter()
-        .map(|p| match p {
-            BodyPart::Memory(m) => m.len() as u64,
-            BodyPart::File { from, to, .. } => (to - from).max(0) as u64,
-        })
-        .sum()
-}
-
-/// Copies a file range into the chain, 64 KiB at a time.
-fn append_file(w: &mut ChainWriter<'_>, fd: i32, from: i64, to: i64) -> Result<(), String> {
-    // SAFETY: nginx keeps the temp file open for the request's life.
-    let file = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut at = from;
-    while at < to {
-        let want = ((to - at) as usize).min(buf.len());
-        let n = nix::sys::uio::pread(file, &mut buf[..want], at)
-            .map_err(|e| format!("reading the body's temp file: {e}"))?;
-        if n == 0 {
-            return Err("the body's temp file is shorter than nginx said".into());
-        }
-        w.append(&buf[..n]).map_err(|e| e.to_string())?;
-        at += n as i64;
-    }
-    Ok(())
-}
-
-/// Writes the request into the region and queues it. `Err(status)` to answer at once.
-fn submit(r: *mut ngx_http_request_t) -> Result<(), ngx_int_t> {
+/// Encodes the request head and makes the request's context. `Err(status)` to answer at once.
+fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, ngx_int_t> {
     let i = pool_index(r).ok_or(500 as ngx_int_t)?;
     if !runtime::ensure_attached(i) {
         return Err(503);
     }
+    let (region, timeout_ms, queue_timeout_ms) = with_pool(i, |p| {
+        let region = p.attached.as_ref()?.region.clone();
+        Some((region, p.timeout_ms, p.queue_timeout_ms))
+    })
+    .flatten()
+    .ok_or(503 as ngx_int_t)?;
     // SAFETY: fields of a live request.
     let (method, uri, version, client) = unsafe {
         let v = (*r).http_version;
         (
-            ngx_bytes(&(*r).method_name).to_vec(),
-            ngx_bytes(&(*r).unparsed_uri).to_vec(),
+            ngx_bytes(&(*r).method_name),
+            ngx_bytes(&(*r).unparsed_uri),
             ((v / 1000) as u8, (v % 1000) as u8),
-            ngx_bytes(&(*(*r).connection).addr_text).to_vec(),
+            ngx_bytes(&(*(*r).connection).addr_text),
         )
     };
     let headers = request_headers(r);
     let parts = body_parts(r);
-    let body = body_len(&parts);
+    let body: u64 = parts
+        .iter()
+        .map(|p| match p {
+            BodyPart::Memory(_, n) => *n as u64,
+            BodyPart::File { from, to, .. } => (to - from).max(0) as u64,
+        })
+        .sum();
     let head = RequestHead {
-        method: &method,
-        uri: &uri,
+        method,
+        uri,
         version,
-        client: &client,
+        client,
         headers: &headers,
     };
-    let submitted = with_pool(i, |p| -> Result<(SlotId, u64, Option<u64>), (ngx_int_t, String)> {
-        let name = p.name.clone();
-        let a = p.attached.as_ref().ok_or((503, String::new()))?;
-        let limit = a.region.geometry().message_limit();
-        let too_large = |n: u64| {
-            (413, format!("pool \"{name}\": request of {n} bytes (with body) exceeds the pool's limit of {limit} bytes (a quarter of its arena)"))
-        };
-        let Some(id) = slot::alloc(&a.region, a.conn, a.conn_gen) else {
-            a.region.header().stats.rejected_full.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err((503, format!("pool \"{name}\": queue full (all slots in use)")));
-        };
-        let Some(mut w) = slot::request_writer(&a.region, id) else {
-            slot::release(&a.region, id);
-            return Err((502, format!("pool \"{name}\": bad slot")));
-        };
-        let written = encode_request_head(&mut w, &head, body)
-            .map_err(|e| e.to_string())
-            .and_then(|_| if w.len() + body > limit { Err("too large".into()) } else { Ok(()) })
-            .and_then(|_| {
-                parts.iter().try_for_each(|part| match part {
-                    BodyPart::Memory(m) => w.append(m).map_err(|e| e.to_string()),
-                    BodyPart::File { fd, from, to } => append_file(&mut w, *fd, *from, *to),
-                })
-            });
-        if let Err(e) = written {
-            let total = w.len().max(body);
-            drop(w);
-            slot::release(&a.region, id);
-            return Err(if e == "too large" || e == ChainError::TooLarge.to_string() {
-                too_large(total + head_len_hint(&head))
-            } else if e == ChainError::ArenaFull.to_string() {
-                (503, format!("pool \"{name}\": shared-memory arena full"))
-            } else {
-                (502, format!("pool \"{name}\": {e}"))
-            });
-        }
-        let (chain, len) = w.finish();
-        if !slot::submit(&a.region, id, chain, len) {
-            slot::release(&a.region, id);
-            return Err((503, format!("pool \"{name}\": could not queue the request")));
-        }
-        p.inflight.insert(id.index, InFlight { gen: id.gen, r });
-        Ok((id, p.timeout_ms, p.queue_timeout_ms))
-    })
-    .ok_or(500 as ngx_int_t)?;
-    let (id, timeout_ms, queue_timeout_ms) = match submitted {
-        Ok(x) => x,
-        Err((status, msg)) => {
-            if !msg.is_empty() {
-                log_request(r, &msg);
-            }
-            return Err(status);
-        }
-    };
-    if suspend(r, i, id, timeout_ms, queue_timeout_ms).is_err() {
-        forget(i, id);
-        return Err(500);
+    let mut bytes = Vec::with_capacity(256);
+    if let Err(e) = encode_request_head(&mut bytes, &head, body) {
+        log_request(r, &format!("pool \"{}\": request head: {e}", pool_name(i)));
+        return Err(400);
     }
-    Ok(())
+    if bytes.len() as u64 > region.geometry().message_limit() {
+        log_request(
+            r,
+            &format!(
+                "pool \"{}\": request head of {} bytes exceeds the pool's limit (a quarter of its arena)",
+                pool_name(i),
+                bytes.len()
+            ),
+        );
+        return Err(431);
+    }
+    suspend(
+        r,
+        Ctx {
+            pool: i,
+            slot: None,
+            active: true,
+            r,
+            // SAFETY: an all-zero ngx_event_t is nginx's own initial state for events.
+            timer: unsafe { std::mem::zeroed() },
+            // SAFETY: as above.
+            retry: unsafe { std::mem::zeroed() },
+            queue_phase: queue_timeout_ms
+                .filter(|q| *q < timeout_ms)
+                .map(|q| (q, timeout_ms - q)),
+            region,
+            upload: Some(Upload::new(bytes, parts)),
+            download: None,
+            timeout_ms,
+        },
+    )
+    .ok_or(500 as ngx_int_t)
 }
 
-fn head_len_hint(head: &RequestHead<'_>) -> u64 {
-    (head.uri.len()
-        + head
-            .headers
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 6)
-            .sum::<usize>()) as u64
-}
-
-/// Removes request `id` of pool `i` from the in-flight table and abandons its slot.
-fn forget(i: usize, id: SlotId) {
-    with_pool(i, |p| {
-        if p.inflight.get(&id.index).is_some_and(|f| f.gen == id.gen) {
-            p.inflight.remove(&id.index);
-            if let Some(a) = &p.attached {
-                slot::abandon(&a.region, id);
-            }
-        }
-    });
-}
-
-/// Installs the request context, its cleanup and deadline, and the client-abort check.
-fn suspend(
-    r: *mut ngx_http_request_t,
-    pool: usize,
-    id: SlotId,
-    timeout_ms: u64,
-    queue_timeout_ms: Option<u64>,
-) -> Result<(), ()> {
-    // The timer first guards the queue wait (if shorter), then the rest of the deadline.
-    let queue_phase = queue_timeout_ms
-        .filter(|q| *q < timeout_ms)
-        .map(|q| (q, timeout_ms - q));
-    let first = queue_phase.map_or(timeout_ms, |(q, _)| q);
-    // SAFETY: allocations come from the live request's pool; the context is zeroed then
-    // written whole; the cleanup and timer reference it and are removed before the pool frees it
-    // (cleanups run first in ngx_destroy_pool, and the cleanup deletes the timer).
+/// Moves `ctx` into the request pool with its cleanup, arms the deadline, and takes over the
+/// request's event handlers.
+fn suspend(r: *mut ngx_http_request_t, ctx: Ctx) -> Option<*mut Ctx> {
+    let first = ctx.queue_phase.map_or(ctx.timeout_ms, |(q, _)| q);
+    // SAFETY: allocations come from the live request's pool. The cleanup is registered before
+    // the context is written, so the context is always dropped exactly once (by the cleanup,
+    // which runs before the pool's memory goes); the timers it holds are deleted there too.
     unsafe {
         let rpool = (*r).pool;
-        let ctx = nginx_sys::ngx_pcalloc(rpool, std::mem::size_of::<Ctx>()) as *mut Ctx;
-        if ctx.is_null() {
-            return Err(());
-        }
-        ptr::write(
-            ctx,
-            Ctx {
-                pool,
-                slot: id,
-                active: true,
-                r,
-                timer: std::mem::zeroed(),
-                queue_phase,
-            },
-        );
         let cln = nginx_sys::ngx_pool_cleanup_add(rpool, 0);
-        if cln.is_null() {
-            return Err(());
+        let p = nginx_sys::ngx_pcalloc(rpool, std::mem::size_of::<Ctx>()) as *mut Ctx;
+        if cln.is_null() || p.is_null() {
+            return None;
         }
+        ptr::write(p, ctx);
         (*cln).handler = Some(cleanup);
-        (*cln).data = ctx as *mut c_void;
+        (*cln).data = p as *mut c_void;
         let req = Request::from_ngx_http_request(r);
-        req.set_module_ctx(ctx as *mut c_void, Module::module());
-        let timer = ptr::addr_of_mut!((*ctx).timer);
-        (*timer).handler = Some(on_timeout);
-        (*timer).data = ctx as *mut c_void;
-        (*timer).log = (*(*r).connection).log;
-        nginx_sys::ngx_add_timer(timer, first as nginx_sys::ngx_msec_t);
+        req.set_module_ctx(p as *mut c_void, Module::module());
+        let log = (*(*r).connection).log;
+        for (ev, handler) in [
+            (
+                ptr::addr_of_mut!((*p).timer),
+                on_timeout as unsafe extern "C" fn(_),
+            ),
+            (ptr::addr_of_mut!((*p).retry), on_retry),
+        ] {
+            (*ev).handler = Some(handler);
+            (*ev).data = p as *mut c_void;
+            (*ev).log = log;
+        }
+        nginx_sys::ngx_add_timer(
+            ptr::addr_of_mut!((*p).timer),
+            first as nginx_sys::ngx_msec_t,
+        );
         (*r).read_event_handler = Some(nginx_sys::ngx_http_test_reading);
-        (*r).write_event_handler = Some(nginx_sys::ngx_http_request_empty_handler);
+        (*r).write_event_handler = Some(on_write);
+        Some(p)
     }
-    Ok(())
 }
 
-/// Marks the context finished and stops its timer. Returns false if it already was.
-///
-/// # Safety
-/// `ctx` must be a live context made by `suspend`.
-unsafe fn deactivate(ctx: *mut Ctx) -> bool {
-    // SAFETY: per the contract.
+/// Takes a slot, writes the head and the first part of the body, queues the request.
+fn submit(ctx: *mut Ctx) {
+    // SAFETY: `ctx` is a live context (made by `suspend`, dropped only by the pool cleanup).
+    let c = unsafe { &mut *ctx };
+    let name = pool_name(c.pool);
+    let region = c.region.clone();
+    let attached = with_pool(c.pool, |p| {
+        p.attached
+            .as_ref()
+            .filter(|a| Rc::ptr_eq(&a.region, &region))
+            .map(|a| (a.conn, a.conn_gen))
+    })
+    .flatten();
+    let Some((conn, conn_gen)) = attached else {
+        return fail(ctx, 503, format!("pool \"{name}\": poold went away"));
+    };
+    let Some(id) = slot::alloc(&region, conn, conn_gen) else {
+        region
+            .header()
+            .stats
+            .rejected_full
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return fail(
+            ctx,
+            503,
+            format!("pool \"{name}\": queue full (all slots in use)"),
+        );
+    };
+    let Some(up) = c.upload.as_mut() else {
+        slot::release(&region, id);
+        return fail(ctx, 500, String::new());
+    };
+    match up.write_head(&region, id) {
+        Ok(()) => {}
+        Err(ChainError::ArenaFull) => {
+            // Wait for space, bounded by the queue deadline (or the whole deadline).
+            slot::release(&region, id);
+            return arm_retry(ctx);
+        }
+        Err(e) => {
+            slot::release(&region, id);
+            return fail(ctx, 502, format!("pool \"{name}\": {e}"));
+        }
+    }
+    if let Pumped::Failed(e) = up.pump(&region, id, true) {
+        slot::release(&region, id);
+        return fail(ctx, 500, format!("pool \"{name}\": {e}"));
+    }
+    let (head_len, total) = (up.head_len(), up.total());
+    if !slot::submit(&region, id, head_len, total) {
+        slot::release(&region, id);
+        return fail(
+            ctx,
+            503,
+            format!("pool \"{name}\": could not queue the request"),
+        );
+    }
+    c.slot = Some(id);
+    let r = c.r;
+    with_pool(c.pool, |p| {
+        p.inflight.insert(id.index, InFlight { gen: id.gen, r })
+    });
+    progress(ctx);
+}
+
+fn arm_retry(ctx: *mut Ctx) {
+    // SAFETY: the context is live; its retry event was set up in `suspend`.
+    unsafe {
+        let ev = ptr::addr_of_mut!((*ctx).retry);
+        if (*ev).timer_set() == 0 {
+            nginx_sys::ngx_add_timer(ev, ARENA_RETRY_MS as nginx_sys::ngx_msec_t);
+        }
+    }
+}
+
+/// Drives a suspended request after any event: more body in, response out, or its end.
+fn progress(ctx: *mut Ctx) {
+    // SAFETY: `ctx` is a live context.
+    let c = unsafe { &mut *ctx };
+    if !c.active {
+        return;
+    }
+    let Some(id) = c.slot else {
+        return;
+    };
+    let region = c.region.clone();
+    let state = slot::state_of(&region, id);
+    match state {
+        Some(SlotState::Queued) | Some(SlotState::Running) | Some(SlotState::Streaming) => {
+            if !pump_upload(ctx, &region, id, state == Some(SlotState::Queued)) {
+                return;
+            }
+            if state == Some(SlotState::Streaming) {
+                pump_download(ctx, &region, id, None);
+            }
+        }
+        Some(SlotState::Done) => {
+            c.upload = None;
+            let total = slot::response(&region, id).map(|(_, t)| t);
+            pump_download(ctx, &region, id, total);
+        }
+        Some(SlotState::Failed) => {
+            let reason = slot::fail_reason(&region, id);
+            let status = if reason == FailReason::Timeout {
+                504
+            } else {
+                502
+            };
+            fail(
+                ctx,
+                status,
+                format!(
+                    "pool \"{}\": request failed in the pool: {reason:?}",
+                    pool_name(c.pool)
+                ),
+            );
+        }
+        other => fail(
+            ctx,
+            502,
+            format!(
+                "pool \"{}\": request lost its slot (state {other:?})",
+                pool_name(c.pool)
+            ),
+        ),
+    }
+}
+
+/// Writes what the window allows of the request body. Returns false if the request ended.
+fn pump_upload(ctx: *mut Ctx, region: &Region, id: SlotId, queued: bool) -> bool {
+    // SAFETY: `ctx` is a live context.
+    let c = unsafe { &mut *ctx };
+    let Some(up) = c.upload.as_mut() else {
+        return true;
+    };
+    let mut asked = false;
+    loop {
+        let pumped = up.pump(region, id, queued);
+        stream::notify_worker(region, id);
+        match pumped {
+            Pumped::Done => {
+                c.upload = None;
+                return true;
+            }
+            Pumped::Waiting if !asked => {
+                // Ask to be told when the worker frees room, then look once more: it may have
+                // freed it just before.
+                stream::want_nginx_wake(region, id);
+                asked = true;
+            }
+            Pumped::Waiting => return true,
+            Pumped::ArenaFull => {
+                arm_retry(ctx);
+                return true;
+            }
+            Pumped::Failed(e) => {
+                fail(ctx, 500, format!("pool \"{}\": {e}", pool_name(c.pool)));
+                return false;
+            }
+        }
+    }
+}
+
+/// Sends the response head once, then body bytes as they come; `total` once `Done`.
+fn pump_download(ctx: *mut Ctx, region: &Region, id: SlotId, total: Option<u64>) {
+    // SAFETY: `ctx` is a live context.
+    let c = unsafe { &mut *ctx };
+    let r = c.r;
+    if c.download.is_none() {
+        let head_len = slot::response(region, id).map_or(0, |(h, _)| h);
+        match download::start(r, region, id, head_len, total) {
+            Err(e) => {
+                return fail(ctx, 502, format!("bad response from pool worker: {e}"));
+            }
+            Ok(Started::Sent(rc)) => {
+                // Nothing points into the region: the slot goes back now (a worker still
+                // streaming, for a HEAD request, sees it abandoned and stops).
+                forget_slot(ctx);
+                return complete(ctx, rc);
+            }
+            Ok(Started::Streaming(d)) => c.download = Some(d),
+        }
+    }
+    let Some(d) = c.download.as_mut() else {
+        return;
+    };
+    let mut asked = false;
+    loop {
+        match d.pump(r, region, id, total) {
+            Pump::Error => return terminate(ctx),
+            Pump::Finished(rc) => return complete(ctx, rc),
+            Pump::Wait { freed } => {
+                if freed {
+                    stream::notify_worker(region, id);
+                }
+                if total.is_some() || asked {
+                    break;
+                }
+                // Ask to be told of more bytes, then look once more: they may have come
+                // just before.
+                stream::want_nginx_wake(region, id);
+                asked = true;
+            }
+        }
+    }
+    // SAFETY: the request's connection and its write event are live.
+    unsafe {
+        let conn = (*r).connection;
+        if (*conn).buffered() != 0 {
+            nginx_sys::ngx_handle_write_event((*conn).write, 0);
+        }
+    }
+}
+
+/// Gives the slot back now (the request still lives) and forgets it.
+fn forget_slot(ctx: *mut Ctx) {
+    // SAFETY: `ctx` is a live context.
+    let c = unsafe { &mut *ctx };
+    if let Some(id) = c.slot.take() {
+        let r = c.r;
+        with_pool(c.pool, |p| {
+            // After a re-attach, another request may use the same slot index and generation
+            // in the new region: only our own entry goes.
+            if p.inflight
+                .get(&id.index)
+                .is_some_and(|f| f.gen == id.gen && f.r == r)
+            {
+                p.inflight.remove(&id.index);
+            }
+        });
+        slot::abandon(&c.region, id);
+    }
+}
+
+/// Marks the context finished and stops its timers. Returns false if it already was.
+fn deactivate(ctx: *mut Ctx) -> bool {
+    // SAFETY: `ctx` is a live context; deleting our own timers.
     unsafe {
         if !(*ctx).active {
             return false;
         }
         (*ctx).active = false;
-        if (*ctx).timer.timer_set() != 0 {
-            nginx_sys::ngx_del_timer(ptr::addr_of_mut!((*ctx).timer));
+        for ev in [
+            ptr::addr_of_mut!((*ctx).timer),
+            ptr::addr_of_mut!((*ctx).retry),
+        ] {
+            if (*ev).timer_set() != 0 {
+                nginx_sys::ngx_del_timer(ev);
+            }
         }
         true
     }
 }
 
-unsafe extern "C" fn cleanup(data: *mut c_void) {
-    let ctx = data as *mut Ctx;
-    // SAFETY: `data` is the context registered with this cleanup, still allocated (cleanups run
-    // before the pool's memory is released).
-    unsafe {
-        if deactivate(ctx) {
-            forget((*ctx).pool, (*ctx).slot);
-        }
+/// Ends the request with an error status, or by closing the connection if the response header
+/// is already out. `msg` goes to the error log (unless empty).
+fn fail(ctx: *mut Ctx, status: ngx_int_t, msg: String) {
+    // SAFETY: `ctx` is a live context.
+    let (r, streaming) = unsafe { ((*ctx).r, (*ctx).download.is_some()) };
+    if !deactivate(ctx) {
+        return;
+    }
+    if !msg.is_empty() {
+        log_request(r, &msg);
+    }
+    if streaming {
+        return finish(r, NGX_ERROR as ngx_int_t);
+    }
+    if status == 503 {
+        add_retry_after(r);
+    }
+    finish(r, status);
+}
+
+/// The response is handed to nginx whole: finalize (nginx sends what is still buffered).
+fn complete(ctx: *mut Ctx, rc: ngx_int_t) {
+    // SAFETY: `ctx` is a live context.
+    let r = unsafe { (*ctx).r };
+    if deactivate(ctx) {
+        finish(r, rc);
     }
 }
 
-unsafe extern "C" fn on_timeout(ev: *mut ngx_event_t) {
-    // SAFETY: the timer's data is its context, alive while the timer is set.
-    let ctx = unsafe { (*ev).data as *mut Ctx };
-    // SAFETY: as above.
-    if let Some((waited, rest)) = unsafe { (*ctx).queue_phase.take() } {
-        // SAFETY: as above.
-        let (r, pool, id) = unsafe { ((*ctx).r, (*ctx).pool, (*ctx).slot) };
-        let withdrawn = with_pool(pool, |p| {
-            p.attached
-                .as_ref()
-                .is_some_and(|a| slot::withdraw_queued(&a.region, id))
-        });
-        if withdrawn != Some(true) {
-            // A worker has it: the rest of the deadline applies.
-            // SAFETY: re-arming our own timer, which just fired.
-            unsafe { nginx_sys::ngx_add_timer(ev, rest as nginx_sys::ngx_msec_t) };
-            return;
-        }
-        // SAFETY: as above.
-        unsafe { deactivate(ctx) };
-        with_pool(pool, |p| p.inflight.remove(&id.index));
-        let name = with_pool(pool, |p| p.name.clone()).unwrap_or_default();
-        log_request(r, &format!("pool \"{name}\": no worker took the request within queue_timeout ({waited} ms); 503"));
-        add_retry_after(r);
-        finish(r, 503);
-        return;
+/// The connection failed mid-response: close it.
+fn terminate(ctx: *mut Ctx) {
+    // SAFETY: `ctx` is a live context.
+    let r = unsafe { (*ctx).r };
+    if deactivate(ctx) {
+        finish(r, NGX_ERROR as ngx_int_t);
     }
-    // SAFETY: as above.
-    let (r, pool, id) = unsafe {
-        if !deactivate(ctx) {
-            return;
-        }
-        ((*ctx).r, (*ctx).pool, (*ctx).slot)
-    };
-    forget(pool, id);
-    let (name, ms) = with_pool(pool, |p| (p.name.clone(), p.timeout_ms)).unwrap_or_default();
-    // SAFETY: reading the URI of a live request.
-    let uri = String::from_utf8_lossy(ngx_bytes(unsafe { &(*r).unparsed_uri })).into_owned();
-    log_request(
-        r,
-        &format!(
-            "pool \"{name}\": request \"{uri}\" timed out after {ms} ms (slot {})",
-            id.index
-        ),
-    );
-    finish(r, 504);
 }
 
 /// Finalizes `r` with `rc` and runs the connection's posted requests.
@@ -446,153 +588,98 @@ fn finish(r: *mut ngx_http_request_t, rc: ngx_int_t) {
     }
 }
 
-/// Allocates `len` bytes in the request's pool for its response.
-pub fn alloc_in_request<'a>(r: *mut ngx_http_request_t, len: u64) -> Option<&'a mut [u8]> {
-    let len = usize::try_from(len).ok()?;
-    // SAFETY: pool memory of a live request, valid until the request is freed, which happens
-    // after respond() has sent it.
-    unsafe {
-        let p = nginx_sys::ngx_pnalloc((*r).pool, len.max(1)) as *mut u8;
-        (!p.is_null()).then(|| std::slice::from_raw_parts_mut(p, len))
-    }
+unsafe extern "C" fn cleanup(data: *mut c_void) {
+    let ctx = data as *mut Ctx;
+    deactivate(ctx);
+    forget_slot(ctx);
+    // SAFETY: `data` is the context written in `suspend`; this cleanup is its only owner's last
+    // use, and nothing refers to it after the pool is gone.
+    unsafe { ptr::drop_in_place(ctx) };
 }
 
-/// Sends the outcome of a suspended request and finalizes it.
-pub fn respond(r: *mut ngx_http_request_t, outcome: Outcome) {
-    // SAFETY: `r` is a live request with our context (set in `suspend`).
+/// The request's context, if it is one of ours.
+fn ctx_of(r: *mut ngx_http_request_t) -> Option<*mut Ctx> {
+    // SAFETY: `r` is a live request; our module's context slot holds a `Ctx` or nothing.
     unsafe {
         let req = Request::from_ngx_http_request(r);
-        if let Some(ctx) = req.get_module_ctx::<Ctx>(Module::module()) {
-            if !deactivate(ctx as *const Ctx as *mut Ctx) {
-                return;
-            }
-        }
-    }
-    let rc = match outcome {
-        Outcome::Error(status, msg) => {
-            if !msg.is_empty() {
-                log_request(r, &msg);
-            }
-            status as ngx_int_t
-        }
-        Outcome::Response(p, len) => {
-            // SAFETY: p/len is the response buffer allocated in the request pool.
-            let bytes = unsafe { std::slice::from_raw_parts(p, len) };
-            match decode_response(bytes) {
-                Ok(view) => send_response(r, view.status, &view.headers, view.body),
-                Err(e) => {
-                    log_request(r, &format!("bad response from pool worker: {e}"));
-                    502
-                }
-            }
-        }
-    };
-    finish(r, rc);
-}
-
-const HOP_BY_HOP: &[&[u8]] = &[
-    b"connection",
-    b"keep-alive",
-    b"transfer-encoding",
-    b"proxy-connection",
-    b"upgrade",
-    b"content-length",
-    b"te",
-    b"trailer",
-];
-
-/// Copies `data` into the request pool as an ngx_str_t.
-///
-/// # Safety
-/// `r` must be live.
-unsafe fn pool_str(r: *mut ngx_http_request_t, data: &[u8]) -> Option<ngx_str_t> {
-    // SAFETY: per the contract.
-    unsafe {
-        let p = nginx_sys::ngx_pnalloc((*r).pool, data.len().max(1)) as *mut u8;
-        if p.is_null() {
-            return None;
-        }
-        ptr::copy_nonoverlapping(data.as_ptr(), p, data.len());
-        Some(ngx_str_t {
-            len: data.len(),
-            data: p,
-        })
+        req.get_module_ctx::<Ctx>(Module::module())
+            .map(|c| c as *const Ctx as *mut Ctx)
     }
 }
 
-/// Appends a response header.
-///
-/// # Safety
-/// `r` must be live and its response header not yet sent.
-unsafe fn push_header(r: *mut ngx_http_request_t, name: &[u8], value: &[u8]) -> bool {
-    // SAFETY: per the contract; the list element is zeroed before use (its layout differs
-    // between nginx versions) and then filled with pool-allocated strings.
-    unsafe {
-        let h = nginx_sys::ngx_list_push(ptr::addr_of_mut!((*r).headers_out.headers))
-            as *mut ngx_table_elt_t;
-        if h.is_null() {
-            return false;
-        }
-        ptr::write_bytes(h, 0, 1);
-        let (Some(k), Some(v)) = (pool_str(r, name), pool_str(r, value)) else {
-            (*h).hash = 0;
-            return false;
+/// The pool made progress on request `r` (called from the eventfd handler).
+pub fn on_pool_event(r: *mut ngx_http_request_t) {
+    if let Some(ctx) = ctx_of(r) {
+        progress(ctx);
+    }
+}
+
+/// The pool's poold went away with request `r` in flight.
+pub fn on_pool_lost(r: *mut ngx_http_request_t) {
+    if let Some(ctx) = ctx_of(r) {
+        fail(ctx, 502, String::new());
+    }
+}
+
+/// The client can take more bytes.
+unsafe extern "C" fn on_write(r: *mut ngx_http_request_t) {
+    if let Some(ctx) = ctx_of(r) {
+        progress(ctx);
+    }
+}
+
+unsafe extern "C" fn on_retry(ev: *mut ngx_event_t) {
+    // SAFETY: the timer's data is its context, alive while the timer is set.
+    let ctx = unsafe { (*ev).data as *mut Ctx };
+    // SAFETY: as above.
+    if unsafe { (*ctx).slot.is_none() } {
+        submit(ctx);
+    } else {
+        progress(ctx);
+    }
+}
+
+unsafe extern "C" fn on_timeout(ev: *mut ngx_event_t) {
+    // SAFETY: the timer's data is its context, alive while the timer is set.
+    let ctx = unsafe { (*ev).data as *mut Ctx };
+    // SAFETY: as above.
+    let c = unsafe { &mut *ctx };
+    let name = pool_name(c.pool);
+    if let Some((waited, rest)) = c.queue_phase.take() {
+        let Some(id) = c.slot else {
+            return fail(
+                ctx,
+                503,
+                format!("pool \"{name}\": no arena space for the request within queue_timeout ({waited} ms); 503"),
+            );
         };
-        (*h).hash = 1;
-        (*h).key = k;
-        (*h).value = v;
-        true
+        if !slot::withdraw_queued(&c.region, id) {
+            // A worker has it: the rest of the deadline applies.
+            // SAFETY: re-arming our own timer, which just fired.
+            unsafe { nginx_sys::ngx_add_timer(ev, rest as nginx_sys::ngx_msec_t) };
+            return;
+        }
+        return fail(
+            ctx,
+            503,
+            format!("pool \"{name}\": no worker took the request within queue_timeout ({waited} ms); 503"),
+        );
     }
-}
-
-pub fn send_response(
-    r: *mut ngx_http_request_t,
-    status: u16,
-    headers: &[(&[u8], &[u8])],
-    body: &[u8],
-) -> ngx_int_t {
-    // SAFETY: `r` is live and its header not sent; all strings are copied into its pool; the body
-    // already lives in the request pool (respond's buffer) until the request is freed.
-    unsafe {
-        (*r).headers_out.status = status as usize;
-        (*r).headers_out.content_length_n = body.len() as i64;
-        for (name, value) in headers {
-            let lower = name.to_ascii_lowercase();
-            if HOP_BY_HOP.contains(&&lower[..]) {
-                continue;
-            }
-            if lower == b"content-type" {
-                if let Some(v) = pool_str(r, value) {
-                    (*r).headers_out.content_type = v;
-                    (*r).headers_out.content_type_len = v.len;
-                }
-                continue;
-            }
-            if !push_header(r, name, value) {
-                return NGX_ERROR as ngx_int_t;
-            }
-        }
-        let rc = nginx_sys::ngx_http_send_header(r);
-        if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() != 0 {
-            return rc;
-        }
-        let b = nginx_sys::ngx_pcalloc((*r).pool, std::mem::size_of::<nginx_sys::ngx_buf_t>())
-            as *mut nginx_sys::ngx_buf_t;
-        let out = nginx_sys::ngx_pcalloc((*r).pool, std::mem::size_of::<ngx_chain_t>())
-            as *mut ngx_chain_t;
-        if b.is_null() || out.is_null() {
-            return NGX_ERROR as ngx_int_t;
-        }
-        let start = body.as_ptr() as *mut u8;
-        (*b).start = start;
-        (*b).pos = start;
-        (*b).last = start.add(body.len());
-        (*b).end = (*b).last;
-        (*b).set_memory(u32::from(!body.is_empty()));
-        (*b).set_last_buf(u32::from(r == (*r).main));
-        (*b).set_last_in_chain(1);
-        (*out).buf = b;
-        (*out).next = ptr::null_mut();
-        nginx_sys::ngx_http_output_filter(r, out)
-    }
+    // SAFETY: reading the URI of a live request.
+    let uri = String::from_utf8_lossy(ngx_bytes(unsafe { &(*c.r).unparsed_uri })).into_owned();
+    let status = if c.slot.is_none() { 503 } else { 504 };
+    let what = if c.download.is_some() {
+        "; closing the response"
+    } else {
+        ""
+    };
+    fail(
+        ctx,
+        status,
+        format!(
+            "pool \"{name}\": request \"{uri}\" timed out after {} ms (slot {}){what}",
+            c.timeout_ms,
+            c.slot.map_or(-1, |s| s.index as i64)
+        ),
+    );
 }

@@ -10,15 +10,14 @@
 //! while calling back into nginx (finalizing a request can re-enter us through cleanups).
 
 use crate::directives::{Module, PoolEntry};
-use crate::request::{self, Outcome};
+use crate::request;
 use nginx_sys::{
     ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_http_request_t, NGX_LOG_ERR, NGX_LOG_NOTICE,
 };
 use ngx::http::HttpModuleMainConf;
-use ngx_pool_channel::chain::read_chain_into;
 use ngx_pool_channel::handshake::{self, recv_frame, send_frame, Frame};
 use ngx_pool_channel::layout::LAYOUT_VERSION;
-use ngx_pool_channel::slot::{self, FailReason, SlotId, SlotState};
+use ngx_pool_channel::slot::{self, SlotId, SlotState};
 use ngx_pool_channel::Region;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{connect, socket, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
@@ -26,6 +25,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// How often a worker retries attaching to a pool that is down (a failed attempt is one quick
@@ -42,7 +42,8 @@ pub struct InFlight {
 
 /// A live attachment.
 pub struct Attached {
-    pub region: Region,
+    /// Shared with the contexts of requests whose buffers may point into it.
+    pub region: Rc<Region>,
     pub conn: u32,
     pub conn_gen: u32,
     socket_c: *mut ngx_connection_t,
@@ -161,7 +162,7 @@ pub fn ensure_attached(i: usize) -> bool {
             );
             with_pool(i, |p| {
                 p.attached = Some(Attached {
-                    region,
+                    region: Rc::new(region),
                     conn,
                     conn_gen,
                     socket_c,
@@ -324,81 +325,38 @@ unsafe extern "C" fn on_eventfd_event(ev: *mut ngx_event_t) {
     complete_ready(i);
 }
 
-/// Answers every request of pool `i` whose slot is Done or Failed.
+/// Drives every request of pool `i` the pool may have made progress on: all but those still
+/// waiting in the queue (their whole first window was written when they were queued).
 pub fn complete_ready(i: usize) {
-    let finished = with_pool(i, |p| {
+    let candidates = with_pool(i, |p| {
         let Some(a) = &p.attached else {
             return Vec::new();
         };
         slot::clear_wake(&a.region, a.conn);
-        let ready: Vec<u32> = p
-            .inflight
+        p.inflight
             .iter()
             .filter(|(index, f)| {
-                let st = slot::state_of(
-                    &a.region,
-                    SlotId {
-                        index: **index,
-                        gen: f.gen,
-                    },
-                );
-                !matches!(
-                    st,
-                    Some(SlotState::Queued) | Some(SlotState::Running) | Some(SlotState::Filling)
-                )
+                let id = SlotId {
+                    index: **index,
+                    gen: f.gen,
+                };
+                slot::state_of(&a.region, id) != Some(SlotState::Queued)
             })
-            .map(|(index, _)| *index)
-            .collect();
-        ready
-            .into_iter()
-            .filter_map(|index| {
-                let f = p.inflight.remove(&index)?;
-                let id = SlotId { index, gen: f.gen };
-                Some((f.r, take_outcome(a, id, f.r, &p.name)))
-            })
-            .collect()
+            .map(|(index, f)| (*index, f.gen, f.r))
+            .collect::<Vec<_>>()
     })
     .unwrap_or_default();
-    for (r, outcome) in finished {
-        request::respond(r, outcome);
-    }
-}
-
-/// Reads the outcome of a finished slot into the request's pool and frees the slot.
-fn take_outcome(a: &Attached, id: SlotId, r: *mut ngx_http_request_t, pool: &str) -> Outcome {
-    let outcome = match slot::state_of(&a.region, id) {
-        Some(SlotState::Done) => match slot::response(&a.region, id) {
-            Some((head, len)) => match request::alloc_in_request(r, len) {
-                Some(buf) => match read_chain_into(&a.region, head, buf) {
-                    Ok(()) => Outcome::Response(buf.as_mut_ptr(), buf.len()),
-                    Err(e) => Outcome::Error(502, format!("pool \"{pool}\": response: {e}")),
-                },
-                None => Outcome::Error(
-                    500,
-                    format!("pool \"{pool}\": no memory for a {len}-byte response"),
-                ),
-            },
-            None => Outcome::Error(502, format!("pool \"{pool}\": bad slot")),
-        },
-        Some(SlotState::Failed) => {
-            let reason = slot::fail_reason(&a.region, id);
-            let status = if reason == FailReason::Timeout {
-                504
-            } else {
-                502
-            };
-            Outcome::Error(
-                status,
-                format!("pool \"{pool}\": request failed in the pool: {reason:?}"),
-            )
+    for (index, gen, r) in candidates {
+        // An earlier one may have ended and freed this request meanwhile; look it up again.
+        let live = with_pool(i, |p| {
+            p.inflight
+                .get(&index)
+                .is_some_and(|f| f.gen == gen && f.r == r)
+        });
+        if live == Some(true) {
+            request::on_pool_event(r);
         }
-        other => Outcome::Error(
-            502,
-            format!("pool \"{pool}\": request lost its slot (state {other:?})"),
-        ),
-    };
-    slot::release(&a.region, id);
-    outcome
+    }
 }
 
 /// Drops the attachment of pool `i`; with a reason, answers every request in flight with 502.
@@ -425,7 +383,7 @@ pub fn detach(i: usize, reason: Option<&str>) {
             ),
         );
         for f in inflight {
-            request::respond(f.r, Outcome::Error(502, String::new()));
+            request::on_pool_lost(f.r);
         }
     }
 }

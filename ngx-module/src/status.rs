@@ -1,7 +1,7 @@
 //! `pool_status;`: a location that reports every pool as JSON (or Prometheus text with
 //! `?format=prometheus`), read from the regions this nginx worker is attached to.
 
-use crate::request::{alloc_in_request, send_response};
+use crate::download::send_whole;
 use crate::runtime::{self, with_pool};
 use nginx_sys::{ngx_http_request_t, ngx_int_t, NGX_HTTP_GET, NGX_HTTP_HEAD};
 use ngx_pool_channel::status::{snapshot, PoolStatus};
@@ -121,10 +121,6 @@ pub unsafe extern "C" fn pool_status_handler(r: *mut ngx_http_request_t) -> ngx_
     } else {
         (json_doc(&pools), b"application/json")
     };
-    let Some(buf) = alloc_in_request(r, body.len() as u64) else {
-        return 500;
-    };
-    buf.copy_from_slice(body.as_bytes());
     let headers: [(&[u8], &[u8]); 2] = [(b"Content-Type", ctype), (b"Cache-Control", b"no-store")];
-    send_response(r, 200, &headers, buf)
+    send_whole(r, 200, &headers, body.as_bytes())
 }

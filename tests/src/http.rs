@@ -68,6 +68,12 @@ fn parse(raw: &[u8], head_only: bool) -> io::Result<Response> {
         .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
         .collect();
     let mut body = raw[end + 4..].to_vec();
+    let chunked = headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    if chunked && !head_only {
+        body = dechunk(&body)?;
+    }
     if head_only {
         body.clear();
     } else if let Some(len) = headers
@@ -86,5 +92,190 @@ fn parse(raw: &[u8], head_only: bool) -> io::Result<Response> {
         status,
         headers,
         body,
+    })
+}
+
+/// Decodes a chunked body (whole, in memory).
+fn dechunk(mut raw: &[u8]) -> io::Result<Vec<u8>> {
+    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
+    let mut out = Vec::new();
+    loop {
+        let eol = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| bad("chunk size line"))?;
+        let size_text = std::str::from_utf8(&raw[..eol]).map_err(|_| bad("chunk size"))?;
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| bad("chunk size"))?;
+        raw = &raw[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if raw.len() < size + 2 || &raw[size..size + 2] != b"\r\n" {
+            return Err(bad("truncated chunk"));
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
+}
+
+/// What a streamed exchange saw: the body is hashed as it arrives, never held.
+#[derive(Debug, Clone)]
+pub struct Streamed {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body_len: u64,
+    pub sha256: String,
+    /// True if the body was complete (Content-Length reached or the last chunk seen).
+    pub complete: bool,
+    /// The first MiB of the body, for small answers a test wants to read.
+    pub start: Vec<u8>,
+}
+
+impl Streamed {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Lower-case hex SHA-256 of `len` bytes of `byte(i)`.
+pub fn sha256_of(len: u64, byte: impl Fn(u64) -> u8) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(buf.len() as u64) as usize;
+        for (k, b) in buf[..n].iter_mut().enumerate() {
+            *b = byte(at + k as u64);
+        }
+        h.update(&buf[..n]);
+        at += n as u64;
+    }
+    hex(&h.finalize())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// One request with a generated body of `body_len` bytes (`body_byte(i)`), sent in 64 KiB
+/// writes; the response body is hashed as it is read, in reads of at most `read_size` bytes,
+/// calling `after_read(bytes_so_far)` after each (a slow client sleeps there).
+pub fn exchange_streamed(
+    port: u16,
+    method: &str,
+    path: &str,
+    body_len: u64,
+    body_byte: impl Fn(u64) -> u8,
+    read_size: usize,
+    mut after_read: impl FnMut(u64),
+) -> io::Result<Streamed> {
+    use sha2::Digest;
+    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {body_len}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes())?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut at = 0u64;
+    while at < body_len {
+        let n = (body_len - at).min(buf.len() as u64) as usize;
+        for (k, b) in buf[..n].iter_mut().enumerate() {
+            *b = body_byte(at + k as u64);
+        }
+        s.write_all(&buf[..n])?;
+        at += n as u64;
+    }
+    // The head, byte by byte up to the blank line (small).
+    let mut raw = Vec::new();
+    let mut one = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        if s.read(&mut one)? == 0 {
+            return Err(bad("closed in the response head"));
+        }
+        raw.push(one[0]);
+    }
+    let parsed = parse(&raw, true)?;
+    let length: Option<u64> = parsed.header("content-length").and_then(|v| v.parse().ok());
+    let chunked = parsed
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    let mut hasher = sha2::Sha256::new();
+    let mut got = 0u64;
+    let mut complete = false;
+    let mut read = vec![0u8; read_size.max(1)];
+    // Chunked decoding state: bytes left in the current chunk, and a partial size line.
+    let mut left_in_chunk = 0u64;
+    let mut line = Vec::new();
+    let mut skip_crlf = 0usize;
+    let mut start = Vec::new();
+    loop {
+        if length.is_some_and(|l| got >= l) {
+            complete = true;
+            break;
+        }
+        let n = s.read(&mut read)?;
+        if n == 0 {
+            complete = length.is_none() && !chunked;
+            break;
+        }
+        let mut data = &read[..n];
+        if start.len() < 1 << 20 {
+            start.extend_from_slice(&data[..data.len().min((1 << 20) - start.len())]);
+        }
+        if !chunked {
+            hasher.update(data);
+            got += n as u64;
+        } else {
+            while !data.is_empty() {
+                if skip_crlf > 0 {
+                    let k = skip_crlf.min(data.len());
+                    skip_crlf -= k;
+                    data = &data[k..];
+                } else if left_in_chunk > 0 {
+                    let k = (left_in_chunk as usize).min(data.len());
+                    hasher.update(&data[..k]);
+                    got += k as u64;
+                    left_in_chunk -= k as u64;
+                    data = &data[k..];
+                    if left_in_chunk == 0 {
+                        skip_crlf = 2;
+                    }
+                } else {
+                    line.push(data[0]);
+                    data = &data[1..];
+                    if line.ends_with(b"\r\n") {
+                        let text = String::from_utf8_lossy(&line[..line.len() - 2]).into_owned();
+                        let size =
+                            u64::from_str_radix(text.split(';').next().unwrap_or("").trim(), 16)
+                                .map_err(|_| bad("chunk size"))?;
+                        line.clear();
+                        if size == 0 {
+                            complete = true;
+                            break;
+                        }
+                        left_in_chunk = size;
+                    }
+                }
+            }
+            if complete {
+                break;
+            }
+        }
+        after_read(got);
+    }
+    Ok(Streamed {
+        status: parsed.status,
+        headers: parsed.headers,
+        body_len: got,
+        sha256: hex(&hasher.finalize()),
+        complete,
+        start,
     })
 }

@@ -177,30 +177,6 @@ fn process_budget_is_exact_under_load() {
 }
 
 #[test]
-fn body_over_the_pool_limit_gets_413_without_reaching_poold() {
-    // arena=4m: one message may use a quarter, about 1 MiB.
-    let ng = Nginx::start(Conf::new(
-        "    pool small handler=builtin:echo workers=1 arena=4m;\n    client_max_body_size 64m;",
-        "    location /echo { pool_pass small; }",
-    ));
-    let body = vec![7u8; 2 << 20];
-    let r = request(ng.port, "POST", "/echo", &[], &body).unwrap();
-    assert_eq!(r.status, 413);
-    assert!(
-        ng.log().contains("exceeds the pool's limit of"),
-        "error_log names the limit"
-    );
-    // The pool still serves.
-    assert_eq!(
-        request(ng.port, "POST", "/echo", &[], &body[..1000])
-            .unwrap()
-            .status,
-        200
-    );
-    ng.finish();
-}
-
-#[test]
 fn deadline_gives_504_and_the_pool_keeps_serving() {
     let mut ng = Nginx::start(Conf::new(
         "    pool naps handler=builtin:sleep workers=1 timeout=300ms;",

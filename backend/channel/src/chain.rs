@@ -1,4 +1,4 @@
-//! Byte streams stored as chains of arena chunks: writing, reading (validated), freeing.
+//! Whole chains of arena chunks: reading them (validated) and freeing them.
 
 use crate::freelist;
 use crate::region::Region;
@@ -9,8 +9,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub enum ChainError {
     /// No free chunk left in the arena.
     ArenaFull,
-    /// The message would exceed the region's per-message limit.
-    TooLarge,
     /// A link, length or count read from the region is out of bounds or inconsistent.
     Corrupt,
 }
@@ -19,7 +17,6 @@ impl std::fmt::Display for ChainError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             ChainError::ArenaFull => "shared-memory arena is full",
-            ChainError::TooLarge => "message exceeds the region's message limit",
             ChainError::Corrupt => "corrupt chunk chain in shared memory",
         })
     }
@@ -31,15 +28,6 @@ impl From<ChainError> for std::io::Error {
     fn from(e: ChainError) -> Self {
         std::io::Error::other(e)
     }
-}
-
-fn alloc_chunk(region: &Region) -> Option<u32> {
-    let h = region.header();
-    let i = freelist::pop(&h.chunk_free, region.geometry().chunks, |i| {
-        region.chunk_head(i).map(|c| &c.next_free)
-    })?;
-    h.stats.chunks_in_use.fetch_add(1, Ordering::Relaxed);
-    Some(i)
 }
 
 /// Returns every chunk of the chain starting at `head_plus_one` (index + 1; 0 = none).
@@ -87,119 +75,6 @@ pub fn free_anchored(region: &Region, anchor: &AtomicU32) {
         });
     }
     anchor.store(0, Ordering::Relaxed);
-}
-
-/// Appends bytes to a new chain, taking chunks as it goes.
-pub struct ChainWriter<'r> {
-    region: &'r Region,
-    head: u32,
-    tail: u32,
-    tail_len: u32,
-    total: u64,
-    done: bool,
-    anchor: Option<&'r AtomicU32>,
-}
-
-impl<'r> ChainWriter<'r> {
-    pub fn new(region: &'r Region) -> Self {
-        ChainWriter {
-            region,
-            head: 0,
-            tail: 0,
-            tail_len: 0,
-            total: 0,
-            done: false,
-            anchor: None,
-        }
-    }
-
-    /// A writer that records its first chunk in `anchor` (a slot's request or response head)
-    /// as soon as it takes it: if the writing process dies, whoever reclaims the slot frees the
-    /// chunks from there, so none leaks.
-    pub fn anchored(region: &'r Region, anchor: &'r AtomicU32) -> Self {
-        ChainWriter {
-            anchor: Some(anchor),
-            ..ChainWriter::new(region)
-        }
-    }
-
-    /// Bytes written so far.
-    pub fn len(&self) -> u64 {
-        self.total
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.total == 0
-    }
-
-    /// Appends all of `data`.
-    pub fn append(&mut self, mut data: &[u8]) -> Result<(), ChainError> {
-        let g = self.region.geometry();
-        if self.total + data.len() as u64 > g.message_limit() {
-            return Err(ChainError::TooLarge);
-        }
-        let cap = g.chunk_data();
-        while !data.is_empty() {
-            if self.tail == 0 || self.tail_len == cap {
-                let i = alloc_chunk(self.region).ok_or(ChainError::ArenaFull)?;
-                let c = self.region.chunk_head(i).ok_or(ChainError::Corrupt)?;
-                c.next.store(0, Ordering::Relaxed);
-                c.len.store(0, Ordering::Relaxed);
-                if self.tail == 0 {
-                    self.head = i + 1;
-                    if let Some(a) = self.anchor {
-                        a.store(i + 1, Ordering::Relaxed);
-                    }
-                } else if let Some(t) = self.region.chunk_head(self.tail - 1) {
-                    t.next.store(i + 1, Ordering::Relaxed);
-                }
-                self.tail = i + 1;
-                self.tail_len = 0;
-            }
-            let n = ((cap - self.tail_len) as usize).min(data.len());
-            if !self
-                .region
-                .chunk_write(self.tail - 1, self.tail_len, &data[..n])
-            {
-                return Err(ChainError::Corrupt);
-            }
-            self.tail_len += n as u32;
-            if let Some(t) = self.region.chunk_head(self.tail - 1) {
-                t.len.store(self.tail_len, Ordering::Relaxed);
-            }
-            self.total += n as u64;
-            data = &data[n..];
-        }
-        Ok(())
-    }
-
-    /// Ends the chain: returns (head index + 1, total length). The chunks now belong to whoever
-    /// the caller publishes the head to (the publishing Release covers these Relaxed stores).
-    pub fn finish(mut self) -> (u32, u64) {
-        self.done = true;
-        (self.head, self.total)
-    }
-}
-
-impl Drop for ChainWriter<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            if let Some(a) = self.anchor {
-                a.store(0, Ordering::Relaxed);
-            }
-            free_chain(self.region, self.head);
-        }
-    }
-}
-
-impl std::io::Write for ChainWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.append(buf)?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Reads a whole chain of `len` bytes starting at `head_plus_one` into a new vector, checking
@@ -250,6 +125,8 @@ pub fn read_chain_into(
 mod tests {
     use super::*;
     use crate::layout::Geometry;
+    use crate::slot;
+    use crate::stream::{Direction, StreamWriter};
 
     fn region() -> Region {
         let g = Geometry {
@@ -262,37 +139,32 @@ mod tests {
         Region::create("c", g, 1).unwrap()
     }
 
+    fn written(r: &Region, data: &[u8]) -> u32 {
+        let id = slot::alloc(r, 0, 1).unwrap();
+        let mut w = StreamWriter::new();
+        w.append(r, id, Direction::Request, data).unwrap();
+        w.publish(r, id, Direction::Request);
+        r.slot(id.index)
+            .unwrap()
+            .req_head
+            .swap(0, Ordering::Relaxed)
+    }
+
     #[test]
     fn round_trip_across_chunks_and_free_everything() {
         let r = region();
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
-        let mut w = ChainWriter::new(&r);
-        w.append(&data[..3]).unwrap();
-        w.append(&data[3..]).unwrap();
-        let (head, len) = w.finish();
-        assert_eq!(len, 10_000);
-        assert_eq!(read_chain(&r, head, len).unwrap(), data);
+        let head = written(&r, &data);
+        assert_eq!(read_chain(&r, head, 10_000).unwrap(), data);
         assert!(r.header().stats.chunks_in_use.load(Ordering::Relaxed) > 0);
         free_chain(&r, head);
         assert_eq!(r.header().stats.chunks_in_use.load(Ordering::Relaxed), 0);
     }
 
     #[test]
-    fn over_the_limit_is_refused_and_dropped_writer_frees() {
-        let r = region();
-        let mut w = ChainWriter::new(&r);
-        w.append(&[1; 5000]).unwrap();
-        assert_eq!(w.append(&vec![0; 20_000]), Err(ChainError::TooLarge));
-        drop(w);
-        assert_eq!(r.header().stats.chunks_in_use.load(Ordering::Relaxed), 0);
-    }
-
-    #[test]
     fn a_cycle_or_short_chain_is_corrupt_not_a_hang() {
         let r = region();
-        let mut w = ChainWriter::new(&r);
-        w.append(&[1; 2000]).unwrap();
-        let (head, _) = w.finish();
+        let head = written(&r, &[1; 2000]);
         r.chunk_head(head - 1)
             .unwrap()
             .next

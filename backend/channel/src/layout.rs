@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 /// `b"NGXPOOL1"` read as a little-endian integer.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"NGXPOOL1");
 /// Bumped on any change of layout or message format; both sides must agree exactly.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 /// Bytes at the start of each chunk reserved for its chain link and fill length.
 pub const CHUNK_HEADER: u32 = 16;
 /// Alignment of every section and of the chunk stride.
@@ -48,6 +48,31 @@ impl Geometry {
     /// large message cannot starve every other request.
     pub const fn message_limit(&self) -> u64 {
         (self.chunks as u64 / 4) * self.chunk_data() as u64
+    }
+    /// Bytes a stream's writer may have published and its reader not yet freed: the credit
+    /// window of [`crate::stream`]. Large enough to keep a fast pair busy, small enough that a
+    /// handful of large bodies in flight leave the arena to everyone else.
+    pub const fn stream_window(&self) -> u64 {
+        let floor = 2 * self.chunk_data() as u64;
+        let want = if floor > 1 << 20 { floor } else { 1 << 20 };
+        let limit = self.message_limit();
+        if want < limit {
+            want
+        } else if limit > floor {
+            limit
+        } else {
+            floor
+        }
+    }
+    /// The part of the window a request may fill while it waits in the queue: queued requests
+    /// must not be able to take the arena that running ones need for their answers.
+    pub const fn queued_window(&self) -> u64 {
+        let w = self.stream_window();
+        if w < 64 << 10 {
+            w
+        } else {
+            64 << 10
+        }
     }
     pub const fn slots_offset(&self) -> u64 {
         align(size_of::<Header>() as u64)
@@ -174,6 +199,23 @@ pub struct Slot {
     /// Free-list link (index + 1, 0 = end).
     pub next_free: AtomicU32,
     _pad: AtomicU32,
+    /// Streaming ([`crate::stream`]): bytes of each direction the writer has published
+    /// (Release) and the reader has consumed and freed (Release, the writer's credit).
+    pub req_written: AtomicU64,
+    pub req_consumed: AtomicU64,
+    pub resp_written: AtomicU64,
+    pub resp_consumed: AtomicU64,
+    /// Bytes of the request and response heads at the start of their streams.
+    pub req_head_len: AtomicU32,
+    pub resp_head_len: AtomicU32,
+    /// Futex word the pool worker sleeps on while it waits for request bytes or response
+    /// credit; bumped by nginx on progress when `worker_waiting` is set.
+    pub worker_seq: AtomicU32,
+    pub worker_waiting: AtomicU32,
+    /// Set by the nginx worker when it waits for progress on this slot (response bytes or
+    /// request credit); the pool worker clears it and wakes the nginx worker.
+    pub nginx_waiting: AtomicU32,
+    _pad2: [u32; 3],
 }
 
 /// One attached nginx worker.
@@ -223,7 +265,7 @@ pub struct ChunkHead {
 }
 
 const _: () = assert!(size_of::<ChunkHead>() == CHUNK_HEADER as usize);
-const _: () = assert!(size_of::<Slot>() == 64);
+const _: () = assert!(size_of::<Slot>() == 128);
 const _: () = assert!(size_of::<Conn>() == 64);
 const _: () = assert!(size_of::<WorkerEntry>() == 64);
 

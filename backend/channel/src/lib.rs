@@ -19,6 +19,8 @@
 
 pub mod chain;
 pub mod freelist;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod layout;
 pub mod message;
@@ -26,6 +28,7 @@ pub mod queue;
 pub mod region;
 pub mod slot;
 pub mod status;
+pub mod stream;
 pub mod sys;
 
 pub use layout::Geometry;

@@ -172,8 +172,43 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// A response body length that is not known in advance (the body streams until `Done`).
+pub const UNKNOWN_LENGTH: u64 = u64::MAX;
+
+/// Decodes a request head that is exactly `bytes`; returns it (with an empty body) and the
+/// body length it announces.
+pub fn decode_request_head(bytes: &[u8]) -> Result<(RequestView<'_>, u64), DecodeError> {
+    let mut c = Cursor { rest: bytes };
+    let mut view = request_fields(&mut c)?;
+    let body_len = c.u64()?;
+    if !c.rest.is_empty() {
+        return Err(DecodeError("bytes after the request head"));
+    }
+    view.body = &[];
+    Ok((view, body_len))
+}
+
+/// Decodes a response head that is exactly `bytes`: status, headers, announced body length
+/// ([`UNKNOWN_LENGTH`] when streamed without one).
+pub fn decode_response_head(bytes: &[u8]) -> Result<ResponseView<'_>, DecodeError> {
+    decode_response_with(bytes, false)
+}
+
+/// The body length a decoded response head announced (its `body` is empty).
+pub fn announced_length(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(
+        bytes.get(bytes.len().checked_sub(8)?..)?.try_into().ok()?,
+    ))
+}
+
 pub fn decode_request(bytes: &[u8]) -> Result<RequestView<'_>, DecodeError> {
     let mut c = Cursor { rest: bytes };
+    let mut view = request_fields(&mut c)?;
+    view.body = c.body()?;
+    Ok(view)
+}
+
+fn request_fields<'a>(c: &mut Cursor<'a>) -> Result<RequestView<'a>, DecodeError> {
     if c.u8()? != REQUEST_FORMAT {
         return Err(DecodeError("unknown request format"));
     }
@@ -182,18 +217,21 @@ pub fn decode_request(bytes: &[u8]) -> Result<RequestView<'_>, DecodeError> {
     let version = (c.u8()?, c.u8()?);
     let client = c.str(2)?;
     let headers = c.headers()?;
-    let body = c.body()?;
     Ok(RequestView {
         method,
         uri,
         version,
         client,
         headers,
-        body,
+        body: &[],
     })
 }
 
 pub fn decode_response(bytes: &[u8]) -> Result<ResponseView<'_>, DecodeError> {
+    decode_response_with(bytes, true)
+}
+
+fn decode_response_with(bytes: &[u8], with_body: bool) -> Result<ResponseView<'_>, DecodeError> {
     let mut c = Cursor { rest: bytes };
     let status = c.u16()?;
     if !(100..=999).contains(&status) {
@@ -208,7 +246,15 @@ pub fn decode_response(bytes: &[u8]) -> Result<ResponseView<'_>, DecodeError> {
             return Err(DecodeError("invalid header value"));
         }
     }
-    let body = c.body()?;
+    let body = if with_body {
+        c.body()?
+    } else {
+        c.u64()?;
+        if !c.rest.is_empty() {
+            return Err(DecodeError("bytes after the response head"));
+        }
+        &[]
+    };
     Ok(ResponseView {
         status,
         headers,

@@ -257,6 +257,20 @@ impl Region {
         true
     }
 
+    /// The address of `len` payload bytes of chunk `index` from `at`, for a reader that hands
+    /// them to the kernel without copying (nginx's output chain); `None` if out of bounds.
+    ///
+    /// The pointer is valid while this mapping lives; the bytes stay the reader's until it
+    /// frees the chunk ([`crate::stream::StreamReader::release`]).
+    pub fn chunk_ptr(&self, index: u32, at: u32, len: u32) -> Option<*const u8> {
+        let cap = self.geometry.chunk_data();
+        if index >= self.geometry.chunks || at > cap || len > cap - at {
+            return None;
+        }
+        let off = self.chunk_offset(index) + CHUNK_HEADER as usize + at as usize;
+        Some(self.map.as_ptr().wrapping_add(off))
+    }
+
     /// Copies `out.len()` bytes of chunk `index`'s payload from `at` into `out`. Returns false if
     /// out of bounds.
     pub fn chunk_read(&self, index: u32, at: u32, out: &mut [u8]) -> bool {

@@ -8,10 +8,17 @@
 //!
 //! ```text
 //!  Free ─alloc (nginx)─▶ Filling ─submit─▶ Queued ─take (pool worker)─▶ Running ─finish─▶ Done
-//!   ▲                                        │                            │  └──fail──▶ Failed
+//!   ▲                                        │                            │ └─stream─▶ Streaming
+//!   │                                        │                            │            │ finish
+//!   │                                        │                            └──fail──▶ Failed
 //!   │                                        └──abandon (nginx)──▶ Abandoned ◀──┘
 //!   └── release: by nginx from Done/Failed, by the pool worker from Abandoned
 //! ```
+//!
+//! In `Streaming` the response head is published and its body is still being written
+//! ([`crate::stream`]); it ends in `Done`, `Failed` or `Abandoned` like `Running`. The request
+//! stream may still be growing in `Queued` and `Running` (nginx writes a large body as the
+//! worker reads it).
 
 use crate::chain::free_anchored;
 use crate::freelist;
@@ -31,6 +38,7 @@ pub enum SlotState {
     Done = 4,
     Failed = 5,
     Abandoned = 6,
+    Streaming = 7,
 }
 
 impl SlotState {
@@ -43,6 +51,7 @@ impl SlotState {
             4 => SlotState::Done,
             5 => SlotState::Failed,
             6 => SlotState::Abandoned,
+            7 => SlotState::Streaming,
             _ => return None,
         })
     }
@@ -153,6 +162,22 @@ pub fn alloc(region: &Region, conn: u32, conn_gen: u32) -> Option<SlotId> {
     slot.req_len.store(0, Ordering::Relaxed);
     slot.resp_len.store(0, Ordering::Relaxed);
     slot.fail_reason.store(0, Ordering::Relaxed);
+    for w in [
+        &slot.req_written,
+        &slot.req_consumed,
+        &slot.resp_written,
+        &slot.resp_consumed,
+    ] {
+        w.store(0, Ordering::Relaxed);
+    }
+    for w in [
+        &slot.req_head_len,
+        &slot.resp_head_len,
+        &slot.worker_waiting,
+        &slot.nginx_waiting,
+    ] {
+        w.store(0, Ordering::Relaxed);
+    }
     // Relaxed: the slot came off the free list, so it is ours alone until `submit` publishes it.
     slot.state
         .store(word(gen, SlotState::Filling), Ordering::Relaxed);
@@ -160,13 +185,14 @@ pub fn alloc(region: &Region, conn: u32, conn_gen: u32) -> Option<SlotId> {
     Some(SlotId { index, gen })
 }
 
-/// Publishes a filled request and wakes a sleeping pool worker if there is one.
-pub fn submit(region: &Region, id: SlotId, req_head: u32, req_len: u64) -> bool {
+/// Queues a request whose stream holds its `head_len`-byte head (and maybe part of its body),
+/// `total` bytes in all once complete, and wakes a sleeping pool worker if there is one.
+pub fn submit(region: &Region, id: SlotId, head_len: u32, total: u64) -> bool {
     let Some(slot) = region.slot(id.index) else {
         return false;
     };
-    slot.req_head.store(req_head, Ordering::Relaxed);
-    slot.req_len.store(req_len, Ordering::Relaxed);
+    slot.req_head_len.store(head_len, Ordering::Relaxed);
+    slot.req_len.store(total, Ordering::Relaxed);
     if !transition(region, id, SlotState::Filling, SlotState::Queued) {
         return false;
     }
@@ -251,14 +277,6 @@ pub fn wait_for_work(region: &Region, worker: u32, spin: std::time::Duration) ->
     }
 }
 
-/// Pool worker: the request is read; returns its chunks to the arena early.
-pub fn drop_request_body(region: &Region, id: SlotId) {
-    let Some(slot) = region.slot(id.index) else {
-        return;
-    };
-    free_anchored(region, &slot.req_head);
-}
-
 /// The outcome of finishing or failing a request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Handover {
@@ -268,13 +286,32 @@ pub enum Handover {
     Abandoned,
 }
 
-/// Pool worker: publishes the response.
-pub fn finish(region: &Region, id: SlotId, resp_head: u32, resp_len: u64) -> Handover {
+/// Pool worker: the response head (`head_len` bytes) is published on the response stream and
+/// the body follows; nginx may start sending. Returns where to deliver the news, or
+/// `Abandoned` if nginx gave up meanwhile (the worker then stops and calls [`finish`], which
+/// releases the slot).
+pub fn start_streaming(region: &Region, id: SlotId, head_len: u32) -> Handover {
     let Some(slot) = region.slot(id.index) else {
         return Handover::Abandoned;
     };
-    slot.resp_head.store(resp_head, Ordering::Relaxed);
-    slot.resp_len.store(resp_len, Ordering::Relaxed);
+    slot.resp_head_len.store(head_len, Ordering::Relaxed);
+    if transition(region, id, SlotState::Running, SlotState::Streaming) {
+        return Handover::Deliver {
+            conn: slot.conn.load(Ordering::Relaxed),
+            conn_gen: slot.conn_gen.load(Ordering::Relaxed),
+        };
+    }
+    Handover::Abandoned
+}
+
+/// Pool worker: the response stream is complete, `total` bytes of which the first `head_len`
+/// are the head.
+pub fn finish(region: &Region, id: SlotId, head_len: u32, total: u64) -> Handover {
+    let Some(slot) = region.slot(id.index) else {
+        return Handover::Abandoned;
+    };
+    slot.resp_head_len.store(head_len, Ordering::Relaxed);
+    slot.resp_len.store(total, Ordering::Relaxed);
     region
         .header()
         .stats
@@ -300,7 +337,9 @@ fn settle(region: &Region, id: SlotId, to: SlotState) -> Handover {
     let Some(slot) = region.slot(id.index) else {
         return Handover::Abandoned;
     };
-    if transition(region, id, SlotState::Running, to) {
+    if transition(region, id, SlotState::Running, to)
+        || transition(region, id, SlotState::Streaming, to)
+    {
         return Handover::Deliver {
             conn: slot.conn.load(Ordering::Relaxed),
             conn_gen: slot.conn_gen.load(Ordering::Relaxed),
@@ -315,33 +354,19 @@ fn settle(region: &Region, id: SlotId, to: SlotState) -> Handover {
 /// nginx: the request no longer wants an answer (client gone, deadline). Whoever holds the slot
 /// releases it; returns true if that was us.
 pub fn abandon(region: &Region, id: SlotId) -> bool {
-    region
-        .header()
-        .stats
-        .abandoned
-        .fetch_add(1, Ordering::Relaxed);
-    for from in [SlotState::Queued, SlotState::Running] {
+    for from in [SlotState::Queued, SlotState::Running, SlotState::Streaming] {
         if transition(region, id, from, SlotState::Abandoned) {
+            region
+                .header()
+                .stats
+                .abandoned
+                .fetch_add(1, Ordering::Relaxed);
+            // A worker blocked on this request's streams must see it at once.
+            crate::stream::notify_worker(region, id);
             return false;
         }
     }
     release(region, id)
-}
-
-/// nginx: a writer for the request of slot `id` (state Filling), anchored in the slot.
-pub fn request_writer(region: &Region, id: SlotId) -> Option<crate::chain::ChainWriter<'_>> {
-    Some(crate::chain::ChainWriter::anchored(
-        region,
-        &region.slot(id.index)?.req_head,
-    ))
-}
-
-/// Pool worker: a writer for the response of slot `id` (state Running), anchored in the slot.
-pub fn response_writer(region: &Region, id: SlotId) -> Option<crate::chain::ChainWriter<'_>> {
-    Some(crate::chain::ChainWriter::anchored(
-        region,
-        &region.slot(id.index)?.resp_head,
-    ))
 }
 
 /// nginx: withdraws a request no pool worker has taken yet (it waited too long in the queue).
@@ -412,20 +437,21 @@ pub fn fail_reason(region: &Region, id: SlotId) -> FailReason {
     })
 }
 
-/// The response chain of a `Done` slot.
+/// The response's head length and (once `Done`) total length, as the worker published them
+/// (read after an Acquire of the state that showed `Streaming` or `Done`; untrusted).
 pub fn response(region: &Region, id: SlotId) -> Option<(u32, u64)> {
     let s = region.slot(id.index)?;
     Some((
-        s.resp_head.load(Ordering::Relaxed),
+        s.resp_head_len.load(Ordering::Relaxed),
         s.resp_len.load(Ordering::Relaxed),
     ))
 }
 
-/// The request chain of a `Running` slot.
+/// The request's head length and total length, as nginx published them (untrusted).
 pub fn request(region: &Region, id: SlotId) -> Option<(u32, u64)> {
     let s = region.slot(id.index)?;
     Some((
-        s.req_head.load(Ordering::Relaxed),
+        s.req_head_len.load(Ordering::Relaxed),
         s.req_len.load(Ordering::Relaxed),
     ))
 }
@@ -487,10 +513,14 @@ pub fn reclaim_conn(region: &Region, conn: u32, conn_gen: u32) -> u32 {
             continue;
         }
         let reclaimed = match v.state {
-            Some(SlotState::Queued) | Some(SlotState::Running) => {
-                transition(region, v.id, SlotState::Queued, SlotState::Abandoned)
-                    || transition(region, v.id, SlotState::Running, SlotState::Abandoned)
-                    || release(region, v.id)
+            Some(SlotState::Queued) | Some(SlotState::Running) | Some(SlotState::Streaming) => {
+                let abandoned = [SlotState::Queued, SlotState::Running, SlotState::Streaming]
+                    .into_iter()
+                    .any(|from| transition(region, v.id, from, SlotState::Abandoned));
+                if abandoned {
+                    crate::stream::notify_worker(region, v.id);
+                }
+                abandoned || release(region, v.id)
             }
             Some(SlotState::Done) | Some(SlotState::Failed) | Some(SlotState::Filling) => {
                 release(region, v.id)
@@ -544,7 +574,7 @@ fn held_by(region: &Region, worker: u32, take: bool) -> Option<SlotId> {
     };
     matches!(
         state_of(region, id),
-        Some(SlotState::Running) | Some(SlotState::Abandoned)
+        Some(SlotState::Running) | Some(SlotState::Streaming) | Some(SlotState::Abandoned)
     )
     .then_some(id)
 }

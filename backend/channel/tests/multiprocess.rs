@@ -4,8 +4,9 @@
 //! its producer; each message must come back exactly once, and the arena must be wholly free at
 //! the end.
 
-use ngx_pool_channel::chain::{read_chain, ChainError};
+use ngx_pool_channel::chain::ChainError;
 use ngx_pool_channel::slot::{self, Handover, SlotId, SlotState};
+use ngx_pool_channel::stream::{self, Direction};
 use ngx_pool_channel::{Geometry, Region};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{kill, Signal};
@@ -51,20 +52,17 @@ fn payload(producer: u32, seq: u32) -> Vec<u8> {
 fn consumer(region: &Region, index: u32, eventfds: &[OwnedFd]) -> ! {
     loop {
         let id = slot::wait_for_work(region, index, std::time::Duration::ZERO);
-        let (head, len) = slot::request(region, id).expect("request");
-        let msg = read_chain(region, head, len).expect("read request");
-        slot::drop_request_body(region, id);
+        let (_, len) = slot::request(region, id).expect("request");
+        let msg = stream::read_all(region, id, Direction::Request, len).expect("read request");
         let producer = u32::from_le_bytes(msg[0..4].try_into().unwrap());
         let seq = u32::from_le_bytes(msg[4..8].try_into().unwrap());
         if msg != payload(producer, seq) {
             eprintln!("consumer {index}: corrupt payload {producer}/{seq}");
             std::process::exit(3);
         }
-        let mut w = slot::response_writer(region, id).expect("slot");
-        w.append(&msg[..16]).expect("reply");
-        let (h, l) = w.finish();
+        let l = stream::write_all(region, id, Direction::Response, &[&msg[..16]]).expect("reply");
         slot::clear_current(region, index);
-        if let Handover::Deliver { conn, conn_gen } = slot::finish(region, id, h, l) {
+        if let Handover::Deliver { conn, conn_gen } = slot::finish(region, id, 0, l) {
             if slot::needs_wake(region, conn, conn_gen) {
                 let _ = nix::unistd::write(eventfds[conn as usize].as_fd(), &1u64.to_ne_bytes());
             }
@@ -84,18 +82,15 @@ fn producer(region: &Region, me: u32, conn_gen: u32, eventfd: &OwnedFd) -> i32 {
             let Some(id) = slot::alloc(region, me, conn_gen) else {
                 break;
             };
-            let mut w = slot::request_writer(region, id).expect("slot");
-            match w.append(&payload(me, next)) {
-                Ok(()) => {}
+            let l = match stream::write_all(region, id, Direction::Request, &[&payload(me, next)]) {
+                Ok(l) => l,
                 Err(ChainError::ArenaFull) => {
-                    drop(w);
                     slot::release(region, id);
                     break;
                 }
                 Err(e) => panic!("producer {me}: {e}"),
-            }
-            let (h, l) = w.finish();
-            assert!(slot::submit(region, id, h, l));
+            };
+            assert!(slot::submit(region, id, 0, l));
             inflight.insert(id.index, (id, next));
             next += 1;
         }
@@ -143,8 +138,8 @@ fn producer(region: &Region, me: u32, conn_gen: u32, eventfd: &OwnedFd) -> i32 {
                 seen[seq as usize] += 1;
                 continue;
             }
-            let (h, l) = slot::response(region, id).unwrap();
-            let reply = read_chain(region, h, l).expect("read reply");
+            let (_, l) = slot::response(region, id).unwrap();
+            let reply = stream::read_all(region, id, Direction::Response, l).expect("read reply");
             slot::release(region, id);
             let expect = &payload(me, seq)[..16];
             if reply != expect {

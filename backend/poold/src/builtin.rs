@@ -1,12 +1,12 @@
-//! Handlers compiled into poold: `echo`, `hello`, `sleep`, `cpu`, `crash`.
+//! Handlers compiled into poold: `echo`, `hello`, `sleep`, `cpu`, `crash`, `spawn`, `stream`.
 
 use crate::handler::{Handler, Request, Response};
 use sha2::{Digest, Sha256};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::time::Duration;
 
-/// The names `builtin:NAME` accepts.
-pub const NAMES: &[&str] = &["echo", "hello", "sleep", "cpu", "crash", "spawn"];
+/// The names `builtin:NAME` accepts (the module's `nginx -t` checks the same list).
+pub use ngx_pool_conf::BUILTIN_HANDLERS as NAMES;
 
 /// Looks up a built-in handler by name.
 pub fn lookup(name: &str) -> Option<Box<dyn Handler>> {
@@ -17,6 +17,7 @@ pub fn lookup(name: &str) -> Option<Box<dyn Handler>> {
         "cpu" => Box::new(Cpu),
         "crash" => Box::new(Crash),
         "spawn" => Box::new(Spawn),
+        "stream" => Box::new(Stream),
         _ => return None,
     })
 }
@@ -33,7 +34,23 @@ fn lossy(b: &[u8]) -> String {
 pub struct Echo;
 
 impl Handler for Echo {
-    fn handle(&self, req: &Request<'_>, resp: &mut Response) {
+    fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) {
+        // The body is hashed as it streams in: a body of any size in constant memory.
+        let mut hasher = Sha256::new();
+        let mut body_len = 0u64;
+        let mut buf = vec![0u8; 64 << 10];
+        let mut body = req.body_reader();
+        loop {
+            match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    body_len += n as u64;
+                }
+                Err(_) => return, // cancelled: nobody reads the answer
+            }
+        }
+        let digest = hasher.finalize();
         let headers: Vec<[String; 2]> = req
             .headers()
             .iter()
@@ -45,8 +62,8 @@ impl Handler for Echo {
             "version": format!("{}.{}", req.version().0, req.version().1),
             "client": req.client(),
             "headers": headers,
-            "body_length": req.body().len(),
-            "body_sha256": hex(&Sha256::digest(req.body())),
+            "body_length": body_len,
+            "body_sha256": hex(&digest),
             "pid": std::process::id(),
         });
         resp.add_header("Content-Type", "application/json");
@@ -60,7 +77,7 @@ impl Handler for Echo {
 pub struct Hello;
 
 impl Handler for Hello {
-    fn handle(&self, _req: &Request<'_>, resp: &mut Response) {
+    fn handle(&self, _req: &Request<'_>, resp: &mut Response<'_>) {
         resp.add_header("Content-Type", "text/plain");
         resp.body.extend_from_slice(b"hello");
     }
@@ -71,7 +88,7 @@ impl Handler for Hello {
 pub struct Sleep;
 
 impl Handler for Sleep {
-    fn handle(&self, req: &Request<'_>, resp: &mut Response) {
+    fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) {
         let ms: u64 = req
             .arg("ms")
             .and_then(|v| v.parse::<u64>().ok())
@@ -108,7 +125,7 @@ pub fn cpu_kernel(rounds: u64) -> [u8; 32] {
 pub struct Cpu;
 
 impl Handler for Cpu {
-    fn handle(&self, req: &Request<'_>, resp: &mut Response) {
+    fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) {
         let n = req
             .arg("n")
             .and_then(|v| v.parse::<u64>().ok())
@@ -125,7 +142,7 @@ impl Handler for Cpu {
 pub struct Crash;
 
 impl Handler for Crash {
-    fn handle(&self, _req: &Request<'_>, _resp: &mut Response) {
+    fn handle(&self, _req: &Request<'_>, _resp: &mut Response<'_>) {
         std::process::abort();
     }
 }
@@ -135,7 +152,7 @@ impl Handler for Crash {
 pub struct Spawn;
 
 impl Handler for Spawn {
-    fn handle(&self, _req: &Request<'_>, resp: &mut Response) {
+    fn handle(&self, _req: &Request<'_>, resp: &mut Response<'_>) {
         match std::process::Command::new("sleep").arg("3600").spawn() {
             Ok(child) => {
                 let _ = writeln!(resp, "{}", child.id());
@@ -146,6 +163,41 @@ impl Handler for Spawn {
                 resp.set_status(500);
                 let _ = writeln!(resp, "spawn: {e}");
             }
+        }
+    }
+}
+
+/// Byte `i` of what `stream` sends: deterministic, cheap, and not periodic over short spans,
+/// so a lost, repeated or reordered piece changes the checksum.
+pub fn stream_byte(i: u64) -> u8 {
+    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
+}
+
+/// `stream`: sends `?bytes=N` deterministic bytes ([`stream_byte`]; default 1 MiB) as the
+/// client reads them, in 64 KiB writes; with a `Content-Length` unless `?chunked=1`.
+pub struct Stream;
+
+impl Handler for Stream {
+    fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) {
+        let total: u64 = req
+            .arg("bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1 << 20);
+        resp.add_header("Content-Type", "application/octet-stream");
+        if req.arg("chunked") != Some("1") {
+            resp.add_header("Content-Length", &total.to_string());
+        }
+        let mut buf = vec![0u8; 64 << 10];
+        let mut at = 0u64;
+        while at < total {
+            let n = (total - at).min(buf.len() as u64) as usize;
+            for (k, b) in buf[..n].iter_mut().enumerate() {
+                *b = stream_byte(at + k as u64);
+            }
+            if resp.write_all(&buf[..n]).is_err() {
+                return; // the client is gone
+            }
+            at += n as u64;
         }
     }
 }

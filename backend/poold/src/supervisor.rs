@@ -276,8 +276,10 @@ impl Supervisor {
                     region,
                     handler,
                     index: i as u32,
-                    control,
-                    conns: table,
+                    waker: std::cell::RefCell::new(crate::worker::Waker {
+                        control,
+                        conns: table,
+                    }),
                     spin,
                     max_requests,
                     max_rss,

@@ -1,17 +1,21 @@
-//! A pool worker's loop: take a request from the region, run the handler, publish the response,
-//! wake the nginx worker that owns the request.
+//! A pool worker's loop: take a request from the region, run the handler with the request body
+//! streaming in and the response streaming out, wake the nginx worker that owns the request.
 
-use crate::handler::{Handler, Request, Response};
+use crate::handler::{Handler, Request, Response, ResponseSink};
 use crate::log;
-use ngx_pool_channel::chain::read_chain;
+use ngx_pool_channel::chain::ChainError;
 use ngx_pool_channel::handshake::{recv_frame, CONN_FD};
-use ngx_pool_channel::message::{decode_request, encode_response_head};
-use ngx_pool_channel::slot::{self, FailReason, Handover, WorkerState};
+use ngx_pool_channel::message::{decode_request_head, encode_response_head, UNKNOWN_LENGTH};
+use ngx_pool_channel::slot::{self, FailReason, Handover, SlotId, SlotState, WorkerState};
+use ngx_pool_channel::stream::{self, Direction, StreamReader, StreamWriter};
 use ngx_pool_channel::Region;
 use nix::sys::socket::MsgFlags;
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 /// The eventfds of attached nginx workers, by connection index: (generation, eventfd).
 pub type ConnFds = HashMap<u32, (u32, OwnedFd)>;
@@ -20,9 +24,7 @@ pub struct Worker<'a> {
     pub region: &'a Region,
     pub handler: &'a dyn Handler,
     pub index: u32,
-    /// From poold: eventfds of nginx workers that attached after this worker was forked.
-    pub control: OwnedFd,
-    pub conns: ConnFds,
+    pub waker: RefCell<Waker>,
     /// How long to poll the queue before sleeping (`--spin`).
     pub spin: std::time::Duration,
     /// Retire after this many requests (`--max-requests`, jittered by the caller).
@@ -60,7 +62,7 @@ impl Worker<'_> {
             slot::clear_current(self.region, self.index);
             let served = entry.served.fetch_add(1, Ordering::Relaxed) + 1;
             if let Handover::Deliver { conn, conn_gen } = handover {
-                self.wake(conn, conn_gen);
+                self.waker.borrow_mut().wake(self.region, conn, conn_gen);
             }
             // Retire at a request boundary; poold forks the replacement at once.
             let too_many = self.max_requests.is_some_and(|m| served >= m);
@@ -76,61 +78,108 @@ impl Worker<'_> {
         }
     }
 
-    fn serve(&mut self, id: slot::SlotId) -> Handover {
-        let Some((head, len)) = slot::request(self.region, id) else {
-            return slot::fail(self.region, id, FailReason::BadRequest);
-        };
-        let bytes = match read_chain(self.region, head, len) {
-            Ok(b) => b,
-            Err(e) => {
-                log!(
-                    "error",
-                    "worker {}: request in slot {}: {e}",
-                    std::process::id(),
-                    id.index
-                );
-                return slot::fail(self.region, id, FailReason::BadRequest);
-            }
-        };
-        slot::drop_request_body(self.region, id);
-        let view = match decode_request(&bytes) {
-            Ok(v) => v,
-            Err(e) => {
-                log!("error", "worker {}: {e}", std::process::id());
-                return slot::fail(self.region, id, FailReason::BadRequest);
-            }
-        };
+    fn serve(&mut self, id: SlotId) -> Handover {
         let region = self.region;
-        let cancelled = move || slot::state_of(region, id) == Some(slot::SlotState::Abandoned);
-        let req = Request::new(view, &cancelled);
-        let mut resp = Response::default();
-        self.handler.handle(&req, &mut resp);
-        let Some(mut w) = slot::response_writer(self.region, id) else {
-            return slot::fail(self.region, id, FailReason::Other);
+        let pid = std::process::id();
+        let Some((head_len, total)) = slot::request(region, id) else {
+            return slot::fail(region, id, FailReason::BadRequest);
         };
-        let headers: Vec<(&[u8], &[u8])> =
-            resp.headers.iter().map(|(n, v)| (&n[..], &v[..])).collect();
-        let written = encode_response_head(&mut w, resp.status, &headers, resp.body.len() as u64)
-            .and_then(|_| w.append(&resp.body).map_err(Into::into));
-        if let Err(e) = written {
+        let mut input = StreamIn {
+            region,
+            id,
+            reader: StreamReader::new(),
+            total,
+            waker: &self.waker,
+        };
+        let mut head = vec![0u8; 0];
+        if u64::from(head_len) > region.geometry().message_limit() || u64::from(head_len) > total {
             log!(
                 "error",
-                "worker {}: response to \"{}\" ({} body bytes) not delivered: {e}",
-                std::process::id(),
-                req.uri(),
-                resp.body.len()
+                "worker {pid}: request in slot {} has a head of {head_len} bytes; refused",
+                id.index
             );
-            // Free the partial chain before the slot is handed back: nginx may release the
-            // slot (and its response head) the moment it sees Failed.
-            drop(w);
-            return slot::fail(self.region, id, FailReason::ResponseTooLarge);
+            return slot::fail(region, id, FailReason::BadRequest);
         }
-        let (head, len) = w.finish();
-        slot::finish(self.region, id, head, len)
+        head.resize(head_len as usize, 0);
+        if let Err(e) = input.read_exact(&mut head) {
+            log!(
+                "error",
+                "worker {pid}: request head in slot {}: {e}",
+                id.index
+            );
+            return slot::fail(region, id, FailReason::BadRequest);
+        }
+        let (view, body_len) = match decode_request_head(&head) {
+            Ok(v) => v,
+            Err(e) => {
+                log!("error", "worker {pid}: {e}");
+                return slot::fail(region, id, FailReason::BadRequest);
+            }
+        };
+        if u64::from(head_len).checked_add(body_len) != Some(total) {
+            log!(
+                "error",
+                "worker {pid}: request in slot {}: lengths disagree",
+                id.index
+            );
+            return slot::fail(region, id, FailReason::BadRequest);
+        }
+        let uri = String::from_utf8_lossy(view.uri).into_owned();
+        let cancelled = move || slot::state_of(region, id) == Some(SlotState::Abandoned);
+        let mut output = StreamOut {
+            region,
+            id,
+            writer: StreamWriter::new(),
+            head_len: 0,
+            declared: None,
+            waker: &self.waker,
+        };
+        let mut source: &mut dyn Read = &mut input;
+        let req = Request::new(view, body_len, &mut source, &cancelled);
+        let mut resp = Response::streaming_to(&mut output);
+        self.handler.handle(&req, &mut resp);
+        drop(req);
+        let outcome = match resp.conclude() {
+            Ok(true) => {
+                drop(resp);
+                output.end()
+            }
+            Ok(false) => {
+                let (status, headers, body) = (
+                    resp.status,
+                    resp.headers.clone(),
+                    std::mem::take(&mut resp.body),
+                );
+                drop(resp);
+                output.whole(status, &headers, &body)
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(handover) => handover,
+            Err(e) => {
+                if slot::state_of(region, id) != Some(SlotState::Abandoned) {
+                    log!(
+                        "error",
+                        "worker {pid}: response to \"{uri}\" not delivered: {e}"
+                    );
+                }
+                slot::fail(region, id, FailReason::ResponseTooLarge)
+            }
+        }
     }
+}
 
-    fn wake(&mut self, conn: u32, conn_gen: u32) {
-        if !slot::needs_wake(self.region, conn, conn_gen) {
+/// Wakes nginx workers through their eventfds.
+pub struct Waker {
+    /// From poold: eventfds of nginx workers that attached after this worker was forked.
+    pub control: OwnedFd,
+    pub conns: ConnFds,
+}
+
+impl Waker {
+    pub fn wake(&mut self, region: &Region, conn: u32, conn_gen: u32) {
+        if !slot::needs_wake(region, conn, conn_gen) {
             return;
         }
         if self.conns.get(&conn).map(|(g, _)| *g) != Some(conn_gen) {
@@ -148,6 +197,15 @@ impl Worker<'_> {
         }
     }
 
+    /// Wakes the nginx worker that owns slot `id` if it asked to be told of progress.
+    fn progress(&mut self, region: &Region, id: SlotId) {
+        if stream::nginx_wants_wake(region, id) {
+            if let Some(v) = slot::view(region, id.index) {
+                self.wake(region, v.conn, v.conn_gen);
+            }
+        }
+    }
+
     /// Takes every eventfd poold has sent since the last look.
     fn refresh_conns(&mut self) {
         while let Ok(Some((frame, fd))) = recv_frame(&self.control, MsgFlags::MSG_DONTWAIT) {
@@ -155,5 +213,176 @@ impl Worker<'_> {
                 self.conns.insert(frame.a, (frame.b, fd));
             }
         }
+    }
+}
+
+/// How long a pool worker sleeps before looking at its slot again while it waits for nginx
+/// (it is woken earlier on progress; this bounds the wait if a wake-up is lost with a crash).
+const STREAM_WAIT: Duration = Duration::from_millis(100);
+
+fn gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "nginx no longer wants the response",
+    )
+}
+
+/// The request body as the handler reads it: from the request stream, as nginx writes it.
+struct StreamIn<'r> {
+    region: &'r Region,
+    id: SlotId,
+    reader: StreamReader,
+    total: u64,
+    waker: &'r RefCell<Waker>,
+}
+
+impl Read for StreamIn<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let (region, id, dir) = (self.region, self.id, Direction::Request);
+        loop {
+            let pos = self.reader.position();
+            if pos >= self.total || out.is_empty() {
+                return Ok(0);
+            }
+            let want = ((self.total - pos) as usize).min(out.len());
+            let n = self.reader.read(region, id, dir, &mut out[..want])?;
+            if n > 0 {
+                if self.reader.release(region, id, dir, self.reader.position()) {
+                    self.waker.borrow_mut().progress(region, id);
+                }
+                return Ok(n);
+            }
+            if slot::state_of(region, id) != Some(SlotState::Running) {
+                return Err(gone());
+            }
+            stream::worker_wait(region, id, STREAM_WAIT, || {
+                stream::published(region, id, dir) > pos
+                    || slot::state_of(region, id) != Some(SlotState::Running)
+            });
+        }
+    }
+}
+
+/// The response as the worker writes it: onto the response stream, within the credit window.
+struct StreamOut<'r> {
+    region: &'r Region,
+    id: SlotId,
+    writer: StreamWriter,
+    head_len: u32,
+    declared: Option<u64>,
+    waker: &'r RefCell<Waker>,
+}
+
+impl StreamOut<'_> {
+    /// Appends `data`, waiting for credit (`windowed`) and for free chunks while the slot stays
+    /// in `state`.
+    fn append(&mut self, mut data: &[u8], state: SlotState, windowed: bool) -> io::Result<()> {
+        let (region, id, dir) = (self.region, self.id, Direction::Response);
+        while !data.is_empty() {
+            if slot::state_of(region, id) != Some(state) {
+                return Err(gone());
+            }
+            let room = if windowed {
+                self.writer.room(region, id, dir)
+            } else {
+                u64::MAX
+            };
+            if room == 0 {
+                stream::worker_wait(region, id, STREAM_WAIT, || {
+                    self.writer.room(region, id, dir) > 0
+                        || slot::state_of(region, id) != Some(state)
+                });
+                continue;
+            }
+            let n = (room.min(data.len() as u64)) as usize;
+            let before = self.writer.written();
+            let res = self.writer.append(region, id, dir, &data[..n]);
+            data = &data[(self.writer.written() - before) as usize..];
+            match res {
+                Ok(()) => {}
+                Err(ChainError::ArenaFull) => {
+                    // Others hold the arena; their readers free it as their clients read.
+                    stream::worker_wait(region, id, Duration::from_millis(2), || false);
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if windowed {
+                self.writer.publish(region, id, dir);
+                self.waker.borrow_mut().progress(region, id);
+            }
+        }
+        Ok(())
+    }
+
+    /// A response that streamed: the stream is complete.
+    fn end(&mut self) -> io::Result<Handover> {
+        if let Some(d) = self.declared {
+            let body = self.writer.written() - u64::from(self.head_len);
+            if body != d {
+                return Err(io::Error::other(format!(
+                    "Content-Length was {d}, the handler wrote {body} bytes"
+                )));
+            }
+        }
+        Ok(slot::finish(
+            self.region,
+            self.id,
+            self.head_len,
+            self.writer.written(),
+        ))
+    }
+
+    /// A response buffered whole: head and body in one go.
+    fn whole(
+        &mut self,
+        status: u16,
+        headers: &[(Vec<u8>, Vec<u8>)],
+        body: &[u8],
+    ) -> io::Result<Handover> {
+        let head = encode_head(status, headers, body.len() as u64)?;
+        self.append(&head, SlotState::Running, false)?;
+        self.append(body, SlotState::Running, false)?;
+        self.writer
+            .publish(self.region, self.id, Direction::Response);
+        Ok(slot::finish(
+            self.region,
+            self.id,
+            head.len() as u32,
+            self.writer.written(),
+        ))
+    }
+}
+
+fn encode_head(status: u16, headers: &[(Vec<u8>, Vec<u8>)], body_len: u64) -> io::Result<Vec<u8>> {
+    let pairs: Vec<(&[u8], &[u8])> = headers.iter().map(|(n, v)| (&n[..], &v[..])).collect();
+    let mut head = Vec::with_capacity(64);
+    encode_response_head(&mut head, status, &pairs, body_len)?;
+    Ok(head)
+}
+
+impl ResponseSink for StreamOut<'_> {
+    fn start(
+        &mut self,
+        status: u16,
+        headers: &[(Vec<u8>, Vec<u8>)],
+        declared: Option<u64>,
+    ) -> io::Result<()> {
+        let head = encode_head(status, headers, declared.unwrap_or(UNKNOWN_LENGTH))?;
+        self.append(&head, SlotState::Running, false)?;
+        self.writer
+            .publish(self.region, self.id, Direction::Response);
+        self.head_len = head.len() as u32;
+        self.declared = declared;
+        match slot::start_streaming(self.region, self.id, self.head_len) {
+            Handover::Deliver { conn, conn_gen } => {
+                self.waker.borrow_mut().wake(self.region, conn, conn_gen);
+                Ok(())
+            }
+            Handover::Abandoned => Err(gone()),
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.append(data, SlotState::Streaming, true)
     }
 }

@@ -8,7 +8,8 @@
 use std::path::PathBuf;
 
 /// Handlers poold has compiled in (`builtin:NAME`).
-pub const BUILTIN_HANDLERS: &[&str] = &["echo", "hello", "sleep", "cpu", "crash", "spawn"];
+pub const BUILTIN_HANDLERS: &[&str] =
+    &["echo", "hello", "sleep", "cpu", "crash", "spawn", "stream"];
 
 /// One declared pool.
 #[derive(Debug, Clone, PartialEq, Eq)]

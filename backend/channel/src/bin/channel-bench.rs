@@ -8,8 +8,8 @@
 //! `channel-bench [--sizes 64,4096,65536,1048576] [--scale F] [--spin-us N]` prints a Markdown
 //! table; `--spin-us` is poold's `--spin` (default 0).
 
-use ngx_pool_channel::chain::{read_chain_into, ChainWriter};
 use ngx_pool_channel::slot::{self, Handover, SlotState};
+use ngx_pool_channel::stream::{self, Direction, StreamReader};
 use ngx_pool_channel::{Geometry, Region};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
@@ -70,15 +70,15 @@ fn channel(size: usize, iters: usize, spin: Duration) -> Stats {
         let mut buf = Vec::new();
         loop {
             let id = slot::wait_for_work(&region, 0, spin);
-            let (head, len) = slot::request(&region, id).expect("request");
+            let (_, len) = slot::request(&region, id).expect("request");
             buf.resize(len as usize, 0);
-            read_chain_into(&region, head, &mut buf).expect("read request");
-            slot::drop_request_body(&region, id);
-            let mut w = ChainWriter::new(&region);
-            w.append(&buf).expect("write response");
-            let (h, l) = w.finish();
+            let n = StreamReader::new()
+                .read(&region, id, Direction::Request, &mut buf)
+                .expect("read request");
+            assert_eq!(n, buf.len());
+            let l = stream::write_all(&region, id, Direction::Response, &[&buf]).expect("reply");
             slot::clear_current(&region, 0);
-            if let Handover::Deliver { conn, conn_gen } = slot::finish(&region, id, h, l) {
+            if let Handover::Deliver { conn, conn_gen } = slot::finish(&region, id, 0, l) {
                 if slot::needs_wake(&region, conn, conn_gen) {
                     nix::unistd::write(efd.as_fd(), &1u64.to_ne_bytes()).expect("wake");
                 }
@@ -96,10 +96,8 @@ fn channel(size: usize, iters: usize, spin: Duration) -> Stats {
         }
         let t = Instant::now();
         let id = slot::alloc(&region, 0, conn_gen).expect("slot");
-        let mut w = ChainWriter::new(&region);
-        w.append(&payload).expect("write request");
-        let (h, l) = w.finish();
-        assert!(slot::submit(&region, id, h, l));
+        let l = stream::write_all(&region, id, Direction::Request, &[&payload]).expect("request");
+        assert!(slot::submit(&region, id, 0, l));
         loop {
             let mut b = [0u8; 8];
             nix::unistd::read(efd.as_raw_fd(), &mut b).expect("eventfd");
@@ -108,8 +106,11 @@ fn channel(size: usize, iters: usize, spin: Duration) -> Stats {
                 break;
             }
         }
-        let (rh, rl) = slot::response(&region, id).expect("response");
-        read_chain_into(&region, rh, &mut back[..rl as usize]).expect("read response");
+        let (_, rl) = slot::response(&region, id).expect("response");
+        let n = StreamReader::new()
+            .read(&region, id, Direction::Response, &mut back[..rl as usize])
+            .expect("read response");
+        assert_eq!(n as u64, rl);
         slot::release(&region, id);
         if i >= warmup {
             rtts.push(t.elapsed());

@@ -1,0 +1,361 @@
+//! Bodies of any size stream through the arena in both directions, within bounded memory, with
+//! the client's pace reaching the handler (issue 3's tests through nginx).
+
+use ngx_pool_tests::http::{exchange_streamed, request, sha256_of};
+use ngx_pool_tests::{procs, Conf, Nginx};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Byte `i` of what `builtin:stream` sends (the same formula as poold's `stream_byte`).
+fn stream_byte(i: u64) -> u8 {
+    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
+}
+
+/// Byte `i` of the bodies the tests upload.
+fn upload_byte(i: u64) -> u8 {
+    (i ^ (i >> 11) ^ (i >> 23)) as u8
+}
+
+const MIB: u64 = 1 << 20;
+
+/// The memory bound the README states: whatever the body size, an nginx worker's and a pool
+/// worker's private memory grow by less than this during a transfer.
+const PRIVATE_GROWTH_BOUND_KIB: u64 = 16 * 1024;
+
+fn pool_workers(ng: &Nginx) -> Vec<u32> {
+    procs::children(ng.master_pid())
+        .into_iter()
+        .filter(|p| procs::cmdline(*p).contains("poold"))
+        .flat_map(procs::children)
+        .collect()
+}
+
+/// (pid, private KiB at start, private peak KiB, shared peak KiB)
+type Peak = (u32, u64, u64, u64);
+
+/// Samples the resident memory of `pids` every 10 ms until dropped; reports the peaks.
+struct RssWatch {
+    stop: Arc<AtomicBool>,
+    peaks: Arc<Mutex<Vec<Peak>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssWatch {
+    fn new(pids: Vec<u32>) -> RssWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peaks: Vec<_> = pids
+            .iter()
+            .map(|p| (*p, procs::rss_kib(*p).0, 0, 0))
+            .collect();
+        let peaks = Arc::new(Mutex::new(peaks));
+        let (s, pk) = (stop.clone(), peaks.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                for e in pk.lock().unwrap().iter_mut() {
+                    let (anon, shmem) = procs::rss_kib(e.0);
+                    e.2 = e.2.max(anon);
+                    e.3 = e.3.max(shmem);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        RssWatch {
+            stop,
+            peaks,
+            thread: Some(thread),
+        }
+    }
+
+    /// (pid, private growth KiB, shared peak KiB) of each watched process.
+    fn finish(mut self) -> Vec<(u32, u64, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        let peaks = self.peaks.lock().unwrap();
+        peaks
+            .iter()
+            .map(|(p, start, peak, shm)| (*p, peak.saturating_sub(*start), *shm))
+            .collect()
+    }
+}
+
+fn assert_bounded(what: &str, seen: &[(u32, u64, u64)], arena_kib: u64) {
+    for (pid, growth, shared) in seen {
+        eprintln!("{what}: pid {pid}: private +{growth} KiB, shared peak {shared} KiB");
+        assert!(
+            *growth < PRIVATE_GROWTH_BOUND_KIB,
+            "{what}: pid {pid} grew by {growth} KiB of private memory"
+        );
+        // The region is the arena plus its tables (well under 1 MiB here).
+        assert!(
+            *shared <= arena_kib + 1024,
+            "{what}: pid {pid} maps {shared} KiB of shared memory, more than the arena"
+        );
+    }
+}
+
+#[test]
+fn a_64_mib_upload_and_a_256_mib_download_match_their_checksums_in_bounded_memory() {
+    let mut ng = Nginx::start(
+        Conf::new(
+            "    pool up handler=builtin:echo workers=1 timeout=120s;\n    pool down handler=builtin:stream workers=1 timeout=120s;\n    client_max_body_size 128m;",
+            "    location /echo { pool_pass up; }\n    location /stream { pool_pass down; }\n    location = /status { pool_status; }",
+        )
+        .workers(1),
+    );
+    let mut watched = ng.worker_pids();
+    watched.extend(pool_workers(&ng));
+    let arena_kib = 64 * 1024;
+
+    let watch = RssWatch::new(watched.clone());
+    let up = exchange_streamed(
+        ng.port,
+        "POST",
+        "/echo",
+        64 * MIB,
+        upload_byte,
+        1 << 16,
+        |_| {},
+    )
+    .unwrap();
+    let seen = watch.finish();
+    assert_eq!(up.status, 200);
+    let doc: serde_json::Value = serde_json::from_slice(&up.start).unwrap();
+    assert_eq!(doc["body_length"], 64 * MIB);
+    assert_eq!(doc["body_sha256"], sha256_of(64 * MIB, upload_byte));
+    assert_bounded("upload", &seen, arena_kib);
+
+    let watch = RssWatch::new(watched);
+    let path = format!("/stream?bytes={}", 256 * MIB);
+    let down = exchange_streamed(ng.port, "GET", &path, 0, upload_byte, 1 << 16, |_| {}).unwrap();
+    let seen = watch.finish();
+    assert_eq!(down.status, 200);
+    assert!(down.complete);
+    assert_eq!(down.body_len, 256 * MIB);
+    assert_eq!(down.header("content-length"), Some("268435456"));
+    assert_eq!(down.sha256, sha256_of(256 * MIB, stream_byte));
+    assert_bounded("download", &seen, arena_kib);
+
+    // Without a Content-Length the body goes out chunked, equally intact.
+    let r = request(ng.port, "GET", "/stream?bytes=3000001&chunked=1", &[], b"").unwrap();
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.body.len(), 3_000_001);
+    assert!(r
+        .body
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b == stream_byte(i as u64)));
+    // Small and empty bodies take the same path.
+    for n in [0u64, 1, 16_367, 16_368, 16_369, 65_536, 65_537, 1 << 20] {
+        let r = request(ng.port, "GET", &format!("/stream?bytes={n}"), &[], b"").unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len() as u64, n, "bytes={n}");
+        assert!(r
+            .body
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == stream_byte(i as u64)));
+        let body: Vec<u8> = (0..n).map(upload_byte).collect();
+        let e = request(ng.port, "POST", "/echo", &[], &body)
+            .unwrap()
+            .json();
+        assert_eq!(e["body_length"], n);
+    }
+    wait_until_idle(&mut ng, "up");
+    wait_until_idle(&mut ng, "down");
+    ng.finish();
+}
+
+/// Waits until pool `pool` reports no slot and no chunk in use.
+fn wait_until_idle(ng: &mut Nginx, pool: &str) {
+    ng.wait_for("the pool to be idle", |ng| {
+        let p = pool_status(ng, pool);
+        p["slots"]["in_use"] == 0 && p["chunks"]["in_use"] == 0
+    });
+}
+
+/// Pool `name`'s entry in `/status`.
+fn pool_status(ng: &Nginx, name: &str) -> serde_json::Value {
+    let s = ng.get("/status").json();
+    s["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .cloned()
+        .unwrap()
+}
+
+#[test]
+fn a_client_that_stops_reading_holds_back_only_its_own_handler() {
+    let mut ng = Nginx::start(
+        Conf::new(
+            "    pool down handler=builtin:stream workers=2 timeout=120s;",
+            "    location /stream { pool_pass down; }\n    location = /status { pool_status; }",
+        )
+        .workers(1),
+    );
+    let nginx_worker = ng.worker_pids();
+    let watch = RssWatch::new(nginx_worker);
+    // A client that reads the head of a 64 MiB answer and then nothing for a while.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let port = ng.port;
+    let slow = std::thread::spawn(move || {
+        let mut waited = false;
+        exchange_streamed(
+            port,
+            "GET",
+            &format!("/stream?bytes={}", 64 * MIB),
+            0,
+            upload_byte,
+            4096,
+            |got| {
+                if !waited && got > 0 {
+                    waited = true;
+                    let _ = rx.recv();
+                }
+            },
+        )
+        .unwrap()
+    });
+    // The handler fills the socket buffers and the window, then waits for credit.
+    ng.wait_for("the slow download to stall", |ng| {
+        let p = pool_status(ng, "down");
+        let busy = p["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["state"] == "busy")
+            .count();
+        // The whole credit window (1 MiB of 16 KiB chunks) is out and unsent: the socket
+        // buffers are full and the handler waits.
+        busy == 1 && p["chunks"]["in_use"].as_u64().unwrap() >= 64
+    });
+    let chunks_then = pool_status(&ng, "down")["chunks"]["in_use"].clone();
+    // Meanwhile everyone else is served at once by the other pool worker, through the same
+    // nginx worker.
+    let started = Instant::now();
+    for i in 0..50u64 {
+        let r = request(
+            ng.port,
+            "GET",
+            &format!("/stream?bytes={}", 100 + i),
+            &[],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len() as u64, 100 + i);
+    }
+    let others_took = started.elapsed();
+    // The stalled download has not advanced: its handler is held back, not buffered ahead.
+    assert_eq!(pool_status(&ng, "down")["chunks"]["in_use"], chunks_then);
+    tx.send(()).unwrap();
+    let down = slow.join().unwrap();
+    assert!(down.complete);
+    assert_eq!(down.sha256, sha256_of(64 * MIB, stream_byte));
+    let seen = watch.finish();
+    assert_bounded("stalled download", &seen, 64 * 1024);
+    eprintln!("50 requests beside a stalled 64 MiB download took {others_took:?}");
+    wait_until_idle(&mut ng, "down");
+    ng.finish();
+}
+
+#[test]
+fn a_pool_worker_killed_mid_stream_cuts_that_response_only() {
+    let mut ng = Nginx::start(
+        Conf::new(
+            "    pool down handler=builtin:stream workers=2 timeout=120s;",
+            "    location /stream { pool_pass down; }\n    location = /status { pool_status; }",
+        )
+        .workers(1),
+    );
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let port = ng.port;
+    let victim = std::thread::spawn(move || {
+        let mut waited = false;
+        exchange_streamed(
+            port,
+            "GET",
+            &format!("/stream?bytes={}", 64 * MIB),
+            0,
+            upload_byte,
+            4096,
+            |got| {
+                if !waited && got > 0 {
+                    waited = true;
+                    let _ = rx.recv();
+                }
+            },
+        )
+        .unwrap()
+    });
+    let mut busy_pid = 0u64;
+    ng.wait_for("a busy pool worker", |ng| {
+        let busy: Vec<u64> = pool_status(ng, "down")["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["state"] == "busy")
+            .map(|w| w["pid"].as_u64().unwrap())
+            .collect();
+        busy_pid = busy.first().copied().unwrap_or(0);
+        busy_pid != 0
+    });
+    procs::kill(busy_pid as u32, libc::SIGKILL);
+    tx.send(()).unwrap();
+    let cut = victim.join().unwrap();
+    assert_eq!(cut.status, 200, "the head was out before the worker died");
+    assert!(
+        !cut.complete,
+        "the response is cut, not passed off as whole"
+    );
+    assert!(cut.body_len < 64 * MIB);
+    // The pool recovers: the next download is whole, and nothing leaks.
+    let r = exchange_streamed(
+        ng.port,
+        "GET",
+        "/stream?bytes=5000000",
+        0,
+        upload_byte,
+        1 << 16,
+        |_| {},
+    )
+    .unwrap();
+    assert!(r.complete);
+    assert_eq!(r.sha256, sha256_of(5_000_000, stream_byte));
+    wait_until_idle(&mut ng, "down");
+    assert!(ng.log().contains("request failed in the pool: WorkerDied"));
+    ng.finish();
+}
+
+#[test]
+fn a_client_gone_mid_stream_frees_the_handler_and_the_arena() {
+    let mut ng = Nginx::start(
+        Conf::new(
+            "    pool down handler=builtin:stream workers=1 timeout=120s;",
+            "    location /stream { pool_pass down; }\n    location = /status { pool_status; }",
+        )
+        .workers(1),
+    );
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", ng.port)).unwrap();
+        s.write_all(
+            format!(
+                "GET /stream?bytes={} HTTP/1.1\r\nHost: x\r\n\r\n",
+                256 * MIB
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        s.read_exact(&mut buf).unwrap();
+    } // closed after 64 KiB
+    wait_until_idle(&mut ng, "down");
+    // The only worker is free again: the next request does not wait for 256 MiB to be made.
+    let r = request(ng.port, "GET", "/stream?bytes=10", &[], b"").unwrap();
+    assert_eq!(r.body.len(), 10);
+    assert_eq!(pool_status(&ng, "down")["counters"]["abandoned"], 1);
+    ng.finish();
+}
