@@ -77,17 +77,30 @@ pub fn start(
             return Err(format!("bad response length {t}"));
         }
     }
+    // A small complete response is read whole, head and body, into one buffer of the
+    // request's pool; otherwise just the head.
+    let small = total.filter(|t| t - head_len <= COPY_UP_TO);
+    let want = small.unwrap_or(head_len);
+    // SAFETY: pool memory of the live request, valid until the request is freed (after its
+    // response is sent); filled completely below before it is read.
+    let bytes: &mut [u8] = unsafe {
+        let p = nginx_sys::ngx_pnalloc((*r).pool, want as usize) as *mut u8;
+        if p.is_null() {
+            return Err("no memory for the response".into());
+        }
+        std::slice::from_raw_parts_mut(p, want as usize)
+    };
     let mut reader = StreamReader::new();
-    let mut head = vec![0u8; head_len as usize];
     if reader
-        .read(region, id, Direction::Response, &mut head)
+        .read(region, id, Direction::Response, bytes)
         .map_err(|e| e.to_string())?
-        != head.len()
+        != bytes.len()
     {
-        return Err("short response head".into());
+        return Err("short response".into());
     }
-    let view = decode_response_head(&head).map_err(|e| e.to_string())?;
-    let announced = ngx_pool_channel::message::announced_length(&head).unwrap_or(UNKNOWN_LENGTH);
+    let (head, body) = bytes.split_at(head_len as usize);
+    let view = decode_response_head(head).map_err(|e| e.to_string())?;
+    let announced = ngx_pool_channel::message::announced_length(head).unwrap_or(UNKNOWN_LENGTH);
     let body_len = total.map(|t| t - head_len);
     if let (Some(b), true) = (body_len, announced != UNKNOWN_LENGTH) {
         if b != announced {
@@ -105,16 +118,8 @@ pub fn start(
     {
         return Ok(Started::Sent(rc));
     }
-    if let Some(b) = body_len.filter(|b| *b <= COPY_UP_TO) {
-        let mut body = vec![0u8; b as usize];
-        let n = reader
-            .read(region, id, Direction::Response, &mut body)
-            .map_err(|e| e.to_string())?;
-        if n != body.len() {
-            log_request(r, "pool worker's response body is shorter than announced");
-            return Ok(Started::Sent(NGX_ERROR as ngx_int_t));
-        }
-        return Ok(Started::Sent(send_copy(r, &body)));
+    if small.is_some() {
+        return Ok(Started::Sent(send_pooled(r, body)));
     }
     Ok(Started::Streaming(Download {
         reader,
@@ -379,18 +384,31 @@ pub fn send_whole(
 
 /// Sends a small body, copied into the request pool, as the whole response body.
 fn send_copy(r: *mut ngx_http_request_t, body: &[u8]) -> ngx_int_t {
-    // SAFETY: `r` is live with its header sent; the buffer and its bytes live in its pool until
+    // SAFETY: pool memory of the live request, filled before use.
+    let data = unsafe {
+        let data = nginx_sys::ngx_pnalloc((*r).pool, body.len().max(1)) as *mut u8;
+        if data.is_null() {
+            return NGX_ERROR as ngx_int_t;
+        }
+        ptr::copy_nonoverlapping(body.as_ptr(), data, body.len());
+        std::slice::from_raw_parts(data, body.len())
+    };
+    send_pooled(r, data)
+}
+
+/// Sends `body`, which lives in the request pool, as the whole response body.
+fn send_pooled(r: *mut ngx_http_request_t, body: &[u8]) -> ngx_int_t {
+    // SAFETY: `r` is live with its header sent; the buffer and the bytes live in its pool until
     // the request is freed, after nginx has sent them.
     unsafe {
         let b =
             nginx_sys::ngx_pcalloc((*r).pool, std::mem::size_of::<ngx_buf_t>()) as *mut ngx_buf_t;
         let out = nginx_sys::ngx_pcalloc((*r).pool, std::mem::size_of::<ngx_chain_t>())
             as *mut ngx_chain_t;
-        let data = nginx_sys::ngx_pnalloc((*r).pool, body.len().max(1)) as *mut u8;
-        if b.is_null() || out.is_null() || data.is_null() {
+        if b.is_null() || out.is_null() {
             return NGX_ERROR as ngx_int_t;
         }
-        ptr::copy_nonoverlapping(body.as_ptr(), data, body.len());
+        let data = body.as_ptr() as *mut u8;
         (*b).start = data;
         (*b).pos = data;
         (*b).last = data.add(body.len());
