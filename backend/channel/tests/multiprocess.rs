@@ -1,18 +1,18 @@
 //! Stress across real processes, without nginx: producer processes (nginx workers' role) and
 //! consumer processes (pool workers' role) exchange messages of random sizes from 0 B to 8 MiB
-//! through one region. Every payload is checked byte for byte by the consumer and every reply by
-//! its producer; each message must come back exactly once, and the arena must be wholly free at
-//! the end.
+//! through one region, streamed both ways in credit windows as the module and poold do. Every
+//! payload is checked byte for byte by the consumer and every reply (the payload back) by its
+//! producer; each message must come back exactly once, and the arena must be wholly free at the
+//! end.
 
 use ngx_pool_channel::chain::ChainError;
 use ngx_pool_channel::slot::{self, Handover, SlotId, SlotState};
-use ngx_pool_channel::stream::{self, Direction};
+use ngx_pool_channel::stream::{self, Direction, StreamReader, StreamWriter};
 use ngx_pool_channel::{Geometry, Region};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
-use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
@@ -49,49 +49,249 @@ fn payload(producer: u32, seq: u32) -> Vec<u8> {
     out
 }
 
-fn consumer(region: &Region, index: u32, eventfds: &[OwnedFd]) -> ! {
-    loop {
-        let id = slot::wait_for_work(region, index, std::time::Duration::ZERO);
-        let (_, len) = slot::request(region, id).expect("request");
-        let msg = stream::read_all(region, id, Direction::Request, len).expect("read request");
-        let producer = u32::from_le_bytes(msg[0..4].try_into().unwrap());
-        let seq = u32::from_le_bytes(msg[4..8].try_into().unwrap());
-        if msg != payload(producer, seq) {
-            eprintln!("consumer {index}: corrupt payload {producer}/{seq}");
-            std::process::exit(3);
-        }
-        let l = stream::write_all(region, id, Direction::Response, &[&msg[..16]]).expect("reply");
-        slot::clear_current(region, index);
-        if let Handover::Deliver { conn, conn_gen } = slot::finish(region, id, 0, l) {
-            if slot::needs_wake(region, conn, conn_gen) {
-                let _ = nix::unistd::write(eventfds[conn as usize].as_fd(), &1u64.to_ne_bytes());
-            }
+/// How long a consumer sleeps at most before looking at its slot again (it is woken earlier).
+const WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
+fn wake(region: &Region, eventfds: &[OwnedFd], conn: u32, conn_gen: u32) {
+    if slot::needs_wake(region, conn, conn_gen) {
+        if let Some(fd) = eventfds.get(conn as usize) {
+            let _ = nix::unistd::write(fd.as_fd(), &1u64.to_ne_bytes());
         }
     }
 }
 
-/// Sends PER_PRODUCER messages; every one must come back exactly once, as its own reply or (when
-/// its consumer was killed) as a failure. Exit status: 0 when so.
-fn producer(region: &Region, me: u32, conn_gen: u32, eventfd: &OwnedFd) -> i32 {
-    let mut inflight: HashMap<u32, (SlotId, u32)> = HashMap::new();
+fn wake_owner(region: &Region, eventfds: &[OwnedFd], id: SlotId) {
+    if stream::nginx_wants_wake(region, id) {
+        if let Some(v) = slot::view(region, id.index) {
+            wake(region, eventfds, v.conn, v.conn_gen);
+        }
+    }
+}
+
+/// A pool worker's part: reads each request as it streams in, checks it byte for byte against
+/// what its producer must have sent, and streams it back as the reply (head: the first 16
+/// bytes), within the credit window.
+fn consumer(region: &Region, index: u32, eventfds: &[OwnedFd]) -> ! {
+    let running = |id| slot::state_of(region, id) == Some(SlotState::Running);
+    loop {
+        let id = slot::wait_for_work(region, index, std::time::Duration::ZERO);
+        let (_, total) = slot::request(region, id).expect("request");
+        // Read the request whole, as it arrives.
+        let mut reader = StreamReader::new();
+        let mut msg = vec![0u8; total as usize];
+        let mut got = 0usize;
+        while got < msg.len() && running(id) {
+            let n = reader
+                .read(region, id, Direction::Request, &mut msg[got..])
+                .expect("read request");
+            got += n;
+            if reader.release(region, id, Direction::Request, reader.position()) || n == 0 {
+                wake_owner(region, eventfds, id);
+            }
+            if n == 0 {
+                let pos = reader.position();
+                stream::worker_wait(region, id, WAIT, || {
+                    stream::published(region, id, Direction::Request) > pos || !running(id)
+                });
+            }
+        }
+        if got == msg.len() {
+            let producer = u32::from_le_bytes(msg[0..4].try_into().unwrap());
+            let seq = u32::from_le_bytes(msg[4..8].try_into().unwrap());
+            if msg != payload(producer, seq) {
+                eprintln!("consumer {index}: corrupt payload {producer}/{seq}");
+                std::process::exit(3);
+            }
+        }
+        // Stream it back: the head, then the rest as credit allows.
+        let mut w = StreamWriter::new();
+        let mut sent = 0usize;
+        let mut streaming = false;
+        while got == msg.len() && sent < msg.len() {
+            let state = if streaming {
+                SlotState::Streaming
+            } else {
+                SlotState::Running
+            };
+            if slot::state_of(region, id) != Some(state) {
+                break;
+            }
+            let room = if streaming {
+                w.room(region, id, Direction::Response)
+            } else {
+                16
+            };
+            if room == 0 {
+                stream::worker_wait(region, id, WAIT, || {
+                    w.room(region, id, Direction::Response) > 0
+                        || slot::state_of(region, id) != Some(state)
+                });
+                continue;
+            }
+            let n = (room as usize).min(msg.len() - sent);
+            let before = w.written();
+            let res = w.append(region, id, Direction::Response, &msg[sent..sent + n]);
+            sent += (w.written() - before) as usize;
+            w.publish(region, id, Direction::Response);
+            match res {
+                Ok(()) => {}
+                Err(ChainError::ArenaFull) => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                Err(e) => panic!("consumer {index}: {e}"),
+            }
+            if !streaming && sent >= 16 {
+                match slot::start_streaming(region, id, 16) {
+                    Handover::Deliver { conn, conn_gen } => wake(region, eventfds, conn, conn_gen),
+                    Handover::Abandoned => break,
+                }
+                streaming = true;
+            } else {
+                wake_owner(region, eventfds, id);
+            }
+        }
+        let handover = if got == msg.len() && sent == msg.len() {
+            slot::finish(region, id, 16.min(sent as u32), w.written())
+        } else {
+            slot::fail(region, id, slot::FailReason::Other)
+        };
+        // Only now: a consumer killed before this is found holding the request.
+        slot::clear_current(region, index);
+        if let Handover::Deliver { conn, conn_gen } = handover {
+            wake(region, eventfds, conn, conn_gen);
+        }
+    }
+}
+
+/// One message of a producer on its way: its request streams out, its reply streams back.
+struct Exchange {
+    id: SlotId,
+    seq: u32,
+    msg: Vec<u8>,
+    writer: StreamWriter,
+    reader: StreamReader,
+    reply: Vec<u8>,
+}
+
+enum Step {
+    /// Something moved.
+    Progress,
+    /// Waiting for the consumer (asked to be woken).
+    Idle,
+    /// Finished: Some(true) delivered and checked, Some(false) failed by the pool side.
+    Ended(bool),
+}
+
+impl Exchange {
+    /// Does what nginx does for a request in flight: writes what the window allows, reads
+    /// what is published of the reply, frees what it read.
+    fn step(&mut self, region: &Region, ask: bool) -> Result<Step, String> {
+        let (id, total) = (self.id, self.msg.len() as u64);
+        let state = slot::state_of(region, id);
+        let mut moved = false;
+        if matches!(
+            state,
+            Some(SlotState::Queued | SlotState::Running | SlotState::Streaming)
+        ) && self.writer.written() < total
+        {
+            let g = region.geometry();
+            let mut room = self.writer.room(region, id, Direction::Request);
+            if state == Some(SlotState::Queued) {
+                let outstanding = g.stream_window().saturating_sub(room);
+                room = room.min(g.queued_window().saturating_sub(outstanding));
+            }
+            let at = self.writer.written() as usize;
+            let n = (room as usize).min(self.msg.len() - at);
+            if n > 0 {
+                let _ = self
+                    .writer
+                    .append(region, id, Direction::Request, &self.msg[at..at + n]);
+                self.writer.publish(region, id, Direction::Request);
+                moved |= self.writer.written() as usize > at;
+                stream::notify_worker(region, id);
+            }
+        }
+        match state {
+            Some(SlotState::Failed) => return Ok(Step::Ended(false)),
+            Some(SlotState::Streaming) | Some(SlotState::Done) => {
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    let n = self
+                        .reader
+                        .read(region, id, Direction::Response, &mut buf)
+                        .map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        break;
+                    }
+                    self.reply.extend_from_slice(&buf[..n]);
+                    moved = true;
+                    if self
+                        .reader
+                        .release(region, id, Direction::Response, self.reader.position())
+                    {
+                        stream::notify_worker(region, id);
+                    }
+                }
+                if state == Some(SlotState::Done) {
+                    let (_, len) = slot::response(region, id).unwrap();
+                    if len != self.reply.len() as u64 || self.reply != self.msg {
+                        return Err(format!("reply for {} is not its own", self.seq));
+                    }
+                    return Ok(Step::Ended(true));
+                }
+            }
+            Some(SlotState::Queued) | Some(SlotState::Running) => {}
+            other => return Err(format!("message {} in state {other:?}", self.seq)),
+        }
+        if moved {
+            return Ok(Step::Progress);
+        }
+        if ask {
+            stream::want_nginx_wake(region, id);
+        }
+        Ok(Step::Idle)
+    }
+}
+
+/// Sends PER_PRODUCER messages, streaming each in windows as nginx does; every one must come
+/// back exactly once, as its own reply or (when its consumer was killed) as a failure. Exit
+/// status: 0 when so.
+fn producer(region: &Region, me: u32, conn_gen: u32, eventfd: &OwnedFd, may_fail: bool) -> i32 {
+    let mut inflight: Vec<Exchange> = Vec::new();
     let mut seen = vec![0u32; PER_PRODUCER as usize];
     let mut next = 0u32;
     let mut idle = 0u32;
+    let g = region.geometry();
     while next < PER_PRODUCER || !inflight.is_empty() {
         while next < PER_PRODUCER && inflight.len() < IN_FLIGHT {
             let Some(id) = slot::alloc(region, me, conn_gen) else {
                 break;
             };
-            let l = match stream::write_all(region, id, Direction::Request, &[&payload(me, next)]) {
-                Ok(l) => l,
-                Err(ChainError::ArenaFull) => {
-                    slot::release(region, id);
-                    break;
-                }
-                Err(e) => panic!("producer {me}: {e}"),
-            };
-            assert!(slot::submit(region, id, 0, l));
-            inflight.insert(id.index, (id, next));
+            let msg = payload(me, next);
+            let mut writer = StreamWriter::new();
+            let first = msg.len().min(g.queued_window() as usize);
+            if writer
+                .append(region, id, Direction::Request, &msg[..first])
+                .is_err()
+            {
+                slot::release(region, id);
+                break;
+            }
+            writer.publish(region, id, Direction::Request);
+            assert!(slot::submit(
+                region,
+                id,
+                16.min(msg.len() as u32),
+                msg.len() as u64
+            ));
+            inflight.push(Exchange {
+                id,
+                seq: next,
+                msg,
+                writer,
+                reader: StreamReader::new(),
+                reply: Vec::new(),
+            });
             next += 1;
         }
         if inflight.is_empty() {
@@ -106,6 +306,40 @@ fn producer(region: &Region, me: u32, conn_gen: u32, eventfd: &OwnedFd) -> i32 {
             continue;
         }
         idle = 0;
+        // One pass; if nothing moved, ask for wake-ups and look once more before sleeping.
+        let mut moved = false;
+        for ask in [false, true] {
+            let mut i = 0;
+            while i < inflight.len() {
+                match inflight[i].step(region, ask) {
+                    Err(e) => {
+                        eprintln!("producer {me}: {e}");
+                        return 4;
+                    }
+                    Ok(Step::Progress) => {
+                        moved = true;
+                        i += 1;
+                    }
+                    Ok(Step::Idle) => i += 1,
+                    Ok(Step::Ended(delivered)) => {
+                        if !delivered && !may_fail {
+                            eprintln!("producer {me}: message failed with no consumer killed");
+                            return 8;
+                        }
+                        let x = inflight.swap_remove(i);
+                        slot::release(region, x.id);
+                        seen[x.seq as usize] += 1;
+                        moved = true;
+                    }
+                }
+            }
+            if moved {
+                break;
+            }
+        }
+        if moved {
+            continue;
+        }
         // Bounded: a lost wake-up fails the test instead of hanging it.
         let mut fds = [nix::poll::PollFd::new(
             eventfd.as_fd(),
@@ -113,7 +347,7 @@ fn producer(region: &Region, me: u32, conn_gen: u32, eventfd: &OwnedFd) -> i32 {
         )];
         if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(30_000u16)) == Ok(0) {
             eprintln!(
-                "producer {me}: no completion for 30 s with {} in flight",
+                "producer {me}: no progress for 30 s with {} in flight",
                 inflight.len()
             );
             return 6;
@@ -121,33 +355,6 @@ fn producer(region: &Region, me: u32, conn_gen: u32, eventfd: &OwnedFd) -> i32 {
         let mut b = [0u8; 8];
         let _ = nix::unistd::read(eventfd.as_raw_fd(), &mut b);
         slot::clear_wake(region, me);
-        let done: Vec<u32> = inflight
-            .iter()
-            .filter(|(_, (id, _))| {
-                matches!(
-                    slot::state_of(region, *id),
-                    Some(SlotState::Done) | Some(SlotState::Failed)
-                )
-            })
-            .map(|(i, _)| *i)
-            .collect();
-        for index in done {
-            let (id, seq) = inflight.remove(&index).unwrap();
-            if slot::state_of(region, id) == Some(SlotState::Failed) {
-                slot::release(region, id);
-                seen[seq as usize] += 1;
-                continue;
-            }
-            let (_, l) = slot::response(region, id).unwrap();
-            let reply = stream::read_all(region, id, Direction::Response, l).expect("read reply");
-            slot::release(region, id);
-            let expect = &payload(me, seq)[..16];
-            if reply != expect {
-                eprintln!("producer {me}: reply for {seq} is not its own");
-                return 4;
-            }
-            seen[seq as usize] += 1;
-        }
     }
     if seen.iter().all(|n| *n == 1) {
         0
@@ -200,7 +407,7 @@ fn producers_and_consumers_in_separate_processes_lose_and_duplicate_nothing() {
         .map(|c| spawn(&|| consumer(&region, c, &eventfds)))
         .collect();
     let producers: Vec<Pid> = (0..PRODUCERS)
-        .map(|p| spawn(&|| producer(&region, p, gens[p as usize], &eventfds[p as usize])))
+        .map(|p| spawn(&|| producer(&region, p, gens[p as usize], &eventfds[p as usize], false)))
         .collect();
     let mut failures = Vec::new();
     for p in producers {
@@ -237,35 +444,52 @@ fn producers_and_consumers_in_separate_processes_lose_and_duplicate_nothing() {
 }
 
 #[test]
-fn consumers_killed_at_random_lose_nothing_and_leak_nothing() {
-    let (region, eventfds, gens) = setup("kill");
+fn consumers_and_producers_killed_at_random_lose_nothing_and_leak_nothing() {
+    let (region, eventfds, mut gens) = setup("kill");
     let mut consumers: Vec<Pid> = (0..CONSUMERS)
         .map(|c| spawn(&|| consumer(&region, c, &eventfds)))
         .collect();
     let mut producers: Vec<Option<Pid>> = (0..PRODUCERS)
         .map(|p| {
             Some(spawn(&|| {
-                producer(&region, p, gens[p as usize], &eventfds[p as usize])
+                producer(&region, p, gens[p as usize], &eventfds[p as usize], true)
             }))
         })
         .collect();
     // The reclaimer, doing poold's job: kill a consumer now and then, fail what it held, wake
-    // the owner, fork a replacement.
+    // the owner, fork a replacement; and a few times a producer (an nginx worker): reclaim its
+    // slots and start it again under a new connection generation, so any completion meant for
+    // the dead one is dropped.
     let mut r = rng(42);
     let mut failures = Vec::new();
     let mut kills = 0;
+    let mut producer_kills = 0;
     while producers.iter().any(Option::is_some) {
         std::thread::sleep(std::time::Duration::from_micros(500 + r() % 5000));
+        if producer_kills < 3 && r() % 8 == 0 {
+            let p = (r() % PRODUCERS as u64) as usize;
+            if let Some(pid) = producers[p] {
+                let _ = kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                slot::close_conn(&region, p as u32);
+                slot::reclaim_conn(&region, p as u32, gens[p]);
+                gens[p] = slot::open_conn(&region, p as u32, 0).unwrap();
+                let gen = gens[p];
+                producers[p] = Some(spawn(&|| {
+                    producer(&region, p as u32, gen, &eventfds[p], true)
+                }));
+                producer_kills += 1;
+            }
+        }
         let c = (r() % CONSUMERS as u64) as usize;
         let _ = kill(consumers[c], Signal::SIGKILL);
         let _ = waitpid(consumers[c], None);
         kills += 1;
-        if let Some((_, Handover::Deliver { conn, conn_gen })) =
-            slot::reclaim_worker(&region, c as u32, slot::FailReason::WorkerDied)
-        {
-            if slot::needs_wake(&region, conn, conn_gen) {
-                let _ = nix::unistd::write(eventfds[conn as usize].as_fd(), &1u64.to_ne_bytes());
-            }
+        slot::reclaim_worker(&region, c as u32, slot::FailReason::WorkerDied);
+        // As poold does: the dead consumer may have taken a producer's wake-up flag without
+        // writing its eventfd; wake every producer.
+        for fd in &eventfds {
+            let _ = nix::unistd::write(fd.as_fd(), &1u64.to_ne_bytes());
         }
         consumers[c] = spawn(&|| consumer(&region, c as u32, &eventfds));
         for p in producers.iter_mut() {
@@ -287,6 +511,7 @@ fn consumers_killed_at_random_lose_nothing_and_leak_nothing() {
     }
     assert!(failures.is_empty(), "{failures:?}");
     assert!(kills > 10, "the test killed consumers {kills} times");
+    assert!(producer_kills > 0, "the test killed no producer");
     let stats = &region.header().stats;
     let (done, failed) = (
         stats.completed.load(Ordering::Relaxed),
@@ -296,7 +521,9 @@ fn consumers_killed_at_random_lose_nothing_and_leak_nothing() {
         done + failed >= (PRODUCERS * PER_PRODUCER) as u64,
         "{done} done, {failed} failed"
     );
-    eprintln!("{kills} kills: {done} delivered, {failed} failed");
+    eprintln!(
+        "{kills} consumer and {producer_kills} producer kills: {done} delivered, {failed} failed"
+    );
     assert_eq!(
         stats.slots_in_use.load(Ordering::Relaxed),
         0,

@@ -442,16 +442,17 @@ impl Supervisor {
             FailReason::WorkerDied
         };
         match slot::reclaim_worker(&self.region, i as u32, reason) {
-            Some((id, Handover::Deliver { conn, conn_gen })) => {
-                log!(
-                    "error",
-                    "pool worker {pid} {how} while running a request (slot {}); it gets 502",
-                    id.index
-                );
-                self.wake(conn, conn_gen);
-            }
+            Some((id, Handover::Deliver { .. })) => log!(
+                "error",
+                "pool worker {pid} {how} while running a request (slot {}); it gets 502",
+                id.index
+            ),
             _ => log!("warn", "pool worker {pid} {how}"),
         }
+        // The dead worker may have set a connection's wake-up flag and died before writing its
+        // eventfd, which would leave that nginx worker deaf to every later completion; after a
+        // death every attached nginx worker is woken unconditionally (it finds what changed).
+        self.wake_all();
         let w = &mut self.workers[i];
         let quick =
             reason != FailReason::Timeout && w.started.is_some_and(|t| t.elapsed() < QUICK_DEATH);
@@ -471,14 +472,9 @@ impl Supervisor {
         w.respawn_at = Some(Instant::now() + delay);
     }
 
-    fn wake(&self, conn: u32, conn_gen: u32) {
-        if !slot::needs_wake(&self.region, conn, conn_gen) {
-            return;
-        }
-        if let Some(Some(c)) = self.conns.get(conn as usize) {
-            if c.gen == conn_gen {
-                let _ = nix::unistd::write(c.eventfd.as_fd(), &1u64.to_ne_bytes());
-            }
+    fn wake_all(&self) {
+        for c in self.conns.iter().flatten() {
+            let _ = nix::unistd::write(c.eventfd.as_fd(), &1u64.to_ne_bytes());
         }
     }
 
