@@ -466,7 +466,7 @@ fn consumers_and_producers_killed_at_random_lose_nothing_and_leak_nothing() {
     let mut producer_kills = 0;
     while producers.iter().any(Option::is_some) {
         std::thread::sleep(std::time::Duration::from_micros(500 + r() % 5000));
-        if producer_kills < 3 && r() % 8 == 0 {
+        if producer_kills < 3 && r().is_multiple_of(8) {
             let p = (r() % PRODUCERS as u64) as usize;
             if let Some(pid) = producers[p] {
                 let _ = kill(pid, Signal::SIGKILL);
