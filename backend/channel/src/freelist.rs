@@ -3,7 +3,7 @@
 //! The head word packs `tag << 32 | (index + 1)`; 0 in the low half means empty. The tag grows
 //! on every successful change, so a pop that read a stale link (ABA) fails its compare-and-swap.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 const EMPTY: u32 = 0;
 
@@ -59,7 +59,7 @@ pub fn push<'a>(
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

@@ -131,7 +131,7 @@ pub fn recv_frame(
     Ok(Some((Frame::from_bytes(&bytes), fd)))
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};

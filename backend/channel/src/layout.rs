@@ -5,9 +5,9 @@
 //! offsets computed from the [`Geometry`] by `const` functions; a reader recomputes them and
 //! checks them against the header before trusting anything.
 
+use crate::sync::{AtomicU32, AtomicU64};
 use crossbeam_utils::CachePadded;
 use std::mem::size_of;
-use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// `b"NGXPOOL1"` read as a little-endian integer.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"NGXPOOL1");
@@ -181,6 +181,7 @@ pub struct Stats {
 /// One request slot. `state` owns everything else: a side reads the other fields only after an
 /// Acquire load of `state` that saw the value published by the writer's Release.
 #[repr(C)]
+#[cfg_attr(loom, derive(Default))]
 pub struct Slot {
     pub state: AtomicU64,
     /// Index and generation of the nginx connection that owns the request.
@@ -220,6 +221,7 @@ pub struct Slot {
 
 /// One attached nginx worker.
 #[repr(C)]
+#[cfg_attr(loom, derive(Default))]
 pub struct Conn {
     /// `gen << 1 | active`. Written by poold only.
     pub state: AtomicU64,
@@ -232,6 +234,7 @@ pub struct Conn {
 
 /// One pool worker, as poold and the worker itself report it.
 #[repr(C)]
+#[cfg_attr(loom, derive(Default))]
 pub struct WorkerEntry {
     pub pid: AtomicU32,
     /// A [`crate::slot::WorkerState`] code.
@@ -247,6 +250,7 @@ pub struct WorkerEntry {
 
 /// A request-queue cell (Vyukov's bounded MPMC queue).
 #[repr(C)]
+#[cfg_attr(loom, derive(Default))]
 pub struct Cell {
     pub seq: AtomicU64,
     pub value: AtomicU64,
@@ -254,6 +258,7 @@ pub struct Cell {
 
 /// The start of every chunk.
 #[repr(C)]
+#[cfg_attr(loom, derive(Default))]
 pub struct ChunkHead {
     /// Next chunk of the same chain (index + 1, 0 = end).
     pub next: AtomicU32,
@@ -264,9 +269,14 @@ pub struct ChunkHead {
     _pad: AtomicU32,
 }
 
+// The shared layout's sizes (loom's model atomics are larger; the model does not map memory).
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<ChunkHead>() == CHUNK_HEADER as usize);
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<Slot>() == 128);
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<Conn>() == 64);
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<WorkerEntry>() == 64);
 
 impl Header {
@@ -291,7 +301,7 @@ impl Header {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

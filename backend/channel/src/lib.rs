@@ -14,21 +14,33 @@
 //! validated before use: the other side may have crashed mid-write or be buggy, and a bad value
 //! fails one request, never the reader.
 //!
-//! All `unsafe` code of the crate lives in [`region`] (the mapping and raw byte copies) and
-//! [`sys`] (futex); the rest is safe Rust over the accessors they provide.
+//! All `unsafe` code of the crate lives in [`region`] (the mapping and raw byte copies),
+//! [`sys`] (futex) and [`handshake`] (descriptor passing); the rest is safe Rust over the
+//! accessors they provide. Built with `--cfg loom`, the same protocol code runs over a heap
+//! twin of the region under the loom model checker ([`sync`]).
 
 pub mod chain;
 pub mod freelist;
+#[cfg(not(loom))]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(not(loom))]
 pub mod handshake;
 pub mod layout;
+#[cfg(all(test, loom))]
+mod loom_models;
 pub mod message;
 pub mod queue;
+#[cfg(not(loom))]
+pub mod region;
+#[cfg(loom)]
+#[path = "region_loom.rs"]
 pub mod region;
 pub mod slot;
+#[cfg(not(loom))]
 pub mod status;
 pub mod stream;
+pub mod sync;
 pub mod sys;
 
 pub use layout::Geometry;

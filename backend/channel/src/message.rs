@@ -262,7 +262,7 @@ fn decode_response_with(bytes: &[u8], with_body: bool) -> Result<ResponseView<'_
     })
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

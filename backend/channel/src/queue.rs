@@ -5,7 +5,7 @@
 //! `pos`. Positions only grow; the cell is `pos & (cap - 1)`.
 
 use crate::region::Region;
-use std::sync::atomic::Ordering;
+use crate::sync::Ordering;
 
 /// Why a push failed.
 #[derive(Debug, PartialEq, Eq)]
@@ -102,7 +102,7 @@ pub fn depth(region: &Region) -> u64 {
     e.saturating_sub(d)
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::layout::Geometry;

@@ -24,8 +24,8 @@ use crate::chain::free_anchored;
 use crate::freelist;
 use crate::queue;
 use crate::region::Region;
+use crate::sync::{fence, Ordering};
 use crate::sys::futex_wake;
-use std::sync::atomic::{fence, Ordering};
 
 /// Where a slot is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

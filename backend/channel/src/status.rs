@@ -6,7 +6,7 @@
 use crate::queue;
 use crate::region::Region;
 use crate::slot::{running_since, WorkerState};
-use std::sync::atomic::Ordering;
+use crate::sync::Ordering;
 
 /// One pool worker as the region reports it.
 #[derive(Debug, Clone)]
@@ -61,7 +61,7 @@ pub fn snapshot(region: &Region) -> PoolStatus {
         })
         .collect();
     let s = &h.stats;
-    let c = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let c = |a: &crate::sync::AtomicU64| a.load(Ordering::Relaxed);
     PoolStatus {
         poold_pid: h.poold_pid,
         workers,

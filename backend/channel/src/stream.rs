@@ -21,7 +21,7 @@ use crate::chain::ChainError;
 use crate::freelist;
 use crate::region::Region;
 use crate::slot::SlotId;
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
 
 /// Which of a slot's two streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -390,7 +390,7 @@ pub fn nginx_wants_wake(region: &Region, id: SlotId) -> bool {
     s.nginx_waiting.load(Ordering::SeqCst) != 0 && s.nginx_waiting.swap(0, Ordering::SeqCst) != 0
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::layout::Geometry;

@@ -1,13 +1,34 @@
 //! Thin, checked wrappers over the few raw system calls the channel needs (futex).
 
+use crate::sync::AtomicU32;
 use std::io;
-use std::sync::atomic::AtomicU32;
 use std::time::Duration;
+
+#[cfg(loom)]
+pub use loom_futex::{futex_wait, futex_wake, monotonic_ms};
+
+/// Under loom a futex wait is a yield (loom then runs another thread) and a wake is nothing:
+/// every waiter re-checks its condition in a loop, which is what the model explores.
+#[cfg(loom)]
+mod loom_futex {
+    use super::*;
+    pub fn futex_wait(_: &AtomicU32, _: u32, _: Option<Duration>) -> io::Result<()> {
+        loom::thread::yield_now();
+        Ok(())
+    }
+    pub fn futex_wake(_: &AtomicU32, _: u32) -> io::Result<usize> {
+        Ok(0)
+    }
+    pub fn monotonic_ms() -> u64 {
+        0
+    }
+}
 
 /// Turns a libc-style `-1` return into the thread's `io::Error`.
 ///
 /// Only used in this module, on plain values: the arguments it expands inside `unsafe` are
 /// integers and pointers computed by safe code above each call.
+#[cfg(not(loom))]
 #[allow(clippy::macro_metavars_in_unsafe)]
 macro_rules! syscall {
     ($fn:ident ( $($arg:expr),* $(,)* ) ) => {{
@@ -22,6 +43,7 @@ macro_rules! syscall {
     }};
 }
 
+#[cfg(not(loom))]
 /// Sleeps while `word` still holds `expected`, until woken by [`futex_wake`] (or `timeout`).
 ///
 /// The futex is *shared* (no `FUTEX_PRIVATE_FLAG`): the word lives in a `MAP_SHARED` mapping
@@ -53,6 +75,7 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) ->
     }
 }
 
+#[cfg(not(loom))]
 /// Wakes up to `count` processes sleeping in [`futex_wait`] on `word`.
 pub fn futex_wake(word: &AtomicU32, count: u32) -> io::Result<usize> {
     syscall!(syscall(
@@ -67,6 +90,7 @@ pub fn futex_wake(word: &AtomicU32, count: u32) -> io::Result<usize> {
     .map(|n| n as usize)
 }
 
+#[cfg(not(loom))]
 /// Milliseconds of CLOCK_MONOTONIC: the one clock every process on the machine shares.
 pub fn monotonic_ms() -> u64 {
     let mut ts = libc::timespec {

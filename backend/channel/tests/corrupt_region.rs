@@ -2,6 +2,7 @@
 //! out of bounds. Every operation either works on what it finds or reports failure.
 //!
 //! Bounded and deterministic (a seeded xorshift generator), so CI runs it on every change.
+#![cfg(not(loom))] // needs the real memfd region
 
 use ngx_pool_channel::fuzzing::{exercise, geometry, scribble, Rng};
 use ngx_pool_channel::Region;

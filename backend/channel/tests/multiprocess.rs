@@ -4,6 +4,7 @@
 //! payload is checked byte for byte by the consumer and every reply (the payload back) by its
 //! producer; each message must come back exactly once, and the arena must be wholly free at the
 //! end.
+#![cfg(not(loom))] // needs the real memfd region
 
 use ngx_pool_channel::chain::ChainError;
 use ngx_pool_channel::slot::{self, Handover, SlotId, SlotState};

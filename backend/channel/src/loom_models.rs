@@ -1,0 +1,210 @@
+//! Loom models of the channel's concurrent protocols, run with
+//! `RUSTFLAGS="--cfg loom" cargo test -p ngx-pool-channel --lib --release loom_`
+//! (`scripts/test` does). Each model is a small scenario; loom runs it under every
+//! interleaving (up to the preemption bound) and checks both the assertions and that every
+//! payload access is ordered after the write it reads.
+
+use crate::layout::Geometry;
+use crate::queue;
+use crate::region::{Region, GRAIN};
+use crate::slot::{self, FailReason, Handover, SlotState};
+use crate::stream::{self, Direction, StreamReader, StreamWriter};
+use crate::sync::Ordering;
+use loom::sync::Arc;
+use loom::thread;
+
+fn geometry() -> Geometry {
+    Geometry {
+        slots: 2,
+        chunk_size: 1024,
+        chunks: 8,
+        max_conns: 1,
+        max_workers: 2,
+    }
+}
+
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(3);
+    b.check(f);
+}
+
+fn in_use(r: &Region) -> (u64, u64) {
+    let s = &r.header().stats;
+    (
+        s.slots_in_use.load(Ordering::Relaxed),
+        s.chunks_in_use.load(Ordering::Relaxed),
+    )
+}
+
+/// A pool worker's whole turn: take, read the request, answer it.
+fn serve_one(r: &Region, worker: u32) {
+    let id = loop {
+        if let Some(id) = slot::take(r, worker) {
+            break id;
+        }
+        thread::yield_now();
+    };
+    let (_, len) = slot::request(r, id).unwrap();
+    let req = stream::read_all(r, id, Direction::Request, len).unwrap();
+    let mut reply = b"re:".to_vec();
+    reply.extend_from_slice(&req);
+    let n = stream::write_all(r, id, Direction::Response, &[&reply]).unwrap();
+    slot::finish(r, id, 0, n);
+    slot::clear_current(r, worker);
+}
+
+#[test]
+fn loom_request_and_answer_cross_exactly_once_and_free_everything() {
+    model(|| {
+        let r = Arc::new(Region::create("m", geometry(), 1).unwrap());
+        let conn_gen = slot::open_conn(&r, 0, 1).unwrap();
+        let w = {
+            let r = r.clone();
+            thread::spawn(move || serve_one(&r, 0))
+        };
+        let id = slot::alloc(&r, 0, conn_gen).unwrap();
+        let n = stream::write_all(&r, id, Direction::Request, &[b"ping"]).unwrap();
+        assert!(slot::submit(&r, id, 0, n));
+        while slot::state_of(&r, id) != Some(SlotState::Done) {
+            thread::yield_now();
+        }
+        let (_, len) = slot::response(&r, id).unwrap();
+        assert_eq!(
+            stream::read_all(&r, id, Direction::Response, len).unwrap(),
+            b"re:ping"
+        );
+        assert!(slot::release(&r, id));
+        w.join().unwrap();
+        assert_eq!(in_use(&r), (0, 0));
+    });
+}
+
+#[test]
+fn loom_abandon_racing_the_answer_frees_the_slot_exactly_once() {
+    model(|| {
+        let r = Arc::new(Region::create("m", geometry(), 1).unwrap());
+        let conn_gen = slot::open_conn(&r, 0, 1).unwrap();
+        let id = slot::alloc(&r, 0, conn_gen).unwrap();
+        let n = stream::write_all(&r, id, Direction::Request, &[b"x"]).unwrap();
+        assert!(slot::submit(&r, id, 0, n));
+        let w = {
+            let r = r.clone();
+            thread::spawn(move || {
+                // Takes it (or finds it abandoned and frees it), answers if it still can.
+                if let Some(id) = slot::take(&r, 0) {
+                    let n = stream::write_all(&r, id, Direction::Response, &[b"y"]).unwrap();
+                    let _ = slot::finish(&r, id, 0, n);
+                }
+            })
+        };
+        // nginx gives up (client gone) while the worker may be answering.
+        slot::abandon(&r, id);
+        w.join().unwrap();
+        // Whoever came second freed it: nothing is in use, and both slots can be taken again.
+        assert_eq!(in_use(&r), (0, 0));
+        assert!(slot::alloc(&r, 0, conn_gen).is_some());
+        assert!(slot::alloc(&r, 0, conn_gen).is_some());
+    });
+}
+
+#[test]
+fn loom_a_dead_worker_is_reclaimed_and_its_request_fails_once() {
+    model(|| {
+        let r = Arc::new(Region::create("m", geometry(), 1).unwrap());
+        let conn_gen = slot::open_conn(&r, 0, 1).unwrap();
+        let id = slot::alloc(&r, 0, conn_gen).unwrap();
+        let n = stream::write_all(&r, id, Direction::Request, &[b"x"]).unwrap();
+        assert!(slot::submit(&r, id, 0, n));
+        // The worker takes it and "dies" (its thread ends) at an arbitrary point; poold then
+        // reclaims. Either the request was taken and fails, or it is queued again.
+        let w = {
+            let r = r.clone();
+            thread::spawn(move || {
+                let _ = slot::take(&r, 0);
+            })
+        };
+        w.join().unwrap();
+        match slot::reclaim_worker(&r, 0, FailReason::WorkerDied) {
+            Some((_, Handover::Deliver { .. })) => {
+                assert_eq!(slot::state_of(&r, id), Some(SlotState::Failed));
+            }
+            _ => assert_eq!(slot::state_of(&r, id), Some(SlotState::Queued)),
+        }
+    });
+}
+
+#[test]
+fn loom_two_producers_one_consumer_queue_loses_and_duplicates_nothing() {
+    model(|| {
+        let r = Arc::new(Region::create("m", geometry(), 1).unwrap());
+        let ps: Vec<_> = [7u64, 9]
+            .into_iter()
+            .map(|v| {
+                let r = r.clone();
+                thread::spawn(move || queue::push(&r, v).unwrap())
+            })
+            .collect();
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            match queue::pop(&r) {
+                Some(v) => got.push(v),
+                None => thread::yield_now(),
+            }
+        }
+        for p in ps {
+            p.join().unwrap();
+        }
+        got.sort();
+        assert_eq!(got, vec![7, 9]);
+        assert_eq!(queue::pop(&r), None);
+    });
+}
+
+#[test]
+fn loom_a_stream_longer_than_its_window_arrives_intact_and_frees_behind_it() {
+    model(|| {
+        let r = Arc::new(Region::create("m", geometry(), 1).unwrap());
+        let id = slot::alloc(&r, 0, 1).unwrap();
+        // Lengths in multiples of the model's payload grain (see region_loom).
+        let data: Vec<u8> = (0..2496u32).map(|i| (i % 251) as u8).collect();
+        let window = r.geometry().stream_window();
+        assert!((data.len() as u64) > window);
+        let writer = {
+            let (r, data) = (r.clone(), data.clone());
+            thread::spawn(move || {
+                let mut w = StreamWriter::new();
+                let mut at = 0;
+                while at < data.len() {
+                    let room = w.room(&r, id, Direction::Response) as usize;
+                    if room == 0 {
+                        thread::yield_now();
+                        continue;
+                    }
+                    let n = (room.min(data.len() - at).min(704) / GRAIN) * GRAIN;
+                    w.append(&r, id, Direction::Response, &data[at..at + n])
+                        .unwrap();
+                    w.publish(&r, id, Direction::Response);
+                    at += n;
+                }
+            })
+        };
+        let mut rd = StreamReader::new();
+        let mut got = vec![0u8; data.len()];
+        let mut n = 0;
+        while n < got.len() {
+            let k = rd.read(&r, id, Direction::Response, &mut got[n..]).unwrap();
+            if k == 0 {
+                thread::yield_now();
+            }
+            n += k;
+            rd.release(&r, id, Direction::Response, rd.position());
+        }
+        writer.join().unwrap();
+        assert_eq!(got, data);
+        // Only the last chunk is left for the slot's release.
+        assert_eq!(in_use(&r).1, 1);
+        assert!(slot::release(&r, id));
+        assert_eq!(in_use(&r), (0, 0));
+    });
+}
