@@ -3,7 +3,11 @@
 //!
 //! The "nginx" side sleeps in a blocking read of its eventfd (as an nginx worker sleeps in
 //! epoll); the "pool worker" side sleeps on the region's futex. Each round trip sends `size`
-//! bytes and receives `size` bytes back, copied in and out as the real data path does.
+//! bytes and receives `size` bytes back. Two channel variants: *copying reads* copy every byte
+//! in and out on both sides (as many copies as the socket); *in-place reads* copy what each side
+//! sends and take what it receives where it lies (as the module sends response chunks to the
+//! client straight from the region). The socket side writes and reads as each becomes possible
+//! (non-blocking, poll), as an event loop does.
 //!
 //! `channel-bench [--sizes 64,4096,65536,1048576] [--scale F] [--spin-us N]` prints a Markdown
 //! table; `--spin-us` is poold's `--spin` (default 0).
@@ -51,7 +55,19 @@ fn reap(pid: nix::unistd::Pid) {
     let _ = nix::sys::wait::waitpid(pid, None);
 }
 
-fn channel(size: usize, iters: usize, spin: Duration) -> Stats {
+/// Hands every published byte of a stream to `touch` where it lies, piece by piece, without
+/// copying (as nginx hands response chunks to the kernel); returns how many bytes.
+fn in_place(region: &Region, id: slot::SlotId, dir: Direction, len: u64) -> u64 {
+    let mut r = StreamReader::new();
+    let mut seen = 0;
+    while let Some(p) = r.next_piece(region, id, dir, len - seen).expect("piece") {
+        assert!(region.chunk_ptr(p.chunk, p.offset, p.len).is_some());
+        seen += u64::from(p.len);
+    }
+    seen
+}
+
+fn channel(size: usize, iters: usize, spin: Duration, zero_copy: bool) -> Stats {
     let chunk = 64 * 1024;
     let chunks = ((size * 8 / (chunk - 16)) as u32 + 16).max(64);
     let g = Geometry {
@@ -72,10 +88,14 @@ fn channel(size: usize, iters: usize, spin: Duration) -> Stats {
             let id = slot::wait_for_work(&region, 0, spin);
             let (_, len) = slot::request(&region, id).expect("request");
             buf.resize(len as usize, 0);
-            let n = StreamReader::new()
-                .read(&region, id, Direction::Request, &mut buf)
-                .expect("read request");
-            assert_eq!(n, buf.len());
+            if zero_copy {
+                assert_eq!(in_place(&region, id, Direction::Request, len), len);
+            } else {
+                let n = StreamReader::new()
+                    .read(&region, id, Direction::Request, &mut buf)
+                    .expect("read request");
+                assert_eq!(n, buf.len());
+            }
             let l = stream::write_all(&region, id, Direction::Response, &[&buf]).expect("reply");
             slot::clear_current(&region, 0);
             if let Handover::Deliver { conn, conn_gen } = slot::finish(&region, id, 0, l) {
@@ -107,10 +127,14 @@ fn channel(size: usize, iters: usize, spin: Duration) -> Stats {
             }
         }
         let (_, rl) = slot::response(&region, id).expect("response");
-        let n = StreamReader::new()
-            .read(&region, id, Direction::Response, &mut back[..rl as usize])
-            .expect("read response");
-        assert_eq!(n as u64, rl);
+        if zero_copy {
+            assert_eq!(in_place(&region, id, Direction::Response, rl), rl);
+        } else {
+            let n = StreamReader::new()
+                .read(&region, id, Direction::Response, &mut back[..rl as usize])
+                .expect("read response");
+            assert_eq!(n as u64, rl);
+        }
         slot::release(&region, id);
         if i >= warmup {
             rtts.push(t.elapsed());
@@ -138,6 +162,7 @@ fn socket(size: usize, iters: usize) -> Stats {
             }
         }
     });
+    a.set_nonblocking(true).expect("nonblocking");
     let payload = vec![0xA5u8; size];
     let mut back = vec![0u8; size];
     let mut rtts = Vec::with_capacity(iters);
@@ -148,18 +173,32 @@ fn socket(size: usize, iters: usize) -> Stats {
             started = Instant::now();
         }
         let t = Instant::now();
-        // Write and read concurrently in effect: a large payload would fill the socket buffer
-        // while the peer's reply fills ours, so write from a thread.
-        if size > 64 * 1024 {
-            std::thread::scope(|s| {
-                let mut wa = a.try_clone().expect("clone");
-                let p = &payload;
-                s.spawn(move || wa.write_all(p).expect("write"));
-                a.read_exact(&mut back).expect("read");
-            });
-        } else {
-            a.write_all(&payload).expect("write");
-            a.read_exact(&mut back).expect("read");
+        // A large payload fills the socket buffer while the peer's reply fills ours: write and
+        // read as each becomes possible (non-blocking, poll), as an event loop does.
+        let (mut sent, mut got) = (0, 0);
+        while got < size {
+            let mut fds = [nix::poll::PollFd::new(
+                a.as_fd(),
+                if sent < size {
+                    nix::poll::PollFlags::POLLIN | nix::poll::PollFlags::POLLOUT
+                } else {
+                    nix::poll::PollFlags::POLLIN
+                },
+            )];
+            nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE).expect("poll");
+            if sent < size {
+                match a.write(&payload[sent..]) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("write: {e}"),
+                }
+            }
+            match a.read(&mut back[got..]) {
+                Ok(0) => panic!("echo closed"),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("read: {e}"),
+            }
         }
         if i >= warmup {
             rtts.push(t.elapsed());
@@ -201,23 +240,28 @@ fn main() {
         "pool worker spin before sleeping: {} µs\n",
         spin.as_micros()
     );
-    println!("| payload | channel p50 µs | channel p99 µs | channel rt/s | socket p50 µs | socket p99 µs | socket rt/s | channel ÷ socket (rt/s) |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| payload | socket p50 / p99 µs | socket rt/s | channel, copying reads: p50 / p99 µs | rt/s | ÷ socket | channel, in-place reads: p50 / p99 µs | rt/s | ÷ socket |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for size in sizes {
         let iters =
             (((64 << 20) / size.max(4096)).clamp(200, 20_000) as f64 * scale).max(20.0) as usize;
-        let c = channel(size, iters, spin);
         let s = socket(size, iters);
+        let c = channel(size, iters, spin, false);
+        let z = channel(size, iters, spin, true);
         println!(
-            "| {} | {} | {} | {:.0} | {} | {} | {:.0} | {:.2}× |",
+            "| {} | {} / {} | {:.0} | {} / {} | {:.0} | {:.2}× | {} / {} | {:.0} | {:.2}× |",
             human(size),
-            us(c.p50),
-            us(c.p99),
-            c.per_sec,
             us(s.p50),
             us(s.p99),
             s.per_sec,
-            c.per_sec / s.per_sec
+            us(c.p50),
+            us(c.p99),
+            c.per_sec,
+            c.per_sec / s.per_sec,
+            us(z.p50),
+            us(z.p99),
+            z.per_sec,
+            z.per_sec / s.per_sec
         );
     }
 }
