@@ -213,7 +213,13 @@ impl StreamReader {
         if self.cur == 0 || self.cur > g.chunks {
             return Err(ChainError::Corrupt);
         }
-        let offset = self.pos - self.cur_start;
+        // Our own bookkeeping, but a peer rewriting the anchor under us can skew it (found by
+        // the fuzz target): check rather than trust.
+        let offset = self
+            .pos
+            .checked_sub(self.cur_start)
+            .filter(|o| *o < cap)
+            .ok_or(ChainError::Corrupt)?;
         let in_chunk = cap - offset;
         let len = (written - self.pos).min(in_chunk).min(max);
         let c = region.chunk_head(self.cur - 1).ok_or(ChainError::Corrupt)?;
@@ -284,7 +290,7 @@ impl StreamReader {
             freelist::push(&h.chunk_free, g.chunks, head - 1, |i| {
                 region.chunk_head(i).map(|c| &c.next_free)
             });
-            if self.cur == head {
+            if self.cur == head && self.cur_start == self.freed {
                 // The next `next_piece` will step from here; keep it reachable.
                 self.cur = next;
                 self.cur_start += cap;

@@ -13,7 +13,7 @@ USAGE:
 REQUIRED:
     --socket PATH       unix socket the nginx workers attach to (created; mode 0600)
     --handler SPEC      builtin:echo | builtin:hello | builtin:sleep | builtin:cpu | builtin:crash
-                        | builtin:spawn
+                        | builtin:spawn | builtin:stream
 
 OPTIONS:
     --name NAME         pool name used in log lines                  [default: pool]
@@ -40,7 +40,7 @@ OPTIONS:
     -h, --help          this text
     -V, --version       version
 
-One request or response may use at most a quarter of the arena (16 MiB by default).
+Bodies of any size stream through the arena, up to 1 MiB in flight per request and direction.
 Signals: TERM, INT or QUIT stop the workers and remove the socket.
 ";
 
