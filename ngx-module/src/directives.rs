@@ -1,4 +1,5 @@
-//! Configuration directives (`pool`, `pool_pass`, `pool_daemon`) at the FFI edge.
+//! Configuration directives (`pool`, `pool_pass`, `pool_timeout`, `pool_daemon`,
+//! `pool_status`) at the FFI edge.
 //!
 //! Parsing proper is in [`crate::conf`]; this module turns nginx's argument arrays into `&str`s,
 //! stores results in the module's configuration structs, and reports errors the nginx way: a
@@ -9,7 +10,7 @@ use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_http_core_loc_conf_t, ngx_http_module_t, ngx_module_t,
     ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_HTTP_LIF_CONF,
     NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
-    NGX_LOG_EMERG,
+    NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
 use ngx_pool_conf::{self as conf, PoolConf};
@@ -45,6 +46,8 @@ pub struct LocConf {
     pub pool: Option<usize>,
     /// Where `pool_pass` was written, for the error if the pool does not exist.
     pub origin: String,
+    /// `pool_timeout`: this location's deadline, in place of the pool's `timeout=`.
+    pub timeout_ms: Option<u64>,
 }
 
 /// Zero-sized handle that ties the configuration types to the module.
@@ -100,7 +103,7 @@ const fn command(
     }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 5] = [
+pub static mut COMMANDS: [ngx_command_t; 6] = [
     command(
         b"pool\0",
         NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE,
@@ -111,6 +114,12 @@ pub static mut COMMANDS: [ngx_command_t; 5] = [
         b"pool_pass\0",
         NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_TAKE1,
         set_pool_pass,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        b"pool_timeout\0",
+        NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+        set_pool_timeout,
         NGX_HTTP_LOC_CONF_OFFSET,
     ),
     command(
@@ -201,6 +210,9 @@ unsafe extern "C" fn merge_loc_conf(
     if conf.pool_name.is_none() {
         conf.pool_name = prev.pool_name.clone();
         conf.origin = prev.origin.clone();
+    }
+    if conf.timeout_ms.is_none() {
+        conf.timeout_ms = prev.timeout_ms;
     }
     let Some(name) = conf.pool_name.clone() else {
         return ptr::null_mut();
@@ -299,6 +311,35 @@ unsafe extern "C" fn set_pool_status(
         }
     }
     ptr::null_mut()
+}
+
+unsafe extern "C" fn set_pool_timeout(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: conf is our LocConf (NGX_HTTP_LOC_CONF_OFFSET); cf is valid in a set handler.
+    let loc = unsafe { &mut *(conf as *mut LocConf) };
+    if loc.timeout_ms.is_some() {
+        return c"is duplicate".as_ptr() as *mut c_char;
+    }
+    let args = match unsafe { args(cf) } {
+        Ok(a) => a,
+        Err(e) => return conf_error(cf, &e),
+    };
+    match conf::parse_time_ms(args[0]) {
+        Some(ms) if ms > 0 => {
+            loc.timeout_ms = Some(ms);
+            ptr::null_mut()
+        }
+        _ => conf_error(
+            cf,
+            &format!(
+                "invalid pool_timeout \"{}\" (a time such as 30s, 500ms, 1m30s)",
+                args[0]
+            ),
+        ),
+    }
 }
 
 unsafe extern "C" fn set_pool_pass(

@@ -50,12 +50,21 @@ struct Ctx {
     upload: Option<Upload>,
     download: Option<Download>,
     timeout_ms: u64,
+    /// The location's `pool_timeout`, passed on for poold to enforce too.
+    own_timeout: Option<u64>,
 }
 
 fn pool_index(r: *mut ngx_http_request_t) -> Option<usize> {
     // SAFETY: `r` is a live request nginx handed us.
     let req = unsafe { Request::from_ngx_http_request(r) };
     Module::location_conf(req).and_then(|c| c.pool)
+}
+
+/// The location's `pool_timeout`, if it set one.
+fn location_timeout(r: *mut ngx_http_request_t) -> Option<u64> {
+    // SAFETY: `r` is a live request nginx handed us.
+    let req = unsafe { Request::from_ngx_http_request(r) };
+    Module::location_conf(req).and_then(|c| c.timeout_ms)
 }
 
 pub fn log_request(r: *mut ngx_http_request_t, msg: &str) {
@@ -179,6 +188,8 @@ fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, ngx_int_t> {
     })
     .flatten()
     .ok_or(503 as ngx_int_t)?;
+    let own_timeout = location_timeout(r);
+    let timeout_ms = own_timeout.unwrap_or(timeout_ms);
     // SAFETY: fields of a live request.
     let (method, uri, version, client) = unsafe {
         let v = (*r).http_version;
@@ -239,6 +250,7 @@ fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, ngx_int_t> {
             upload: Some(Upload::new(bytes, parts)),
             download: None,
             timeout_ms,
+            own_timeout,
         },
     )
     .ok_or(500 as ngx_int_t)
@@ -334,6 +346,9 @@ fn submit(ctx: *mut Ctx) {
         return fail(ctx, 500, format!("pool \"{name}\": {e}"));
     }
     let (head_len, total) = (up.head_len(), up.total());
+    if let Some(ms) = c.own_timeout {
+        slot::set_timeout(&region, id, ms);
+    }
     if !slot::submit(&region, id, head_len, total) {
         slot::release(&region, id);
         return fail(

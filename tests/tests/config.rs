@@ -57,6 +57,20 @@ fn bad_number() {
 }
 
 #[test]
+fn bad_pool_timeout() {
+    rejected(
+        "    pool app handler=builtin:echo;",
+        "    location /x { pool_pass app; pool_timeout soon; }",
+        "invalid pool_timeout \"soon\"",
+    );
+    rejected(
+        "    pool app handler=builtin:echo;\n    pool_timeout 1s;\n    pool_timeout 2s;",
+        LOC,
+        "is duplicate",
+    );
+}
+
+#[test]
 fn bad_time() {
     rejected(
         "    pool app handler=builtin:echo timeout=soon;",

@@ -199,6 +199,34 @@ fn deadline_gives_504_and_the_pool_keeps_serving() {
 }
 
 #[test]
+fn pool_timeout_gives_one_location_its_own_deadline_under_load() {
+    let mut ng = Nginx::start(Conf::new(
+        "    pool naps handler=builtin:sleep workers=3 timeout=60s;",
+        "    location /sleep { pool_pass naps; }\n    location /quick { pool_pass naps; pool_timeout 300ms; }",
+    ));
+    // Load on the pool's own deadline meanwhile: requests of 400 ms, past the location's.
+    let port = ng.port;
+    let load = std::thread::spawn(move || {
+        parallel(12, 2, move |_| {
+            request(port, "GET", "/sleep?ms=400", &[], b"")
+                .unwrap()
+                .status
+        })
+    });
+    let r = ng.get("/quick/x?ms=60000&stubborn=1");
+    assert_eq!(r.status, 504);
+    assert!(ng.log().contains("timed out after 300 ms"));
+    // poold enforces the location's deadline too: the stuck worker is replaced.
+    ng.wait_for("poold to stop the worker past pool_timeout", |ng| {
+        ng.log()
+            .contains("past the request's pool_timeout of 300 ms; SIGTERM")
+    });
+    assert!(load.join().unwrap().iter().all(|s| *s == 200));
+    assert_eq!(ng.get("/quick/x?ms=1").status, 200);
+    ng.finish();
+}
+
+#[test]
 fn client_disconnect_is_noticed_while_waiting() {
     use std::io::Write;
     // One worker; a later request may wait 5 s for it at most.

@@ -199,7 +199,9 @@ pub struct Slot {
     pub started_ms: AtomicU64,
     /// Free-list link (index + 1, 0 = end).
     pub next_free: AtomicU32,
-    _pad: AtomicU32,
+    /// This request's own deadline in ms from when a worker took it (`pool_timeout`), 0 for
+    /// the pool's; poold stops a worker running it longer.
+    pub timeout_ms: AtomicU32,
     /// Streaming ([`crate::stream`]): bytes of each direction the writer has published
     /// (Release) and the reader has consumed and freed (Release, the writer's credit).
     pub req_written: AtomicU64,

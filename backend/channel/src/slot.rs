@@ -162,6 +162,7 @@ pub fn alloc(region: &Region, conn: u32, conn_gen: u32) -> Option<SlotId> {
     slot.req_len.store(0, Ordering::Relaxed);
     slot.resp_len.store(0, Ordering::Relaxed);
     slot.fail_reason.store(0, Ordering::Relaxed);
+    slot.timeout_ms.store(0, Ordering::Relaxed);
     for w in [
         &slot.req_written,
         &slot.req_consumed,
@@ -183,6 +184,14 @@ pub fn alloc(region: &Region, conn: u32, conn_gen: u32) -> Option<SlotId> {
         .store(word(gen, SlotState::Filling), Ordering::Relaxed);
     h.stats.slots_in_use.fetch_add(1, Ordering::Relaxed);
     Some(SlotId { index, gen })
+}
+
+/// nginx, before `submit`: this request's own deadline (`pool_timeout`), for poold to enforce.
+pub fn set_timeout(region: &Region, id: SlotId, ms: u64) {
+    if let Some(s) = region.slot(id.index) {
+        s.timeout_ms
+            .store(ms.min(u64::from(u32::MAX)) as u32, Ordering::Relaxed);
+    }
 }
 
 /// Queues a request whose stream holds its `head_len`-byte head (and maybe part of its body),
@@ -586,11 +595,15 @@ pub fn clear_current(region: &Region, worker: u32) {
     }
 }
 
-/// poold: the request worker `worker` is running now, and since when (CLOCK_MONOTONIC ms).
-pub fn running_since(region: &Region, worker: u32) -> Option<(SlotId, u64)> {
+/// poold: the request worker `worker` is running now, since when (CLOCK_MONOTONIC ms), and its
+/// own deadline in ms if nginx set one.
+pub fn running_since(region: &Region, worker: u32) -> Option<(SlotId, u64, Option<u64>)> {
     let id = held_by(region, worker, false)?;
+    let s = region.slot(id.index)?;
+    let own = s.timeout_ms.load(Ordering::Relaxed);
     Some((
         id,
-        region.slot(id.index)?.started_ms.load(Ordering::Relaxed),
+        s.started_ms.load(Ordering::Relaxed),
+        (own != 0).then_some(u64::from(own)),
     ))
 }

@@ -56,7 +56,7 @@ pub fn snapshot(region: &Region) -> PoolStatus {
                 pid,
                 state: state_name(e.state.load(Ordering::Relaxed)),
                 served: e.served.load(Ordering::Relaxed),
-                busy_ms: running_since(region, i).map(|(_, since)| now.saturating_sub(since)),
+                busy_ms: running_since(region, i).map(|(_, since, _)| now.saturating_sub(since)),
             })
         })
         .collect();

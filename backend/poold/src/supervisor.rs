@@ -194,7 +194,8 @@ impl Supervisor {
             .load(Ordering::Relaxed)
             > 0;
         let tick = if busy { DEADLINE_TICK } else { IDLE_TICK };
-        let next_tick = self.cfg.timeout.map(|_| Instant::now() + tick);
+        // Deadlines: the pool's, and per request (`pool_timeout`) which any busy pool may have.
+        let next_tick = (busy || self.cfg.timeout.is_some()).then(|| Instant::now() + tick);
         let next_wake = match (next_respawn, next_tick) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -315,9 +316,6 @@ impl Supervisor {
     /// SIGTERM for a worker whose request ran past the timeout, SIGKILL if it is still there
     /// after the grace period. Its request is answered 504 when it is reaped.
     fn enforce_deadlines(&mut self) {
-        let Some(timeout) = self.cfg.timeout else {
-            return;
-        };
         let now_ms = ngx_pool_channel::sys::monotonic_ms();
         for i in 0..self.workers.len() {
             let Some(pid) = self.workers[i].pid else {
@@ -334,16 +332,22 @@ impl Supervisor {
                 }
                 continue;
             }
-            let Some((id, started)) = slot::running_since(&self.region, i as u32) else {
+            let Some((id, started, own)) = slot::running_since(&self.region, i as u32) else {
                 continue;
             };
+            let pool = self.cfg.timeout.map(|t| t.as_millis() as u64);
+            let (limit, whose) = match (own, pool) {
+                (Some(o), Some(p)) if o < p => (o, "request's pool_timeout"),
+                (_, Some(p)) => (p, "pool's timeout"),
+                (Some(o), None) => (o, "request's pool_timeout"),
+                (None, None) => continue,
+            };
             let elapsed = now_ms.saturating_sub(started);
-            if elapsed > timeout.as_millis() as u64 {
+            if elapsed > limit {
                 log!(
                     "error",
-                    "pool worker {pid} has run the request in slot {} for {elapsed} ms, past the pool's timeout of {} ms; SIGTERM",
-                    id.index,
-                    timeout.as_millis()
+                    "pool worker {pid} has run the request in slot {} for {elapsed} ms, past the {whose} of {limit} ms; SIGTERM",
+                    id.index
                 );
                 let _ = kill(pid, Signal::SIGTERM);
                 self.workers[i].killed_for_timeout = Some(Instant::now());
