@@ -448,3 +448,63 @@ fn max_requests_recycles_workers_without_failing_a_request() {
     assert!(ng.log().contains("retired after"));
     ng.finish();
 }
+
+/// Private resident memory (KiB) of the nginx workers, poold and its pool workers.
+fn private_kib(ng: &Nginx) -> Vec<(u32, u64)> {
+    let mut pids = ng.worker_pids();
+    for p in procs::children(ng.master_pid()) {
+        if procs::cmdline(p).contains("poold") {
+            pids.push(p);
+            pids.extend(procs::children(p));
+        }
+    }
+    pids.into_iter().map(|p| (p, procs::rss_kib(p).0)).collect()
+}
+
+#[test]
+fn memory_does_not_grow_with_offered_load() {
+    // A small pool (2 workers, 8 waiting) under far more concurrent requests than it admits:
+    // the excess gets 503 at once, and no process grows with the load.
+    let mut ng = Nginx::start(Conf::new(
+        "    pool naps handler=builtin:sleep workers=2 queue=8 timeout=10s;",
+        "    location /sleep { pool_pass naps; }\n    location = /status { pool_status; }",
+    ));
+    let port = ng.port;
+    let offer = move |requests: usize, clients: usize| {
+        let statuses = parallel(requests, clients, move |_| {
+            request(port, "GET", "/sleep?ms=20", &[], b"")
+                .unwrap()
+                .status
+        });
+        let ok = statuses.iter().filter(|s| **s == 200).count();
+        let refused = statuses.iter().filter(|s| **s == 503).count();
+        assert_eq!(ok + refused, requests, "only 200 or 503: {statuses:?}");
+        (ok, refused)
+    };
+    // Warm up at the pool's own size, then measure after a moderate and after a 10x overload.
+    offer(100, 10);
+    let (_, refused_1) = offer(400, 40);
+    let before = private_kib(&ng);
+    let (ok_2, refused_2) = offer(4000, 400);
+    let after = private_kib(&ng);
+    eprintln!("overload: {ok_2} served, {refused_2} refused (503) of 4000 from 400 clients; before {refused_1} refused of 400");
+    assert!(refused_2 > 0, "the load exceeded the pool");
+    let status = ng.get("/status").json();
+    let pool = &status["pools"][0];
+    assert_eq!(
+        pool["slots"]["total"], 10,
+        "admission is bounded by workers + queue"
+    );
+    assert!(pool["counters"]["rejected_full"].as_u64().unwrap() >= refused_2 as u64);
+    for ((pid, b), (_, a)) in before.iter().zip(&after) {
+        eprintln!("pid {pid}: private {b} KiB -> {a} KiB");
+        assert!(
+            *a <= b + 2048,
+            "pid {pid} grew from {b} KiB to {a} KiB under 10x the load"
+        );
+    }
+    ng.wait_for("the pool to drain", |ng| {
+        ng.get("/status").json()["pools"][0]["slots"]["in_use"] == 0
+    });
+    ng.finish();
+}
