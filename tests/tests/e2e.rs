@@ -420,32 +420,64 @@ fn queue_timeout_gives_503_to_a_request_no_worker_took() {
 
 #[test]
 fn max_requests_recycles_workers_without_failing_a_request() {
-    let ng = Nginx::start(Conf::new(
+    let mut ng = Nginx::start(Conf::new(
         "    pool app handler=builtin:echo workers=2 max_requests=20;",
         "    location /echo { pool_pass app; }\n    location = /status { pool_status; }",
     ));
     let port = ng.port;
+    // Meanwhile, watch capacity: a retiring worker leaves only once its replacement is up, so
+    // at least 2 workers are idle or busy at every look.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let (mut lowest, mut looks) = (usize::MAX, 0);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let j = request(port, "GET", "/status", &[], b"").unwrap().json();
+                let serving = j["pools"][0]["workers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|w| w["state"] == "idle" || w["state"] == "busy")
+                    .count();
+                lowest = lowest.min(serving);
+                looks += 1;
+            }
+            (lowest, looks)
+        })
+    };
     let results = parallel(300, 10, move |i| {
         request(port, "POST", "/echo", &[], format!("{i}").as_bytes())
     });
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (lowest, looks) = watch.join().unwrap();
+    eprintln!(
+        "{looks} looks at the pool during recycling: never fewer than {lowest} workers serving"
+    );
+    assert!(looks > 10);
+    assert!(lowest >= 2, "capacity dipped to {lowest} worker(s)");
     let mut pids = HashSet::new();
     for r in results {
         let r = r.expect("request");
         assert_eq!(r.status, 200);
         pids.insert(r.json()["pid"].as_u64().unwrap());
     }
-    // 300 requests at about 20-22 per worker: at least 12 workers served, all but 2 retired.
-    assert!(pids.len() >= 12, "only {} distinct workers", pids.len());
+    // 300 requests at 20-22 per worker, plus what a retiring worker serves while its
+    // replacement starts (a few, or dozens when this busy machine is slow to run poold): at
+    // least 4 workers served.
+    assert!(pids.len() >= 4, "only {} distinct workers", pids.len());
     let j = ng.get("/status").json();
     let c = &j["pools"][0]["counters"];
-    assert!(c["recycles"].as_u64().unwrap() >= 10, "{c}");
+    assert!(c["recycles"].as_u64().unwrap() >= 3, "{c}");
     assert_eq!(c["failed"], 0);
-    assert_eq!(
-        j["pools"][0]["workers"].as_array().unwrap().len(),
-        2,
-        "capacity back to 2"
-    );
-    assert!(ng.log().contains("retired after"));
+    ng.wait_for("the last retiring worker to leave", |ng| {
+        ng.get("/status").json()["pools"][0]["workers"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    });
+    assert!(ng.log().contains("its replacement already serves"));
     ng.finish();
 }
 

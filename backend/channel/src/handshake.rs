@@ -15,6 +15,11 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 pub const HELLO: [u8; 4] = *b"NPH1";
 pub const WELCOME: [u8; 4] = *b"NPW1";
 pub const CONN_FD: [u8; 4] = *b"NPC1";
+/// Pool worker to poold, on its control socket: it is up and waiting for work.
+pub const READY: [u8; 4] = *b"NPY1";
+/// Pool worker to poold: it reached `max_requests`/`max_rss` and will retire once a
+/// replacement is READY (it keeps serving meanwhile).
+pub const RETIRING: [u8; 4] = *b"NPR1";
 
 /// `Welcome.a` values.
 pub const WELCOME_OK: u32 = 0;

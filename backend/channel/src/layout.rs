@@ -110,8 +110,8 @@ impl Geometry {
         if self.max_conns == 0 || self.max_conns > 4096 {
             return Err("max_conns must be 1..=4096");
         }
-        if self.max_workers == 0 || self.max_workers > 4096 {
-            return Err("max_workers must be 1..=4096");
+        if self.max_workers == 0 || self.max_workers > 8192 {
+            return Err("max_workers must be 1..=8192");
         }
         if self.region_size() > 1 << 40 {
             return Err("region larger than 1 TiB");
@@ -247,7 +247,11 @@ pub struct WorkerEntry {
     /// Generation of that slot's use.
     pub current_gen: AtomicU32,
     pub started_ms: AtomicU64,
-    _pad2: [u64; 4],
+    /// Set by poold once this (retiring) worker's replacement is ready: it exits at the next
+    /// request boundary.
+    pub retire_now: AtomicU32,
+    _pad3: u32,
+    _pad2: [u64; 3],
 }
 
 /// A request-queue cell (Vyukov's bounded MPMC queue).

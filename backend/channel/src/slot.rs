@@ -252,17 +252,46 @@ pub fn take(region: &Region, worker: u32) -> Option<SlotId> {
     }
 }
 
+/// poold: pool worker `worker`'s replacement is ready; it may exit at its next request
+/// boundary. Wakes every sleeping worker so that it sees this if it is idle.
+pub fn tell_retire(region: &Region, worker: u32) {
+    if let Some(e) = region.worker(worker) {
+        e.retire_now.store(1, Ordering::SeqCst);
+        let h = region.header();
+        h.work_seq.fetch_add(1, Ordering::SeqCst);
+        // i32::MAX: the kernel reads the count as a signed int (u32::MAX would wake one).
+        let _ = futex_wake(&h.work_seq, i32::MAX as u32);
+    }
+}
+
+/// Pool worker: has poold told us to retire?
+pub fn retire_due(region: &Region, worker: u32) -> bool {
+    region
+        .worker(worker)
+        .is_some_and(|e| e.retire_now.load(Ordering::SeqCst) != 0)
+}
+
 /// Pool worker: sleeps until a request may be there (no CPU, no syscalls while none comes).
 ///
 /// With a non-zero `spin`, it first polls the queue that long: under load the next request is
 /// usually microseconds away, and catching it saves the producer a futex wake and us a sleep.
 /// That pays when cores are idle (3x the round trips in channel-bench) and costs when they are
 /// not (on 2 cores shared with nginx workers it lowered HTTP throughput), hence a setting.
-pub fn wait_for_work(region: &Region, worker: u32, spin: std::time::Duration) -> SlotId {
+///
+/// Returns `None` when `stop` says so (checked before each sleep and after each wake-up).
+pub fn wait_for_work(
+    region: &Region,
+    worker: u32,
+    spin: std::time::Duration,
+    stop: &dyn Fn() -> bool,
+) -> Option<SlotId> {
     let h = region.header();
     loop {
         if let Some(id) = take(region, worker) {
-            return id;
+            return Some(id);
+        }
+        if stop() {
+            return None;
         }
         let spin_until = std::time::Instant::now() + spin;
         while std::time::Instant::now() < spin_until {
@@ -270,7 +299,7 @@ pub fn wait_for_work(region: &Region, worker: u32, spin: std::time::Duration) ->
                 std::hint::spin_loop();
             }
             if let Some(id) = take(region, worker) {
-                return id;
+                return Some(id);
             }
         }
         h.sleepers.fetch_add(1, Ordering::SeqCst);
@@ -279,7 +308,13 @@ pub fn wait_for_work(region: &Region, worker: u32, spin: std::time::Duration) ->
         let seq = h.work_seq.load(Ordering::SeqCst);
         if let Some(id) = take(region, worker) {
             h.sleepers.fetch_sub(1, Ordering::SeqCst);
-            return id;
+            return Some(id);
+        }
+        // After reading `seq`: a stop signalled since the check above bumped it, so either we
+        // see the stop here or the futex does not sleep.
+        if stop() {
+            h.sleepers.fetch_sub(1, Ordering::SeqCst);
+            return None;
         }
         let _ = crate::sys::futex_wait(&h.work_seq, seq, None);
         h.sleepers.fetch_sub(1, Ordering::SeqCst);

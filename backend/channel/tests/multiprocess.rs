@@ -75,7 +75,8 @@ fn wake_owner(region: &Region, eventfds: &[OwnedFd], id: SlotId) {
 fn consumer(region: &Region, index: u32, eventfds: &[OwnedFd]) -> ! {
     let running = |id| slot::state_of(region, id) == Some(SlotState::Running);
     loop {
-        let id = slot::wait_for_work(region, index, std::time::Duration::ZERO);
+        let id =
+            slot::wait_for_work(region, index, std::time::Duration::ZERO, &|| false).expect("work");
         let (_, total) = slot::request(region, id).expect("request");
         // Read the request whole, as it arrives.
         let mut reader = StreamReader::new();

@@ -88,7 +88,9 @@ impl Config {
             chunk_size: self.chunk as u32,
             chunks: (self.arena / self.chunk) as u32,
             max_conns: self.max_conns,
-            max_workers: self.workers,
+            // Room for a replacement per worker: a retiring worker's successor is forked
+            // before it leaves.
+            max_workers: (self.workers * 2).min(8192),
         }
     }
 }

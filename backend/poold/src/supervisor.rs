@@ -9,7 +9,7 @@ use crate::handler::Handler;
 use crate::log;
 use crate::sys;
 use crate::worker::{ConnFds, Worker};
-use ngx_pool_channel::handshake::{self, recv_frame, send_frame, Frame};
+use ngx_pool_channel::handshake::{self, recv_frame, send_frame, Frame, READY, RETIRING};
 use ngx_pool_channel::layout::LAYOUT_VERSION;
 use ngx_pool_channel::slot::{self, FailReason, Handover, WorkerState};
 use ngx_pool_channel::Region;
@@ -53,6 +53,11 @@ struct WorkerSlot {
     started: Option<Instant>,
     quick_deaths: u32,
     respawn_at: Option<Instant>,
+    /// This worker was forked to replace the (retiring) worker at that index; when it says
+    /// READY, that one is told to leave.
+    replacing: Option<usize>,
+    /// A replacement for this (retiring) worker has been forked.
+    replaced: bool,
 }
 
 pub struct Supervisor {
@@ -76,6 +81,7 @@ enum Source {
     Lifeline,
     Pending(usize),
     Conn(usize),
+    Worker(usize),
 }
 
 impl Supervisor {
@@ -105,7 +111,10 @@ impl Supervisor {
             nix::unistd::chown(&cfg.socket, Some(uid), Some(gid))?;
         }
         let conns = (0..cfg.max_conns).map(|_| None).collect();
-        let workers = (0..cfg.workers).map(|_| WorkerSlot::default()).collect();
+        // One entry per region worker slot: `workers` run, the others take replacements.
+        let workers = (0..cfg.geometry().max_workers)
+            .map(|_| WorkerSlot::default())
+            .collect();
         Ok(Supervisor {
             cfg,
             region,
@@ -123,7 +132,7 @@ impl Supervisor {
 
     /// Runs until told to stop; then stops the workers and removes the socket.
     pub fn run(mut self) -> io::Result<()> {
-        for i in 0..self.workers.len() {
+        for i in 0..self.cfg.workers as usize {
             self.spawn(i)?;
         }
         let g = self.region.geometry();
@@ -157,6 +166,7 @@ impl Supervisor {
                     Source::Listener => self.accept_all(),
                     Source::Pending(i) => self.on_hello(i),
                     Source::Conn(i) => self.on_conn_readable(i),
+                    Source::Worker(i) => self.on_worker_message(i)?,
                 }
             }
             self.pending.retain(|fd| fd.as_raw_fd() >= 0);
@@ -178,6 +188,12 @@ impl Supervisor {
         for (i, p) in self.pending.iter().enumerate().rev() {
             sources.push(Source::Pending(i));
             fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+        }
+        for (i, w) in self.workers.iter().enumerate() {
+            if let Some(c) = &w.control {
+                sources.push(Source::Worker(i));
+                fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+            }
         }
         for (i, c) in self.conns.iter().enumerate() {
             if let Some(c) = c {
@@ -232,6 +248,17 @@ impl Supervisor {
             SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         )?;
         let me = self.me;
+        // The entry is reset before the fork: the child writes its own state (Idle) at once,
+        // and must not be overwritten.
+        if let Some(e) = self.region.worker(i as u32) {
+            e.state
+                .store(WorkerState::Starting as u32, Ordering::Relaxed);
+            e.current.store(0, Ordering::Relaxed);
+            e.served.store(0, Ordering::Relaxed);
+            e.retire_now.store(0, Ordering::Relaxed);
+            e.started_ms
+                .store(ngx_pool_channel::sys::monotonic_ms(), Ordering::Relaxed);
+        }
         let pid = {
             let region = &self.region;
             let handler = &*self.handler;
@@ -291,12 +318,6 @@ impl Supervisor {
         drop(theirs);
         if let Some(e) = self.region.worker(i as u32) {
             e.pid.store(pid.as_raw() as u32, Ordering::Relaxed);
-            e.state
-                .store(WorkerState::Starting as u32, Ordering::Relaxed);
-            e.current.store(0, Ordering::Relaxed);
-            e.served.store(0, Ordering::Relaxed);
-            e.started_ms
-                .store(ngx_pool_channel::sys::monotonic_ms(), Ordering::Relaxed);
         }
         if self.workers[i].started.is_some() {
             self.region
@@ -386,6 +407,58 @@ impl Supervisor {
         Ok(stop)
     }
 
+    /// A pool worker wrote on its control socket: READY (it is up) or RETIRING (it reached
+    /// max_requests/max_rss and waits for a replacement before leaving).
+    fn on_worker_message(&mut self, i: usize) -> io::Result<()> {
+        loop {
+            let Some(sock) = self.workers[i].control.as_ref() else {
+                return Ok(());
+            };
+            let frame = match recv_frame(sock, MsgFlags::MSG_DONTWAIT) {
+                Ok(Some((frame, _))) => frame,
+                // End of file or nothing more: its exit is handled when it is reaped.
+                _ => return Ok(()),
+            };
+            match frame.kind {
+                READY => {
+                    if let Some(old) = self.workers[i].replacing.take() {
+                        log!(
+                            "info",
+                            "pool worker {:?} is ready; worker {:?} retires",
+                            self.workers[i].pid.map(|p| p.as_raw()),
+                            self.workers[old].pid.map(|p| p.as_raw())
+                        );
+                        slot::tell_retire(&self.region, old as u32);
+                    }
+                }
+                RETIRING if !self.workers[i].replaced => {
+                    let spare = (0..self.workers.len()).find(|&j| {
+                        let w = &self.workers[j];
+                        j != i && w.pid.is_none() && w.respawn_at.is_none() && w.replacing.is_none()
+                    });
+                    match spare {
+                        Some(j) => {
+                            log!(
+                                "info",
+                                "pool worker {:?} is retiring; forking its replacement",
+                                self.workers[i].pid.map(|p| p.as_raw())
+                            );
+                            self.workers[i].replaced = true;
+                            self.workers[j].replacing = Some(i);
+                            self.spawn(j)?;
+                        }
+                        None => log!(
+                            "warn",
+                            "no spare worker slot to replace retiring worker {:?} ahead; it leaves first",
+                            self.workers[i].pid
+                        ),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     fn reap(&mut self) -> io::Result<()> {
         loop {
             let status = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
@@ -424,6 +497,14 @@ impl Supervisor {
         if let Some(e) = self.region.worker(i as u32) {
             e.state.store(WorkerState::Exited as u32, Ordering::Relaxed);
         }
+        // A replacement forked for this worker (it was retiring) takes its place whatever way
+        // it left; a replacement still on its way no longer has anyone to relieve.
+        let was_replaced = std::mem::take(&mut self.workers[i].replaced);
+        for w in self.workers.iter_mut() {
+            if w.replacing == Some(i) {
+                w.replacing = None;
+            }
+        }
         if let WaitStatus::Exited(_, crate::worker::EXIT_RECYCLE) = status {
             self.region
                 .header()
@@ -434,10 +515,18 @@ impl Supervisor {
                 .region
                 .worker(i as u32)
                 .map_or(0, |e| e.served.load(Ordering::Relaxed));
-            log!("notice", "pool worker {pid} retired after {served} requests (max_requests/max_rss); replacing it");
             let w = &mut self.workers[i];
             w.quick_deaths = 0;
-            w.respawn_at = Some(Instant::now());
+            if was_replaced {
+                // Its replacement was forked before it left; this slot stays free.
+                log!("notice", "pool worker {pid} retired after {served} requests (max_requests/max_rss); its replacement already serves");
+                if let Some(e) = self.region.worker(i as u32) {
+                    e.pid.store(0, Ordering::Relaxed);
+                }
+            } else {
+                log!("notice", "pool worker {pid} retired after {served} requests (max_requests/max_rss); replacing it");
+                w.respawn_at = Some(Instant::now());
+            }
             return;
         }
         let reason = if self.workers[i].killed_for_timeout.take().is_some() {
@@ -457,6 +546,12 @@ impl Supervisor {
         // eventfd, which would leave that nginx worker deaf to every later completion; after a
         // death every attached nginx worker is woken unconditionally (it finds what changed).
         self.wake_all();
+        if was_replaced {
+            if let Some(e) = self.region.worker(i as u32) {
+                e.pid.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
         let w = &mut self.workers[i];
         let quick =
             reason != FailReason::Timeout && w.started.is_some_and(|t| t.elapsed() < QUICK_DEATH);

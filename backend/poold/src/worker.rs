@@ -4,7 +4,7 @@
 use crate::handler::{Handler, Request, Response, ResponseSink};
 use crate::log;
 use ngx_pool_channel::chain::ChainError;
-use ngx_pool_channel::handshake::{recv_frame, CONN_FD};
+use ngx_pool_channel::handshake::{recv_frame, send_frame, Frame, CONN_FD, READY, RETIRING};
 use ngx_pool_channel::message::{decode_request_head, encode_response_head, UNKNOWN_LENGTH};
 use ngx_pool_channel::slot::{self, FailReason, Handover, SlotId, SlotState, WorkerState};
 use ngx_pool_channel::stream::{self, Direction, StreamReader, StreamWriter};
@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The eventfds of attached nginx workers, by connection index: (generation, eventfd).
 pub type ConnFds = HashMap<u32, (u32, OwnedFd)>;
@@ -33,9 +33,13 @@ pub struct Worker<'a> {
     pub max_rss: Option<u64>,
 }
 
-/// Exit status of a worker that retired on `max_requests`/`max_rss`: poold replaces it at once
-/// and counts a recycle, not a crash.
+/// Exit status of a worker that retired on `max_requests`/`max_rss`: poold counts a recycle,
+/// not a crash (and forks a replacement if it has not already).
 pub const EXIT_RECYCLE: i32 = 75;
+
+/// How long a retiring worker waits for poold to say its replacement is ready before it leaves
+/// anyway (poold could not fork one).
+const RETIRE_WAIT: Duration = Duration::from_secs(10);
 
 /// Resident set size of this process, in bytes.
 fn own_rss() -> Option<u64> {
@@ -50,32 +54,61 @@ impl Worker<'_> {
             .worker(self.index)
             .expect("worker index within geometry");
         entry.pid.store(std::process::id(), Ordering::Relaxed);
+        entry.retire_now.store(0, Ordering::Relaxed);
+        // Idle before READY: whoever this worker relieves leaves only after it can serve.
+        entry
+            .state
+            .store(WorkerState::Idle as u32, Ordering::Relaxed);
+        self.tell_poold(READY);
+        let (region, index) = (self.region, self.index);
+        // Set once this worker asked to retire: it keeps serving until poold says its
+        // replacement is ready (or, if none comes, for RETIRE_WAIT at most).
+        let mut retiring: Option<Instant> = None;
         loop {
-            entry
-                .state
-                .store(WorkerState::Idle as u32, Ordering::Relaxed);
-            let id = slot::wait_for_work(self.region, self.index, self.spin);
-            entry
-                .state
-                .store(WorkerState::Busy as u32, Ordering::Relaxed);
-            let handover = self.serve(id);
-            slot::clear_current(self.region, self.index);
-            let served = entry.served.fetch_add(1, Ordering::Relaxed) + 1;
-            if let Handover::Deliver { conn, conn_gen } = handover {
-                self.waker.borrow_mut().wake(self.region, conn, conn_gen);
-            }
-            // Retire at a request boundary; poold forks the replacement at once.
-            let too_many = self.max_requests.is_some_and(|m| served >= m);
-            let too_big = self
-                .max_rss
-                .is_some_and(|m| own_rss().is_some_and(|rss| rss > m));
-            if too_many || too_big {
+            let leave = retiring.is_some_and(|t| t.elapsed() >= RETIRE_WAIT);
+            if slot::retire_due(region, index) || leave {
                 entry
                     .state
                     .store(WorkerState::Exited as u32, Ordering::Relaxed);
                 std::process::exit(EXIT_RECYCLE);
             }
+            entry
+                .state
+                .store(WorkerState::Idle as u32, Ordering::Relaxed);
+            let asked = retiring.is_some();
+            let stop = || asked && slot::retire_due(region, index);
+            let Some(id) = slot::wait_for_work(region, index, self.spin, &stop) else {
+                continue;
+            };
+            entry
+                .state
+                .store(WorkerState::Busy as u32, Ordering::Relaxed);
+            let handover = self.serve(id);
+            slot::clear_current(region, index);
+            let served = entry.served.fetch_add(1, Ordering::Relaxed) + 1;
+            if let Handover::Deliver { conn, conn_gen } = handover {
+                self.waker.borrow_mut().wake(region, conn, conn_gen);
+            }
+            // Retire at a request boundary, but only once the replacement is up: no dip in
+            // capacity.
+            let too_many = self.max_requests.is_some_and(|m| served >= m);
+            let too_big = self
+                .max_rss
+                .is_some_and(|m| own_rss().is_some_and(|rss| rss > m));
+            if retiring.is_none() && (too_many || too_big) {
+                retiring = Some(Instant::now());
+                self.tell_poold(RETIRING);
+            }
         }
+    }
+
+    fn tell_poold(&self, kind: [u8; 4]) {
+        let w = self.waker.borrow();
+        let _ = send_frame(
+            &w.control,
+            Frame::new(kind, self.index, 0, 0),
+            None::<&OwnedFd>,
+        );
     }
 
     fn serve(&mut self, id: SlotId) -> Handover {
