@@ -219,6 +219,30 @@ impl Nginx {
         self.allowed.push(s.to_string());
     }
 
+    /// The pools' watchdogs: the processes the module started (children of the master).
+    pub fn watchdogs(&self) -> Vec<u32> {
+        procs::children(self.master_pid())
+            .into_iter()
+            .filter(|p| procs::cmdline(*p).contains("poold"))
+            .collect()
+    }
+
+    /// The pools' poolds (each the child of its watchdog, the parent of its pool workers).
+    pub fn poolds(&self) -> Vec<u32> {
+        self.watchdogs()
+            .into_iter()
+            .flat_map(procs::children)
+            .filter(|p| procs::cmdline(*p).contains("poold"))
+            .collect()
+    }
+
+    /// The one pool's poold, for tests with a single pool.
+    pub fn poold(&self) -> u32 {
+        let p = self.poolds();
+        assert_eq!(p.len(), 1, "one poold expected: {p:?}");
+        p[0]
+    }
+
     pub fn master_pid(&self) -> u32 {
         self.master.as_ref().map_or(0, |m| m.id())
     }

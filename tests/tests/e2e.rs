@@ -163,15 +163,17 @@ fn process_budget_is_exact_under_load() {
         .copied()
         .filter(|p| procs::cmdline(*p).contains("nginx: worker"))
         .collect();
-    let poolds: Vec<u32> = children
-        .iter()
-        .copied()
-        .filter(|p| procs::cmdline(*p).contains("poold"))
-        .collect();
+    let watchdogs = ng.watchdogs();
+    let poolds = ng.poolds();
     assert_eq!(workers.len(), 2, "nginx workers");
+    assert_eq!(watchdogs.len(), 1, "one watchdog");
     assert_eq!(poolds.len(), 1, "one poold");
     assert_eq!(procs::children(poolds[0]).len(), 3, "pool workers");
-    assert_eq!(procs::descendants(master).len(), 2 + 1 + 3, "nothing else");
+    assert_eq!(
+        procs::descendants(master).len(),
+        2 + 1 + 1 + 3,
+        "nothing else: 2 nginx workers, the pool's watchdog, poold and 3 pool workers"
+    );
     assert!(load.join().unwrap().iter().all(|s| *s == 200));
     ng.finish();
 }
@@ -239,10 +241,7 @@ fn client_disconnect_is_noticed_while_waiting() {
         .unwrap();
     // Wait until the request reached the pool (the worker is busy), then hang up.
     let mut ng = ng;
-    let poold = procs::children(ng.master_pid())
-        .into_iter()
-        .find(|p| procs::cmdline(*p).contains("poold"))
-        .unwrap();
+    let poold = ng.poold();
     let worker = procs::children(poold)[0];
     ng.wait_for("the pool worker to run the request", |_| {
         procs::wchan(worker).contains("sleep")
@@ -284,10 +283,7 @@ fn idle_pool_uses_no_cpu() {
         "    location /echo { pool_pass app; }",
     ));
     assert_eq!(ng.get("/echo").status, 200);
-    let poold = procs::children(ng.master_pid())
-        .into_iter()
-        .find(|p| procs::cmdline(*p).contains("poold"))
-        .unwrap();
+    let poold = ng.poold();
     let mut pids = procs::children(poold);
     pids.push(poold);
     let before: u64 = pids.iter().map(|p| procs::cpu_ticks(*p)).sum();
@@ -322,10 +318,7 @@ fn status_reports_workers_counters_and_no_leaks() {
     let pool = &j["pools"][0];
     assert_eq!(pool["name"], "app");
     assert_eq!(pool["attached"], true);
-    let poold = procs::children(ng.master_pid())
-        .into_iter()
-        .find(|p| procs::cmdline(*p).contains("poold"))
-        .unwrap();
+    let poold = ng.poold();
     assert_eq!(pool["poold_pid"], poold);
     let mut pids: Vec<u64> = pool["workers"]
         .as_array()
@@ -368,10 +361,7 @@ fn what_a_handler_forks_dies_with_its_worker() {
     assert_eq!(r.status, 200);
     let grandchild: u32 = String::from_utf8_lossy(&r.body).trim().parse().unwrap();
     assert!(procs::alive(grandchild));
-    let poold = procs::children(ng.master_pid())
-        .into_iter()
-        .find(|p| procs::cmdline(*p).contains("poold"))
-        .unwrap();
+    let poold = ng.poold();
     let worker = procs::children(poold)
         .into_iter()
         .find(|p| *p != grandchild)
@@ -484,11 +474,9 @@ fn max_requests_recycles_workers_without_failing_a_request() {
 /// Private resident memory (KiB) of the nginx workers, poold and its pool workers.
 fn private_kib(ng: &Nginx) -> Vec<(u32, u64)> {
     let mut pids = ng.worker_pids();
-    for p in procs::children(ng.master_pid()) {
-        if procs::cmdline(p).contains("poold") {
-            pids.push(p);
-            pids.extend(procs::children(p));
-        }
+    for p in ng.poolds() {
+        pids.push(p);
+        pids.extend(procs::children(p));
     }
     pids.into_iter().map(|p| (p, procs::rss_kib(p).0)).collect()
 }

@@ -24,11 +24,7 @@ const MIB: u64 = 1 << 20;
 const PRIVATE_GROWTH_BOUND_KIB: u64 = 16 * 1024;
 
 fn pool_workers(ng: &Nginx) -> Vec<u32> {
-    procs::children(ng.master_pid())
-        .into_iter()
-        .filter(|p| procs::cmdline(*p).contains("poold"))
-        .flat_map(procs::children)
-        .collect()
+    ng.poolds().into_iter().flat_map(procs::children).collect()
 }
 
 /// (pid, private KiB at start, private peak KiB, shared peak KiB)

@@ -11,4 +11,5 @@ pub mod handler;
 pub mod log;
 pub mod supervisor;
 pub mod sys;
+pub mod watchdog;
 pub mod worker;

@@ -22,6 +22,11 @@ fn main() {
         }
     };
     log::set_pool_name(&cfg.name);
+    if let Some(fd) = cfg.lifeline_fd {
+        // Managed by nginx: this process stays as the watchdog, the pool runs in its child
+        // (which returns here), and a new child replaces one that dies.
+        poold::watchdog::run(fd);
+    }
     let handler = match cfg
         .handler
         .strip_prefix("builtin:")

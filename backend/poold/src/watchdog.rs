@@ -1,0 +1,188 @@
+//! Managed mode's watchdog: keeps the pool's poold running, starting a fresh one when it dies.
+//!
+//! The nginx master cannot reap a poold it started before daemonising, and it has no periodic
+//! hook to restart one, so (as Phusion Passenger's watchdog does for its agents) the process the
+//! module starts is this small watchdog, and the pool's poold is its child. When that poold dies
+//! (SIGKILL, OOM kill, a bug), the watchdog starts a new one at once (with a growing delay if it
+//! keeps dying within a second); the new poold creates a fresh region and socket and the nginx
+//! workers, which retry every 20 ms, attach to it. The watchdog holds no shared memory and no
+//! handler state. It stops when told (TERM, INT, QUIT: passed on to poold, which stops its
+//! workers) or when the nginx master goes away (the lifeline closes, for both of them).
+
+use crate::log;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::time::{Duration, Instant};
+
+/// A poold that lived less than this counts as dying at start: the next start waits longer.
+const QUICK_DEATH: Duration = Duration::from_secs(1);
+const MAX_DELAY: Duration = Duration::from_secs(10);
+/// How long poold gets to stop its workers when told to, before it is killed.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// In the watchdog: never returns. In each poold it starts: returns, and the caller goes on
+/// to run the pool. `lifeline` is the descriptor the nginx master holds the other end of.
+pub fn run(lifeline: RawFd) {
+    let mask = SigSet::from_iter([
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGCHLD,
+    ]);
+    if mask.thread_block().is_err() {
+        return; // no watchdog then; run the pool directly
+    }
+    let Ok(signals) = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+    else {
+        let _ = mask.thread_unblock();
+        return;
+    };
+    let me = nix::unistd::getpid();
+    let mut delay = Duration::ZERO;
+    loop {
+        let started = Instant::now();
+        // SAFETY: poold is single-threaded here (before any pool state exists); the child only
+        // resets its signal state and returns to `main`.
+        match unsafe { nix::unistd::fork() } {
+            Ok(ForkResult::Child) => {
+                drop(signals);
+                // The pool stops if the watchdog dies: a poold nobody restarts must not run on.
+                let _ = nix::sys::prctl::set_pdeathsig(Some(Signal::SIGTERM));
+                if nix::unistd::getppid() != me {
+                    std::process::exit(1);
+                }
+                let _ = nix::sys::signal::sigprocmask(
+                    SigmaskHow::SIG_SETMASK,
+                    Some(&SigSet::empty()),
+                    None,
+                );
+                return;
+            }
+            Ok(ForkResult::Parent { child }) => match watch(child, &signals, lifeline) {
+                Watched::Stop(code) => std::process::exit(code),
+                Watched::Died(how) => {
+                    delay = if started.elapsed() < QUICK_DEATH {
+                        (delay * 2).clamp(Duration::from_millis(100), MAX_DELAY)
+                    } else {
+                        Duration::ZERO
+                    };
+                    log!(
+                        "alert",
+                        "poold {child} {how}; starting a new one{}",
+                        if delay.is_zero() {
+                            String::new()
+                        } else {
+                            format!(" in {} ms", delay.as_millis())
+                        }
+                    );
+                    if pause(delay, &signals, lifeline) {
+                        std::process::exit(0);
+                    }
+                }
+            },
+            Err(e) => {
+                log!("alert", "watchdog cannot fork poold: {e}; retrying in 1 s");
+                if pause(Duration::from_secs(1), &signals, lifeline) {
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+}
+
+enum Watched {
+    /// Told to stop (or the master is gone) and poold has stopped: exit with this code.
+    Stop(i32),
+    /// poold died on its own.
+    Died(String),
+}
+
+fn fd(raw: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: the lifeline descriptor stays open for the watchdog's whole life (it is never
+    // closed in this process).
+    unsafe { BorrowedFd::borrow_raw(raw) }
+}
+
+/// Waits for `child` to die or for a reason to stop.
+fn watch(child: Pid, signals: &SignalFd, lifeline: RawFd) -> Watched {
+    loop {
+        let mut fds = [
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(fd(lifeline), PollFlags::POLLIN),
+        ];
+        let _ = poll(&mut fds, PollTimeout::NONE);
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            // The master is gone: poold sees the same end of file and stops; wait for it.
+            return Watched::Stop(stop(child, None));
+        }
+        while let Ok(Some(info)) = signals.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGCHLD) => {}
+                Ok(sig) => return Watched::Stop(stop(child, Some(sig))),
+                Err(_) => {}
+            }
+        }
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => {
+                return Watched::Died(format!("exited with code {code}"))
+            }
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                return Watched::Died(format!("was killed by {sig}"))
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Passes `sig` on (if any) and waits for poold to stop, killing it after STOP_WAIT.
+fn stop(child: Pid, sig: Option<Signal>) -> i32 {
+    if let Some(sig) = sig {
+        let _ = kill(child, sig);
+    }
+    let deadline = Instant::now() + STOP_WAIT;
+    loop {
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            _ => return 0,
+        }
+        if Instant::now() >= deadline {
+            log!(
+                "alert",
+                "poold {child} did not stop in {STOP_WAIT:?}; SIGKILL"
+            );
+            let _ = kill(child, Signal::SIGKILL);
+            let _ = waitpid(child, None);
+            return 1;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Sleeps `delay` unless told to stop meanwhile; returns true if so.
+fn pause(delay: Duration, signals: &SignalFd, lifeline: RawFd) -> bool {
+    let until = Instant::now() + delay;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut fds = [
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(fd(lifeline), PollFlags::POLLIN),
+        ];
+        let ms = left.as_millis().clamp(1, 60_000) as u16;
+        let _ = poll(&mut fds, PollTimeout::from(ms));
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            return true;
+        }
+        while let Ok(Some(info)) = signals.read_signal() {
+            if !matches!(Signal::try_from(info.ssi_signo as i32), Ok(Signal::SIGCHLD)) {
+                return true;
+            }
+        }
+    }
+}
