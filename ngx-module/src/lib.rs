@@ -40,6 +40,7 @@ pub static mut ngx_pool_module: ngx_module_t = ngx_module_t {
 ngx::ngx_modules!(ngx_pool_module);
 
 extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    // Never NGX_ERROR: nginx exits when a module's init_module fails, even on a reload.
     managed::on_init_module(cycle);
     NGX_OK as ngx_int_t
 }

@@ -2,7 +2,8 @@
 //!
 //! `init_module` runs in the master at start and on every reload (never acted on in `nginx -t`
 //! or the `-s` signaller). A pool whose settings are unchanged keeps its poold across a reload;
-//! a changed one is restarted; a removed one is stopped. The module's statics survive reloads
+//! a changed one gets a new generation that takes over while the old one drains; a removed one
+//! is stopped. The module's statics survive reloads
 //! because the new cycle opens the module before the old one closes it.
 //!
 //! Every poold inherits the read end of a *lifeline* pipe whose write end only the master holds
@@ -30,14 +31,20 @@ const LIFELINE_FD: i32 = 3;
 
 struct Running {
     name: String,
-    argv: Vec<String>,
+    /// poold's arguments (with the configured socket) and binary: what makes a pool "the same"
+    /// across a reload.
+    identity: Vec<String>,
     pid: Pid,
+    /// This generation's socket.
     socket: PathBuf,
+    gen: u32,
 }
 
 /// The lifeline pipe (read end, write end), created on first use.
 static LIFELINE: Mutex<Option<(OwnedFd, OwnedFd)>> = Mutex::new(None);
 static RUNNING: Mutex<Vec<Running>> = Mutex::new(Vec::new());
+/// Superseded generations finishing the old nginx workers' requests.
+static DRAINING: Mutex<Vec<Running>> = Mutex::new(Vec::new());
 
 /// Closes the master's lifeline ends in a worker process (see module docs).
 pub fn close_lifeline_in_worker() {
@@ -45,6 +52,9 @@ pub fn close_lifeline_in_worker() {
         *l = None;
     }
     if let Ok(mut r) = RUNNING.lock() {
+        r.clear();
+    }
+    if let Ok(mut r) = DRAINING.lock() {
         r.clear();
     }
 }
@@ -126,74 +136,159 @@ fn argv_for(pool: &PoolEntry, cycle: *mut ngx_cycle_t) -> Vec<String> {
     argv
 }
 
-/// Starts, keeps or stops poolds to match the new configuration.
+/// The socket of a pool's generation `gen`: the configured path for the first, then
+/// `NAME.gN.sock` beside it, so that a new generation can start while the old one still serves.
+fn generation_path(base: &Path, gen: u32) -> PathBuf {
+    if gen <= 1 {
+        return base.to_path_buf();
+    }
+    let name = base
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let file = match name.strip_suffix(".sock") {
+        Some(stem) => format!("{stem}.g{gen}.sock"),
+        None => format!("{name}.g{gen}"),
+    };
+    base.with_file_name(file)
+}
+
+/// `argv` with the value of `--socket` replaced by `socket`.
+fn with_socket(argv: &[String], socket: &Path) -> Vec<String> {
+    let mut out = argv.to_vec();
+    if let Some(i) = out.iter().position(|a| a == "--socket") {
+        if let Some(v) = out.get_mut(i + 1) {
+            *v = socket.display().to_string();
+        }
+    }
+    out
+}
+
+/// Starts, keeps or retires poolds to match the new configuration.
+///
+/// A changed pool gets a new *generation*: a new poold on a socket of its own, started before
+/// anything else happens. Once every new generation is up, the old ones are told to drain
+/// (SIGUSR2: they accept no new nginx workers and stop when the old nginx workers, which finish
+/// their requests on them, have gone), and the new cycle's workers attach to the new sockets.
+/// If a changed pool's new generation does not start, its current one keeps serving with the
+/// previous settings (nginx cannot refuse a configuration from here: a failing `init_module`
+/// makes the master exit).
 pub fn on_init_module(cycle: *mut ngx_cycle_t) {
     // SAFETY: reading nginx's process-global flags in the master's single thread.
     let (testing, process) = unsafe { (nginx_sys::ngx_test_config, nginx_sys::ngx_process) };
     if testing != 0 || process == NGX_PROCESS_SIGNALLER as nginx_sys::ngx_uint_t {
         return;
     }
-    // SAFETY: `cycle` is the cycle being initialised; its configuration is complete.
-    let Some(main) = Module::main_conf(unsafe { &*cycle }) else {
+    // SAFETY: `cycle` is the cycle being initialised; its configuration is complete and only
+    // this (single-threaded) master touches it until workers are forked.
+    let Some(main) = Module::main_conf_mut(unsafe { &*cycle }) else {
         return;
     };
     let daemon = daemon_path(main);
-    let wanted: Vec<(&PoolEntry, Vec<String>)> = main
-        .pools
-        .iter()
-        .filter(|p| !p.conf.external)
-        .map(|p| (p, argv_for(p, cycle)))
-        .collect();
     let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
-    // Stop what is gone or changed.
-    running.retain(|r| {
-        let keep = wanted
+    let mut draining = DRAINING.lock().unwrap_or_else(|e| e.into_inner());
+    draining.retain(|r| alive(r.pid));
+    // Phase 1: start a generation for every pool that is new, changed or not running.
+    let mut started: Vec<Running> = Vec::new();
+    for pool in main.pools.iter().filter(|p| !p.conf.external) {
+        let mut identity = argv_for(pool, cycle);
+        identity.push(daemon.display().to_string());
+        let current = running
             .iter()
-            .any(|(p, argv)| p.conf.name == r.name && *argv == r.argv)
-            && alive(r.pid);
-        if !keep {
-            log(
-                cycle,
-                NGX_LOG_NOTICE,
-                &format!("stopping poold {} of pool \"{}\"", r.pid, r.name),
-            );
-            stop(r);
-        }
-        keep
-    });
-    for (pool, argv) in wanted {
-        if running.iter().any(|r| r.name == pool.conf.name) {
+            .any(|r| r.name == pool.conf.name && r.identity == identity && alive(r.pid));
+        if current {
             continue;
         }
-        match spawn(&daemon, &argv, &pool.socket, cycle) {
+        let gen = running
+            .iter()
+            .chain(draining.iter())
+            .filter(|r| r.name == pool.conf.name)
+            .map(|r| r.gen)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let socket = generation_path(&pool.socket, gen);
+        let argv = with_socket(&identity[..identity.len() - 1], &socket);
+        match spawn(&daemon, &argv, &socket, cycle) {
             Ok(pid) => {
                 log(
                     cycle,
                     NGX_LOG_NOTICE,
                     &format!(
-                        "started poold {pid} for pool \"{}\" on {}",
+                        "started poold {pid} for pool \"{}\" (generation {gen}) on {}",
                         pool.conf.name,
-                        pool.socket.display()
+                        socket.display()
                     ),
                 );
-                running.push(Running {
+                started.push(Running {
                     name: pool.conf.name.clone(),
-                    argv,
+                    identity,
                     pid,
-                    socket: pool.socket.clone(),
+                    socket,
+                    gen,
                 });
             }
-            Err(e) => log(
-                cycle,
-                NGX_LOG_EMERG,
-                &format!(
-                    "pool \"{}\": cannot start {}: {e}",
-                    pool.conf.name,
-                    daemon.display()
-                ),
-            ),
+            Err(e) => {
+                let old = running
+                    .iter()
+                    .any(|r| r.name == pool.conf.name && alive(r.pid));
+                log(
+                    cycle,
+                    NGX_LOG_EMERG,
+                    &format!(
+                        "pool \"{}\": cannot start {}: {e}{}",
+                        pool.conf.name,
+                        daemon.display(),
+                        if old {
+                            "; the pool keeps running with its previous settings"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+            }
         }
     }
+    // Phase 2: old generations of changed pools drain; pools no longer configured stop.
+    let mut kept = Vec::new();
+    for r in running.drain(..) {
+        let superseded = started.iter().any(|s| s.name == r.name);
+        let wanted = main
+            .pools
+            .iter()
+            .any(|p| !p.conf.external && p.conf.name == r.name);
+        if superseded && alive(r.pid) {
+            log(
+                cycle,
+                NGX_LOG_NOTICE,
+                &format!(
+                    "pool \"{}\": generation {} (poold {}) drains while the old nginx workers finish",
+                    r.name, r.gen, r.pid
+                ),
+            );
+            let _ = kill(r.pid, Signal::SIGUSR2);
+            draining.push(r);
+        } else if superseded || !wanted || !alive(r.pid) {
+            if alive(r.pid) {
+                log(
+                    cycle,
+                    NGX_LOG_NOTICE,
+                    &format!("stopping poold {} of pool \"{}\"", r.pid, r.name),
+                );
+            }
+            stop(&r);
+        } else {
+            kept.push(r);
+        }
+    }
+    kept.extend(started);
+    // The new cycle's workers attach to their pool's current generation.
+    for pool in main.pools.iter_mut().filter(|p| !p.conf.external) {
+        if let Some(r) = kept.iter().find(|r| r.name == pool.conf.name) {
+            pool.socket = r.socket.clone();
+        }
+    }
+    *running = kept;
 }
 
 fn alive(pid: Pid) -> bool {
@@ -313,6 +408,8 @@ fn stop(r: &Running) {
 /// nginx is exiting: stop every poold.
 pub fn on_exit_master() {
     let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+    let mut draining = DRAINING.lock().unwrap_or_else(|e| e.into_inner());
+    running.append(&mut draining);
     for r in running.iter() {
         let _ = kill(r.pid, Signal::SIGTERM);
     }

@@ -277,3 +277,93 @@ fn single_process_mode_keeps_its_poold_and_stops_it_on_quit() {
     assert!(!ng.log().contains("nginx master is gone"));
     ng.finish();
 }
+
+/// Streams of requests from `clients` threads until `stop`; returns (ok, failures).
+fn request_streams(
+    port: u16,
+    path: &'static str,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<(u32, Vec<String>)>> {
+    (0..clients)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut bad) = (0u32, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    match request(port, "GET", path, &[], b"") {
+                        Ok(r) if r.status == 200 => ok += 1,
+                        Ok(r) => bad.push(format!("status {}", r.status)),
+                        Err(e) => bad.push(e.to_string()),
+                    }
+                }
+                (ok, bad)
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_changed_pool_starts_a_new_generation_and_drains_the_old_one_under_load() {
+    let mut ng = Nginx::start(Conf::new(
+        "    pool app handler=builtin:sleep workers=2;",
+        "    location /sleep { pool_pass app; }\n    location = /status { pool_status; }",
+    ));
+    let old_poold = ng.poold();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Requests that take a while: some are in flight on the old generation at the reload.
+    let streams = request_streams(ng.port, "/sleep?ms=30", 4, stop.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    ng.reload(Some(Conf::new(
+        "    pool app handler=builtin:sleep workers=4;",
+        "    location /sleep { pool_pass app; }\n    location = /status { pool_status; }",
+    )));
+    ng.wait_for("the old generation to drain and stop", |_| {
+        !procs::alive(old_poold)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for s in streams {
+        let (ok, bad) = s.join().unwrap();
+        assert!(bad.is_empty(), "failed requests across the switch: {bad:?}");
+        total += ok;
+    }
+    assert!(total > 0);
+    let log = ng.log();
+    assert!(log.contains("(generation 2) on"), "{log}");
+    assert!(log.contains("generation 1 (poold"));
+    assert!(log.contains("drained: the last nginx worker of the old generation is gone"));
+    assert_ne!(ng.poold(), old_poold);
+    let status = ng.get("/status").json();
+    assert_eq!(status["pools"][0]["workers"].as_array().unwrap().len(), 4);
+    // The old generation's socket went with it; the new one's is in place.
+    assert!(!ng.dir.join("logs/pool-app.sock").exists());
+    assert!(ng.dir.join("logs/pool-app.g2.sock").exists());
+    ng.finish();
+}
+
+#[test]
+fn a_pool_whose_new_settings_do_not_start_keeps_serving_with_the_old_ones() {
+    let mut ng = Nginx::start(Conf::new(
+        "    pool app handler=builtin:echo workers=2;",
+        "    location /echo { pool_pass app; }",
+    ));
+    let old_poold = ng.poold();
+    // The new configuration passes `nginx -t`, but the pool's new poold cannot start: nginx
+    // reloads, and the pool stays on its running poold with the previous settings.
+    ng.allow("cannot start /nonexistent/poold");
+    ng.reload(Some(Conf::new(
+        "    pool app handler=builtin:echo workers=3;\n    pool_daemon /nonexistent/poold;",
+        "    location /echo { pool_pass app; }",
+    )));
+    assert!(ng
+        .log()
+        .contains("the pool keeps running with its previous settings"));
+    assert_eq!(ng.poold(), old_poold, "the old poold is untouched");
+    assert_eq!(procs::children(old_poold).len(), 2, "with its old settings");
+    for _ in 0..20 {
+        assert_eq!(ng.get("/echo").status, 200);
+    }
+    ng.finish();
+}

@@ -31,6 +31,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const STOP_GRACE: Duration = Duration::from_secs(3);
 /// How long a worker past its deadline has between SIGTERM and SIGKILL.
 const DEADLINE_GRACE: Duration = Duration::from_secs(2);
+/// The longest a superseded generation waits for its nginx workers to leave.
+const DRAIN_LIMIT: Duration = Duration::from_secs(300);
+
 /// How often deadlines are checked when the pool has a timeout and requests are in flight, and
 /// when it is idle (poold is not told of new requests, so it still looks now and then; a stuck
 /// worker is then stopped at most this late, after nginx has already answered 504).
@@ -64,7 +67,11 @@ pub struct Supervisor {
     cfg: Config,
     region: Region,
     handler: Box<dyn Handler>,
-    listener: OwnedFd,
+    /// `None` once draining: no new nginx workers.
+    listener: Option<OwnedFd>,
+    /// Set by SIGUSR2 (a newer generation of this pool took over): serve the nginx workers
+    /// still attached, stop once the last one has gone and nothing is in flight.
+    draining: Option<Instant>,
     signals: SignalFd,
     lifeline: Option<OwnedFd>,
     /// Accepted sockets that have not said Hello yet.
@@ -119,7 +126,8 @@ impl Supervisor {
             cfg,
             region,
             handler,
-            listener,
+            listener: Some(listener),
+            draining: None,
             signals,
             lifeline,
             pending: Vec::new(),
@@ -169,6 +177,26 @@ impl Supervisor {
                     Source::Worker(i) => self.on_worker_message(i)?,
                 }
             }
+            if let Some(since) = self.draining {
+                let attached = self.conns.iter().flatten().count();
+                let in_flight = self
+                    .region
+                    .header()
+                    .stats
+                    .slots_in_use
+                    .load(Ordering::Relaxed);
+                if attached == 0 && in_flight == 0 {
+                    log!(
+                        "notice",
+                        "drained: the last nginx worker of the old generation is gone; stopping"
+                    );
+                    return self.stop();
+                }
+                if since.elapsed() >= DRAIN_LIMIT {
+                    log!("warn", "still {attached} nginx workers and {in_flight} requests after draining for {DRAIN_LIMIT:?}; stopping");
+                    return self.stop();
+                }
+            }
             self.pending.retain(|fd| fd.as_raw_fd() >= 0);
         }
     }
@@ -176,11 +204,12 @@ impl Supervisor {
     /// Polls everything; returns what is readable (highest pending index first, so removal by
     /// index stays valid) and whether the respawn timer expired.
     fn wait(&self) -> io::Result<(Vec<Source>, bool)> {
-        let mut sources = vec![Source::Signals, Source::Listener];
-        let mut fds = vec![
-            PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
-            PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
-        ];
+        let mut sources = vec![Source::Signals];
+        let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+        if let Some(l) = &self.listener {
+            sources.push(Source::Listener);
+            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        }
         if let Some(l) = &self.lifeline {
             sources.push(Source::Lifeline);
             fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
@@ -211,7 +240,8 @@ impl Supervisor {
             > 0;
         let tick = if busy { DEADLINE_TICK } else { IDLE_TICK };
         // Deadlines: the pool's, and per request (`pool_timeout`) which any busy pool may have.
-        let next_tick = (busy || self.cfg.timeout.is_some()).then(|| Instant::now() + tick);
+        let next_tick = (busy || self.cfg.timeout.is_some() || self.draining.is_some())
+            .then(|| Instant::now() + tick);
         let next_wake = match (next_respawn, next_tick) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -388,6 +418,22 @@ impl Supervisor {
     }
 
     /// Returns true when poold should stop.
+    /// A new generation of the pool took over the name: accept no more nginx workers (the socket
+    /// goes), serve those attached until they leave.
+    fn drain(&mut self) {
+        if self.draining.is_some() {
+            return;
+        }
+        self.listener = None;
+        let _ = std::fs::remove_file(&self.cfg.socket);
+        self.draining = Some(Instant::now());
+        log!(
+            "notice",
+            "draining: a new generation serves new nginx workers; {} old ones still attached",
+            self.conns.iter().flatten().count()
+        );
+    }
+
     fn on_signals(&mut self) -> io::Result<bool> {
         let mut stop = false;
         while let Ok(Some(info)) = self.signals.read_signal() {
@@ -397,6 +443,7 @@ impl Supervisor {
                     "notice",
                     "SIGHUP ignored (the pool is configured from nginx.conf)"
                 ),
+                Ok(Signal::SIGUSR2) => self.drain(),
                 Ok(s) => {
                     log!("notice", "{s} received; stopping");
                     stop = true;
@@ -579,7 +626,10 @@ impl Supervisor {
 
     fn accept_all(&mut self) {
         loop {
-            match sys::accept(&self.listener) {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match sys::accept(listener) {
                 Ok(Some(fd)) => self.pending.push(fd),
                 Ok(None) => return,
                 Err(e) => {

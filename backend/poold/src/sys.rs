@@ -93,6 +93,7 @@ pub fn handled_signals() -> SigSet {
         Signal::SIGINT,
         Signal::SIGQUIT,
         Signal::SIGHUP,
+        Signal::SIGUSR2,
     ] {
         set.add(s);
     }

@@ -32,6 +32,7 @@ pub fn run(lifeline: RawFd) {
         Signal::SIGINT,
         Signal::SIGQUIT,
         Signal::SIGCHLD,
+        Signal::SIGUSR2,
     ]);
     if mask.thread_block().is_err() {
         return; // no watchdog then; run the pool directly
@@ -107,8 +108,10 @@ fn fd(raw: RawFd) -> BorrowedFd<'static> {
     unsafe { BorrowedFd::borrow_raw(raw) }
 }
 
-/// Waits for `child` to die or for a reason to stop.
+/// Waits for `child` to die or for a reason to stop. SIGUSR2 (a new generation of the pool
+/// took over) is passed on, and poold's exit after draining is then the end, not a death.
 fn watch(child: Pid, signals: &SignalFd, lifeline: RawFd) -> Watched {
+    let mut draining = false;
     loop {
         let mut fds = [
             PollFd::new(signals.as_fd(), PollFlags::POLLIN),
@@ -122,8 +125,18 @@ fn watch(child: Pid, signals: &SignalFd, lifeline: RawFd) -> Watched {
         while let Ok(Some(info)) = signals.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGCHLD) => {}
+                Ok(Signal::SIGUSR2) => {
+                    draining = true;
+                    let _ = kill(child, Signal::SIGUSR2);
+                }
                 Ok(sig) => return Watched::Stop(stop(child, Some(sig))),
                 Err(_) => {}
+            }
+        }
+        if draining {
+            match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => continue,
+                _ => return Watched::Stop(0),
             }
         }
         match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
