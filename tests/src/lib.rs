@@ -85,6 +85,8 @@ pub struct Conf {
     pub module: PathBuf,
     /// `master_process off`: one process is master and worker (nginx's debugging mode).
     pub single_process: bool,
+    /// Extra environment for the nginx master (and so for the poolds it starts).
+    pub env: Vec<(String, String)>,
 }
 
 impl Conf {
@@ -100,6 +102,7 @@ impl Conf {
             nginx: nginx_path(),
             module: module_path(),
             single_process: false,
+            env: Vec::new(),
         }
     }
     pub fn workers(mut self, n: u32) -> Conf {
@@ -154,6 +157,7 @@ pub struct Nginx {
     /// Log lines a test expects (substrings); any other alert/emerg/crit fails `finish`.
     allowed: Vec<String>,
     fd_baseline: Vec<(u32, usize)>,
+    quit_sent: bool,
 }
 
 impl Nginx {
@@ -163,6 +167,7 @@ impl Nginx {
         let port = free_port();
         let path = write_conf(&dir, port, &conf);
         let master = Command::new(&conf.nginx)
+            .envs(conf.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .arg("-p")
             .arg(&dir)
             .arg("-c")
@@ -179,6 +184,7 @@ impl Nginx {
             master: Some(master),
             allowed: Vec::new(),
             fd_baseline: Vec::new(),
+            quit_sent: false,
         };
         let want = ng.conf.worker_processes * ng.conf.pools;
         ng.wait_for(&format!("{want} attachments"), |ng| {
@@ -249,6 +255,12 @@ impl Nginx {
 
     pub fn conf_path(&self) -> PathBuf {
         self.dir.join("nginx.conf")
+    }
+
+    /// Sends `nginx -s quit` (graceful shutdown) now; `finish` then only waits and checks.
+    pub fn quit(&mut self) {
+        self.signal("quit");
+        self.quit_sent = true;
     }
 
     /// Sends `nginx -s SIGNAL`.
@@ -327,8 +339,11 @@ impl Nginx {
                 );
             }
         }
-        self.signal("quit");
         let mut master = self.master.take().unwrap();
+        // A test may have sent quit itself already (to watch the shutdown).
+        if !self.quit_sent {
+            self.signal("quit");
+        }
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if master.try_wait().unwrap().is_some() {

@@ -257,22 +257,75 @@ fn client_disconnect_is_noticed_while_waiting() {
 }
 
 #[test]
-fn crash_of_a_pool_worker_gives_502_and_it_is_replaced() {
+fn a_worker_dying_mid_request_fails_that_request_alone_under_load() {
     let mut ng = Nginx::start(Conf::new(
-        "    pool boom handler=builtin:crash workers=1;\n    pool app handler=builtin:echo workers=1;",
-        "    location /crash { pool_pass boom; }\n    location /echo { pool_pass app; }",
+        "    pool boom handler=builtin:crash workers=3 timeout=10s;",
+        "    location /crash { pool_pass boom; }\n    location = /status { pool_status; }",
     ));
-    let r = ng.get("/crash");
-    assert_eq!(r.status, 502);
-    ng.wait_for("a replacement worker", |ng| {
-        ng.log().matches("killed by SIGABRT").count() >= 1
+    // Healthy requests on the same pool, from 4 clients, while workers die under them.
+    let port = ng.port;
+    let load = std::thread::spawn(move || {
+        parallel(200, 4, move |_| {
+            request(port, "GET", "/crash?how=none&ms=5", &[], b"")
+                .unwrap()
+                .status
+        })
     });
-    assert_eq!(ng.get("/echo").status, 200);
-    let r = ng.get("/crash");
-    assert_eq!(
-        r.status, 502,
-        "the respawned worker serves (and crashes) again"
+    for how in ["abort", "panic", "segv", "abort", "panic", "segv"] {
+        let r = ng.get(&format!("/crash?how={how}"));
+        assert_eq!(r.status, 502, "how={how}");
+    }
+    let healthy = load.join().unwrap();
+    assert!(
+        healthy.iter().all(|s| *s == 200),
+        "a healthy request failed: {:?}",
+        healthy.iter().filter(|s| **s != 200).collect::<Vec<_>>()
     );
+    let log = ng.log();
+    assert!(log.contains("killed by SIGABRT"));
+    assert!(log.contains("killed by SIGSEGV"));
+    assert!(log.contains("the handler panicked"));
+    // Every death was replaced: three workers serve again.
+    ng.wait_for("three live workers", |ng| {
+        let j = ng.get("/status").json();
+        j["pools"][0]["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["state"] == "idle" || w["state"] == "busy")
+            .count()
+            == 3
+    });
+    let c = ng.get("/status").json()["pools"][0]["counters"].clone();
+    assert!(c["respawns"].as_u64().unwrap() >= 6, "{c}");
+    assert_eq!(c["failed"], 6, "{c}");
+    ng.finish();
+}
+
+#[test]
+fn a_worker_that_dies_at_start_is_respawned_with_growing_delays() {
+    let mut conf = Conf::new(
+        "    pool boom handler=builtin:crash workers=1;",
+        "    location /crash { pool_pass boom; }",
+    );
+    conf.env
+        .push(("NGX_POOL_CRASH_AT_START".into(), "1".into()));
+    let mut ng = Nginx::start(conf);
+    let started = std::time::Instant::now();
+    ng.wait_for("the respawn delay to reach 800 ms", |ng| {
+        ng.log().contains("respawn in 800 ms")
+    });
+    let log = ng.log();
+    for ms in [100, 200, 400, 800] {
+        assert!(log.contains(&format!("respawn in {ms} ms")), "{log}");
+    }
+    // No fork bomb: a handful of starts in that time, not thousands.
+    let deaths = log.matches("killed by SIGABRT").count();
+    eprintln!(
+        "{deaths} deaths in {:?} before the delay reached 800 ms",
+        started.elapsed()
+    );
+    assert!(deaths <= 8, "{deaths} deaths");
     ng.finish();
 }
 

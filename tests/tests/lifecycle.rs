@@ -367,3 +367,39 @@ fn a_pool_whose_new_settings_do_not_start_keeps_serving_with_the_old_ones() {
     }
     ng.finish();
 }
+
+#[test]
+fn quit_finishes_the_requests_in_flight_then_stops_every_pool_process() {
+    let mut ng = Nginx::start(Conf::new(
+        "    pool naps handler=builtin:sleep workers=2;",
+        "    location /sleep { pool_pass naps; }",
+    ));
+    let port = ng.port;
+    let poold = ng.poold();
+    let workers = procs::children(poold);
+    let inflight: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || {
+                request(port, "GET", "/sleep?ms=700", &[], b"")
+                    .unwrap()
+                    .status
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !workers.iter().all(|w| procs::wchan(*w).contains("sleep")) {
+        assert!(Instant::now() < deadline, "the requests never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Graceful shutdown with both requests running.
+    ng.quit();
+    for t in inflight {
+        assert_eq!(
+            t.join().unwrap(),
+            200,
+            "a request in flight was cut by quit"
+        );
+    }
+    ng.finish(); // waits for the master; no poold, pool worker or socket left
+    assert!(!procs::alive(poold));
+}

@@ -138,12 +138,37 @@ impl Handler for Cpu {
     }
 }
 
-/// `crash`: aborts the pool worker mid-request, for fault tests.
+/// `crash`, for fault tests: kills the pool worker mid-request, by `?how=abort` (the default),
+/// `panic` (a panic in the handler) or `segv` (a segmentation fault); `?how=none` answers
+/// `alive` after `?ms=` milliseconds (default 10) instead, so that one pool carries both
+/// crashing and healthy requests. With `NGX_POOL_CRASH_AT_START=1` in poold's environment its
+/// workers abort as they start (tests of respawn backoff).
 pub struct Crash;
 
 impl Handler for Crash {
-    fn handle(&self, _req: &Request<'_>, _resp: &mut Response<'_>) {
-        std::process::abort();
+    fn worker_init(&self) {
+        if std::env::var_os("NGX_POOL_CRASH_AT_START").is_some_and(|v| v == "1") {
+            std::process::abort();
+        }
+    }
+
+    fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) {
+        match req.arg("how").unwrap_or("abort") {
+            "none" => {
+                let ms = req.arg("ms").and_then(|v| v.parse().ok()).unwrap_or(10u64);
+                std::thread::sleep(Duration::from_millis(ms.min(60_000)));
+                let _ = write!(resp, "alive");
+            }
+            "panic" => panic!("builtin:crash was asked to panic"),
+            // SAFETY: raising a signal at ourselves, with its default action (Rust's runtime
+            // handles SIGSEGV to report stack overflows, and would let a raised one pass); the
+            // default ends the process, which is the point.
+            "segv" => unsafe {
+                libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+                libc::raise(libc::SIGSEGV);
+            },
+            _ => std::process::abort(),
+        }
     }
 }
 

@@ -232,5 +232,8 @@ impl Write for Response<'_> {
 
 /// Application code run by pool workers. Loaded once in poold, before it forks.
 pub trait Handler: Send + Sync {
+    /// Runs once in each pool worker after it is forked, before it takes requests (open
+    /// per-process resources here, as with Gunicorn's `post_fork`).
+    fn worker_init(&self) {}
     fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>);
 }

@@ -37,6 +37,9 @@ pub struct Worker<'a> {
 /// not a crash (and forks a replacement if it has not already).
 pub const EXIT_RECYCLE: i32 = 75;
 
+/// Exit status of a worker whose handler panicked (after failing that request).
+pub const EXIT_HANDLER_PANIC: i32 = 70;
+
 /// How long a retiring worker waits for poold to say its replacement is ready before it leaves
 /// anyway (poold could not fork one).
 const RETIRE_WAIT: Duration = Duration::from_secs(10);
@@ -55,6 +58,7 @@ impl Worker<'_> {
             .expect("worker index within geometry");
         entry.pid.store(std::process::id(), Ordering::Relaxed);
         entry.retire_now.store(0, Ordering::Relaxed);
+        self.handler.worker_init();
         // Idle before READY: whoever this worker relieves leaves only after it can serve.
         entry
             .state
@@ -170,8 +174,25 @@ impl Worker<'_> {
         let mut source: &mut dyn Read = &mut input;
         let req = Request::new(view, body_len, &mut source, &cancelled);
         let mut resp = Response::streaming_to(&mut output);
-        self.handler.handle(&req, &mut resp);
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.handler.handle(&req, &mut resp)
+        }));
         drop(req);
+        if handled.is_err() {
+            // The panic message is already on stderr (the error log). The handler's state may
+            // be broken: this request fails, and the worker leaves for a fresh one.
+            drop(resp);
+            log!(
+                "error",
+                "worker {pid}: the handler panicked on \"{uri}\"; the request gets 502 and the worker exits"
+            );
+            if let Handover::Deliver { conn, conn_gen } = slot::fail(region, id, FailReason::Other)
+            {
+                self.waker.borrow_mut().wake(region, conn, conn_gen);
+            }
+            slot::clear_current(region, self.index);
+            std::process::exit(EXIT_HANDLER_PANIC);
+        }
         let outcome = match resp.conclude() {
             Ok(true) => {
                 drop(resp);
