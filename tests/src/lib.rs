@@ -263,6 +263,12 @@ impl Nginx {
         self.quit_sent = true;
     }
 
+    /// Sends `nginx -s stop` (fast shutdown) now; `finish` then only waits and checks.
+    pub fn stop_now(&mut self) {
+        self.signal("stop");
+        self.quit_sent = true;
+    }
+
     /// Sends `nginx -s SIGNAL`.
     pub fn signal(&self, sig: &str) {
         let st = Command::new(&self.conf.nginx)

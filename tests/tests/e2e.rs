@@ -271,8 +271,10 @@ fn a_worker_dying_mid_request_fails_that_request_alone_under_load() {
                 .status
         })
     });
+    let mut last_death = std::time::Instant::now();
     for how in ["abort", "panic", "segv", "abort", "panic", "segv"] {
         let r = ng.get(&format!("/crash?how={how}"));
+        last_death = std::time::Instant::now();
         assert_eq!(r.status, 502, "how={how}");
     }
     let healthy = load.join().unwrap();
@@ -296,6 +298,10 @@ fn a_worker_dying_mid_request_fails_that_request_alone_under_load() {
             .count()
             == 3
     });
+    eprintln!(
+        "a replacement serves {:?} after the last death's 502",
+        last_death.elapsed()
+    );
     let c = ng.get("/status").json()["pools"][0]["counters"].clone();
     assert!(c["respawns"].as_u64().unwrap() >= 6, "{c}");
     assert_eq!(c["failed"], 6, "{c}");

@@ -403,3 +403,36 @@ fn quit_finishes_the_requests_in_flight_then_stops_every_pool_process() {
     ng.finish(); // waits for the master; no poold, pool worker or socket left
     assert!(!procs::alive(poold));
 }
+
+#[test]
+fn stop_under_load_leaves_no_process_and_no_socket() {
+    let mut ng = Nginx::start(Conf::new(
+        "    pool naps handler=builtin:sleep workers=2;\n    pool app handler=builtin:echo workers=2;",
+        "    location /sleep { pool_pass naps; }\n    location /echo { pool_pass app; }",
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let streams = request_streams(ng.port, "/sleep?ms=50", 4, stop.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    let pool_side: Vec<u32> = ng
+        .poolds()
+        .into_iter()
+        .flat_map(|p| {
+            let mut v = procs::children(p);
+            v.push(p);
+            v
+        })
+        .chain(ng.watchdogs())
+        .collect();
+    assert_eq!(
+        pool_side.len(),
+        2 * (1 + 1 + 2),
+        "2 x (watchdog, poold, 2 workers)"
+    );
+    ng.stop_now();
+    stop.store(true, Ordering::Relaxed);
+    for s in streams {
+        let _ = s.join(); // requests cut by a fast stop may fail: that is what stop means
+    }
+    ng.finish(); // no process of the prefix, no socket file left
+    assert!(pool_side.iter().all(|p| !procs::alive(*p)));
+}
