@@ -325,25 +325,39 @@ unsafe extern "C" fn on_eventfd_event(ev: *mut ngx_event_t) {
     complete_ready(i);
 }
 
-/// Drives every request of pool `i` the pool may have made progress on: all but those still
-/// waiting in the queue (their whole first window was written when they were queued).
+/// Drives the requests of pool `i` the pool made progress on: those its completion ring names
+/// (O(completions), whatever the number in flight), or, when the ring overflowed, every one not
+/// still waiting in the queue.
 pub fn complete_ready(i: usize) {
     let candidates = with_pool(i, |p| {
         let Some(a) = &p.attached else {
             return Vec::new();
         };
         slot::clear_wake(&a.region, a.conn);
-        p.inflight
-            .iter()
-            .filter(|(index, f)| {
-                let id = SlotId {
-                    index: **index,
-                    gen: f.gen,
-                };
-                slot::state_of(&a.region, id) != Some(SlotState::Queued)
-            })
-            .map(|(index, f)| (*index, f.gen, f.r))
-            .collect::<Vec<_>>()
+        match slot::take_completions(&a.region, a.conn) {
+            Some(ids) => {
+                let mut seen = std::collections::HashSet::new();
+                ids.into_iter()
+                    .filter(|id| seen.insert(*id))
+                    .filter_map(|id| {
+                        let f = p.inflight.get(&id.index).filter(|f| f.gen == id.gen)?;
+                        Some((id.index, f.gen, f.r))
+                    })
+                    .collect::<Vec<_>>()
+            }
+            None => p
+                .inflight
+                .iter()
+                .filter(|(index, f)| {
+                    let id = SlotId {
+                        index: **index,
+                        gen: f.gen,
+                    };
+                    slot::state_of(&a.region, id) != Some(SlotState::Queued)
+                })
+                .map(|(index, f)| (*index, f.gen, f.r))
+                .collect::<Vec<_>>(),
+        }
     })
     .unwrap_or_default();
     for (index, gen, r) in candidates {

@@ -123,6 +123,8 @@ pub fn exercise(region: &Region, rng: &mut Rng) {
     }
     let _ = queue::push(region, rng.next_u64());
     let _ = queue::pop(region);
+    slot::post_completion(region, rng.below(6) as u32, SlotId::decode(rng.next_u64()));
+    let _ = slot::take_completions(region, rng.below(6) as u32);
     let _ = slot::reclaim_conn(region, rng.below(4) as u32, rng.next_u64() as u32);
     let _ = slot::reclaim_worker(region, rng.below(6) as u32, slot::FailReason::WorkerDied);
     let _ = slot::running_since(region, rng.below(6) as u32);

@@ -12,7 +12,7 @@ use std::mem::size_of;
 /// `b"NGXPOOL1"` read as a little-endian integer.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"NGXPOOL1");
 /// Bumped on any change of layout or message format; both sides must agree exactly.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 /// Bytes at the start of each chunk reserved for its chain link and fill length.
 pub const CHUNK_HEADER: u32 = 16;
 /// Alignment of every section and of the chunk stride.
@@ -86,8 +86,19 @@ impl Geometry {
     pub const fn queue_offset(&self) -> u64 {
         align(self.workers_offset() + self.max_workers as u64 * size_of::<WorkerEntry>() as u64)
     }
-    pub const fn chunks_offset(&self) -> u64 {
+    /// Cells of each connection's completion ring: a slot is pushed at most about once per
+    /// wake-up, so one lap holds every slot; on overflow the nginx worker scans instead.
+    pub const fn completion_cap(&self) -> u32 {
+        self.queue_cap()
+    }
+    pub const fn completions_offset(&self) -> u64 {
         align(self.queue_offset() + self.queue_cap() as u64 * size_of::<Cell>() as u64)
+    }
+    pub const fn chunks_offset(&self) -> u64 {
+        align(
+            self.completions_offset()
+                + self.max_conns as u64 * self.completion_cap() as u64 * size_of::<Cell>() as u64,
+        )
     }
     /// Total bytes of the region.
     pub const fn region_size(&self) -> u64 {
@@ -112,6 +123,9 @@ impl Geometry {
         }
         if self.max_workers == 0 || self.max_workers > 8192 {
             return Err("max_workers must be 1..=8192");
+        }
+        if self.max_conns as u64 * self.completion_cap() as u64 > u32::MAX as u64 {
+            return Err("max_conns x slots too large for the completion rings");
         }
         if self.region_size() > 1 << 40 {
             return Err("region larger than 1 TiB");
@@ -231,7 +245,14 @@ pub struct Conn {
     /// Set by a completer before it writes the eventfd; cleared by the nginx worker before it
     /// scans. A completer writes the eventfd only when it turned this from 0 to 1.
     pub wake_pending: AtomicU32,
-    _pad: [u64; 6],
+    /// Positions of this connection's completion ring.
+    pub enqueue_pos: AtomicU64,
+    pub dequeue_pos: AtomicU64,
+    /// Set when a completion did not fit the ring: the nginx worker then looks at every
+    /// request it has in flight.
+    pub overflow: AtomicU32,
+    _pad3: u32,
+    _pad: [u64; 3],
 }
 
 /// One pool worker, as poold and the worker itself report it.

@@ -1,11 +1,18 @@
-//! The bounded lock-free MPMC request queue (Vyukov's sequence-numbered cells).
+//! Bounded lock-free MPMC rings (Vyukov's sequence-numbered cells): the request queue, and one
+//! completion ring per nginx connection.
 //!
-//! Producers are nginx workers, consumers are pool workers. Each cell's `seq` says whose turn it
-//! is: `seq == pos` free for the producer at `pos`, `seq == pos + 1` full for the consumer at
-//! `pos`. Positions only grow; the cell is `pos & (cap - 1)`.
+//! Request queue: producers are nginx workers, consumers are pool workers. Completion ring:
+//! producers are pool workers and poold, the consumer is one nginx worker.
+//!
+//! Each cell's sequence number says whose turn it is: `pos` free for the producer at `pos`,
+//! `pos + 1` full for the consumer at `pos`. Positions only grow; the cell is `pos & (cap - 1)`.
+//! A cell stores its sequence number minus its own index, so that a zero-filled region is an
+//! empty ring: nothing is written at creation (the completion rings, one per possible
+//! connection, then cost no memory until used).
 
+use crate::layout::Cell;
 use crate::region::Region;
-use crate::sync::Ordering;
+use crate::sync::{AtomicU64, Ordering};
 
 /// Why a push failed.
 #[derive(Debug, PartialEq, Eq)]
@@ -14,92 +21,149 @@ pub enum PushError {
     Corrupt,
 }
 
-/// Appends `value`.
-pub fn push(region: &Region, value: u64) -> Result<(), PushError> {
-    let h = region.header();
-    let cap = region.geometry().queue_cap() as u64;
-    let mut pos = h.enqueue_pos.load(Ordering::Relaxed);
-    loop {
-        let cell = region
-            .cell((pos & (cap - 1)) as u32)
-            .ok_or(PushError::Corrupt)?;
-        // Acquire: pairs with the consumer's Release that freed this cell, so our value store
-        // cannot overtake its read of the previous value.
-        let seq = cell.seq.load(Ordering::Acquire);
-        let diff = seq as i64 - pos as i64;
-        if diff == 0 {
-            match h.enqueue_pos.compare_exchange_weak(
-                pos,
-                pos + 1,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    cell.value.store(value, Ordering::Relaxed);
-                    // Release: publishes `value` to the consumer that Acquires `seq`.
-                    cell.seq.store(pos + 1, Ordering::Release);
-                    return Ok(());
-                }
-                Err(seen) => pos = seen,
-            }
-        } else if diff < 0 {
-            return Err(PushError::Full);
-        } else {
-            // Another producer took `pos` and has moved enqueue_pos on. If it has not, the
-            // cell's sequence is corrupt: fail rather than spin on it forever.
-            let now = h.enqueue_pos.load(Ordering::Relaxed);
-            if now == pos {
-                return Err(PushError::Corrupt);
-            }
-            pos = now;
+/// One bounded ring in the region: its two positions and its cells.
+pub struct Ring<'r> {
+    region: &'r Region,
+    /// `None`: the request queue; `Some(conn)`: that connection's completion ring.
+    conn: Option<u32>,
+    enqueue_pos: &'r AtomicU64,
+    dequeue_pos: &'r AtomicU64,
+    cap: u64,
+}
+
+impl<'r> Ring<'r> {
+    /// The request queue (nginx workers push, pool workers pop).
+    pub fn requests(region: &'r Region) -> Ring<'r> {
+        let h = region.header();
+        Ring {
+            region,
+            conn: None,
+            enqueue_pos: &h.enqueue_pos,
+            dequeue_pos: &h.dequeue_pos,
+            cap: region.geometry().queue_cap() as u64,
         }
+    }
+
+    /// The completion ring of nginx connection `conn` (pool workers and poold push the slots
+    /// the nginx worker must look at; it pops them).
+    pub fn completions(region: &'r Region, conn: u32) -> Option<Ring<'r>> {
+        let c = region.conn(conn)?;
+        Some(Ring {
+            region,
+            conn: Some(conn),
+            enqueue_pos: &c.enqueue_pos,
+            dequeue_pos: &c.dequeue_pos,
+            cap: region.geometry().completion_cap() as u64,
+        })
+    }
+
+    fn cell(&self, i: u32) -> Option<&'r Cell> {
+        match self.conn {
+            None => self.region.cell(i),
+            Some(c) => self.region.completion_cell(c, i),
+        }
+    }
+
+    /// Appends `value`.
+    pub fn push(&self, value: u64) -> Result<(), PushError> {
+        let mut pos = self.enqueue_pos.load(Ordering::Relaxed);
+        loop {
+            let i = (pos & (self.cap - 1)) as u32;
+            let cell = self.cell(i).ok_or(PushError::Corrupt)?;
+            // Acquire: pairs with the consumer's Release that freed this cell, so our value
+            // store cannot overtake its read of the previous value.
+            let seq = cell.seq.load(Ordering::Acquire).wrapping_add(i as u64);
+            let diff = seq as i64 - pos as i64;
+            if diff == 0 {
+                match self.enqueue_pos.compare_exchange_weak(
+                    pos,
+                    pos + 1,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        cell.value.store(value, Ordering::Relaxed);
+                        // Release: publishes `value` to the consumer that Acquires `seq`.
+                        cell.seq
+                            .store((pos + 1).wrapping_sub(i as u64), Ordering::Release);
+                        return Ok(());
+                    }
+                    Err(seen) => pos = seen,
+                }
+            } else if diff < 0 {
+                return Err(PushError::Full);
+            } else {
+                // Another producer took `pos` and has moved the position on. If it has not,
+                // the cell's sequence is corrupt: fail rather than spin on it forever.
+                let now = self.enqueue_pos.load(Ordering::Relaxed);
+                if now == pos {
+                    return Err(PushError::Corrupt);
+                }
+                pos = now;
+            }
+        }
+    }
+
+    /// Takes the oldest value, or `None` if the ring is empty (or corrupt).
+    pub fn pop(&self) -> Option<u64> {
+        let mut pos = self.dequeue_pos.load(Ordering::Relaxed);
+        loop {
+            let i = (pos & (self.cap - 1)) as u32;
+            let cell = self.cell(i)?;
+            // Acquire: pairs with the producer's Release of `seq`, making `value` visible.
+            let seq = cell.seq.load(Ordering::Acquire).wrapping_add(i as u64);
+            let diff = seq as i64 - (pos + 1) as i64;
+            if diff == 0 {
+                match self.dequeue_pos.compare_exchange_weak(
+                    pos,
+                    pos + 1,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        let value = cell.value.load(Ordering::Relaxed);
+                        // Release: hands the cell back to the producer one lap later.
+                        cell.seq
+                            .store((pos + self.cap).wrapping_sub(i as u64), Ordering::Release);
+                        return Some(value);
+                    }
+                    Err(seen) => pos = seen,
+                }
+            } else if diff < 0 {
+                return None;
+            } else {
+                // As in `push`: an unchanged position means a corrupt cell, not a racing
+                // consumer.
+                let now = self.dequeue_pos.load(Ordering::Relaxed);
+                if now == pos {
+                    return None;
+                }
+                pos = now;
+            }
+        }
+    }
+
+    /// Values pushed and not yet popped (approximate under concurrency).
+    pub fn depth(&self) -> u64 {
+        let e = self.enqueue_pos.load(Ordering::Relaxed);
+        let d = self.dequeue_pos.load(Ordering::Relaxed);
+        e.saturating_sub(d)
     }
 }
 
-/// Takes the oldest value, or `None` if the queue is empty.
+/// Appends `value` to the request queue.
+pub fn push(region: &Region, value: u64) -> Result<(), PushError> {
+    Ring::requests(region).push(value)
+}
+
+/// Takes the oldest request, or `None` if the queue is empty.
 pub fn pop(region: &Region) -> Option<u64> {
-    let h = region.header();
-    let cap = region.geometry().queue_cap() as u64;
-    let mut pos = h.dequeue_pos.load(Ordering::Relaxed);
-    loop {
-        let cell = region.cell((pos & (cap - 1)) as u32)?;
-        // Acquire: pairs with the producer's Release of `seq`, making `value` visible.
-        let seq = cell.seq.load(Ordering::Acquire);
-        let diff = seq as i64 - (pos + 1) as i64;
-        if diff == 0 {
-            match h.dequeue_pos.compare_exchange_weak(
-                pos,
-                pos + 1,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    let value = cell.value.load(Ordering::Relaxed);
-                    // Release: hands the cell back to the producer one lap later.
-                    cell.seq.store(pos + cap, Ordering::Release);
-                    return Some(value);
-                }
-                Err(seen) => pos = seen,
-            }
-        } else if diff < 0 {
-            return None;
-        } else {
-            // As in `push`: an unchanged position means a corrupt cell, not a racing consumer.
-            let now = h.dequeue_pos.load(Ordering::Relaxed);
-            if now == pos {
-                return None;
-            }
-            pos = now;
-        }
-    }
+    Ring::requests(region).pop()
 }
 
 /// Requests queued and not yet taken (approximate under concurrency).
 pub fn depth(region: &Region) -> u64 {
-    let h = region.header();
-    let e = h.enqueue_pos.load(Ordering::Relaxed);
-    let d = h.dequeue_pos.load(Ordering::Relaxed);
-    e.saturating_sub(d)
+    Ring::requests(region).depth()
 }
 
 #[cfg(all(test, not(loom)))]

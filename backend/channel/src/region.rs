@@ -165,9 +165,6 @@ impl Region {
                 .next_free
                 .store(next, Ordering::Relaxed);
         }
-        for i in 0..g.queue_cap() {
-            self.cell(i).unwrap().seq.store(i as u64, Ordering::Relaxed);
-        }
         let h = self.header();
         h.slot_free.store(1, Ordering::Relaxed);
         h.chunk_free.store(1, Ordering::Relaxed);
@@ -222,6 +219,20 @@ impl Region {
     pub fn cell(&self, index: u32) -> Option<&Cell> {
         let g = self.geometry;
         self.entry(g.queue_offset(), g.queue_cap(), index)
+    }
+
+    /// Cell `index` of connection `conn`'s completion ring.
+    pub fn completion_cell(&self, conn: u32, index: u32) -> Option<&Cell> {
+        let g = self.geometry;
+        let cap = g.completion_cap();
+        if conn >= g.max_conns || index >= cap {
+            return None;
+        }
+        self.entry(
+            g.completions_offset(),
+            g.max_conns * cap,
+            conn * cap + index,
+        )
     }
 
     pub fn chunk_head(&self, index: u32) -> Option<&ChunkHead> {

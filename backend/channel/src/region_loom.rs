@@ -16,6 +16,7 @@ pub struct Region {
     conns: Box<[Conn]>,
     workers: Box<[WorkerEntry]>,
     cells: Box<[Cell]>,
+    completions: Box<[Cell]>,
     chunk_heads: Box<[ChunkHead]>,
     /// Chunk `i`'s payload is cells `i * per_chunk ..`, each GRAIN bytes.
     payloads: Box<[UnsafeCell<[u8; GRAIN]>]>,
@@ -37,6 +38,7 @@ impl Region {
             conns: table(g.max_conns),
             workers: table(g.max_workers),
             cells: table(g.queue_cap()),
+            completions: table(g.max_conns * g.completion_cap()),
             chunk_heads: table(g.chunks),
             payloads: (0..g.chunks as usize * (g.chunk_data() as usize).div_ceil(GRAIN))
                 .map(|_| UnsafeCell::new([0u8; GRAIN]))
@@ -53,11 +55,6 @@ impl Region {
             region.chunk_heads[i as usize]
                 .next_free
                 .store(next, Ordering::Relaxed);
-        }
-        for i in 0..g.queue_cap() {
-            region.cells[i as usize]
-                .seq
-                .store(i as u64, Ordering::Relaxed);
         }
         region.header.slot_free.store(1, Ordering::Relaxed);
         region.header.chunk_free.store(1, Ordering::Relaxed);
@@ -81,6 +78,13 @@ impl Region {
     }
     pub fn cell(&self, index: u32) -> Option<&Cell> {
         self.cells.get(index as usize)
+    }
+    pub fn completion_cell(&self, conn: u32, index: u32) -> Option<&Cell> {
+        let cap = self.geometry.completion_cap();
+        if conn >= self.geometry.max_conns || index >= cap {
+            return None;
+        }
+        self.completions.get((conn * cap + index) as usize)
     }
     pub fn chunk_head(&self, index: u32) -> Option<&ChunkHead> {
         self.chunk_heads.get(index as usize)

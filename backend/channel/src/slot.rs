@@ -340,8 +340,10 @@ pub fn start_streaming(region: &Region, id: SlotId, head_len: u32) -> Handover {
     };
     slot.resp_head_len.store(head_len, Ordering::Relaxed);
     if transition(region, id, SlotState::Running, SlotState::Streaming) {
+        let conn = slot.conn.load(Ordering::Relaxed);
+        post_completion(region, conn, id);
         return Handover::Deliver {
-            conn: slot.conn.load(Ordering::Relaxed),
+            conn,
             conn_gen: slot.conn_gen.load(Ordering::Relaxed),
         };
     }
@@ -384,8 +386,10 @@ fn settle(region: &Region, id: SlotId, to: SlotState) -> Handover {
     if transition(region, id, SlotState::Running, to)
         || transition(region, id, SlotState::Streaming, to)
     {
+        let conn = slot.conn.load(Ordering::Relaxed);
+        post_completion(region, conn, id);
         return Handover::Deliver {
-            conn: slot.conn.load(Ordering::Relaxed),
+            conn,
             conn_gen: slot.conn_gen.load(Ordering::Relaxed),
         };
     }
@@ -452,6 +456,39 @@ fn recycle(region: &Region, index: u32) {
     });
 }
 
+/// Queues slot `id` on connection `conn`'s completion ring, for the nginx worker to look at on
+/// its next wake-up; if the ring is full, flags the connection so that it looks at everything.
+/// Called before the wake-up decision ([`needs_wake`]), so the wake-up finds it.
+pub fn post_completion(region: &Region, conn: u32, id: SlotId) {
+    let Some(ring) = queue::Ring::completions(region, conn) else {
+        return;
+    };
+    if ring.push(id.encode()).is_err() {
+        if let Some(c) = region.conn(conn) {
+            // Release: the nginx worker that swaps it sees every state change before it.
+            c.overflow.store(1, Ordering::Release);
+        }
+    }
+}
+
+/// nginx: the slots of connection `conn` to look at since the last call, or `None` if some did
+/// not fit the ring (then look at every request in flight). Call after [`clear_wake`].
+pub fn take_completions(region: &Region, conn: u32) -> Option<Vec<SlotId>> {
+    let ring = queue::Ring::completions(region, conn)?;
+    let mut out = Vec::new();
+    // Bounded: a corrupt ring cannot keep us here longer than one lap.
+    for _ in 0..region.geometry().completion_cap() {
+        match ring.pop() {
+            Some(v) => out.push(SlotId::decode(v)),
+            None => break,
+        }
+    }
+    let overflowed = region
+        .conn(conn)
+        .is_some_and(|c| c.overflow.swap(0, Ordering::AcqRel) != 0);
+    (!overflowed).then_some(out)
+}
+
 /// After `finish`/`fail` delivered: returns true if the caller must write the connection's
 /// eventfd (the nginx worker was not already told).
 pub fn needs_wake(region: &Region, conn: u32, conn_gen: u32) -> bool {
@@ -470,7 +507,9 @@ pub fn needs_wake(region: &Region, conn: u32, conn_gen: u32) -> bool {
 /// nginx: called on each eventfd wake-up, before scanning its requests.
 pub fn clear_wake(region: &Region, conn: u32) {
     if let Some(c) = region.conn(conn) {
-        c.wake_pending.store(0, Ordering::SeqCst);
+        // A swap, not a store: reading the completer's 1 synchronises with its swap, so
+        // whatever it posted before is visible to the look that follows.
+        c.wake_pending.swap(0, Ordering::SeqCst);
     }
 }
 
@@ -641,4 +680,44 @@ pub fn running_since(region: &Region, worker: u32) -> Option<(SlotId, u64, Optio
         s.started_ms.load(Ordering::Relaxed),
         (own != 0).then_some(u64::from(own)),
     ))
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::layout::Geometry;
+
+    #[test]
+    fn completions_reach_their_connection_and_overflow_asks_for_a_scan() {
+        let g = Geometry {
+            slots: 4,
+            chunk_size: 1024,
+            chunks: 8,
+            max_conns: 2,
+            max_workers: 1,
+        };
+        let r = Region::create("c", g, 1).unwrap();
+        let a = SlotId { index: 1, gen: 7 };
+        let b = SlotId { index: 2, gen: 9 };
+        post_completion(&r, 1, a);
+        post_completion(&r, 1, b);
+        assert_eq!(take_completions(&r, 0), Some(vec![]));
+        assert_eq!(take_completions(&r, 1), Some(vec![a, b]));
+        assert_eq!(take_completions(&r, 1), Some(vec![]));
+        // More than a lap: the ring keeps what fits and the connection is told to scan.
+        for _ in 0..g.completion_cap() + 3 {
+            post_completion(&r, 0, a);
+        }
+        assert_eq!(take_completions(&r, 0), None);
+        assert_eq!(take_completions(&r, 0), Some(vec![]));
+        // Laps after that work as before.
+        for lap in 0..10 {
+            let id = SlotId {
+                index: lap % 4,
+                gen: lap,
+            };
+            post_completion(&r, 0, id);
+            assert_eq!(take_completions(&r, 0), Some(vec![id]));
+        }
+    }
 }

@@ -393,7 +393,12 @@ pub fn nginx_wants_wake(region: &Region, id: SlotId) -> bool {
         return false;
     };
     fence(Ordering::SeqCst);
-    s.nginx_waiting.load(Ordering::SeqCst) != 0 && s.nginx_waiting.swap(0, Ordering::SeqCst) != 0
+    let wants = s.nginx_waiting.load(Ordering::SeqCst) != 0
+        && s.nginx_waiting.swap(0, Ordering::SeqCst) != 0;
+    if wants {
+        crate::slot::post_completion(region, s.conn.load(Ordering::Relaxed), id);
+    }
+    wants
 }
 
 #[cfg(all(test, not(loom)))]

@@ -161,7 +161,9 @@ impl Worker<'_> {
             );
             return slot::fail(region, id, FailReason::BadRequest);
         }
-        let uri = String::from_utf8_lossy(view.uri).into_owned();
+        // For log lines only; borrowed, so the common path allocates nothing for it.
+        let uri_bytes: &[u8] = view.uri;
+        let uri = || String::from_utf8_lossy(uri_bytes);
         let cancelled = move || slot::state_of(region, id) == Some(SlotState::Abandoned);
         let mut output = StreamOut {
             region,
@@ -184,7 +186,8 @@ impl Worker<'_> {
             drop(resp);
             log!(
                 "error",
-                "worker {pid}: the handler panicked on \"{uri}\"; the request gets 502 and the worker exits"
+                "worker {pid}: the handler panicked on \"{}\"; the request gets 502 and the worker exits",
+                uri()
             );
             if let Handover::Deliver { conn, conn_gen } = slot::fail(region, id, FailReason::Other)
             {
@@ -201,7 +204,7 @@ impl Worker<'_> {
             Ok(false) => {
                 let (status, headers, body) = (
                     resp.status,
-                    resp.headers.clone(),
+                    std::mem::take(&mut resp.headers),
                     std::mem::take(&mut resp.body),
                 );
                 drop(resp);
@@ -215,7 +218,8 @@ impl Worker<'_> {
                 if slot::state_of(region, id) != Some(SlotState::Abandoned) {
                     log!(
                         "error",
-                        "worker {pid}: response to \"{uri}\" not delivered: {e}"
+                        "worker {pid}: response to \"{}\" not delivered: {e}",
+                        uri()
                     );
                 }
                 slot::fail(region, id, FailReason::ResponseTooLarge)
@@ -309,6 +313,9 @@ impl Read for StreamIn<'_> {
             if slot::state_of(region, id) != Some(SlotState::Running) {
                 return Err(gone());
             }
+            // nginx may be holding back more body until told we are reading (a request it
+            // wrote while queued stops at the queued window).
+            self.waker.borrow_mut().progress(region, id);
             stream::worker_wait(region, id, STREAM_WAIT, || {
                 stream::published(region, id, dir) > pos
                     || slot::state_of(region, id) != Some(SlotState::Running)
