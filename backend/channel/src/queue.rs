@@ -73,19 +73,21 @@ impl<'r> Ring<'r> {
             // Acquire: pairs with the consumer's Release that freed this cell, so our value
             // store cannot overtake its read of the previous value.
             let seq = cell.seq.load(Ordering::Acquire).wrapping_add(i as u64);
-            let diff = seq as i64 - pos as i64;
+            let diff = seq.wrapping_sub(pos) as i64;
             if diff == 0 {
                 match self.enqueue_pos.compare_exchange_weak(
                     pos,
-                    pos + 1,
+                    pos.wrapping_add(1),
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
                         cell.value.store(value, Ordering::Relaxed);
                         // Release: publishes `value` to the consumer that Acquires `seq`.
-                        cell.seq
-                            .store((pos + 1).wrapping_sub(i as u64), Ordering::Release);
+                        cell.seq.store(
+                            pos.wrapping_add(1).wrapping_sub(i as u64),
+                            Ordering::Release,
+                        );
                         return Ok(());
                     }
                     Err(seen) => pos = seen,
@@ -112,19 +114,21 @@ impl<'r> Ring<'r> {
             let cell = self.cell(i)?;
             // Acquire: pairs with the producer's Release of `seq`, making `value` visible.
             let seq = cell.seq.load(Ordering::Acquire).wrapping_add(i as u64);
-            let diff = seq as i64 - (pos + 1) as i64;
+            let diff = seq.wrapping_sub(pos.wrapping_add(1)) as i64;
             if diff == 0 {
                 match self.dequeue_pos.compare_exchange_weak(
                     pos,
-                    pos + 1,
+                    pos.wrapping_add(1),
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
                         let value = cell.value.load(Ordering::Relaxed);
                         // Release: hands the cell back to the producer one lap later.
-                        cell.seq
-                            .store((pos + self.cap).wrapping_sub(i as u64), Ordering::Release);
+                        cell.seq.store(
+                            pos.wrapping_add(self.cap).wrapping_sub(i as u64),
+                            Ordering::Release,
+                        );
                         return Some(value);
                     }
                     Err(seen) => pos = seen,
@@ -145,6 +149,7 @@ impl<'r> Ring<'r> {
 
     /// Values pushed and not yet popped (approximate under concurrency).
     pub fn depth(&self) -> u64 {
+        // Positions come from shared memory: wrapping arithmetic, never an overflow panic.
         let e = self.enqueue_pos.load(Ordering::Relaxed);
         let d = self.dequeue_pos.load(Ordering::Relaxed);
         e.saturating_sub(d)
