@@ -179,15 +179,8 @@ impl Download {
                         (*b).last = (p as *mut u8).add(piece.len as usize);
                         (*b).end = (*b).last;
                         (*b).set_memory(1);
-                        (*cl).buf = b;
-                        (*cl).next = ptr::null_mut();
-                        if last.is_null() {
-                            first = cl;
-                        } else {
-                            (*last).next = cl;
-                        }
+                        link(&mut first, &mut last, b, cl);
                     }
-                    last = cl;
                     self.handed.push_back((b, cl, self.reader.position()));
                 }
                 Ok(None) => break,
@@ -222,13 +215,7 @@ impl Download {
                 let is_main = r == (*r).main;
                 (*b).set_last_buf(u32::from(is_main));
                 (*b).set_last_in_chain(1);
-                (*cl).buf = b;
-                (*cl).next = ptr::null_mut();
-                if last.is_null() {
-                    first = cl;
-                } else {
-                    (*last).next = cl;
-                }
+                link(&mut first, &mut last, b, cl);
             }
             self.last_sent = true;
         } else if !last.is_null() {
@@ -286,6 +273,29 @@ impl Download {
             (!b.is_null() && !cl.is_null()).then_some((b, cl))
         }
     }
+}
+
+/// Appends buffer `b` on link `cl` to the chain `first`..`last`.
+///
+/// # Safety
+/// `b` and `cl` are valid and ours; `last` is null or the chain's last link.
+unsafe fn link(
+    first: &mut *mut ngx_chain_t,
+    last: &mut *mut ngx_chain_t,
+    b: *mut ngx_buf_t,
+    cl: *mut ngx_chain_t,
+) {
+    // SAFETY: per the contract.
+    unsafe {
+        (*cl).buf = b;
+        (*cl).next = ptr::null_mut();
+        if last.is_null() {
+            *first = cl;
+        } else {
+            (**last).next = cl;
+        }
+    }
+    *last = cl;
 }
 
 /// Copies `data` into the request pool as an ngx_str_t.

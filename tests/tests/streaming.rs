@@ -162,6 +162,37 @@ fn a_64_mib_upload_and_a_256_mib_download_match_their_checksums_in_bounded_memor
     ng.finish();
 }
 
+/// A client that downloads `bytes` from `builtin:stream`, reads the head and the first bytes,
+/// then stops reading until the returned sender says go; the thread returns what it saw.
+fn paused_download(
+    port: u16,
+    bytes: u64,
+) -> (
+    std::thread::JoinHandle<ngx_pool_tests::http::Streamed>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let client = std::thread::spawn(move || {
+        let mut waited = false;
+        exchange_streamed(
+            port,
+            "GET",
+            &format!("/stream?bytes={bytes}"),
+            0,
+            upload_byte,
+            4096,
+            |got| {
+                if !waited && got > 0 {
+                    waited = true;
+                    let _ = rx.recv();
+                }
+            },
+        )
+        .unwrap()
+    });
+    (client, tx)
+}
+
 /// Waits until pool `pool` reports no slot and no chunk in use.
 fn wait_until_idle(ng: &mut Nginx, pool: &str) {
     ng.wait_for("the pool to be idle", |ng| {
@@ -194,26 +225,7 @@ fn a_client_that_stops_reading_holds_back_only_its_own_handler() {
     let nginx_worker = ng.worker_pids();
     let watch = RssWatch::new(nginx_worker);
     // A client that reads the head of a 64 MiB answer and then nothing for a while.
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let port = ng.port;
-    let slow = std::thread::spawn(move || {
-        let mut waited = false;
-        exchange_streamed(
-            port,
-            "GET",
-            &format!("/stream?bytes={}", 64 * MIB),
-            0,
-            upload_byte,
-            4096,
-            |got| {
-                if !waited && got > 0 {
-                    waited = true;
-                    let _ = rx.recv();
-                }
-            },
-        )
-        .unwrap()
-    });
+    let (slow, tx) = paused_download(ng.port, 64 * MIB);
     // The handler fills the socket buffers and the window, then waits for credit.
     ng.wait_for("the slow download to stall", |ng| {
         let p = pool_status(ng, "down");
@@ -266,26 +278,7 @@ fn a_pool_worker_killed_mid_stream_cuts_that_response_only() {
         )
         .workers(1),
     );
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let port = ng.port;
-    let victim = std::thread::spawn(move || {
-        let mut waited = false;
-        exchange_streamed(
-            port,
-            "GET",
-            &format!("/stream?bytes={}", 64 * MIB),
-            0,
-            upload_byte,
-            4096,
-            |got| {
-                if !waited && got > 0 {
-                    waited = true;
-                    let _ = rx.recv();
-                }
-            },
-        )
-        .unwrap()
-    });
+    let (victim, tx) = paused_download(ng.port, 64 * MIB);
     let mut busy_pid = 0u64;
     ng.wait_for("a busy pool worker", |ng| {
         let busy: Vec<u64> = pool_status(ng, "down")["workers"]

@@ -7,7 +7,7 @@
 use crate::layout::Geometry;
 use crate::queue;
 use crate::region::{Region, GRAIN};
-use crate::slot::{self, FailReason, Handover, SlotState};
+use crate::slot::{self, FailReason, Handover, SlotId, SlotState};
 use crate::stream::{self, Direction, StreamReader, StreamWriter};
 use crate::sync::Ordering;
 use loom::sync::Arc;
@@ -27,6 +27,16 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut b = loom::model::Builder::new();
     b.preemption_bound = Some(3);
     b.check(f);
+}
+
+/// A fresh region with connection 0 open and one small request queued on it.
+fn queued_request() -> (Arc<Region>, u32, SlotId) {
+    let r = Arc::new(Region::create("m", geometry(), 1).unwrap());
+    let conn_gen = slot::open_conn(&r, 0, 1).unwrap();
+    let id = slot::alloc(&r, 0, conn_gen).unwrap();
+    let n = stream::write_all(&r, id, Direction::Request, &[b"x"]).unwrap();
+    assert!(slot::submit(&r, id, 0, n));
+    (r, conn_gen, id)
 }
 
 fn in_use(r: &Region) -> (u64, u64) {
@@ -85,11 +95,7 @@ fn loom_request_and_answer_cross_exactly_once_and_free_everything() {
 #[test]
 fn loom_abandon_racing_the_answer_frees_the_slot_exactly_once() {
     model(|| {
-        let r = Arc::new(Region::create("m", geometry(), 1).unwrap());
-        let conn_gen = slot::open_conn(&r, 0, 1).unwrap();
-        let id = slot::alloc(&r, 0, conn_gen).unwrap();
-        let n = stream::write_all(&r, id, Direction::Request, &[b"x"]).unwrap();
-        assert!(slot::submit(&r, id, 0, n));
+        let (r, conn_gen, id) = queued_request();
         let w = {
             let r = r.clone();
             thread::spawn(move || {
@@ -113,11 +119,7 @@ fn loom_abandon_racing_the_answer_frees_the_slot_exactly_once() {
 #[test]
 fn loom_a_dead_worker_is_reclaimed_and_its_request_fails_once() {
     model(|| {
-        let r = Arc::new(Region::create("m", geometry(), 1).unwrap());
-        let conn_gen = slot::open_conn(&r, 0, 1).unwrap();
-        let id = slot::alloc(&r, 0, conn_gen).unwrap();
-        let n = stream::write_all(&r, id, Direction::Request, &[b"x"]).unwrap();
-        assert!(slot::submit(&r, id, 0, n));
+        let (r, _, id) = queued_request();
         // The worker takes it and "dies" (its thread ends) at an arbitrary point; poold then
         // reclaims. Either the request was taken and fails, or it is queued again.
         let w = {
