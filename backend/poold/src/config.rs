@@ -36,12 +36,14 @@ OPTIONS:
                         group) the pool workers run as
     --group GROUP       group for the above                           [default: USER's group]
     --lifeline-fd FD    exit when this descriptor reaches end of file (set by the nginx
-                        module in managed mode)
+                        module in managed mode, where poold also runs under a watchdog
+                        process that starts a new one if it dies)
     -h, --help          this text
     -V, --version       version
 
 Bodies of any size stream through the arena, up to 1 MiB in flight per request and direction.
-Signals: TERM, INT or QUIT stop the workers and remove the socket.
+Signals: TERM, INT or QUIT stop the workers and remove the socket. USR2 drains: the socket
+goes, attached nginx workers are served until they detach, then poold stops.
 ";
 
 /// One pool's settings.
