@@ -313,6 +313,18 @@ fn submit(ctx: *mut Ctx) {
     let Some((conn, conn_gen)) = attached else {
         return fail(ctx, 503, format!("pool \"{name}\": poold went away"));
     };
+    // Requests may hold three quarters of the arena; the rest stays for answers, so the
+    // requests running can always finish and free what the waiting ones need. Past that, wait
+    // for room (bounded by the queue deadline, then 503).
+    let g = region.geometry();
+    let in_use = region
+        .header()
+        .stats
+        .chunks_in_use
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if in_use * 4 >= u64::from(g.chunks) * 3 {
+        return arm_retry(ctx);
+    }
     let Some(id) = slot::alloc(&region, conn, conn_gen) else {
         region
             .header()

@@ -348,3 +348,43 @@ fn a_client_gone_mid_stream_frees_the_handler_and_the_arena() {
     assert_eq!(pool_status(&ng, "down")["counters"]["abandoned"], 1);
     ng.finish();
 }
+
+#[test]
+fn when_the_arena_is_full_requests_wait_then_get_503_and_nothing_leaks() {
+    // A 1 MiB arena (64 chunks of 16 KiB) and one busy worker: queued requests with 200 KiB
+    // bodies take the request share of the arena (3/4) within a few requests; the rest wait in
+    // nginx for room, bounded by queue_timeout, and are answered 503, none dropped.
+    let mut ng = Nginx::start(
+        Conf::new(
+            "    pool tiny handler=builtin:sleep workers=1 queue=64 arena=1m queue_timeout=600ms timeout=20s;\n    client_max_body_size 1m;",
+            "    location /sleep { pool_pass tiny; }\n    location = /status { pool_status; }",
+        )
+        .workers(1),
+    );
+    let port = ng.port;
+    let busy = std::thread::spawn(move || {
+        request(port, "GET", "/sleep?ms=2000", &[], b"")
+            .unwrap()
+            .status
+    });
+    ng.wait_for("the only worker to be busy", |ng| {
+        pool_status(ng, "tiny")["workers"][0]["state"] == "busy"
+    });
+    let body: Vec<u8> = (0..200 * 1024u64).map(upload_byte).collect();
+    let statuses = ngx_pool_tests::parallel(30, 30, move |_| {
+        let r = request(port, "POST", "/sleep?ms=1", &[], &body).unwrap();
+        (r.status, r.header("Retry-After").map(str::to_string))
+    });
+    for (status, retry) in &statuses {
+        assert_eq!(*status, 503, "every waiting request is answered, with 503");
+        assert_eq!(retry.as_deref(), Some("1"));
+    }
+    assert_eq!(busy.join().unwrap(), 200);
+    let peak_ok = ng
+        .log()
+        .matches("within queue_timeout (600 ms); 503")
+        .count();
+    assert_eq!(peak_ok, 30, "each one logged");
+    wait_until_idle(&mut ng, "tiny");
+    ng.finish();
+}
