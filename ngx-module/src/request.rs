@@ -301,7 +301,9 @@ fn suspend(r: *mut ngx_http_request_t, ctx: Ctx) -> Option<*mut Ctx> {
 fn submit(ctx: *mut Ctx) {
     // SAFETY: `ctx` is a live context (made by `suspend`, dropped only by the pool cleanup).
     let c = unsafe { &mut *ctx };
-    let name = pool_name(c.pool);
+    // Only for error lines: the common path allocates nothing for it.
+    let pool = c.pool;
+    let name = || pool_name(pool);
     let region = c.region.clone();
     let attached = with_pool(c.pool, |p| {
         p.attached
@@ -311,7 +313,7 @@ fn submit(ctx: *mut Ctx) {
     })
     .flatten();
     let Some((conn, conn_gen)) = attached else {
-        return fail(ctx, 503, format!("pool \"{name}\": poold went away"));
+        return fail(ctx, 503, format!("pool \"{}\": poold went away", name()));
     };
     // Requests may hold three quarters of the arena; the rest stays for answers, so the
     // requests running can always finish and free what the waiting ones need. Past that, wait
@@ -334,7 +336,7 @@ fn submit(ctx: *mut Ctx) {
         return fail(
             ctx,
             503,
-            format!("pool \"{name}\": queue full (all slots in use)"),
+            format!("pool \"{}\": queue full (all slots in use)", name()),
         );
     };
     let Some(up) = c.upload.as_mut() else {
@@ -350,12 +352,12 @@ fn submit(ctx: *mut Ctx) {
         }
         Err(e) => {
             slot::release(&region, id);
-            return fail(ctx, 502, format!("pool \"{name}\": {e}"));
+            return fail(ctx, 502, format!("pool \"{}\": {e}", name()));
         }
     }
     if let Pumped::Failed(e) = up.pump(&region, id, true) {
         slot::release(&region, id);
-        return fail(ctx, 500, format!("pool \"{name}\": {e}"));
+        return fail(ctx, 500, format!("pool \"{}\": {e}", name()));
     }
     let (head_len, total) = (up.head_len(), up.total());
     if let Some(ms) = c.own_timeout {
@@ -366,7 +368,7 @@ fn submit(ctx: *mut Ctx) {
         return fail(
             ctx,
             503,
-            format!("pool \"{name}\": could not queue the request"),
+            format!("pool \"{}\": could not queue the request", name()),
         );
     }
     c.slot = Some(id);
