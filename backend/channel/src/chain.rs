@@ -129,14 +129,7 @@ mod tests {
     use crate::stream::{Direction, StreamWriter};
 
     fn region() -> Region {
-        let g = Geometry {
-            slots: 4,
-            chunk_size: 1024,
-            chunks: 64,
-            max_conns: 1,
-            max_workers: 1,
-        };
-        Region::create("c", g, 1).unwrap()
+        Region::create("c", Geometry::for_tests(4, 64), 1).unwrap()
     }
 
     fn written(r: &Region, data: &[u8]) -> u32 {

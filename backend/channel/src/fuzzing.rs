@@ -28,13 +28,7 @@ impl Rng {
 
 /// A small region: every table fits a few pages, so corruption hits live entries often.
 pub fn geometry() -> Geometry {
-    Geometry {
-        slots: 16,
-        chunk_size: 1024,
-        chunks: 64,
-        max_conns: 4,
-        max_workers: 4,
-    }
+    Geometry::for_tests(16, 64)
 }
 
 /// Writes `bytes` at `at` (relative to the first table, wrapping) through the memfd, as a buggy

@@ -104,6 +104,17 @@ impl Geometry {
     pub const fn region_size(&self) -> u64 {
         self.chunks_offset() + self.chunks as u64 * self.chunk_size as u64
     }
+    /// A small geometry of 1 KiB chunks, for tests and the fuzz target.
+    #[doc(hidden)]
+    pub const fn for_tests(slots: u32, chunks: u32) -> Geometry {
+        Geometry {
+            slots,
+            chunk_size: 1024,
+            chunks,
+            max_conns: 4,
+            max_workers: 4,
+        }
+    }
     /// Checks the values are usable; returns what is wrong otherwise.
     pub fn validate(&self) -> Result<(), &'static str> {
         if self.slots == 0 || self.slots > 1 << 20 {

@@ -305,13 +305,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn small() -> Geometry {
-        Geometry {
-            slots: 16,
-            chunk_size: 1024,
-            chunks: 64,
-            max_conns: 4,
-            max_workers: 4,
-        }
+        Geometry::for_tests(16, 64)
     }
 
     #[test]

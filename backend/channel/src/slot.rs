@@ -689,13 +689,7 @@ mod tests {
 
     #[test]
     fn completions_reach_their_connection_and_overflow_asks_for_a_scan() {
-        let g = Geometry {
-            slots: 4,
-            chunk_size: 1024,
-            chunks: 8,
-            max_conns: 2,
-            max_workers: 1,
-        };
+        let g = Geometry::for_tests(4, 8);
         let r = Region::create("c", g, 1).unwrap();
         let a = SlotId { index: 1, gen: 7 };
         let b = SlotId { index: 2, gen: 9 };

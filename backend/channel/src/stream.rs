@@ -408,14 +408,7 @@ mod tests {
     use crate::slot;
 
     fn region() -> Region {
-        let g = Geometry {
-            slots: 2,
-            chunk_size: 1024,
-            chunks: 64,
-            max_conns: 1,
-            max_workers: 1,
-        };
-        Region::create("s", g, 1).unwrap()
+        Region::create("s", Geometry::for_tests(2, 64), 1).unwrap()
     }
 
     fn pattern(n: usize) -> Vec<u8> {
