@@ -31,9 +31,10 @@ const LIFELINE_FD: i32 = 3;
 
 struct Running {
     name: String,
-    /// poold's arguments (with the configured socket) and binary: what makes a pool "the same"
-    /// across a reload.
-    identity: Vec<String>,
+    /// poold's binary and arguments (with the configured socket): what makes a pool "the
+    /// same" across a reload.
+    daemon: PathBuf,
+    argv: Vec<String>,
     pid: Pid,
     /// This generation's socket.
     socket: PathBuf,
@@ -191,11 +192,10 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
     // Phase 1: start a generation for every pool that is new, changed or not running.
     let mut started: Vec<Running> = Vec::new();
     for pool in main.pools.iter().filter(|p| !p.conf.external) {
-        let mut identity = argv_for(pool, cycle);
-        identity.push(daemon.display().to_string());
-        let current = running
-            .iter()
-            .any(|r| r.name == pool.conf.name && r.identity == identity && alive(r.pid));
+        let configured = argv_for(pool, cycle);
+        let current = running.iter().any(|r| {
+            r.name == pool.conf.name && r.daemon == daemon && r.argv == configured && alive(r.pid)
+        });
         if current {
             continue;
         }
@@ -208,7 +208,7 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
             .unwrap_or(0)
             + 1;
         let socket = generation_path(&pool.socket, gen);
-        let argv = with_socket(&identity[..identity.len() - 1], &socket);
+        let argv = with_socket(&configured, &socket);
         match spawn(&daemon, &argv, &socket, cycle) {
             Ok(pid) => {
                 log(
@@ -222,7 +222,8 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
                 );
                 started.push(Running {
                     name: pool.conf.name.clone(),
-                    identity,
+                    daemon: daemon.clone(),
+                    argv: configured,
                     pid,
                     socket,
                     gen,

@@ -335,10 +335,11 @@ pub fn complete_ready(i: usize) {
         };
         slot::clear_wake(&a.region, a.conn);
         match slot::take_completions(&a.region, a.conn) {
-            Some(ids) => {
-                let mut seen = std::collections::HashSet::new();
+            Some(mut ids) => {
+                // A slot may be posted more than once (progress, then its end).
+                ids.sort_unstable_by_key(|id| id.encode());
+                ids.dedup();
                 ids.into_iter()
-                    .filter(|id| seen.insert(*id))
                     .filter_map(|id| {
                         let f = p.inflight.get(&id.index).filter(|f| f.gen == id.gen)?;
                         Some((id.index, f.gen, f.r))

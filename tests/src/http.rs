@@ -11,12 +11,17 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
+/// The first header named `name` (case-insensitive).
+fn find_header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        find_header(&self.headers, name)
     }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
@@ -76,11 +81,8 @@ fn parse(raw: &[u8], head_only: bool) -> io::Result<Response> {
     }
     if head_only {
         body.clear();
-    } else if let Some(len) = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-    {
-        let n: usize = len.1.parse().map_err(|_| bad("content-length"))?;
+    } else if let Some(len) = find_header(&headers, "content-length") {
+        let n: usize = len.parse().map_err(|_| bad("content-length"))?;
         if body.len() != n {
             return Err(bad(&format!(
                 "body of {} bytes, Content-Length {n}",
@@ -134,10 +136,7 @@ pub struct Streamed {
 
 impl Streamed {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        find_header(&self.headers, name)
     }
 }
 

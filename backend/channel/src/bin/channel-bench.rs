@@ -38,6 +38,21 @@ fn stats(mut rtts: Vec<Duration>, total: Duration) -> Stats {
     }
 }
 
+/// Runs `round_trip` a tenth of `iters` times to warm up, then `iters` times timed.
+fn timed(iters: usize, mut round_trip: impl FnMut()) -> Stats {
+    for _ in 0..iters / 10 {
+        round_trip();
+    }
+    let mut rtts = Vec::with_capacity(iters);
+    let started = Instant::now();
+    for _ in 0..iters {
+        let t = Instant::now();
+        round_trip();
+        rtts.push(t.elapsed());
+    }
+    stats(rtts, started.elapsed())
+}
+
 fn fork(child: impl FnOnce()) -> nix::unistd::Pid {
     // SAFETY: the benchmark is single-threaded when it forks.
     match unsafe { nix::unistd::fork() }.expect("fork") {
@@ -97,8 +112,9 @@ fn channel(size: usize, iters: usize, spin: Duration, zero_copy: bool) -> Stats 
                 assert_eq!(n, buf.len());
             }
             let l = stream::write_all(&region, id, Direction::Response, &[&buf]).expect("reply");
+            let handover = slot::finish(&region, id, 0, l);
             slot::clear_current(&region, 0);
-            if let Handover::Deliver { conn, conn_gen } = slot::finish(&region, id, 0, l) {
+            if let Handover::Deliver { conn, conn_gen } = handover {
                 if slot::needs_wake(&region, conn, conn_gen) {
                     nix::unistd::write(efd.as_fd(), &1u64.to_ne_bytes()).expect("wake");
                 }
@@ -107,14 +123,7 @@ fn channel(size: usize, iters: usize, spin: Duration, zero_copy: bool) -> Stats 
     });
     let payload = vec![0xA5u8; size];
     let mut back = vec![0u8; size];
-    let mut rtts = Vec::with_capacity(iters);
-    let warmup = iters / 10;
-    let mut started = Instant::now();
-    for i in 0..iters + warmup {
-        if i == warmup {
-            started = Instant::now();
-        }
-        let t = Instant::now();
+    let stats = timed(iters, || {
         let id = slot::alloc(&region, 0, conn_gen).expect("slot");
         let l = stream::write_all(&region, id, Direction::Request, &[&payload]).expect("request");
         assert!(slot::submit(&region, id, 0, l));
@@ -136,13 +145,9 @@ fn channel(size: usize, iters: usize, spin: Duration, zero_copy: bool) -> Stats 
             assert_eq!(n as u64, rl);
         }
         slot::release(&region, id);
-        if i >= warmup {
-            rtts.push(t.elapsed());
-        }
-    }
-    let total = started.elapsed();
+    });
     reap(worker);
-    stats(rtts, total)
+    stats
 }
 
 fn socket(size: usize, iters: usize) -> Stats {
@@ -165,14 +170,7 @@ fn socket(size: usize, iters: usize) -> Stats {
     a.set_nonblocking(true).expect("nonblocking");
     let payload = vec![0xA5u8; size];
     let mut back = vec![0u8; size];
-    let mut rtts = Vec::with_capacity(iters);
-    let warmup = iters / 10;
-    let mut started = Instant::now();
-    for i in 0..iters + warmup {
-        if i == warmup {
-            started = Instant::now();
-        }
-        let t = Instant::now();
+    let stats = timed(iters, || {
         // A large payload fills the socket buffer while the peer's reply fills ours: write and
         // read as each becomes possible (non-blocking, poll), as an event loop does.
         let (mut sent, mut got) = (0, 0);
@@ -200,13 +198,9 @@ fn socket(size: usize, iters: usize) -> Stats {
                 Err(e) => panic!("read: {e}"),
             }
         }
-        if i >= warmup {
-            rtts.push(t.elapsed());
-        }
-    }
-    let total = started.elapsed();
+    });
     reap(echo);
-    stats(rtts, total)
+    stats
 }
 
 fn human(size: usize) -> String {
