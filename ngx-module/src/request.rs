@@ -363,7 +363,7 @@ fn submit(ctx: *mut Ctx) {
     if let Some(ms) = c.own_timeout {
         slot::set_timeout(&region, id, ms);
     }
-    if !slot::submit(&region, id, head_len, total) {
+    if !slot::enqueue(&region, id, head_len, total) {
         slot::release(&region, id);
         return fail(
             ctx,
@@ -376,6 +376,7 @@ fn submit(ctx: *mut Ctx) {
     with_pool(c.pool, |p| {
         p.inflight.insert(id.index, InFlight { gen: id.gen, r })
     });
+    crate::runtime::wake_workers_later(c.pool);
     progress(ctx);
 }
 

@@ -46,6 +46,8 @@ pub struct Attached {
     pub region: Rc<Region>,
     pub conn: u32,
     pub conn_gen: u32,
+    /// Requests queued in this event-loop iteration whose wake-up is still owed.
+    pub wakes_owed: u32,
     socket_c: *mut ngx_connection_t,
     eventfd_c: *mut ngx_connection_t,
 }
@@ -64,6 +66,46 @@ pub struct PoolRt {
 
 thread_local! {
     static POOLS: RefCell<Vec<PoolRt>> = const { RefCell::new(Vec::new()) };
+    /// The posted event that wakes pool workers once per event-loop iteration.
+    static WAKE_EVENT: std::cell::Cell<*mut ngx_event_t> = const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
+/// A request of pool `i` was queued: pool workers are woken when this event-loop iteration has
+/// handled its other events (a posted event, per the development guide's "Events" section), so
+/// a burst of requests costs one futex call and the workers find them all in the queue.
+pub fn wake_workers_later(i: usize) {
+    with_pool(i, |p| {
+        if let Some(a) = &mut p.attached {
+            a.wakes_owed += 1;
+        }
+    });
+    let ev = WAKE_EVENT.with(|w| {
+        if w.get().is_null() {
+            // SAFETY: ngx_event_t is a plain C struct for which all-zero is the idle state;
+            // leaked, so its address stays valid for the process's life (it may be posted).
+            let ev: &'static mut ngx_event_t = Box::leak(Box::new(unsafe { std::mem::zeroed() }));
+            ev.handler = Some(on_wake_event);
+            ev.log = cycle_log();
+            w.set(ev);
+        }
+        w.get()
+    });
+    // SAFETY: `ev` is our leaked event; nginx's posted queue is a global of this thread.
+    unsafe { nginx_sys::ngx_post_event(ev, std::ptr::addr_of_mut!(nginx_sys::ngx_posted_events)) };
+}
+
+unsafe extern "C" fn on_wake_event(_ev: *mut ngx_event_t) {
+    POOLS.with(|p| {
+        let Ok(mut pools) = p.try_borrow_mut() else {
+            return;
+        };
+        for a in pools.iter_mut().filter_map(|p| p.attached.as_mut()) {
+            if a.wakes_owed > 0 {
+                slot::wake_workers(&a.region, a.wakes_owed);
+                a.wakes_owed = 0;
+            }
+        }
+    });
 }
 
 /// Runs `f` on pool `i` (None if the index is unknown or the state is busy).
@@ -165,6 +207,7 @@ pub fn ensure_attached(i: usize) -> bool {
                     region: Rc::new(region),
                     conn,
                     conn_gen,
+                    wakes_owed: 0,
                     socket_c,
                     eventfd_c,
                 });
@@ -318,8 +361,9 @@ unsafe extern "C" fn on_eventfd_event(ev: *mut ngx_event_t) {
     // SAFETY: nginx calls this with the read event of our eventfd connection.
     let (i, c) = unsafe { pool_of(ev) };
     let mut buf = [0u8; 8];
-    // SAFETY: the eventfd is open while the connection is; reading resets its counter.
-    while unsafe { libc::read((*c).fd, buf.as_mut_ptr().cast(), 8) } == 8 {}
+    // SAFETY: the eventfd is open while the connection is. One read resets its counter (it is
+    // not a semaphore eventfd), so a second would only return EAGAIN.
+    unsafe { libc::read((*c).fd, buf.as_mut_ptr().cast(), 8) };
     // SAFETY: as in on_socket_event.
     unsafe { (*ev).set_ready(0) };
     complete_ready(i);

@@ -164,6 +164,7 @@ fn a_64_mib_upload_and_a_256_mib_download_match_their_checksums_in_bounded_memor
 
 /// A client that downloads `bytes` from `builtin:stream`, reads the head and the first bytes,
 /// then stops reading until the returned sender says go; the thread returns what it saw.
+/// Returns once the client has the head and the first bytes.
 fn paused_download(
     port: u16,
     bytes: u64,
@@ -172,6 +173,7 @@ fn paused_download(
     std::sync::mpsc::Sender<()>,
 ) {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
     let client = std::thread::spawn(move || {
         let mut waited = false;
         exchange_streamed(
@@ -184,12 +186,18 @@ fn paused_download(
             |got| {
                 if !waited && got > 0 {
                     waited = true;
+                    let _ = started_tx.send(());
                     let _ = rx.recv();
                 }
             },
         )
         .unwrap()
     });
+    if started_rx.recv().is_err() {
+        // The client ended before its first bytes: show why.
+        let seen = client.join();
+        panic!("the paused download ended before its first bytes: {seen:?}");
+    }
     (client, tx)
 }
 

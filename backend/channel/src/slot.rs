@@ -197,6 +197,16 @@ pub fn set_timeout(region: &Region, id: SlotId, ms: u64) {
 /// Queues a request whose stream holds its `head_len`-byte head (and maybe part of its body),
 /// `total` bytes in all once complete, and wakes a sleeping pool worker if there is one.
 pub fn submit(region: &Region, id: SlotId, head_len: u32, total: u64) -> bool {
+    let queued = enqueue(region, id, head_len, total);
+    if queued {
+        wake_workers(region, 1);
+    }
+    queued
+}
+
+/// [`submit`] without the wake-up: the caller calls [`wake_workers`] once for a batch (nginx
+/// does at the end of its event loop iteration, so a burst of requests costs one system call).
+pub fn enqueue(region: &Region, id: SlotId, head_len: u32, total: u64) -> bool {
     let Some(slot) = region.slot(id.index) else {
         return false;
     };
@@ -210,16 +220,26 @@ pub fn submit(region: &Region, id: SlotId, head_len: u32, total: u64) -> bool {
         transition(region, id, SlotState::Queued, SlotState::Filling);
         return false;
     }
+    region
+        .header()
+        .stats
+        .accepted
+        .fetch_add(1, Ordering::Relaxed);
+    true
+}
+
+/// Wakes up to `n` sleeping pool workers, after requests were queued with [`enqueue`]; no
+/// system call when none sleeps.
+pub fn wake_workers(region: &Region, n: u32) {
     let h = region.header();
-    h.stats.accepted.fetch_add(1, Ordering::Relaxed);
-    // SeqCst fence: orders our queue push before the `sleepers` load, against the sleeper's
+    // SeqCst fence: orders the queue pushes before the `sleepers` load, against the sleeper's
     // fetch_add-then-pop in `wait_for_work` (Dekker pattern); one of us must see the other.
     fence(Ordering::SeqCst);
-    if h.sleepers.load(Ordering::Relaxed) > 0 {
+    let sleeping = h.sleepers.load(Ordering::Relaxed);
+    if sleeping > 0 && n > 0 {
         h.work_seq.fetch_add(1, Ordering::SeqCst);
-        let _ = futex_wake(&h.work_seq, 1);
+        let _ = futex_wake(&h.work_seq, n.min(sleeping).min(i32::MAX as u32));
     }
-    true
 }
 
 /// Pool worker `worker`: takes the next queued request, skipping ones their nginx side

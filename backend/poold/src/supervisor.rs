@@ -334,6 +334,7 @@ impl Supervisor {
                     region,
                     handler,
                     index: i as u32,
+                    pid: std::process::id(),
                     waker: std::cell::RefCell::new(crate::worker::Waker {
                         control,
                         conns: table,

@@ -24,6 +24,8 @@ pub struct Worker<'a> {
     pub region: &'a Region,
     pub handler: &'a dyn Handler,
     pub index: u32,
+    /// This process's id (getpid is a system call; the serving loop logs it).
+    pub pid: u32,
     pub waker: RefCell<Waker>,
     /// How long to poll the queue before sleeping (`--spin`).
     pub spin: std::time::Duration,
@@ -56,7 +58,7 @@ impl Worker<'_> {
             .region
             .worker(self.index)
             .expect("worker index within geometry");
-        entry.pid.store(std::process::id(), Ordering::Relaxed);
+        entry.pid.store(self.pid, Ordering::Relaxed);
         entry.retire_now.store(0, Ordering::Relaxed);
         self.handler.worker_init();
         // Idle before READY: whoever this worker relieves leaves only after it can serve.
@@ -117,7 +119,7 @@ impl Worker<'_> {
 
     fn serve(&mut self, id: SlotId) -> Handover {
         let region = self.region;
-        let pid = std::process::id();
+        let pid = self.pid;
         let Some((head_len, total)) = slot::request(region, id) else {
             return slot::fail(region, id, FailReason::BadRequest);
         };
