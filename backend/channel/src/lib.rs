@@ -37,6 +37,7 @@ pub mod region;
 #[path = "region_loom.rs"]
 pub mod region;
 pub mod slot;
+pub mod spin;
 #[cfg(not(loom))]
 pub mod status;
 pub mod stream;

@@ -293,16 +293,15 @@ pub fn retire_due(region: &Region, worker: u32) -> bool {
 
 /// Pool worker: sleeps until a request may be there (no CPU, no syscalls while none comes).
 ///
-/// With a non-zero `spin`, it first polls the queue that long: under load the next request is
-/// usually microseconds away, and catching it saves the producer a futex wake and us a sleep.
-/// That pays when cores are idle (3x the round trips in channel-bench) and costs when they are
-/// not (on 2 cores shared with nginx workers it lowered HTTP throughput), hence a setting.
+/// First it may poll the queue for a few microseconds, as `spin` decides ([`crate::spin`]):
+/// under load the next request is usually that close, and catching it saves the producer a
+/// futex wake and us a sleep, when a core is free to poll on.
 ///
 /// Returns `None` when `stop` says so (checked before each sleep and after each wake-up).
 pub fn wait_for_work(
     region: &Region,
     worker: u32,
-    spin: std::time::Duration,
+    spin: &mut crate::spin::Spin,
     stop: &dyn Fn() -> bool,
 ) -> Option<SlotId> {
     let h = region.header();
@@ -313,14 +312,13 @@ pub fn wait_for_work(
         if stop() {
             return None;
         }
-        let spin_until = std::time::Instant::now() + spin;
-        while std::time::Instant::now() < spin_until {
-            for _ in 0..64 {
-                std::hint::spin_loop();
-            }
-            if let Some(id) = take(region, worker) {
-                return Some(id);
-            }
+        let mut taken = None;
+        spin.run(|| {
+            taken = take(region, worker);
+            taken.is_some()
+        });
+        if taken.is_some() {
+            return taken;
         }
         h.sleepers.fetch_add(1, Ordering::SeqCst);
         // SeqCst fence: pairs with the one in `submit` (see there).

@@ -101,3 +101,12 @@ pub fn monotonic_ms() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
+
+#[cfg(not(loom))]
+/// The calling thread's involuntary context switches so far (times it was preempted).
+pub fn thread_involuntary_switches() -> io::Result<i64> {
+    // SAFETY: all-zero is a valid `rusage` (plain integers and timevals).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    syscall!(getrusage(libc::RUSAGE_THREAD, &mut usage))?;
+    Ok(usage.ru_nivcsw)
+}

@@ -8,6 +8,7 @@
 
 use ngx_pool_channel::chain::ChainError;
 use ngx_pool_channel::slot::{self, Handover, SlotId, SlotState};
+use ngx_pool_channel::spin::Spin;
 use ngx_pool_channel::stream::{self, Direction, StreamReader, StreamWriter};
 use ngx_pool_channel::{Geometry, Region};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -75,8 +76,7 @@ fn wake_owner(region: &Region, eventfds: &[OwnedFd], id: SlotId) {
 fn consumer(region: &Region, index: u32, eventfds: &[OwnedFd]) -> ! {
     let running = |id| slot::state_of(region, id) == Some(SlotState::Running);
     loop {
-        let id =
-            slot::wait_for_work(region, index, std::time::Duration::ZERO, &|| false).expect("work");
+        let id = slot::wait_for_work(region, index, &mut Spin::off(), &|| false).expect("work");
         let (_, total) = slot::request(region, id).expect("request");
         // Read the request whole, as it arrives.
         let mut reader = StreamReader::new();

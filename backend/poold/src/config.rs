@@ -27,9 +27,10 @@ OPTIONS:
     --max-requests N    a worker retires after about N requests (N plus up to 10% jitter, so
                         workers do not all retire at once) and a fresh one replaces it
     --max-rss SIZE      a worker retires after a request that left it above SIZE resident
-    --spin TIME         how long an idle pool worker polls the queue before it sleeps (50us,
-                        0 to never); lowers latency when cores are idle, costs CPU when
-                        they are not                                 [default: 0]
+    --spin TIME         the longest an idle pool worker polls the queue before it sleeps
+                        (100us; 0 never polls). Adaptive: it polls about twice as long as
+                        work took to come lately, and stops polling for a while after a
+                        poll that found nothing or was preempted (cores busy) [default: 100us]
     --timeout TIME      a request running longer (30s, 500ms) gets its worker SIGTERM, then
                         SIGKILL 2 s later, and a fresh worker replaces it [default: none]
     --user USER         when started as root: owner of the socket, and the user (and its
@@ -113,7 +114,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         group: None,
         lifeline_fd: None,
         timeout: None,
-        spin: std::time::Duration::ZERO,
+        spin: std::time::Duration::from_micros(100),
         max_requests: None,
         max_rss: None,
     };

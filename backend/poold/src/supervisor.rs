@@ -339,7 +339,7 @@ impl Supervisor {
                         control,
                         conns: table,
                     }),
-                    spin,
+                    spin: ngx_pool_channel::spin::Spin::adaptive(spin),
                     max_requests,
                     max_rss,
                 }

@@ -28,7 +28,7 @@ pub struct Worker<'a> {
     pub pid: u32,
     pub waker: RefCell<Waker>,
     /// How long to poll the queue before sleeping (`--spin`).
-    pub spin: std::time::Duration,
+    pub spin: ngx_pool_channel::spin::Spin,
     /// Retire after this many requests (`--max-requests`, jittered by the caller).
     pub max_requests: Option<u64>,
     /// Retire once resident memory exceeds this many bytes (`--max-rss`).
@@ -83,7 +83,7 @@ impl Worker<'_> {
                 .store(WorkerState::Idle as u32, Ordering::Relaxed);
             let asked = retiring.is_some();
             let stop = || asked && slot::retire_due(region, index);
-            let Some(id) = slot::wait_for_work(region, index, self.spin, &stop) else {
+            let Some(id) = slot::wait_for_work(region, index, &mut self.spin, &stop) else {
                 continue;
             };
             entry

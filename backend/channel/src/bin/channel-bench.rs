@@ -10,9 +10,10 @@
 //! (non-blocking, poll), as an event loop does.
 //!
 //! `channel-bench [--sizes 64,4096,65536,1048576] [--scale F] [--spin-us N]` prints a Markdown
-//! table; `--spin-us` is poold's `--spin` (default 0).
+//! table; `--spin-us` is poold's `--spin` (default 100, adaptive as in poold; 0 never polls).
 
 use ngx_pool_channel::slot::{self, Handover, SlotState};
+use ngx_pool_channel::spin::Spin;
 use ngx_pool_channel::stream::{self, Direction, StreamReader};
 use ngx_pool_channel::{Geometry, Region};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -98,9 +99,10 @@ fn channel(size: usize, iters: usize, spin: Duration, zero_copy: bool) -> Stats 
         .into();
     let conn_gen = slot::open_conn(&region, 0, std::process::id()).expect("conn");
     let worker = fork(|| {
+        let mut spin = Spin::adaptive(spin);
         let mut buf = Vec::new();
         loop {
-            let id = slot::wait_for_work(&region, 0, spin, &|| false).expect("work");
+            let id = slot::wait_for_work(&region, 0, &mut spin, &|| false).expect("work");
             let (_, len) = slot::request(&region, id).expect("request");
             buf.resize(len as usize, 0);
             if zero_copy {
@@ -229,9 +231,9 @@ fn main() {
         .map(|s| s.parse().expect("size"))
         .collect();
     let scale: f64 = arg("--scale").map_or(1.0, |s| s.parse().expect("scale"));
-    let spin = Duration::from_micros(arg("--spin-us").map_or(0, |s| s.parse().expect("spin")));
+    let spin = Duration::from_micros(arg("--spin-us").map_or(100, |s| s.parse().expect("spin")));
     println!(
-        "pool worker spin before sleeping: {} µs\n",
+        "pool worker polls up to {} µs before sleeping (adaptive, as poold --spin)\n",
         spin.as_micros()
     );
     println!("| payload | socket p50 / p99 µs | socket rt/s | channel, copying reads: p50 / p99 µs | rt/s | ÷ socket | channel, in-place reads: p50 / p99 µs | rt/s | ÷ socket |");
