@@ -117,6 +117,9 @@ fn argv_for(pool: &PoolEntry, cycle: *mut ngx_cycle_t) -> Vec<String> {
     if let Some(n) = c.max_rss {
         argv.extend(["--max-rss".into(), n.to_string()]);
     }
+    if let Some(us) = c.spin_us {
+        argv.extend(["--spin".into(), format!("{us}us")]);
+    }
     if let Some(a) = c.arena {
         argv.extend(["--arena".into(), a.to_string()]);
     }

@@ -127,3 +127,12 @@ fn bad_queue_timeout() {
         "invalid queue_timeout \"never\"",
     );
 }
+
+#[test]
+fn bad_spin() {
+    rejected(
+        "    pool app handler=builtin:echo spin=1s;",
+        LOC,
+        "invalid spin \"1s\" (a time up to 10ms",
+    );
+}

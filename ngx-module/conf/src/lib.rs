@@ -25,6 +25,8 @@ pub struct PoolConf {
     pub max_requests: Option<u32>,
     /// A pool worker retires above this resident size in bytes (`max_rss=`).
     pub max_rss: Option<u64>,
+    /// Longest poll of an idle pool worker before it sleeps, in µs (`spin=`); none: poold's.
+    pub spin_us: Option<u64>,
     /// As written; made absolute against the prefix by the caller.
     pub socket: Option<String>,
     pub arena: Option<u64>,
@@ -120,6 +122,7 @@ pub fn parse_pool(args: &[&str]) -> Result<PoolConf, String> {
         queue_timeout_ms: None,
         max_requests: None,
         max_rss: None,
+        spin_us: None,
         socket: None,
         arena: None,
         external: false,
@@ -187,6 +190,20 @@ pub fn parse_pool(args: &[&str]) -> Result<PoolConf, String> {
                     }
                 }
             }
+            "spin" => {
+                let us = match value.strip_suffix("us") {
+                    Some(n) => n.parse::<u64>().ok(),
+                    None => parse_time_ms(value).map(|ms| ms * 1000),
+                };
+                p.spin_us = match us {
+                    Some(us) if us <= 10_000 => Some(us),
+                    _ => {
+                        return Err(format!(
+                            "invalid spin \"{value}\" (a time up to 10ms, such as 100us or 0)"
+                        ))
+                    }
+                }
+            }
             "socket" if !value.is_empty() => p.socket = Some(value.to_string()),
             "arena" => {
                 p.arena = match parse_size(value) {
@@ -233,9 +250,13 @@ mod tests {
             "queue=10",
             "timeout=1m30s",
             "socket=/x.sock",
+            "spin=50us",
         ])
         .unwrap();
         assert_eq!((p.workers, p.queue, p.timeout_ms), (4, 10, 90_000));
+        assert_eq!(p.spin_us, Some(50));
+        let q = parse_pool(&["b", "handler=builtin:echo", "spin=0"]).unwrap();
+        assert_eq!(q.spin_us, Some(0));
         assert_eq!(socket_path(&p, "/p/"), PathBuf::from("/x.sock"));
     }
 
@@ -245,6 +266,8 @@ mod tests {
         assert!(e(&["a", "handler=builtin:nope"]).contains("unknown handler"));
         assert!(e(&["a", "handler=builtin:echo", "workers=x"]).contains("invalid workers"));
         assert!(e(&["a", "handler=builtin:echo", "timeout=5q"]).contains("invalid timeout"));
+        assert!(e(&["a", "handler=builtin:echo", "spin=1s"]).contains("invalid spin"));
+        assert!(e(&["a", "handler=builtin:echo", "spin=fast"]).contains("invalid spin"));
         assert!(e(&["a", "handler=builtin:echo", "colour=red"]).contains("invalid parameter"));
         assert!(e(&["a"]).contains("needs handler"));
         assert!(e(&["a", "external"]).contains("socket"));
