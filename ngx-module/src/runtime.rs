@@ -79,18 +79,12 @@ pub fn wake_workers_later(i: usize) {
             a.wakes_owed += 1;
         }
     });
-    let ev = WAKE_EVENT.with(|w| {
-        if w.get().is_null() {
-            // SAFETY: ngx_event_t is a plain C struct for which all-zero is the idle state;
-            // leaked, so its address stays valid for the process's life (it may be posted).
-            let ev: &'static mut ngx_event_t = Box::leak(Box::new(unsafe { std::mem::zeroed() }));
-            ev.handler = Some(on_wake_event);
-            ev.log = cycle_log();
-            w.set(ev);
-        }
-        w.get()
-    });
-    // SAFETY: `ev` is our leaked event; nginx's posted queue is a global of this thread.
+    let ev = WAKE_EVENT.with(|w| w.get());
+    if ev.is_null() {
+        return; // no pools in this process: nothing can have been queued
+    }
+    // SAFETY: `ev` is the event leaked in `on_init_process`; nginx's posted queue is a global
+    // of this thread.
     unsafe { nginx_sys::ngx_post_event(ev, std::ptr::addr_of_mut!(nginx_sys::ngx_posted_events)) };
 }
 
@@ -144,6 +138,12 @@ pub fn on_init_process(cycle: *mut ngx_cycle_t) {
     };
     let pools: Vec<PoolRt> = main.pools.iter().map(pool_rt).collect();
     POOLS.with(|p| *p.borrow_mut() = pools);
+    // SAFETY: ngx_event_t is a plain C struct for which all-zero is the idle state; leaked, so
+    // its address stays valid for the process's life (it may sit in the posted queue).
+    let ev: &'static mut ngx_event_t = Box::leak(Box::new(unsafe { std::mem::zeroed() }));
+    ev.handler = Some(on_wake_event);
+    ev.log = cycle_log();
+    WAKE_EVENT.with(|w| w.set(ev));
     for i in 0..main.pools.len() {
         ensure_attached(i);
     }

@@ -312,16 +312,11 @@ pub fn wait_for_work(
         if stop() {
             return None;
         }
-        let mut taken = None;
-        spin.run(|| {
-            taken = take(region, worker);
-            taken.is_some()
-        });
-        if taken.is_some() {
-            return taken;
+        if let Some(id) = spin.run(|| take(region, worker)) {
+            return Some(id);
         }
         h.sleepers.fetch_add(1, Ordering::SeqCst);
-        // SeqCst fence: pairs with the one in `submit` (see there).
+        // SeqCst fence: pairs with the one in `wake_workers` (see there).
         fence(Ordering::SeqCst);
         let seq = h.work_seq.load(Ordering::SeqCst);
         if let Some(id) = take(region, worker) {

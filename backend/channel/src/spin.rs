@@ -6,9 +6,10 @@
 //! a machine where the pool's and nginx's processes outnumber the cores, the poller takes CPU
 //! from the very nginx worker that would produce the next request.
 //!
-//! So a worker polls up to `max`, and watches whether it was preempted meanwhile (the thread's
-//! involuntary context switches, which the kernel counts): preemption means someone else
-//! wanted this core, and the worker stops polling for a while (doubling, up to
+//! So a worker polls about twice as long as work took to arrive lately (at most `max`), and
+//! watches whether it was preempted meanwhile (the thread's involuntary context switches, which
+//! the kernel counts): preemption means someone else wanted this core. After a poll that was
+//! preempted or found nothing, the worker stops polling for a while (doubling, up to
 //! [`MAX_BACKOFF`] idle periods), then tries again. On idle cores it keeps polling. An idle pool
 //! still makes no system calls and uses no CPU: one poll at most per transition to idle.
 
@@ -32,15 +33,6 @@ pub struct Spin {
     typical: Duration,
 }
 
-/// What one poll came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Polled {
-    /// Work arrived while polling.
-    Found,
-    /// Polled for the whole budget; nothing came.
-    Nothing,
-}
-
 impl Spin {
     /// Polls up to `max` before sleeping, backing off where the cores are busy; zero never polls.
     pub fn adaptive(max: Duration) -> Self {
@@ -57,33 +49,33 @@ impl Spin {
         Self::adaptive(Duration::ZERO)
     }
 
-    /// Calls `poll` until it returns true or the budget is spent (or not at all, while backing
-    /// off). Returns whether `poll` found something.
-    pub fn run(&mut self, mut poll: impl FnMut() -> bool) -> Polled {
+    /// Calls `poll` until it returns something or the budget is spent (or not at all, while
+    /// backing off). Returns what `poll` found.
+    pub fn run<T>(&mut self, mut poll: impl FnMut() -> Option<T>) -> Option<T> {
         if self.max.is_zero() {
-            return Polled::Nothing;
+            return None;
         }
         if self.skip > 0 {
             self.skip -= 1;
-            return Polled::Nothing;
+            return None;
         }
         let before = involuntary_switches();
         let started = Instant::now();
         let until = started + (self.typical * 2).clamp(MIN_POLL.min(self.max), self.max);
-        let mut found = false;
+        let mut found = None;
         while Instant::now() < until {
             for _ in 0..64 {
                 std::hint::spin_loop();
             }
-            if poll() {
-                found = true;
+            found = poll();
+            if found.is_some() {
                 break;
             }
         }
-        if !found || involuntary_switches() > before {
+        if found.is_none() || involuntary_switches() > before {
             self.backoff = (self.backoff * 2).clamp(1, MAX_BACKOFF);
             self.skip = self.backoff;
-            if !found {
+            if found.is_none() {
                 // Maybe work comes a little later than we waited: wait longer next time.
                 self.typical = (self.typical * 2).min(self.max / 2);
             }
@@ -91,11 +83,7 @@ impl Spin {
             self.backoff /= 2;
             self.typical = (self.typical * 3 + started.elapsed()) / 4;
         }
-        if found {
-            Polled::Found
-        } else {
-            Polled::Nothing
-        }
+        found
     }
 
     /// Idle periods it will sleep through without polling (for tests and status).
@@ -126,9 +114,9 @@ mod tests {
         assert_eq!(
             s.run(|| {
                 polls += 1;
-                true
+                Some(())
             }),
-            Polled::Nothing
+            None
         );
         assert_eq!(polls, 0);
     }
@@ -140,16 +128,17 @@ mod tests {
         assert_eq!(
             s.run(|| {
                 polls += 1;
-                polls == 3
+                (polls == 3).then_some(polls)
             }),
-            Polled::Found
+            Some(3)
         );
         assert_eq!(polls, 3);
     }
 
     #[test]
     fn a_preempted_poller_backs_off_then_tries_again() {
-        // Two threads polling on one CPU for a long time: each is preempted by the other.
+        // Two threads polling on one CPU for a long time: each is preempted by the other. The
+        // work comes within the budget, so only the preemption can make them back off.
         let spinner = || {
             std::thread::spawn(move || {
                 // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET stays within it.
@@ -159,7 +148,8 @@ mod tests {
                     libc::sched_setaffinity(0, std::mem::size_of_val(&one), &one);
                 }
                 let mut s = Spin::adaptive(Duration::from_millis(60));
-                s.run(|| false);
+                let started = Instant::now();
+                s.run(|| (started.elapsed() >= Duration::from_millis(40)).then_some(()));
                 s.backing_off()
             })
         };
@@ -169,11 +159,11 @@ mod tests {
         let mut s = Spin::adaptive(Duration::from_micros(1));
         s.skip = 2;
         s.backoff = 2;
-        assert_eq!(s.run(|| true), Polled::Nothing);
-        assert_eq!(s.run(|| true), Polled::Nothing);
+        assert_eq!(s.run(|| Some(())), None);
+        assert_eq!(s.run(|| Some(())), None);
         assert_eq!(
-            s.run(|| true),
-            Polled::Found,
+            s.run(|| Some(())),
+            Some(()),
             "polls again after backing off"
         );
     }
