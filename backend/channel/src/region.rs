@@ -13,7 +13,7 @@
 //!    protocol (slot state, Acquire/Release) decides who may write them.
 
 use crate::layout::{Cell, ChunkHead, Conn, Geometry, Header, Slot, WorkerEntry};
-use crate::layout::{CHUNK_HEADER, LAYOUT_VERSION, MAGIC};
+use crate::layout::{LAYOUT_VERSION, MAGIC};
 use memmap2::{MmapOptions, MmapRaw};
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 use std::ffi::CString;
@@ -236,13 +236,8 @@ impl Region {
     }
 
     pub fn chunk_head(&self, index: u32) -> Option<&ChunkHead> {
-        if index >= self.geometry.chunks {
-            return None;
-        }
-        let at = self.chunk_offset(index);
-        // SAFETY: as in `entry`: in bounds, chunk stride is a multiple of 128, ChunkHead is
-        // atomic-only.
-        Some(unsafe { &*self.map.as_ptr().add(at).cast::<ChunkHead>() })
+        let g = self.geometry;
+        self.entry(g.chunk_heads_offset(), g.chunks, index)
     }
 
     fn chunk_offset(&self, index: u32) -> usize {
@@ -258,7 +253,7 @@ impl Region {
         if index >= self.geometry.chunks || at as usize > cap || data.len() > cap - at as usize {
             return false;
         }
-        let dst = self.chunk_offset(index) + CHUNK_HEADER as usize + at as usize;
+        let dst = self.chunk_offset(index) + at as usize;
         // SAFETY: the destination range is inside chunk `index`'s payload (checked above, and the
         // chunk is inside the mapping by invariant 2). The payload is never referenced, only
         // copied, so no Rust reference aliases it; `data` is process-local memory.
@@ -278,7 +273,7 @@ impl Region {
         if index >= self.geometry.chunks || at > cap || len > cap - at {
             return None;
         }
-        let off = self.chunk_offset(index) + CHUNK_HEADER as usize + at as usize;
+        let off = self.chunk_offset(index) + at as usize;
         Some(self.map.as_ptr().wrapping_add(off))
     }
 
@@ -289,7 +284,7 @@ impl Region {
         if index >= self.geometry.chunks || at as usize > cap || out.len() > cap - at as usize {
             return false;
         }
-        let src = self.chunk_offset(index) + CHUNK_HEADER as usize + at as usize;
+        let src = self.chunk_offset(index) + at as usize;
         // SAFETY: the source range is inside the mapping (checked above); we copy out into a
         // local buffer, so a concurrent writer can only make the bytes wrong, which the message
         // decoder validates.
@@ -319,7 +314,7 @@ mod tests {
         let mut out = [0u8; 5];
         assert!(r.chunk_read(0, 0, &mut out));
         assert_eq!(&out, b"hello");
-        assert!(!a.chunk_write(0, 1000, b"xxxxxxxxxxxxxxxxxxxxxxx"));
+        assert!(!a.chunk_write(0, 1010, b"xxxxxxxxxxxxxxxxxxxxxxx"));
         assert!(!a.chunk_read(64, 0, &mut out));
     }
 

@@ -438,7 +438,7 @@ mod tests {
             got.extend_from_slice(&buf[..k]);
             rd.release(&r, id, Direction::Request, rd.position());
             let in_use = r.header().stats.chunks_in_use.load(Ordering::Relaxed);
-            assert!(in_use * 1008 <= window + 2 * 1008, "{in_use} chunks in use");
+            assert!(in_use * 1024 <= window + 2 * 1024, "{in_use} chunks in use");
         }
         assert_eq!(got, data);
         assert!(slot::release(&r, id));

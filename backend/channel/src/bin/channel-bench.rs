@@ -85,7 +85,7 @@ fn in_place(region: &Region, id: slot::SlotId, dir: Direction, len: u64) -> u64 
 
 fn channel(size: usize, iters: usize, spin: Duration, zero_copy: bool) -> Stats {
     let chunk = 64 * 1024;
-    let chunks = ((size * 8 / (chunk - 16)) as u32 + 16).max(64);
+    let chunks = ((size * 8 / chunk) as u32 + 16).max(64);
     let g = Geometry {
         slots: 8,
         chunk_size: chunk as u32,
