@@ -10,6 +10,9 @@
 //!   byte streams stored as chains of chunks ([`chain`]);
 //! * one **connection** entry per attached nginx worker, with its wake-up flag.
 //!
+//! A chunk lost with a process killed mid-operation is returned at the next idle moment
+//! ([`scavenge`]).
+//!
 //! No process ever holds a lock another process waits on. Every value read from the region is
 //! validated before use: the other side may have crashed mid-write or be buggy, and a bad value
 //! fails one request, never the reader.
@@ -36,6 +39,7 @@ pub mod region;
 #[cfg(loom)]
 #[path = "region_loom.rs"]
 pub mod region;
+pub mod scavenge;
 pub mod slot;
 pub mod spin;
 #[cfg(not(loom))]

@@ -11,6 +11,7 @@ use crate::sys;
 use crate::worker::{ConnFds, Worker};
 use ngx_pool_channel::handshake::{self, recv_frame, send_frame, Frame, READY, RETIRING};
 use ngx_pool_channel::layout::LAYOUT_VERSION;
+use ngx_pool_channel::scavenge::{self, NotNow};
 use ngx_pool_channel::slot::{self, FailReason, Handover, WorkerState};
 use ngx_pool_channel::Region;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -80,6 +81,9 @@ pub struct Supervisor {
     workers: Vec<WorkerSlot>,
     run_as: Option<(Uid, Gid)>,
     me: Pid,
+    /// A process died since the arena was last found whole: it may have taken a chunk with it,
+    /// which is returned at the next idle moment.
+    chunks_maybe_lost: bool,
 }
 
 enum Source {
@@ -135,6 +139,7 @@ impl Supervisor {
             workers,
             run_as,
             me: nix::unistd::getpid(),
+            chunks_maybe_lost: false,
         })
     }
 
@@ -176,6 +181,9 @@ impl Supervisor {
                     Source::Conn(i) => self.on_conn_readable(i),
                     Source::Worker(i) => self.on_worker_message(i)?,
                 }
+            }
+            if self.chunks_maybe_lost {
+                self.return_lost_chunks();
             }
             if let Some(since) = self.draining {
                 let attached = self.conns.iter().flatten().count();
@@ -239,8 +247,12 @@ impl Supervisor {
             .load(Ordering::Relaxed)
             > 0;
         let tick = if busy { DEADLINE_TICK } else { IDLE_TICK };
-        // Deadlines: the pool's, and per request (`pool_timeout`) which any busy pool may have.
-        let next_tick = (busy || self.cfg.timeout.is_some() || self.draining.is_some())
+        // Deadlines: the pool's, and per request (`pool_timeout`) which any busy pool may have;
+        // and a look for lost chunks until the pool has been idle once since a death.
+        let next_tick = (busy
+            || self.cfg.timeout.is_some()
+            || self.draining.is_some()
+            || self.chunks_maybe_lost)
             .then(|| Instant::now() + tick);
         let next_wake = match (next_respawn, next_tick) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -582,6 +594,7 @@ impl Supervisor {
         } else {
             FailReason::WorkerDied
         };
+        self.chunks_maybe_lost = true;
         match slot::reclaim_worker(&self.region, i as u32, reason) {
             Some((id, Handover::Deliver { .. })) => log!(
                 "error",
@@ -726,12 +739,36 @@ impl Supervisor {
         let c = self.conns[i].take().expect("checked above");
         slot::close_conn(&self.region, i as u32);
         let n = slot::reclaim_conn(&self.region, i as u32, c.gen);
+        self.chunks_maybe_lost = true;
         if n > 0 {
             log!(
                 "warn",
                 "nginx worker {} detached with {n} requests in flight; reclaimed",
                 c.pid
             );
+        }
+    }
+
+    /// Returns the chunks a dead process took with it, if the pool is idle now (otherwise a later
+    /// turn of the loop tries again).
+    fn return_lost_chunks(&mut self) {
+        match scavenge::return_lost_chunks(&self.region) {
+            Ok(0) => self.chunks_maybe_lost = false,
+            Ok(n) => {
+                self.chunks_maybe_lost = false;
+                log!(
+                    "notice",
+                    "returned {n} arena chunk(s) that a process killed mid-operation held"
+                );
+            }
+            Err(NotNow::Busy | NotNow::Moved) => {}
+            Err(NotNow::Corrupt) => {
+                self.chunks_maybe_lost = false;
+                log!(
+                    "error",
+                    "the arena's free list is corrupt; lost chunks are not returned"
+                );
+            }
         }
     }
 
