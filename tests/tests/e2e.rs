@@ -450,10 +450,21 @@ fn queue_timeout_gives_503_to_a_request_no_worker_took() {
     ng.wait_for("the only worker to be busy", |ng| {
         ng.get("/status").json()["pools"][0]["workers"][0]["state"] == "busy"
     });
-    let r = ng.get("/sleep?ms=1");
+    // A body, so the queued request holds arena chunks: the withdrawal frees them at once,
+    // while its slot waits in the queue for the worker to pop it.
+    let r = request(port, "POST", "/sleep?ms=1", &[], &[b'x'; 40_000]).unwrap();
     assert_eq!(r.status, 503);
     assert_eq!(r.header("Retry-After"), Some("1"));
     assert!(ng.log().contains("within queue_timeout (200 ms); 503"));
+    let pool = ng.get("/status").json()["pools"][0].clone();
+    assert_eq!(
+        pool["slots"]["in_use"], 2,
+        "the withdrawn slot is still queued"
+    );
+    assert_eq!(
+        pool["chunks"]["in_use"], 1,
+        "only the running request's head holds a chunk: {pool}"
+    );
     assert_eq!(
         busy.join().unwrap(),
         200,

@@ -212,3 +212,32 @@ fn loom_a_stream_longer_than_its_window_arrives_intact_and_frees_behind_it() {
         assert_eq!(in_use(&r), (0, 0));
     });
 }
+
+#[test]
+fn loom_withdrawal_racing_a_pop_frees_slot_and_chunks_exactly_once() {
+    model(|| {
+        let (r, conn_gen, id) = queued_request();
+        let w = {
+            let r = r.clone();
+            thread::spawn(move || {
+                // Takes it (and answers), or pops it withdrawn and lets go of it.
+                if let Some(id) = slot::take(&r, 0) {
+                    let n = stream::write_all(&r, id, Direction::Response, &[b"y"]).unwrap();
+                    let _ = slot::finish(&r, id, 0, n);
+                    slot::clear_current(&r, 0);
+                }
+            })
+        };
+        // nginx: the request waited too long in the queue.
+        let withdrawn = slot::withdraw_queued(&r, id);
+        w.join().unwrap();
+        if !withdrawn {
+            // The worker had it: nginx reads the answer and frees the slot, as always.
+            assert_eq!(slot::state_of(&r, id), Some(SlotState::Done));
+            assert!(slot::release(&r, id));
+        }
+        assert_eq!(in_use(&r), (0, 0));
+        assert!(slot::alloc(&r, 0, conn_gen).is_some());
+        assert!(slot::alloc(&r, 0, conn_gen).is_some());
+    });
+}

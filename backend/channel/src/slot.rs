@@ -39,6 +39,11 @@ pub enum SlotState {
     Failed = 5,
     Abandoned = 6,
     Streaming = 7,
+    /// nginx took back a request no worker had taken yet and is freeing its chunks; the slot
+    /// is still in the queue.
+    Withdrawing = 8,
+    /// A worker popped a `Withdrawing` slot from the queue: nginx frees the slot when done.
+    Orphaned = 9,
 }
 
 impl SlotState {
@@ -52,6 +57,8 @@ impl SlotState {
             5 => SlotState::Failed,
             6 => SlotState::Abandoned,
             7 => SlotState::Streaming,
+            8 => SlotState::Withdrawing,
+            9 => SlotState::Orphaned,
             _ => return None,
         })
     }
@@ -263,11 +270,9 @@ pub fn take(region: &Region, worker: u32) -> Option<SlotId> {
         if transition(region, id, SlotState::Queued, SlotState::Running) {
             return Some(id);
         }
+        let_go_of_withdrawn(region, id);
         if let Some(e) = entry {
             e.current.store(0, Ordering::Relaxed);
-        }
-        if transition(region, id, SlotState::Abandoned, SlotState::Free) {
-            recycle(region, id.index);
         }
     }
 }
@@ -415,6 +420,14 @@ fn settle(region: &Region, id: SlotId, to: SlotState) -> Handover {
 /// nginx: the request no longer wants an answer (client gone, deadline). Whoever holds the slot
 /// releases it; returns true if that was us.
 pub fn abandon(region: &Region, id: SlotId) -> bool {
+    if withdraw(region, id) {
+        region
+            .header()
+            .stats
+            .abandoned
+            .fetch_add(1, Ordering::Relaxed);
+        return false;
+    }
     for from in [SlotState::Queued, SlotState::Running, SlotState::Streaming] {
         if transition(region, id, from, SlotState::Abandoned) {
             region
@@ -431,9 +444,10 @@ pub fn abandon(region: &Region, id: SlotId) -> bool {
 }
 
 /// nginx: withdraws a request no pool worker has taken yet (it waited too long in the queue).
-/// Returns false if a worker took it meanwhile. The next worker to pop it releases it.
+/// Returns false if a worker took it meanwhile. Its chunks are freed now; the slot, still in the
+/// queue, is freed by the worker that pops it (or by us, if one popped it meanwhile).
 pub fn withdraw_queued(region: &Region, id: SlotId) -> bool {
-    let withdrawn = transition(region, id, SlotState::Queued, SlotState::Abandoned);
+    let withdrawn = withdraw(region, id);
     if withdrawn {
         region
             .header()
@@ -442,6 +456,26 @@ pub fn withdraw_queued(region: &Region, id: SlotId) -> bool {
             .fetch_add(1, Ordering::Relaxed);
     }
     withdrawn
+}
+
+/// Takes back a `Queued` request: frees its chains at once (a request withdrawn under overload
+/// must not hold arena until a worker reaches it in the queue), then leaves the slot `Abandoned`
+/// for the worker that pops it. False if it was not queued.
+fn withdraw(region: &Region, id: SlotId) -> bool {
+    if !transition(region, id, SlotState::Queued, SlotState::Withdrawing) {
+        return false;
+    }
+    if let Some(slot) = region.slot(id.index) {
+        // Ours while Withdrawing: a worker popping it only marks it Orphaned. If we die midway,
+        // poold frees the rest from the anchors.
+        free_anchored(region, &slot.req_head);
+        free_anchored(region, &slot.resp_head);
+    }
+    if !transition(region, id, SlotState::Withdrawing, SlotState::Abandoned) {
+        // A worker popped it meanwhile.
+        orphan_freed(region, id);
+    }
+    true
 }
 
 /// nginx: after reading a `Done` or `Failed` slot (or for one still `Filling`), frees it.
@@ -453,6 +487,26 @@ pub fn release(region: &Region, id: SlotId) -> bool {
         }
     }
     false
+}
+
+/// A worker popped `id` and could not take it: if nginx withdrew it, whichever of the two is
+/// last frees the slot. In this order, so that nginx finishing its withdrawal between the two
+/// steps is still seen.
+fn let_go_of_withdrawn(region: &Region, id: SlotId) {
+    if !transition(region, id, SlotState::Withdrawing, SlotState::Orphaned)
+        && transition(region, id, SlotState::Abandoned, SlotState::Free)
+    {
+        recycle(region, id.index);
+    }
+}
+
+/// Frees an `Orphaned` slot (withdrawn by nginx, popped by a worker); true if it was one.
+fn orphan_freed(region: &Region, id: SlotId) -> bool {
+    let freed = transition(region, id, SlotState::Orphaned, SlotState::Free);
+    if freed {
+        recycle(region, id.index);
+    }
+    freed
 }
 
 /// Frees a slot's chains and puts it back on the free list. The caller has just moved it to Free.
@@ -621,6 +675,11 @@ pub fn reclaim_conn(region: &Region, conn: u32, conn_gen: u32) -> u32 {
             Some(SlotState::Done) | Some(SlotState::Failed) | Some(SlotState::Filling) => {
                 release(region, v.id)
             }
+            // It died withdrawing: finish for it (the anchors still hold what it had not freed).
+            Some(SlotState::Withdrawing) | Some(SlotState::Orphaned) => {
+                transition(region, v.id, SlotState::Withdrawing, SlotState::Abandoned)
+                    || orphan_freed(region, v.id)
+            }
             _ => false,
         };
         n += u32::from(reclaimed);
@@ -646,8 +705,15 @@ pub fn reclaim_worker(
                 index: named.checked_sub(1)?,
                 gen: e.current_gen.load(Ordering::Relaxed),
             };
-            if state_of(region, id) == Some(SlotState::Queued) {
-                let _ = queue::push(region, id.encode());
+            match state_of(region, id) {
+                Some(SlotState::Queued) => {
+                    let _ = queue::push(region, id.encode());
+                }
+                // Withdrawn by nginx meanwhile: do what the worker would have done with it.
+                Some(SlotState::Withdrawing) | Some(SlotState::Abandoned) => {
+                    let_go_of_withdrawn(region, id)
+                }
+                _ => {}
             }
             return None;
         }
@@ -726,5 +792,42 @@ mod tests {
             post_completion(&r, 0, id);
             assert_eq!(take_completions(&r, 0), Some(vec![id]));
         }
+    }
+
+    #[test]
+    fn a_withdrawn_request_frees_its_chunks_at_once_and_its_slot_when_popped() {
+        let r = Region::create("w", Geometry::for_tests(4, 16), 1).unwrap();
+        let in_use = |r: &Region| {
+            let s = &r.header().stats;
+            (
+                s.slots_in_use.load(Ordering::Relaxed),
+                s.chunks_in_use.load(Ordering::Relaxed),
+            )
+        };
+        let id = alloc(&r, 0, 1).unwrap();
+        let n = crate::stream::write_all(&r, id, crate::stream::Direction::Request, &[&[5; 3000]])
+            .unwrap();
+        assert!(submit(&r, id, 0, n));
+        assert_eq!(in_use(&r), (1, 3));
+        assert!(withdraw_queued(&r, id));
+        assert!(!withdraw_queued(&r, id), "only once");
+        // The chunks are back already; the slot waits for the worker that pops it.
+        assert_eq!(in_use(&r), (1, 0));
+        assert_eq!(state_of(&r, id), Some(SlotState::Abandoned));
+        assert_eq!(take(&r, 0), None);
+        assert_eq!(in_use(&r), (0, 0));
+        // A worker that pops it while nginx is still withdrawing leaves the slot to nginx.
+        let id = alloc(&r, 0, 1).unwrap();
+        assert!(submit(&r, id, 0, 0));
+        assert!(transition(
+            &r,
+            id,
+            SlotState::Queued,
+            SlotState::Withdrawing
+        ));
+        assert_eq!(take(&r, 0), None);
+        assert_eq!(state_of(&r, id), Some(SlotState::Orphaned));
+        assert!(orphan_freed(&r, id));
+        assert_eq!(in_use(&r), (0, 0));
     }
 }
