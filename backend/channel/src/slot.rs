@@ -417,8 +417,9 @@ fn settle(region: &Region, id: SlotId, to: SlotState) -> Handover {
     Handover::Abandoned
 }
 
-/// nginx: the request no longer wants an answer (client gone, deadline). Whoever holds the slot
-/// releases it; returns true if that was us.
+/// nginx: the request no longer wants an answer (client gone, deadline). A queued one is
+/// withdrawn (its chunks freed now); otherwise whoever holds the slot releases it. Returns true
+/// if this call released it outright.
 pub fn abandon(region: &Region, id: SlotId) -> bool {
     if withdraw(region, id) {
         region
