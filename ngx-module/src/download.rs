@@ -355,11 +355,10 @@ fn send_header(
         (*r).headers_out.status = status as usize;
         (*r).headers_out.content_length_n = body_len.map_or(-1, |n| n as i64);
         for (name, value) in headers {
-            let lower = name.to_ascii_lowercase();
-            if HOP_BY_HOP.contains(&&lower[..]) {
+            if HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name)) {
                 continue;
             }
-            if lower == b"content-type" {
+            if name.eq_ignore_ascii_case(b"content-type") {
                 if let Some(v) = pool_str(r, value) {
                     (*r).headers_out.content_type = v;
                     (*r).headers_out.content_type_len = v.len;

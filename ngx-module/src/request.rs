@@ -538,14 +538,16 @@ fn forget_slot(ctx: *mut Ctx) {
         with_pool(c.pool, |p| {
             // After a re-attach, another request may use the same slot index and generation
             // in the new region: only our own entry goes.
-            if p.inflight
-                .get(&id.index)
-                .is_some_and(|f| f.gen == id.gen && f.r == r)
-            {
-                p.inflight.remove(&id.index);
+            if let std::collections::hash_map::Entry::Occupied(e) = p.inflight.entry(id.index) {
+                if e.get().gen == id.gen && e.get().r == r {
+                    e.remove();
+                }
             }
         });
-        slot::abandon(&c.region, id);
+        // Usually the answer was read (Done or Failed): free it at once; otherwise abandon.
+        if !slot::release(&c.region, id) {
+            slot::abandon(&c.region, id);
+        }
     }
 }
 

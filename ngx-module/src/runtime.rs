@@ -61,7 +61,7 @@ pub struct PoolRt {
     pub attached: Option<Attached>,
     next_attempt: Option<Instant>,
     last_failure_logged: Option<Instant>,
-    pub inflight: HashMap<u32, InFlight>,
+    pub inflight: InFlightMap,
 }
 
 thread_local! {
@@ -158,7 +158,7 @@ fn pool_rt(e: &PoolEntry) -> PoolRt {
         attached: None,
         next_attempt: None,
         last_failure_logged: None,
-        inflight: HashMap::new(),
+        inflight: InFlightMap::default(),
     }
 }
 
@@ -373,39 +373,38 @@ unsafe extern "C" fn on_eventfd_event(ev: *mut ngx_event_t) {
 /// (O(completions), whatever the number in flight), or, when the ring overflowed, every one not
 /// still waiting in the queue.
 pub fn complete_ready(i: usize) {
-    let candidates = with_pool(i, |p| {
+    // Buffers reused from one wake-up to the next (taken out, so a nested call cannot clash).
+    let (mut ids, mut candidates) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    candidates.clear();
+    with_pool(i, |p| {
         let Some(a) = &p.attached else {
-            return Vec::new();
+            return;
         };
         slot::clear_wake(&a.region, a.conn);
-        match slot::take_completions(&a.region, a.conn) {
-            Some(mut ids) => {
-                // A slot may be posted more than once (progress, then its end).
-                ids.sort_unstable_by_key(|id| id.encode());
-                ids.dedup();
-                ids.into_iter()
-                    .filter_map(|id| {
-                        let f = p.inflight.get(&id.index).filter(|f| f.gen == id.gen)?;
-                        Some((id.index, f.gen, f.r))
+        if slot::take_completions_into(&a.region, a.conn, &mut ids) {
+            // A slot may be posted more than once (progress, then its end).
+            ids.sort_unstable_by_key(|id| id.encode());
+            ids.dedup();
+            candidates.extend(ids.iter().filter_map(|id| {
+                let f = p.inflight.get(&id.index).filter(|f| f.gen == id.gen)?;
+                Some((id.index, f.gen, f.r))
+            }));
+        } else {
+            candidates.extend(
+                p.inflight
+                    .iter()
+                    .filter(|(index, f)| {
+                        let id = SlotId {
+                            index: **index,
+                            gen: f.gen,
+                        };
+                        slot::state_of(&a.region, id) != Some(SlotState::Queued)
                     })
-                    .collect::<Vec<_>>()
-            }
-            None => p
-                .inflight
-                .iter()
-                .filter(|(index, f)| {
-                    let id = SlotId {
-                        index: **index,
-                        gen: f.gen,
-                    };
-                    slot::state_of(&a.region, id) != Some(SlotState::Queued)
-                })
-                .map(|(index, f)| (*index, f.gen, f.r))
-                .collect::<Vec<_>>(),
+                    .map(|(index, f)| (*index, f.gen, f.r)),
+            );
         }
-    })
-    .unwrap_or_default();
-    for (index, gen, r) in candidates {
+    });
+    for &(index, gen, r) in &candidates {
         // An earlier one may have ended and freed this request meanwhile; look it up again.
         let live = with_pool(i, |p| {
             p.inflight
@@ -416,6 +415,36 @@ pub fn complete_ready(i: usize) {
             request::on_pool_event(r);
         }
     }
+    SCRATCH.with(|s| *s.borrow_mut() = (ids, candidates));
+}
+
+type Candidates = Vec<(u32, u32, *mut ngx_http_request_t)>;
+
+/// The requests in flight on a pool, by slot index.
+pub type InFlightMap = HashMap<u32, InFlight, std::hash::BuildHasherDefault<SlotIndexHasher>>;
+
+/// Hashes slot indices with one multiplication. They are small integers the region hands out,
+/// not attacker-chosen keys, so SipHash's defence against flooding buys nothing here, and it
+/// cost about a hundred instructions a lookup on every request.
+#[derive(Default)]
+pub struct SlotIndexHasher(u64);
+
+impl std::hash::Hasher for SlotIndexHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<(Vec<SlotId>, Candidates)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Drops the attachment of pool `i`; with a reason, answers every request in flight with 502.

@@ -75,11 +75,14 @@ fn put_str(w: &mut impl Write, s: &[u8], width: usize) -> io::Result<()> {
     w.write_all(s)
 }
 
-fn put_headers(w: &mut impl Write, headers: &[(&[u8], &[u8])]) -> io::Result<()> {
+fn put_headers<N: AsRef<[u8]>, V: AsRef<[u8]>>(
+    w: &mut impl Write,
+    headers: &[(N, V)],
+) -> io::Result<()> {
     w.write_all(&(headers.len() as u32).to_le_bytes())?;
     for (name, value) in headers {
-        put_str(w, name, 2)?;
-        put_str(w, value, 4)?;
+        put_str(w, name.as_ref(), 2)?;
+        put_str(w, value.as_ref(), 4)?;
     }
     Ok(())
 }
@@ -99,11 +102,12 @@ pub fn encode_request_head(
     w.write_all(&body_len.to_le_bytes())
 }
 
-/// Writes a response head; the caller then writes exactly `body_len` body bytes.
-pub fn encode_response_head(
+/// Writes a response head; the caller then writes exactly `body_len` body bytes. Headers are
+/// (name, value) pairs of anything byte-like, so a caller's own header list needs no copy.
+pub fn encode_response_head<N: AsRef<[u8]>, V: AsRef<[u8]>>(
     w: &mut impl Write,
     status: u16,
-    headers: &[(&[u8], &[u8])],
+    headers: &[(N, V)],
     body_len: u64,
 ) -> io::Result<()> {
     w.write_all(&status.to_le_bytes())?;

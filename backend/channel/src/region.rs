@@ -65,6 +65,33 @@ pub struct Region {
     map: MmapRaw,
     fd: OwnedFd,
     geometry: Geometry,
+    /// Where each section starts, computed once from `geometry` (every access needs one).
+    at: Sections,
+}
+
+#[derive(Clone, Copy)]
+struct Sections {
+    slots: u64,
+    conns: u64,
+    workers: u64,
+    queue: u64,
+    completions: u64,
+    chunk_heads: u64,
+    chunks: u64,
+}
+
+impl Sections {
+    fn of(g: &Geometry) -> Sections {
+        Sections {
+            slots: g.slots_offset(),
+            conns: g.conns_offset(),
+            workers: g.workers_offset(),
+            queue: g.queue_offset(),
+            completions: g.completions_offset(),
+            chunk_heads: g.chunk_heads_offset(),
+            chunks: g.chunks_offset(),
+        }
+    }
 }
 
 // SAFETY: the region is only accessed through atomics and raw byte copies (invariant 3), which are
@@ -100,6 +127,7 @@ impl Region {
             map,
             fd: file.into(),
             geometry,
+            at: Sections::of(&geometry),
         };
         region.init_tables();
         Ok(region)
@@ -145,6 +173,7 @@ impl Region {
             map,
             fd: file.into(),
             geometry,
+            at: Sections::of(&geometry),
         })
     }
 
@@ -203,22 +232,22 @@ impl Region {
 
     pub fn slot(&self, index: u32) -> Option<&Slot> {
         let g = self.geometry;
-        self.entry(g.slots_offset(), g.slots, index)
+        self.entry(self.at.slots, g.slots, index)
     }
 
     pub fn conn(&self, index: u32) -> Option<&Conn> {
         let g = self.geometry;
-        self.entry(g.conns_offset(), g.max_conns, index)
+        self.entry(self.at.conns, g.max_conns, index)
     }
 
     pub fn worker(&self, index: u32) -> Option<&WorkerEntry> {
         let g = self.geometry;
-        self.entry(g.workers_offset(), g.max_workers, index)
+        self.entry(self.at.workers, g.max_workers, index)
     }
 
     pub fn cell(&self, index: u32) -> Option<&Cell> {
         let g = self.geometry;
-        self.entry(g.queue_offset(), g.queue_cap(), index)
+        self.entry(self.at.queue, g.queue_cap(), index)
     }
 
     /// Cell `index` of connection `conn`'s completion ring.
@@ -228,21 +257,17 @@ impl Region {
         if conn >= g.max_conns || index >= cap {
             return None;
         }
-        self.entry(
-            g.completions_offset(),
-            g.max_conns * cap,
-            conn * cap + index,
-        )
+        self.entry(self.at.completions, g.max_conns * cap, conn * cap + index)
     }
 
     pub fn chunk_head(&self, index: u32) -> Option<&ChunkHead> {
         let g = self.geometry;
-        self.entry(g.chunk_heads_offset(), g.chunks, index)
+        self.entry(self.at.chunk_heads, g.chunks, index)
     }
 
     fn chunk_offset(&self, index: u32) -> usize {
         let g = self.geometry;
-        (g.chunks_offset() + index as u64 * g.chunk_size as u64) as usize
+        (self.at.chunks + index as u64 * g.chunk_size as u64) as usize
     }
 
     /// Copies `data` into chunk `index`'s payload at `at`. Returns false if out of bounds.

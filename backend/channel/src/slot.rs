@@ -542,8 +542,17 @@ pub fn post_completion(region: &Region, conn: u32, id: SlotId) {
 /// nginx: the slots of connection `conn` to look at since the last call, or `None` if some did
 /// not fit the ring (then look at every request in flight). Call after [`clear_wake`].
 pub fn take_completions(region: &Region, conn: u32) -> Option<Vec<SlotId>> {
-    let ring = queue::Ring::completions(region, conn)?;
     let mut out = Vec::new();
+    take_completions_into(region, conn, &mut out).then_some(out)
+}
+
+/// [`take_completions`] into the caller's (reused) buffer, which it clears first; false if some
+/// did not fit the ring.
+pub fn take_completions_into(region: &Region, conn: u32, out: &mut Vec<SlotId>) -> bool {
+    out.clear();
+    let Some(ring) = queue::Ring::completions(region, conn) else {
+        return false;
+    };
     // Bounded: a corrupt ring cannot keep us here longer than one lap.
     for _ in 0..region.geometry().completion_cap() {
         match ring.pop() {
@@ -554,7 +563,7 @@ pub fn take_completions(region: &Region, conn: u32) -> Option<Vec<SlotId>> {
     let overflowed = region
         .conn(conn)
         .is_some_and(|c| c.overflow.swap(0, Ordering::AcqRel) != 0);
-    (!overflowed).then_some(out)
+    !overflowed
 }
 
 /// After `finish`/`fail` delivered: returns true if the caller must write the connection's

@@ -322,11 +322,11 @@ impl Supervisor {
                 for (ci, c) in conns.iter().enumerate() {
                     if let Some(c) = c {
                         if let Ok(fd) = c.eventfd.try_clone() {
-                            table.insert(ci as u32, (c.gen, fd));
+                            table.insert(ci as u32, c.gen, fd);
                         }
                     }
                 }
-                let mut keep: Vec<RawFd> = table.values().map(|(_, fd)| fd.as_raw_fd()).collect();
+                let mut keep: Vec<RawFd> = table.fds().map(|fd| fd.as_raw_fd()).collect();
                 keep.push(theirs.as_raw_fd());
                 sys::close_all_except(&keep);
                 if let Some((uid, gid)) = run_as {
@@ -354,6 +354,7 @@ impl Supervisor {
                     spin: ngx_pool_channel::spin::Spin::adaptive(spin),
                     max_requests,
                     max_rss,
+                    scratch: Default::default(),
                 }
                 .run()
             })?

@@ -11,14 +11,41 @@ use ngx_pool_channel::stream::{self, Direction, StreamReader, StreamWriter};
 use ngx_pool_channel::Region;
 use nix::sys::socket::MsgFlags;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// The eventfds of attached nginx workers, by connection index: (generation, eventfd).
-pub type ConnFds = HashMap<u32, (u32, OwnedFd)>;
+/// The eventfds of attached nginx workers, by connection index: (generation, eventfd).
+#[derive(Default)]
+pub struct ConnFds(Vec<Option<(u32, OwnedFd)>>);
+
+impl ConnFds {
+    /// The most connections a table holds (poold's `--max-conns` is at most 4096).
+    const MAX: u32 = 1 << 16;
+
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Connection `conn`'s eventfd, of generation `gen`, replacing any older one.
+    pub fn insert(&mut self, conn: u32, gen: u32, fd: OwnedFd) {
+        if conn >= Self::MAX {
+            return;
+        }
+        if self.0.len() <= conn as usize {
+            self.0.resize_with(conn as usize + 1, || None);
+        }
+        self.0[conn as usize] = Some((gen, fd));
+    }
+    /// Connection `conn`'s generation and eventfd, if known.
+    pub fn get(&self, conn: u32) -> Option<&(u32, OwnedFd)> {
+        self.0.get(conn as usize).and_then(Option::as_ref)
+    }
+    pub fn fds(&self) -> impl Iterator<Item = &OwnedFd> {
+        self.0.iter().flatten().map(|(_, fd)| fd)
+    }
+}
 
 pub struct Worker<'a> {
     pub region: &'a Region,
@@ -33,6 +60,40 @@ pub struct Worker<'a> {
     pub max_requests: Option<u64>,
     /// Retire once resident memory exceeds this many bytes (`--max-rss`).
     pub max_rss: Option<u64>,
+    /// Buffers kept from one request to the next, so that a small request allocates little.
+    pub scratch: Scratch,
+}
+
+/// A pool worker's reusable buffers (their capacity survives requests; see [`Scratch::trim`]).
+#[derive(Default)]
+pub struct Scratch {
+    request_head: Vec<u8>,
+    response_head: Vec<u8>,
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
+    body: Vec<u8>,
+}
+
+impl Scratch {
+    /// What a buffer may keep between requests: a large request or response must not pin its
+    /// memory in an idle worker.
+    const KEEP: usize = 64 << 10;
+
+    fn trim(&mut self) {
+        for b in [
+            &mut self.request_head,
+            &mut self.response_head,
+            &mut self.body,
+        ] {
+            b.clear();
+            if b.capacity() > Self::KEEP {
+                *b = Vec::new();
+            }
+        }
+        self.headers.clear();
+        if self.headers.capacity() > 64 {
+            self.headers = Vec::new();
+        }
+    }
 }
 
 /// Exit status of a worker that retired on `max_requests`/`max_rss`: poold counts a recycle,
@@ -118,6 +179,14 @@ impl Worker<'_> {
     }
 
     fn serve(&mut self, id: SlotId) -> Handover {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let handover = self.serve_with(id, &mut scratch);
+        scratch.trim();
+        self.scratch = scratch;
+        handover
+    }
+
+    fn serve_with(&mut self, id: SlotId, scratch: &mut Scratch) -> Handover {
         let region = self.region;
         let pid = self.pid;
         let Some((head_len, total)) = slot::request(region, id) else {
@@ -130,7 +199,7 @@ impl Worker<'_> {
             total,
             waker: &self.waker,
         };
-        let mut head = vec![0u8; 0];
+        let head = &mut scratch.request_head;
         if u64::from(head_len) > region.geometry().message_limit() || u64::from(head_len) > total {
             log!(
                 "error",
@@ -140,7 +209,7 @@ impl Worker<'_> {
             return slot::fail(region, id, FailReason::BadRequest);
         }
         head.resize(head_len as usize, 0);
-        if let Err(e) = input.read_exact(&mut head) {
+        if let Err(e) = input.read_exact(head) {
             log!(
                 "error",
                 "worker {pid}: request head in slot {}: {e}",
@@ -148,7 +217,7 @@ impl Worker<'_> {
             );
             return slot::fail(region, id, FailReason::BadRequest);
         }
-        let (view, body_len) = match decode_request_head(&head) {
+        let (view, body_len) = match decode_request_head(head) {
             Ok(v) => v,
             Err(e) => {
                 log!("error", "worker {pid}: {e}");
@@ -174,10 +243,13 @@ impl Worker<'_> {
             head_len: 0,
             declared: None,
             waker: &self.waker,
+            head: &mut scratch.response_head,
         };
         let mut source: &mut dyn Read = &mut input;
         let req = Request::new(view, body_len, &mut source, &cancelled);
         let mut resp = Response::streaming_to(&mut output);
+        resp.headers = std::mem::take(&mut scratch.headers);
+        resp.body = std::mem::take(&mut scratch.body);
         let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.handler.handle(&req, &mut resp)
         }));
@@ -204,13 +276,11 @@ impl Worker<'_> {
                 output.end()
             }
             Ok(false) => {
-                let (status, headers, body) = (
-                    resp.status,
-                    std::mem::take(&mut resp.headers),
-                    std::mem::take(&mut resp.body),
-                );
+                let status = resp.status;
+                scratch.headers = std::mem::take(&mut resp.headers);
+                scratch.body = std::mem::take(&mut resp.body);
                 drop(resp);
-                output.whole(status, &headers, &body)
+                output.whole(status, &scratch.headers, &scratch.body)
             }
             Err(e) => Err(e),
         };
@@ -242,10 +312,10 @@ impl Waker {
         if !slot::needs_wake(region, conn, conn_gen) {
             return;
         }
-        if self.conns.get(&conn).map(|(g, _)| *g) != Some(conn_gen) {
+        if self.conns.get(conn).map(|(g, _)| *g) != Some(conn_gen) {
             self.refresh_conns();
         }
-        match self.conns.get(&conn) {
+        match self.conns.get(conn) {
             Some((g, fd)) if *g == conn_gen => {
                 let _ = nix::unistd::write(fd.as_fd(), &1u64.to_ne_bytes());
             }
@@ -270,7 +340,7 @@ impl Waker {
     fn refresh_conns(&mut self) {
         while let Ok(Some((frame, fd))) = recv_frame(&self.control, MsgFlags::MSG_DONTWAIT) {
             if let (CONN_FD, Some(fd)) = (frame.kind, fd) {
-                self.conns.insert(frame.a, (frame.b, fd));
+                self.conns.insert(frame.a, frame.b, fd);
             }
         }
     }
@@ -334,6 +404,8 @@ struct StreamOut<'r> {
     head_len: u32,
     declared: Option<u64>,
     waker: &'r RefCell<Waker>,
+    /// Where the response head is encoded (the worker's, reused).
+    head: &'r mut Vec<u8>,
 }
 
 impl StreamOut<'_> {
@@ -377,6 +449,19 @@ impl StreamOut<'_> {
         Ok(())
     }
 
+    /// The response head, encoded in the reused buffer (taken out; the caller puts it back).
+    fn encode_head(
+        &mut self,
+        status: u16,
+        headers: &[(Vec<u8>, Vec<u8>)],
+        body_len: u64,
+    ) -> io::Result<Vec<u8>> {
+        let mut head = std::mem::take(self.head);
+        head.clear();
+        encode_response_head(&mut head, status, headers, body_len)?;
+        Ok(head)
+    }
+
     /// A response that streamed: the stream is complete.
     fn end(&mut self) -> io::Result<Handover> {
         if let Some(d) = self.declared {
@@ -402,25 +487,20 @@ impl StreamOut<'_> {
         headers: &[(Vec<u8>, Vec<u8>)],
         body: &[u8],
     ) -> io::Result<Handover> {
-        let head = encode_head(status, headers, body.len() as u64)?;
+        let head = self.encode_head(status, headers, body.len() as u64)?;
         self.append(&head, SlotState::Running, false)?;
         self.append(body, SlotState::Running, false)?;
         self.writer
             .publish(self.region, self.id, Direction::Response);
+        let head_len = head.len() as u32;
+        *self.head = head;
         Ok(slot::finish(
             self.region,
             self.id,
-            head.len() as u32,
+            head_len,
             self.writer.written(),
         ))
     }
-}
-
-fn encode_head(status: u16, headers: &[(Vec<u8>, Vec<u8>)], body_len: u64) -> io::Result<Vec<u8>> {
-    let pairs: Vec<(&[u8], &[u8])> = headers.iter().map(|(n, v)| (&n[..], &v[..])).collect();
-    let mut head = Vec::with_capacity(64);
-    encode_response_head(&mut head, status, &pairs, body_len)?;
-    Ok(head)
 }
 
 impl ResponseSink for StreamOut<'_> {
@@ -430,11 +510,12 @@ impl ResponseSink for StreamOut<'_> {
         headers: &[(Vec<u8>, Vec<u8>)],
         declared: Option<u64>,
     ) -> io::Result<()> {
-        let head = encode_head(status, headers, declared.unwrap_or(UNKNOWN_LENGTH))?;
+        let head = self.encode_head(status, headers, declared.unwrap_or(UNKNOWN_LENGTH))?;
         self.append(&head, SlotState::Running, false)?;
         self.writer
             .publish(self.region, self.id, Direction::Response);
         self.head_len = head.len() as u32;
+        *self.head = head;
         self.declared = declared;
         match slot::start_streaming(self.region, self.id, self.head_len) {
             Handover::Deliver { conn, conn_gen } => {
