@@ -485,9 +485,9 @@ impl Supervisor {
                     if let Some(old) = self.workers[i].replacing.take() {
                         log!(
                             "info",
-                            "pool worker {:?} is ready; worker {:?} retires",
-                            self.workers[i].pid.map(|p| p.as_raw()),
-                            self.workers[old].pid.map(|p| p.as_raw())
+                            "pool worker {} is ready; worker {} retires",
+                            self.workers[i].pid.map_or(0, |p| p.as_raw()),
+                            self.workers[old].pid.map_or(0, |p| p.as_raw())
                         );
                         slot::tell_retire(&self.region, old as u32);
                     }
