@@ -17,7 +17,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// The eventfds of attached nginx workers, by connection index: (generation, eventfd).
-/// The eventfds of attached nginx workers, by connection index: (generation, eventfd).
 #[derive(Default)]
 pub struct ConnFds(Vec<Option<(u32, OwnedFd)>>);
 
