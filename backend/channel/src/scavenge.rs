@@ -61,6 +61,11 @@ fn return_lost_chunks_racing(region: &Region, meanwhile: impl FnOnce()) -> Resul
 fn lost_chunks(region: &Region, meanwhile: impl FnOnce()) -> Result<Vec<u32>, NotNow> {
     let g = region.geometry();
     let h = region.header();
+    // The count is only a hint (a death can skew it), but a pool with requests in flight is
+    // the common case after a death, and it saves walking every slot on each try.
+    if h.stats.slots_in_use.load(Ordering::Relaxed) != 0 {
+        return Err(NotNow::Busy);
+    }
     // Acquire: pairs with the Release of the last slot push, so the chunk pushes that process
     // made before returning its slot (in `recycle`) are visible to the walk below.
     let before = h.slot_free.load(Ordering::Acquire);
