@@ -19,7 +19,7 @@
 
 use crate::freelist;
 use crate::region::Region;
-use crate::sync::{fence, Ordering};
+use crate::sync::Ordering;
 
 /// Why [`lost_chunks`] found nothing to say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,10 +84,16 @@ fn lost_chunks(region: &Region, meanwhile: impl FnOnce()) -> Result<Vec<u32>, No
     })?;
     let counted = h.stats.chunks_in_use.load(Ordering::Relaxed);
     meanwhile();
-    // SeqCst fence, then the head again: if a process took a slot (and then maybe chunks) while
-    // we walked, the slot head's tag has moved and we say so instead of trusting the walk.
-    fence(Ordering::SeqCst);
-    if h.slot_free.load(Ordering::SeqCst) != before {
+    // The head again, by a compare-and-swap that writes back what it finds: a read-modify-write
+    // always reads the newest value in the head's modification order, so if it still equals
+    // `before`, no slot was taken or returned since we read `before` (every change bumps the
+    // tag), and so no chunk moved while we walked. A plain load could, in the memory model,
+    // return a value older than a pop whose chunk operations our walk did not see.
+    // AcqRel/Acquire: as the free list's own pops.
+    if h.slot_free
+        .compare_exchange(before, before, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
         return Err(NotNow::Moved);
     }
     // Idle, so the true count is 0; subtract what we read rather than store 0, because a
