@@ -47,6 +47,26 @@ fn in_use(r: &Region) -> (u64, u64) {
     )
 }
 
+/// A pool worker that takes the queued request and answers it if it still can (one nginx
+/// abandoned or withdrew meanwhile is popped and let go of instead).
+fn answer_if_it_can(r: &Arc<Region>) -> thread::JoinHandle<()> {
+    let r = r.clone();
+    thread::spawn(move || {
+        if let Some(id) = slot::take(&r, 0) {
+            let n = stream::write_all(&r, id, Direction::Response, &[b"y"]).unwrap();
+            let _ = slot::finish(&r, id, 0, n);
+            slot::clear_current(&r, 0);
+        }
+    })
+}
+
+/// Nothing is in use, and both slots can be taken again.
+fn assert_all_free(r: &Region, conn_gen: u32) {
+    assert_eq!(in_use(r), (0, 0));
+    assert!(slot::alloc(r, 0, conn_gen).is_some());
+    assert!(slot::alloc(r, 0, conn_gen).is_some());
+}
+
 /// A pool worker's whole turn: take, read the request, answer it.
 fn serve_one(r: &Region, worker: u32) {
     let id = loop {
@@ -96,23 +116,12 @@ fn loom_request_and_answer_cross_exactly_once_and_free_everything() {
 fn loom_abandon_racing_the_answer_frees_the_slot_exactly_once() {
     model(|| {
         let (r, conn_gen, id) = queued_request();
-        let w = {
-            let r = r.clone();
-            thread::spawn(move || {
-                // Takes it (or finds it abandoned and frees it), answers if it still can.
-                if let Some(id) = slot::take(&r, 0) {
-                    let n = stream::write_all(&r, id, Direction::Response, &[b"y"]).unwrap();
-                    let _ = slot::finish(&r, id, 0, n);
-                }
-            })
-        };
+        let w = answer_if_it_can(&r);
         // nginx gives up (client gone) while the worker may be answering.
         slot::abandon(&r, id);
         w.join().unwrap();
-        // Whoever came second freed it: nothing is in use, and both slots can be taken again.
-        assert_eq!(in_use(&r), (0, 0));
-        assert!(slot::alloc(&r, 0, conn_gen).is_some());
-        assert!(slot::alloc(&r, 0, conn_gen).is_some());
+        // Whoever came second freed it.
+        assert_all_free(&r, conn_gen);
     });
 }
 
@@ -217,17 +226,7 @@ fn loom_a_stream_longer_than_its_window_arrives_intact_and_frees_behind_it() {
 fn loom_withdrawal_racing_a_pop_frees_slot_and_chunks_exactly_once() {
     model(|| {
         let (r, conn_gen, id) = queued_request();
-        let w = {
-            let r = r.clone();
-            thread::spawn(move || {
-                // Takes it (and answers), or pops it withdrawn and lets go of it.
-                if let Some(id) = slot::take(&r, 0) {
-                    let n = stream::write_all(&r, id, Direction::Response, &[b"y"]).unwrap();
-                    let _ = slot::finish(&r, id, 0, n);
-                    slot::clear_current(&r, 0);
-                }
-            })
-        };
+        let w = answer_if_it_can(&r);
         // nginx: the request waited too long in the queue.
         let withdrawn = slot::withdraw_queued(&r, id);
         w.join().unwrap();
@@ -236,8 +235,6 @@ fn loom_withdrawal_racing_a_pop_frees_slot_and_chunks_exactly_once() {
             assert_eq!(slot::state_of(&r, id), Some(SlotState::Done));
             assert!(slot::release(&r, id));
         }
-        assert_eq!(in_use(&r), (0, 0));
-        assert!(slot::alloc(&r, 0, conn_gen).is_some());
-        assert!(slot::alloc(&r, 0, conn_gen).is_some());
+        assert_all_free(&r, conn_gen);
     });
 }

@@ -754,13 +754,14 @@ impl Supervisor {
     /// turn of the loop tries again).
     fn return_lost_chunks(&mut self) {
         match scavenge::return_lost_chunks(&self.region) {
-            Ok(0) => self.chunks_maybe_lost = false,
             Ok(n) => {
                 self.chunks_maybe_lost = false;
-                log!(
-                    "notice",
-                    "returned {n} arena chunk(s) that a process killed mid-operation held"
-                );
+                if n > 0 {
+                    log!(
+                        "notice",
+                        "returned {n} arena chunk(s) that a process killed mid-operation held"
+                    );
+                }
             }
             Err(NotNow::Busy | NotNow::Moved) => {}
             Err(NotNow::Corrupt) => {
