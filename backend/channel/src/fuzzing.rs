@@ -124,7 +124,7 @@ pub fn exercise(region: &Region, rng: &mut Rng) {
     let _ = slot::reclaim_worker(region, rng.below(6) as u32, slot::FailReason::WorkerDied);
     let _ = slot::running_since(region, rng.below(6) as u32);
     free_chain(region, rng.below(g.chunks as u64 + 2) as u32);
-    let _ = crate::scavenge::return_lost_chunks(region);
+    let _ = crate::scavenge::return_lost(region);
     for i in 0..g.slots + 2 {
         let _ = slot::view(region, i);
     }

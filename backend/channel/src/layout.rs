@@ -12,7 +12,7 @@ use std::mem::size_of;
 /// `b"NGXPOOL1"` read as a little-endian integer.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"NGXPOOL1");
 /// Bumped on any change of layout or message format; both sides must agree exactly.
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 /// Alignment of every section and of the chunk stride.
 pub const SECTION_ALIGN: u64 = 128;
 /// Alignment of the chunk payloads: a page, so that payloads start on a page (and a cache
@@ -271,7 +271,9 @@ pub struct Conn {
     /// Set when a completion did not fit the ring: the nginx worker then looks at every
     /// request it has in flight.
     pub overflow: AtomicU32,
-    _pad3: u32,
+    /// Odd while this nginx worker holds a slot that is `Free` yet off the slot free list
+    /// (taking one, or giving one back); see [`crate::slot`]'s marker windows.
+    pub slot_op: AtomicU32,
     _pad: [u64; 3],
 }
 
@@ -291,7 +293,9 @@ pub struct WorkerEntry {
     /// Set by poold once this (retiring) worker's replacement is ready: it exits at the next
     /// request boundary.
     pub retire_now: AtomicU32,
-    _pad3: u32,
+    /// Odd while this worker holds a slot that is `Free` yet off the slot free list (giving
+    /// back one nginx abandoned); see [`crate::slot`]'s marker windows.
+    pub slot_op: AtomicU32,
     _pad2: [u64; 3],
 }
 

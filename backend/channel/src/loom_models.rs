@@ -7,6 +7,7 @@
 use crate::layout::Geometry;
 use crate::queue;
 use crate::region::{Region, GRAIN};
+use crate::scavenge;
 use crate::slot::{self, FailReason, Handover, SlotId, SlotState};
 use crate::stream::{self, Direction, StreamReader, StreamWriter};
 use crate::sync::Ordering;
@@ -236,5 +237,55 @@ fn loom_withdrawal_racing_a_pop_frees_slot_and_chunks_exactly_once() {
             assert!(slot::release(&r, id));
         }
         assert_all_free(&r, conn_gen);
+    });
+}
+
+#[test]
+fn loom_a_lost_slot_comes_back_once_while_another_is_taken_and_given_back() {
+    model(|| {
+        let r = Arc::new(
+            Region::create(
+                "m",
+                Geometry {
+                    max_conns: 2,
+                    ..geometry()
+                },
+                1,
+            )
+            .unwrap(),
+        );
+        let conn_gen = slot::open_conn(&r, 0, 1).unwrap();
+        // nginx worker 1 dies between taking a slot off the free list and marking it (its
+        // marker window open), and poold reclaims it.
+        let dead_gen = slot::open_conn(&r, 1, 2).unwrap();
+        let marker = &r.conn(1).unwrap().slot_op;
+        marker.store(marker.load(Ordering::Relaxed) | 1, Ordering::Relaxed);
+        crate::freelist::pop(&r.header().slot_free, 2, |i| {
+            r.slot(i).map(|s| &s.next_free)
+        })
+        .unwrap();
+        slot::close_conn(&r, 1);
+        slot::reclaim_conn(&r, 1, dead_gen);
+        // poold looks while nginx worker 0 takes the other slot and gives it back. (poold on the
+        // spawned thread: loom explores it running at every point of the main thread's steps,
+        // but not the other way round.)
+        let poold = {
+            let r = r.clone();
+            thread::spawn(move || scavenge::return_lost(&r))
+        };
+        let id = slot::alloc(&r, 0, conn_gen).unwrap();
+        assert!(slot::release(&r, id));
+        let first = poold.join().unwrap();
+        let lost_slot = scavenge::Returned {
+            slots: 1,
+            chunks: 0,
+        };
+        match first {
+            Ok(got) => assert_eq!(got, lost_slot),
+            Err(_) => assert_eq!(scavenge::return_lost(&r), Ok(lost_slot)),
+        }
+        // Both slots are on the list, once each (the one being taken was not returned too).
+        assert_all_free(&r, conn_gen);
+        assert_eq!(slot::alloc(&r, 0, conn_gen), None);
     });
 }

@@ -19,12 +19,23 @@
 //! ([`crate::stream`]); it ends in `Done`, `Failed` or `Abandoned` like `Running`. The request
 //! stream may still be growing in `Queued` and `Running` (nginx writes a large body as the
 //! worker reads it).
+//!
+//! ## Marker windows
+//!
+//! Taking a slot off the free list and marking it `Filling` are two steps, and so are marking one
+//! `Free` and pushing it back. A process killed between them leaves a slot that is `Free` yet on
+//! no list: lost, along with any chunks still on its chains. To let poold tell such a slot from
+//! one a live process is taking or giving back ([`crate::scavenge`]), each process brackets those
+//! steps with its marker (`slot_op` in its connection or worker entry), as a sequence lock's
+//! writer does: odd on entry, even again on exit. poold evens out a dead process's marker when it
+//! reclaims its work. A window is opened only by the slot's owner (checked before it reads who
+//! that is), so every marker has one writer.
 
 use crate::chain::free_anchored;
 use crate::freelist;
 use crate::queue;
 use crate::region::Region;
-use crate::sync::{fence, Ordering};
+use crate::sync::{fence, AtomicU32, Ordering};
 use crate::sys::futex_wake;
 
 /// Where a slot is in its life.
@@ -153,8 +164,68 @@ fn transition(region: &Region, id: SlotId, from: SlotState, to: SlotState) -> bo
         .is_ok()
 }
 
+/// Whose marker brackets a slot operation.
+#[derive(Clone, Copy, Debug)]
+enum Actor {
+    /// An nginx worker, by connection index.
+    Conn(u32),
+    /// A pool worker, by worker index.
+    Worker(u32),
+}
+
+fn marker(region: &Region, actor: Actor) -> Option<&AtomicU32> {
+    match actor {
+        Actor::Conn(i) => region.conn(i).map(|c| &c.slot_op),
+        Actor::Worker(i) => region.worker(i).map(|w| &w.slot_op),
+    }
+}
+
+/// An open marker window (see the module docs); closes when dropped.
+struct MarkerWindow<'r> {
+    marker: Option<&'r AtomicU32>,
+    odd: u32,
+}
+
+impl<'r> MarkerWindow<'r> {
+    fn open(region: &'r Region, actor: Actor) -> Self {
+        let marker = marker(region, actor);
+        let odd = marker.map_or(1, |m| m.load(Ordering::Relaxed) | 1);
+        if let Some(m) = marker {
+            m.store(odd, Ordering::Relaxed);
+            // Release fence: orders the odd value before every change we make to slots and
+            // free lists in the window, so a scavenger that sees one of them (Acquire) also sees
+            // the odd marker, or a later value (sequence-lock writer).
+            fence(Ordering::Release);
+        }
+        MarkerWindow { marker, odd }
+    }
+}
+
+impl Drop for MarkerWindow<'_> {
+    fn drop(&mut self) {
+        if let Some(m) = self.marker {
+            // Release: a scavenger that reads this even value (Acquire) sees the slot where we
+            // left it (`Filling`, or back on the free list).
+            m.store(self.odd.wrapping_add(1), Ordering::Release);
+        }
+    }
+}
+
+/// poold: process `actor` is dead; if it died inside a marker window, evens its marker out so
+/// that the scavenger does not wait for it (what it left is found as lost).
+fn close_dead_window(region: &Region, actor: Actor) {
+    if let Some(m) = marker(region, actor) {
+        let v = m.load(Ordering::Relaxed);
+        if v & 1 == 1 {
+            m.store(v.wrapping_add(1), Ordering::Release);
+        }
+    }
+}
+
 /// Takes a free slot for a request of nginx connection `conn`, or `None` if all are in use.
 pub fn alloc(region: &Region, conn: u32, conn_gen: u32) -> Option<SlotId> {
+    // Open until the slot is marked `Filling` (dropped last).
+    let _window = MarkerWindow::open(region, Actor::Conn(conn));
     let g = region.geometry();
     let h = region.header();
     let index = freelist::pop(&h.slot_free, g.slots, |i| {
@@ -270,7 +341,7 @@ pub fn take(region: &Region, worker: u32) -> Option<SlotId> {
         if transition(region, id, SlotState::Queued, SlotState::Running) {
             return Some(id);
         }
-        let_go_of_withdrawn(region, id);
+        let_go_of_withdrawn(region, id, worker);
         if let Some(e) = entry {
             e.current.store(0, Ordering::Relaxed);
         }
@@ -411,8 +482,10 @@ fn settle(region: &Region, id: SlotId, to: SlotState) -> Handover {
             conn_gen: slot.conn_gen.load(Ordering::Relaxed),
         };
     }
-    if transition(region, id, SlotState::Abandoned, SlotState::Free) {
-        recycle(region, id.index);
+    // Abandoned, the slot is its worker's to free.
+    if state_of(region, id) == Some(SlotState::Abandoned) {
+        let worker = slot.worker.load(Ordering::Relaxed);
+        free_from(region, id, &[SlotState::Abandoned], Actor::Worker(worker));
     }
     Handover::Abandoned
 }
@@ -481,29 +554,52 @@ fn withdraw(region: &Region, id: SlotId) -> bool {
 
 /// nginx: after reading a `Done` or `Failed` slot (or for one still `Filling`), frees it.
 pub fn release(region: &Region, id: SlotId) -> bool {
-    for from in [SlotState::Done, SlotState::Failed, SlotState::Filling] {
-        if transition(region, id, from, SlotState::Free) {
-            recycle(region, id.index);
-            return true;
-        }
+    const RELEASABLE: [SlotState; 3] = [SlotState::Done, SlotState::Failed, SlotState::Filling];
+    // In these states the slot is its nginx worker's alone (this caller, or poold for a dead
+    // one), so `conn` names the caller.
+    if !state_of(region, id).is_some_and(|s| RELEASABLE.contains(&s)) {
+        return false;
     }
-    false
+    let Some(conn) = region
+        .slot(id.index)
+        .map(|s| s.conn.load(Ordering::Relaxed))
+    else {
+        return false;
+    };
+    free_from(region, id, &RELEASABLE, Actor::Conn(conn))
 }
 
-/// A worker popped `id` and could not take it: if nginx withdrew it, whichever of the two is
-/// last frees the slot. In this order, so that nginx finishing its withdrawal between the two
-/// steps is still seen.
-fn let_go_of_withdrawn(region: &Region, id: SlotId) {
-    if !transition(region, id, SlotState::Withdrawing, SlotState::Orphaned)
-        && transition(region, id, SlotState::Abandoned, SlotState::Free)
-    {
-        recycle(region, id.index);
+/// Pool worker `worker` popped `id` and could not take it: if nginx withdrew it, whichever of
+/// the two is last frees the slot. In this order, so that nginx finishing its withdrawal between
+/// the two steps is still seen.
+fn let_go_of_withdrawn(region: &Region, id: SlotId, worker: u32) {
+    if !transition(region, id, SlotState::Withdrawing, SlotState::Orphaned) {
+        free_from(region, id, &[SlotState::Abandoned], Actor::Worker(worker));
     }
 }
 
 /// Frees an `Orphaned` slot (withdrawn by nginx, popped by a worker); true if it was one.
 fn orphan_freed(region: &Region, id: SlotId) -> bool {
-    let freed = transition(region, id, SlotState::Orphaned, SlotState::Free);
+    // Orphaned, the slot is its nginx worker's to free.
+    if state_of(region, id) != Some(SlotState::Orphaned) {
+        return false;
+    }
+    let Some(conn) = region
+        .slot(id.index)
+        .map(|s| s.conn.load(Ordering::Relaxed))
+    else {
+        return false;
+    };
+    free_from(region, id, &[SlotState::Orphaned], Actor::Conn(conn))
+}
+
+/// Moves `id` from the first of `from` it is in to `Free` and recycles it, inside `actor`'s
+/// marker window; false if it was in none of them.
+fn free_from(region: &Region, id: SlotId, from: &[SlotState], actor: Actor) -> bool {
+    let _window = MarkerWindow::open(region, actor);
+    let freed = from
+        .iter()
+        .any(|&s| transition(region, id, s, SlotState::Free));
     if freed {
         recycle(region, id.index);
     }
@@ -620,6 +716,8 @@ pub fn request(region: &Region, id: SlotId) -> Option<(u32, u64)> {
 pub fn open_conn(region: &Region, index: u32, pid: u32) -> Option<u32> {
     let c = region.conn(index)?;
     let gen = ((c.state.load(Ordering::Relaxed) >> 1) as u32).wrapping_add(1);
+    // Its last holder left no window open (it was reclaimed), but a fresh start costs nothing.
+    close_dead_window(region, Actor::Conn(index));
     c.pid.store(pid, Ordering::Relaxed);
     c.wake_pending.store(0, Ordering::Relaxed);
     // Release: publishes pid and the cleared flag to completers that Acquire the state.
@@ -664,6 +762,7 @@ pub fn view(region: &Region, index: u32) -> Option<SlotView> {
 /// poold: nginx connection `conn` (generation `conn_gen`) is gone; abandons or releases every
 /// slot it owned. Returns how many slots were reclaimed.
 pub fn reclaim_conn(region: &Region, conn: u32, conn_gen: u32) -> u32 {
+    close_dead_window(region, Actor::Conn(conn));
     let mut n = 0;
     for index in 0..region.geometry().slots {
         let Some(v) = view(region, index) else {
@@ -704,6 +803,7 @@ pub fn reclaim_worker(
     worker: u32,
     reason: FailReason,
 ) -> Option<(SlotId, Handover)> {
+    close_dead_window(region, Actor::Worker(worker));
     let e = region.worker(worker)?;
     let named = e.current.load(Ordering::SeqCst);
     let id = match held_by(region, worker, true) {
@@ -721,7 +821,7 @@ pub fn reclaim_worker(
                 }
                 // Withdrawn by nginx meanwhile: do what the worker would have done with it.
                 Some(SlotState::Withdrawing) | Some(SlotState::Abandoned) => {
-                    let_go_of_withdrawn(region, id)
+                    let_go_of_withdrawn(region, id, worker)
                 }
                 _ => {}
             }

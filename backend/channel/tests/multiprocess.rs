@@ -412,17 +412,17 @@ fn producers_and_consumers_in_separate_processes_lose_and_duplicate_nothing() {
     let producers: Vec<Pid> = (0..PRODUCERS)
         .map(|p| spawn(&|| producer(&region, p, gens[p as usize], &eventfds[p as usize], false)))
         .collect();
-    // poold's scavenger, looking for lost chunks all the time instead of after a death (started
-    // after the forks, so no child inherits a thread's half-held lock): nobody dies here, so it
-    // must never find one; were it to return a chunk someone holds, that chunk would be handed
-    // out twice and a checksum or the final count would fail.
+    // poold's scavenger, looking for lost slots and chunks all the time instead of after a death
+    // (started after the forks, so no child inherits a thread's half-held lock): nobody dies
+    // here, so it must never find one; were it to return a slot or chunk someone holds, it would
+    // be handed out twice and a checksum or the final count would fail.
     let done = std::sync::atomic::AtomicBool::new(false);
     let (returned, idle_looks, mut failures) = std::thread::scope(|s| {
         let scavenger = s.spawn(|| {
             let (mut returned, mut idle_looks) = (0u32, 0u32);
             while !done.load(Ordering::Relaxed) {
-                if let Ok(n) = scavenge::return_lost_chunks(&region) {
-                    returned += n;
+                if let Ok(n) = scavenge::return_lost(&region) {
+                    returned += n.slots + n.chunks;
                     idle_looks += 1;
                 }
                 std::thread::yield_now();
@@ -450,8 +450,11 @@ fn producers_and_consumers_in_separate_processes_lose_and_duplicate_nothing() {
         }
     }
     assert!(failures.is_empty(), "{failures:?}");
-    eprintln!("scavenger: {idle_looks} looks at an idle pool, {returned} chunks returned");
-    assert_eq!(returned, 0, "the scavenger took chunks that were not lost");
+    eprintln!("scavenger: {idle_looks} looks at an idle pool, {returned} slots or chunks returned");
+    assert_eq!(
+        returned, 0,
+        "the scavenger took slots or chunks that were not lost"
+    );
     let stats = &region.header().stats;
     assert_eq!(
         stats.completed.load(Ordering::Relaxed),
@@ -550,16 +553,25 @@ fn consumers_and_producers_killed_at_random_lose_nothing_and_leak_nothing() {
     eprintln!(
         "{kills} consumer and {producer_kills} producer kills: {done} delivered, {failed} failed"
     );
+    // Whole chains come back through the slots' anchors; a process killed between taking a chunk
+    // off the free list and linking it (or unlinking one and putting it back) loses that one, and
+    // one killed between taking a slot and marking it (or marking it free and putting it back)
+    // loses that slot: poold's scavenger returns them now that the pool is idle.
+    let lost = scavenge::return_lost(&region).expect("the pool is idle");
+    eprintln!(
+        "{} slots and {} chunks lost with killed processes, returned",
+        lost.slots, lost.chunks
+    );
     assert_eq!(
         stats.slots_in_use.load(Ordering::Relaxed),
         0,
         "every slot back"
     );
-    // Whole chains come back through the slots' anchors; a process killed between taking a chunk
-    // off the free list and linking it (or unlinking one and putting it back) loses that one,
-    // which poold's scavenger returns now that the pool is idle.
-    let lost = scavenge::return_lost_chunks(&region).expect("the pool is idle");
-    eprintln!("{lost} chunks lost with killed processes, returned");
+    assert_eq!(
+        free_slots(&region),
+        region.geometry().slots,
+        "every slot free once"
+    );
     assert_eq!(
         stats.chunks_in_use.load(Ordering::Relaxed),
         0,
@@ -575,14 +587,34 @@ fn consumers_and_producers_killed_at_random_lose_nothing_and_leak_nothing() {
 /// Takes every chunk off the free list (each must come off once) and counts them.
 fn free_chunks(region: &Region) -> u32 {
     let g = region.geometry();
-    let head = &region.header().chunk_free;
-    let mut seen = vec![false; g.chunks as usize];
-    while let Some(i) = ngx_pool_channel::freelist::pop(head, g.chunks, |i| {
+    take_all(&region.header().chunk_free, g.chunks, "chunk", |i| {
         region.chunk_head(i).map(|c| &c.next_free)
-    }) {
+    })
+}
+
+/// Takes every slot off the free list (each must come off once, marked Free) and counts them.
+fn free_slots(region: &Region) -> u32 {
+    let g = region.geometry();
+    for i in 0..g.slots {
+        let state = slot::view(region, i).and_then(|v| v.state);
+        assert_eq!(state, Some(slot::SlotState::Free), "slot {i}");
+    }
+    take_all(&region.header().slot_free, g.slots, "slot", |i| {
+        region.slot(i).map(|s| &s.next_free)
+    })
+}
+
+fn take_all<'r>(
+    head: &std::sync::atomic::AtomicU64,
+    count: u32,
+    what: &str,
+    link: impl Fn(u32) -> Option<&'r std::sync::atomic::AtomicU32>,
+) -> u32 {
+    let mut seen = vec![false; count as usize];
+    while let Some(i) = ngx_pool_channel::freelist::pop(head, count, &link) {
         assert!(
             !std::mem::replace(&mut seen[i as usize], true),
-            "chunk {i} listed twice"
+            "{what} {i} listed twice"
         );
     }
     seen.iter().filter(|s| **s).count() as u32

@@ -81,9 +81,9 @@ pub struct Supervisor {
     workers: Vec<WorkerSlot>,
     run_as: Option<(Uid, Gid)>,
     me: Pid,
-    /// A process died since the arena was last found whole: it may have taken a chunk with it,
-    /// which is returned at the next idle moment.
-    chunks_maybe_lost: bool,
+    /// A process died since the slots and arena were last found whole: it may have taken a slot
+    /// or a chunk with it, which is returned at the next idle moment.
+    maybe_lost: bool,
 }
 
 enum Source {
@@ -139,7 +139,7 @@ impl Supervisor {
             workers,
             run_as,
             me: nix::unistd::getpid(),
-            chunks_maybe_lost: false,
+            maybe_lost: false,
         })
     }
 
@@ -182,8 +182,8 @@ impl Supervisor {
                     Source::Worker(i) => self.on_worker_message(i)?,
                 }
             }
-            if self.chunks_maybe_lost {
-                self.return_lost_chunks();
+            if self.maybe_lost {
+                self.return_lost();
             }
             if let Some(since) = self.draining {
                 let attached = self.conns.iter().flatten().count();
@@ -249,11 +249,9 @@ impl Supervisor {
         let tick = if busy { DEADLINE_TICK } else { IDLE_TICK };
         // Deadlines: the pool's, and per request (`pool_timeout`) which any busy pool may have;
         // and a look for lost chunks until the pool has been idle once since a death.
-        let next_tick = (busy
-            || self.cfg.timeout.is_some()
-            || self.draining.is_some()
-            || self.chunks_maybe_lost)
-            .then(|| Instant::now() + tick);
+        let next_tick =
+            (busy || self.cfg.timeout.is_some() || self.draining.is_some() || self.maybe_lost)
+                .then(|| Instant::now() + tick);
         let next_wake = match (next_respawn, next_tick) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -595,7 +593,7 @@ impl Supervisor {
         } else {
             FailReason::WorkerDied
         };
-        self.chunks_maybe_lost = true;
+        self.maybe_lost = true;
         match slot::reclaim_worker(&self.region, i as u32, reason) {
             Some((id, Handover::Deliver { .. })) => log!(
                 "error",
@@ -740,7 +738,7 @@ impl Supervisor {
         let c = self.conns[i].take().expect("checked above");
         slot::close_conn(&self.region, i as u32);
         let n = slot::reclaim_conn(&self.region, i as u32, c.gen);
-        self.chunks_maybe_lost = true;
+        self.maybe_lost = true;
         if n > 0 {
             log!(
                 "warn",
@@ -750,25 +748,27 @@ impl Supervisor {
         }
     }
 
-    /// Returns the chunks a dead process took with it, if the pool is idle now (otherwise a later
-    /// turn of the loop tries again).
-    fn return_lost_chunks(&mut self) {
-        match scavenge::return_lost_chunks(&self.region) {
+    /// Returns the slots and chunks a dead process took with it, if the pool is idle now
+    /// (otherwise a later turn of the loop tries again).
+    fn return_lost(&mut self) {
+        match scavenge::return_lost(&self.region) {
             Ok(n) => {
-                self.chunks_maybe_lost = false;
-                if n > 0 {
+                self.maybe_lost = false;
+                if n.slots + n.chunks > 0 {
                     log!(
                         "notice",
-                        "returned {n} arena chunk(s) that a process killed mid-operation held"
+                        "returned {} request slot(s) and {} arena chunk(s) that a process killed mid-operation held",
+                        n.slots,
+                        n.chunks
                     );
                 }
             }
             Err(NotNow::Busy | NotNow::Moved) => {}
             Err(NotNow::Corrupt) => {
-                self.chunks_maybe_lost = false;
+                self.maybe_lost = false;
                 log!(
                     "error",
-                    "the arena's free list is corrupt; lost chunks are not returned"
+                    "a free list in shared memory is corrupt; lost slots and chunks are not returned"
                 );
             }
         }
