@@ -9,8 +9,14 @@
 //! client straight from the region). The socket side writes and reads as each becomes possible
 //! (non-blocking, poll), as an event loop does.
 //!
-//! `channel-bench [--sizes 64,4096,65536,1048576] [--scale F] [--spin-us N]` prints a Markdown
-//! table; `--spin-us` is poold's `--spin` (default 100, adaptive as in poold; 0 never polls).
+//! The three run in turns, `--rounds` times per size (each round with fresh processes), so that
+//! a burst of load from elsewhere on a shared machine lands on one round of each rather than on
+//! the whole of one: round trips per second are the median over the rounds, each ratio is the
+//! median of the rounds' own ratios, and p50/p99 are over every round trip of every round.
+//!
+//! `channel-bench [--sizes 64,4096,65536,1048576] [--scale F] [--rounds N] [--spin-us N]` prints
+//! a Markdown table; `--spin-us` is poold's `--spin` (default 100, adaptive as in poold; 0 never
+//! polls).
 
 use ngx_pool_channel::slot::{self, Handover, SlotState};
 use ngx_pool_channel::spin::Spin;
@@ -23,24 +29,58 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-struct Stats {
-    p50: Duration,
-    p99: Duration,
+/// The round trips of one round of one transport.
+struct Round {
+    rtts: Vec<Duration>,
     per_sec: f64,
 }
 
-fn stats(mut rtts: Vec<Duration>, total: Duration) -> Stats {
-    rtts.sort();
-    let at = |q: f64| rtts[((rtts.len() as f64 * q) as usize).min(rtts.len() - 1)];
-    Stats {
-        p50: at(0.5),
-        p99: at(0.99),
-        per_sec: rtts.len() as f64 / total.as_secs_f64(),
+/// One transport over all rounds.
+#[derive(Default)]
+struct Rounds {
+    rtts: Vec<Duration>,
+    per_sec: Vec<f64>,
+}
+
+impl Rounds {
+    fn add(&mut self, r: Round) {
+        self.rtts.extend(r.rtts);
+        self.per_sec.push(r.per_sec);
+    }
+
+    fn latency(&mut self, q: f64) -> Duration {
+        self.rtts.sort();
+        self.rtts[((self.rtts.len() as f64 * q) as usize).min(self.rtts.len() - 1)]
+    }
+
+    fn per_sec(&self) -> f64 {
+        median(self.per_sec.clone())
+    }
+
+    /// The median over rounds of this transport's throughput over `base`'s in the same round.
+    fn ratio(&self, base: &Rounds) -> f64 {
+        median(
+            self.per_sec
+                .iter()
+                .zip(&base.per_sec)
+                .map(|(a, b)| a / b)
+                .collect(),
+        )
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 
 /// Runs `round_trip` a tenth of `iters` times to warm up, then `iters` times timed.
-fn timed(iters: usize, mut round_trip: impl FnMut()) -> Stats {
+fn timed(iters: usize, mut round_trip: impl FnMut()) -> Round {
     for _ in 0..iters / 10 {
         round_trip();
     }
@@ -51,7 +91,8 @@ fn timed(iters: usize, mut round_trip: impl FnMut()) -> Stats {
         round_trip();
         rtts.push(t.elapsed());
     }
-    stats(rtts, started.elapsed())
+    let per_sec = rtts.len() as f64 / started.elapsed().as_secs_f64();
+    Round { rtts, per_sec }
 }
 
 fn fork(child: impl FnOnce()) -> nix::unistd::Pid {
@@ -83,7 +124,7 @@ fn in_place(region: &Region, id: slot::SlotId, dir: Direction, len: u64) -> u64 
     seen
 }
 
-fn channel(size: usize, iters: usize, spin: Duration, zero_copy: bool) -> Stats {
+fn channel(size: usize, iters: usize, spin: Duration, zero_copy: bool) -> Round {
     let chunk = 64 * 1024;
     let chunks = ((size * 8 / chunk) as u32 + 16).max(64);
     let g = Geometry {
@@ -152,7 +193,7 @@ fn channel(size: usize, iters: usize, spin: Duration, zero_copy: bool) -> Stats 
     stats
 }
 
-fn socket(size: usize, iters: usize) -> Stats {
+fn socket(size: usize, iters: usize) -> Round {
     let (a, b) = socketpair(
         AddressFamily::Unix,
         SockType::Stream,
@@ -231,9 +272,10 @@ fn main() {
         .map(|s| s.parse().expect("size"))
         .collect();
     let scale: f64 = arg("--scale").map_or(1.0, |s| s.parse().expect("scale"));
+    let rounds: usize = arg("--rounds").map_or(5, |s| s.parse().expect("rounds"));
     let spin = Duration::from_micros(arg("--spin-us").map_or(100, |s| s.parse().expect("spin")));
     println!(
-        "pool worker polls up to {} µs before sleeping (adaptive, as poold --spin)\n",
+        "pool worker polls up to {} µs before sleeping (adaptive, as poold --spin); {rounds} rounds per size, taking turns\n",
         spin.as_micros()
     );
     println!("| payload | socket p50 / p99 µs | socket rt/s | channel, copying reads: p50 / p99 µs | rt/s | ÷ socket | channel, in-place reads: p50 / p99 µs | rt/s | ÷ socket |");
@@ -241,23 +283,28 @@ fn main() {
     for size in sizes {
         let iters =
             (((64 << 20) / size.max(4096)).clamp(200, 20_000) as f64 * scale).max(20.0) as usize;
-        let s = socket(size, iters);
-        let c = channel(size, iters, spin, false);
-        let z = channel(size, iters, spin, true);
+        let per_round = (iters / rounds.max(1)).max(20);
+        let (mut s, mut c, mut z) = (Rounds::default(), Rounds::default(), Rounds::default());
+        for _ in 0..rounds.max(1) {
+            s.add(socket(size, per_round));
+            c.add(channel(size, per_round, spin, false));
+            z.add(channel(size, per_round, spin, true));
+        }
+        let (c_ratio, z_ratio) = (c.ratio(&s), z.ratio(&s));
         println!(
             "| {} | {} / {} | {:.0} | {} / {} | {:.0} | {:.2}× | {} / {} | {:.0} | {:.2}× |",
             human(size),
-            us(s.p50),
-            us(s.p99),
-            s.per_sec,
-            us(c.p50),
-            us(c.p99),
-            c.per_sec,
-            c.per_sec / s.per_sec,
-            us(z.p50),
-            us(z.p99),
-            z.per_sec,
-            z.per_sec / s.per_sec
+            us(s.latency(0.5)),
+            us(s.latency(0.99)),
+            s.per_sec(),
+            us(c.latency(0.5)),
+            us(c.latency(0.99)),
+            c.per_sec(),
+            c_ratio,
+            us(z.latency(0.5)),
+            us(z.latency(0.99)),
+            z.per_sec(),
+            z_ratio
         );
     }
 }
