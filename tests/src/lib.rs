@@ -71,6 +71,62 @@ pub fn temp_prefix() -> PathBuf {
     dir
 }
 
+/// A poold started by the test itself (external mode), killed and reaped when dropped. Its log
+/// (stderr) goes to `log` in the test's prefix.
+pub struct ExternalPoold {
+    child: Child,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl ExternalPoold {
+    /// Starts `poold --name NAME --handler HANDLER --socket DIR/NAME.sock` plus `args` (and
+    /// `--user nobody` when root, so the workers can reach the socket) and waits for its socket.
+    pub fn start(dir: &Path, name: &str, handler: &str, args: &[&str]) -> ExternalPoold {
+        let socket = dir.join(format!("{name}.sock"));
+        let log = dir.join("logs").join(format!("poold-{name}.log"));
+        let mut cmd = Command::new(poold_path());
+        cmd.args(["--name", name, "--handler", handler, "--socket"])
+            .arg(&socket)
+            .args(args)
+            .stderr(std::fs::File::create(&log).unwrap());
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            cmd.args(["--user", "nobody"]);
+        }
+        let poold = ExternalPoold {
+            child: cmd.spawn().unwrap(),
+            socket,
+            log,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !poold.socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "external poold did not create its socket: {}",
+                poold.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        poold
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ExternalPoold {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// What a test's nginx.conf contains besides the fixed frame.
 pub struct Conf {
     pub worker_processes: u32,

@@ -1,7 +1,7 @@
 //! Reload, quit and external mode against the real nginx.
 
 use ngx_pool_tests::http::request;
-use ngx_pool_tests::{free_port, poold_path, procs, temp_prefix, Conf, Nginx, READY_TIMEOUT};
+use ngx_pool_tests::{free_port, procs, temp_prefix, Conf, ExternalPoold, Nginx, READY_TIMEOUT};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,51 +70,18 @@ fn quit_leaves_no_process_and_no_socket() {
     assert!(procs::with_arg_containing(&dir).is_empty());
 }
 
-struct ExternalPoold(std::process::Child);
-
-impl Drop for ExternalPoold {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn external_poold_attached_by_socket() {
     let dir = temp_prefix();
-    let sock = dir.join("ext.sock");
-    // The workers (nobody when we run as root) must reach the socket.
-    let mut cmd = std::process::Command::new(poold_path());
-    cmd.args([
-        "--name",
-        "ext",
-        "--handler",
-        "builtin:echo",
-        "--workers",
-        "2",
-        "--socket",
-    ])
-    .arg(&sock);
-    if unsafe { libc::geteuid() } == 0 {
-        cmd.args(["--user", "nobody"]);
-    }
-    let poold = ExternalPoold(cmd.spawn().unwrap());
-    let deadline = Instant::now() + READY_TIMEOUT;
-    while !sock.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "external poold did not create its socket"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let poold = ExternalPoold::start(&dir, "ext", "builtin:echo", &["--workers", "2"]);
     let ng = Nginx::start(Conf::new(
-        &format!("    pool ext external socket={};", sock.display()),
+        &format!("    pool ext external socket={};", poold.socket.display()),
         "    location /echo { pool_pass ext; }",
     ));
     let r = ng.get("/echo/ext?q=1");
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["uri"], "/echo/ext?q=1");
-    let workers: Vec<u32> = procs::children(poold.0.id());
+    let workers: Vec<u32> = procs::children(poold.pid());
     assert!(r
         .header("X-Pool-Worker")
         .is_some_and(|p| workers.contains(&p.parse().unwrap())));
