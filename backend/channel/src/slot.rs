@@ -33,6 +33,7 @@
 
 use crate::chain::free_anchored;
 use crate::freelist;
+use crate::layout::Slot;
 use crate::queue;
 use crate::region::Region;
 use crate::sync::{fence, AtomicU32, Ordering};
@@ -483,10 +484,9 @@ fn settle(region: &Region, id: SlotId, to: SlotState) -> Handover {
         };
     }
     // Abandoned, the slot is its worker's to free.
-    if state_of(region, id) == Some(SlotState::Abandoned) {
-        let worker = slot.worker.load(Ordering::Relaxed);
-        free_from(region, id, &[SlotState::Abandoned], Actor::Worker(worker));
-    }
+    free_owned(region, id, &[SlotState::Abandoned], |s| {
+        Actor::Worker(s.worker.load(Ordering::Relaxed))
+    });
     Handover::Abandoned
 }
 
@@ -554,19 +554,14 @@ fn withdraw(region: &Region, id: SlotId) -> bool {
 
 /// nginx: after reading a `Done` or `Failed` slot (or for one still `Filling`), frees it.
 pub fn release(region: &Region, id: SlotId) -> bool {
-    const RELEASABLE: [SlotState; 3] = [SlotState::Done, SlotState::Failed, SlotState::Filling];
     // In these states the slot is its nginx worker's alone (this caller, or poold for a dead
-    // one), so `conn` names the caller.
-    if !state_of(region, id).is_some_and(|s| RELEASABLE.contains(&s)) {
-        return false;
-    }
-    let Some(conn) = region
-        .slot(id.index)
-        .map(|s| s.conn.load(Ordering::Relaxed))
-    else {
-        return false;
-    };
-    free_from(region, id, &RELEASABLE, Actor::Conn(conn))
+    // one).
+    free_owned(
+        region,
+        id,
+        &[SlotState::Done, SlotState::Failed, SlotState::Filling],
+        nginx_owner,
+    )
 }
 
 /// Pool worker `worker` popped `id` and could not take it: if nginx withdrew it, whichever of
@@ -581,16 +576,29 @@ fn let_go_of_withdrawn(region: &Region, id: SlotId, worker: u32) {
 /// Frees an `Orphaned` slot (withdrawn by nginx, popped by a worker); true if it was one.
 fn orphan_freed(region: &Region, id: SlotId) -> bool {
     // Orphaned, the slot is its nginx worker's to free.
-    if state_of(region, id) != Some(SlotState::Orphaned) {
+    free_owned(region, id, &[SlotState::Orphaned], nginx_owner)
+}
+
+fn nginx_owner(slot: &Slot) -> Actor {
+    Actor::Conn(slot.conn.load(Ordering::Relaxed))
+}
+
+/// [`free_from`] for a slot in one of `from`, where it belongs to one process alone: the
+/// caller, or poold for a dead one, whom `owner` reads off the slot. Checked first, so that a
+/// stale `id` never opens a window on another process's marker.
+fn free_owned(
+    region: &Region,
+    id: SlotId,
+    from: &[SlotState],
+    owner: impl Fn(&Slot) -> Actor,
+) -> bool {
+    if !state_of(region, id).is_some_and(|s| from.contains(&s)) {
         return false;
     }
-    let Some(conn) = region
-        .slot(id.index)
-        .map(|s| s.conn.load(Ordering::Relaxed))
-    else {
+    let Some(actor) = region.slot(id.index).map(owner) else {
         return false;
     };
-    free_from(region, id, &[SlotState::Orphaned], Actor::Conn(conn))
+    free_from(region, id, from, actor)
 }
 
 /// Moves `id` from the first of `from` it is in to `Free` and recycles it, inside `actor`'s
@@ -716,8 +724,6 @@ pub fn request(region: &Region, id: SlotId) -> Option<(u32, u64)> {
 pub fn open_conn(region: &Region, index: u32, pid: u32) -> Option<u32> {
     let c = region.conn(index)?;
     let gen = ((c.state.load(Ordering::Relaxed) >> 1) as u32).wrapping_add(1);
-    // Its last holder left no window open (it was reclaimed), but a fresh start costs nothing.
-    close_dead_window(region, Actor::Conn(index));
     c.pid.store(pid, Ordering::Relaxed);
     c.wake_pending.store(0, Ordering::Relaxed);
     // Release: publishes pid and the cleared flag to completers that Acquire the state.
