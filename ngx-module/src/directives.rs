@@ -1,4 +1,4 @@
-//! Configuration directives (`pool`, `pool_pass`, `pool_timeout`, `pool_daemon`,
+//! Configuration directives (`pool`, `pool_pass`, `pool_param`, `pool_timeout`, `pool_daemon`,
 //! `pool_status`) at the FFI edge.
 //!
 //! Parsing proper is in [`crate::conf`]; this module turns nginx's argument arrays into `&str`s,
@@ -6,11 +6,12 @@
 //! message string returned from the set handler, to which nginx adds "in FILE:LINE".
 //! See <https://nginx.org/en/docs/dev/development_guide.html#config_directives>.
 
+use crate::params::{self, Param};
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_http_core_loc_conf_t, ngx_http_module_t, ngx_module_t,
-    ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_HTTP_LIF_CONF,
-    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
-    NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
+    ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE2,
+    NGX_HTTP_LIF_CONF, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
 use ngx_pool_conf::{self as conf, PoolConf};
@@ -36,6 +37,8 @@ pub struct MainConf {
     pub daemon: Option<PathBuf>,
     /// The nginx prefix, for relative paths.
     pub prefix: String,
+    /// The default per-request parameters, compiled at the first `pool_pass` location.
+    pub default_params: Option<Vec<Param>>,
 }
 
 /// location-level configuration: the pool this location passes to.
@@ -48,6 +51,10 @@ pub struct LocConf {
     pub origin: String,
     /// `pool_timeout`: this location's deadline, in place of the pool's `timeout=`.
     pub timeout_ms: Option<u64>,
+    /// `pool_param`s written at this level (`None`: inherited, as `uwsgi_param` is).
+    pub params: Option<Vec<Param>>,
+    /// What a `pool_pass` location sends with each request: the defaults and its params.
+    pub effective_params: Vec<Param>,
 }
 
 /// Zero-sized handle that ties the configuration types to the module.
@@ -103,7 +110,7 @@ const fn command(
     }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 6] = [
+pub static mut COMMANDS: [ngx_command_t; 7] = [
     command(
         b"pool\0",
         NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE,
@@ -114,6 +121,12 @@ pub static mut COMMANDS: [ngx_command_t; 6] = [
         b"pool_pass\0",
         NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_TAKE1,
         set_pool_pass,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        b"pool_param\0",
+        NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE2,
+        set_pool_param,
         NGX_HTTP_LOC_CONF_OFFSET,
     ),
     command(
@@ -214,11 +227,27 @@ unsafe extern "C" fn merge_loc_conf(
     if conf.timeout_ms.is_none() {
         conf.timeout_ms = prev.timeout_ms;
     }
+    if conf.params.is_none() {
+        conf.params = prev.params.clone();
+    }
     let Some(name) = conf.pool_name.clone() else {
         return ptr::null_mut();
     };
     // SAFETY: cf is valid during merging.
-    let main = Module::main_conf(unsafe { &*cf }).expect("main conf exists for an http module");
+    let Some(main) = Module::main_conf_mut(unsafe { &*cf }) else {
+        return NGX_CONF_ERROR;
+    };
+    if main.default_params.is_none() {
+        // SAFETY: cf is the configuration being merged; the defaults are static strings.
+        match unsafe { params::compile_defaults(cf) } {
+            Ok(d) => main.default_params = Some(d),
+            Err(e) => return conf_error(cf, &e),
+        }
+    }
+    conf.effective_params = params::effective(
+        main.default_params.as_deref().unwrap_or_default(),
+        conf.params.as_deref().unwrap_or_default(),
+    );
     match main.pools.iter().position(|p| p.conf.name == name) {
         Some(i) => {
             conf.pool = Some(i);
@@ -257,7 +286,7 @@ unsafe extern "C" fn set_pool(
         Ok(a) => a,
         Err(e) => return conf_error(cf, &e),
     };
-    let pool = match conf::parse_pool(&args) {
+    let mut pool = match conf::parse_pool(&args) {
         Ok(p) => p,
         Err(e) => return conf_error(cf, &e),
     };
@@ -265,6 +294,17 @@ unsafe extern "C" fn set_pool(
         return conf_error(cf, &format!("duplicate pool \"{}\"", pool.name));
     }
     main.prefix = prefix(cf);
+    if !pool.handler.is_empty() {
+        // A library path is relative to the prefix, and must be there now (nginx -t says so).
+        let spec = match conf::HandlerSpec::parse(&pool.handler) {
+            Ok(s) => s.absolute(&main.prefix),
+            Err(e) => return conf_error(cf, &e),
+        };
+        if let Err(e) = spec.check_files() {
+            return conf_error(cf, &e);
+        }
+        pool.handler = spec.to_string();
+    }
     let socket = conf::socket_path(&pool, &main.prefix);
     if let Some(other) = main.pools.iter().find(|p| p.socket == socket) {
         return conf_error(
@@ -311,6 +351,49 @@ unsafe extern "C" fn set_pool_status(
         }
     }
     ptr::null_mut()
+}
+
+unsafe extern "C" fn set_pool_param(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: conf is our LocConf (NGX_HTTP_LOC_CONF_OFFSET); cf is valid in a set handler.
+    let loc = unsafe { &mut *(conf as *mut LocConf) };
+    // SAFETY: during a set handler `cf->args` holds the directive's words (TAKE2: three), in
+    // the configuration pool for the configuration's life.
+    let (name, value) = unsafe {
+        let elts = (*(*cf).args).as_slice::<ngx_str_t>();
+        (elts[1], elts[2])
+    };
+    let name_bytes = if name.data.is_null() {
+        &[][..]
+    } else {
+        // SAFETY: an ngx_str_t from the parser: `len` bytes at `data`.
+        unsafe { std::slice::from_raw_parts(name.data, name.len) }
+    };
+    let valid = !name_bytes.is_empty()
+        && name_bytes.len() <= 255
+        && name_bytes
+            .iter()
+            .all(|b| b.is_ascii_graphic() && *b != b'=');
+    if !valid {
+        return conf_error(
+            cf,
+            &format!(
+                "invalid pool_param name \"{}\" (visible ASCII without '=', up to 255)",
+                String::from_utf8_lossy(name_bytes)
+            ),
+        );
+    }
+    // SAFETY: cf is the configuration being parsed; `value` lives in its pool.
+    match unsafe { params::compile(cf, name_bytes, value) } {
+        Ok(p) => {
+            loc.params.get_or_insert_with(Vec::new).push(p);
+            ptr::null_mut()
+        }
+        Err(e) => conf_error(cf, &e),
+    }
 }
 
 unsafe extern "C" fn set_pool_timeout(

@@ -13,6 +13,7 @@
 mod directives;
 mod download;
 mod managed;
+mod params;
 mod request;
 mod runtime;
 mod status;

@@ -12,7 +12,7 @@
 //! signal mask.
 
 use crate::directives::{MainConf, Module, PoolEntry};
-use nginx_sys::{ngx_cycle_t, NGX_LOG_EMERG, NGX_LOG_NOTICE, NGX_PROCESS_SIGNALLER};
+use nginx_sys::{ngx_cycle_t, NGX_LOG_EMERG, NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_PROCESS_SIGNALLER};
 use ngx::core::CoreModuleMainConf;
 use ngx::http::HttpModuleMainConf;
 use nix::sys::signal::{kill, Signal};
@@ -28,6 +28,8 @@ const START_WAIT: Duration = Duration::from_secs(5);
 const STOP_WAIT: Duration = Duration::from_secs(5);
 /// The descriptor number the lifeline has in poold.
 const LIFELINE_FD: i32 = 3;
+/// The descriptor number of poold's start-up report pipe (`--ready-fd`).
+const READY_FD: i32 = 4;
 
 struct Running {
     name: String,
@@ -111,6 +113,9 @@ fn argv_for(pool: &PoolEntry, cycle: *mut ngx_cycle_t) -> Vec<String> {
         "--timeout".into(),
         format!("{}ms", c.timeout_ms),
     ];
+    if let Some(a) = &c.handler_args {
+        argv.extend(["--handler-args".into(), a.clone()]);
+    }
     if let Some(n) = c.max_requests {
         argv.extend(["--max-requests".into(), n.to_string()]);
     }
@@ -212,13 +217,40 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
             + 1;
         let socket = generation_path(&pool.socket, gen);
         let argv = with_socket(&configured, &socket);
-        match spawn(&daemon, &argv, &socket, cycle) {
-            Ok(pid) => {
+        let old = running
+            .iter()
+            .any(|r| r.name == pool.conf.name && alive(r.pid));
+        let outcome = match spawn(&daemon, &argv, &socket, cycle) {
+            // A new generation whose handler does not load must not replace one that serves.
+            Ok((pid, Started::HandlerFailed)) if old => {
+                stop(&Running {
+                    name: pool.conf.name.clone(),
+                    daemon: daemon.clone(),
+                    argv: configured.clone(),
+                    pid,
+                    socket: socket.clone(),
+                    gen,
+                });
+                Err(std::io::Error::other(
+                    "its handler failed to load (the reason is in the error log above)",
+                ))
+            }
+            other => other,
+        };
+        match outcome {
+            Ok((pid, how)) => {
+                let (level, how) = match how {
+                    Started::Serving => (NGX_LOG_NOTICE, ""),
+                    Started::HandlerFailed => (
+                        NGX_LOG_WARN,
+                        "; its handler failed to load (see above): the pool answers 503 while poold retries",
+                    ),
+                };
                 log(
                     cycle,
-                    NGX_LOG_NOTICE,
+                    level,
                     &format!(
-                        "started poold {pid} for pool \"{}\" (generation {gen}) on {}",
+                        "started poold {pid} for pool \"{}\" (generation {gen}) on {}{how}",
                         pool.conf.name,
                         socket.display()
                     ),
@@ -233,9 +265,6 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
                 });
             }
             Err(e) => {
-                let old = running
-                    .iter()
-                    .any(|r| r.name == pool.conf.name && alive(r.pid));
                 log(
                     cycle,
                     NGX_LOG_EMERG,
@@ -312,20 +341,31 @@ fn lifeline_read_fd() -> std::io::Result<i32> {
     Ok(l.as_ref().expect("just set").0.as_raw_fd())
 }
 
-/// Forks and execs poold, then waits until its socket exists (or it died).
+/// How a poold's start went.
+enum Started {
+    Serving,
+    /// Its handler failed to load (poold logged why): the pool answers 503 while its watchdog
+    /// tries again.
+    HandlerFailed,
+}
+
+/// Forks and execs poold, then waits for its start-up report (or its death).
 fn spawn(
     daemon: &Path,
     args: &[String],
     socket: &Path,
     cycle: *mut ngx_cycle_t,
-) -> std::io::Result<Pid> {
+) -> std::io::Result<(Pid, Started)> {
     let lifeline = lifeline_read_fd()?;
+    let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let ready = ready_write.as_raw_fd();
     let _ = std::fs::remove_file(socket);
     let mut argv: Vec<CString> = vec![CString::new(daemon.as_os_str().as_encoded_bytes())?];
     for a in args
         .iter()
         .cloned()
         .chain(["--lifeline-fd".into(), LIFELINE_FD.to_string()])
+        .chain(["--ready-fd".into(), READY_FD.to_string()])
     {
         argv.push(CString::new(a)?);
     }
@@ -365,9 +405,15 @@ fn spawn(
             if log_fd != 2 && log_fd >= 0 {
                 libc::dup2(log_fd, 2);
             }
-            libc::dup2(lifeline, LIFELINE_FD);
-            if libc::syscall(libc::SYS_close_range, LIFELINE_FD + 1, u32::MAX, 0) != 0 {
-                for fd in LIFELINE_FD + 1..65536 {
+            // dup2 onto itself keeps FD_CLOEXEC: clear it on both explicitly.
+            for (from, to) in [(lifeline, LIFELINE_FD), (ready, READY_FD)] {
+                if from != to {
+                    libc::dup2(from, to);
+                }
+                libc::fcntl(to, libc::F_SETFD, 0);
+            }
+            if libc::syscall(libc::SYS_close_range, READY_FD + 1, u32::MAX, 0) != 0 {
+                for fd in READY_FD + 1..65536 {
                     libc::close(fd);
                 }
             }
@@ -376,23 +422,30 @@ fn spawn(
         }
     }
     let pid = Pid::from_raw(pid);
-    let deadline = Instant::now() + START_WAIT;
-    while Instant::now() < deadline {
-        if socket.exists() {
-            return Ok(pid);
-        }
-        if !alive(pid) {
-            return Err(std::io::Error::other(
-                "poold exited at start (its reason is in the error log above)",
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    drop(ready_write);
+    // One byte from poold: 'R' serving, 'F' its handler failed; end of file: it died first.
+    let mut fds = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(&ready_read),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let ms = START_WAIT.as_millis() as u16;
+    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
+    let mut byte = [0u8; 1];
+    match nix::unistd::read(ready_read.as_raw_fd(), &mut byte) {
+        Ok(1) if byte[0] == b'R' && socket.exists() => Ok((pid, Started::Serving)),
+        Ok(1) if byte[0] == b'F' => Ok((pid, Started::HandlerFailed)),
+        Ok(_) if !alive(pid) => Err(std::io::Error::other(
+            "poold exited at start (its reason is in the error log above)",
+        )),
+        Ok(_) => Err(std::io::Error::other(
+            "poold stopped before serving (its reason is in the error log above)",
+        )),
+        Err(_) => Err(std::io::Error::other(format!(
+            "no socket at {} after {:?}",
+            socket.display(),
+            START_WAIT
+        ))),
     }
-    Err(std::io::Error::other(format!(
-        "no socket at {} after {:?}",
-        socket.display(),
-        START_WAIT
-    )))
 }
 
 fn stop(r: &Running) {

@@ -22,7 +22,7 @@ use nginx_sys::{
 use ngx::http::{HttpModule, HttpModuleLocationConf, Request};
 use ngx_pool_channel::chain::ChainError;
 use ngx_pool_channel::message::{encode_request_head, RequestHead};
-use ngx_pool_channel::slot::{self, FailReason, SlotId, SlotState};
+use ngx_pool_channel::slot::{self, SlotId, SlotState};
 use ngx_pool_channel::stream;
 use ngx_pool_channel::Region;
 use std::ffi::c_void;
@@ -58,13 +58,6 @@ fn pool_index(r: *mut ngx_http_request_t) -> Option<usize> {
     // SAFETY: `r` is a live request nginx handed us.
     let req = unsafe { Request::from_ngx_http_request(r) };
     Module::location_conf(req).and_then(|c| c.pool)
-}
-
-/// The location's `pool_timeout`, if it set one.
-fn location_timeout(r: *mut ngx_http_request_t) -> Option<u64> {
-    // SAFETY: `r` is a live request nginx handed us.
-    let req = unsafe { Request::from_ngx_http_request(r) };
-    Module::location_conf(req).and_then(|c| c.timeout_ms)
 }
 
 pub fn log_request(r: *mut ngx_http_request_t, msg: &str) {
@@ -121,20 +114,10 @@ unsafe extern "C" fn body_ready(r: *mut ngx_http_request_t) {
     }
 }
 
-/// The request's headers, in order, repeated ones included.
-fn request_headers(r: *mut ngx_http_request_t) -> Vec<(&'static [u8], &'static [u8])> {
-    // SAFETY: header strings live in the request pool, which outlives this call's use of them.
-    let req = unsafe { Request::from_ngx_http_request(r) };
+/// The request's headers, in order, repeated ones included (borrowed from the request pool).
+fn request_headers(req: &Request) -> Vec<(&[u8], &[u8])> {
     req.headers_in_iterator()
-        .map(|(k, v)| {
-            // SAFETY: as above; the 'static is confined to `begin`, which copies them out.
-            unsafe {
-                (
-                    std::mem::transmute::<&[u8], &'static [u8]>(k.as_bytes()),
-                    std::mem::transmute::<&[u8], &'static [u8]>(v.as_bytes()),
-                )
-            }
-        })
+        .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
         .collect()
 }
 
@@ -188,19 +171,25 @@ fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, ngx_int_t> {
     })
     .flatten()
     .ok_or(503 as ngx_int_t)?;
-    let own_timeout = location_timeout(r);
+    // SAFETY: `r` is a live request nginx handed us.
+    let req = unsafe { Request::from_ngx_http_request(r) };
+    let loc = Module::location_conf(req).ok_or(500 as ngx_int_t)?;
+    let own_timeout = loc.timeout_ms;
     let timeout_ms = own_timeout.unwrap_or(timeout_ms);
     // SAFETY: fields of a live request.
-    let (method, uri, version, client) = unsafe {
+    let (method, uri, version, client, client_port) = unsafe {
         let v = (*r).http_version;
+        let c = (*r).connection;
         (
             ngx_bytes(&(*r).method_name),
             ngx_bytes(&(*r).unparsed_uri),
             ((v / 1000) as u8, (v % 1000) as u8),
-            ngx_bytes(&(*(*r).connection).addr_text),
+            ngx_bytes(&(*c).addr_text),
+            nginx_sys::ngx_inet_get_port((*c).sockaddr),
         )
     };
-    let headers = request_headers(r);
+    let headers = request_headers(req);
+    let params = crate::params::evaluate(req, &loc.effective_params);
     let parts = body_parts(r);
     let body: u64 = parts
         .iter()
@@ -214,7 +203,9 @@ fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, ngx_int_t> {
         uri,
         version,
         client,
+        client_port,
         headers: &headers,
+        params: &params,
     };
     let mut bytes = Vec::with_capacity(256);
     if let Err(e) = encode_request_head(&mut bytes, &head, body) {
@@ -418,11 +409,7 @@ fn progress(ctx: *mut Ctx) {
         }
         Some(SlotState::Failed) => {
             let reason = slot::fail_reason(&region, id);
-            let status = if reason == FailReason::Timeout {
-                504
-            } else {
-                502
-            };
+            let status = reason.http_status() as ngx_int_t;
             fail(
                 ctx,
                 status,

@@ -38,6 +38,39 @@ pub fn poold_path() -> PathBuf {
     target_dir().join("poold")
 }
 
+/// The repository's root (for sources the tests build: C handlers, the header).
+pub fn repo_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repository")
+        .to_path_buf()
+}
+
+/// The Rust example handler library (examples/handlers/rust, built with the workspace).
+pub fn example_rust_handler() -> PathBuf {
+    target_dir().join("libngx_pool_example_handler.so")
+}
+
+/// Compiles a C handler (`source`, relative to the repository) with the system's `cc` against
+/// only `include/ngx_pool.h`, into a shared library in `dir` that pool workers can read.
+pub fn build_c_handler(source: &str, dir: &Path) -> PathBuf {
+    let src = repo_dir().join(source);
+    let stem = src.file_stem().unwrap().to_string_lossy().into_owned();
+    let out = dir.join(format!("lib{stem}.so"));
+    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args([
+            "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-I",
+        ])
+        .arg(repo_dir().join("include"))
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "cc failed on {}", src.display());
+    out
+}
+
 /// The nginx binary built by nginx-sys (or `NGX_POOL_NGINX`).
 pub fn nginx_path() -> PathBuf {
     if let Ok(p) = std::env::var("NGX_POOL_NGINX") {

@@ -1,8 +1,10 @@
 //! The request and response formats carried in chunk chains (little-endian, length-prefixed).
 //!
 //! ```text
-//! request  = u8 format, str8 method, str32 uri, u8 major, u8 minor, str16 client,
-//!            u32 n, n × (str16 name, str32 value), u64 body_len, body
+//! request  = u8 format, str8 method, str32 uri, u8 major, u8 minor, str16 client, u16 port,
+//!            u32 n, n × (str16 name, str32 value)          (headers)
+//!            u32 m, m × (str16 name, str32 value)          (per-request parameters)
+//!            u64 body_len, body
 //! response = u16 status, u32 n, n × (str16 name, str32 value), u64 body_len, body
 //! ```
 //! Encoders write into any `io::Write` (a [`crate::chain::ChainWriter`]); decoders borrow from a
@@ -11,7 +13,7 @@
 
 use std::io::{self, Write};
 
-pub const REQUEST_FORMAT: u8 = 1;
+pub const REQUEST_FORMAT: u8 = 2;
 
 /// A header as (name, value) bytes.
 pub type Header<'a> = (&'a [u8], &'a [u8]);
@@ -35,7 +37,10 @@ pub struct RequestHead<'a> {
     pub uri: &'a [u8],
     pub version: (u8, u8),
     pub client: &'a [u8],
+    pub client_port: u16,
     pub headers: &'a [Header<'a>],
+    /// `pool_param`s and the default set, evaluated by nginx for this request.
+    pub params: &'a [Header<'a>],
 }
 
 /// A decoded request, borrowing from the message bytes.
@@ -45,7 +50,9 @@ pub struct RequestView<'a> {
     pub uri: &'a [u8],
     pub version: (u8, u8),
     pub client: &'a [u8],
+    pub client_port: u16,
     pub headers: Vec<Header<'a>>,
+    pub params: Vec<Header<'a>>,
     pub body: &'a [u8],
 }
 
@@ -98,7 +105,9 @@ pub fn encode_request_head(
     put_str(w, head.uri, 4)?;
     w.write_all(&[head.version.0, head.version.1])?;
     put_str(w, head.client, 2)?;
+    w.write_all(&head.client_port.to_le_bytes())?;
     put_headers(w, head.headers)?;
+    put_headers(w, head.params)?;
     w.write_all(&body_len.to_le_bytes())
 }
 
@@ -113,6 +122,31 @@ pub fn encode_response_head<N: AsRef<[u8]>, V: AsRef<[u8]>>(
     w.write_all(&status.to_le_bytes())?;
     put_headers(w, headers)?;
     w.write_all(&body_len.to_le_bytes())
+}
+
+/// Whether HTTP allows this response header: a name of visible ASCII without ':', a value
+/// without CR, LF or NUL (no header injection). Both the pool worker (refusing a handler's
+/// header) and nginx (refusing a corrupt message) check with this.
+pub fn check_header(name: &[u8], value: &[u8]) -> Result<(), DecodeError> {
+    if name.is_empty() || !name.iter().all(|b| b.is_ascii_graphic() && *b != b':') {
+        return Err(DecodeError("invalid header name"));
+    }
+    if value.iter().any(|b| *b == b'\r' || *b == b'\n' || *b == 0) {
+        return Err(DecodeError("invalid header value"));
+    }
+    Ok(())
+}
+
+/// Sets the body length an encoded response head announces (its last eight bytes), for a head
+/// encoded before the length was known. False if `head` is too short to be one.
+pub fn set_announced_length(head: &mut [u8], body_len: u64) -> bool {
+    match head.len().checked_sub(8) {
+        Some(at) => {
+            head[at..].copy_from_slice(&body_len.to_le_bytes());
+            true
+        }
+        None => false,
+    }
 }
 
 /// A bounds-checked cursor over untrusted bytes.
@@ -220,13 +254,17 @@ fn request_fields<'a>(c: &mut Cursor<'a>) -> Result<RequestView<'a>, DecodeError
     let uri = c.str(4)?;
     let version = (c.u8()?, c.u8()?);
     let client = c.str(2)?;
+    let client_port = c.u16()?;
     let headers = c.headers()?;
+    let params = c.headers()?;
     Ok(RequestView {
         method,
         uri,
         version,
         client,
+        client_port,
         headers,
+        params,
         body: &[],
     })
 }
@@ -243,12 +281,7 @@ fn decode_response_with(bytes: &[u8], with_body: bool) -> Result<ResponseView<'_
     }
     let headers = c.headers()?;
     for (name, value) in &headers {
-        if name.is_empty() || !name.iter().all(|b| b.is_ascii_graphic() && *b != b':') {
-            return Err(DecodeError("invalid header name"));
-        }
-        if value.iter().any(|b| *b == b'\r' || *b == b'\n' || *b == 0) {
-            return Err(DecodeError("invalid header value"));
-        }
+        check_header(name, value)?;
     }
     let body = if with_body {
         c.body()?
@@ -278,7 +311,9 @@ mod tests {
             uri: b"/a?b=c",
             version: (1, 1),
             client: b"127.0.0.1",
+            client_port: 54321,
             headers,
+            params: &[(b"SCRIPT_NAME", b""), (b"X_REAL", b"1.2.3.4:80")],
         };
         let mut buf = Vec::new();
         encode_request_head(&mut buf, &head, 3).unwrap();
@@ -286,7 +321,9 @@ mod tests {
         let v = decode_request(&buf).unwrap();
         assert_eq!(v.method, b"POST");
         assert_eq!(v.uri, b"/a?b=c");
+        assert_eq!(v.client_port, 54321);
         assert_eq!(v.headers, headers);
+        assert_eq!(v.params, head.params);
         assert_eq!(v.body, b"abc");
     }
 
@@ -297,6 +334,10 @@ mod tests {
         buf.extend_from_slice(b"hi");
         let v = decode_response(&buf).unwrap();
         assert_eq!((v.status, v.body), (201, &b"hi"[..]));
+        let mut late = Vec::new();
+        encode_response_head(&mut late, 200, &[(b"A", b"b")], 0).unwrap();
+        assert!(set_announced_length(&mut late, 7));
+        assert_eq!(announced_length(&late), Some(7));
         let mut bad = Vec::new();
         encode_response_head(&mut bad, 200, &[(b"A", b"b\r\nSet-Cookie: x")], 0).unwrap();
         assert!(decode_response(&bad).is_err());

@@ -82,24 +82,41 @@ impl SlotState {
 pub enum FailReason {
     /// The request could not be decoded (bad message): 502.
     BadRequest = 1,
-    /// The handler's response did not fit the arena: 502.
-    ResponseTooLarge = 2,
+    /// The response could not be written into the arena (the channel failed): 502.
+    Undelivered = 2,
     /// The worker died while running it: 502.
     WorkerDied = 3,
     /// The worker ran past the deadline and was killed: 504.
     Timeout = 4,
     /// Anything else: 502.
     Other = 5,
+    /// The handler returned an error (or panicked, caught by the SDK): 500.
+    HandlerError = 6,
+    /// The handler broke the response rules (no response, a body shorter or longer than its
+    /// Content-Length): 502.
+    BadResponse = 7,
 }
 
 impl FailReason {
     pub fn from_code(code: u32) -> FailReason {
         match code {
             1 => FailReason::BadRequest,
-            2 => FailReason::ResponseTooLarge,
+            2 => FailReason::Undelivered,
             3 => FailReason::WorkerDied,
             4 => FailReason::Timeout,
+            6 => FailReason::HandlerError,
+            7 => FailReason::BadResponse,
             _ => FailReason::Other,
+        }
+    }
+
+    /// The HTTP status nginx answers a request that failed this way with (while its response
+    /// head was not sent yet; after that, the response is cut short).
+    pub fn http_status(self) -> u16 {
+        match self {
+            FailReason::Timeout => 504,
+            FailReason::HandlerError => 500,
+            _ => 502,
         }
     }
 }

@@ -1,6 +1,10 @@
 //! Handlers compiled into poold: `echo`, `hello`, `sleep`, `cpu`, `crash`, `spawn`, `stream`.
+//!
+//! Written on the SDK exactly as a user's handler library is; poold runs them through the same
+//! ABI descriptor a `dylib:` handler exports.
 
-use crate::handler::{Handler, Request, Response};
+use ngx_pool_abi::ngx_pool_handler;
+use ngx_pool_sdk::{handler_descriptor, Handler, Request, Response, Result, Status};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -8,18 +12,27 @@ use std::time::Duration;
 /// The names `builtin:NAME` accepts (the module's `nginx -t` checks the same list).
 pub use ngx_pool_conf::BUILTIN_HANDLERS as NAMES;
 
-/// Looks up a built-in handler by name.
-pub fn lookup(name: &str) -> Option<Box<dyn Handler>> {
+/// The ABI descriptor of built-in handler `name`.
+pub fn descriptor(name: &str) -> Option<&'static ngx_pool_handler> {
     Some(match name {
-        "echo" => Box::new(Echo),
-        "hello" => Box::new(Hello),
-        "sleep" => Box::new(Sleep),
-        "cpu" => Box::new(Cpu),
-        "crash" => Box::new(Crash),
-        "spawn" => Box::new(Spawn),
-        "stream" => Box::new(Stream),
+        "echo" => handler_descriptor!(Echo, "echo"),
+        "hello" => handler_descriptor!(Hello, "hello"),
+        "sleep" => handler_descriptor!(Sleep, "sleep"),
+        "cpu" => handler_descriptor!(Cpu, "cpu"),
+        "crash" => handler_descriptor!(Crash, "crash"),
+        "spawn" => handler_descriptor!(Spawn, "spawn"),
+        "stream" => handler_descriptor!(Stream, "stream"),
         _ => return None,
     })
+}
+
+/// Built-ins take no `handler_args`.
+macro_rules! no_args {
+    ($t:ident) => {
+        fn init(_args: &str) -> Result<Self> {
+            Ok($t)
+        }
+    };
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -34,42 +47,45 @@ fn lossy(b: &[u8]) -> String {
 pub struct Echo;
 
 impl Handler for Echo {
-    fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) {
+    no_args!(Echo);
+    fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Result {
         // The body is hashed as it streams in: a body of any size in constant memory.
         let mut hasher = Sha256::new();
         let mut body_len = 0u64;
         let mut buf = vec![0u8; 64 << 10];
         let mut body = req.body_reader();
         loop {
-            match body.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
+            match body.read(&mut buf)? {
+                0 => break,
+                n => {
                     hasher.update(&buf[..n]);
                     body_len += n as u64;
                 }
-                Err(_) => return, // cancelled: nobody reads the answer
             }
         }
         let digest = hasher.finalize();
-        let headers: Vec<[String; 2]> = req
-            .headers()
-            .iter()
-            .map(|(n, v)| [lossy(n), lossy(v)])
+        let headers: Vec<[String; 2]> = req.headers().map(|(n, v)| [lossy(n), lossy(v)]).collect();
+        let params: serde_json::Map<String, serde_json::Value> = req
+            .params()
+            .map(|(n, v)| (lossy(n), lossy(v).into()))
             .collect();
         let doc = serde_json::json!({
             "method": req.method(),
             "uri": req.uri(),
             "version": format!("{}.{}", req.version().0, req.version().1),
             "client": req.client(),
+            "client_port": req.client_port(),
             "headers": headers,
+            "params": params,
             "body_length": body_len,
             "body_sha256": hex(&digest),
             "pid": std::process::id(),
         });
         resp.add_header("Content-Type", "application/json");
         resp.add_header("X-Pool-Worker", &std::process::id().to_string());
-        let _ = serde_json::to_writer(&mut *resp, &doc);
-        resp.body.push(b'\n');
+        let mut text = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
+        text.push(b'\n');
+        resp.send(&text)
     }
 }
 
@@ -77,9 +93,10 @@ impl Handler for Echo {
 pub struct Hello;
 
 impl Handler for Hello {
-    fn handle(&self, _req: &Request<'_>, resp: &mut Response<'_>) {
+    no_args!(Hello);
+    fn handle(&self, _req: &Request<'_>, resp: &mut Response<'_>) -> Result {
         resp.add_header("Content-Type", "text/plain");
-        resp.body.extend_from_slice(b"hello");
+        resp.send(b"hello")
     }
 }
 
@@ -88,7 +105,8 @@ impl Handler for Hello {
 pub struct Sleep;
 
 impl Handler for Sleep {
-    fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) {
+    no_args!(Sleep);
+    fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Result {
         let ms: u64 = req
             .arg("ms")
             .and_then(|v| v.parse::<u64>().ok())
@@ -100,15 +118,16 @@ impl Handler for Sleep {
         let until = std::time::Instant::now() + Duration::from_millis(ms);
         while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
             if !stubborn && req.is_cancelled() {
-                resp.set_status(499);
-                let _ = writeln!(resp, "cancelled");
-                return;
+                resp.set_status(Status::CLIENT_CLOSED_REQUEST);
+                writeln!(resp, "cancelled")?;
+                return Ok(());
             }
             std::thread::sleep(left.min(Duration::from_millis(10)));
         }
         resp.add_header("Content-Type", "text/plain");
         resp.add_header("X-Pool-Worker", &std::process::id().to_string());
-        let _ = writeln!(resp, "slept {ms} ms in pid {}", std::process::id());
+        writeln!(resp, "slept {ms} ms in pid {}", std::process::id())?;
+        Ok(())
     }
 }
 
@@ -125,7 +144,8 @@ pub fn cpu_kernel(rounds: u64) -> [u8; 32] {
 pub struct Cpu;
 
 impl Handler for Cpu {
-    fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) {
+    no_args!(Cpu);
+    fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Result {
         let n = req
             .arg("n")
             .and_then(|v| v.parse::<u64>().ok())
@@ -134,30 +154,34 @@ impl Handler for Cpu {
         let digest = cpu_kernel(n);
         resp.add_header("Content-Type", "application/json");
         resp.add_header("X-Pool-Worker", &std::process::id().to_string());
-        let _ = writeln!(resp, "{{\"rounds\":{n},\"digest\":\"{}\"}}", hex(&digest));
+        writeln!(resp, "{{\"rounds\":{n},\"digest\":\"{}\"}}", hex(&digest))?;
+        Ok(())
     }
 }
 
-/// `crash`, for fault tests: kills the pool worker mid-request, by `?how=abort` (the default),
-/// `panic` (a panic in the handler) or `segv` (a segmentation fault); `?how=none` answers
+/// `crash`, for fault tests: kills the pool worker mid-request, by `?how=abort` (the default)
+/// or `segv` (a segmentation fault); `?how=panic` panics in the handler instead (the SDK turns
+/// it into a 500, and the worker goes on); `?how=none` answers
 /// `alive` after `?ms=` milliseconds (default 10) instead, so that one pool carries both
 /// crashing and healthy requests. With `NGX_POOL_CRASH_AT_START=1` in poold's environment its
 /// workers abort as they start (tests of respawn backoff).
 pub struct Crash;
 
 impl Handler for Crash {
-    fn worker_init(&self) {
+    no_args!(Crash);
+    fn worker_init(&self) -> Result {
         if std::env::var_os("NGX_POOL_CRASH_AT_START").is_some_and(|v| v == "1") {
             std::process::abort();
         }
+        Ok(())
     }
 
-    fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) {
+    fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Result {
         match req.arg("how").unwrap_or("abort") {
             "none" => {
                 let ms = req.arg("ms").and_then(|v| v.parse().ok()).unwrap_or(10u64);
                 std::thread::sleep(Duration::from_millis(ms.min(60_000)));
-                let _ = write!(resp, "alive");
+                resp.send(b"alive")?;
             }
             "panic" => panic!("builtin:crash was asked to panic"),
             // SAFETY: raising a signal at ourselves, with its default action (Rust's runtime
@@ -169,6 +193,7 @@ impl Handler for Crash {
             },
             _ => std::process::abort(),
         }
+        Ok(())
     }
 }
 
@@ -177,18 +202,16 @@ impl Handler for Crash {
 pub struct Spawn;
 
 impl Handler for Spawn {
-    fn handle(&self, _req: &Request<'_>, resp: &mut Response<'_>) {
-        match std::process::Command::new("sleep").arg("3600").spawn() {
-            Ok(child) => {
-                let _ = writeln!(resp, "{}", child.id());
-                // Deliberately not waited for: it must not outlive the worker.
-                std::mem::forget(child);
-            }
-            Err(e) => {
-                resp.set_status(500);
-                let _ = writeln!(resp, "spawn: {e}");
-            }
-        }
+    no_args!(Spawn);
+    fn handle(&self, _req: &Request<'_>, resp: &mut Response<'_>) -> Result {
+        let child = std::process::Command::new("sleep")
+            .arg("3600")
+            .spawn()
+            .map_err(|e| format!("spawn: {e}"))?;
+        writeln!(resp, "{}", child.id())?;
+        // Deliberately not waited for: it must not outlive the worker.
+        std::mem::forget(child);
+        Ok(())
     }
 }
 
@@ -203,7 +226,8 @@ pub fn stream_byte(i: u64) -> u8 {
 pub struct Stream;
 
 impl Handler for Stream {
-    fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) {
+    no_args!(Stream);
+    fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Result {
         let total: u64 = req
             .arg("bytes")
             .and_then(|v| v.parse().ok())
@@ -219,11 +243,10 @@ impl Handler for Stream {
             for (k, b) in buf[..n].iter_mut().enumerate() {
                 *b = stream_byte(at + k as u64);
             }
-            if resp.write_all(&buf[..n]).is_err() {
-                return; // the client is gone
-            }
+            resp.send(&buf[..n])?;
             at += n as u64;
         }
+        Ok(())
     }
 }
 

@@ -13,9 +13,11 @@ USAGE:
 REQUIRED:
     --socket PATH       unix socket the nginx workers attach to (created; mode 0600)
     --handler SPEC      builtin:echo | builtin:hello | builtin:sleep | builtin:cpu | builtin:crash
-                        | builtin:spawn | builtin:stream
+                        | builtin:spawn | builtin:stream | dylib:PATH (a handler library,
+                        see docs/abi.md)
 
 OPTIONS:
+    --handler-args STR  passed to the handler's init (before the workers are forked)
     --name NAME         pool name used in log lines                  [default: pool]
     --workers N         pool worker processes                        [default: number of CPUs]
     --queue N           requests that may wait for a worker, beyond
@@ -39,6 +41,9 @@ OPTIONS:
     --lifeline-fd FD    exit when this descriptor reaches end of file (set by the nginx
                         module in managed mode, where poold also runs under a watchdog
                         process that starts a new one if it dies)
+    --ready-fd FD       write one byte to this descriptor once serving ('R') or once the
+                        handler failed to load ('F'), then close it (the nginx module's
+                        start-up wait)
     -h, --help          this text
     -V, --version       version
 
@@ -52,6 +57,7 @@ goes, attached nginx workers are served until they detach, then poold stops.
 pub struct Config {
     pub socket: PathBuf,
     pub handler: String,
+    pub handler_args: String,
     pub name: String,
     pub workers: u32,
     pub queue: u32,
@@ -61,6 +67,7 @@ pub struct Config {
     pub user: Option<String>,
     pub group: Option<String>,
     pub lifeline_fd: Option<i32>,
+    pub ready_fd: Option<i32>,
     pub timeout: Option<std::time::Duration>,
     pub spin: std::time::Duration,
     pub max_requests: Option<u64>,
@@ -104,6 +111,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
     let mut cfg = Config {
         socket: PathBuf::new(),
         handler: String::new(),
+        handler_args: String::new(),
         name: "pool".into(),
         workers: default_workers(),
         queue: 1024,
@@ -113,6 +121,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         user: None,
         group: None,
         lifeline_fd: None,
+        ready_fd: None,
         timeout: None,
         spin: std::time::Duration::from_micros(100),
         max_requests: None,
@@ -138,6 +147,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "-V" | "--version" => return Ok(Command::Version),
             "--socket" => cfg.socket = PathBuf::from(value("a path")?),
             "--handler" => cfg.handler = value("a handler")?,
+            "--handler-args" => cfg.handler_args = value("a string")?,
             "--name" => cfg.name = value("a name")?,
             "--workers" => cfg.workers = number(value("a number")?, &key)?,
             "--queue" => cfg.queue = number(value("a number")?, &key)?,
@@ -178,6 +188,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--user" => cfg.user = Some(value("a user")?),
             "--group" => cfg.group = Some(value("a group")?),
             "--lifeline-fd" => cfg.lifeline_fd = Some(number(value("a descriptor")?, &key)? as i32),
+            "--ready-fd" => cfg.ready_fd = Some(number(value("a descriptor")?, &key)? as i32),
             other => return Err(format!("unknown option \"{other}\" (see --help)")),
         }
     }
@@ -187,6 +198,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
     if cfg.handler.is_empty() {
         return Err("--handler is required (see --help)".into());
     }
+    ngx_pool_conf::HandlerSpec::parse(&cfg.handler).map_err(|e| format!("--handler: {e}"))?;
     if cfg.workers == 0 || cfg.workers > 4096 {
         return Err("--workers must be 1..=4096".into());
     }

@@ -1,239 +1,202 @@
-//! The handler interface: a borrowed view of the request, its body as a stream, and a
-//! response writer that streams large bodies.
+//! Loading a handler: a built-in descriptor or a library's (`dlopen`, RTLD_NOW | RTLD_GLOBAL),
+//! checked against the ABI before anything in it runs, and the calls poold makes through it.
 //!
-//! Built-in handlers use exactly this interface; it is what a user's handler implements.
+//! Everything read from a library is untrusted: the descriptor's version and size are checked
+//! before any other field is read, and no field past the size the library declares is read.
 
-use ngx_pool_channel::message::RequestView;
-use std::cell::{OnceCell, RefCell};
-use std::io::{self, Read, Write};
+use crate::builtin;
+use crate::host;
+use ngx_pool_abi::{self as abi, ngx_pool_handler, ngx_pool_request, ngx_pool_str};
+use ngx_pool_conf::HandlerSpec;
+use std::ffi::c_char;
 
-/// Where a request's body comes from: the worker's request stream (or memory, in tests).
-pub type BodySource<'a> = &'a mut dyn Read;
-
-/// Where a response goes once it is too large to buffer or the handler flushes it.
-pub trait ResponseSink {
-    /// Sends the head; `declared` is the body length if the handler announced one.
-    fn start(
-        &mut self,
-        status: u16,
-        headers: &[(Vec<u8>, Vec<u8>)],
-        declared: Option<u64>,
-    ) -> io::Result<()>;
-    /// Sends body bytes, waiting while the client (through nginx) is not keeping up.
-    fn write(&mut self, data: &[u8]) -> io::Result<()>;
+/// The descriptor's functions, copied out once they passed the checks.
+#[derive(Clone, Copy)]
+struct Functions {
+    init: Option<unsafe extern "C" fn(*const abi::ngx_pool_host, ngx_pool_str) -> i32>,
+    worker_init: Option<unsafe extern "C" fn(*const abi::ngx_pool_host) -> i32>,
+    handle: unsafe extern "C" fn(*const abi::ngx_pool_host, *mut ngx_pool_request) -> i32,
+    worker_exit: Option<unsafe extern "C" fn(*const abi::ngx_pool_host)>,
 }
 
-/// A request as the handler sees it: the head borrowed from the worker's buffer, the body
-/// read on demand from shared memory.
-pub struct Request<'a> {
-    view: RequestView<'a>,
-    body_len: u64,
-    cancelled: &'a dyn Fn() -> bool,
-    source: RefCell<BodySource<'a>>,
-    whole: OnceCell<Vec<u8>>,
+/// A handler ready to run: its functions, its name, and the library that holds them.
+pub struct LoadedHandler {
+    functions: Functions,
+    name: String,
+    /// What the pool was configured with, for log lines.
+    spec: String,
+    /// Kept loaded for poold's whole life: the functions point into it.
+    _library: Option<libloading::os::unix::Library>,
 }
 
-impl<'a> Request<'a> {
-    /// A request with a `body_len`-byte body read from `source`, whose cancellation
-    /// `cancelled` reports (the worker passes a look at the slot).
-    pub fn new(
-        view: RequestView<'a>,
-        body_len: u64,
-        source: BodySource<'a>,
-        cancelled: &'a dyn Fn() -> bool,
-    ) -> Self {
-        Request {
-            view,
-            body_len,
-            cancelled,
-            source: RefCell::new(source),
-            whole: OnceCell::new(),
-        }
-    }
-    /// True once nginx no longer wants the answer: the client went away, or the deadline
-    /// passed. A long handler may check it and stop early; whatever it returns is dropped.
-    pub fn is_cancelled(&self) -> bool {
-        (self.cancelled)()
-    }
-    /// The method, as sent (`GET`, `POST`, ...).
-    pub fn method(&self) -> &'a str {
-        std::str::from_utf8(self.view.method).unwrap_or("")
-    }
-    /// The request target with its arguments, as sent (`/path?a=b`).
-    pub fn uri(&self) -> &'a str {
-        std::str::from_utf8(self.view.uri).unwrap_or("")
-    }
-    /// The URI without the query string.
-    pub fn path(&self) -> &'a str {
-        self.uri().split('?').next().unwrap_or("")
-    }
-    /// The query string, without `?`.
-    pub fn query(&self) -> &'a str {
-        self.uri().split_once('?').map_or("", |(_, q)| q)
-    }
-    /// The first value of query argument `name` (not percent-decoded).
-    pub fn arg(&self, name: &str) -> Option<&'a str> {
-        self.query()
-            .split('&')
-            .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v)
-    }
-    /// HTTP version as (major, minor).
-    pub fn version(&self) -> (u8, u8) {
-        self.view.version
-    }
-    /// The client's address as nginx saw it.
-    pub fn client(&self) -> &'a str {
-        std::str::from_utf8(self.view.client).unwrap_or("")
-    }
-    /// Every header in arrival order, repeated ones included.
-    pub fn headers(&self) -> &[(&'a [u8], &'a [u8])] {
-        &self.view.headers
-    }
-    /// The first header named `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
-        self.view
-            .headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| *v)
-    }
-    /// Length of the request body in bytes.
-    pub fn body_len(&self) -> u64 {
-        self.body_len
-    }
-    /// The body as a stream, read from shared memory as nginx delivers it: a body of any size
-    /// in constant memory. Reading fails if the request is cancelled meanwhile.
-    pub fn body_reader(&self) -> BodyReader<'_, 'a> {
-        BodyReader { req: self }
-    }
-    /// The whole body (what `body_reader` has not consumed), read into memory on first call.
-    /// Convenient for small bodies; use [`body_reader`](Self::body_reader) for large ones.
-    pub fn body(&self) -> &[u8] {
-        self.whole.get_or_init(|| {
-            let mut v = Vec::new();
-            let _ = self.body_reader().read_to_end(&mut v);
-            v
-        })
+/// Why a handler could not be loaded: one line naming the library and the reason.
+#[derive(Debug)]
+pub struct LoadError(pub String);
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
-/// A reader over a request's body; see [`Request::body_reader`].
-pub struct BodyReader<'r, 'a> {
-    req: &'r Request<'a>,
-}
+/// The longest handler name read from a library (a missing NUL must not make us read on).
+const NAME_MAX: usize = 128;
 
-impl Read for BodyReader<'_, '_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.req.source.borrow_mut().read(buf)
-    }
-}
-
-/// Responses up to this size are sent in one piece when the handler returns; past it (or at
-/// `flush`) the head goes out and the body streams as the handler writes it.
-pub const STREAM_AFTER: usize = 64 << 10;
-
-/// The response a handler builds: status, headers (repeatable) and a body it writes to.
-///
-/// Writes are buffered in `body`; once it passes [`STREAM_AFTER`] bytes, or the handler calls
-/// `flush`, the status and headers are sent and from then on every write goes to the client
-/// (a `Content-Length` header set before that is announced; otherwise nginx sends it chunked).
-/// Headers and status cannot change after that. A write fails once the client is gone.
-pub struct Response<'a> {
-    pub status: u16,
-    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Body bytes not yet sent.
-    pub body: Vec<u8>,
-    sink: Option<&'a mut dyn ResponseSink>,
-    streaming: bool,
-}
-
-impl Default for Response<'_> {
-    fn default() -> Self {
-        Response {
-            status: 200,
-            headers: Vec::new(),
-            body: Vec::new(),
-            sink: None,
-            streaming: false,
-        }
-    }
-}
-
-impl<'a> Response<'a> {
-    /// A response that streams to `sink` when it grows large (the worker's).
-    pub fn streaming_to(sink: &'a mut dyn ResponseSink) -> Self {
-        Response {
-            sink: Some(sink),
-            ..Response::default()
-        }
-    }
-    pub fn set_status(&mut self, status: u16) {
-        self.status = status;
-    }
-    pub fn add_header(&mut self, name: &str, value: &str) {
-        self.headers
-            .push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
-    }
-    /// True once the head has been sent and the body streams.
-    pub fn is_streaming(&self) -> bool {
-        self.streaming
-    }
-    /// The body length announced by a `Content-Length` header, if the handler set one.
-    pub fn declared_length(&self) -> Option<u64> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(b"content-length"))
-            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse().ok())
-    }
-    /// Sends the head and what is buffered, and switches to streaming (no-op without a sink).
-    fn start_streaming(&mut self) -> io::Result<()> {
-        let declared = self.declared_length();
-        let Some(sink) = self.sink.as_deref_mut() else {
-            return Ok(());
-        };
-        if !self.streaming {
-            sink.start(self.status, &self.headers, declared)?;
-            self.streaming = true;
-        }
-        if !self.body.is_empty() {
-            sink.write(&self.body)?;
-            self.body.clear();
-        }
-        Ok(())
-    }
-    /// For the worker when the handler returned: true if the response streamed (and all of it
-    /// has been sent), false if it is buffered whole in `status`, `headers` and `body`.
-    pub fn conclude(&mut self) -> io::Result<bool> {
-        if self.streaming || self.body.len() > STREAM_AFTER {
-            self.start_streaming()?;
-        }
-        Ok(self.streaming)
-    }
-}
-
-impl Write for Response<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.streaming {
-            self.sink.as_deref_mut().map_or(Ok(()), |s| s.write(buf))?;
-        } else {
-            self.body.extend_from_slice(buf);
-            if self.body.len() > STREAM_AFTER {
-                self.start_streaming()?;
+impl LoadedHandler {
+    /// Loads what `spec` names; nothing in it has run yet but the descriptor function.
+    pub fn load(spec: &HandlerSpec) -> Result<LoadedHandler, LoadError> {
+        match spec {
+            HandlerSpec::Builtin(name) => {
+                let desc = builtin::descriptor(name)
+                    .ok_or_else(|| LoadError(format!("no built-in handler \"{name}\"")))?;
+                // SAFETY: a descriptor of ours, made by the SDK's macro: a static.
+                unsafe { Self::from_descriptor(desc, spec, None) }
+            }
+            HandlerSpec::Dylib(path) => {
+                let fail =
+                    |why: String| LoadError(format!("handler library {}: {why}", path.display()));
+                // SAFETY: loading a library runs its initialisers; that the operator's library
+                // may do so is what `handler=dylib:` asks for. RTLD_GLOBAL lets a handler that
+                // embeds an interpreter load C extensions against the symbols it brought.
+                let lib = unsafe {
+                    libloading::os::unix::Library::open(
+                        Some(path),
+                        libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
+                    )
+                }
+                .map_err(|e| fail(format!("cannot be loaded: {e}")))?;
+                type DescriptorFn = unsafe extern "C" fn() -> *const ngx_pool_handler;
+                // SAFETY: the symbol is looked up with the type the ABI gives it.
+                let get = unsafe { lib.get::<DescriptorFn>(b"ngx_pool_handler_v1\0") }
+                    .map_err(|_| fail("does not export ngx_pool_handler_v1 (is it built with NGX_POOL_HANDLER or export_handler!?)".into()))?;
+                // SAFETY: calling the library's descriptor function, as the ABI says.
+                let desc = unsafe { get() };
+                if desc.is_null() {
+                    return Err(fail("ngx_pool_handler_v1 returned NULL".into()));
+                }
+                // SAFETY: a non-NULL descriptor from the library, which stays loaded (it moves
+                // into the LoadedHandler); `from_descriptor` checks it before reading past the
+                // version.
+                unsafe { Self::from_descriptor(&*desc, spec, Some(lib)) }
+                    .map_err(|LoadError(e)| fail(e))
             }
         }
-        Ok(buf.len())
     }
-    fn flush(&mut self) -> io::Result<()> {
-        self.start_streaming()
+
+    /// # Safety
+    /// `desc` is readable for at least its first field, and for the `size` bytes it declares;
+    /// it and what it points at stay valid while `library` (if any) is loaded.
+    unsafe fn from_descriptor(
+        desc: &ngx_pool_handler,
+        spec: &HandlerSpec,
+        library: Option<libloading::os::unix::Library>,
+    ) -> Result<LoadedHandler, LoadError> {
+        if desc.abi_major != abi::NGX_POOL_ABI_MAJOR {
+            return Err(LoadError(format!(
+                "built for handler ABI version {}.{}; this poold speaks {}.{} (rebuild it against this include/ngx_pool.h)",
+                desc.abi_major,
+                desc.abi_minor,
+                abi::NGX_POOL_ABI_MAJOR,
+                abi::NGX_POOL_ABI_MINOR
+            )));
+        }
+        if desc.size < abi::NGX_POOL_HANDLER_V1_SIZE {
+            return Err(LoadError(format!(
+                "its handler descriptor is {} bytes, at least {} expected for ABI {}",
+                desc.size,
+                abi::NGX_POOL_HANDLER_V1_SIZE,
+                abi::NGX_POOL_ABI_MAJOR
+            )));
+        }
+        let Some(handle) = desc.handle else {
+            return Err(LoadError("its descriptor has no handle function".into()));
+        };
+        // SAFETY: `name` is NULL or a NUL-terminated string in the library (the ABI); at most
+        // NAME_MAX bytes are read.
+        let name = unsafe { bounded_name(desc.name) }.unwrap_or_else(|| spec.to_string());
+        Ok(LoadedHandler {
+            functions: Functions {
+                init: desc.init,
+                worker_init: desc.worker_init,
+                handle,
+                worker_exit: desc.worker_exit,
+            },
+            name,
+            spec: spec.to_string(),
+            _library: library,
+        })
+    }
+
+    /// The handler's own name (its descriptor's), for log lines.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn spec(&self) -> &str {
+        &self.spec
+    }
+
+    /// Runs `init` with the pool's `handler_args`, once, before forking.
+    pub fn init(&self, args: &str) -> Result<(), LoadError> {
+        let Some(init) = self.functions.init else {
+            return Ok(());
+        };
+        let config = ngx_pool_str {
+            data: args.as_ptr(),
+            len: args.len(),
+        };
+        // SAFETY: the ABI's call: our host table (a static) and a string valid during the call.
+        let rc = unsafe { init(&host::HOST, config) };
+        if rc == abi::NGX_POOL_OK {
+            Ok(())
+        } else {
+            Err(LoadError(format!(
+                "{}: init failed with status {rc}",
+                self.spec
+            )))
+        }
+    }
+
+    /// Runs `worker_init` in a freshly forked pool worker: its status if not OK.
+    pub fn worker_init(&self) -> Result<(), i32> {
+        let Some(f) = self.functions.worker_init else {
+            return Ok(());
+        };
+        // SAFETY: the ABI's call with our host table.
+        match unsafe { f(&host::HOST) } {
+            abi::NGX_POOL_OK => Ok(()),
+            rc => Err(rc),
+        }
+    }
+
+    /// Runs `handle` on request `r` (made by [`host::run_with`]): its status.
+    pub fn handle(&self, r: host::RequestHandle) -> i32 {
+        // SAFETY: the ABI's call: our host table and the handle of the request being run.
+        unsafe { (self.functions.handle)(&host::HOST, r.as_ptr()) }
+    }
+
+    /// Runs `worker_exit` in a pool worker that is leaving in an orderly way.
+    pub fn worker_exit(&self) {
+        if let Some(f) = self.functions.worker_exit {
+            // SAFETY: the ABI's call with our host table.
+            unsafe { f(&host::HOST) }
+        }
     }
 }
 
-/// Application code run by pool workers. Loaded once in poold, before it forks.
-pub trait Handler: Send + Sync {
-    /// Runs once in each pool worker after it is forked, before it takes requests (open
-    /// per-process resources here, as with Gunicorn's `post_fork`).
-    fn worker_init(&self) {}
-    fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>);
+/// A printable name of at most NAME_MAX bytes, or None.
+///
+/// # Safety
+/// `p` is NULL or points at a NUL-terminated string (only NAME_MAX + 1 bytes are read if the
+/// NUL comes later).
+unsafe fn bounded_name(p: *const c_char) -> Option<String> {
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's contract; strnlen reads no further than NAME_MAX bytes.
+    let len = unsafe { libc::strnlen(p, NAME_MAX) };
+    // SAFETY: `len` bytes were just found readable (before any NUL).
+    let bytes = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) };
+    let name = std::str::from_utf8(bytes).ok()?;
+    (!name.is_empty() && name.chars().all(|c| c.is_ascii_graphic() || c == ' '))
+        .then(|| name.to_string())
 }

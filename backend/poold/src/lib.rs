@@ -7,7 +7,9 @@
 
 pub mod builtin;
 pub mod config;
+pub mod exchange;
 pub mod handler;
+pub mod host;
 pub mod log;
 pub mod supervisor;
 pub mod sys;

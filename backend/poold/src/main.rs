@@ -1,9 +1,14 @@
 //! `poold`: runs one pool. See `poold --help`, and the README's "Running poold yourself".
 
-use poold::config::{self, Command};
+use poold::config::{self, Command, Config};
+use poold::handler::{LoadError, LoadedHandler};
+use poold::log;
 use poold::supervisor::Supervisor;
-use poold::{builtin, log};
 use std::os::fd::{FromRawFd, OwnedFd};
+
+/// Exit status of a poold whose handler could not be loaded or initialised (EX_CONFIG); the
+/// watchdog starts another after a growing delay, and the pool answers 503 meanwhile.
+const EXIT_LOAD_FAILED: i32 = 78;
 
 fn main() {
     let cfg = match config::parse(std::env::args().skip(1)) {
@@ -22,39 +27,78 @@ fn main() {
         }
     };
     log::set_pool_name(&cfg.name);
-    if let Some(fd) = cfg.lifeline_fd {
-        // Managed by nginx: this process stays as the watchdog, the pool runs in its child
-        // (which returns here), and a new child replaces one that dies.
-        poold::watchdog::run(fd);
-    }
-    let handler = match cfg
-        .handler
-        .strip_prefix("builtin:")
-        .and_then(builtin::lookup)
-    {
-        Some(h) => h,
-        None => {
-            poold::log!(
-                "emerg",
-                "unknown handler \"{}\" (built-in handlers: {})",
-                cfg.handler,
-                builtin::NAMES
-                    .iter()
-                    .map(|n| format!("builtin:{n}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            std::process::exit(2);
-        }
-    };
-    let lifeline = cfg.lifeline_fd.map(|fd| {
+    // A panic's message and place as one error_log line in nginx's format (the handler SDK
+    // then says what it did about it).
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        poold::log!("error", "worker {}: panic at {at}", std::process::id());
+    }));
+    let ready = cfg.ready_fd.map(|fd| {
         // SAFETY: the nginx module passes this descriptor to us by number and keeps no copy of
         // it in this process; we are its only owner.
         unsafe { OwnedFd::from_raw_fd(fd) }
     });
-    let result = Supervisor::new(cfg, handler, lifeline).and_then(Supervisor::run);
-    if let Err(e) = result {
+    // Managed by nginx: this process stays as the watchdog, the pool runs in its child (which
+    // returns here, with the start-up report descriptor if it is the first), and a new child
+    // replaces one that dies.
+    let ready = match cfg.lifeline_fd {
+        Some(fd) => poold::watchdog::run(fd, ready),
+        None => ready,
+    };
+    let handler = match load(&cfg) {
+        Ok(h) => h,
+        Err(e) => {
+            poold::log!(
+                "error",
+                "{e}; the pool answers 503 and poold tries again with a growing delay"
+            );
+            report(ready, b'F');
+            std::process::exit(EXIT_LOAD_FAILED);
+        }
+    };
+    let lifeline = cfg.lifeline_fd.map(|fd| {
+        // SAFETY: as for the ready descriptor above.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    });
+    let supervisor = match Supervisor::new(cfg, handler, lifeline) {
+        Ok(s) => s,
+        Err(e) => {
+            poold::log!("emerg", "{e}");
+            std::process::exit(1);
+        }
+    };
+    report(ready, b'R');
+    if let Err(e) = supervisor.run() {
         poold::log!("emerg", "{e}");
         std::process::exit(1);
+    }
+}
+
+/// Loads the handler and runs its `init`, as the pool's user when started as root.
+fn load(cfg: &Config) -> Result<LoadedHandler, LoadError> {
+    let spec = ngx_pool_conf::HandlerSpec::parse(&cfg.handler).map_err(LoadError)?;
+    let run = || -> Result<LoadedHandler, LoadError> {
+        let handler = LoadedHandler::load(&spec)?;
+        handler.init(&cfg.handler_args)?;
+        Ok(handler)
+    };
+    match (&cfg.user, nix::unistd::geteuid().is_root()) {
+        (Some(user), true) => {
+            let (uid, gid) = poold::sys::lookup_user(user, cfg.group.as_deref())
+                .map_err(|e| LoadError(format!("--user {user}: {e}")))?;
+            poold::sys::as_user(uid, gid, run)
+                .map_err(|e| LoadError(format!("cannot switch to user {user}: {e}")))?
+        }
+        _ => run(),
+    }
+}
+
+/// Tells whoever started us how the start went (see `--ready-fd`).
+fn report(ready: Option<OwnedFd>, what: u8) {
+    if let Some(fd) = ready {
+        let _ = nix::unistd::write(&fd, &[what]);
     }
 }

@@ -5,7 +5,7 @@
 //! file means it died) and, in managed mode, the lifeline from the nginx master.
 
 use crate::config::Config;
-use crate::handler::Handler;
+use crate::handler::LoadedHandler;
 use crate::log;
 use crate::sys;
 use crate::worker::{ConnFds, Worker};
@@ -67,7 +67,7 @@ struct WorkerSlot {
 pub struct Supervisor {
     cfg: Config,
     region: Region,
-    handler: Box<dyn Handler>,
+    handler: LoadedHandler,
     /// `None` once draining: no new nginx workers.
     listener: Option<OwnedFd>,
     /// Set by SIGUSR2 (a newer generation of this pool took over): serve the nginx workers
@@ -99,7 +99,7 @@ impl Supervisor {
     /// Builds the region, loads nothing yet: `handler` was loaded by the caller, before forking.
     pub fn new(
         cfg: Config,
-        handler: Box<dyn Handler>,
+        handler: LoadedHandler,
         lifeline: Option<OwnedFd>,
     ) -> io::Result<Supervisor> {
         let mask = sys::handled_signals();
@@ -301,7 +301,7 @@ impl Supervisor {
         }
         let pid = {
             let region = &self.region;
-            let handler = &*self.handler;
+            let handler = &self.handler;
             let conns = &self.conns;
             let run_as = self.run_as;
             let spin = self.cfg.spin;

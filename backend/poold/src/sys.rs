@@ -84,6 +84,22 @@ pub fn drop_privileges(uid: Uid, gid: Gid) -> io::Result<()> {
     Ok(())
 }
 
+/// Runs `f` with effective uid and gid (and groups) `uid`/`gid`, then takes root back: the
+/// handler's `init` (and whatever its library runs when loaded) does not run as root. Not a
+/// security boundary (the saved uid stays root); it keeps files and imports of the user's code
+/// from being made or read as root.
+pub fn as_user<T>(uid: Uid, gid: Gid, f: impl FnOnce() -> T) -> io::Result<T> {
+    let groups = nix::unistd::getgroups()?;
+    nix::unistd::setgroups(&[gid])?;
+    nix::unistd::setegid(gid)?;
+    nix::unistd::seteuid(uid)?;
+    let out = f();
+    nix::unistd::seteuid(Uid::from_raw(0))?;
+    nix::unistd::setegid(Gid::from_raw(0))?;
+    nix::unistd::setgroups(&groups)?;
+    Ok(out)
+}
+
 /// The signals poold handles through its signalfd.
 pub fn handled_signals() -> SigSet {
     let mut set = SigSet::empty();

@@ -15,7 +15,7 @@ use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
-use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 /// A poold that lived less than this counts as dying at start: the next start waits longer.
@@ -25,8 +25,10 @@ const MAX_DELAY: Duration = Duration::from_secs(10);
 const STOP_WAIT: Duration = Duration::from_secs(10);
 
 /// In the watchdog: never returns. In each poold it starts: returns, and the caller goes on
-/// to run the pool. `lifeline` is the descriptor the nginx master holds the other end of.
-pub fn run(lifeline: RawFd) {
+/// to run the pool. `lifeline` is the descriptor the nginx master holds the other end of;
+/// `ready` (the start-up report, see `--ready-fd`) goes to the first poold only, and the
+/// watchdog keeps no copy, so the master reads end of file if that poold dies unreported.
+pub fn run(lifeline: RawFd, mut ready: Option<OwnedFd>) -> Option<OwnedFd> {
     let mask = SigSet::from_iter([
         Signal::SIGTERM,
         Signal::SIGINT,
@@ -35,12 +37,12 @@ pub fn run(lifeline: RawFd) {
         Signal::SIGUSR2,
     ]);
     if mask.thread_block().is_err() {
-        return; // no watchdog then; run the pool directly
+        return ready; // no watchdog then; run the pool directly
     }
     let Ok(signals) = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
     else {
         let _ = mask.thread_unblock();
-        return;
+        return ready;
     };
     let me = nix::unistd::getpid();
     let mut delay = Duration::ZERO;
@@ -61,30 +63,37 @@ pub fn run(lifeline: RawFd) {
                     Some(&SigSet::empty()),
                     None,
                 );
-                return;
+                return ready;
             }
-            Ok(ForkResult::Parent { child }) => match watch(child, &signals, lifeline) {
-                Watched::Stop(code) => std::process::exit(code),
-                Watched::Died(how) => {
-                    delay = if started.elapsed() < QUICK_DEATH {
-                        (delay * 2).clamp(Duration::from_millis(100), MAX_DELAY)
-                    } else {
-                        Duration::ZERO
-                    };
-                    log!(
-                        "alert",
-                        "poold {child} {how}; starting a new one{}",
-                        if delay.is_zero() {
+            Ok(ForkResult::Parent { child }) => {
+                match watch(child, &signals, ready.take(), lifeline) {
+                    Watched::Stop(code) => std::process::exit(code),
+                    Watched::Died(how) => {
+                        delay = if started.elapsed() < QUICK_DEATH {
+                            (delay * 2).clamp(Duration::from_millis(100), MAX_DELAY)
+                        } else {
+                            Duration::ZERO
+                        };
+                        let when = if delay.is_zero() {
                             String::new()
                         } else {
                             format!(" in {} ms", delay.as_millis())
+                        };
+                        if how == LOAD_FAILED {
+                            // Its own line said why; this one says what happens next.
+                            log!(
+                                "notice",
+                                "poold {child} could not load its handler; trying again{when}"
+                            );
+                        } else {
+                            log!("alert", "poold {child} {how}; starting a new one{when}");
                         }
-                    );
-                    if pause(delay, &signals, lifeline) {
-                        std::process::exit(0);
+                        if pause(delay, &signals, lifeline) {
+                            std::process::exit(0);
+                        }
                     }
                 }
-            },
+            }
             Err(e) => {
                 log!("alert", "watchdog cannot fork poold: {e}; retrying in 1 s");
                 if pause(Duration::from_secs(1), &signals, lifeline) {
@@ -94,6 +103,9 @@ pub fn run(lifeline: RawFd) {
         }
     }
 }
+
+/// How `watch` describes a poold that exited because its handler failed to load (status 78).
+const LOAD_FAILED: &str = "exited with code 78";
 
 enum Watched {
     /// Told to stop (or the master is gone) and poold has stopped: exit with this code.
@@ -110,7 +122,9 @@ fn fd(raw: RawFd) -> BorrowedFd<'static> {
 
 /// Waits for `child` to die or for a reason to stop. SIGUSR2 (a new generation of the pool
 /// took over) is passed on, and poold's exit after draining is then the end, not a death.
-fn watch(child: Pid, signals: &SignalFd, lifeline: RawFd) -> Watched {
+fn watch(child: Pid, signals: &SignalFd, ready: Option<OwnedFd>, lifeline: RawFd) -> Watched {
+    // Only the child reports its start: our copy closes now.
+    drop(ready);
     let mut draining = false;
     loop {
         let mut fds = [

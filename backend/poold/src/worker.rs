@@ -1,11 +1,12 @@
 //! A pool worker's loop: take a request from the region, run the handler with the request body
 //! streaming in and the response streaming out, wake the nginx worker that owns the request.
 
-use crate::handler::{Handler, Request, Response, ResponseSink};
-use crate::log;
+use crate::exchange::{Exchange, Outcome, ResponseSink};
+use crate::handler::LoadedHandler;
+use crate::{host, log};
 use ngx_pool_channel::chain::ChainError;
 use ngx_pool_channel::handshake::{recv_frame, send_frame, Frame, CONN_FD, READY, RETIRING};
-use ngx_pool_channel::message::{decode_request_head, encode_response_head, UNKNOWN_LENGTH};
+use ngx_pool_channel::message::decode_request_head;
 use ngx_pool_channel::slot::{self, FailReason, Handover, SlotId, SlotState, WorkerState};
 use ngx_pool_channel::stream::{self, Direction, StreamReader, StreamWriter};
 use ngx_pool_channel::Region;
@@ -48,7 +49,7 @@ impl ConnFds {
 
 pub struct Worker<'a> {
     pub region: &'a Region,
-    pub handler: &'a dyn Handler,
+    pub handler: &'a LoadedHandler,
     pub index: u32,
     /// This process's id (getpid is a system call; the serving loop logs it).
     pub pid: u32,
@@ -68,7 +69,6 @@ pub struct Worker<'a> {
 pub struct Scratch {
     request_head: Vec<u8>,
     response_head: Vec<u8>,
-    headers: Vec<(Vec<u8>, Vec<u8>)>,
     body: Vec<u8>,
 }
 
@@ -88,10 +88,6 @@ impl Scratch {
                 *b = Vec::new();
             }
         }
-        self.headers.clear();
-        if self.headers.capacity() > 64 {
-            self.headers = Vec::new();
-        }
     }
 }
 
@@ -99,8 +95,8 @@ impl Scratch {
 /// not a crash (and forks a replacement if it has not already).
 pub const EXIT_RECYCLE: i32 = 75;
 
-/// Exit status of a worker whose handler panicked (after failing that request).
-pub const EXIT_HANDLER_PANIC: i32 = 70;
+/// Exit status of a worker whose handler's `worker_init` failed.
+pub const EXIT_WORKER_INIT: i32 = 71;
 
 /// How long a retiring worker waits for poold to say its replacement is ready before it leaves
 /// anyway (poold could not fork one).
@@ -109,7 +105,10 @@ const RETIRE_WAIT: Duration = Duration::from_secs(10);
 /// Resident set size of this process, in bytes.
 fn own_rss() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    Some(statm.split_whitespace().nth(1)?.parse::<u64>().ok()? * 4096)
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok().filter(|p| *p > 0).unwrap_or(4096))
 }
 
 impl Worker<'_> {
@@ -120,7 +119,15 @@ impl Worker<'_> {
             .expect("worker index within geometry");
         entry.pid.store(self.pid, Ordering::Relaxed);
         entry.retire_now.store(0, Ordering::Relaxed);
-        self.handler.worker_init();
+        if let Err(rc) = self.handler.worker_init() {
+            log!(
+                "error",
+                "worker {}: handler \"{}\" worker_init failed with status {rc}; the worker exits",
+                self.pid,
+                self.handler.name()
+            );
+            std::process::exit(EXIT_WORKER_INIT);
+        }
         // Idle before READY: whoever this worker relieves leaves only after it can serve.
         entry
             .state
@@ -136,6 +143,7 @@ impl Worker<'_> {
                 entry
                     .state
                     .store(WorkerState::Exited as u32, Ordering::Relaxed);
+                self.handler.worker_exit();
                 std::process::exit(EXIT_RECYCLE);
             }
             entry
@@ -232,70 +240,48 @@ impl Worker<'_> {
             return slot::fail(region, id, FailReason::BadRequest);
         }
         // For log lines only; borrowed, so the common path allocates nothing for it.
-        let uri_bytes: &[u8] = view.uri;
-        let uri = || String::from_utf8_lossy(uri_bytes);
+        let uri: &[u8] = view.uri;
         let cancelled = move || slot::state_of(region, id) == Some(SlotState::Abandoned);
         let mut output = StreamOut {
             region,
             id,
             writer: StreamWriter::new(),
             head_len: 0,
-            declared: None,
             waker: &self.waker,
-            head: &mut scratch.response_head,
         };
-        let mut source: &mut dyn Read = &mut input;
-        let req = Request::new(view, body_len, &mut source, &cancelled);
-        let mut resp = Response::streaming_to(&mut output);
-        resp.headers = std::mem::take(&mut scratch.headers);
-        resp.body = std::mem::take(&mut scratch.body);
-        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.handler.handle(&req, &mut resp)
-        }));
-        drop(req);
-        if handled.is_err() {
-            // The panic message is already on stderr (the error log). The handler's state may
-            // be broken: this request fails, and the worker leaves for a fresh one.
-            drop(resp);
-            log!(
-                "error",
-                "worker {pid}: the handler panicked on \"{}\"; the request gets 502 and the worker exits",
-                uri()
-            );
-            if let Handover::Deliver { conn, conn_gen } = slot::fail(region, id, FailReason::Other)
-            {
-                self.waker.borrow_mut().wake(region, conn, conn_gen);
-            }
-            slot::clear_current(region, self.index);
-            std::process::exit(EXIT_HANDLER_PANIC);
-        }
-        let outcome = match resp.conclude() {
-            Ok(true) => {
-                drop(resp);
-                output.end()
-            }
-            Ok(false) => {
-                let status = resp.status;
-                scratch.headers = std::mem::take(&mut resp.headers);
-                scratch.body = std::mem::take(&mut resp.body);
-                drop(resp);
-                output.whole(status, &scratch.headers, &scratch.body)
-            }
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(handover) => handover,
-            Err(e) => {
-                if slot::state_of(region, id) != Some(SlotState::Abandoned) {
-                    log!(
-                        "error",
-                        "worker {pid}: response to \"{}\" not delivered: {e}",
-                        uri()
-                    );
+        let mut ex = Exchange::new(
+            view,
+            body_len,
+            &mut input,
+            &cancelled,
+            &mut output,
+            &mut scratch.response_head,
+            &mut scratch.body,
+        );
+        let handler = self.handler;
+        let rc = host::run_with(&mut ex, |r| handler.handle(r));
+        let outcome = ex.conclude(rc, handler.name());
+        drop(ex);
+        let delivered = match outcome {
+            Outcome::Whole => output.whole(&scratch.response_head, &scratch.body),
+            Outcome::Streamed => Ok(output.end()),
+            Outcome::Failed(reason, msg) => {
+                if let Some(msg) = msg {
+                    log!("error", "worker {pid}: {msg}");
                 }
-                slot::fail(region, id, FailReason::ResponseTooLarge)
+                return slot::fail(region, id, reason);
             }
-        }
+        };
+        delivered.unwrap_or_else(|e| {
+            if slot::state_of(region, id) != Some(SlotState::Abandoned) {
+                log!(
+                    "error",
+                    "worker {pid}: response to \"{}\" not delivered: {e}",
+                    String::from_utf8_lossy(uri)
+                );
+            }
+            slot::fail(region, id, FailReason::Undelivered)
+        })
     }
 }
 
@@ -401,10 +387,7 @@ struct StreamOut<'r> {
     id: SlotId,
     writer: StreamWriter,
     head_len: u32,
-    declared: Option<u64>,
     waker: &'r RefCell<Waker>,
-    /// Where the response head is encoded (the worker's, reused).
-    head: &'r mut Vec<u8>,
 }
 
 impl StreamOut<'_> {
@@ -448,74 +431,32 @@ impl StreamOut<'_> {
         Ok(())
     }
 
-    /// The response head, encoded in the reused buffer (taken out; the caller puts it back).
-    fn encode_head(
-        &mut self,
-        status: u16,
-        headers: &[(Vec<u8>, Vec<u8>)],
-        body_len: u64,
-    ) -> io::Result<Vec<u8>> {
-        let mut head = std::mem::take(self.head);
-        head.clear();
-        encode_response_head(&mut head, status, headers, body_len)?;
-        Ok(head)
-    }
-
-    /// A response that streamed: the stream is complete.
-    fn end(&mut self) -> io::Result<Handover> {
-        if let Some(d) = self.declared {
-            let body = self.writer.written() - u64::from(self.head_len);
-            if body != d {
-                return Err(io::Error::other(format!(
-                    "Content-Length was {d}, the handler wrote {body} bytes"
-                )));
-            }
-        }
-        Ok(slot::finish(
-            self.region,
-            self.id,
-            self.head_len,
-            self.writer.written(),
-        ))
+    /// A response that streamed: the stream is complete (the exchange checked its length).
+    fn end(&mut self) -> Handover {
+        slot::finish(self.region, self.id, self.head_len, self.writer.written())
     }
 
     /// A response buffered whole: head and body in one go.
-    fn whole(
-        &mut self,
-        status: u16,
-        headers: &[(Vec<u8>, Vec<u8>)],
-        body: &[u8],
-    ) -> io::Result<Handover> {
-        let head = self.encode_head(status, headers, body.len() as u64)?;
-        self.append(&head, SlotState::Running, false)?;
+    fn whole(&mut self, head: &[u8], body: &[u8]) -> io::Result<Handover> {
+        self.append(head, SlotState::Running, false)?;
         self.append(body, SlotState::Running, false)?;
         self.writer
             .publish(self.region, self.id, Direction::Response);
-        let head_len = head.len() as u32;
-        *self.head = head;
         Ok(slot::finish(
             self.region,
             self.id,
-            head_len,
+            head.len() as u32,
             self.writer.written(),
         ))
     }
 }
 
 impl ResponseSink for StreamOut<'_> {
-    fn start(
-        &mut self,
-        status: u16,
-        headers: &[(Vec<u8>, Vec<u8>)],
-        declared: Option<u64>,
-    ) -> io::Result<()> {
-        let head = self.encode_head(status, headers, declared.unwrap_or(UNKNOWN_LENGTH))?;
-        self.append(&head, SlotState::Running, false)?;
+    fn start(&mut self, head: &[u8], _declared: Option<u64>) -> io::Result<()> {
+        self.append(head, SlotState::Running, false)?;
         self.writer
             .publish(self.region, self.id, Direction::Response);
         self.head_len = head.len() as u32;
-        *self.head = head;
-        self.declared = declared;
         match slot::start_streaming(self.region, self.id, self.head_len) {
             Handover::Deliver { conn, conn_gen } => {
                 self.waker.borrow_mut().wake(self.region, conn, conn_gen);

@@ -2,8 +2,8 @@
 //!
 //! A crate of its own so its tests link without nginx (the module's own test binary cannot).
 //!
-//! `pool NAME handler=SPEC [workers=N] [queue=N] [timeout=TIME] [queue_timeout=TIME] [socket=PATH]
-//! [arena=SIZE] [external];`
+//! `pool NAME handler=SPEC [handler_args=STR] [workers=N] [queue=N] [timeout=TIME]
+//! [queue_timeout=TIME] [socket=PATH] [arena=SIZE] [external];`
 
 use std::path::PathBuf;
 
@@ -16,6 +16,9 @@ pub const BUILTIN_HANDLERS: &[&str] =
 pub struct PoolConf {
     pub name: String,
     pub handler: String,
+    /// Passed to the handler's `init` (`handler_args=`; quote the whole parameter if it has
+    /// spaces: `"handler_args=a b"`).
+    pub handler_args: Option<String>,
     pub workers: u32,
     pub queue: u32,
     pub timeout_ms: u64,
@@ -91,17 +94,68 @@ fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Checks a handler spec. `dylib:` paths must exist when given.
-pub fn check_handler(spec: &str) -> Result<(), String> {
-    match spec.split_once(':') {
-        Some(("builtin", name)) if BUILTIN_HANDLERS.contains(&name) => Ok(()),
-        Some(("builtin", name)) => Err(format!(
-            "unknown handler \"builtin:{name}\" (built-in handlers: {})",
-            BUILTIN_HANDLERS.join(", ")
-        )),
-        _ => Err(format!(
-            "unknown handler \"{spec}\" (expected builtin:NAME)"
-        )),
+/// What a pool runs: the one parser of handler specs, shared by the module's `nginx -t` and
+/// poold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandlerSpec {
+    /// `builtin:NAME`: compiled into poold.
+    Builtin(String),
+    /// `dylib:PATH`: a handler library exporting `ngx_pool_handler_v1`.
+    Dylib(PathBuf),
+}
+
+impl HandlerSpec {
+    /// Parses `builtin:NAME` or `dylib:PATH`; the reason if it is neither.
+    pub fn parse(spec: &str) -> Result<HandlerSpec, String> {
+        match spec.split_once(':') {
+            Some(("builtin", name)) if BUILTIN_HANDLERS.contains(&name) => {
+                Ok(HandlerSpec::Builtin(name.to_string()))
+            }
+            Some(("builtin", name)) => Err(format!(
+                "unknown handler \"builtin:{name}\" (built-in handlers: {})",
+                BUILTIN_HANDLERS.join(", ")
+            )),
+            Some(("dylib", "")) => Err("handler \"dylib:\" needs a path".to_string()),
+            Some(("dylib", path)) => Ok(HandlerSpec::Dylib(PathBuf::from(path))),
+            _ => Err(format!(
+                "unknown handler \"{spec}\" (expected builtin:NAME or dylib:PATH)"
+            )),
+        }
+    }
+
+    /// The spec with a relative library path made absolute against `prefix` (nginx's prefix:
+    /// paths in nginx.conf are relative to it, as `load_module`'s are).
+    pub fn absolute(self, prefix: &str) -> HandlerSpec {
+        match self {
+            HandlerSpec::Dylib(p) if p.is_relative() => {
+                HandlerSpec::Dylib(PathBuf::from(prefix).join(p))
+            }
+            other => other,
+        }
+    }
+
+    /// Checks what can be checked before running it: a library must be a readable file.
+    pub fn check_files(&self) -> Result<(), String> {
+        let HandlerSpec::Dylib(path) = self else {
+            return Ok(());
+        };
+        match std::fs::File::open(path).and_then(|f| f.metadata()) {
+            Ok(m) if m.is_file() => Ok(()),
+            Ok(_) => Err(format!(
+                "handler library \"{}\" is not a file",
+                path.display()
+            )),
+            Err(e) => Err(format!("handler library \"{}\": {e}", path.display())),
+        }
+    }
+}
+
+impl std::fmt::Display for HandlerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandlerSpec::Builtin(n) => write!(f, "builtin:{n}"),
+            HandlerSpec::Dylib(p) => write!(f, "dylib:{}", p.display()),
+        }
     }
 }
 
@@ -116,6 +170,7 @@ pub fn parse_pool(args: &[&str]) -> Result<PoolConf, String> {
     let mut p = PoolConf {
         name: name.to_string(),
         handler: String::new(),
+        handler_args: None,
         workers: default_workers(),
         queue: DEFAULT_QUEUE,
         timeout_ms: DEFAULT_TIMEOUT_MS,
@@ -145,9 +200,10 @@ pub fn parse_pool(args: &[&str]) -> Result<PoolConf, String> {
         };
         match key {
             "handler" => {
-                check_handler(value)?;
+                HandlerSpec::parse(value)?;
                 p.handler = value.to_string();
             }
+            "handler_args" => p.handler_args = Some(value.to_string()),
             "workers" => p.workers = number(4096)?,
             "queue" => {
                 p.queue = match value.parse::<u32>() {
@@ -264,6 +320,8 @@ mod tests {
     fn errors_say_what_is_wrong() {
         let e = |a: &[&str]| parse_pool(a).unwrap_err();
         assert!(e(&["a", "handler=builtin:nope"]).contains("unknown handler"));
+        assert!(e(&["a", "handler=python:x"]).contains("expected builtin:NAME or dylib:PATH"));
+        assert!(e(&["a", "handler=dylib:"]).contains("needs a path"));
         assert!(e(&["a", "handler=builtin:echo", "workers=x"]).contains("invalid workers"));
         assert!(e(&["a", "handler=builtin:echo", "timeout=5q"]).contains("invalid timeout"));
         assert!(e(&["a", "handler=builtin:echo", "spin=1s"]).contains("invalid spin"));
@@ -272,6 +330,31 @@ mod tests {
         assert!(e(&["a"]).contains("needs handler"));
         assert!(e(&["a", "external"]).contains("socket"));
         assert!(e(&["a b"]).contains("invalid pool name"));
+    }
+
+    #[test]
+    fn handler_specs() {
+        assert_eq!(
+            HandlerSpec::parse("builtin:echo"),
+            Ok(HandlerSpec::Builtin("echo".into()))
+        );
+        let lib = HandlerSpec::parse("dylib:lib/h.so").unwrap();
+        assert_eq!(lib.to_string(), "dylib:lib/h.so");
+        assert_eq!(
+            lib.clone().absolute("/p/"),
+            HandlerSpec::Dylib(PathBuf::from("/p/lib/h.so"))
+        );
+        let e = lib.absolute("/nonexistent/").check_files().unwrap_err();
+        assert!(
+            e.contains("/nonexistent/lib/h.so") && e.contains("No such file"),
+            "{e}"
+        );
+        assert!(HandlerSpec::Dylib("/".into())
+            .check_files()
+            .unwrap_err()
+            .contains("not a file"));
+        let p = parse_pool(&["a", "handler=dylib:/x.so", "handler_args=--k v"]).unwrap();
+        assert_eq!(p.handler_args.as_deref(), Some("--k v"));
     }
 
     #[test]

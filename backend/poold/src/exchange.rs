@@ -1,0 +1,327 @@
+//! One request's exchange with a handler, on the host side: what the ABI's host functions do,
+//! in safe Rust, with the response rules enforced (one head, before the body; no byte past a
+//! declared `Content-Length`; a response at all).
+//!
+//! [`crate::host`] is the `extern "C"` table over this; the worker loop makes an `Exchange` per
+//! request and turns its [`Outcome`] into a completed, streamed or failed slot.
+
+use ngx_pool_abi as abi;
+use ngx_pool_channel::message::{
+    check_header, encode_response_head, set_announced_length, RequestView, UNKNOWN_LENGTH,
+};
+use ngx_pool_channel::slot::FailReason;
+use std::io::{self, Read};
+
+/// Responses up to this size are sent in one piece when the handler returns; past it (or at
+/// `flush`) the head goes out and the body streams as the handler writes it.
+pub const STREAM_AFTER: usize = 64 << 10;
+
+/// Where a response goes once it streams (the worker's response stream in the region).
+pub trait ResponseSink {
+    /// Sends the encoded head; `declared` is the body length it announces, if any.
+    fn start(&mut self, head: &[u8], declared: Option<u64>) -> io::Result<()>;
+    /// Sends body bytes, waiting while the client (through nginx) is not keeping up.
+    fn write(&mut self, data: &[u8]) -> io::Result<()>;
+}
+
+/// A host status code (`NGX_POOL_ERR_*`).
+pub type Status = i32;
+
+/// How the request ended, for the worker to deliver.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Buffered whole: `head` (its length announced) and `body` go out in one piece.
+    Whole,
+    /// Streamed, and all of it has been sent.
+    Streamed,
+    /// Failed: the slot fails with this reason; the message (if any) goes to the error log.
+    Failed(FailReason, Option<String>),
+}
+
+/// The request as the handler sees it, and the response it is building.
+pub struct Exchange<'a> {
+    pub view: RequestView<'a>,
+    /// `uri` without the query string, and the query string.
+    path: &'a [u8],
+    query: &'a [u8],
+    body_len: u64,
+    input: &'a mut dyn Read,
+    cancelled: &'a dyn Fn() -> bool,
+    sink: &'a mut dyn ResponseSink,
+    /// The response head, encoded at `start` (its announced length set when known).
+    pub head: &'a mut Vec<u8>,
+    /// Body bytes not yet sent.
+    pub body: &'a mut Vec<u8>,
+    started: bool,
+    streaming: bool,
+    declared: Option<u64>,
+    /// Body bytes the handler wrote, buffered or sent.
+    written: u64,
+    /// The first rule the handler broke in a way that spoils the response (bytes dropped, a
+    /// second head refused after the first was sent): the request fails even if it returns OK.
+    violation: Option<String>,
+    /// The last call refused for an invalid argument: only an error value (the handler may
+    /// retry correctly), named in the log if the request then fails.
+    refused: Option<String>,
+    /// The channel failed under a write (not the handler's doing).
+    channel_error: Option<String>,
+}
+
+impl<'a> Exchange<'a> {
+    pub fn new(
+        view: RequestView<'a>,
+        body_len: u64,
+        input: &'a mut dyn Read,
+        cancelled: &'a dyn Fn() -> bool,
+        sink: &'a mut dyn ResponseSink,
+        head: &'a mut Vec<u8>,
+        body: &'a mut Vec<u8>,
+    ) -> Exchange<'a> {
+        let uri = view.uri;
+        let (path, query) = match uri.iter().position(|b| *b == b'?') {
+            Some(q) => (&uri[..q], &uri[q + 1..]),
+            None => (uri, &uri[uri.len()..]),
+        };
+        head.clear();
+        body.clear();
+        Exchange {
+            view,
+            path,
+            query,
+            body_len,
+            input,
+            cancelled,
+            sink,
+            head,
+            body,
+            started: false,
+            streaming: false,
+            declared: None,
+            written: 0,
+            violation: None,
+            refused: None,
+            channel_error: None,
+        }
+    }
+
+    pub fn path(&self) -> &'a [u8] {
+        self.path
+    }
+    pub fn query(&self) -> &'a [u8] {
+        self.query
+    }
+    pub fn body_len(&self) -> u64 {
+        self.body_len
+    }
+    pub fn is_cancelled(&self) -> bool {
+        (self.cancelled)()
+    }
+
+    /// The first header named `name`, case-insensitively.
+    pub fn header(&self, name: &[u8]) -> Option<&'a [u8]> {
+        self.view
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    }
+    /// The parameter named `name`, exactly.
+    pub fn param(&self, name: &[u8]) -> Option<&'a [u8]> {
+        self.view
+            .params
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+    }
+
+    /// Reads body bytes: the count, 0 at the end.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, Status> {
+        match self.input.read(buf) {
+            Ok(n) => Ok(n),
+            Err(_) if self.is_cancelled() => Err(abi::NGX_POOL_ERR_GONE),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(abi::NGX_POOL_ERR_GONE),
+            Err(_) => Err(abi::NGX_POOL_ERR_IO),
+        }
+    }
+
+    fn broke(&mut self, rule: String, status: Status) -> Status {
+        if self.violation.is_none() {
+            self.violation = Some(rule);
+        }
+        status
+    }
+
+    fn refuse(&mut self, what: String) -> Status {
+        self.refused = Some(what);
+        abi::NGX_POOL_ERR_INVALID
+    }
+
+    /// Sets status and headers (once, before any body).
+    pub fn start(&mut self, status: u16, headers: &[(&[u8], &[u8])]) -> Result<(), Status> {
+        if self.started {
+            let e = abi::NGX_POOL_ERR_STATE;
+            return Err(self.broke("started its response twice".into(), e));
+        }
+        if !(100..=999).contains(&status) {
+            return Err(self.refuse(format!("gave the status {status}")));
+        }
+        let mut declared = None;
+        for (name, value) in headers {
+            if check_header(name, value).is_err() {
+                let what = format!(
+                    "gave the header \"{}\" a name or value HTTP does not allow",
+                    String::from_utf8_lossy(name).escape_debug()
+                );
+                return Err(self.refuse(what));
+            }
+            if name.eq_ignore_ascii_case(b"content-length") {
+                match std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                {
+                    Some(n) => declared = Some(n),
+                    None => return Err(self.refuse("gave an invalid Content-Length".into())),
+                }
+            }
+        }
+        self.head.clear();
+        if encode_response_head(&mut *self.head, status, headers, 0).is_err() {
+            return Err(self.refuse("gave a header too long to send".into()));
+        }
+        self.started = true;
+        self.declared = declared;
+        Ok(())
+    }
+
+    fn sink_error(&mut self, e: io::Error) -> Status {
+        if self.is_cancelled() || e.kind() == io::ErrorKind::BrokenPipe {
+            return abi::NGX_POOL_ERR_GONE;
+        }
+        if self.channel_error.is_none() {
+            self.channel_error = Some(e.to_string());
+        }
+        abi::NGX_POOL_ERR_IO
+    }
+
+    /// Sends the head and the buffered body, and streams from then on.
+    fn start_streaming(&mut self) -> Result<(), Status> {
+        if !self.streaming {
+            set_announced_length(self.head, self.declared.unwrap_or(UNKNOWN_LENGTH));
+            if let Err(e) = self.sink.start(self.head, self.declared) {
+                return Err(self.sink_error(e));
+            }
+            self.streaming = true;
+        }
+        if !self.body.is_empty() {
+            let res = self.sink.write(self.body);
+            self.body.clear();
+            res.map_err(|e| self.sink_error(e))?;
+        }
+        Ok(())
+    }
+
+    /// Appends body bytes.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), Status> {
+        if !self.started {
+            let e = abi::NGX_POOL_ERR_STATE;
+            return Err(self.broke("wrote its body before starting the response".into(), e));
+        }
+        if let Some(d) = self.declared {
+            if self.written + data.len() as u64 > d {
+                let e = abi::NGX_POOL_ERR_TOO_LARGE;
+                let what = format!("wrote past its Content-Length of {d}");
+                return Err(self.broke(what, e));
+            }
+        }
+        self.written += data.len() as u64;
+        if self.streaming {
+            return self.sink.write(data).map_err(|e| self.sink_error(e));
+        }
+        self.body.extend_from_slice(data);
+        if self.body.len() > STREAM_AFTER {
+            self.start_streaming()?;
+        }
+        Ok(())
+    }
+
+    /// Sends what there is now.
+    pub fn flush(&mut self) -> Result<(), Status> {
+        if !self.started {
+            let e = abi::NGX_POOL_ERR_STATE;
+            return Err(self.broke("flushed before starting the response".into(), e));
+        }
+        self.start_streaming()
+    }
+
+    /// The handler returned `rc`: how the request ends. `handler` names it in log lines.
+    pub fn conclude(&mut self, rc: Status, handler: &str) -> Outcome {
+        let uri = String::from_utf8_lossy(self.view.uri).into_owned();
+        if let Some(e) = self.channel_error.take() {
+            return Outcome::Failed(
+                FailReason::Undelivered,
+                Some(format!("response to \"{uri}\" not delivered: {e}")),
+            );
+        }
+        if self.is_cancelled() {
+            // nginx stopped waiting (client gone, deadline): nothing to deliver, nothing to say.
+            return Outcome::Failed(FailReason::Other, None);
+        }
+        let cut = if self.streaming {
+            "the response is cut short"
+        } else {
+            "502"
+        };
+        if rc != abi::NGX_POOL_OK {
+            let broke = self
+                .violation
+                .take()
+                .or_else(|| self.refused.take())
+                .map(|v| format!(" (it {v})"))
+                .unwrap_or_default();
+            let cut = if self.streaming { cut } else { "500" };
+            return Outcome::Failed(
+                FailReason::HandlerError,
+                Some(format!(
+                    "handler \"{handler}\" failed on \"{uri}\" with status {rc}{broke}; {cut}"
+                )),
+            );
+        }
+        // A refused call the handler went on after still leaves a response it did not mean.
+        if let Some(v) = self.violation.take() {
+            return Outcome::Failed(
+                FailReason::BadResponse,
+                Some(format!("handler \"{handler}\" {v} on \"{uri}\"; {cut}")),
+            );
+        }
+        if !self.started {
+            let refused = self
+                .refused
+                .take()
+                .map(|v| format!(" (it {v})"))
+                .unwrap_or_default();
+            return Outcome::Failed(
+                FailReason::BadResponse,
+                Some(format!(
+                    "handler \"{handler}\" returned without a response to \"{uri}\"{refused}; 502"
+                )),
+            );
+        }
+        let head_only = self.view.method == b"HEAD";
+        if let Some(d) = self.declared {
+            if self.written != d && !(head_only && self.written == 0) {
+                return Outcome::Failed(
+                    FailReason::BadResponse,
+                    Some(format!(
+                        "handler \"{handler}\" declared a Content-Length of {d} for \"{uri}\" and wrote {} bytes; {cut}",
+                        self.written
+                    )),
+                );
+            }
+        }
+        if self.streaming {
+            return Outcome::Streamed;
+        }
+        set_announced_length(self.head, self.body.len() as u64);
+        Outcome::Whole
+    }
+}

@@ -1,0 +1,327 @@
+//! The host side of the handler ABI: the `ngx_pool_host` table poold passes to handlers, as
+//! `extern "C"` functions over the running [`Exchange`].
+//!
+//! The request handle a handler gets is a number, new for every request, that is never
+//! dereferenced: every function looks it up against the one request this worker is running (a
+//! handle kept past its `handle` call, or made up, gets an error value), checks every pointer
+//! it is given, and catches panics: nothing unwinds into the handler's frames.
+
+use crate::exchange::Exchange;
+use crate::log;
+use ngx_pool_abi::{self as abi, ngx_pool_header, ngx_pool_host, ngx_pool_request, ngx_pool_str};
+use std::cell::Cell;
+use std::ffi::{c_char, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// The table every handler gets: it lives as long as the process.
+pub static HOST: ngx_pool_host = ngx_pool_host {
+    abi_major: abi::NGX_POOL_ABI_MAJOR,
+    abi_minor: abi::NGX_POOL_ABI_MINOR,
+    size: std::mem::size_of::<ngx_pool_host>() as u32,
+    method: Some(method),
+    uri: Some(uri),
+    path: Some(path),
+    query: Some(query),
+    http_version: Some(http_version),
+    client_addr: Some(client_addr),
+    client_port: Some(client_port),
+    header_count: Some(header_count),
+    header_at: Some(header_at),
+    header: Some(header),
+    param_count: Some(param_count),
+    param_at: Some(param_at),
+    param: Some(param),
+    body_length: Some(body_length),
+    read: Some(read),
+    start: Some(start),
+    write: Some(write),
+    flush: Some(flush),
+    is_cancelled: Some(is_cancelled),
+    log: Some(log_line),
+};
+
+/// The request being run: its handle (a serial number) and its exchange (type-erased: its
+/// lifetime is that of `run_with`'s borrow, which `Clear` ends).
+#[derive(Clone, Copy)]
+struct Current {
+    handle: usize,
+    exchange: *mut (),
+}
+
+/// A request handle as the handler gets it: a number, never an address.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestHandle(usize);
+
+impl RequestHandle {
+    /// The handle as the ABI passes it.
+    pub fn as_ptr(self) -> *mut ngx_pool_request {
+        self.0 as *mut ngx_pool_request
+    }
+}
+
+thread_local! {
+    /// The request this worker is running; `None` between requests.
+    static CURRENT: Cell<Option<Current>> = const { Cell::new(None) };
+    /// The last handle given out (never 0, so no handle is NULL).
+    static SERIAL: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Runs `handle` with `ex` as the current request, under a handle of its own.
+pub fn run_with<T>(ex: &mut Exchange<'_>, handle: impl FnOnce(RequestHandle) -> T) -> T {
+    let serial = SERIAL.with(|s| {
+        let n = s.get().wrapping_add(1).max(1);
+        s.set(n);
+        n
+    });
+    CURRENT.with(|c| {
+        c.set(Some(Current {
+            handle: serial,
+            // Restored as a fresh borrow in `with`, which only runs while this call (and so
+            // `ex`'s borrow) lasts: `Clear` ends it.
+            exchange: (ex as *mut Exchange<'_>).cast::<()>(),
+        }))
+    });
+    // Cleared however `handle` ends.
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            CURRENT.with(|c| c.set(None));
+        }
+    }
+    let _clear = Clear;
+    handle(RequestHandle(serial))
+}
+
+/// Runs `f` on the exchange of request handle `r`, or gives `otherwise` if `r` is not the
+/// request being run (or `f` panics).
+fn with<T>(r: *mut ngx_pool_request, otherwise: T, f: impl FnOnce(&mut Exchange<'_>) -> T) -> T {
+    let Some(current) = CURRENT.with(Cell::get) else {
+        return otherwise;
+    };
+    if current.handle != r as usize {
+        return otherwise;
+    }
+    // SAFETY: `exchange` is the Exchange that `run_with` is running the handler with: it lives
+    // (borrowed mutably by `run_with`, whose caller does not touch it meanwhile) until the
+    // handler returns, when CURRENT is cleared; this worker is single-threaded, and no host
+    // function calls another while it holds this borrow, so no other reference is in use.
+    let ex = unsafe { &mut *current.exchange.cast::<Exchange<'_>>() };
+    catch_unwind(AssertUnwindSafe(|| f(ex))).unwrap_or(otherwise)
+}
+
+fn out(b: &[u8]) -> ngx_pool_str {
+    ngx_pool_str {
+        data: b.as_ptr(),
+        len: b.len(),
+    }
+}
+
+fn out_opt(b: Option<&[u8]>) -> ngx_pool_str {
+    b.map_or(ngx_pool_str::ABSENT, out)
+}
+
+/// Bytes the handler gives us.
+///
+/// # Safety
+/// `data` is NULL (then `len` must be 0) or points at `len` readable bytes.
+unsafe fn given<'a>(data: *const u8, len: usize) -> Option<&'a [u8]> {
+    if data.is_null() {
+        return (len == 0).then_some(&[]);
+    }
+    if len > isize::MAX as usize {
+        return None;
+    }
+    // SAFETY: the caller's contract.
+    Some(unsafe { std::slice::from_raw_parts(data, len) })
+}
+
+/// A NUL-terminated name the handler gives us.
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string.
+unsafe fn given_name<'a>(name: *const c_char) -> Option<&'a [u8]> {
+    // SAFETY: the caller's contract; NULL is refused first.
+    (!name.is_null()).then(|| unsafe { CStr::from_ptr(name) }.to_bytes())
+}
+
+unsafe extern "C" fn method(r: *mut ngx_pool_request) -> ngx_pool_str {
+    with(r, ngx_pool_str::ABSENT, |ex| out(ex.view.method))
+}
+unsafe extern "C" fn uri(r: *mut ngx_pool_request) -> ngx_pool_str {
+    with(r, ngx_pool_str::ABSENT, |ex| out(ex.view.uri))
+}
+unsafe extern "C" fn path(r: *mut ngx_pool_request) -> ngx_pool_str {
+    with(r, ngx_pool_str::ABSENT, |ex| out(ex.path()))
+}
+unsafe extern "C" fn query(r: *mut ngx_pool_request) -> ngx_pool_str {
+    with(r, ngx_pool_str::ABSENT, |ex| out(ex.query()))
+}
+unsafe extern "C" fn http_version(r: *mut ngx_pool_request) -> u32 {
+    with(r, 0, |ex| {
+        u32::from(ex.view.version.0) * 1000 + u32::from(ex.view.version.1)
+    })
+}
+unsafe extern "C" fn client_addr(r: *mut ngx_pool_request) -> ngx_pool_str {
+    with(r, ngx_pool_str::ABSENT, |ex| out(ex.view.client))
+}
+unsafe extern "C" fn client_port(r: *mut ngx_pool_request) -> u16 {
+    with(r, 0, |ex| ex.view.client_port)
+}
+unsafe extern "C" fn header_count(r: *mut ngx_pool_request) -> usize {
+    with(r, 0, |ex| ex.view.headers.len())
+}
+unsafe extern "C" fn param_count(r: *mut ngx_pool_request) -> usize {
+    with(r, 0, |ex| ex.view.params.len())
+}
+
+fn pair_at(pairs: &[(&[u8], &[u8])], index: usize, o: *mut ngx_pool_header) -> i32 {
+    if o.is_null() {
+        return abi::NGX_POOL_ERR_INVALID;
+    }
+    let Some((n, v)) = pairs.get(index) else {
+        return abi::NGX_POOL_ERR_NOT_FOUND;
+    };
+    // SAFETY: `o` is non-NULL and, per the ABI, points at an ngx_pool_header the handler owns.
+    unsafe {
+        o.write(ngx_pool_header {
+            name: out(n),
+            value: out(v),
+        })
+    };
+    abi::NGX_POOL_OK
+}
+
+unsafe extern "C" fn header_at(r: *mut ngx_pool_request, i: usize, o: *mut ngx_pool_header) -> i32 {
+    with(r, abi::NGX_POOL_ERR_STATE, |ex| {
+        pair_at(&ex.view.headers, i, o)
+    })
+}
+unsafe extern "C" fn param_at(r: *mut ngx_pool_request, i: usize, o: *mut ngx_pool_header) -> i32 {
+    with(r, abi::NGX_POOL_ERR_STATE, |ex| {
+        pair_at(&ex.view.params, i, o)
+    })
+}
+unsafe extern "C" fn header(r: *mut ngx_pool_request, name: *const c_char) -> ngx_pool_str {
+    with(r, ngx_pool_str::ABSENT, |ex| {
+        // SAFETY: per the ABI, `name` is NULL or NUL-terminated.
+        let name = unsafe { given_name(name) };
+        out_opt(name.and_then(|n| ex.header(n)))
+    })
+}
+unsafe extern "C" fn param(r: *mut ngx_pool_request, name: *const c_char) -> ngx_pool_str {
+    with(r, ngx_pool_str::ABSENT, |ex| {
+        // SAFETY: per the ABI, `name` is NULL or NUL-terminated.
+        let name = unsafe { given_name(name) };
+        out_opt(name.and_then(|n| ex.param(n)))
+    })
+}
+unsafe extern "C" fn body_length(r: *mut ngx_pool_request) -> u64 {
+    with(r, 0, |ex| ex.body_len())
+}
+unsafe extern "C" fn read(r: *mut ngx_pool_request, buf: *mut u8, len: usize) -> isize {
+    with(r, abi::NGX_POOL_ERR_STATE as isize, |ex| {
+        if buf.is_null() || len > isize::MAX as usize {
+            return abi::NGX_POOL_ERR_INVALID as isize;
+        }
+        // SAFETY: per the ABI, `buf` points at `len` writable bytes the handler owns.
+        let buf = unsafe { std::slice::from_raw_parts_mut(buf, len) };
+        match ex.read(buf) {
+            Ok(n) => n as isize,
+            Err(status) => status as isize,
+        }
+    })
+}
+unsafe extern "C" fn start(
+    r: *mut ngx_pool_request,
+    status: u16,
+    headers: *const ngx_pool_header,
+    count: usize,
+) -> i32 {
+    with(r, abi::NGX_POOL_ERR_STATE, |ex| {
+        let list: &[ngx_pool_header] = if count == 0 {
+            &[]
+        } else if headers.is_null() || count > (1 << 16) {
+            return abi::NGX_POOL_ERR_INVALID;
+        } else {
+            // SAFETY: per the ABI, `headers` points at `count` entries the handler owns.
+            unsafe { std::slice::from_raw_parts(headers, count) }
+        };
+        let mut pairs: Vec<(&[u8], &[u8])> = Vec::with_capacity(list.len());
+        for h in list {
+            // SAFETY: per the ABI, each string is NULL-and-empty or `len` readable bytes.
+            let pair = unsafe {
+                (
+                    given(h.name.data, h.name.len),
+                    given(h.value.data, h.value.len),
+                )
+            };
+            match pair {
+                (Some(n), Some(v)) => pairs.push((n, v)),
+                _ => return abi::NGX_POOL_ERR_INVALID,
+            }
+        }
+        ex.start(status, &pairs)
+            .map_or_else(|e| e, |()| abi::NGX_POOL_OK)
+    })
+}
+unsafe extern "C" fn write(r: *mut ngx_pool_request, data: *const u8, len: usize) -> i32 {
+    with(r, abi::NGX_POOL_ERR_STATE, |ex| {
+        // SAFETY: per the ABI, `data` points at `len` readable bytes.
+        match unsafe { given(data, len) } {
+            Some(d) => ex.write(d).map_or_else(|e| e, |()| abi::NGX_POOL_OK),
+            None => abi::NGX_POOL_ERR_INVALID,
+        }
+    })
+}
+unsafe extern "C" fn flush(r: *mut ngx_pool_request) -> i32 {
+    with(r, abi::NGX_POOL_ERR_STATE, |ex| {
+        ex.flush().map_or_else(|e| e, |()| abi::NGX_POOL_OK)
+    })
+}
+unsafe extern "C" fn is_cancelled(r: *mut ngx_pool_request) -> i32 {
+    with(r, 1, |ex| i32::from(ex.is_cancelled()))
+}
+
+fn level_name(level: u32) -> Option<&'static str> {
+    Some(match level {
+        abi::NGX_POOL_LOG_EMERG => "emerg",
+        abi::NGX_POOL_LOG_ALERT => "alert",
+        abi::NGX_POOL_LOG_CRIT => "crit",
+        abi::NGX_POOL_LOG_ERR => "error",
+        abi::NGX_POOL_LOG_WARN => "warn",
+        abi::NGX_POOL_LOG_NOTICE => "notice",
+        abi::NGX_POOL_LOG_INFO => "info",
+        // Debug lines are not written: poold does not know nginx's error_log level, and a
+        // handler's debug output would flood a production log.
+        _ => return None,
+    })
+}
+
+unsafe extern "C" fn log_line(r: *mut ngx_pool_request, level: u32, msg: *const u8, len: usize) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        let Some(level) = level_name(level) else {
+            return;
+        };
+        // SAFETY: per the ABI, `msg` points at `len` readable bytes.
+        let Some(msg) = (unsafe { given(msg, len) }) else {
+            return;
+        };
+        // One line: a handler's newlines would forge log lines of their own.
+        let text = String::from_utf8_lossy(msg).replace(['\n', '\r'], " ");
+        let pid = std::process::id();
+        let uri = if r.is_null() {
+            None
+        } else {
+            with(r, None, |ex| {
+                Some(String::from_utf8_lossy(ex.view.uri).into_owned())
+            })
+        };
+        match uri {
+            Some(uri) => log::line(
+                level,
+                format_args!("worker {pid}: {text} (request \"{uri}\")"),
+            ),
+            None => log::line(level, format_args!("worker {pid}: {text}")),
+        }
+    }));
+}
