@@ -8,10 +8,10 @@
 
 use crate::params::{self, Param};
 use nginx_sys::{
-    ngx_command_t, ngx_conf_t, ngx_http_core_loc_conf_t, ngx_http_module_t, ngx_module_t,
-    ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE2,
-    NGX_HTTP_LIF_CONF, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
-    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
+    ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_module_t, ngx_str_t, ngx_uint_t,
+    NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LIF_CONF,
+    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
+    NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
 use ngx_pool_conf::{self as conf, PoolConf};
@@ -37,8 +37,6 @@ pub struct MainConf {
     pub daemon: Option<PathBuf>,
     /// The nginx prefix, for relative paths.
     pub prefix: String,
-    /// The default per-request parameters, compiled at the first `pool_pass` location.
-    pub default_params: Option<Vec<Param>>,
 }
 
 /// location-level configuration: the pool this location passes to.
@@ -51,10 +49,10 @@ pub struct LocConf {
     pub origin: String,
     /// `pool_timeout`: this location's deadline, in place of the pool's `timeout=`.
     pub timeout_ms: Option<u64>,
+    /// `pool_log_level`: the level of this location's 503 lines (`None`: inherited; `error`).
+    pub log_level: Option<u32>,
     /// `pool_param`s written at this level (`None`: inherited, as `uwsgi_param` is).
     pub params: Option<Vec<Param>>,
-    /// What a `pool_pass` location sends with each request: the defaults and its params.
-    pub effective_params: Vec<Param>,
 }
 
 /// Zero-sized handle that ties the configuration types to the module.
@@ -81,11 +79,11 @@ unsafe impl HttpModuleLocationConf for Module {
 pub static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: None,
     postconfiguration: None,
-    create_main_conf: Some(create_main_conf),
+    create_main_conf: Some(<Module as HttpModule>::create_main_conf),
     init_main_conf: None,
     create_srv_conf: None,
     merge_srv_conf: None,
-    create_loc_conf: Some(create_loc_conf),
+    create_loc_conf: Some(<Module as HttpModule>::create_loc_conf),
     merge_loc_conf: Some(merge_loc_conf),
 };
 
@@ -110,7 +108,7 @@ const fn command(
     }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 7] = [
+pub static mut COMMANDS: [ngx_command_t; 8] = [
     command(
         b"pool\0",
         NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE,
@@ -127,6 +125,12 @@ pub static mut COMMANDS: [ngx_command_t; 7] = [
         b"pool_param\0",
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE2,
         set_pool_param,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        b"pool_log_level\0",
+        NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+        set_pool_log_level,
         NGX_HTTP_LOC_CONF_OFFSET,
     ),
     command(
@@ -196,30 +200,24 @@ fn prefix(cf: *mut ngx_conf_t) -> String {
     unsafe { (*(*cf).cycle).prefix.to_str().unwrap_or("").to_string() }
 }
 
-unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
-    // SAFETY: `cf` is valid during configuration; the pool frees (and drops) the value with the
-    // configuration cycle.
-    unsafe {
-        let pool = ngx::core::Pool::from_ngx_pool((*cf).pool);
-        pool.allocate(MainConf::default()) as *mut c_void
-    }
-}
-
-unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
-    // SAFETY: as in create_main_conf.
-    unsafe {
-        let pool = ngx::core::Pool::from_ngx_pool((*cf).pool);
-        pool.allocate(LocConf::default()) as *mut c_void
-    }
-}
-
 unsafe extern "C" fn merge_loc_conf(
     cf: *mut ngx_conf_t,
     prev: *mut c_void,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: nginx passes the two LocConfs this module created.
-    let (prev, conf) = unsafe { (&*(prev as *const LocConf), &mut *(conf as *mut LocConf)) };
+    crate::edge::guard(
+        "directive",
+        || NGX_CONF_ERROR,
+        // SAFETY: nginx passes the two LocConfs this module created, during merging.
+        || unsafe { merge_loc(cf, &*(prev as *const LocConf), &mut *(conf as *mut LocConf)) },
+    )
+}
+
+/// Merges a location's configuration with its parent's; resolves its pool.
+///
+/// # Safety
+/// `cf` is the configuration being merged.
+unsafe fn merge_loc(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> *mut c_char {
     if conf.pool_name.is_none() {
         conf.pool_name = prev.pool_name.clone();
         conf.origin = prev.origin.clone();
@@ -230,24 +228,16 @@ unsafe extern "C" fn merge_loc_conf(
     if conf.params.is_none() {
         conf.params = prev.params.clone();
     }
+    if conf.log_level.is_none() {
+        conf.log_level = prev.log_level;
+    }
     let Some(name) = conf.pool_name.clone() else {
         return ptr::null_mut();
     };
     // SAFETY: cf is valid during merging.
-    let Some(main) = Module::main_conf_mut(unsafe { &*cf }) else {
+    let Some(main) = Module::main_conf(unsafe { &*cf }) else {
         return NGX_CONF_ERROR;
     };
-    if main.default_params.is_none() {
-        // SAFETY: cf is the configuration being merged; the defaults are static strings.
-        match unsafe { params::compile_defaults(cf) } {
-            Ok(d) => main.default_params = Some(d),
-            Err(e) => return conf_error(cf, &e),
-        }
-    }
-    conf.effective_params = params::effective(
-        main.default_params.as_deref().unwrap_or_default(),
-        conf.params.as_deref().unwrap_or_default(),
-    );
     match main.pools.iter().position(|p| p.conf.name == name) {
         Some(i) => {
             conf.pool = Some(i);
@@ -275,17 +265,37 @@ unsafe extern "C" fn merge_loc_conf(
     }
 }
 
-unsafe extern "C" fn set_pool(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: conf is our MainConf (NGX_HTTP_MAIN_CONF_OFFSET); cf is valid in a set handler.
-    let main = unsafe { &mut *(conf as *mut MainConf) };
-    let args = match unsafe { args(cf) } {
-        Ok(a) => a,
-        Err(e) => return conf_error(cf, &e),
+/// Defines nginx set handler `$name` for a directive stored in configuration type `$conf`: the
+/// one prologue every directive shares (its configuration struct, its arguments as `&str`s, the
+/// edge guard against panics), then `$body`, which returns NULL or an error as nginx expects.
+macro_rules! setter {
+    ($name:ident, $conf:ty, |$cf:ident, $c:ident, $args:ident| $body:block) => {
+        unsafe extern "C" fn $name(
+            cf: *mut ngx_conf_t,
+            _cmd: *mut ngx_command_t,
+            conf: *mut c_void,
+        ) -> *mut c_char {
+            crate::edge::guard(
+                "directive",
+                || NGX_CONF_ERROR,
+                || {
+                    // SAFETY: nginx passes the configuration struct of the command's offset, which
+                    // this module's create function allocated as a `$conf`.
+                    let $c = unsafe { &mut *(conf as *mut $conf) };
+                    let $cf = cf;
+                    // SAFETY: `cf` is the ngx_conf_t of the running set handler.
+                    let $args = match unsafe { args(cf) } {
+                        Ok(a) => a,
+                        Err(e) => return conf_error(cf, &e),
+                    };
+                    $body
+                },
+            )
+        }
     };
+}
+
+setter!(set_pool, MainConf, |cf, main, args| {
     let mut pool = match conf::parse_pool(&args) {
         Ok(p) => p,
         Err(e) => return conf_error(cf, &e),
@@ -317,99 +327,68 @@ unsafe extern "C" fn set_pool(
     }
     main.pools.push(PoolEntry { conf: pool, socket });
     ptr::null_mut()
-}
+});
 
-unsafe extern "C" fn set_pool_daemon(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: as in set_pool.
-    let main = unsafe { &mut *(conf as *mut MainConf) };
-    let args = match unsafe { args(cf) } {
-        Ok(a) => a,
-        Err(e) => return conf_error(cf, &e),
-    };
+setter!(set_pool_daemon, MainConf, |cf, main, args| {
     if main.daemon.is_some() {
         return c"is duplicate".as_ptr() as *mut c_char;
     }
-    let path = PathBuf::from(prefix(cf)).join(args[0]);
-    main.daemon = Some(path);
+    main.daemon = Some(PathBuf::from(prefix(cf)).join(args[0]));
     ptr::null_mut()
-}
+});
 
-unsafe extern "C" fn set_pool_status(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    _conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: as in set_pool_pass: take over the location's content handler.
-    unsafe {
-        match ngx::http::NgxHttpCoreModule::location_conf_mut(&*cf) {
-            Some(clcf) => clcf.handler = Some(crate::status::pool_status_handler),
-            None => return NGX_CONF_ERROR,
-        }
-    }
-    ptr::null_mut()
-}
+setter!(set_pool_status, LocConf, |cf, _loc, _args| {
+    set_content_handler(cf, crate::status::pool_status_handler)
+});
 
-unsafe extern "C" fn set_pool_param(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: conf is our LocConf (NGX_HTTP_LOC_CONF_OFFSET); cf is valid in a set handler.
-    let loc = unsafe { &mut *(conf as *mut LocConf) };
-    // SAFETY: during a set handler `cf->args` holds the directive's words (TAKE2: three), in
-    // the configuration pool for the configuration's life.
-    let (name, value) = unsafe {
-        let elts = (*(*cf).args).as_slice::<ngx_str_t>();
-        (elts[1], elts[2])
-    };
-    let name_bytes = if name.data.is_null() {
-        &[][..]
-    } else {
-        // SAFETY: an ngx_str_t from the parser: `len` bytes at `data`.
-        unsafe { std::slice::from_raw_parts(name.data, name.len) }
-    };
-    let valid = !name_bytes.is_empty()
-        && name_bytes.len() <= 255
-        && name_bytes
-            .iter()
-            .all(|b| b.is_ascii_graphic() && *b != b'=');
+setter!(set_pool_param, LocConf, |cf, loc, args| {
+    let name = args[0];
+    let valid = !name.is_empty()
+        && name.len() <= 255
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b'=');
     if !valid {
         return conf_error(
             cf,
-            &format!(
-                "invalid pool_param name \"{}\" (visible ASCII without '=', up to 255)",
-                String::from_utf8_lossy(name_bytes)
-            ),
+            &format!("invalid pool_param name \"{name}\" (visible ASCII without '=', up to 255)"),
         );
     }
-    // SAFETY: cf is the configuration being parsed; `value` lives in its pool.
-    match unsafe { params::compile(cf, name_bytes, value) } {
+    // SAFETY: during a set handler `cf->args` holds the directive's words (TAKE2: three) in the
+    // configuration pool, which outlives the compiled value that points into it.
+    let value = unsafe { (*(*cf).args).as_slice::<ngx_str_t>()[2] };
+    // SAFETY: cf is the configuration being parsed.
+    match unsafe { params::compile(cf, name.as_bytes(), value) } {
         Ok(p) => {
             loc.params.get_or_insert_with(Vec::new).push(p);
             ptr::null_mut()
         }
         Err(e) => conf_error(cf, &e),
     }
-}
+});
 
-unsafe extern "C" fn set_pool_timeout(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: conf is our LocConf (NGX_HTTP_LOC_CONF_OFFSET); cf is valid in a set handler.
-    let loc = unsafe { &mut *(conf as *mut LocConf) };
+setter!(set_pool_log_level, LocConf, |cf, loc, args| {
+    if loc.log_level.is_some() {
+        return c"is duplicate".as_ptr() as *mut c_char;
+    }
+    let level = match args[0] {
+        "info" => nginx_sys::NGX_LOG_INFO,
+        "notice" => nginx_sys::NGX_LOG_NOTICE,
+        "warn" => nginx_sys::NGX_LOG_WARN,
+        "error" => nginx_sys::NGX_LOG_ERR,
+        other => {
+            return conf_error(
+                cf,
+                &format!("invalid pool_log_level \"{other}\" (info, notice, warn or error)"),
+            )
+        }
+    };
+    loc.log_level = Some(level);
+    ptr::null_mut()
+});
+
+setter!(set_pool_timeout, LocConf, |cf, loc, args| {
     if loc.timeout_ms.is_some() {
         return c"is duplicate".as_ptr() as *mut c_char;
     }
-    let args = match unsafe { args(cf) } {
-        Ok(a) => a,
-        Err(e) => return conf_error(cf, &e),
-    };
     match conf::parse_time_ms(args[0]) {
         Some(ms) if ms > 0 => {
             loc.timeout_ms = Some(ms);
@@ -423,34 +402,30 @@ unsafe extern "C" fn set_pool_timeout(
             ),
         ),
     }
-}
+});
 
-unsafe extern "C" fn set_pool_pass(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: conf is our LocConf (NGX_HTTP_LOC_CONF_OFFSET); cf is valid in a set handler.
-    let loc = unsafe { &mut *(conf as *mut LocConf) };
+setter!(set_pool_pass, LocConf, |cf, loc, args| {
     if loc.pool_name.is_some() {
         return c"is duplicate".as_ptr() as *mut c_char;
     }
-    let args = match unsafe { args(cf) } {
-        Ok(a) => a,
-        Err(e) => return conf_error(cf, &e),
-    };
     loc.pool_name = Some(args[0].to_string());
     loc.origin = origin(cf);
-    // SAFETY: the core module's location configuration of the block being parsed; setting its
-    // content handler is how proxy_pass and fastcgi_pass take over a location.
-    unsafe {
-        let clcf = ngx::http::NgxHttpCoreModule::location_conf_mut(&*cf)
-            .map(|c| c as *mut ngx_http_core_loc_conf_t)
-            .unwrap_or(ptr::null_mut());
-        if clcf.is_null() {
-            return NGX_CONF_ERROR;
+    set_content_handler(cf, crate::request::pool_pass_handler)
+});
+
+/// Makes `handler` the content handler of the location being parsed: how `proxy_pass` and
+/// `fastcgi_pass` take over a location.
+fn set_content_handler(
+    cf: *mut ngx_conf_t,
+    handler: unsafe extern "C" fn(*mut nginx_sys::ngx_http_request_t) -> nginx_sys::ngx_int_t,
+) -> *mut c_char {
+    // SAFETY: `cf` is the running set handler's; the core module's location configuration of
+    // the block being parsed is live and ours to change during it.
+    match unsafe { ngx::http::NgxHttpCoreModule::location_conf_mut(&*cf) } {
+        Some(clcf) => {
+            clcf.handler = Some(handler);
+            ptr::null_mut()
         }
-        (*clcf).handler = Some(crate::request::pool_pass_handler);
+        None => NGX_CONF_ERROR,
     }
-    ptr::null_mut()
 }

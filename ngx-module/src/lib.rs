@@ -7,13 +7,16 @@
 //! `init_module` ([`managed`]); each worker attaches to every pool in `init_process` and keeps
 //! the pool's eventfd in its event loop ([`runtime`]); a `pool_pass` location's content handler
 //! writes the request into the region and suspends it ([`request`]); events then stream the
-//! body in ([`upload`]) and the response out ([`download`]). `unsafe` code lives in those FFI-edge modules; the directive parameters are
-//! parsed in plain Rust by the `ngx-pool-conf` crate.
+//! body in ([`upload`]) and the response out ([`download`]). `unsafe` code lives in those
+//! FFI-edge modules; the directive parameters are parsed in plain Rust by the `ngx-pool-conf`
+//! crate. Every entry point nginx calls runs under [`edge::guard`]: no panic unwinds into nginx.
 
 mod directives;
 mod download;
+mod edge;
 mod managed;
 mod params;
+mod rejections;
 mod request;
 mod runtime;
 mod status;
@@ -42,19 +45,20 @@ ngx::ngx_modules!(ngx_pool_module);
 
 extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // Never NGX_ERROR: nginx exits when a module's init_module fails, even on a reload.
-    managed::on_init_module(cycle);
+    edge::guard("init_module", || (), || managed::on_init_module(cycle));
     NGX_OK as ngx_int_t
 }
 
 extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
-    runtime::on_init_process(cycle);
+    // A worker whose pools could not be set up still serves every other location.
+    edge::guard("init_process", || (), || runtime::on_init_process(cycle));
     NGX_OK as ngx_int_t
 }
 
 extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
-    runtime::on_exit_process();
+    edge::guard("exit_process", || (), runtime::on_exit_process);
 }
 
 extern "C" fn exit_master(_cycle: *mut ngx_cycle_t) {
-    managed::on_exit_master();
+    edge::guard("exit_master", || (), managed::on_exit_master);
 }

@@ -1,31 +1,19 @@
-//! Per-request parameters: `pool_param NAME VALUE;` and the default set sent without
-//! configuration, compiled as nginx complex values and evaluated per request in the nginx
-//! worker (as `uwsgi_param`/`fastcgi_param` are; see the development guide's "Complex values").
+//! Per-request parameters: `pool_param NAME VALUE;`, compiled as nginx complex values and
+//! evaluated per request in the nginx worker (as `uwsgi_param`/`fastcgi_param` are; see the
+//! development guide's "Complex values").
 //!
 //! Inheritance follows `uwsgi_param`: a level that has no `pool_param` inherits its parent's;
-//! one that has any uses only its own. The default set (below) is always sent; a `pool_param`
-//! of the same name replaces the default's value.
+//! one that has any uses only its own. The default set (`SERVER_NAME`, `REMOTE_ADDR`, ...) is
+//! not sent as parameters: the pool worker makes it from the request's fields (the message
+//! carries the few it could not know), and a `pool_param` of the same name replaces one.
 
 use nginx_sys::{
     ngx_conf_t, ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_str_t, NGX_OK,
 };
 use ngx::http::Request;
 
-/// Sent with every request unless a `pool_param` of the same name replaces it: what a WSGI
-/// server needs to fill the CGI environ.
-pub const DEFAULTS: &[(&str, &str)] = &[
-    ("SERVER_NAME", "$server_name"),
-    ("SERVER_PORT", "$server_port"),
-    ("SERVER_PROTOCOL", "$server_protocol"),
-    ("REQUEST_SCHEME", "$scheme"),
-    ("REMOTE_ADDR", "$remote_addr"),
-    ("REMOTE_PORT", "$remote_port"),
-    ("DOCUMENT_URI", "$document_uri"),
-    ("SCRIPT_NAME", ""),
-];
-
-/// One parameter: its name and its compiled value (in the configuration pool, which lives as
-/// long as the configuration that uses it).
+/// One `pool_param`: its name and its value compiled in the configuration pool, which lives as
+/// long as the configuration that uses it.
 #[derive(Clone, Debug)]
 pub struct Param {
     pub name: Vec<u8>,
@@ -66,53 +54,13 @@ pub unsafe fn compile(cf: *mut ngx_conf_t, name: &[u8], value: ngx_str_t) -> Res
     }
 }
 
-/// The defaults, compiled once per configuration (kept in the main configuration).
-///
-/// # Safety
-/// As for [`compile`].
-pub unsafe fn compile_defaults(cf: *mut ngx_conf_t) -> Result<Vec<Param>, String> {
-    DEFAULTS
-        .iter()
-        .map(|(name, value)| {
-            let v = ngx_str_t {
-                len: value.len(),
-                data: value.as_ptr() as *mut u8,
-            };
-            // SAFETY: the caller's contract; the value is a static string.
-            unsafe { compile(cf, name.as_bytes(), v) }
-        })
-        .collect()
-}
-
-/// What a `pool_pass` location sends: the defaults, each replaced by a configured parameter of
-/// the same name, then the configured ones that replace none.
-pub fn effective(defaults: &[Param], configured: &[Param]) -> Vec<Param> {
-    let mut out: Vec<Param> = defaults
-        .iter()
-        .map(|d| {
-            configured
-                .iter()
-                .find(|c| c.name == d.name)
-                .unwrap_or(d)
-                .clone()
-        })
-        .collect();
-    out.extend(
-        configured
-            .iter()
-            .filter(|c| !defaults.iter().any(|d| d.name == c.name))
-            .cloned(),
-    );
-    out
-}
-
 /// Evaluates `params` for request `req`: (name, value) pairs, the values in the request pool.
 /// A value that fails to evaluate (out of memory) is sent empty.
 pub fn evaluate<'a>(req: &'a Request, params: &'a [Param]) -> Vec<(&'a [u8], &'a [u8])> {
     params
         .iter()
         .map(|p| {
-            // SAFETY: `p.value` was compiled in this configuration, which outlives its requests.
+            // SAFETY: compiled in this configuration, which outlives its requests.
             let cv = unsafe { &*p.value };
             let v = req.get_complex_value(cv).map_or(&[][..], |s| s.as_bytes());
             (p.name.as_slice(), v)

@@ -19,9 +19,9 @@ use nginx_sys::{
     ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_str_t, NGX_DONE, NGX_ERROR,
     NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR,
 };
-use ngx::http::{HttpModule, HttpModuleLocationConf, Request};
+use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleServerConf, Request};
 use ngx_pool_channel::chain::ChainError;
-use ngx_pool_channel::message::{encode_request_head, RequestHead};
+use ngx_pool_channel::message::{encode_request_head, RequestHead, ServerSide};
 use ngx_pool_channel::slot::{self, SlotId, SlotState};
 use ngx_pool_channel::stream;
 use ngx_pool_channel::Region;
@@ -61,9 +61,28 @@ fn pool_index(r: *mut ngx_http_request_t) -> Option<usize> {
 }
 
 pub fn log_request(r: *mut ngx_http_request_t, msg: &str) {
+    log_request_at(r, NGX_LOG_ERR, msg);
+}
+
+/// Logs `msg` at `level` in the request's log (which names the client and the request).
+pub fn log_request_at(r: *mut ngx_http_request_t, level: u32, msg: &str) {
     // SAFETY: a live request's connection log.
     let log = unsafe { (*(*r).connection).log };
-    ngx::ngx_log_error!(NGX_LOG_ERR, log, "{}", msg);
+    ngx::ngx_log_error!(level, log, "{}", msg);
+}
+
+/// The location's `pool_log_level` (for 503s), nginx's `error` unless set.
+fn rejection_level(r: *mut ngx_http_request_t) -> u32 {
+    // SAFETY: `r` is a live request nginx handed us.
+    let req = unsafe { Request::from_ngx_http_request(r) };
+    Module::location_conf(req)
+        .and_then(|c| c.log_level)
+        .unwrap_or(NGX_LOG_ERR)
+}
+
+/// Answers-to-come of 503: logged at the location's level, summed up under load.
+fn note_rejection(pool: usize, r: *mut ngx_http_request_t, msg: &str) {
+    crate::rejections::note(pool, r, rejection_level(r), msg);
 }
 
 /// Adds `Retry-After: 1` to a 503 about to be sent.
@@ -81,16 +100,23 @@ fn pool_name(i: usize) -> String {
 /// # Safety
 /// Called by nginx's content phase with a live request.
 pub unsafe extern "C" fn pool_pass_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
-    let Some(i) = pool_index(r) else {
-        return NGX_ERROR as ngx_int_t;
-    };
-    if !runtime::ensure_attached(i) {
-        log_request(
-            r,
-            &format!("pool \"{}\" has no poold attached; 503", pool_name(i)),
-        );
-        add_retry_after(r);
-        return 503;
+    // Nothing is started for the request before body reading: a panic here is a plain 500.
+    let ready = crate::edge::guard(
+        "content",
+        || Err(500),
+        || {
+            let i = pool_index(r).ok_or(NGX_ERROR as ngx_int_t)?;
+            if !runtime::ensure_attached(i) {
+                let msg = format!("pool \"{}\" has no poold attached; 503", pool_name(i));
+                note_rejection(i, r, &msg);
+                add_retry_after(r);
+                return Err(503);
+            }
+            Ok(())
+        },
+    );
+    if let Err(rc) = ready {
+        return rc;
     }
     // SAFETY: standard body reading; nginx calls `body_ready` once the body is in memory or in a
     // temporary file, holding a reference on the request until we finalize it.
@@ -102,6 +128,25 @@ pub unsafe extern "C" fn pool_pass_handler(r: *mut ngx_http_request_t) -> ngx_in
 }
 
 unsafe extern "C" fn body_ready(r: *mut ngx_http_request_t) {
+    crate::edge::guard("body", || recover(r), || start(r));
+}
+
+/// After a panic at an entry point of request `r`: the request is finalized once, with 500
+/// (or its connection closed if the response head was out), whatever state it was left in.
+fn recover(r: *mut ngx_http_request_t) {
+    match ctx_of(r) {
+        Some(ctx) => fail(ctx, 500, String::new()),
+        None => finish(r, 500),
+    }
+}
+
+/// Recovery for an event whose data is a request context.
+fn recover_ctx(ctx: *mut Ctx) {
+    fail(ctx, 500, String::new());
+}
+
+/// The body is read: the request goes to the pool (or is answered now).
+fn start(r: *mut ngx_http_request_t) {
     match begin(r) {
         Ok(ctx) => submit(ctx),
         Err(status) => {
@@ -159,6 +204,36 @@ fn body_parts(r: *mut ngx_http_request_t) -> Vec<BodyPart> {
     parts
 }
 
+/// What the pool worker cannot know of request `r`: `$server_name`, `$server_port`, `$scheme`
+/// and `$document_uri`, read from nginx's structures as those variables do.
+fn server_side<'a>(r: *mut ngx_http_request_t, req: &'a Request) -> ServerSide<'a> {
+    let name = ngx::http::NgxHttpCoreModule::server_conf(req)
+        .map_or(&[][..], |cscf| ngx_bytes(&cscf.server_name));
+    // SAFETY: a live request and its connection; nginx fills the local address on demand (a
+    // getsockname only for a wildcard listener, then cached on the connection).
+    let (port, https, document_uri) = unsafe {
+        let c = (*r).connection;
+        let port = if nginx_sys::ngx_connection_local_sockaddr(c, ptr::null_mut(), 0)
+            == nginx_sys::NGX_OK as ngx_int_t
+        {
+            nginx_sys::ngx_inet_get_port((*c).local_sockaddr)
+        } else {
+            0
+        };
+        #[cfg(ngx_feature = "http_ssl")]
+        let https = !(*c).ssl.is_null();
+        #[cfg(not(ngx_feature = "http_ssl"))]
+        let https = false;
+        (port, https, ngx_bytes(&(*r).uri))
+    };
+    ServerSide {
+        name,
+        port,
+        https,
+        document_uri,
+    }
+}
+
 /// Encodes the request head and makes the request's context. `Err(status)` to answer at once.
 fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, ngx_int_t> {
     let i = pool_index(r).ok_or(500 as ngx_int_t)?;
@@ -189,7 +264,8 @@ fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, ngx_int_t> {
         )
     };
     let headers = request_headers(req);
-    let params = crate::params::evaluate(req, &loc.effective_params);
+    let params = crate::params::evaluate(req, loc.params.as_deref().unwrap_or_default());
+    let server = server_side(r, req);
     let parts = body_parts(r);
     let body: u64 = parts
         .iter()
@@ -204,10 +280,21 @@ fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, ngx_int_t> {
         version,
         client,
         client_port,
+        server,
         headers: &headers,
         params: &params,
     };
-    let mut bytes = Vec::with_capacity(256);
+    // Sized for the whole head, so encoding never grows it.
+    let pairs = |l: &[(&[u8], &[u8])]| l.iter().map(|(n, v)| 6 + n.len() + v.len()).sum::<usize>();
+    let mut bytes = Vec::with_capacity(
+        64 + method.len()
+            + uri.len()
+            + client.len()
+            + server.name.len()
+            + server.document_uri.len()
+            + pairs(&headers)
+            + pairs(&params),
+    );
     if let Err(e) = encode_request_head(&mut bytes, &head, body) {
         log_request(r, &format!("pool \"{}\": request head: {e}", pool_name(i)));
         return Err(400);
@@ -562,11 +649,13 @@ fn deactivate(ctx: *mut Ctx) -> bool {
 /// is already out. `msg` goes to the error log (unless empty).
 fn fail(ctx: *mut Ctx, status: ngx_int_t, msg: String) {
     // SAFETY: `ctx` is a live context.
-    let (r, streaming) = unsafe { ((*ctx).r, (*ctx).download.is_some()) };
+    let (r, streaming, pool) = unsafe { ((*ctx).r, (*ctx).download.is_some(), (*ctx).pool) };
     if !deactivate(ctx) {
         return;
     }
-    if !msg.is_empty() {
+    if status == 503 && !msg.is_empty() {
+        note_rejection(pool, r, &msg);
+    } else if !msg.is_empty() {
         log_request(r, &msg);
     }
     if streaming {
@@ -608,7 +697,13 @@ fn finish(r: *mut ngx_http_request_t, rc: ngx_int_t) {
 }
 
 unsafe extern "C" fn cleanup(data: *mut c_void) {
-    let ctx = data as *mut Ctx;
+    // SAFETY: nginx runs the cleanup we registered, with our context, once.
+    crate::edge::guard("cleanup", || (), || unsafe { clean(data as *mut Ctx) });
+}
+
+/// # Safety
+/// `ctx` is the request's context, and this is its pool's cleanup (run once).
+unsafe fn clean(ctx: *mut Ctx) {
     deactivate(ctx);
     forget_slot(ctx);
     // SAFETY: `data` is the context written in `suspend`; this cleanup is its only owner's last
@@ -642,14 +737,24 @@ pub fn on_pool_lost(r: *mut ngx_http_request_t) {
 
 /// The client can take more bytes.
 unsafe extern "C" fn on_write(r: *mut ngx_http_request_t) {
-    if let Some(ctx) = ctx_of(r) {
-        progress(ctx);
-    }
+    crate::edge::guard(
+        "write",
+        || recover(r),
+        || {
+            if let Some(ctx) = ctx_of(r) {
+                progress(ctx);
+            }
+        },
+    );
 }
 
 unsafe extern "C" fn on_retry(ev: *mut ngx_event_t) {
     // SAFETY: the timer's data is its context, alive while the timer is set.
     let ctx = unsafe { (*ev).data as *mut Ctx };
+    crate::edge::guard("timer", || recover_ctx(ctx), || retry(ctx));
+}
+
+fn retry(ctx: *mut Ctx) {
     // SAFETY: as above.
     if unsafe { (*ctx).slot.is_none() } {
         submit(ctx);
@@ -661,6 +766,10 @@ unsafe extern "C" fn on_retry(ev: *mut ngx_event_t) {
 unsafe extern "C" fn on_timeout(ev: *mut ngx_event_t) {
     // SAFETY: the timer's data is its context, alive while the timer is set.
     let ctx = unsafe { (*ev).data as *mut Ctx };
+    crate::edge::guard("timer", || recover_ctx(ctx), || timeout(ev, ctx));
+}
+
+fn timeout(ev: *mut ngx_event_t, ctx: *mut Ctx) {
     // SAFETY: as above.
     let c = unsafe { &mut *ctx };
     let name = pool_name(c.pool);

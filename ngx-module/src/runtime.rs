@@ -89,6 +89,10 @@ pub fn wake_workers_later(i: usize) {
 }
 
 unsafe extern "C" fn on_wake_event(_ev: *mut ngx_event_t) {
+    crate::edge::guard("wake", || (), wake_owed);
+}
+
+fn wake_owed() {
     POOLS.with(|p| {
         let Ok(mut pools) = p.try_borrow_mut() else {
             return;
@@ -111,7 +115,7 @@ pub fn with_pool<T>(i: usize, f: impl FnOnce(&mut PoolRt) -> T) -> Option<T> {
     })
 }
 
-fn cycle_log() -> *mut nginx_sys::ngx_log_t {
+pub fn cycle_log() -> *mut nginx_sys::ngx_log_t {
     // SAFETY: ngx_cycle is set for the worker's whole life.
     unsafe { (*nginx_sys::ngx_cycle).log }
 }
@@ -137,6 +141,7 @@ pub fn on_init_process(cycle: *mut ngx_cycle_t) {
         return;
     };
     let pools: Vec<PoolRt> = main.pools.iter().map(pool_rt).collect();
+    crate::rejections::init(&pools.iter().map(|p| p.name.clone()).collect::<Vec<_>>());
     POOLS.with(|p| *p.borrow_mut() = pools);
     // SAFETY: ngx_event_t is a plain C struct for which all-zero is the idle state; leaked, so
     // its address stays valid for the process's life (it may sit in the posted queue).
@@ -343,6 +348,13 @@ unsafe fn pool_of(ev: *mut ngx_event_t) -> (usize, *mut ngx_connection_t) {
 /// The socket to poold is readable: poold only ever closes it (it died or stopped).
 unsafe extern "C" fn on_socket_event(ev: *mut ngx_event_t) {
     // SAFETY: nginx calls this with the read event of our socket connection.
+    crate::edge::guard("socket", || (), || unsafe { socket_event(ev) });
+}
+
+/// # Safety
+/// `ev` is the read event of a socket connection made by [`register`].
+unsafe fn socket_event(ev: *mut ngx_event_t) {
+    // SAFETY: the caller's contract.
     let (i, c) = unsafe { pool_of(ev) };
     // SAFETY: as above; the descriptor is open while the connection is.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw((*c).fd) };
@@ -358,7 +370,16 @@ unsafe extern "C" fn on_socket_event(ev: *mut ngx_event_t) {
 
 /// Pool workers finished requests of ours.
 unsafe extern "C" fn on_eventfd_event(ev: *mut ngx_event_t) {
+    // A panic here leaves the requests it did not reach to their deadline timers (504), never
+    // hanging: each has one.
     // SAFETY: nginx calls this with the read event of our eventfd connection.
+    crate::edge::guard("eventfd", || (), || unsafe { eventfd_event(ev) });
+}
+
+/// # Safety
+/// `ev` is the read event of an eventfd connection made by [`register`].
+unsafe fn eventfd_event(ev: *mut ngx_event_t) {
+    // SAFETY: the caller's contract.
     let (i, c) = unsafe { pool_of(ev) };
     let mut buf = [0u8; 8];
     // SAFETY: the eventfd is open while the connection is. One read resets its counter (it is

@@ -96,6 +96,17 @@ fn prometheus(pools: &[(String, Option<PoolStatus>)]) -> String {
 /// # Safety
 /// Called by nginx's content phase with a live request.
 pub unsafe extern "C" fn pool_status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    crate::edge::guard(
+        "status",
+        || nginx_sys::NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+        // SAFETY: nginx's content phase hands us a live request.
+        || unsafe { status(r) },
+    )
+}
+
+/// # Safety
+/// `r` is a live request in its content phase.
+unsafe fn status(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: fields of a live request; discarding the body is allowed in a content handler.
     let args = unsafe {
         if (*r).method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as usize == 0 {

@@ -79,6 +79,24 @@ pub fn nginx_path() -> PathBuf {
     PathBuf::from(env!("NGX_POOL_NGINX_BUILD_DIR")).join("nginx")
 }
 
+/// How many 503s the error log accounts for whose reason contains `reason`: lines of their own,
+/// plus the counts of the summary lines ("N more requests got 503 in the last second (the
+/// last: REASON)") that overload turns the rest into.
+pub fn rejections_in_log(log: &str, reason: &str) -> u64 {
+    const SUMMARY: &str = " more requests got 503";
+    log.lines()
+        .filter(|l| l.contains(reason))
+        .map(|l| match l.find(SUMMARY) {
+            Some(end) => l[..end]
+                .rsplit(' ')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
+            None => 1,
+        })
+        .sum()
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -174,8 +192,11 @@ pub struct Conf {
     pub module: PathBuf,
     /// `master_process off`: one process is master and worker (nginx's debugging mode).
     pub single_process: bool,
-    /// Extra environment for the nginx master (and so for the poolds it starts).
+    /// Extra environment for the nginx master (and so for the poolds it starts; nginx workers
+    /// see only what an `env` line in `main` names).
     pub env: Vec<(String, String)>,
+    /// Extra lines in nginx.conf's main context (`env NAME;`, ...).
+    pub main: String,
 }
 
 impl Conf {
@@ -192,6 +213,7 @@ impl Conf {
             module: module_path(),
             single_process: false,
             env: Vec::new(),
+            main: String::new(),
         }
     }
     pub fn workers(mut self, n: u32) -> Conf {
@@ -203,7 +225,7 @@ impl Conf {
 /// Writes the full nginx.conf for `conf` into `dir`.
 pub fn write_conf(dir: &Path, port: u16, conf: &Conf) -> PathBuf {
     let text = format!(
-        "daemon off;\nmaster_process {mp};\nworker_processes {wp};\nerror_log {dir}/logs/error.log info;\n\
+        "daemon off;\nmaster_process {mp};\nworker_processes {wp};\nerror_log {dir}/logs/error.log info;\n{main}\n\
          pid {dir}/logs/nginx.pid;\nload_module {module};\nworker_shutdown_timeout 10s;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n    access_log off;\n    client_body_temp_path {dir}/body;\n{http}\n\
@@ -212,6 +234,7 @@ pub fn write_conf(dir: &Path, port: u16, conf: &Conf) -> PathBuf {
         wp = conf.worker_processes,
         dir = dir.display(),
         module = conf.module.display(),
+        main = conf.main,
         http = conf.http,
         server = conf.server,
     );
@@ -225,6 +248,7 @@ pub fn nginx_test_config(conf: &Conf) -> (bool, String) {
     let dir = temp_prefix();
     let path = write_conf(&dir, free_port(), conf);
     let out = Command::new(&conf.nginx)
+        .envs(conf.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .args(["-t", "-p"])
         .arg(&dir)
         .arg("-c")

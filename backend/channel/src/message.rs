@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! request  = u8 format, str8 method, str32 uri, u8 major, u8 minor, str16 client, u16 port,
+//!            str16 server_name, u16 server_port, u8 flags (1: https), str32 document_uri,
 //!            u32 n, n × (str16 name, str32 value)          (headers)
-//!            u32 m, m × (str16 name, str32 value)          (per-request parameters)
+//!            u32 len, len bytes of: u32 m, m × (str16 name, str32 value)   (parameters)
 //!            u64 body_len, body
 //! response = u16 status, u32 n, n × (str16 name, str32 value), u64 body_len, body
 //! ```
@@ -38,9 +39,22 @@ pub struct RequestHead<'a> {
     pub version: (u8, u8),
     pub client: &'a [u8],
     pub client_port: u16,
+    /// What the pool worker cannot know of the request: `$server_name`, `$server_port`,
+    /// whether it came over TLS, and `$document_uri` (nginx's normalized path).
+    pub server: ServerSide<'a>,
     pub headers: &'a [Header<'a>],
-    /// `pool_param`s and the default set, evaluated by nginx for this request.
+    /// The location's `pool_param`s, evaluated by nginx for this request (the default set is
+    /// made by the pool worker from the fields above).
     pub params: &'a [Header<'a>],
+}
+
+/// The server side of a request, as nginx saw it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerSide<'a> {
+    pub name: &'a [u8],
+    pub port: u16,
+    pub https: bool,
+    pub document_uri: &'a [u8],
 }
 
 /// A decoded request, borrowing from the message bytes.
@@ -51,9 +65,26 @@ pub struct RequestView<'a> {
     pub version: (u8, u8),
     pub client: &'a [u8],
     pub client_port: u16,
+    pub server: ServerSide<'a>,
     pub headers: Vec<Header<'a>>,
-    pub params: Vec<Header<'a>>,
+    /// The per-request parameters, still encoded: most handlers never ask for them, so they
+    /// are decoded (and checked) on demand ([`RequestView::decode_params`]).
+    pub params_raw: &'a [u8],
     pub body: &'a [u8],
+}
+
+impl<'a> RequestView<'a> {
+    /// The per-request parameters, in order.
+    pub fn decode_params(&self) -> Result<Vec<Header<'a>>, DecodeError> {
+        let mut c = Cursor {
+            rest: self.params_raw,
+        };
+        let params = c.headers()?;
+        if !c.rest.is_empty() {
+            return Err(DecodeError("bytes after the parameters"));
+        }
+        Ok(params)
+    }
 }
 
 /// A decoded response, borrowing from the message bytes.
@@ -106,7 +137,20 @@ pub fn encode_request_head(
     w.write_all(&[head.version.0, head.version.1])?;
     put_str(w, head.client, 2)?;
     w.write_all(&head.client_port.to_le_bytes())?;
+    put_str(w, head.server.name, 2)?;
+    w.write_all(&head.server.port.to_le_bytes())?;
+    w.write_all(&[u8::from(head.server.https)])?;
+    put_str(w, head.server.document_uri, 4)?;
     put_headers(w, head.headers)?;
+    // Length-prefixed, so a reader that does not need the parameters steps over them at once.
+    let params_len: usize = 4 + head
+        .params
+        .iter()
+        .map(|(n, v)| 6 + n.as_ref().len() + v.as_ref().len())
+        .sum::<usize>();
+    let params_len = u32::try_from(params_len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "parameters too long"))?;
+    w.write_all(&params_len.to_le_bytes())?;
     put_headers(w, head.params)?;
     w.write_all(&body_len.to_le_bytes())
 }
@@ -128,10 +172,18 @@ pub fn encode_response_head<N: AsRef<[u8]>, V: AsRef<[u8]>>(
 /// without CR, LF or NUL (no header injection). Both the pool worker (refusing a handler's
 /// header) and nginx (refusing a corrupt message) check with this.
 pub fn check_header(name: &[u8], value: &[u8]) -> Result<(), DecodeError> {
-    if name.is_empty() || !name.iter().all(|b| b.is_ascii_graphic() && *b != b':') {
+    // Folds without an early exit, so the compiler can test many bytes at once: headers are
+    // short, and checked on every response (twice: by the pool worker and by nginx).
+    let name_ok = name
+        .iter()
+        .fold(true, |ok, &b| ok & (b > b' ') & (b < 0x7f) & (b != b':'));
+    if name.is_empty() || !name_ok {
         return Err(DecodeError("invalid header name"));
     }
-    if value.iter().any(|b| *b == b'\r' || *b == b'\n' || *b == 0) {
+    let value_bad = value.iter().fold(false, |bad, &b| {
+        bad | (b == b'\r') | (b == b'\n') | (b == 0)
+    });
+    if value_bad {
         return Err(DecodeError("invalid header value"));
     }
     Ok(())
@@ -147,6 +199,23 @@ pub fn set_announced_length(head: &mut [u8], body_len: u64) -> bool {
         }
         None => false,
     }
+}
+
+/// Writes a response head from headers given as an iterator (for callers whose headers are in
+/// another shape, so that nothing is collected first); otherwise as [`encode_response_head`].
+pub fn encode_response_head_iter<'h>(
+    w: &mut impl Write,
+    status: u16,
+    headers: impl ExactSizeIterator<Item = (&'h [u8], &'h [u8])>,
+    body_len: u64,
+) -> io::Result<()> {
+    w.write_all(&status.to_le_bytes())?;
+    w.write_all(&(headers.len() as u32).to_le_bytes())?;
+    for (name, value) in headers {
+        put_str(w, name, 2)?;
+        put_str(w, value, 4)?;
+    }
+    w.write_all(&body_len.to_le_bytes())
 }
 
 /// A bounds-checked cursor over untrusted bytes.
@@ -255,16 +324,24 @@ fn request_fields<'a>(c: &mut Cursor<'a>) -> Result<RequestView<'a>, DecodeError
     let version = (c.u8()?, c.u8()?);
     let client = c.str(2)?;
     let client_port = c.u16()?;
+    let server = ServerSide {
+        name: c.str(2)?,
+        port: c.u16()?,
+        https: c.u8()? & 1 == 1,
+        document_uri: c.str(4)?,
+    };
     let headers = c.headers()?;
-    let params = c.headers()?;
+    let params_len = c.u32()? as usize;
+    let params_raw = c.take(params_len)?;
     Ok(RequestView {
         method,
         uri,
         version,
         client,
         client_port,
+        server,
         headers,
-        params,
+        params_raw,
         body: &[],
     })
 }
@@ -312,6 +389,12 @@ mod tests {
             version: (1, 1),
             client: b"127.0.0.1",
             client_port: 54321,
+            server: ServerSide {
+                name: b"example.org",
+                port: 8080,
+                https: true,
+                document_uri: b"/a",
+            },
             headers,
             params: &[(b"SCRIPT_NAME", b""), (b"X_REAL", b"1.2.3.4:80")],
         };
@@ -322,8 +405,9 @@ mod tests {
         assert_eq!(v.method, b"POST");
         assert_eq!(v.uri, b"/a?b=c");
         assert_eq!(v.client_port, 54321);
+        assert_eq!(v.server, head.server);
         assert_eq!(v.headers, headers);
-        assert_eq!(v.params, head.params);
+        assert_eq!(v.decode_params().unwrap(), head.params);
         assert_eq!(v.body, b"abc");
     }
 

@@ -474,16 +474,23 @@ pub fn finish(region: &Region, id: SlotId, head_len: u32, total: u64) -> Handove
 }
 
 /// Pool worker or poold: fails the request with `reason`.
+///
+/// Counted in `failed` only if nginx still waited for it (nginx then answers it and logs why)
+/// or it ran past its deadline: a request nginx had already given up on (its client gone) was
+/// counted in `abandoned` then, and its failure is nobody's.
 pub fn fail(region: &Region, id: SlotId, reason: FailReason) -> Handover {
     if let Some(slot) = region.slot(id.index) {
         slot.fail_reason.store(reason as u32, Ordering::Relaxed);
     }
+    let handover = settle(region, id, SlotState::Failed);
     let stats = &region.header().stats;
-    stats.failed.fetch_add(1, Ordering::Relaxed);
     if reason == FailReason::Timeout {
         stats.timeouts.fetch_add(1, Ordering::Relaxed);
     }
-    settle(region, id, SlotState::Failed)
+    if reason == FailReason::Timeout || matches!(handover, Handover::Deliver { .. }) {
+        stats.failed.fetch_add(1, Ordering::Relaxed);
+    }
+    handover
 }
 
 fn settle(region: &Region, id: SlotId, to: SlotState) -> Handover {

@@ -7,9 +7,11 @@
 
 use ngx_pool_abi as abi;
 use ngx_pool_channel::message::{
-    check_header, encode_response_head, set_announced_length, RequestView, UNKNOWN_LENGTH,
+    check_header, encode_response_head_iter, set_announced_length, Header, RequestView,
+    UNKNOWN_LENGTH,
 };
 use ngx_pool_channel::slot::FailReason;
+use std::cell::OnceCell;
 use std::io::{self, Read};
 
 /// Responses up to this size are sent in one piece when the handler returns; past it (or at
@@ -23,6 +25,62 @@ pub trait ResponseSink {
     /// Sends body bytes, waiting while the client (through nginx) is not keeping up.
     fn write(&mut self, data: &[u8]) -> io::Result<()>;
 }
+
+/// Text for the default parameters that the request head does not hold as such (the protocol
+/// and the two ports as decimal), made on first use: kept by the caller for the exchange's
+/// life, since the parameters borrow from it.
+#[derive(Default)]
+pub struct DefaultsText {
+    text: OnceCell<Texts>,
+}
+
+struct Texts {
+    /// `HTTP/1.1`.
+    protocol: [u8; 8],
+    server_port: Decimal,
+    client_port: Decimal,
+}
+
+/// A port as decimal text.
+struct Decimal {
+    digits: [u8; 5],
+    len: usize,
+}
+
+impl Decimal {
+    fn new(mut n: u16) -> Decimal {
+        let mut digits = [0u8; 5];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        digits.copy_within(at.., 0);
+        Decimal {
+            digits,
+            len: 5 - at,
+        }
+    }
+    fn text(&self) -> &[u8] {
+        &self.digits[..self.len]
+    }
+}
+
+/// The default parameter set, in the order the ABI documents.
+const DEFAULT_NAMES: [&[u8]; 8] = [
+    b"SERVER_NAME",
+    b"SERVER_PORT",
+    b"SERVER_PROTOCOL",
+    b"REQUEST_SCHEME",
+    b"REMOTE_ADDR",
+    b"REMOTE_PORT",
+    b"DOCUMENT_URI",
+    b"SCRIPT_NAME",
+];
 
 /// A host status code (`NGX_POOL_ERR_*`).
 pub type Status = i32;
@@ -41,6 +99,10 @@ pub enum Outcome {
 /// The request as the handler sees it, and the response it is building.
 pub struct Exchange<'a> {
     pub view: RequestView<'a>,
+    /// The default set and the location's `pool_param`s, made on first use (a malformed list
+    /// of `pool_param`s reads as none).
+    params: OnceCell<Vec<Header<'a>>>,
+    defaults: &'a DefaultsText,
     /// `uri` without the query string, and the query string.
     path: &'a [u8],
     query: &'a [u8],
@@ -68,8 +130,10 @@ pub struct Exchange<'a> {
 }
 
 impl<'a> Exchange<'a> {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         view: RequestView<'a>,
+        defaults: &'a DefaultsText,
         body_len: u64,
         input: &'a mut dyn Read,
         cancelled: &'a dyn Fn() -> bool,
@@ -86,6 +150,8 @@ impl<'a> Exchange<'a> {
         body.clear();
         Exchange {
             view,
+            params: OnceCell::new(),
+            defaults,
             path,
             query,
             body_len,
@@ -125,10 +191,48 @@ impl<'a> Exchange<'a> {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| *v)
     }
+    /// The per-request parameters: the default set, each replaced by a `pool_param` of the
+    /// same name, then the other `pool_param`s.
+    pub fn params(&self) -> &[Header<'a>] {
+        self.params.get_or_init(|| {
+            let v = &self.view;
+            let t = self.defaults.text.get_or_init(|| {
+                let mut protocol = *b"HTTP/0.0";
+                protocol[5] = b'0' + v.version.0 % 10;
+                protocol[7] = b'0' + v.version.1 % 10;
+                Texts {
+                    protocol,
+                    server_port: Decimal::new(v.server.port),
+                    client_port: Decimal::new(v.client_port),
+                }
+            });
+            let scheme: &[u8] = if v.server.https { b"https" } else { b"http" };
+            let values: [&'a [u8]; 8] = [
+                v.server.name,
+                t.server_port.text(),
+                &t.protocol,
+                scheme,
+                v.client,
+                t.client_port.text(),
+                v.server.document_uri,
+                b"",
+            ];
+            let mut list: Vec<Header<'a>> = DEFAULT_NAMES.into_iter().zip(values).collect();
+            for (name, value) in v.decode_params().unwrap_or_default() {
+                match list[..DEFAULT_NAMES.len()]
+                    .iter_mut()
+                    .find(|(n, _)| *n == name)
+                {
+                    Some(default) => default.1 = value,
+                    None => list.push((name, value)),
+                }
+            }
+            list
+        })
+    }
     /// The parameter named `name`, exactly.
     pub fn param(&self, name: &[u8]) -> Option<&'a [u8]> {
-        self.view
-            .params
+        self.params()
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, v)| *v)
@@ -156,8 +260,12 @@ impl<'a> Exchange<'a> {
         abi::NGX_POOL_ERR_INVALID
     }
 
-    /// Sets status and headers (once, before any body).
-    pub fn start(&mut self, status: u16, headers: &[(&[u8], &[u8])]) -> Result<(), Status> {
+    /// Sets status and headers (once, before any body). `headers` is walked twice (checked,
+    /// then encoded), so nothing is collected.
+    pub fn start<'h, I>(&mut self, status: u16, headers: I) -> Result<(), Status>
+    where
+        I: ExactSizeIterator<Item = (&'h [u8], &'h [u8])> + Clone,
+    {
         if self.started {
             let e = abi::NGX_POOL_ERR_STATE;
             return Err(self.broke("started its response twice".into(), e));
@@ -166,7 +274,7 @@ impl<'a> Exchange<'a> {
             return Err(self.refuse(format!("gave the status {status}")));
         }
         let mut declared = None;
-        for (name, value) in headers {
+        for (name, value) in headers.clone() {
             if check_header(name, value).is_err() {
                 let what = format!(
                     "gave the header \"{}\" a name or value HTTP does not allow",
@@ -185,7 +293,7 @@ impl<'a> Exchange<'a> {
             }
         }
         self.head.clear();
-        if encode_response_head(&mut *self.head, status, headers, 0).is_err() {
+        if encode_response_head_iter(&mut *self.head, status, headers, 0).is_err() {
             return Err(self.refuse("gave a header too long to send".into()));
         }
         self.started = true;
@@ -255,11 +363,13 @@ impl<'a> Exchange<'a> {
 
     /// The handler returned `rc`: how the request ends. `handler` names it in log lines.
     pub fn conclude(&mut self, rc: Status, handler: &str) -> Outcome {
-        let uri = String::from_utf8_lossy(self.view.uri).into_owned();
+        // Only the failure lines below name it: built there, never on the common path.
+        let view_uri = self.view.uri;
+        let uri = || String::from_utf8_lossy(view_uri);
         if let Some(e) = self.channel_error.take() {
             return Outcome::Failed(
                 FailReason::Undelivered,
-                Some(format!("response to \"{uri}\" not delivered: {e}")),
+                Some(format!("response to \"{}\" not delivered: {e}", uri())),
             );
         }
         if self.is_cancelled() {
@@ -282,7 +392,8 @@ impl<'a> Exchange<'a> {
             return Outcome::Failed(
                 FailReason::HandlerError,
                 Some(format!(
-                    "handler \"{handler}\" failed on \"{uri}\" with status {rc}{broke}; {cut}"
+                    "handler \"{handler}\" failed on \"{}\" with status {rc}{broke}; {cut}",
+                    uri()
                 )),
             );
         }
@@ -290,7 +401,7 @@ impl<'a> Exchange<'a> {
         if let Some(v) = self.violation.take() {
             return Outcome::Failed(
                 FailReason::BadResponse,
-                Some(format!("handler \"{handler}\" {v} on \"{uri}\"; {cut}")),
+                Some(format!("handler \"{handler}\" {v} on \"{}\"; {cut}", uri())),
             );
         }
         if !self.started {
@@ -302,7 +413,8 @@ impl<'a> Exchange<'a> {
             return Outcome::Failed(
                 FailReason::BadResponse,
                 Some(format!(
-                    "handler \"{handler}\" returned without a response to \"{uri}\"{refused}; 502"
+                    "handler \"{handler}\" returned without a response to \"{}\"{refused}; 502",
+                    uri()
                 )),
             );
         }
@@ -312,7 +424,8 @@ impl<'a> Exchange<'a> {
                 return Outcome::Failed(
                     FailReason::BadResponse,
                     Some(format!(
-                        "handler \"{handler}\" declared a Content-Length of {d} for \"{uri}\" and wrote {} bytes; {cut}",
+                        "handler \"{handler}\" declared a Content-Length of {d} for \"{}\" and wrote {} bytes; {cut}",
+                        uri(),
                         self.written
                     )),
                 );

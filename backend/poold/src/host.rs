@@ -171,7 +171,7 @@ unsafe extern "C" fn header_count(r: *mut ngx_pool_request) -> usize {
     with(r, 0, |ex| ex.view.headers.len())
 }
 unsafe extern "C" fn param_count(r: *mut ngx_pool_request) -> usize {
-    with(r, 0, |ex| ex.view.params.len())
+    with(r, 0, |ex| ex.params().len())
 }
 
 fn pair_at(pairs: &[(&[u8], &[u8])], index: usize, o: *mut ngx_pool_header) -> i32 {
@@ -197,9 +197,7 @@ unsafe extern "C" fn header_at(r: *mut ngx_pool_request, i: usize, o: *mut ngx_p
     })
 }
 unsafe extern "C" fn param_at(r: *mut ngx_pool_request, i: usize, o: *mut ngx_pool_header) -> i32 {
-    with(r, abi::NGX_POOL_ERR_STATE, |ex| {
-        pair_at(&ex.view.params, i, o)
-    })
+    with(r, abi::NGX_POOL_ERR_STATE, |ex| pair_at(ex.params(), i, o))
 }
 unsafe extern "C" fn header(r: *mut ngx_pool_request, name: *const c_char) -> ngx_pool_str {
     with(r, ngx_pool_str::ABSENT, |ex| {
@@ -246,21 +244,26 @@ unsafe extern "C" fn start(
             // SAFETY: per the ABI, `headers` points at `count` entries the handler owns.
             unsafe { std::slice::from_raw_parts(headers, count) }
         };
-        let mut pairs: Vec<(&[u8], &[u8])> = Vec::with_capacity(list.len());
-        for h in list {
-            // SAFETY: per the ABI, each string is NULL-and-empty or `len` readable bytes.
-            let pair = unsafe {
-                (
-                    given(h.name.data, h.name.len),
-                    given(h.value.data, h.value.len),
-                )
-            };
-            match pair {
-                (Some(n), Some(v)) => pairs.push((n, v)),
-                _ => return abi::NGX_POOL_ERR_INVALID,
-            }
+        // SAFETY: per the ABI, each string is NULL-and-empty or `len` readable bytes, valid
+        // during this call (the exchange copies what it keeps).
+        let pair = |h: &ngx_pool_header| unsafe {
+            (
+                given(h.name.data, h.name.len),
+                given(h.value.data, h.value.len),
+            )
+        };
+        if list
+            .iter()
+            .map(pair)
+            .any(|(n, v)| n.is_none() || v.is_none())
+        {
+            return abi::NGX_POOL_ERR_INVALID;
         }
-        ex.start(status, &pairs)
+        let pairs = list
+            .iter()
+            .map(pair)
+            .map(|(n, v)| (n.unwrap_or_default(), v.unwrap_or_default()));
+        ex.start(status, pairs)
             .map_or_else(|e| e, |()| abi::NGX_POOL_OK)
     })
 }

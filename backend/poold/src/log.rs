@@ -11,27 +11,29 @@ pub fn set_pool_name(name: &str) {
     let _ = POOL.set(name.to_string());
 }
 
-/// `YYYY/MM/DD HH:MM:SS` in UTC.
+/// `YYYY/MM/DD HH:MM:SS` in local time, as nginx writes its error_log (so poold's lines sort
+/// with nginx's in the same file).
 fn timestamp() -> String {
-    let secs = SystemTime::now()
+    let now: libc::time_t = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+        .map_or(0, |d| d.as_secs() as libc::time_t);
+    // SAFETY: an all-zero `tm` is a valid value to be overwritten; localtime_r only writes into
+    // the `tm` we pass, and is thread-safe (unlike localtime).
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&now, &mut tm).is_null() {
+            return String::from("1970/01/01 00:00:00");
+        }
+        tm
+    };
     format!(
-        "{year:04}/{month:02}/{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
+        "{:04}/{:02}/{:02} {:02}:{:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
     )
 }
 

@@ -1,7 +1,7 @@
 //! A pool worker's loop: take a request from the region, run the handler with the request body
 //! streaming in and the response streaming out, wake the nginx worker that owns the request.
 
-use crate::exchange::{Exchange, Outcome, ResponseSink};
+use crate::exchange::{DefaultsText, Exchange, Outcome, ResponseSink};
 use crate::handler::LoadedHandler;
 use crate::{host, log};
 use ngx_pool_channel::chain::ChainError;
@@ -249,8 +249,10 @@ impl Worker<'_> {
             head_len: 0,
             waker: &self.waker,
         };
+        let defaults = DefaultsText::default();
         let mut ex = Exchange::new(
             view,
+            &defaults,
             body_len,
             &mut input,
             &cancelled,

@@ -5,7 +5,20 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::host::Call;
 use crate::status::Status;
 use ngx_pool_abi::{self as abi, ngx_pool_header, ngx_pool_str};
+use std::cell::RefCell;
 use std::io::{self, Write};
+
+/// A response's header text and the spans that cut it into (name, value) pairs.
+type HeaderBuffers = (Vec<u8>, Vec<(u32, u32, u32)>);
+
+thread_local! {
+    /// Header buffers kept from one response to the next (a worker runs one at a time), so a
+    /// response allocates nothing for its headers once the worker has warmed up.
+    static SPARE: RefCell<HeaderBuffers> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// What a kept buffer may hold on to between responses.
+const KEEP: usize = 16 << 10;
 
 /// The response of one request. Status and headers may change until the first body byte is
 /// written (or `flush`/`start` is called); then the host has them. Writes are buffered by the
@@ -23,11 +36,12 @@ pub struct Response<'r> {
 
 impl<'r> Response<'r> {
     pub(crate) fn new(call: Call<'r>) -> Response<'r> {
+        let (text, spans) = SPARE.with(|s| std::mem::take(&mut *s.borrow_mut()));
         Response {
             call,
             status: Status::OK,
-            text: Vec::new(),
-            spans: Vec::new(),
+            text,
+            spans,
             started: false,
         }
     }
@@ -74,7 +88,7 @@ impl<'r> Response<'r> {
                 },
             }
         };
-        const ON_STACK: usize = 16;
+        const ON_STACK: usize = 8;
         let rc = if self.spans.len() <= ON_STACK {
             let mut list = [ngx_pool_header {
                 name: ngx_pool_str::ABSENT,
@@ -121,6 +135,20 @@ impl Write for Response<'_> {
     fn flush(&mut self) -> io::Result<()> {
         self.start().map_err(Error::into_io)?;
         check(self.call.flush(), "flushing the response").map_err(Error::into_io)
+    }
+}
+
+impl Drop for Response<'_> {
+    fn drop(&mut self) {
+        let (mut text, mut spans) = (
+            std::mem::take(&mut self.text),
+            std::mem::take(&mut self.spans),
+        );
+        if text.capacity() <= KEEP && spans.capacity() <= KEEP / 16 {
+            text.clear();
+            spans.clear();
+            SPARE.with(|s| *s.borrow_mut() = (text, spans));
+        }
     }
 }
 
