@@ -316,6 +316,9 @@ setter!(set_pool, MainConf, |cf, main, args| {
         pool.handler = spec.to_string();
     }
     let socket = conf::socket_path(&pool, &main.prefix);
+    if let Err(e) = conf::check_socket_dir(&socket, pool.external) {
+        return conf_error(cf, &e);
+    }
     if let Some(other) = main.pools.iter().find(|p| p.socket == socket) {
         return conf_error(
             cf,

@@ -12,7 +12,7 @@
 //! signal mask.
 
 use crate::directives::{MainConf, Module, PoolEntry};
-use nginx_sys::{ngx_cycle_t, NGX_LOG_EMERG, NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_PROCESS_SIGNALLER};
+use nginx_sys::{ngx_cycle_t, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_PROCESS_SIGNALLER};
 use ngx::core::CoreModuleMainConf;
 use ngx::http::HttpModuleMainConf;
 use nix::sys::signal::{kill, Signal};
@@ -264,10 +264,12 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
                     gen,
                 });
             }
+            // nginx goes on either way: an error (this pool answers 503) or, with the previous
+            // generation still serving, a warning; never an [emerg] that does not stop nginx.
             Err(e) => {
                 log(
                     cycle,
-                    NGX_LOG_EMERG,
+                    if old { NGX_LOG_WARN } else { NGX_LOG_ERR },
                     &format!(
                         "pool \"{}\": cannot start {}: {e}{}",
                         pool.conf.name,
@@ -275,7 +277,7 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
                         if old {
                             "; the pool keeps running with its previous settings"
                         } else {
-                            ""
+                            "; its requests get 503"
                         }
                     ),
                 );
@@ -356,6 +358,7 @@ fn spawn(
     socket: &Path,
     cycle: *mut ngx_cycle_t,
 ) -> std::io::Result<(Pid, Started)> {
+    make_runtime_dir(socket)?;
     let lifeline = lifeline_read_fd()?;
     let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let ready = ready_write.as_raw_fd();
@@ -446,6 +449,21 @@ fn spawn(
             START_WAIT
         ))),
     }
+}
+
+/// Creates the runtime directory (`/run/ngx-pool`, mode 0755: the nginx workers' user must
+/// reach the sockets in it, which poold makes theirs) when a pool's socket goes there.
+fn make_runtime_dir(socket: &Path) -> std::io::Result<()> {
+    let dir = Path::new(ngx_pool_conf::RUNTIME_DIR);
+    if socket.parent() != Some(dir) || dir.is_dir() {
+        return Ok(());
+    }
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .recursive(true)
+        .create(dir)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))
 }
 
 fn stop(r: &Running) {

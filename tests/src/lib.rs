@@ -197,6 +197,9 @@ pub struct Conf {
     pub env: Vec<(String, String)>,
     /// Extra lines in nginx.conf's main context (`env NAME;`, ...).
     pub main: String,
+    /// Lay the prefix out as a distribution does: no `logs/` in it (the error log and pid file
+    /// go to a directory beside it, named by `-e` and absolute paths).
+    pub prefix_without_logs: bool,
 }
 
 impl Conf {
@@ -214,6 +217,7 @@ impl Conf {
             single_process: false,
             env: Vec::new(),
             main: String::new(),
+            prefix_without_logs: false,
         }
     }
     pub fn workers(mut self, n: u32) -> Conf {
@@ -222,11 +226,25 @@ impl Conf {
     }
 }
 
+/// Where the error log and pid file of an nginx with prefix `dir` go.
+pub fn logs_dir(dir: &Path, conf: &Conf) -> PathBuf {
+    if conf.prefix_without_logs {
+        dir.with_extension("logs")
+    } else {
+        dir.join("logs")
+    }
+}
+
 /// Writes the full nginx.conf for `conf` into `dir`.
 pub fn write_conf(dir: &Path, port: u16, conf: &Conf) -> PathBuf {
+    let logs = logs_dir(dir, conf);
+    if conf.prefix_without_logs {
+        let _ = std::fs::remove_dir(dir.join("logs"));
+        std::fs::create_dir_all(&logs).unwrap();
+    }
     let text = format!(
-        "daemon off;\nmaster_process {mp};\nworker_processes {wp};\nerror_log {dir}/logs/error.log info;\n{main}\n\
-         pid {dir}/logs/nginx.pid;\nload_module {module};\nworker_shutdown_timeout 10s;\n\
+        "daemon off;\nmaster_process {mp};\nworker_processes {wp};\nerror_log {logs}/error.log info;\n{main}\n\
+         pid {logs}/nginx.pid;\nload_module {module};\nworker_shutdown_timeout 10s;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n    access_log off;\n    client_body_temp_path {dir}/body;\n{http}\n\
          server {{\n    listen 127.0.0.1:{port};\n{server}\n    location = /plain {{ return 200 \"plain\\n\"; }}\n}}\n}}\n",
@@ -234,6 +252,7 @@ pub fn write_conf(dir: &Path, port: u16, conf: &Conf) -> PathBuf {
         wp = conf.worker_processes,
         dir = dir.display(),
         module = conf.module.display(),
+        logs = logs.display(),
         main = conf.main,
         http = conf.http,
         server = conf.server,
@@ -279,7 +298,13 @@ impl Nginx {
         let dir = temp_prefix();
         let port = free_port();
         let path = write_conf(&dir, port, &conf);
-        let master = Command::new(&conf.nginx)
+        let mut cmd = Command::new(&conf.nginx);
+        if conf.prefix_without_logs {
+            // nginx opens its compiled-in error log (prefix/logs/) before reading the
+            // configuration: point it where a distribution's build would.
+            cmd.arg("-e").arg(logs_dir(&dir, &conf).join("error.log"));
+        }
+        let master = cmd
             .envs(conf.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .arg("-p")
             .arg(&dir)
@@ -330,7 +355,8 @@ impl Nginx {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("logs/error.log")).unwrap_or_default()
+        std::fs::read_to_string(logs_dir(&self.dir, &self.conf).join("error.log"))
+            .unwrap_or_default()
     }
 
     /// Allows log lines containing `s` at alert/emerg/crit level.
@@ -384,7 +410,12 @@ impl Nginx {
 
     /// Sends `nginx -s SIGNAL`.
     pub fn signal(&self, sig: &str) {
-        let st = Command::new(&self.conf.nginx)
+        let mut cmd = Command::new(&self.conf.nginx);
+        if self.conf.prefix_without_logs {
+            cmd.arg("-e")
+                .arg(logs_dir(&self.dir, &self.conf).join("error.log"));
+        }
+        let st = cmd
             .arg("-p")
             .arg(&self.dir)
             .arg("-c")
@@ -477,7 +508,7 @@ impl Nginx {
         }
         let left = procs::with_arg_containing(&self.dir.display().to_string());
         assert!(left.is_empty(), "processes left after quit: {left:?}");
-        let sockets: Vec<_> = std::fs::read_dir(self.dir.join("logs"))
+        let sockets: Vec<_> = std::fs::read_dir(logs_dir(&self.dir, &self.conf))
             .unwrap()
             .filter_map(|e| e.ok())
             .filter(|e| e.path().extension().is_some_and(|x| x == "sock"))
@@ -485,6 +516,9 @@ impl Nginx {
         assert!(sockets.is_empty(), "socket files left: {sockets:?}");
         self.check_log();
         let _ = std::fs::remove_dir_all(&self.dir);
+        if self.conf.prefix_without_logs {
+            let _ = std::fs::remove_dir_all(logs_dir(&self.dir, &self.conf));
+        }
     }
 
     /// Fails on alert/emerg/crit lines the test did not allow.

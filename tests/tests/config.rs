@@ -1,6 +1,6 @@
 //! `nginx -t` rejects every bad directive, naming file, line and reason.
 
-use ngx_pool_tests::{nginx_test_config, Conf};
+use ngx_pool_tests::{nginx_test_config, Conf, Nginx};
 
 fn rejected(http: &str, server: &str, reason: &str) {
     let (ok, out) = nginx_test_config(&Conf::new(http, server));
@@ -135,4 +135,44 @@ fn bad_spin() {
         LOC,
         "invalid spin \"1s\" (a time up to 10ms",
     );
+}
+
+#[test]
+fn a_prefix_without_logs_puts_sockets_in_the_runtime_directory() {
+    // Laid out like Debian's (root-owned prefix, no logs/): the default socket cannot go in
+    // logs/, so it goes to /run/ngx-pool, which the master creates.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to create /run/ngx-pool");
+        return;
+    }
+    let name = format!("layout{}", std::process::id());
+    let mut conf = Conf::new(
+        &format!("    pool {name} handler=builtin:echo workers=1;"),
+        &format!("    location /e {{ pool_pass {name}; }}"),
+    );
+    conf.prefix_without_logs = true;
+    let ng = Nginx::start(conf);
+    assert!(!ng.dir.join("logs").exists());
+    let socket = std::path::PathBuf::from(format!("/run/ngx-pool/{name}.sock"));
+    assert!(socket.exists(), "{}", ng.log());
+    assert_eq!(ng.get("/e").status, 200);
+    ng.finish();
+    assert!(!socket.exists(), "the socket is removed at exit");
+    let left = ngx_pool_tests::procs::with_arg_containing(&socket.display().to_string());
+    assert!(left.is_empty(), "processes left: {left:?}");
+}
+
+#[test]
+fn a_socket_in_a_missing_directory_fails_nginx_t_with_what_to_do() {
+    let (ok, out) = nginx_test_config(&Conf::new(
+        "    pool p handler=builtin:echo socket=/nonexistent/dir/p.sock;",
+        "    location / { pool_pass p; }",
+    ));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("the directory of socket \"/nonexistent/dir/p.sock\" does not exist (create it, or choose another socket=)"),
+        "{out}"
+    );
+    assert!(out.contains("nginx.conf:"), "{out}");
 }

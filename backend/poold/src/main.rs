@@ -66,7 +66,8 @@ fn main() {
     let supervisor = match Supervisor::new(cfg, handler, lifeline) {
         Ok(s) => s,
         Err(e) => {
-            poold::log!("emerg", "{e}");
+            // This pool cannot run; nginx and its other pools do: an error, not an emergency.
+            poold::log!("error", "{e}; the pool answers 503");
             std::process::exit(1);
         }
     };

@@ -5,7 +5,7 @@
 //! `pool NAME handler=SPEC [handler_args=STR] [workers=N] [queue=N] [timeout=TIME]
 //! [queue_timeout=TIME] [socket=PATH] [arena=SIZE] [external];`
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Handlers poold has compiled in (`builtin:NAME`).
 pub const BUILTIN_HANDLERS: &[&str] =
@@ -279,18 +279,56 @@ pub fn parse_pool(args: &[&str]) -> Result<PoolConf, String> {
     Ok(p)
 }
 
-/// The socket path of a pool: `socket=` or `logs/pool-NAME.sock`, absolute against `prefix`.
+/// Where a managed pool's socket goes when `socket=` is not given and the prefix has no `logs/`
+/// (a distribution's layout: Debian's prefix is `/usr/share/nginx`): a runtime directory the
+/// nginx master creates (mode 0755) when it starts the pools.
+pub const RUNTIME_DIR: &str = "/run/ngx-pool";
+
+/// The socket path of a pool: `socket=` (relative to `prefix`), else `logs/pool-NAME.sock` in
+/// the prefix if it has a `logs/` directory, else `RUNTIME_DIR/NAME.sock`.
 pub fn socket_path(p: &PoolConf, prefix: &str) -> PathBuf {
-    let raw = p
-        .socket
-        .clone()
-        .unwrap_or_else(|| format!("logs/pool-{}.sock", p.name));
-    let path = PathBuf::from(raw);
-    if path.is_absolute() {
-        path
-    } else {
-        PathBuf::from(prefix).join(path)
+    match &p.socket {
+        Some(s) if Path::new(s).is_absolute() => PathBuf::from(s),
+        Some(s) => Path::new(prefix).join(s),
+        None => {
+            let logs = Path::new(prefix).join("logs");
+            if logs.is_dir() {
+                logs.join(format!("pool-{}.sock", p.name))
+            } else {
+                Path::new(RUNTIME_DIR).join(format!("{}.sock", p.name))
+            }
+        }
     }
+}
+
+/// Checks that a pool's socket can be made where it is to go: its directory exists (or is the
+/// runtime directory, made at start, under a writable parent). The reason, with what to do.
+pub fn check_socket_dir(socket: &Path, external: bool) -> Result<(), String> {
+    let dir = socket.parent().unwrap_or(Path::new("/"));
+    if dir.is_dir() || external {
+        // An external poold makes its own socket, perhaps later (systemd's RuntimeDirectory).
+        return Ok(());
+    }
+    if dir == Path::new(RUNTIME_DIR) {
+        let parent = dir.parent().unwrap_or(Path::new("/"));
+        let writable = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())
+            // SAFETY: access only reads the NUL-terminated path.
+            .map(|c| unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0)
+            .unwrap_or(false);
+        if writable {
+            return Ok(());
+        }
+        return Err(format!(
+            "no place for the socket of pool \"{}\": the prefix has no logs/ directory and {} cannot be created (run nginx as root, create {} writable by nginx, or set socket=PATH)",
+            socket.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default(),
+            RUNTIME_DIR,
+            RUNTIME_DIR
+        ));
+    }
+    Err(format!(
+        "the directory of socket \"{}\" does not exist (create it, or choose another socket=)",
+        socket.display()
+    ))
 }
 
 #[cfg(test)]
@@ -314,6 +352,20 @@ mod tests {
         let q = parse_pool(&["b", "handler=builtin:echo", "spin=0"]).unwrap();
         assert_eq!(q.spin_us, Some(0));
         assert_eq!(socket_path(&p, "/p/"), PathBuf::from("/x.sock"));
+        let d = parse_pool(&["web", "handler=builtin:echo"]).unwrap();
+        assert_eq!(
+            socket_path(&d, "/nonexistent/"),
+            PathBuf::from("/run/ngx-pool/web.sock")
+        );
+        let tmp = std::env::temp_dir().join(format!("conf-test-{}", std::process::id()));
+        std::fs::create_dir_all(tmp.join("logs")).unwrap();
+        let prefix = tmp.to_str().unwrap();
+        assert_eq!(socket_path(&d, prefix), tmp.join("logs/pool-web.sock"));
+        assert!(check_socket_dir(&tmp.join("logs/pool-web.sock"), false).is_ok());
+        let e = check_socket_dir(&tmp.join("nope/x.sock"), false).unwrap_err();
+        assert!(e.contains("does not exist (create it"), "{e}");
+        assert!(check_socket_dir(&tmp.join("nope/x.sock"), true).is_ok());
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 
     #[test]
