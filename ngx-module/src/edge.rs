@@ -33,7 +33,8 @@ fn install_hook() {
     });
 }
 
-fn injected(entry: &str) -> bool {
+/// Whether the test-only fault `entry` is switched on (`NGX_POOL_TEST_PANIC`).
+pub fn injected(entry: &str) -> bool {
     static WANTED: OnceLock<Vec<String>> = OnceLock::new();
     WANTED
         .get_or_init(|| {

@@ -92,7 +92,7 @@ fn add_retry_after(r: *mut ngx_http_request_t) {
 }
 
 fn pool_name(i: usize) -> String {
-    with_pool(i, |p| p.name.clone()).unwrap_or_default()
+    with_pool(i, |p| p.name.clone()).unwrap_or_else(|_| "?".into())
 }
 
 /// The content handler of `pool_pass` locations.
@@ -244,6 +244,7 @@ fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, ngx_int_t> {
         let region = p.attached.as_ref()?.region.clone();
         Some((region, p.timeout_ms, p.queue_timeout_ms))
     })
+    .ok()
     .flatten()
     .ok_or(503 as ngx_int_t)?;
     // SAFETY: `r` is a live request nginx handed us.
@@ -389,6 +390,7 @@ fn submit(ctx: *mut Ctx) {
             .filter(|a| Rc::ptr_eq(&a.region, &region))
             .map(|a| (a.conn, a.conn_gen))
     })
+    .ok()
     .flatten();
     let Some((conn, conn_gen)) = attached else {
         return fail(ctx, 503, format!("pool \"{}\": poold went away", name()));
@@ -449,11 +451,31 @@ fn submit(ctx: *mut Ctx) {
             format!("pool \"{}\": could not queue the request", name()),
         );
     }
-    c.slot = Some(id);
     let r = c.r;
-    with_pool(c.pool, |p| {
-        p.inflight.insert(id.index, InFlight { gen: id.gen, r })
-    });
+    let pool = c.pool;
+    let track = || {
+        with_pool(pool, |p| {
+            p.inflight.insert(id.index, InFlight { gen: id.gen, r })
+        })
+    };
+    let tracked = if crate::edge::injected("reenter") {
+        // Test-only: the access nested in another, as a bug would make it.
+        with_pool(pool, |_| track()).and_then(|inner| inner)
+    } else {
+        track()
+    };
+    if tracked.is_err() {
+        // Untracked, no completion would reach it: take it back and answer now (a worker,
+        // woken for it, frees the withdrawn slot it finds in the queue).
+        slot::abandon(&region, id);
+        crate::runtime::wake_workers_later(c.pool);
+        return fail(
+            ctx,
+            500,
+            format!("pool \"{}\": the request could not be tracked", name()),
+        );
+    }
+    c.slot = Some(id);
     crate::runtime::wake_workers_later(c.pool);
     progress(ctx);
 }
@@ -608,16 +630,7 @@ fn forget_slot(ctx: *mut Ctx) {
     // SAFETY: `ctx` is a live context.
     let c = unsafe { &mut *ctx };
     if let Some(id) = c.slot.take() {
-        let r = c.r;
-        with_pool(c.pool, |p| {
-            // After a re-attach, another request may use the same slot index and generation
-            // in the new region: only our own entry goes.
-            if let std::collections::hash_map::Entry::Occupied(e) = p.inflight.entry(id.index) {
-                if e.get().gen == id.gen && e.get().r == r {
-                    e.remove();
-                }
-            }
-        });
+        runtime::forget_inflight(c.pool, id.index, id.gen, c.r);
         // Usually the answer was read (Done or Failed): free it at once; otherwise abandon.
         if !slot::release(&c.region, id) {
             slot::abandon(&c.region, id);

@@ -12,7 +12,8 @@
 use crate::directives::{Module, PoolEntry};
 use crate::request;
 use nginx_sys::{
-    ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_http_request_t, NGX_LOG_ERR, NGX_LOG_NOTICE,
+    ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_http_request_t, NGX_LOG_ALERT, NGX_LOG_ERR,
+    NGX_LOG_NOTICE,
 };
 use ngx::http::HttpModuleMainConf;
 use ngx_pool_channel::handshake::{self, recv_frame, send_frame, Frame};
@@ -68,17 +69,24 @@ thread_local! {
     static POOLS: RefCell<Vec<PoolRt>> = const { RefCell::new(Vec::new()) };
     /// The posted event that wakes pool workers once per event-loop iteration.
     static WAKE_EVENT: std::cell::Cell<*mut ngx_event_t> = const { std::cell::Cell::new(std::ptr::null_mut()) };
+    /// A queued request could not be counted as owing a wake-up: wake a worker of every pool.
+    static WAKE_ALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// A request of pool `i` was queued: pool workers are woken when this event-loop iteration has
 /// handled its other events (a posted event, per the development guide's "Events" section), so
 /// a burst of requests costs one futex call and the workers find them all in the queue.
 pub fn wake_workers_later(i: usize) {
-    with_pool(i, |p| {
+    let owed = with_pool(i, |p| {
         if let Some(a) = &mut p.attached {
             a.wakes_owed += 1;
         }
     });
+    if owed.is_err() {
+        // Not counted: the posted event then wakes a worker of every pool, so the request is
+        // never left in the queue with every worker asleep.
+        WAKE_ALL.with(|w| w.set(true));
+    }
     let ev = WAKE_EVENT.with(|w| w.get());
     if ev.is_null() {
         return; // no pools in this process: nothing can have been queued
@@ -93,26 +101,101 @@ unsafe extern "C" fn on_wake_event(_ev: *mut ngx_event_t) {
 }
 
 fn wake_owed() {
-    POOLS.with(|p| {
+    let all = WAKE_ALL.with(|w| w.replace(false));
+    let done = POOLS.with(|p| {
         let Ok(mut pools) = p.try_borrow_mut() else {
-            return;
+            return false;
         };
         for a in pools.iter_mut().filter_map(|p| p.attached.as_mut()) {
-            if a.wakes_owed > 0 {
-                slot::wake_workers(&a.region, a.wakes_owed);
+            let n = if all {
+                a.wakes_owed.max(1)
+            } else {
+                a.wakes_owed
+            };
+            if n > 0 {
+                slot::wake_workers(&a.region, n);
                 a.wakes_owed = 0;
             }
         }
+        true
     });
+    if !done {
+        // In use (a bug, see `with_pool`): try again in this event-loop iteration's next round.
+        WAKE_ALL.with(|w| w.set(all));
+        let ev = WAKE_EVENT.with(|w| w.get());
+        // SAFETY: the event leaked in `on_init_process`, re-posted on nginx's queue.
+        unsafe {
+            nginx_sys::ngx_post_event(ev, std::ptr::addr_of_mut!(nginx_sys::ngx_posted_events))
+        };
+    }
 }
 
-/// Runs `f` on pool `i` (None if the index is unknown or the state is busy).
-pub fn with_pool<T>(i: usize, f: impl FnOnce(&mut PoolRt) -> T) -> Option<T> {
-    POOLS.with(|p| {
-        p.try_borrow_mut()
-            .ok()
-            .and_then(|mut p| p.get_mut(i).map(f))
-    })
+/// Why [`with_pool`] could not run its closure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolAccess {
+    /// No pool has that index (this worker has none, or the configuration has fewer).
+    Unknown,
+    /// The pools' state is in use further up this call stack: a closure given to `with_pool`
+    /// called back into code that wants it. A bug; logged at alert where it happened.
+    Busy,
+}
+
+thread_local! {
+    /// In-flight entries whose removal found the state busy: removed by the next `with_pool`
+    /// of their pool before its closure runs, so no closure ever sees a request that is gone.
+    static DEFERRED_REMOVALS: RefCell<Vec<(usize, u32, u32, *mut ngx_http_request_t)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on pool `i`. The closures given here only read and change the pool's state: they
+/// never call into nginx (finalizing a request runs cleanups that come back here), so nesting
+/// is a bug, reported as [`PoolAccess::Busy`] with an alert naming the caller.
+#[track_caller]
+pub fn with_pool<T>(i: usize, f: impl FnOnce(&mut PoolRt) -> T) -> Result<T, PoolAccess> {
+    let caller = std::panic::Location::caller();
+    let result = POOLS.with(|p| {
+        let Ok(mut pools) = p.try_borrow_mut() else {
+            return Err(PoolAccess::Busy);
+        };
+        let pool = pools.get_mut(i).ok_or(PoolAccess::Unknown)?;
+        DEFERRED_REMOVALS.with(|d| {
+            d.borrow_mut().retain(|&(pi, index, gen, r)| {
+                if pi != i {
+                    return true;
+                }
+                pool.forget(index, gen, r);
+                false
+            })
+        });
+        Ok(f(pool))
+    });
+    if result.is_err() && result.as_ref().err() == Some(&PoolAccess::Busy) {
+        log(
+            NGX_LOG_ALERT,
+            &format!("ngx-pool: the pools' state was wanted again while in use, at {caller} (a bug); handled"),
+        );
+    }
+    result
+}
+
+/// Removes request `r`'s in-flight entry for slot (`index`, `gen`) of pool `i`, now or, if the
+/// state is in use, before anything reads it next.
+pub fn forget_inflight(i: usize, index: u32, gen: u32, r: *mut ngx_http_request_t) {
+    if with_pool(i, |p| p.forget(index, gen, r)) == Err(PoolAccess::Busy) {
+        DEFERRED_REMOVALS.with(|d| d.borrow_mut().push((i, index, gen, r)));
+    }
+}
+
+impl PoolRt {
+    /// Drops the in-flight entry of slot `index` if it is still request `r`'s (after a
+    /// re-attach, another request may hold the same index and generation in the new region).
+    fn forget(&mut self, index: u32, gen: u32, r: *mut ngx_http_request_t) {
+        if let std::collections::hash_map::Entry::Occupied(e) = self.inflight.entry(index) {
+            if e.get().gen == gen && e.get().r == r {
+                e.remove();
+            }
+        }
+    }
 }
 
 pub fn cycle_log() -> *mut nginx_sys::ngx_log_t {
@@ -180,11 +263,13 @@ pub fn ensure_attached(i: usize) -> bool {
         p.attached.is_none() && p.next_attempt.is_none_or(|t| Instant::now() >= t)
     });
     match due {
-        Some(true) => {}
-        Some(false) => return with_pool(i, |p| p.attached.is_some()).unwrap_or(false),
-        None => return false,
+        Ok(true) => {}
+        Ok(false) => return with_pool(i, |p| p.attached.is_some()).unwrap_or(false),
+        Err(_) => return false,
     }
-    let (name, socket) = with_pool(i, |p| (p.name.clone(), p.socket.clone())).expect("pool exists");
+    let Ok((name, socket)) = with_pool(i, |p| (p.name.clone(), p.socket.clone())) else {
+        return false;
+    };
     match attach(&socket) {
         Ok((region, conn, conn_gen, sock, efd)) => {
             let socket_c = register(sock, i, on_socket_event);
@@ -207,7 +292,7 @@ pub fn ensure_attached(i: usize) -> bool {
                     socket.display()
                 ),
             );
-            with_pool(i, |p| {
+            let stored = with_pool(i, |p| {
                 p.attached = Some(Attached {
                     region: Rc::new(region),
                     conn,
@@ -218,6 +303,12 @@ pub fn ensure_attached(i: usize) -> bool {
                 });
                 p.next_attempt = None;
             });
+            if stored.is_err() {
+                // Not kept: give the descriptors back; the next request attaches again.
+                close_connection(socket_c);
+                close_connection(eventfd_c);
+                return false;
+            }
             true
         }
         Err(e) => {
@@ -230,7 +321,7 @@ pub fn ensure_attached(i: usize) -> bool {
                 }
                 due
             });
-            if say == Some(true) {
+            if say == Ok(true) {
                 log(
                     NGX_LOG_ERR,
                     &format!(
@@ -387,17 +478,24 @@ unsafe fn eventfd_event(ev: *mut ngx_event_t) {
     unsafe { libc::read((*c).fd, buf.as_mut_ptr().cast(), 8) };
     // SAFETY: as in on_socket_event.
     unsafe { (*ev).set_ready(0) };
-    complete_ready(i);
+    if !complete_ready(i) {
+        // The pools' state was in use (a bug, logged): look again later in this iteration,
+        // since the eventfd will not fire again for what it already said.
+        // SAFETY: our connection's read event, re-posted on nginx's queue.
+        unsafe {
+            nginx_sys::ngx_post_event(ev, std::ptr::addr_of_mut!(nginx_sys::ngx_posted_events))
+        };
+    }
 }
 
 /// Drives the requests of pool `i` the pool made progress on: those its completion ring names
 /// (O(completions), whatever the number in flight), or, when the ring overflowed, every one not
-/// still waiting in the queue.
-pub fn complete_ready(i: usize) {
+/// still waiting in the queue. False if the pools' state was in use and nothing was looked at.
+pub fn complete_ready(i: usize) -> bool {
     // Buffers reused from one wake-up to the next (taken out, so a nested call cannot clash).
     let (mut ids, mut candidates) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     candidates.clear();
-    with_pool(i, |p| {
+    let looked = with_pool(i, |p| {
         let Some(a) = &p.attached else {
             return;
         };
@@ -432,11 +530,13 @@ pub fn complete_ready(i: usize) {
                 .get(&index)
                 .is_some_and(|f| f.gen == gen && f.r == r)
         });
-        if live == Some(true) {
+        // (A request whose entry cannot be read now is not lost: its deadline timer ends it.)
+        if live == Ok(true) {
             request::on_pool_event(r);
         }
     }
     SCRATCH.with(|s| *s.borrow_mut() = (ids, candidates));
+    looked != Err(PoolAccess::Busy)
 }
 
 type Candidates = Vec<(u32, u32, *mut ngx_http_request_t)>;
@@ -476,7 +576,7 @@ pub fn detach(i: usize, reason: Option<&str>) {
         p.next_attempt = None;
         (a, inflight, p.name.clone())
     });
-    let Some((attached, inflight, name)) = taken else {
+    let Ok((attached, inflight, name)) = taken else {
         return;
     };
     if let Some(a) = attached {

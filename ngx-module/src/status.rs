@@ -12,7 +12,9 @@ use std::fmt::Write;
 fn rss_kib(pid: u32) -> Option<u64> {
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4)
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok().filter(|p| *p > 0).unwrap_or(4096) / 1024)
 }
 
 fn pools() -> Vec<(String, Option<PoolStatus>)> {
@@ -25,6 +27,7 @@ fn pools() -> Vec<(String, Option<PoolStatus>)> {
                     p.attached.as_ref().map(|a| snapshot(&a.region)),
                 )
             })
+            .ok()
         })
         .collect()
 }

@@ -125,6 +125,38 @@ fn a_panic_in_a_directive_fails_nginx_t_cleanly() {
 }
 
 #[test]
+fn a_nested_access_to_the_pools_state_is_a_logged_error_and_the_request_is_answered() {
+    let mut conf = Conf::new(
+        "    pool p handler=builtin:hello workers=1;",
+        "    location /p { pool_pass p; }\n    location = /status { pool_status; }",
+    )
+    .workers(1);
+    conf.env
+        .push(("NGX_POOL_TEST_PANIC".into(), "reenter".into()));
+    conf.main = "env NGX_POOL_TEST_PANIC;".into();
+    let mut ng = Nginx::start(conf);
+    ng.allow("the pools' state was wanted again while in use");
+    let worker = ng.worker_pids()[0];
+    for _ in 0..3 {
+        assert_eq!(ng.get("/p").status, 500);
+    }
+    let log = ng.log();
+    assert!(
+        log.contains(
+            "the pools' state was wanted again while in use, at ngx-module/src/request.rs:"
+        ),
+        "{log}"
+    );
+    assert!(log.contains("the request could not be tracked"), "{log}");
+    // Nothing is left behind: the withdrawn slots are freed by the worker woken for them.
+    ng.wait_for("no slot in use", |ng| {
+        ng.get("/status").json()["pools"][0]["slots"]["in_use"] == 0
+    });
+    assert_same_worker_and_no_crash(&ng, worker);
+    ng.finish();
+}
+
+#[test]
 fn overload_writes_a_line_a_second_not_a_line_a_request() {
     let mut ng = Nginx::start(Conf::new(
         "    pool tiny handler=builtin:sleep workers=1 queue=2;",
