@@ -15,8 +15,8 @@ use crate::directives::{MainConf, Module, PoolEntry};
 use nginx_sys::{ngx_cycle_t, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_PROCESS_SIGNALLER};
 use ngx::core::CoreModuleMainConf;
 use ngx::http::HttpModuleMainConf;
-use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -301,7 +301,7 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
                     r.name, r.gen, r.pid
                 ),
             );
-            let _ = kill(r.pid, Signal::SIGUSR2);
+            signal_pool(r.pid, Signal::SIGUSR2);
             draining.push(r);
         } else if superseded || !wanted || !alive(r.pid) {
             if alive(r.pid) {
@@ -326,13 +326,20 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
     *running = kept;
 }
 
+/// Whether anything of the pool started as `pid` still runs. A pool is the process group its
+/// watchdog leads (`pid`): the watchdog, poold, and a watcher poold starts if the watchdog dies
+/// (pool workers have groups of their own and die with poold), so a pool whose watchdog was
+/// killed and replaced is still this group.
 fn alive(pid: Pid) -> bool {
-    match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-        Ok(WaitStatus::StillAlive) => true,
-        Ok(_) => false,
-        // Not our child (we daemonised after forking it): ask the kernel.
-        Err(_) => kill(pid, None).is_ok(),
-    }
+    // Our own child while nginx runs in the foreground: reap it if it is gone (a zombie would
+    // keep the group alive).
+    let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+    killpg(pid, None).is_ok()
+}
+
+/// Sends `sig` to every process of the pool started as `pid`.
+fn signal_pool(pid: Pid, sig: Signal) {
+    let _ = killpg(pid, sig);
 }
 
 fn lifeline_read_fd() -> std::io::Result<i32> {
@@ -467,11 +474,12 @@ fn make_runtime_dir(socket: &Path) -> std::io::Result<()> {
 }
 
 fn stop(r: &Running) {
-    let _ = kill(r.pid, Signal::SIGTERM);
+    signal_pool(r.pid, Signal::SIGTERM);
     let deadline = Instant::now() + STOP_WAIT;
     while alive(r.pid) {
         if Instant::now() >= deadline {
-            let _ = kill(r.pid, Signal::SIGKILL);
+            signal_pool(r.pid, Signal::SIGKILL);
+            // Ours to reap if nginx runs in the foreground; ECHILD at once otherwise.
             let _ = waitpid(r.pid, None);
             break;
         }
@@ -486,7 +494,7 @@ pub fn on_exit_master() {
     let mut draining = DRAINING.lock().unwrap_or_else(|e| e.into_inner());
     running.append(&mut draining);
     for r in running.iter() {
-        let _ = kill(r.pid, Signal::SIGTERM);
+        signal_pool(r.pid, Signal::SIGTERM);
     }
     for r in running.drain(..) {
         stop(&r);

@@ -403,3 +403,72 @@ fn stop_under_load_leaves_no_process_and_no_socket() {
     ng.finish(); // no process of the prefix, no socket file left
     assert!(pool_side.iter().all(|p| !procs::alive(*p)));
 }
+
+/// The pool's own processes (those whose command line names its socket), by role.
+fn pool_processes(socket: &str) -> (Vec<u32>, Vec<u32>) {
+    let all = procs::with_arg_containing(socket);
+    let watchers = all
+        .iter()
+        .copied()
+        .filter(|p| procs::cmdline(*p).contains("--watch-pid"))
+        .collect();
+    let others = all
+        .into_iter()
+        .filter(|p| !procs::cmdline(*p).contains("--watch-pid"))
+        .collect();
+    (watchers, others)
+}
+
+#[test]
+fn any_one_process_of_a_pool_killed_the_pool_answers_again_within_five_seconds() {
+    let mut ng = Nginx::start(Conf::new(
+        "    pool k handler=builtin:echo workers=2;",
+        "    location /k { pool_pass k; }",
+    ));
+    let socket = ng.dir.join("logs/pool-k.sock").display().to_string();
+    let serves =
+        |ng: &Nginx| request(ng.port, "GET", "/k", &[], b"").is_ok_and(|r| r.status == 200);
+    let back_within_5s = |ng: &mut Nginx, what: &str| {
+        let t = std::time::Instant::now();
+        ng.wait_for(what, |ng| serves(ng));
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{what}: {:?}",
+            t.elapsed()
+        );
+    };
+    assert!(serves(&ng));
+    // The watchdog: poold never stops serving, and starts a watcher in its place.
+    let watchdog = ng.watchdogs()[0];
+    let poold = ng.poold();
+    procs::kill(watchdog, libc::SIGKILL);
+    ng.wait_for("a watcher", |_| !pool_processes(&socket).0.is_empty());
+    back_within_5s(&mut ng, "the pool after its watchdog was killed");
+    assert!(procs::alive(poold), "poold lives on");
+    // The watcher: poold starts another.
+    let watcher = pool_processes(&socket).0[0];
+    procs::kill(watcher, libc::SIGKILL);
+    ng.wait_for("another watcher", |_| {
+        pool_processes(&socket).0.iter().any(|w| *w != watcher)
+    });
+    back_within_5s(&mut ng, "the pool after its watcher was killed");
+    // poold itself: the watcher becomes its watchdog and starts a new one.
+    let watcher = pool_processes(&socket).0[0];
+    procs::kill(poold, libc::SIGKILL);
+    back_within_5s(&mut ng, "the pool after poold was killed");
+    ng.wait_for("a new poold under the watcher", |_| {
+        procs::children(watcher)
+            .iter()
+            .any(|p| procs::cmdline(*p).contains("poold") && *p != poold)
+    });
+    ng.allow("is gone; starting");
+    ng.allow("starting a watcher in its place");
+    ng.allow("poold exited");
+    ng.allow("unknown process");
+    ng.finish();
+    let (w, others) = pool_processes(&socket);
+    assert!(
+        w.is_empty() && others.is_empty(),
+        "left behind: {w:?} {others:?}"
+    );
+}

@@ -44,6 +44,8 @@ OPTIONS:
     --ready-fd FD       write one byte to this descriptor once serving ('R') or once the
                         handler failed to load ('F'), then close it (the nginx module's
                         start-up wait)
+    --watch-pid PID     (internal) follow this poold as its watchdog: started by a poold
+                        whose watchdog died, with the rest of its own command line
     -h, --help          this text
     -V, --version       version
 
@@ -68,6 +70,8 @@ pub struct Config {
     pub group: Option<String>,
     pub lifeline_fd: Option<i32>,
     pub ready_fd: Option<i32>,
+    /// Set in a watcher (see `watchdog::adopt`): the poold it follows.
+    pub watch_pid: Option<i32>,
     pub timeout: Option<std::time::Duration>,
     pub spin: std::time::Duration,
     pub max_requests: Option<u64>,
@@ -122,6 +126,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         group: None,
         lifeline_fd: None,
         ready_fd: None,
+        watch_pid: None,
         timeout: None,
         spin: std::time::Duration::from_micros(100),
         max_requests: None,
@@ -189,6 +194,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--group" => cfg.group = Some(value("a group")?),
             "--lifeline-fd" => cfg.lifeline_fd = Some(number(value("a descriptor")?, &key)? as i32),
             "--ready-fd" => cfg.ready_fd = Some(number(value("a descriptor")?, &key)? as i32),
+            "--watch-pid" => cfg.watch_pid = Some(number(value("a pid")?, &key)? as i32),
             other => return Err(format!("unknown option \"{other}\" (see --help)")),
         }
     }

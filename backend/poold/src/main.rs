@@ -44,10 +44,12 @@ fn main() {
     // Managed by nginx: this process stays as the watchdog, the pool runs in its child (which
     // returns here, with the start-up report descriptor if it is the first), and a new child
     // replaces one that dies.
-    let ready = match cfg.lifeline_fd {
-        Some(fd) => poold::watchdog::run(fd, ready),
-        None => ready,
-    };
+    let ready_and_parent = |ready| (ready, nix::unistd::getppid());
+    let (ready, watchdog) = ready_and_parent(match (cfg.lifeline_fd, cfg.watch_pid) {
+        (Some(fd), Some(pid)) => poold::watchdog::adopt(fd, nix::unistd::Pid::from_raw(pid)),
+        (Some(fd), None) => poold::watchdog::run(fd, ready),
+        _ => ready,
+    });
     let handler = match load(&cfg) {
         Ok(h) => h,
         Err(e) => {
@@ -59,10 +61,16 @@ fn main() {
             std::process::exit(EXIT_LOAD_FAILED);
         }
     };
+    if cfg.lifeline_fd.is_some() {
+        // Switching credentials for `init` cleared the watchdog's death signal: arm it again,
+        // and if the watchdog died meanwhile, take its place at once.
+        let _ = nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGUSR1));
+    }
     let lifeline = cfg.lifeline_fd.map(|fd| {
         // SAFETY: as for the ready descriptor above.
         unsafe { OwnedFd::from_raw_fd(fd) }
     });
+    let cfg_managed = cfg.lifeline_fd.is_some();
     let supervisor = match Supervisor::new(cfg, handler, lifeline) {
         Ok(s) => s,
         Err(e) => {
@@ -71,6 +79,10 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if cfg_managed && nix::unistd::getppid() != watchdog {
+        // (Signals are blocked now: the supervisor reads this one from its signalfd.)
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGUSR1);
+    }
     report(ready, b'R');
     if let Err(e) = supervisor.run() {
         poold::log!("emerg", "{e}");

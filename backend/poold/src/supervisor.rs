@@ -84,6 +84,8 @@ pub struct Supervisor {
     /// A process died since the slots and arena were last found whole: it may have taken a slot
     /// or a chunk with it, which is returned at the next idle moment.
     maybe_lost: bool,
+    /// The watcher this poold started when its watchdog died (see `watchdog::adopt`).
+    watcher: Option<Pid>,
 }
 
 enum Source {
@@ -140,6 +142,7 @@ impl Supervisor {
             run_as,
             me: nix::unistd::getpid(),
             maybe_lost: false,
+            watcher: None,
         })
     }
 
@@ -456,6 +459,14 @@ impl Supervisor {
                     "SIGHUP ignored (the pool is configured from nginx.conf)"
                 ),
                 Ok(Signal::SIGUSR2) => self.drain(),
+                // Our watchdog died (its death signal): a watcher takes its place.
+                Ok(Signal::SIGUSR1) => {
+                    log!(
+                        "alert",
+                        "the watchdog is gone; starting a watcher in its place"
+                    );
+                    self.start_watcher();
+                }
                 Ok(s) => {
                     log!("notice", "{s} received; stopping");
                     stop = true;
@@ -526,10 +537,50 @@ impl Supervisor {
                 Err(e) => return Err(e.into()),
             };
             let Some(pid) = status.pid() else { continue };
+            if self.watcher == Some(pid) {
+                log!("alert", "the watcher {pid} is gone; starting another");
+                self.watcher = None;
+                self.start_watcher();
+                continue;
+            }
             let Some(i) = self.workers.iter().position(|w| w.pid == Some(pid)) else {
                 continue;
             };
             self.on_worker_exit(i, status);
+        }
+    }
+
+    /// Starts a watcher: this program again, with this poold's own arguments (less the start-up
+    /// report, long closed) and `--watch-pid`, in the pool's process group, so the nginx master
+    /// reaches it. Only in managed mode (an external poold has whatever runs it).
+    fn start_watcher(&mut self) {
+        if self.lifeline.is_none() || self.draining.is_some() {
+            return;
+        }
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        let mut it = std::env::args_os().skip(1);
+        while let Some(a) = it.next() {
+            if a == "--ready-fd" || a == "--watch-pid" {
+                it.next();
+                continue;
+            }
+            args.push(a);
+        }
+        let me = self.me.as_raw().to_string();
+        // std's spawn resets the signal mask and dispositions in the child; only the lifeline
+        // (and stdio) lack close-on-exec, so the watcher holds nothing else of ours.
+        match std::env::current_exe().and_then(|exe| {
+            std::process::Command::new(exe)
+                .args(&args)
+                .args(["--watch-pid", &me])
+                .stdin(std::process::Stdio::null())
+                .spawn()
+        }) {
+            Ok(child) => self.watcher = Some(Pid::from_raw(child.id() as i32)),
+            Err(e) => log!(
+                "alert",
+                "cannot start a watcher: {e}; the pool runs unwatched"
+            ),
         }
     }
 

@@ -109,6 +109,7 @@ pub fn handled_signals() -> SigSet {
         Signal::SIGINT,
         Signal::SIGQUIT,
         Signal::SIGHUP,
+        Signal::SIGUSR1,
         Signal::SIGUSR2,
     ] {
         set.add(s);

@@ -53,8 +53,9 @@ pub fn run(lifeline: RawFd, mut ready: Option<OwnedFd>) -> Option<OwnedFd> {
         match unsafe { nix::unistd::fork() } {
             Ok(ForkResult::Child) => {
                 drop(signals);
-                // The pool stops if the watchdog dies: a poold nobody restarts must not run on.
-                let _ = nix::sys::prctl::set_pdeathsig(Some(Signal::SIGTERM));
+                // If the watchdog dies, poold is told (SIGUSR1) and starts a watcher of its own
+                // (`adopt`), so that one SIGKILL never leaves a pool that nothing restarts.
+                let _ = nix::sys::prctl::set_pdeathsig(Some(Signal::SIGUSR1));
                 if nix::unistd::getppid() != me {
                     std::process::exit(1);
                 }
@@ -102,6 +103,61 @@ pub fn run(lifeline: RawFd, mut ready: Option<OwnedFd>) -> Option<OwnedFd> {
             }
         }
     }
+}
+
+/// A watcher started by a poold whose watchdog died: follows `poold` (not its child: a pidfd)
+/// and exits with it when the pool is stopped (TERM, INT, QUIT to the pool's process group, or
+/// the master's lifeline closing); if poold dies on its own, becomes the pool's watchdog and
+/// starts a new one. In that new poold it returns, like [`run`].
+pub fn adopt(lifeline: RawFd, poold: Pid) -> Option<OwnedFd> {
+    let mask = SigSet::from_iter([
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGUSR2,
+    ]);
+    let signals = mask.thread_block().ok().and_then(|()| {
+        SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok()
+    });
+    let Some(signals) = signals else {
+        std::process::exit(1);
+    };
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor (or -1), which we
+    // own from here on.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, poold.as_raw(), 0) };
+    if raw >= 0 {
+        // SAFETY: the descriptor pidfd_open just returned.
+        let pidfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw as RawFd) };
+        let mut draining = false;
+        loop {
+            let mut fds = [
+                PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+                PollFd::new(fd(lifeline), PollFlags::POLLIN),
+                PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
+            ];
+            let _ = poll(&mut fds, PollTimeout::NONE);
+            if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+                std::process::exit(0);
+            }
+            while let Ok(Some(info)) = signals.read_signal() {
+                match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(Signal::SIGUSR2) => draining = true,
+                    // The pool's process group is being stopped: poold got the same signal.
+                    _ => std::process::exit(0),
+                }
+            }
+            if fds[2].revents().is_some_and(|r| !r.is_empty()) {
+                if draining {
+                    std::process::exit(0);
+                }
+                break;
+            }
+        }
+    }
+    log!("alert", "poold {poold} is gone; starting a new one");
+    drop(signals);
+    let _ = mask.thread_unblock();
+    run(lifeline, None)
 }
 
 /// How `watch` describes a poold that exited because its handler failed to load (status 78).
