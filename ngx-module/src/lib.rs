@@ -11,6 +11,7 @@
 //! FFI-edge modules; the directive parameters are parsed in plain Rust by the `ngx-pool-conf`
 //! crate. Every entry point nginx calls runs under [`edge::guard`]: no panic unwinds into nginx.
 
+mod attach;
 mod directives;
 mod download;
 mod edge;

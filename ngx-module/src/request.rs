@@ -11,6 +11,7 @@
 //! reference. A cleanup on the request pool gives the slot back when the request is freed:
 //! then nginx has sent every byte that pointed into the region.
 
+use crate::attach::State;
 use crate::directives::Module;
 use crate::download::{self, Download, Pump, Started};
 use crate::runtime::{self, with_pool, InFlight};
@@ -106,7 +107,7 @@ pub unsafe extern "C" fn pool_pass_handler(r: *mut ngx_http_request_t) -> ngx_in
         || Err(500),
         || {
             let i = pool_index(r).ok_or(NGX_ERROR as ngx_int_t)?;
-            if !runtime::ensure_attached(i) {
+            if runtime::ensure_attached(i) == State::Down {
                 let msg = format!("pool \"{}\" has no poold attached; 503", pool_name(i));
                 note_rejection(i, r, &msg);
                 add_retry_after(r);
@@ -145,11 +146,26 @@ fn recover_ctx(ctx: *mut Ctx) {
     fail(ctx, 500, String::new());
 }
 
+/// Why a request does not go to its pool now.
+enum Refused {
+    /// Answer it with this status.
+    Status(ngx_int_t),
+    /// Its pool is attaching: wait (see [`park`]).
+    Wait(usize),
+}
+
+impl From<ngx_int_t> for Refused {
+    fn from(status: ngx_int_t) -> Refused {
+        Refused::Status(status)
+    }
+}
+
 /// The body is read: the request goes to the pool (or is answered now).
 fn start(r: *mut ngx_http_request_t) {
     match begin(r) {
         Ok(ctx) => submit(ctx),
-        Err(status) => {
+        Err(Refused::Wait(pool)) => park(r, pool),
+        Err(Refused::Status(status)) => {
             if status == 503 {
                 add_retry_after(r);
             }
@@ -235,10 +251,12 @@ fn server_side<'a>(r: *mut ngx_http_request_t, req: &'a Request) -> ServerSide<'
 }
 
 /// Encodes the request head and makes the request's context. `Err(status)` to answer at once.
-fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, ngx_int_t> {
+fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, Refused> {
     let i = pool_index(r).ok_or(500 as ngx_int_t)?;
-    if !runtime::ensure_attached(i) {
-        return Err(503);
+    match runtime::ensure_attached(i) {
+        State::Attached => {}
+        State::Pending => return Err(Refused::Wait(i)),
+        State::Down => return Err(Refused::Status(503)),
     }
     let (region, timeout_ms, queue_timeout_ms) = with_pool(i, |p| {
         let region = p.attached.as_ref()?.region.clone();
@@ -298,7 +316,7 @@ fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, ngx_int_t> {
     );
     if let Err(e) = encode_request_head(&mut bytes, &head, body) {
         log_request(r, &format!("pool \"{}\": request head: {e}", pool_name(i)));
-        return Err(400);
+        return Err(Refused::Status(400));
     }
     if bytes.len() as u64 > region.geometry().message_limit() {
         log_request(
@@ -309,7 +327,7 @@ fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, ngx_int_t> {
                 bytes.len()
             ),
         );
-        return Err(431);
+        return Err(Refused::Status(431));
     }
     suspend(
         r,
@@ -332,7 +350,92 @@ fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, ngx_int_t> {
             own_timeout,
         },
     )
-    .ok_or(500 as ngx_int_t)
+    .ok_or(Refused::Status(500))
+}
+
+/// How long a request waits for its pool's attachment (a handshake under way), and how often
+/// it looks.
+const ATTACH_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+const ATTACH_LOOK_MS: nginx_sys::ngx_msec_t = 10;
+
+/// A request waiting for its pool to attach, in its request pool.
+struct Waiting {
+    r: *mut ngx_http_request_t,
+    pool: usize,
+    until: std::time::Instant,
+    ev: ngx_event_t,
+}
+
+/// Lets request `r` wait (up to [`ATTACH_WAIT`]) for pool `i`'s handshake, looking every few
+/// milliseconds: the worker serves everything else meanwhile. Then it goes on, or gets 503.
+fn park(r: *mut ngx_http_request_t, i: usize) {
+    // SAFETY: allocations from the live request's pool; the cleanup, registered before the
+    // value is written, deletes the timer if the request goes first (its client closed), and
+    // the value needs no drop (plain data).
+    unsafe {
+        let rpool = (*r).pool;
+        let cln = nginx_sys::ngx_pool_cleanup_add(rpool, 0);
+        let w = nginx_sys::ngx_pcalloc(rpool, std::mem::size_of::<Waiting>()) as *mut Waiting;
+        if cln.is_null() || w.is_null() {
+            return finish(r, 500);
+        }
+        ptr::write(
+            w,
+            Waiting {
+                r,
+                pool: i,
+                until: std::time::Instant::now() + ATTACH_WAIT,
+                ev: std::mem::zeroed(),
+            },
+        );
+        (*cln).handler = Some(waiting_cleanup);
+        (*cln).data = w as *mut c_void;
+        let ev = ptr::addr_of_mut!((*w).ev);
+        (*ev).handler = Some(on_waiting);
+        (*ev).data = w as *mut c_void;
+        (*ev).log = (*(*r).connection).log;
+        nginx_sys::ngx_add_timer(ev, ATTACH_LOOK_MS);
+    }
+}
+
+unsafe extern "C" fn waiting_cleanup(data: *mut c_void) {
+    let w = data as *mut Waiting;
+    // SAFETY: the Waiting this cleanup was registered with, freed with the pool after this.
+    unsafe {
+        let ev = ptr::addr_of_mut!((*w).ev);
+        if (*ev).timer_set() != 0 {
+            nginx_sys::ngx_del_timer(ev);
+        }
+    }
+}
+
+unsafe extern "C" fn on_waiting(ev: *mut ngx_event_t) {
+    // SAFETY: the timer's data is its Waiting, alive (in the request pool) while armed.
+    let (r, pool, until) = unsafe {
+        let w = (*ev).data as *mut Waiting;
+        ((*w).r, (*w).pool, (*w).until)
+    };
+    crate::edge::guard(
+        "timer",
+        || finish(r, 500),
+        || match runtime::ensure_attached(pool) {
+            State::Attached => start(r),
+            State::Pending if std::time::Instant::now() < until => {
+                // SAFETY: re-arming our own timer, which just fired.
+                unsafe { nginx_sys::ngx_add_timer(ev, ATTACH_LOOK_MS) }
+            }
+            _ => {
+                let msg = format!(
+                    "pool \"{}\": no poold answered within {} ms; 503",
+                    pool_name(pool),
+                    ATTACH_WAIT.as_millis()
+                );
+                note_rejection(pool, r, &msg);
+                add_retry_after(r);
+                finish(r, 503);
+            }
+        },
+    );
 }
 
 /// Moves `ctx` into the request pool with its cleanup, arms the deadline, and takes over the

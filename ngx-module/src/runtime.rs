@@ -13,27 +13,18 @@ use crate::directives::{Module, PoolEntry};
 use crate::request;
 use nginx_sys::{
     ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_http_request_t, NGX_LOG_ALERT, NGX_LOG_ERR,
-    NGX_LOG_NOTICE,
 };
 use ngx::http::HttpModuleMainConf;
-use ngx_pool_channel::handshake::{self, recv_frame, send_frame, Frame};
-use ngx_pool_channel::layout::LAYOUT_VERSION;
+use ngx_pool_channel::handshake::recv_frame;
 use ngx_pool_channel::slot::{self, SlotId, SlotState};
 use ngx_pool_channel::Region;
-use nix::sys::eventfd::{EfdFlags, EventFd};
-use nix::sys::socket::{connect, socket, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::MsgFlags;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{IntoRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
-
-/// How often a worker retries attaching to a pool that is down (a failed attempt is one quick
-/// local connect), and how often it says so in the error log.
-const RETRY_EVERY: Duration = Duration::from_millis(20);
-const LOG_EVERY: Duration = Duration::from_secs(1);
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+use std::time::Instant;
 
 /// A request of ours that a pool holds.
 pub struct InFlight {
@@ -49,8 +40,8 @@ pub struct Attached {
     pub conn_gen: u32,
     /// Requests queued in this event-loop iteration whose wake-up is still owed.
     pub wakes_owed: u32,
-    socket_c: *mut ngx_connection_t,
-    eventfd_c: *mut ngx_connection_t,
+    pub(crate) socket_c: *mut ngx_connection_t,
+    pub(crate) eventfd_c: *mut ngx_connection_t,
 }
 
 /// One pool as this worker sees it.
@@ -60,8 +51,10 @@ pub struct PoolRt {
     pub timeout_ms: u64,
     pub queue_timeout_ms: Option<u64>,
     pub attached: Option<Attached>,
-    next_attempt: Option<Instant>,
-    last_failure_logged: Option<Instant>,
+    /// A handshake under way ([`crate::attach`]).
+    pub(crate) attaching: Option<crate::attach::Attaching>,
+    pub(crate) next_attempt: Option<Instant>,
+    pub(crate) last_failure_logged: Option<Instant>,
     pub inflight: InFlightMap,
 }
 
@@ -244,6 +237,7 @@ fn pool_rt(e: &PoolEntry) -> PoolRt {
         timeout_ms: e.conf.timeout_ms,
         queue_timeout_ms: e.conf.queue_timeout_ms,
         attached: None,
+        attaching: None,
         next_attempt: None,
         last_failure_logged: None,
         inflight: InFlightMap::default(),
@@ -254,142 +248,20 @@ pub fn on_exit_process() {
     let n = POOLS.with(|p| p.borrow().len());
     for i in 0..n {
         detach(i, None);
+        // A handshake still under way: its connection and timer go (outside the borrow).
+        let attaching = with_pool(i, |p| p.attaching.take());
+        drop(attaching);
     }
 }
 
-/// Attaches pool `i` if it is not attached and a retry is due. Returns whether it is attached.
-pub fn ensure_attached(i: usize) -> bool {
-    let due = with_pool(i, |p| {
-        p.attached.is_none() && p.next_attempt.is_none_or(|t| Instant::now() >= t)
-    });
-    match due {
-        Ok(true) => {}
-        Ok(false) => return with_pool(i, |p| p.attached.is_some()).unwrap_or(false),
-        Err(_) => return false,
-    }
-    let Ok((name, socket)) = with_pool(i, |p| (p.name.clone(), p.socket.clone())) else {
-        return false;
-    };
-    match attach(&socket) {
-        Ok((region, conn, conn_gen, sock, efd)) => {
-            let socket_c = register(sock, i, on_socket_event);
-            let eventfd_c = register(efd, i, on_eventfd_event);
-            if socket_c.is_null() || eventfd_c.is_null() {
-                log(
-                    NGX_LOG_ERR,
-                    &format!(
-                        "pool \"{name}\": no free nginx connection for the pool's descriptors"
-                    ),
-                );
-                close_connection(socket_c);
-                close_connection(eventfd_c);
-                return false;
-            }
-            log(
-                NGX_LOG_NOTICE,
-                &format!(
-                    "pool \"{name}\": attached to {} as connection {conn}",
-                    socket.display()
-                ),
-            );
-            let stored = with_pool(i, |p| {
-                p.attached = Some(Attached {
-                    region: Rc::new(region),
-                    conn,
-                    conn_gen,
-                    wakes_owed: 0,
-                    socket_c,
-                    eventfd_c,
-                });
-                p.next_attempt = None;
-            });
-            if stored.is_err() {
-                // Not kept: give the descriptors back; the next request attaches again.
-                close_connection(socket_c);
-                close_connection(eventfd_c);
-                return false;
-            }
-            true
-        }
-        Err(e) => {
-            let now = Instant::now();
-            let say = with_pool(i, |p| {
-                p.next_attempt = Some(now + RETRY_EVERY);
-                let due = p.last_failure_logged.is_none_or(|t| now >= t + LOG_EVERY);
-                if due {
-                    p.last_failure_logged = Some(now);
-                }
-                due
-            });
-            if say == Ok(true) {
-                log(
-                    NGX_LOG_ERR,
-                    &format!(
-                        "pool \"{name}\": cannot attach to {}: {e}",
-                        socket.display()
-                    ),
-                );
-            }
-            false
-        }
-    }
-}
-
-type Attachment = (Region, u32, u32, OwnedFd, OwnedFd);
-
-/// The handshake, blocking but bounded: the socket is local and poold answers at once.
-fn attach(path: &std::path::Path) -> Result<Attachment, String> {
-    let sock = socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| format!("socket: {e}"))?;
-    let addr = UnixAddr::new(path).map_err(|e| e.to_string())?;
-    connect(sock.as_raw_fd(), &addr).map_err(|e| format!("connect: {e}"))?;
-    let tv = nix::sys::time::TimeVal::new(HANDSHAKE_TIMEOUT.as_secs() as _, 0);
-    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
-        .map_err(|e| e.to_string())?;
-    let efd: OwnedFd =
-        EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-            .map_err(|e| format!("eventfd: {e}"))?
-            .into();
-    let hello = Frame::new(handshake::HELLO, LAYOUT_VERSION, std::process::id(), 0);
-    send_frame(&sock, hello, Some(&efd)).map_err(|e| format!("hello: {e}"))?;
-    let (welcome, memfd) = match recv_frame(&sock, MsgFlags::empty()) {
-        Ok(Some(x)) => x,
-        Ok(None) => return Err("poold closed the connection during the handshake".into()),
-        Err(e) => return Err(format!("welcome: {e}")),
-    };
-    if welcome.kind != handshake::WELCOME {
-        return Err("poold sent no welcome".into());
-    }
-    match welcome.a {
-        handshake::WELCOME_OK => {}
-        handshake::WELCOME_BAD_VERSION => {
-            return Err(format!(
-                "poold speaks another layout version than {LAYOUT_VERSION}: rebuild both"
-            ))
-        }
-        handshake::WELCOME_FULL => {
-            return Err("poold has no room for another nginx worker (--max-conns)".into())
-        }
-        other => return Err(format!("poold refused with status {other}")),
-    }
-    let memfd = memfd.ok_or("poold sent no region")?;
-    let region = Region::attach(memfd).map_err(|e| e.to_string())?;
-    nix::fcntl::fcntl(
-        sock.as_raw_fd(),
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    )
-    .map_err(|e| e.to_string())?;
-    Ok((region, welcome.b, welcome.c, sock, efd))
+/// Where pool `i`'s attachment stands; starts a handshake if one is due (never waits for it).
+pub fn ensure_attached(i: usize) -> crate::attach::State {
+    crate::attach::ensure(i)
 }
 
 /// Hands `fd` to nginx as a connection whose read events call `handler`; `c->data` is the pool
 /// index. Returns null on failure (the descriptor is then closed).
-fn register(
+pub(crate) fn register(
     fd: OwnedFd,
     pool: usize,
     handler: unsafe extern "C" fn(*mut ngx_event_t),
@@ -417,7 +289,7 @@ fn register(
     }
 }
 
-fn close_connection(c: *mut ngx_connection_t) {
+pub(crate) fn close_connection(c: *mut ngx_connection_t) {
     if !c.is_null() {
         // SAFETY: `c` came from ngx_get_connection and is closed exactly once (we forget it).
         unsafe { nginx_sys::ngx_close_connection(c) };
@@ -428,7 +300,7 @@ fn close_connection(c: *mut ngx_connection_t) {
 ///
 /// # Safety
 /// `ev` must be the read event of a connection made by [`register`].
-unsafe fn pool_of(ev: *mut ngx_event_t) -> (usize, *mut ngx_connection_t) {
+pub(crate) unsafe fn pool_of(ev: *mut ngx_event_t) -> (usize, *mut ngx_connection_t) {
     // SAFETY: per the contract, ev->data is our connection and c->data the pool index.
     unsafe {
         let c = (*ev).data as *mut ngx_connection_t;
@@ -437,7 +309,7 @@ unsafe fn pool_of(ev: *mut ngx_event_t) -> (usize, *mut ngx_connection_t) {
 }
 
 /// The socket to poold is readable: poold only ever closes it (it died or stopped).
-unsafe extern "C" fn on_socket_event(ev: *mut ngx_event_t) {
+pub(crate) unsafe extern "C" fn on_socket_event(ev: *mut ngx_event_t) {
     // SAFETY: nginx calls this with the read event of our socket connection.
     crate::edge::guard("socket", || (), || unsafe { socket_event(ev) });
 }
@@ -460,7 +332,7 @@ unsafe fn socket_event(ev: *mut ngx_event_t) {
 }
 
 /// Pool workers finished requests of ours.
-unsafe extern "C" fn on_eventfd_event(ev: *mut ngx_event_t) {
+pub(crate) unsafe extern "C" fn on_eventfd_event(ev: *mut ngx_event_t) {
     // A panic here leaves the requests it did not reach to their deadline timers (504), never
     // hanging: each has one.
     // SAFETY: nginx calls this with the read event of our eventfd connection.

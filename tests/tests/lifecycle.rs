@@ -472,3 +472,173 @@ fn any_one_process_of_a_pool_killed_the_pool_answers_again_within_five_seconds()
         "left behind: {w:?} {others:?}"
     );
 }
+
+#[test]
+fn a_frozen_poold_never_stalls_the_nginx_worker() {
+    let mut ng = Nginx::start(Conf::new(
+        "    pool f handler=builtin:hello workers=1;",
+        "    location /f { pool_pass f; }",
+    ));
+    assert_eq!(ng.get("/f").status, 200);
+    let poold = ng.poold();
+    let old_workers = ng.worker_pids();
+    procs::kill(poold, libc::SIGSTOP);
+    // New nginx workers must attach to the frozen poold.
+    ng.signal("reload");
+    ng.wait_for("the new workers", |ng| {
+        let now = ng.worker_pids();
+        now.len() == 2 && now.iter().all(|p| !old_workers.contains(p))
+    });
+    // Everything else of those workers is served at once meanwhile; the pool's requests wait
+    // a short while for the attachment, then get 503 (never a hang).
+    let mut slowest = Duration::ZERO;
+    let mut pool_statuses = Vec::new();
+    for i in 0..40 {
+        let t = Instant::now();
+        assert_eq!(ng.get("/plain").status, 200);
+        slowest = slowest.max(t.elapsed());
+        if i % 10 == 0 {
+            let t = Instant::now();
+            let status = ng.get("/f").status;
+            assert!(
+                t.elapsed() < Duration::from_secs(3),
+                "the pool's request took {:?}",
+                t.elapsed()
+            );
+            pool_statuses.push(status);
+        }
+    }
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a return-200 request took {slowest:?}"
+    );
+    assert!(pool_statuses.iter().all(|s| *s == 503), "{pool_statuses:?}");
+    assert!(ng.log().contains("did not answer within"), "{}", ng.log());
+    // Thawed, the pool is back without a reload.
+    procs::kill(poold, libc::SIGCONT);
+    ng.wait_for("the pool back", |ng| ng.get("/f").status == 200);
+    ng.finish();
+}
+
+/// Runs `wrk` against `path` for `secs` seconds; returns (requests, failures): non-2xx/3xx
+/// answers and socket errors.
+fn wrk(port: u16, path: &str, secs: u32) -> std::thread::JoinHandle<(u64, u64)> {
+    let path = path.to_string();
+    std::thread::spawn(move || {
+        let out = std::process::Command::new("wrk")
+            .args(["-t1", "-c8", &format!("-d{secs}s")])
+            .arg(format!("http://127.0.0.1:{port}{path}"))
+            .output()
+            .expect("wrk (scripts/setup installs it)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let number_after = |label: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(label))
+                .map(|rest| {
+                    rest.trim()
+                        .split(|c: char| !c.is_ascii_digit())
+                        .next()
+                        .unwrap_or("0")
+                        .parse()
+                        .unwrap_or(0)
+                })
+                .unwrap_or(0)
+        };
+        let requests = text
+            .lines()
+            .find(|l| l.contains("requests in"))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        let socket_errors: u64 = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+            .map(|rest| {
+                rest.split(',')
+                    .filter_map(|part| part.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0);
+        (
+            requests,
+            number_after("Non-2xx or 3xx responses:") + socket_errors,
+        )
+    })
+}
+
+#[test]
+fn a_hostile_run_loses_nothing_outside_the_pool_that_was_hit() {
+    let mut ng = Nginx::start(Conf::new(
+        "    pool hit handler=builtin:sleep workers=2 timeout=5s;\n    pool other handler=builtin:hello workers=1;",
+        "    location /hit { pool_pass hit; }\n    location /other { pool_pass other; }\n    \
+         location = /status { pool_status; }",
+    ));
+    let socket = ng.dir.join("logs/pool-hit.sock").display().to_string();
+    let port = ng.port;
+    let plain = wrk(port, "/plain", 8);
+    let other = wrk(port, "/other", 8);
+    let hit = wrk(port, "/hit?ms=5", 8);
+    // The hit pool's watchdog (a child of the master naming its socket) and poold (its child).
+    let watchdog_of_hit = |ng: &Nginx| -> u32 {
+        ng.watchdogs()
+            .into_iter()
+            .find(|w| procs::cmdline(*w).contains(&socket))
+            .expect("the hit pool's watchdog")
+    };
+    let poold_of_hit = |ng: &Nginx| -> u32 {
+        procs::children(watchdog_of_hit(ng))
+            .into_iter()
+            .find(|c| procs::cmdline(*c).contains("poold"))
+            .expect("the hit pool's poold")
+    };
+    std::thread::sleep(Duration::from_millis(500)); // load under way
+                                                    // Frozen for a second.
+    let p = poold_of_hit(&ng);
+    procs::kill(p, libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(1));
+    procs::kill(p, libc::SIGCONT);
+    // A pool worker.
+    let worker = procs::children(p)[0];
+    procs::kill(worker, libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(700));
+    // poold.
+    procs::kill(p, libc::SIGKILL);
+    ng.wait_for("the hit pool back", |ng| ng.get("/hit?ms=1").status == 200);
+    // The watchdog.
+    ng.wait_for("a new poold under the watchdog", |ng| {
+        procs::children(watchdog_of_hit(ng)).iter().any(|c| *c != p)
+    });
+    procs::kill(watchdog_of_hit(&ng), libc::SIGKILL);
+    ng.wait_for("the hit pool serving", |ng| {
+        ng.get("/hit?ms=1").status == 200
+    });
+    let (plain_n, plain_failed) = plain.join().unwrap();
+    let (other_n, other_failed) = other.join().unwrap();
+    let (hit_n, hit_failed) = hit.join().unwrap();
+    eprintln!("plain {plain_n} ({plain_failed} failed), other {other_n} ({other_failed}), hit {hit_n} ({hit_failed})");
+    assert!(plain_n > 100 && other_n > 100, "the load ran");
+    assert_eq!(plain_failed, 0, "return 200 requests failed");
+    assert_eq!(other_failed, 0, "requests of the other pool failed");
+    // The hit pool ends idle with nothing held.
+    ng.wait_for("the hit pool idle and whole", |ng| {
+        let j = ng.get("/status").json();
+        let hit = j["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "hit")
+            .cloned()
+            .unwrap();
+        hit["attached"] == true && hit["slots"]["in_use"] == 0 && hit["chunks"]["in_use"] == 0
+    });
+    for a in [
+        "is gone; starting",
+        "starting a watcher in its place",
+        "poold exited",
+        "unknown process",
+        "was killed by SIGKILL",
+        "killed by SIGKILL",
+    ] {
+        ng.allow(a);
+    }
+    ng.finish();
+}

@@ -1,0 +1,295 @@
+//! Attaching an nginx worker to a pool without ever waiting on poold: the handshake runs in
+//! nginx's event loop (the development guide's "Events" and "Timers").
+//!
+//! A non-blocking `connect` and HELLO (with our eventfd) go out at once; the socket joins the
+//! event loop as a connection whose read handler takes poold's WELCOME (with the region's
+//! memfd), bounded by a timer. Meanwhile the worker serves everything else; requests for the
+//! pool wait for the attachment a short while ([`crate::request`]), then get 503. A poold that
+//! does not answer (frozen by SIGSTOP, a debugger, swapped out) costs a timer, never a stalled
+//! worker, and the next attempt waits a second, so a frozen poold's backlog does not fill up.
+
+use crate::runtime::{self, with_pool, Attached};
+use nginx_sys::{ngx_connection_t, ngx_event_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
+use ngx_pool_channel::handshake::{self, recv_frame, send_frame, Frame};
+use ngx_pool_channel::layout::LAYOUT_VERSION;
+use ngx_pool_channel::Region;
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::socket::{connect, socket, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// How long poold has to answer a HELLO.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a worker tries again to attach to a pool that is down (one quick local connect).
+const RETRY_EVERY: Duration = Duration::from_millis(20);
+/// ...and after poold let a handshake time out (it is frozen or overloaded).
+const RETRY_AFTER_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a failure to attach is logged, at most.
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// A handshake under way.
+pub struct Attaching {
+    /// The socket, an nginx connection whose read events complete the handshake.
+    conn: *mut ngx_connection_t,
+    /// Our eventfd, sent with the HELLO; becomes a connection once attached.
+    eventfd: Option<OwnedFd>,
+    /// The handshake's deadline (leaked while armed: see `Drop`; data: the pool index).
+    timer: *mut ngx_event_t,
+}
+
+impl Drop for Attaching {
+    fn drop(&mut self) {
+        // SAFETY: our timer event (a leaked box) and the connection we registered; both are
+        // ours alone and released exactly once, here.
+        unsafe {
+            if (*self.timer).timer_set() != 0 {
+                nginx_sys::ngx_del_timer(self.timer);
+            }
+            drop(Box::from_raw(self.timer));
+        }
+        runtime::close_connection(self.conn);
+    }
+}
+
+/// Where a pool's attachment stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Attached,
+    /// A handshake is under way: requests may wait for it.
+    Pending,
+    /// Not attached, and no attempt now (poold not there, or a retry not due yet).
+    Down,
+}
+
+/// Where pool `i`'s attachment stands, starting a handshake if one is due.
+pub fn ensure(i: usize) -> State {
+    let now = Instant::now();
+    let due = with_pool(i, |p| {
+        if p.attached.is_some() {
+            State::Attached
+        } else if p.attaching.is_some() {
+            State::Pending
+        } else if p.next_attempt.is_none_or(|t| now >= t) {
+            // Marked before starting: a failure below sets the real next attempt.
+            p.next_attempt = Some(now + RETRY_EVERY);
+            State::Pending
+        } else {
+            State::Down
+        }
+    });
+    match due {
+        Ok(State::Pending) => {}
+        Ok(state) => return state,
+        Err(_) => return State::Down,
+    }
+    if with_pool(i, |p| p.attaching.is_some()) == Ok(true) {
+        return State::Pending;
+    }
+    let Ok(socket) = with_pool(i, |p| p.socket.clone()) else {
+        return State::Down;
+    };
+    match start(i, &socket) {
+        Ok(attaching) => {
+            if with_pool(i, |p| p.attaching = Some(attaching)).is_ok() {
+                State::Pending
+            } else {
+                State::Down
+            }
+        }
+        Err(e) => {
+            failed(i, &e, RETRY_EVERY);
+            State::Down
+        }
+    }
+}
+
+/// Connects and says HELLO, without waiting: the WELCOME comes through [`on_event`].
+fn start(i: usize, path: &std::path::Path) -> Result<Attaching, String> {
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(|e| format!("socket: {e}"))?;
+    let addr = UnixAddr::new(path).map_err(|e| e.to_string())?;
+    // A local socket connects at once or not at all (EAGAIN: its backlog is full).
+    connect(sock.as_raw_fd(), &addr).map_err(|e| format!("connect: {e}"))?;
+    let efd: OwnedFd =
+        EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(|e| format!("eventfd: {e}"))?
+            .into();
+    let hello = Frame::new(handshake::HELLO, LAYOUT_VERSION, std::process::id(), 0);
+    send_frame(&sock, hello, Some(&efd)).map_err(|e| format!("hello: {e}"))?;
+    let conn = runtime::register(sock, i, on_event);
+    if conn.is_null() {
+        return Err("no free nginx connection for the pool's socket".into());
+    }
+    // SAFETY: a zeroed ngx_event_t is nginx's idle event; boxed so its address stays put
+    // while it is in the timer tree, and freed by `Attaching::drop` after leaving it.
+    let timer: *mut ngx_event_t = Box::into_raw(Box::new(unsafe { std::mem::zeroed() }));
+    // SAFETY: the event we just made; armed once.
+    unsafe {
+        (*timer).handler = Some(on_timeout);
+        (*timer).data = i as *mut std::ffi::c_void;
+        (*timer).log = runtime::cycle_log();
+        (*timer).set_cancelable(1);
+        nginx_sys::ngx_add_timer(
+            timer,
+            HANDSHAKE_TIMEOUT.as_millis() as nginx_sys::ngx_msec_t,
+        );
+    }
+    Ok(Attaching {
+        conn,
+        eventfd: Some(efd),
+        timer,
+    })
+}
+
+/// The handshake failed: drop it, try again after `retry`, and say so (at most once a second).
+fn failed(i: usize, reason: &str, retry: Duration) {
+    let now = Instant::now();
+    let said = with_pool(i, |p| {
+        let attaching = p.attaching.take();
+        p.next_attempt = Some(now + retry);
+        let due = p.last_failure_logged.is_none_or(|t| now >= t + LOG_EVERY);
+        if due {
+            p.last_failure_logged = Some(now);
+        }
+        (attaching, due.then(|| (p.name.clone(), p.socket.clone())))
+    });
+    // Dropped outside the borrow: closing a connection calls into nginx.
+    if let Ok((attaching, say)) = said {
+        drop(attaching);
+        if let Some((name, socket)) = say {
+            runtime::log(
+                NGX_LOG_ERR,
+                &format!(
+                    "pool \"{name}\": cannot attach to {}: {reason}",
+                    socket.display()
+                ),
+            );
+        }
+    }
+}
+
+unsafe extern "C" fn on_timeout(ev: *mut ngx_event_t) {
+    // SAFETY: our handshake timer; its data is the pool index.
+    let i = unsafe { (*ev).data as usize };
+    crate::edge::guard(
+        "timer",
+        || (),
+        || {
+            failed(
+                i,
+                &format!(
+                    "poold did not answer within {HANDSHAKE_TIMEOUT:?} (frozen or overloaded?)"
+                ),
+                RETRY_AFTER_TIMEOUT,
+            )
+        },
+    );
+}
+
+unsafe extern "C" fn on_event(ev: *mut ngx_event_t) {
+    // SAFETY: nginx calls this with the read event of the socket `start` registered.
+    let (i, c) = unsafe { runtime::pool_of(ev) };
+    crate::edge::guard(
+        "attach",
+        || failed(i, "internal error", RETRY_EVERY),
+        || {
+            // SAFETY: the descriptor is open while the connection is.
+            let fd = unsafe { BorrowedFd::borrow_raw((*c).fd) };
+            let (welcome, memfd) = match recv_frame(fd, MsgFlags::MSG_DONTWAIT) {
+                Ok(Some(x)) => x,
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return,
+                Ok(None) => {
+                    return failed(
+                        i,
+                        "poold closed the connection during the handshake",
+                        RETRY_EVERY,
+                    )
+                }
+                Err(e) => return failed(i, &format!("welcome: {e}"), RETRY_EVERY),
+            };
+            // SAFETY: still our event; the frame is taken: clear `ready` (edge-triggered).
+            unsafe { (*ev).set_ready(0) };
+            match complete(i, c, welcome, memfd) {
+                Ok(()) => {}
+                Err(e) => failed(i, &e, RETRY_EVERY),
+            }
+        },
+    );
+}
+
+/// poold answered: checks the WELCOME, maps the region, and turns the attempt into an
+/// attachment (the socket connection stays, now watched for poold going away).
+fn complete(
+    i: usize,
+    c: *mut ngx_connection_t,
+    welcome: Frame,
+    memfd: Option<OwnedFd>,
+) -> Result<(), String> {
+    if welcome.kind != handshake::WELCOME {
+        return Err("poold sent no welcome".into());
+    }
+    match welcome.a {
+        handshake::WELCOME_OK => {}
+        handshake::WELCOME_BAD_VERSION => {
+            return Err(format!(
+                "poold speaks another layout version than {LAYOUT_VERSION}: rebuild both"
+            ))
+        }
+        handshake::WELCOME_FULL => {
+            return Err("poold has no room for another nginx worker (--max-conns)".into())
+        }
+        other => return Err(format!("poold refused with status {other}")),
+    }
+    let region = Region::attach(memfd.ok_or("poold sent no region")?).map_err(|e| e.to_string())?;
+    let Ok(Some(mut attaching)) = with_pool(i, |p| p.attaching.take()) else {
+        return Err("the attempt was dropped meanwhile".into());
+    };
+    let Some(efd) = attaching.eventfd.take() else {
+        return Err("no eventfd".into());
+    };
+    let eventfd_c = runtime::register(efd, i, runtime::on_eventfd_event);
+    if eventfd_c.is_null() {
+        return Err("no free nginx connection for the pool's eventfd".into());
+    }
+    // The socket connection is the attachment's now: not closed with the attempt.
+    attaching.conn = std::ptr::null_mut();
+    drop(attaching);
+    // SAFETY: our connection's read event: from now on it only ever reports poold leaving.
+    unsafe { (*(*c).read).handler = Some(runtime::on_socket_event) };
+    let (conn, conn_gen) = (welcome.b, welcome.c);
+    let stored = with_pool(i, |p| {
+        p.attached = Some(Attached {
+            region: Rc::new(region),
+            conn,
+            conn_gen,
+            wakes_owed: 0,
+            socket_c: c,
+            eventfd_c,
+        });
+        p.next_attempt = None;
+        (p.name.clone(), p.socket.clone())
+    });
+    match stored {
+        Ok((name, socket)) => {
+            runtime::log(
+                NGX_LOG_NOTICE,
+                &format!(
+                    "pool \"{name}\": attached to {} as connection {conn}",
+                    socket.display()
+                ),
+            );
+            Ok(())
+        }
+        Err(_) => {
+            runtime::close_connection(c);
+            runtime::close_connection(eventfd_c);
+            Err("the pools' state was in use".into())
+        }
+    }
+}
