@@ -10,6 +10,11 @@
 //! body in ([`upload`]) and the response out ([`download`]). `unsafe` code lives in those
 //! FFI-edge modules; the directive parameters are parsed in plain Rust by the `ngx-pool-conf`
 //! crate. Every entry point nginx calls runs under [`edge::guard`]: no panic unwinds into nginx.
+//! Attaching to a pool never waits on poold ([`attach`]).
+
+// A cdylib whose interface is nginx's module table: these docs are for the people working on
+// it (`cargo doc --document-private-items`), and link its private modules.
+#![allow(rustdoc::private_intra_doc_links)]
 
 mod attach;
 mod directives;

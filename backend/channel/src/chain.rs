@@ -77,6 +77,7 @@ pub fn free_anchored(region: &Region, anchor: &AtomicU32) {
     anchor.store(0, Ordering::Relaxed);
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// Reads a whole chain of `len` bytes starting at `head_plus_one` into a new vector, checking
 /// every link and length on the way.
 pub fn read_chain(region: &Region, head_plus_one: u32, len: u64) -> Result<Vec<u8>, ChainError> {

@@ -24,8 +24,8 @@
 
 pub mod chain;
 pub mod freelist;
-#[cfg(not(loom))]
-#[doc(hidden)]
+/// The corruption exerciser of the property test and the fuzz target (feature `testing`).
+#[cfg(all(not(loom), any(test, feature = "testing")))]
 pub mod fuzzing;
 #[cfg(not(loom))]
 pub mod handshake;

@@ -8,7 +8,7 @@
 //!            u64 body_len, body
 //! response = u16 status, u32 n, n × (str16 name, str32 value), u64 body_len, body
 //! ```
-//! Encoders write into any `io::Write` (a [`crate::chain::ChainWriter`]); decoders borrow from a
+//! Encoders write into any `io::Write` (the stream writer's buffer); decoders borrow from a
 //! byte slice and check every length against what is left, so arbitrary bytes give an error,
 //! never a panic.
 
@@ -308,6 +308,7 @@ pub fn announced_length(bytes: &[u8]) -> Option<u64> {
     ))
 }
 
+#[cfg(any(test, feature = "testing"))]
 pub fn decode_request(bytes: &[u8]) -> Result<RequestView<'_>, DecodeError> {
     let mut c = Cursor { rest: bytes };
     let mut view = request_fields(&mut c)?;
@@ -346,6 +347,7 @@ fn request_fields<'a>(c: &mut Cursor<'a>) -> Result<RequestView<'a>, DecodeError
     })
 }
 
+#[cfg(any(test, feature = "testing"))]
 pub fn decode_response(bytes: &[u8]) -> Result<ResponseView<'_>, DecodeError> {
     decode_response_with(bytes, true)
 }

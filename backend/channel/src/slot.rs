@@ -667,6 +667,7 @@ pub fn post_completion(region: &Region, conn: u32, id: SlotId) {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// nginx: the slots of connection `conn` to look at since the last call, or `None` if some did
 /// not fit the ring (then look at every request in flight). Call after [`clear_wake`].
 pub fn take_completions(region: &Region, conn: u32) -> Option<Vec<SlotId>> {

@@ -322,6 +322,7 @@ pub fn write_all(
     Ok(w.written())
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// Reads the first `len` bytes of a stream none of which has been freed yet; an error if fewer
 /// are published or anything read is inconsistent.
 pub fn read_all(

@@ -64,7 +64,7 @@ pub struct Worker<'a> {
     pub scratch: Scratch,
 }
 
-/// A pool worker's reusable buffers (their capacity survives requests; see [`Scratch::trim`]).
+/// A pool worker's reusable buffers (their capacity survives requests, up to a bound).
 #[derive(Default)]
 pub struct Scratch {
     request_head: Vec<u8>,
