@@ -1,0 +1,361 @@
+//! poold's children: forking pool workers, their messages, reaping them, deadlines and respawn
+//! with backoff, and the watcher that stands in for a dead watchdog.
+
+use super::*;
+
+impl Supervisor {
+    /// Forks pool worker `i`.
+    pub(super) fn spawn(&mut self, i: usize) -> io::Result<()> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )?;
+        let me = self.me;
+        // The entry is reset before the fork: the child writes its own state (Idle) at once,
+        // and must not be overwritten.
+        if let Some(e) = self.region.worker(i as u32) {
+            e.state
+                .store(WorkerState::Starting as u32, Ordering::Relaxed);
+            e.current.store(0, Ordering::Relaxed);
+            e.served.store(0, Ordering::Relaxed);
+            e.retire_now.store(0, Ordering::Relaxed);
+            e.started_ms
+                .store(ngx_pool_channel::sys::monotonic_ms(), Ordering::Relaxed);
+        }
+        let pid = {
+            let region = &self.region;
+            let handler = &self.handler;
+            let conns = &self.conns;
+            let run_as = self.run_as;
+            let spin = self.cfg.spin;
+            let max_rss = self.cfg.max_rss;
+            // Jitter: N plus up to 10%, different per fork, so workers do not retire together.
+            let max_requests = self.cfg.max_requests.map(|n| {
+                let seed = (std::process::id() as u64)
+                    ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    ^ ngx_pool_channel::sys::monotonic_ms().wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                n + seed % (n / 10 + 1)
+            });
+            sys::fork_child(|| {
+                // Its own process group: whatever the handler forks is killed with it.
+                let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+                let mut table = ConnFds::new();
+                for (ci, c) in conns.iter().enumerate() {
+                    if let Some(c) = c {
+                        if let Ok(fd) = c.eventfd.try_clone() {
+                            table.insert(ci as u32, c.gen, fd);
+                        }
+                    }
+                }
+                let mut keep: Vec<RawFd> = table.fds().map(|fd| fd.as_raw_fd()).collect();
+                keep.push(theirs.as_raw_fd());
+                sys::close_all_except(&keep);
+                if let Some((uid, gid)) = run_as {
+                    if let Err(e) = sys::drop_privileges(uid, gid) {
+                        log!(
+                            "alert",
+                            "worker {}: cannot drop privileges: {e}",
+                            std::process::id()
+                        );
+                        std::process::exit(1);
+                    }
+                }
+                sys::child_defaults(me);
+                // `theirs` is kept open above; the duplicate below is what the worker owns.
+                let control = theirs.try_clone().unwrap_or_else(|_| std::process::exit(1));
+                Worker {
+                    region,
+                    handler,
+                    index: i as u32,
+                    pid: std::process::id(),
+                    waker: std::cell::RefCell::new(crate::worker::Waker {
+                        control,
+                        conns: table,
+                    }),
+                    spin: ngx_pool_channel::spin::Spin::adaptive(spin),
+                    max_requests,
+                    max_rss,
+                    scratch: Default::default(),
+                }
+                .run()
+            })?
+        };
+        drop(theirs);
+        if let Some(e) = self.region.worker(i as u32) {
+            e.pid.store(pid.as_raw() as u32, Ordering::Relaxed);
+        }
+        if self.workers[i].started.is_some() {
+            self.region
+                .header()
+                .stats
+                .respawns
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let w = &mut self.workers[i];
+        w.pid = Some(pid);
+        w.control = Some(ours);
+        w.started = Some(Instant::now());
+        w.respawn_at = None;
+        Ok(())
+    }
+
+    /// SIGTERM for a worker whose request ran past the timeout, SIGKILL if it is still there
+    /// after the grace period. Its request is answered 504 when it is reaped.
+    pub(super) fn enforce_deadlines(&mut self) {
+        let now_ms = ngx_pool_channel::sys::monotonic_ms();
+        for i in 0..self.workers.len() {
+            let Some(pid) = self.workers[i].pid else {
+                continue;
+            };
+            if let Some(since) = self.workers[i].killed_for_timeout {
+                if since.elapsed() >= DEADLINE_GRACE {
+                    log!(
+                        "error",
+                        "pool worker {pid} ignored SIGTERM for {:?}; SIGKILL",
+                        DEADLINE_GRACE
+                    );
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+                continue;
+            }
+            let Some((id, started, own)) = slot::running_since(&self.region, i as u32) else {
+                continue;
+            };
+            let pool = self.cfg.timeout.map(|t| t.as_millis() as u64);
+            let (limit, whose) = match (own, pool) {
+                (Some(o), Some(p)) if o < p => (o, "request's pool_timeout"),
+                (_, Some(p)) => (p, "pool's timeout"),
+                (Some(o), None) => (o, "request's pool_timeout"),
+                (None, None) => continue,
+            };
+            let elapsed = now_ms.saturating_sub(started);
+            if elapsed > limit {
+                log!(
+                    "error",
+                    "pool worker {pid} has run the request in slot {} for {elapsed} ms, past the {whose} of {limit} ms; SIGTERM",
+                    id.index
+                );
+                let _ = kill(pid, Signal::SIGTERM);
+                self.workers[i].killed_for_timeout = Some(Instant::now());
+            }
+        }
+    }
+
+    pub(super) fn respawn_due(&mut self) -> io::Result<()> {
+        let now = Instant::now();
+        for i in 0..self.workers.len() {
+            if self.workers[i].pid.is_none() && self.workers[i].respawn_at.is_some_and(|t| t <= now)
+            {
+                self.spawn(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A pool worker wrote on its control socket: READY (it is up) or RETIRING (it reached
+    /// max_requests/max_rss and waits for a replacement before leaving).
+    pub(super) fn on_worker_message(&mut self, i: usize) -> io::Result<()> {
+        loop {
+            let Some(sock) = self.workers[i].control.as_ref() else {
+                return Ok(());
+            };
+            let frame = match recv_frame(sock, MsgFlags::MSG_DONTWAIT) {
+                Ok(Some((frame, _))) => frame,
+                // End of file or nothing more: its exit is handled when it is reaped.
+                _ => return Ok(()),
+            };
+            match frame.kind {
+                READY => {
+                    if let Some(old) = self.workers[i].replacing.take() {
+                        log!(
+                            "info",
+                            "pool worker {} is ready; worker {} retires",
+                            self.workers[i].pid.map_or(0, |p| p.as_raw()),
+                            self.workers[old].pid.map_or(0, |p| p.as_raw())
+                        );
+                        slot::tell_retire(&self.region, old as u32);
+                    }
+                }
+                RETIRING if !self.workers[i].replaced => {
+                    let spare = (0..self.workers.len()).find(|&j| {
+                        let w = &self.workers[j];
+                        j != i && w.pid.is_none() && w.respawn_at.is_none() && w.replacing.is_none()
+                    });
+                    match spare {
+                        Some(j) => {
+                            log!(
+                                "info",
+                                "pool worker {:?} is retiring; forking its replacement",
+                                self.workers[i].pid.map(|p| p.as_raw())
+                            );
+                            self.workers[i].replaced = true;
+                            self.workers[j].replacing = Some(i);
+                            self.spawn(j)?;
+                        }
+                        None => log!(
+                            "warn",
+                            "no spare worker slot to replace retiring worker {:?} ahead; it leaves first",
+                            self.workers[i].pid
+                        ),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub(super) fn reap(&mut self) -> io::Result<()> {
+        loop {
+            let status = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return Ok(()),
+                Ok(s) => s,
+                Err(e) => return Err(e.into()),
+            };
+            let Some(pid) = status.pid() else { continue };
+            if self.watcher == Some(pid) {
+                log!("alert", "the watcher {pid} is gone; starting another");
+                self.watcher = None;
+                self.start_watcher();
+                continue;
+            }
+            let Some(i) = self.workers.iter().position(|w| w.pid == Some(pid)) else {
+                continue;
+            };
+            self.on_worker_exit(i, status);
+        }
+    }
+
+    /// Starts a watcher: this program again, with this poold's own arguments (less the start-up
+    /// report, long closed) and `--watch-pid`, in the pool's process group, so the nginx master
+    /// reaches it. Only in managed mode (an external poold has whatever runs it).
+    pub(super) fn start_watcher(&mut self) {
+        if self.lifeline.is_none() || self.draining.is_some() {
+            return;
+        }
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        let mut it = std::env::args_os().skip(1);
+        while let Some(a) = it.next() {
+            if a == "--ready-fd" || a == "--watch-pid" {
+                it.next();
+                continue;
+            }
+            args.push(a);
+        }
+        let me = self.me.as_raw().to_string();
+        // std's spawn resets the signal mask and dispositions in the child; only the lifeline
+        // (and stdio) lack close-on-exec, so the watcher holds nothing else of ours.
+        match std::env::current_exe().and_then(|exe| {
+            std::process::Command::new(exe)
+                .args(&args)
+                .args(["--watch-pid", &me])
+                .stdin(std::process::Stdio::null())
+                .spawn()
+        }) {
+            Ok(child) => self.watcher = Some(Pid::from_raw(child.id() as i32)),
+            Err(e) => log!(
+                "alert",
+                "cannot start a watcher: {e}; the pool runs unwatched"
+            ),
+        }
+    }
+
+    pub(super) fn on_worker_exit(&mut self, i: usize, status: WaitStatus) {
+        let how = match status {
+            WaitStatus::Exited(_, code) => format!("exited with code {code}"),
+            WaitStatus::Signaled(_, sig, core) => {
+                format!(
+                    "killed by {sig}{}",
+                    if core { " (core dumped)" } else { "" }
+                )
+            }
+            other => format!("{other:?}"),
+        };
+        let pid = self.workers[i].pid.take().map_or(0, |p| p.as_raw());
+        // Anything the handler forked dies with the worker (the group outlives its leader).
+        let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        self.region
+            .header()
+            .stats
+            .worker_exits
+            .fetch_add(1, Ordering::Relaxed);
+        self.workers[i].control = None;
+        if let Some(e) = self.region.worker(i as u32) {
+            e.state.store(WorkerState::Exited as u32, Ordering::Relaxed);
+        }
+        // A replacement forked for this worker (it was retiring) takes its place whatever way
+        // it left; a replacement still on its way no longer has anyone to relieve.
+        let was_replaced = std::mem::take(&mut self.workers[i].replaced);
+        for w in self.workers.iter_mut() {
+            if w.replacing == Some(i) {
+                w.replacing = None;
+            }
+        }
+        if let WaitStatus::Exited(_, crate::worker::EXIT_RECYCLE) = status {
+            self.region
+                .header()
+                .stats
+                .recycles
+                .fetch_add(1, Ordering::Relaxed);
+            let served = self
+                .region
+                .worker(i as u32)
+                .map_or(0, |e| e.served.load(Ordering::Relaxed));
+            let w = &mut self.workers[i];
+            w.quick_deaths = 0;
+            if was_replaced {
+                // Its replacement was forked before it left; this slot stays free.
+                log!("notice", "pool worker {pid} retired after {served} requests (max_requests/max_rss); its replacement already serves");
+                if let Some(e) = self.region.worker(i as u32) {
+                    e.pid.store(0, Ordering::Relaxed);
+                }
+            } else {
+                log!("notice", "pool worker {pid} retired after {served} requests (max_requests/max_rss); replacing it");
+                w.respawn_at = Some(Instant::now());
+            }
+            return;
+        }
+        let reason = if self.workers[i].killed_for_timeout.take().is_some() {
+            FailReason::Timeout
+        } else {
+            FailReason::WorkerDied
+        };
+        self.maybe_lost = true;
+        match slot::reclaim_worker(&self.region, i as u32, reason) {
+            Some((id, Handover::Deliver { .. })) => log!(
+                "error",
+                "pool worker {pid} {how} while running a request (slot {}); it gets 502",
+                id.index
+            ),
+            _ => log!("warn", "pool worker {pid} {how}"),
+        }
+        // The dead worker may have set a connection's wake-up flag and died before writing its
+        // eventfd, which would leave that nginx worker deaf to every later completion; after a
+        // death every attached nginx worker is woken unconditionally (it finds what changed).
+        self.wake_all();
+        if was_replaced {
+            if let Some(e) = self.region.worker(i as u32) {
+                e.pid.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        let w = &mut self.workers[i];
+        let quick =
+            reason != FailReason::Timeout && w.started.is_some_and(|t| t.elapsed() < QUICK_DEATH);
+        w.quick_deaths = if quick { w.quick_deaths + 1 } else { 0 };
+        let delay = if w.quick_deaths <= 1 {
+            Duration::ZERO
+        } else {
+            (Duration::from_millis(100) * 2u32.pow(w.quick_deaths.min(10) - 2)).min(MAX_BACKOFF)
+        };
+        if !delay.is_zero() {
+            log!(
+                "warn",
+                "pool worker slot {i} keeps dying; respawn in {} ms",
+                delay.as_millis()
+            );
+        }
+        w.respawn_at = Some(Instant::now() + delay);
+    }
+}

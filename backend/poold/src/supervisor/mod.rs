@@ -1,0 +1,404 @@
+//! poold's main loop: one `poll` over everything, then the work it found; the nginx workers'
+//! connections are in [`conns`], the child processes in [`children`].
+//!
+//! Single-threaded on purpose: it forks. One `poll` covers the signalfd (SIGCHLD and stop
+//! signals), the listening socket, every attached nginx worker's socket (its lifeline: end of
+//! file means it died) and, in managed mode, the lifeline from the nginx master.
+
+use crate::config::Config;
+use crate::handler::LoadedHandler;
+use crate::log;
+use crate::sys;
+use crate::worker::{ConnFds, Worker};
+use ngx_pool_channel::handshake::{self, recv_frame, send_frame, Frame, READY, RETIRING};
+use ngx_pool_channel::layout::LAYOUT_VERSION;
+use ngx_pool_channel::scavenge::{self, NotNow};
+use ngx_pool_channel::slot::{self, FailReason, Handover, WorkerState};
+use ngx_pool_channel::Region;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{Gid, Pid, Uid};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+mod children;
+mod conns;
+
+/// A worker that dies sooner than this after its start counts as a crash loop.
+const QUICK_DEATH: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long stopping waits for workers to exit after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How long a worker past its deadline has between SIGTERM and SIGKILL.
+const DEADLINE_GRACE: Duration = Duration::from_secs(2);
+/// The longest a superseded generation waits for its nginx workers to leave.
+const DRAIN_LIMIT: Duration = Duration::from_secs(300);
+
+/// How often deadlines are checked when the pool has a timeout and requests are in flight, and
+/// when it is idle (poold is not told of new requests, so it still looks now and then; a stuck
+/// worker is then stopped at most this late, after nginx has already answered 504).
+const DEADLINE_TICK: Duration = Duration::from_millis(100);
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+struct NginxConn {
+    sock: OwnedFd,
+    gen: u32,
+    pid: u32,
+    eventfd: OwnedFd,
+}
+
+#[derive(Default)]
+struct WorkerSlot {
+    pid: Option<Pid>,
+    /// Set when poold stopped this worker for running past the deadline.
+    killed_for_timeout: Option<Instant>,
+    control: Option<OwnedFd>,
+    started: Option<Instant>,
+    quick_deaths: u32,
+    respawn_at: Option<Instant>,
+    /// This worker was forked to replace the (retiring) worker at that index; when it says
+    /// READY, that one is told to leave.
+    replacing: Option<usize>,
+    /// A replacement for this (retiring) worker has been forked.
+    replaced: bool,
+}
+
+pub struct Supervisor {
+    cfg: Config,
+    region: Region,
+    handler: LoadedHandler,
+    /// `None` once draining: no new nginx workers.
+    listener: Option<OwnedFd>,
+    /// Set by SIGUSR2 (a newer generation of this pool took over): serve the nginx workers
+    /// still attached, stop once the last one has gone and nothing is in flight.
+    draining: Option<Instant>,
+    signals: SignalFd,
+    lifeline: Option<OwnedFd>,
+    /// Accepted sockets that have not said Hello yet.
+    pending: Vec<OwnedFd>,
+    conns: Vec<Option<NginxConn>>,
+    workers: Vec<WorkerSlot>,
+    run_as: Option<(Uid, Gid)>,
+    me: Pid,
+    /// A process died since the slots and arena were last found whole: it may have taken a slot
+    /// or a chunk with it, which is returned at the next idle moment.
+    maybe_lost: bool,
+    /// The watcher this poold started when its watchdog died (see `watchdog::adopt`).
+    watcher: Option<Pid>,
+}
+
+enum Source {
+    Signals,
+    Listener,
+    Lifeline,
+    Pending(usize),
+    Conn(usize),
+    Worker(usize),
+}
+
+impl Supervisor {
+    /// Builds the region, loads nothing yet: `handler` was loaded by the caller, before forking.
+    pub fn new(
+        cfg: Config,
+        handler: LoadedHandler,
+        lifeline: Option<OwnedFd>,
+    ) -> io::Result<Supervisor> {
+        let mask = sys::handled_signals();
+        mask.thread_block()?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+        let run_as = match (&cfg.user, Uid::effective().is_root()) {
+            (Some(u), true) => Some(sys::lookup_user(u, cfg.group.as_deref())?),
+            _ => None,
+        };
+        let region = Region::create(&cfg.name, cfg.geometry(), std::process::id())?;
+        let listener = sys::listen_seqpacket(&cfg.socket).map_err(|e| {
+            io::Error::new(e.kind(), format!("socket {}: {e}", cfg.socket.display()))
+        })?;
+        // Only the nginx workers' user may connect (and root).
+        std::fs::set_permissions(
+            &cfg.socket,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+        if let Some((uid, gid)) = run_as {
+            nix::unistd::chown(&cfg.socket, Some(uid), Some(gid))?;
+        }
+        let conns = (0..cfg.max_conns).map(|_| None).collect();
+        // One entry per region worker slot: `workers` run, the others take replacements.
+        let workers = (0..cfg.geometry().max_workers)
+            .map(|_| WorkerSlot::default())
+            .collect();
+        Ok(Supervisor {
+            cfg,
+            region,
+            handler,
+            listener: Some(listener),
+            draining: None,
+            signals,
+            lifeline,
+            pending: Vec::new(),
+            conns,
+            workers,
+            run_as,
+            me: nix::unistd::getpid(),
+            maybe_lost: false,
+            watcher: None,
+        })
+    }
+
+    /// Runs until told to stop; then stops the workers and removes the socket.
+    pub fn run(mut self) -> io::Result<()> {
+        for i in 0..self.cfg.workers as usize {
+            self.spawn(i)?;
+        }
+        let g = self.region.geometry();
+        log!(
+            "notice",
+            "started: handler {}, {} workers, {} slots, arena {} x {} bytes, socket {}",
+            self.cfg.handler,
+            self.cfg.workers,
+            g.slots,
+            g.chunks,
+            g.chunk_size,
+            self.cfg.socket.display()
+        );
+        loop {
+            let (ready, timeout_hit) = self.wait()?;
+            if timeout_hit {
+                self.enforce_deadlines();
+                self.respawn_due()?;
+            }
+            for src in ready {
+                match src {
+                    Source::Signals => {
+                        if self.on_signals()? {
+                            return self.stop();
+                        }
+                    }
+                    Source::Lifeline => {
+                        log!("notice", "nginx master is gone; stopping");
+                        return self.stop();
+                    }
+                    Source::Listener => self.accept_all(),
+                    Source::Pending(i) => self.on_hello(i),
+                    Source::Conn(i) => self.on_conn_readable(i),
+                    Source::Worker(i) => self.on_worker_message(i)?,
+                }
+            }
+            if self.maybe_lost {
+                self.return_lost();
+            }
+            if let Some(since) = self.draining {
+                let attached = self.conns.iter().flatten().count();
+                let in_flight = self
+                    .region
+                    .header()
+                    .stats
+                    .slots_in_use
+                    .load(Ordering::Relaxed);
+                if attached == 0 && in_flight == 0 {
+                    log!(
+                        "notice",
+                        "drained: the last nginx worker of the old generation is gone; stopping"
+                    );
+                    return self.stop();
+                }
+                if since.elapsed() >= DRAIN_LIMIT {
+                    log!("warn", "still {attached} nginx workers and {in_flight} requests after draining for {DRAIN_LIMIT:?}; stopping");
+                    return self.stop();
+                }
+            }
+            self.pending.retain(|fd| fd.as_raw_fd() >= 0);
+        }
+    }
+
+    /// Polls everything; returns what is readable (highest pending index first, so removal by
+    /// index stays valid) and whether the respawn timer expired.
+    fn wait(&self) -> io::Result<(Vec<Source>, bool)> {
+        let mut sources = vec![Source::Signals];
+        let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+        if let Some(l) = &self.listener {
+            sources.push(Source::Listener);
+            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(l) = &self.lifeline {
+            sources.push(Source::Lifeline);
+            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        }
+        for (i, p) in self.pending.iter().enumerate().rev() {
+            sources.push(Source::Pending(i));
+            fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+        }
+        for (i, w) in self.workers.iter().enumerate() {
+            if let Some(c) = &w.control {
+                sources.push(Source::Worker(i));
+                fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+            }
+        }
+        for (i, c) in self.conns.iter().enumerate() {
+            if let Some(c) = c {
+                sources.push(Source::Conn(i));
+                fds.push(PollFd::new(c.sock.as_fd(), PollFlags::POLLIN));
+            }
+        }
+        let next_respawn = self.workers.iter().filter_map(|w| w.respawn_at).min();
+        let busy = self
+            .region
+            .header()
+            .stats
+            .slots_in_use
+            .load(Ordering::Relaxed)
+            > 0;
+        let tick = if busy { DEADLINE_TICK } else { IDLE_TICK };
+        // Deadlines: the pool's, and per request (`pool_timeout`) which any busy pool may have;
+        // and a look for lost chunks until the pool has been idle once since a death.
+        let next_tick =
+            (busy || self.cfg.timeout.is_some() || self.draining.is_some() || self.maybe_lost)
+                .then(|| Instant::now() + tick);
+        let next_wake = match (next_respawn, next_tick) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timeout = match next_wake {
+            Some(at) => {
+                // Rounded up: waking a millisecond early would find nothing due and wait again.
+                let us = at.saturating_duration_since(Instant::now()).as_micros();
+                let ms = us.div_ceil(1000).min(60_000) as u16;
+                PollTimeout::from(ms)
+            }
+            None => PollTimeout::NONE,
+        };
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let ready = fds
+            .iter()
+            .zip(sources)
+            .filter(|(fd, _)| fd.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(_, s)| s)
+            .collect();
+        let due = next_wake.is_some_and(|at| at <= Instant::now());
+        Ok((ready, due))
+    }
+
+    /// Returns true when poold should stop.
+    /// A new generation of the pool took over the name: accept no more nginx workers (the socket
+    /// goes), serve those attached until they leave.
+    fn drain(&mut self) {
+        if self.draining.is_some() {
+            return;
+        }
+        self.listener = None;
+        let _ = std::fs::remove_file(&self.cfg.socket);
+        self.draining = Some(Instant::now());
+        log!(
+            "notice",
+            "draining: a new generation serves new nginx workers; {} old ones still attached",
+            self.conns.iter().flatten().count()
+        );
+    }
+
+    fn on_signals(&mut self) -> io::Result<bool> {
+        let mut stop = false;
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGCHLD) => self.reap()?,
+                Ok(Signal::SIGHUP) => log!(
+                    "notice",
+                    "SIGHUP ignored (the pool is configured from nginx.conf)"
+                ),
+                Ok(Signal::SIGUSR2) => self.drain(),
+                // Our watchdog died (its death signal): a watcher takes its place.
+                Ok(Signal::SIGUSR1) => {
+                    log!(
+                        "alert",
+                        "the watchdog is gone; starting a watcher in its place"
+                    );
+                    self.start_watcher();
+                }
+                Ok(s) => {
+                    log!("notice", "{s} received; stopping");
+                    stop = true;
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(stop)
+    }
+
+    /// Returns the slots and chunks a dead process took with it, if the pool is idle now
+    /// (otherwise a later turn of the loop tries again).
+    fn return_lost(&mut self) {
+        match scavenge::return_lost(&self.region) {
+            Ok(n) => {
+                self.maybe_lost = false;
+                if n.slots + n.chunks > 0 {
+                    log!(
+                        "notice",
+                        "returned {} request slot(s) and {} arena chunk(s) that a process killed mid-operation held",
+                        n.slots,
+                        n.chunks
+                    );
+                }
+            }
+            Err(NotNow::Busy | NotNow::Moved) => {}
+            Err(NotNow::Corrupt) => {
+                self.maybe_lost = false;
+                log!(
+                    "error",
+                    "a free list in shared memory is corrupt; lost slots and chunks are not returned"
+                );
+            }
+        }
+    }
+
+    /// Stops every worker (TERM, then KILL after a grace period) and removes the socket.
+    fn stop(mut self) -> io::Result<()> {
+        let _ = std::fs::remove_file(&self.cfg.socket);
+        for w in &self.workers {
+            if let Some(pid) = w.pid {
+                let _ = kill(pid, Signal::SIGTERM);
+            }
+        }
+        let groups: Vec<Pid> = self.workers.iter().filter_map(|w| w.pid).collect();
+        let deadline = Instant::now() + STOP_GRACE;
+        while self.workers.iter().any(|w| w.pid.is_some()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                for w in &self.workers {
+                    if let Some(pid) = w.pid {
+                        let _ = kill(pid, Signal::SIGKILL);
+                    }
+                }
+            }
+            let ms = left.as_millis().clamp(10, 1000) as u16;
+            let mut fds = [PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut fds, PollTimeout::from(ms));
+            while let Ok(Some(_)) = self.signals.read_signal() {}
+            loop {
+                match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(s) => {
+                        if let Some(w) = self
+                            .workers
+                            .iter_mut()
+                            .find(|w| w.pid == s.pid() && s.pid().is_some())
+                        {
+                            w.pid = None;
+                        }
+                    }
+                }
+            }
+        }
+        for g in groups {
+            let _ = nix::sys::signal::killpg(g, Signal::SIGKILL);
+        }
+        log!("notice", "stopped");
+        Ok(())
+    }
+}
