@@ -194,7 +194,7 @@ pub fn take_completions(region: &Region, conn: u32) -> Option<Vec<SlotId>> {
     take_completions_into(region, conn, &mut out).then_some(out)
 }
 
-/// [`take_completions`] into the caller's (reused) buffer, which it clears first; false if some
+/// Like `take_completions` (tests), into the caller's (reused) buffer, which it clears first; false if some
 /// did not fit the ring.
 pub fn take_completions_into(region: &Region, conn: u32, out: &mut Vec<SlotId>) -> bool {
     out.clear();

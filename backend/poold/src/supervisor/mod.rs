@@ -1,5 +1,5 @@
 //! poold's main loop: one `poll` over everything, then the work it found; the nginx workers'
-//! connections are in [`conns`], the child processes in [`children`].
+//! connections are in `conns.rs`, the child processes in `children.rs`.
 //!
 //! Single-threaded on purpose: it forks. One `poll` covers the signalfd (SIGCHLD and stop
 //! signals), the listening socket, every attached nginx worker's socket (its lifeline: end of
