@@ -6,13 +6,18 @@ use ngx_pool_tests::http::request;
 use ngx_pool_tests::{nginx_test_config, parallel, rejections_in_log, Conf, Nginx};
 use std::io::{Read, Write};
 
-/// nginx with one worker whose module entry points named in `entries` panic.
-fn with_panics(entries: &str, http: &str, server: &str) -> Nginx {
+/// A configuration of one nginx worker whose test-only faults named in `entries` are on.
+fn faulty(entries: &str, http: &str, server: &str) -> Conf {
     let mut conf = Conf::new(http, server).workers(1);
     conf.env
         .push(("NGX_POOL_TEST_PANIC".into(), entries.into()));
     conf.main = "env NGX_POOL_TEST_PANIC;".into();
-    let mut ng = Nginx::start(conf);
+    conf
+}
+
+/// nginx with one worker whose module entry points named in `entries` panic.
+fn with_panics(entries: &str, http: &str, server: &str) -> Nginx {
+    let mut ng = Nginx::start(faulty(entries, http, server));
     ng.allow("panic in the");
     ng
 }
@@ -89,14 +94,11 @@ fn a_panic_in_the_event_handlers_leaves_requests_to_their_deadline_never_hanging
 
 #[test]
 fn a_panic_in_init_process_leaves_a_worker_that_serves_other_locations() {
-    let mut conf = Conf::new(
+    let mut conf = faulty(
+        "init_process",
         "    pool p handler=builtin:hello workers=1;",
         "    location /p { pool_pass p; }",
-    )
-    .workers(1);
-    conf.env
-        .push(("NGX_POOL_TEST_PANIC".into(), "init_process".into()));
-    conf.main = "env NGX_POOL_TEST_PANIC;".into();
+    );
     conf.pools = 0; // the worker never attaches
     let mut ng = Nginx::start(conf);
     ng.allow("panic in the init_process entry point");
@@ -112,12 +114,11 @@ fn a_panic_in_init_process_leaves_a_worker_that_serves_other_locations() {
 
 #[test]
 fn a_panic_in_a_directive_fails_nginx_t_cleanly() {
-    let mut conf = Conf::new(
+    let conf = faulty(
+        "directive",
         "    pool p handler=builtin:hello;",
         "    location /p { pool_pass p; }",
     );
-    conf.env
-        .push(("NGX_POOL_TEST_PANIC".into(), "directive".into()));
     let (ok, out) = nginx_test_config(&conf);
     assert!(!ok, "{out}");
     assert!(out.contains("panic in the directive entry point"), "{out}");
@@ -126,15 +127,11 @@ fn a_panic_in_a_directive_fails_nginx_t_cleanly() {
 
 #[test]
 fn a_nested_access_to_the_pools_state_is_a_logged_error_and_the_request_is_answered() {
-    let mut conf = Conf::new(
+    let mut ng = Nginx::start(faulty(
+        "reenter",
         "    pool p handler=builtin:hello workers=1;",
         "    location /p { pool_pass p; }\n    location = /status { pool_status; }",
-    )
-    .workers(1);
-    conf.env
-        .push(("NGX_POOL_TEST_PANIC".into(), "reenter".into()));
-    conf.main = "env NGX_POOL_TEST_PANIC;".into();
-    let mut ng = Nginx::start(conf);
+    ));
     ng.allow("the pools' state was wanted again while in use");
     let worker = ng.worker_pids()[0];
     for _ in 0..3 {
