@@ -55,7 +55,7 @@
 #define NGX_POOL_ABI_MAJOR 1
 
 // The ABI's minor version: what was appended to the tables since the major version began.
-#define NGX_POOL_ABI_MINOR 0
+#define NGX_POOL_ABI_MINOR 1
 
 // Success.
 #define NGX_POOL_OK 0
@@ -211,6 +211,13 @@ typedef struct ngx_pool_handler {
   // In a pool worker that leaves in an orderly way (recycled by `max_requests`/`max_rss`,
   // stopped by poold); not after a crash or SIGKILL.
   void (*worker_exit)(const struct ngx_pool_host *host);
+  // ABI 1.1. In poold, just before it forks each pool worker (the first ones and every
+  // replacement), after `init`: for a runtime that must be quiesced across `fork` (CPython's
+  // `PyOS_BeforeFork`). The child then runs `worker_init`, the parent `after_fork`.
+  void (*before_fork)(const struct ngx_pool_host *host);
+  // ABI 1.1. In poold, just after it forked a pool worker (or failed to): undoes
+  // `before_fork` in the parent (CPython's `PyOS_AfterFork_Parent`).
+  void (*after_fork)(const struct ngx_pool_host *host);
 } ngx_pool_handler;
 
 #endif  /* NGX_POOL_H */

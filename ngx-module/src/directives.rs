@@ -238,7 +238,7 @@ unsafe fn merge_loc(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> 
     let Some(main) = Module::main_conf(unsafe { &*cf }) else {
         return NGX_CONF_ERROR;
     };
-    match main.pools.iter().position(|p| p.conf.name == name) {
+    match main.pools.iter().position(|p| p.conf.settings.name == name) {
         Some(i) => {
             conf.pool = Some(i);
             ptr::null_mut()
@@ -300,20 +300,24 @@ setter!(set_pool, MainConf, |cf, main, args| {
         Ok(p) => p,
         Err(e) => return conf_error(cf, &e),
     };
-    if main.pools.iter().any(|p| p.conf.name == pool.name) {
-        return conf_error(cf, &format!("duplicate pool \"{}\"", pool.name));
+    if main
+        .pools
+        .iter()
+        .any(|p| p.conf.settings.name == pool.settings.name)
+    {
+        return conf_error(cf, &format!("duplicate pool \"{}\"", pool.settings.name));
     }
     main.prefix = prefix(cf);
-    if !pool.handler.is_empty() {
+    if !pool.settings.handler.is_empty() {
         // A library path is relative to the prefix, and must be there now (nginx -t says so).
-        let spec = match conf::HandlerSpec::parse(&pool.handler) {
+        let spec = match conf::HandlerSpec::parse(&pool.settings.handler) {
             Ok(s) => s.absolute(&main.prefix),
             Err(e) => return conf_error(cf, &e),
         };
         if let Err(e) = spec.check_files() {
             return conf_error(cf, &e);
         }
-        pool.handler = spec.to_string();
+        pool.settings.handler = spec.to_string();
     }
     let socket = conf::socket_path(&pool, &main.prefix);
     if let Err(e) = conf::check_socket_dir(&socket, pool.external) {
@@ -324,7 +328,7 @@ setter!(set_pool, MainConf, |cf, main, args| {
             cf,
             &format!(
                 "pool \"{}\" uses the socket of pool \"{}\"",
-                pool.name, other.conf.name
+                pool.settings.name, other.conf.settings.name
             ),
         );
     }

@@ -98,36 +98,10 @@ fn daemon_path(main: &MainConf) -> PathBuf {
 }
 
 fn argv_for(pool: &PoolEntry, cycle: *mut ngx_cycle_t) -> Vec<String> {
-    let c = &pool.conf;
-    let mut argv = vec![
-        "--name".into(),
-        c.name.clone(),
-        "--socket".into(),
-        pool.socket.display().to_string(),
-        "--handler".into(),
-        c.handler.clone(),
-        "--workers".into(),
-        c.workers.to_string(),
-        "--queue".into(),
-        c.queue.to_string(),
-        "--timeout".into(),
-        format!("{}ms", c.timeout_ms),
-    ];
-    if let Some(a) = &c.handler_args {
-        argv.extend(["--handler-args".into(), a.clone()]);
-    }
-    if let Some(n) = c.max_requests {
-        argv.extend(["--max-requests".into(), n.to_string()]);
-    }
-    if let Some(n) = c.max_rss {
-        argv.extend(["--max-rss".into(), n.to_string()]);
-    }
-    if let Some(us) = c.spin_us {
-        argv.extend(["--spin".into(), format!("{us}us")]);
-    }
-    if let Some(a) = c.arena {
-        argv.extend(["--arena".into(), a.to_string()]);
-    }
+    // The shared settings as poold reads them back (ngx_pool_conf::PoolSettings), then what
+    // only the module knows: where the socket is, and whom to run as.
+    let mut argv = pool.conf.settings.to_args();
+    argv.extend(["--socket".into(), pool.socket.display().to_string()]);
     if nix::unistd::geteuid().is_root() {
         // SAFETY: the core module's configuration exists in every cycle.
         let ccf = ngx::core::NgxCoreModule::main_conf(unsafe { &*cycle });
@@ -202,7 +176,10 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
     for pool in main.pools.iter().filter(|p| !p.conf.external) {
         let configured = argv_for(pool, cycle);
         let current = running.iter().any(|r| {
-            r.name == pool.conf.name && r.daemon == daemon && r.argv == configured && alive(r.pid)
+            r.name == pool.conf.settings.name
+                && r.daemon == daemon
+                && r.argv == configured
+                && alive(r.pid)
         });
         if current {
             continue;
@@ -210,7 +187,7 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
         let gen = running
             .iter()
             .chain(draining.iter())
-            .filter(|r| r.name == pool.conf.name)
+            .filter(|r| r.name == pool.conf.settings.name)
             .map(|r| r.gen)
             .max()
             .unwrap_or(0)
@@ -219,12 +196,12 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
         let argv = with_socket(&configured, &socket);
         let old = running
             .iter()
-            .any(|r| r.name == pool.conf.name && alive(r.pid));
+            .any(|r| r.name == pool.conf.settings.name && alive(r.pid));
         let outcome = match spawn(&daemon, &argv, &socket, cycle) {
             // A new generation whose handler does not load must not replace one that serves.
             Ok((pid, Started::HandlerFailed)) if old => {
                 stop(&Running {
-                    name: pool.conf.name.clone(),
+                    name: pool.conf.settings.name.clone(),
                     daemon: daemon.clone(),
                     argv: configured.clone(),
                     pid,
@@ -251,12 +228,12 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
                     level,
                     &format!(
                         "started poold {pid} for pool \"{}\" (generation {gen}) on {}{how}",
-                        pool.conf.name,
+                        pool.conf.settings.name,
                         socket.display()
                     ),
                 );
                 started.push(Running {
-                    name: pool.conf.name.clone(),
+                    name: pool.conf.settings.name.clone(),
                     daemon: daemon.clone(),
                     argv: configured,
                     pid,
@@ -272,7 +249,7 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
                     if old { NGX_LOG_WARN } else { NGX_LOG_ERR },
                     &format!(
                         "pool \"{}\": cannot start {}: {e}{}",
-                        pool.conf.name,
+                        pool.conf.settings.name,
                         daemon.display(),
                         if old {
                             "; the pool keeps running with its previous settings"
@@ -291,7 +268,7 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
         let wanted = main
             .pools
             .iter()
-            .any(|p| !p.conf.external && p.conf.name == r.name);
+            .any(|p| !p.conf.external && p.conf.settings.name == r.name);
         if superseded && alive(r.pid) {
             log(
                 cycle,
@@ -319,7 +296,7 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
     kept.extend(started);
     // The new cycle's workers attach to their pool's current generation.
     for pool in main.pools.iter_mut().filter(|p| !p.conf.external) {
-        if let Some(r) = kept.iter().find(|r| r.name == pool.conf.name) {
+        if let Some(r) = kept.iter().find(|r| r.name == pool.conf.settings.name) {
             pool.socket = r.socket.clone();
         }
     }

@@ -510,7 +510,7 @@ fn submit(ctx: *mut Ctx) {
     if in_use * 4 >= u64::from(g.chunks) * 3 {
         return arm_retry(ctx);
     }
-    let Some(id) = slot::alloc(&region, conn, conn_gen) else {
+    let Some(id) = slot::alloc(region.nginx_side(), conn, conn_gen) else {
         region
             .header()
             .stats
@@ -523,31 +523,31 @@ fn submit(ctx: *mut Ctx) {
         );
     };
     let Some(up) = c.upload.as_mut() else {
-        slot::release(&region, id);
+        slot::release(region.nginx_side(), id);
         return fail(ctx, 500, String::new());
     };
     match up.write_head(&region, id) {
         Ok(()) => {}
         Err(ChainError::ArenaFull) => {
             // Wait for space, bounded by the queue deadline (or the whole deadline).
-            slot::release(&region, id);
+            slot::release(region.nginx_side(), id);
             return arm_retry(ctx);
         }
         Err(e) => {
-            slot::release(&region, id);
+            slot::release(region.nginx_side(), id);
             return fail(ctx, 502, format!("pool \"{}\": {e}", name()));
         }
     }
     if let Pumped::Failed(e) = up.pump(&region, id, true) {
-        slot::release(&region, id);
+        slot::release(region.nginx_side(), id);
         return fail(ctx, 500, format!("pool \"{}\": {e}", name()));
     }
     let (head_len, total) = (up.head_len(), up.total());
     if let Some(ms) = c.own_timeout {
-        slot::set_timeout(&region, id, ms);
+        slot::set_timeout(region.nginx_side(), id, ms);
     }
-    if !slot::enqueue(&region, id, head_len, total) {
-        slot::release(&region, id);
+    if !slot::enqueue(region.nginx_side(), id, head_len, total) {
+        slot::release(region.nginx_side(), id);
         return fail(
             ctx,
             503,
@@ -570,7 +570,7 @@ fn submit(ctx: *mut Ctx) {
     if tracked.is_err() {
         // Untracked, no completion would reach it: take it back and answer now (a worker,
         // woken for it, frees the withdrawn slot it finds in the queue).
-        slot::abandon(&region, id);
+        slot::abandon(region.nginx_side(), id);
         crate::runtime::wake_workers_later(c.pool);
         return fail(
             ctx,
@@ -735,8 +735,8 @@ fn forget_slot(ctx: *mut Ctx) {
     if let Some(id) = c.slot.take() {
         runtime::forget_inflight(c.pool, id.index, id.gen, c.r);
         // Usually the answer was read (Done or Failed): free it at once; otherwise abandon.
-        if !slot::release(&c.region, id) {
-            slot::abandon(&c.region, id);
+        if !slot::release(c.region.nginx_side(), id) {
+            slot::abandon(c.region.nginx_side(), id);
         }
     }
 }
@@ -897,7 +897,7 @@ fn timeout(ev: *mut ngx_event_t, ctx: *mut Ctx) {
                 format!("pool \"{name}\": no arena space for the request within queue_timeout ({waited} ms); 503"),
             );
         };
-        if !slot::withdraw_queued(&c.region, id) {
+        if !slot::withdraw_queued(c.region.nginx_side(), id) {
             // A worker has it: the rest of the deadline applies.
             // SAFETY: re-arming our own timer, which just fired.
             unsafe { nginx_sys::ngx_add_timer(ev, rest as nginx_sys::ngx_msec_t) };

@@ -106,7 +106,7 @@ fn wake_owed() {
                 a.wakes_owed
             };
             if n > 0 {
-                slot::wake_workers(&a.region, n);
+                slot::wake_workers(a.region.nginx_side(), n);
                 a.wakes_owed = 0;
             }
         }
@@ -232,9 +232,13 @@ pub fn on_init_process(cycle: *mut ngx_cycle_t) {
 
 fn pool_rt(e: &PoolEntry) -> PoolRt {
     PoolRt {
-        name: e.conf.name.clone(),
+        name: e.conf.settings.name.clone(),
         socket: e.socket.clone(),
-        timeout_ms: e.conf.timeout_ms,
+        timeout_ms: e
+            .conf
+            .settings
+            .timeout_ms
+            .unwrap_or(ngx_pool_conf::DEFAULT_TIMEOUT_MS),
         queue_timeout_ms: e.conf.queue_timeout_ms,
         attached: None,
         attaching: None,
@@ -371,8 +375,8 @@ pub fn complete_ready(i: usize) -> bool {
         let Some(a) = &p.attached else {
             return;
         };
-        slot::clear_wake(&a.region, a.conn);
-        if slot::take_completions_into(&a.region, a.conn, &mut ids) {
+        slot::clear_wake(a.region.nginx_side(), a.conn);
+        if slot::take_completions_into(a.region.nginx_side(), a.conn, &mut ids) {
             // A slot may be posted more than once (progress, then its end).
             ids.sort_unstable_by_key(|id| id.encode());
             ids.dedup();

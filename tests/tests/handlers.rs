@@ -249,7 +249,10 @@ fn libraries_that_cannot_serve_are_refused_with_one_clear_line_and_503() {
     let log = ng.log();
     let w = wrong.display();
     for line in [
-        format!("handler library {w}: built for handler ABI version 2.0; this poold speaks 1.0"),
+        format!(
+            "handler library {w}: built for handler ABI version 2.0; this poold speaks 1.{}",
+            ngx_pool_abi::NGX_POOL_ABI_MINOR
+        ),
         format!(
             "handler library {}: does not export ngx_pool_handler_v1",
             nosym.display()
@@ -342,5 +345,21 @@ fn a_reload_to_a_library_that_fails_keeps_the_running_generation() {
     assert!(ng
         .log()
         .contains("its handler failed to load (the reason is in the error log above); the pool keeps running with its previous settings"));
+    ng.finish();
+}
+
+#[test]
+fn a_library_built_for_abi_1_0_loads_and_its_missing_fork_hooks_are_not_read() {
+    let libs = temp_prefix();
+    let lib = build_c_handler("tests/handlers/abi_1_0.c", &libs);
+    let ng = Nginx::start(Conf::new(
+        &format!("    pool old handler=dylib:{} workers=2;", lib.display()),
+        "    location / { pool_pass old; }",
+    ));
+    // Had poold called the hooks past the declared size, no worker would have been forked.
+    for _ in 0..4 {
+        let r = ng.get("/");
+        assert_eq!((r.status, text(&r).as_str()), (200, "abi 1.0\n"));
+    }
     ng.finish();
 }

@@ -25,7 +25,7 @@ use core::marker::{PhantomData, PhantomPinned};
 /// The ABI's major version: a library built for another one is refused at load time.
 pub const NGX_POOL_ABI_MAJOR: u32 = 1;
 /// The ABI's minor version: what was appended to the tables since the major version began.
-pub const NGX_POOL_ABI_MINOR: u32 = 0;
+pub const NGX_POOL_ABI_MINOR: u32 = 1;
 
 /// Success.
 pub const NGX_POOL_OK: i32 = 0;
@@ -215,6 +215,13 @@ pub struct ngx_pool_handler {
     /// In a pool worker that leaves in an orderly way (recycled by `max_requests`/`max_rss`,
     /// stopped by poold); not after a crash or SIGKILL.
     pub worker_exit: Option<unsafe extern "C" fn(host: *const ngx_pool_host)>,
+    /// ABI 1.1. In poold, just before it forks each pool worker (the first ones and every
+    /// replacement), after `init`: for a runtime that must be quiesced across `fork` (CPython's
+    /// `PyOS_BeforeFork`). The child then runs `worker_init`, the parent `after_fork`.
+    pub before_fork: Option<unsafe extern "C" fn(host: *const ngx_pool_host)>,
+    /// ABI 1.1. In poold, just after it forked a pool worker (or failed to): undoes
+    /// `before_fork` in the parent (CPython's `PyOS_AfterFork_Parent`).
+    pub after_fork: Option<unsafe extern "C" fn(host: *const ngx_pool_host)>,
 }
 
 // SAFETY: a descriptor is immutable data (a pointer to a static string and function pointers)
@@ -225,7 +232,8 @@ unsafe impl Sync for ngx_pool_host {}
 
 /// The size of the first version of the descriptor: the least a library may declare.
 /// cbindgen:ignore
-pub const NGX_POOL_HANDLER_V1_SIZE: u32 = core::mem::size_of::<ngx_pool_handler>() as u32;
+pub const NGX_POOL_HANDLER_V1_SIZE: u32 =
+    core::mem::offset_of!(ngx_pool_handler, before_fork) as u32;
 /// The size of the first version of the host table: the least a handler may rely on.
 /// cbindgen:ignore
 pub const NGX_POOL_HOST_V1_SIZE: u32 = core::mem::size_of::<ngx_pool_host>() as u32;

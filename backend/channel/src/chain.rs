@@ -134,7 +134,7 @@ mod tests {
     }
 
     fn written(r: &Region, data: &[u8]) -> u32 {
-        let id = slot::alloc(r, 0, 1).unwrap();
+        let id = slot::alloc(r.nginx_side(), 0, 1).unwrap();
         let mut w = StreamWriter::new();
         w.append(r, id, Direction::Request, data).unwrap();
         w.publish(r, id, Direction::Request);

@@ -92,36 +92,53 @@ pub fn exercise(region: &Region, rng: &mut Rng) {
             let _ = decode_response(&b);
             let _ = decode_request(&b);
         }
-        let _ = slot::withdraw_queued(region, id);
-        let _ = slot::abandon(region, id);
-        let _ = slot::release(region, id);
+        let _ = slot::withdraw_queued(region.nginx_side(), id);
+        let _ = slot::abandon(region.nginx_side(), id);
+        let _ = slot::release(region.nginx_side(), id);
     }
-    if let Some(id) = slot::alloc(region, 0, 1) {
+    if let Some(id) = slot::alloc(region.nginx_side(), 0, 1) {
         let mut w = StreamWriter::new();
         for _ in 0..rng.below(4) {
             let n = w.room(region, id, Direction::Request).min(3000) as usize;
             let _ = w.append(region, id, Direction::Request, &vec![1u8; n]);
             w.publish(region, id, Direction::Request);
         }
-        let _ = slot::submit(region, id, 0, w.written());
+        let _ = slot::submit(region.nginx_side(), id, 0, w.written());
     }
     // Bounded: a corrupt queue may hand out garbage, but never more than it has cells for.
     for _ in 0..g.queue_cap() * 2 {
-        let Some(id) = slot::take(region, rng.below(g.max_workers as u64) as u32) else {
+        let Some(id) = slot::take(region.pool_side(), rng.below(g.max_workers as u64) as u32)
+        else {
             break;
         };
         let _ = stream::write_all(region, id, Direction::Response, &[&[2u8; 1500]]);
-        let _ = slot::start_streaming(region, id, 10);
-        let _ = slot::finish(region, id, 0, 0);
-        let _ = slot::needs_wake(region, rng.below(8) as u32, rng.next_u64() as u32);
+        let _ = slot::start_streaming(region.pool_side(), id, 10);
+        let _ = slot::finish(region.pool_side(), id, 0, 0);
+        let _ = slot::needs_wake(
+            region.pool_side(),
+            rng.below(8) as u32,
+            rng.next_u64() as u32,
+        );
         let _ = stream::nginx_wants_wake(region, id);
     }
     let _ = queue::push(region, rng.next_u64());
     let _ = queue::pop(region);
-    slot::post_completion(region, rng.below(6) as u32, SlotId::decode(rng.next_u64()));
-    let _ = slot::take_completions(region, rng.below(6) as u32);
-    let _ = slot::reclaim_conn(region, rng.below(4) as u32, rng.next_u64() as u32);
-    let _ = slot::reclaim_worker(region, rng.below(6) as u32, slot::FailReason::WorkerDied);
+    slot::post_completion(
+        region.pool_side(),
+        rng.below(6) as u32,
+        SlotId::decode(rng.next_u64()),
+    );
+    let _ = slot::take_completions(region.nginx_side(), rng.below(6) as u32);
+    let _ = slot::reclaim_conn(
+        region.pool_side(),
+        rng.below(4) as u32,
+        rng.next_u64() as u32,
+    );
+    let _ = slot::reclaim_worker(
+        region.pool_side(),
+        rng.below(6) as u32,
+        slot::FailReason::WorkerDied,
+    );
     let _ = slot::running_since(region, rng.below(6) as u32);
     free_chain(region, rng.below(g.chunks as u64 + 2) as u32);
     let _ = crate::scavenge::return_lost(region);

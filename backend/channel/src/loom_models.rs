@@ -33,10 +33,10 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
 /// A fresh region with connection 0 open and one small request queued on it.
 fn queued_request() -> (Arc<Region>, u32, SlotId) {
     let r = Arc::new(Region::create("m", geometry(), 1).unwrap());
-    let conn_gen = slot::open_conn(&r, 0, 1).unwrap();
-    let id = slot::alloc(&r, 0, conn_gen).unwrap();
+    let conn_gen = slot::open_conn(r.pool_side(), 0, 1).unwrap();
+    let id = slot::alloc(r.nginx_side(), 0, conn_gen).unwrap();
     let n = stream::write_all(&r, id, Direction::Request, &[b"x"]).unwrap();
-    assert!(slot::submit(&r, id, 0, n));
+    assert!(slot::submit(r.nginx_side(), id, 0, n));
     (r, conn_gen, id)
 }
 
@@ -53,10 +53,10 @@ fn in_use(r: &Region) -> (u64, u64) {
 fn answer_if_it_can(r: &Arc<Region>) -> thread::JoinHandle<()> {
     let r = r.clone();
     thread::spawn(move || {
-        if let Some(id) = slot::take(&r, 0) {
+        if let Some(id) = slot::take(r.pool_side(), 0) {
             let n = stream::write_all(&r, id, Direction::Response, &[b"y"]).unwrap();
-            let _ = slot::finish(&r, id, 0, n);
-            slot::clear_current(&r, 0);
+            let _ = slot::finish(r.pool_side(), id, 0, n);
+            slot::clear_current(r.pool_side(), 0);
         }
     })
 }
@@ -64,14 +64,14 @@ fn answer_if_it_can(r: &Arc<Region>) -> thread::JoinHandle<()> {
 /// Nothing is in use, and both slots can be taken again.
 fn assert_all_free(r: &Region, conn_gen: u32) {
     assert_eq!(in_use(r), (0, 0));
-    assert!(slot::alloc(r, 0, conn_gen).is_some());
-    assert!(slot::alloc(r, 0, conn_gen).is_some());
+    assert!(slot::alloc(r.nginx_side(), 0, conn_gen).is_some());
+    assert!(slot::alloc(r.nginx_side(), 0, conn_gen).is_some());
 }
 
 /// A pool worker's whole turn: take, read the request, answer it.
 fn serve_one(r: &Region, worker: u32) {
     let id = loop {
-        if let Some(id) = slot::take(r, worker) {
+        if let Some(id) = slot::take(r.pool_side(), worker) {
             break id;
         }
         thread::yield_now();
@@ -81,22 +81,22 @@ fn serve_one(r: &Region, worker: u32) {
     let mut reply = b"re:".to_vec();
     reply.extend_from_slice(&req);
     let n = stream::write_all(r, id, Direction::Response, &[&reply]).unwrap();
-    slot::finish(r, id, 0, n);
-    slot::clear_current(r, worker);
+    slot::finish(r.pool_side(), id, 0, n);
+    slot::clear_current(r.pool_side(), worker);
 }
 
 #[test]
 fn loom_request_and_answer_cross_exactly_once_and_free_everything() {
     model(|| {
         let r = Arc::new(Region::create("m", geometry(), 1).unwrap());
-        let conn_gen = slot::open_conn(&r, 0, 1).unwrap();
+        let conn_gen = slot::open_conn(r.pool_side(), 0, 1).unwrap();
         let w = {
             let r = r.clone();
             thread::spawn(move || serve_one(&r, 0))
         };
-        let id = slot::alloc(&r, 0, conn_gen).unwrap();
+        let id = slot::alloc(r.nginx_side(), 0, conn_gen).unwrap();
         let n = stream::write_all(&r, id, Direction::Request, &[b"ping"]).unwrap();
-        assert!(slot::submit(&r, id, 0, n));
+        assert!(slot::submit(r.nginx_side(), id, 0, n));
         while slot::state_of(&r, id) != Some(SlotState::Done) {
             thread::yield_now();
         }
@@ -107,8 +107,8 @@ fn loom_request_and_answer_cross_exactly_once_and_free_everything() {
         );
         w.join().unwrap();
         // The completion was posted for connection 0's ring: the nginx side finds it there.
-        assert_eq!(slot::take_completions(&r, 0), Some(vec![id]));
-        assert!(slot::release(&r, id));
+        assert_eq!(slot::take_completions(r.nginx_side(), 0), Some(vec![id]));
+        assert!(slot::release(r.nginx_side(), id));
         assert_eq!(in_use(&r), (0, 0));
     });
 }
@@ -119,7 +119,7 @@ fn loom_abandon_racing_the_answer_frees_the_slot_exactly_once() {
         let (r, conn_gen, id) = queued_request();
         let w = answer_if_it_can(&r);
         // nginx gives up (client gone) while the worker may be answering.
-        slot::abandon(&r, id);
+        slot::abandon(r.nginx_side(), id);
         w.join().unwrap();
         // Whoever came second freed it.
         assert_all_free(&r, conn_gen);
@@ -135,11 +135,11 @@ fn loom_a_dead_worker_is_reclaimed_and_its_request_fails_once() {
         let w = {
             let r = r.clone();
             thread::spawn(move || {
-                let _ = slot::take(&r, 0);
+                let _ = slot::take(r.pool_side(), 0);
             })
         };
         w.join().unwrap();
-        match slot::reclaim_worker(&r, 0, FailReason::WorkerDied) {
+        match slot::reclaim_worker(r.pool_side(), 0, FailReason::WorkerDied) {
             Some((_, Handover::Deliver { .. })) => {
                 assert_eq!(slot::state_of(&r, id), Some(SlotState::Failed));
             }
@@ -179,7 +179,7 @@ fn loom_two_producers_one_consumer_queue_loses_and_duplicates_nothing() {
 fn loom_a_stream_longer_than_its_window_arrives_intact_and_frees_behind_it() {
     model(|| {
         let r = Arc::new(Region::create("m", geometry(), 1).unwrap());
-        let id = slot::alloc(&r, 0, 1).unwrap();
+        let id = slot::alloc(r.nginx_side(), 0, 1).unwrap();
         // Lengths in multiples of the model's payload grain (see region_loom).
         let data: Vec<u8> = (0..2496u32).map(|i| (i % 251) as u8).collect();
         let window = r.geometry().stream_window();
@@ -218,7 +218,7 @@ fn loom_a_stream_longer_than_its_window_arrives_intact_and_frees_behind_it() {
         assert_eq!(got, data);
         // Only the last chunk is left for the slot's release.
         assert_eq!(in_use(&r).1, 1);
-        assert!(slot::release(&r, id));
+        assert!(slot::release(r.nginx_side(), id));
         assert_eq!(in_use(&r), (0, 0));
     });
 }
@@ -229,12 +229,12 @@ fn loom_withdrawal_racing_a_pop_frees_slot_and_chunks_exactly_once() {
         let (r, conn_gen, id) = queued_request();
         let w = answer_if_it_can(&r);
         // nginx: the request waited too long in the queue.
-        let withdrawn = slot::withdraw_queued(&r, id);
+        let withdrawn = slot::withdraw_queued(r.nginx_side(), id);
         w.join().unwrap();
         if !withdrawn {
             // The worker had it: nginx reads the answer and frees the slot, as always.
             assert_eq!(slot::state_of(&r, id), Some(SlotState::Done));
-            assert!(slot::release(&r, id));
+            assert!(slot::release(r.nginx_side(), id));
         }
         assert_all_free(&r, conn_gen);
     });
@@ -254,18 +254,18 @@ fn loom_a_lost_slot_comes_back_once_while_another_is_taken_and_given_back() {
             )
             .unwrap(),
         );
-        let conn_gen = slot::open_conn(&r, 0, 1).unwrap();
+        let conn_gen = slot::open_conn(r.pool_side(), 0, 1).unwrap();
         // nginx worker 1 dies between taking a slot off the free list and marking it (its
         // marker window open), and poold reclaims it.
-        let dead_gen = slot::open_conn(&r, 1, 2).unwrap();
+        let dead_gen = slot::open_conn(r.pool_side(), 1, 2).unwrap();
         let marker = &r.conn(1).unwrap().slot_op;
         marker.store(marker.load(Ordering::Relaxed) | 1, Ordering::Relaxed);
         crate::freelist::pop(&r.header().slot_free, 2, |i| {
             r.slot(i).map(|s| &s.next_free)
         })
         .unwrap();
-        slot::close_conn(&r, 1);
-        slot::reclaim_conn(&r, 1, dead_gen);
+        slot::close_conn(r.pool_side(), 1);
+        slot::reclaim_conn(r.pool_side(), 1, dead_gen);
         // poold looks while nginx worker 0 takes the other slot and gives it back. (poold on the
         // spawned thread: loom explores it running at every point of the main thread's steps,
         // but not the other way round.)
@@ -273,8 +273,8 @@ fn loom_a_lost_slot_comes_back_once_while_another_is_taken_and_given_back() {
             let r = r.clone();
             thread::spawn(move || scavenge::return_lost(&r))
         };
-        let id = slot::alloc(&r, 0, conn_gen).unwrap();
-        assert!(slot::release(&r, id));
+        let id = slot::alloc(r.nginx_side(), 0, conn_gen).unwrap();
+        assert!(slot::release(r.nginx_side(), id));
         let first = poold.join().unwrap();
         let lost_slot = scavenge::Returned {
             slots: 1,
@@ -286,6 +286,6 @@ fn loom_a_lost_slot_comes_back_once_while_another_is_taken_and_given_back() {
         }
         // Both slots are on the list, once each (the one being taken was not returned too).
         assert_all_free(&r, conn_gen);
-        assert_eq!(slot::alloc(&r, 0, conn_gen), None);
+        assert_eq!(slot::alloc(r.nginx_side(), 0, conn_gen), None);
     });
 }

@@ -234,13 +234,15 @@ mod tests {
 
     /// Every slot can be taken (each once) and given back.
     fn assert_all_slots_usable(r: &Region) {
-        let ids: Vec<_> = (0..4).map(|_| slot::alloc(r, 0, 1).unwrap()).collect();
-        assert_eq!(slot::alloc(r, 0, 1), None);
+        let ids: Vec<_> = (0..4)
+            .map(|_| slot::alloc(r.nginx_side(), 0, 1).unwrap())
+            .collect();
+        assert_eq!(slot::alloc(r.nginx_side(), 0, 1), None);
         let mut indexes: Vec<_> = ids.iter().map(|id| id.index).collect();
         indexes.sort();
         assert_eq!(indexes, [0, 1, 2, 3]);
         for id in ids {
-            assert!(slot::release(r, id));
+            assert!(slot::release(r.nginx_side(), id));
         }
         assert_eq!((slots_in_use(r), in_use(r)), (0, 0));
     }
@@ -259,16 +261,16 @@ mod tests {
     fn a_chunk_lost_with_its_process_comes_back_when_idle_and_only_then() {
         let r = region();
         die_holding_a_chunk(&r);
-        let id = slot::alloc(&r, 0, 1).unwrap();
+        let id = slot::alloc(r.nginx_side(), 0, 1).unwrap();
         stream::write_all(&r, id, Direction::Request, &[&[7u8; 3000]]).unwrap();
         assert_eq!(return_lost(&r), Err(NotNow::Busy));
         assert_eq!(in_use(&r), 4);
-        assert!(slot::release(&r, id));
+        assert!(slot::release(r.nginx_side(), id));
         assert_eq!(return_lost(&r), Ok(chunks(1)));
         assert_eq!(in_use(&r), 0);
         assert_eq!(return_lost(&r), Ok(Returned::default()));
         // Every chunk can be taken again, each once.
-        let id = slot::alloc(&r, 0, 1).unwrap();
+        let id = slot::alloc(r.nginx_side(), 0, 1).unwrap();
         let whole = 16 * r.geometry().chunk_data() as usize;
         stream::write_all(&r, id, Direction::Request, &[&vec![1u8; whole]]).unwrap();
         assert_eq!(in_use(&r), 16);
@@ -280,18 +282,18 @@ mod tests {
         let r = region();
         let mut started = None;
         let got = return_lost_racing(&r, || {
-            let id = slot::alloc(&r, 0, 1).unwrap();
+            let id = slot::alloc(r.nginx_side(), 0, 1).unwrap();
             stream::write_all(&r, id, Direction::Request, &[b"mine"]).unwrap();
             started = Some(id);
         });
         assert_eq!(got, Err(NotNow::Moved));
         assert_eq!(in_use(&r), 1);
         // Even one that also ended meanwhile: its slot came and went, so the look is void.
-        assert!(slot::release(&r, started.unwrap()));
+        assert!(slot::release(r.nginx_side(), started.unwrap()));
         let got = return_lost_racing(&r, || {
-            let id = slot::alloc(&r, 0, 1).unwrap();
+            let id = slot::alloc(r.nginx_side(), 0, 1).unwrap();
             stream::write_all(&r, id, Direction::Request, &[b"again"]).unwrap();
-            assert!(slot::release(&r, id));
+            assert!(slot::release(r.nginx_side(), id));
         });
         assert_eq!(got, Err(NotNow::Moved));
         assert_eq!(return_lost(&r), Ok(Returned::default()));
@@ -300,14 +302,14 @@ mod tests {
     #[test]
     fn a_slot_lost_by_an_nginx_worker_killed_while_taking_it_comes_back_once_reclaimed() {
         let r = region();
-        let conn_gen = slot::open_conn(&r, 1, 77).unwrap();
+        let conn_gen = slot::open_conn(r.pool_side(), 1, 77).unwrap();
         // Killed between taking the slot off the list and marking it Filling.
         open_window(&r, 1);
         pop_slot(&r);
         // Until poold reclaims the dead worker, its open window keeps the look off.
         assert_eq!(return_lost(&r), Err(NotNow::Busy));
-        slot::close_conn(&r, 1);
-        assert_eq!(slot::reclaim_conn(&r, 1, conn_gen), 0);
+        slot::close_conn(r.pool_side(), 1);
+        assert_eq!(slot::reclaim_conn(r.pool_side(), 1, conn_gen), 0);
         assert_eq!(
             return_lost(&r),
             Ok(Returned {
@@ -321,8 +323,8 @@ mod tests {
     #[test]
     fn a_slot_lost_while_being_given_back_comes_back_with_its_chunks() {
         let r = region();
-        let conn_gen = slot::open_conn(&r, 1, 77).unwrap();
-        let id = slot::alloc(&r, 1, conn_gen).unwrap();
+        let conn_gen = slot::open_conn(r.pool_side(), 1, 77).unwrap();
+        let id = slot::alloc(r.nginx_side(), 1, conn_gen).unwrap();
         stream::write_all(&r, id, Direction::Request, &[&[7u8; 3000]]).unwrap();
         // Killed in `release` after marking the slot Free, before freeing its chains and
         // putting it back: the slot, its three chunks and both counts are left behind.
@@ -330,8 +332,8 @@ mod tests {
         let s = r.slot(id.index).unwrap();
         s.state.store(u64::from(id.gen) << 32, Ordering::Release);
         assert_eq!(return_lost(&r), Err(NotNow::Busy));
-        slot::close_conn(&r, 1);
-        slot::reclaim_conn(&r, 1, conn_gen);
+        slot::close_conn(r.pool_side(), 1);
+        slot::reclaim_conn(r.pool_side(), 1, conn_gen);
         assert_eq!(
             return_lost(&r),
             Ok(Returned {

@@ -397,7 +397,11 @@ pub fn nginx_wants_wake(region: &Region, id: SlotId) -> bool {
     let wants = s.nginx_waiting.load(Ordering::SeqCst) != 0
         && s.nginx_waiting.swap(0, Ordering::SeqCst) != 0;
     if wants {
-        crate::slot::post_completion(region, s.conn.load(Ordering::Relaxed), id);
+        crate::slot::post_completion(
+            crate::slot::PoolSide::of(region),
+            s.conn.load(Ordering::Relaxed),
+            id,
+        );
     }
     wants
 }
@@ -419,7 +423,7 @@ mod tests {
     #[test]
     fn a_stream_larger_than_the_arena_passes_within_the_window() {
         let r = region();
-        let id = slot::alloc(&r, 0, 1).unwrap();
+        let id = slot::alloc(r.nginx_side(), 0, 1).unwrap();
         let data = pattern(300_000); // ~4.6x the whole arena
         let window = r.geometry().stream_window();
         let (mut w, mut rd) = (StreamWriter::new(), StreamReader::new());
@@ -442,14 +446,14 @@ mod tests {
             assert!(in_use * 1024 <= window + 2 * 1024, "{in_use} chunks in use");
         }
         assert_eq!(got, data);
-        assert!(slot::release(&r, id));
+        assert!(slot::release(r.nginx_side(), id));
         assert_eq!(r.header().stats.chunks_in_use.load(Ordering::Relaxed), 0);
     }
 
     #[test]
     fn a_corrupt_anchor_or_length_is_an_error_not_a_read_out_of_bounds() {
         let r = region();
-        let id = slot::alloc(&r, 0, 1).unwrap();
+        let id = slot::alloc(r.nginx_side(), 0, 1).unwrap();
         let mut w = StreamWriter::new();
         w.append(&r, id, Direction::Response, &pattern(3000))
             .unwrap();

@@ -56,7 +56,7 @@ fn payload(producer: u32, seq: u32) -> Vec<u8> {
 const WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 fn wake(region: &Region, eventfds: &[OwnedFd], conn: u32, conn_gen: u32) {
-    if slot::needs_wake(region, conn, conn_gen) {
+    if slot::needs_wake(region.pool_side(), conn, conn_gen) {
         if let Some(fd) = eventfds.get(conn as usize) {
             let _ = nix::unistd::write(fd.as_fd(), &1u64.to_ne_bytes());
         }
@@ -77,7 +77,8 @@ fn wake_owner(region: &Region, eventfds: &[OwnedFd], id: SlotId) {
 fn consumer(region: &Region, index: u32, eventfds: &[OwnedFd]) -> ! {
     let running = |id| slot::state_of(region, id) == Some(SlotState::Running);
     loop {
-        let id = slot::wait_for_work(region, index, &mut Spin::off(), &|| false).expect("work");
+        let id = slot::wait_for_work(region.pool_side(), index, &mut Spin::off(), &|| false)
+            .expect("work");
         let (_, total) = slot::request(region, id).expect("request");
         // Read the request whole, as it arrives.
         let mut reader = StreamReader::new();
@@ -144,7 +145,7 @@ fn consumer(region: &Region, index: u32, eventfds: &[OwnedFd]) -> ! {
                 Err(e) => panic!("consumer {index}: {e}"),
             }
             if !streaming && sent >= 16 {
-                match slot::start_streaming(region, id, 16) {
+                match slot::start_streaming(region.pool_side(), id, 16) {
                     Handover::Deliver { conn, conn_gen } => wake(region, eventfds, conn, conn_gen),
                     Handover::Abandoned => break,
                 }
@@ -154,12 +155,12 @@ fn consumer(region: &Region, index: u32, eventfds: &[OwnedFd]) -> ! {
             }
         }
         let handover = if got == msg.len() && sent == msg.len() {
-            slot::finish(region, id, 16.min(sent as u32), w.written())
+            slot::finish(region.pool_side(), id, 16.min(sent as u32), w.written())
         } else {
-            slot::fail(region, id, slot::FailReason::Other)
+            slot::fail(region.pool_side(), id, slot::FailReason::Other)
         };
         // Only now: a consumer killed before this is found holding the request.
-        slot::clear_current(region, index);
+        slot::clear_current(region.pool_side(), index);
         if let Handover::Deliver { conn, conn_gen } = handover {
             wake(region, eventfds, conn, conn_gen);
         }
@@ -267,7 +268,7 @@ fn producer(region: &Region, me: u32, conn_gen: u32, eventfd: &OwnedFd, may_fail
     let g = region.geometry();
     while next < PER_PRODUCER || !inflight.is_empty() {
         while next < PER_PRODUCER && inflight.len() < IN_FLIGHT {
-            let Some(id) = slot::alloc(region, me, conn_gen) else {
+            let Some(id) = slot::alloc(region.nginx_side(), me, conn_gen) else {
                 break;
             };
             let msg = payload(me, next);
@@ -277,12 +278,12 @@ fn producer(region: &Region, me: u32, conn_gen: u32, eventfd: &OwnedFd, may_fail
                 .append(region, id, Direction::Request, &msg[..first])
                 .is_err()
             {
-                slot::release(region, id);
+                slot::release(region.nginx_side(), id);
                 break;
             }
             writer.publish(region, id, Direction::Request);
             assert!(slot::submit(
-                region,
+                region.nginx_side(),
                 id,
                 16.min(msg.len() as u32),
                 msg.len() as u64
@@ -330,7 +331,7 @@ fn producer(region: &Region, me: u32, conn_gen: u32, eventfd: &OwnedFd, may_fail
                             return 8;
                         }
                         let x = inflight.swap_remove(i);
-                        slot::release(region, x.id);
+                        slot::release(region.nginx_side(), x.id);
                         seen[x.seq as usize] += 1;
                         moved = true;
                     }
@@ -357,7 +358,7 @@ fn producer(region: &Region, me: u32, conn_gen: u32, eventfd: &OwnedFd, may_fail
         }
         let mut b = [0u8; 8];
         let _ = nix::unistd::read(eventfd.as_raw_fd(), &mut b);
-        slot::clear_wake(region, me);
+        slot::clear_wake(region.nginx_side(), me);
     }
     if seen.iter().all(|n| *n == 1) {
         0
@@ -385,7 +386,7 @@ fn setup(name: &str) -> (Region, Vec<OwnedFd>, Vec<u32>) {
         })
         .collect();
     let gens: Vec<u32> = (0..PRODUCERS)
-        .map(|p| slot::open_conn(&region, p, 0).unwrap())
+        .map(|p| slot::open_conn(region.pool_side(), p, 0).unwrap())
         .collect();
     (region, eventfds, gens)
 }
@@ -500,9 +501,9 @@ fn consumers_and_producers_killed_at_random_lose_nothing_and_leak_nothing() {
             if let Some(pid) = producers[p] {
                 let _ = kill(pid, Signal::SIGKILL);
                 let _ = waitpid(pid, None);
-                slot::close_conn(&region, p as u32);
-                slot::reclaim_conn(&region, p as u32, gens[p]);
-                gens[p] = slot::open_conn(&region, p as u32, 0).unwrap();
+                slot::close_conn(region.pool_side(), p as u32);
+                slot::reclaim_conn(region.pool_side(), p as u32, gens[p]);
+                gens[p] = slot::open_conn(region.pool_side(), p as u32, 0).unwrap();
                 let gen = gens[p];
                 producers[p] = Some(spawn(&|| {
                     producer(&region, p as u32, gen, &eventfds[p], true)
@@ -514,7 +515,7 @@ fn consumers_and_producers_killed_at_random_lose_nothing_and_leak_nothing() {
         let _ = kill(consumers[c], Signal::SIGKILL);
         let _ = waitpid(consumers[c], None);
         kills += 1;
-        slot::reclaim_worker(&region, c as u32, slot::FailReason::WorkerDied);
+        slot::reclaim_worker(region.pool_side(), c as u32, slot::FailReason::WorkerDied);
         // As poold does: the dead consumer may have taken a producer's wake-up flag without
         // writing its eventfd; wake every producer.
         for fd in &eventfds {

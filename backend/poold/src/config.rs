@@ -57,13 +57,9 @@ goes, attached nginx workers are served until they detach, then poold stops.
 /// One pool's settings.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// What the pool runs and how (shared with the `pool` directive, which passes them).
+    pub pool: PoolSettings,
     pub socket: PathBuf,
-    pub handler: String,
-    pub handler_args: String,
-    pub name: String,
-    pub workers: u32,
-    pub queue: u32,
-    pub arena: u64,
     pub chunk: u64,
     pub max_conns: u32,
     pub user: Option<String>,
@@ -72,10 +68,6 @@ pub struct Config {
     pub ready_fd: Option<i32>,
     /// Set in a watcher (see `watchdog::adopt`): the poold it follows.
     pub watch_pid: Option<i32>,
-    pub timeout: Option<std::time::Duration>,
-    pub spin: std::time::Duration,
-    pub max_requests: Option<u64>,
-    pub max_rss: Option<u64>,
 }
 
 /// What the command line asked for.
@@ -88,24 +80,31 @@ pub enum Command {
 
 // Sizes and times are written as in nginx.conf (`16k`, `64m`, `500ms`, `1m30s`), by the same
 // parser the module uses.
+use ngx_pool_conf::PoolSettings;
 pub use ngx_pool_conf::{parse_size, parse_time_ms};
-
-fn default_workers() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
-}
 
 impl Config {
     /// The region geometry these settings make.
     pub fn geometry(&self) -> Geometry {
         Geometry {
-            slots: self.workers + self.queue,
+            slots: self.pool.workers + self.pool.queue,
             chunk_size: self.chunk as u32,
-            chunks: (self.arena / self.chunk) as u32,
+            chunks: (self.pool.arena / self.chunk) as u32,
             max_conns: self.max_conns,
             // Room for a replacement per worker: a retiring worker's successor is forked
             // before it leaves.
-            max_workers: (self.workers * 2).min(8192),
+            max_workers: (self.pool.workers * 2).min(8192),
         }
+    }
+
+    /// A request running longer has its worker killed (`--timeout`).
+    pub fn timeout(&self) -> Option<std::time::Duration> {
+        self.pool.timeout_ms.map(std::time::Duration::from_millis)
+    }
+
+    /// Longest poll of an idle worker before it sleeps (`--spin`).
+    pub fn spin(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.pool.spin_us)
     }
 }
 
@@ -113,13 +112,8 @@ impl Config {
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
     let mut it = args.into_iter();
     let mut cfg = Config {
+        pool: PoolSettings::new("pool"),
         socket: PathBuf::new(),
-        handler: String::new(),
-        handler_args: String::new(),
-        name: "pool".into(),
-        workers: default_workers(),
-        queue: 1024,
-        arena: 64 << 20,
         chunk: 16 << 10,
         max_conns: 256,
         user: None,
@@ -127,10 +121,6 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         lifeline_fd: None,
         ready_fd: None,
         watch_pid: None,
-        timeout: None,
-        spin: std::time::Duration::from_micros(100),
-        max_requests: None,
-        max_rss: None,
     };
     while let Some(arg) = it.next() {
         let (key, inline) = match arg.split_once('=') {
@@ -151,62 +141,39 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             "--socket" => cfg.socket = PathBuf::from(value("a path")?),
-            "--handler" => cfg.handler = value("a handler")?,
-            "--handler-args" => cfg.handler_args = value("a string")?,
-            "--name" => cfg.name = value("a name")?,
-            "--workers" => cfg.workers = number(value("a number")?, &key)?,
-            "--queue" => cfg.queue = number(value("a number")?, &key)?,
             "--max-conns" => cfg.max_conns = number(value("a number")?, &key)?,
-            "--arena" | "--chunk" => {
+            "--chunk" => {
                 let v = value("a size")?;
-                let n = parse_size(&v).ok_or_else(|| format!("{key}: \"{v}\" is not a size"))?;
-                if key == "--arena" {
-                    cfg.arena = n
-                } else {
-                    cfg.chunk = n
+                cfg.chunk =
+                    parse_size(&v).ok_or_else(|| format!("{key}: \"{v}\" is not a size"))?;
+            }
+            option => match PoolSettings::key_of_option(option) {
+                Some(setting) => {
+                    let v = value("a value")?;
+                    cfg.pool
+                        .set(&setting, &v)
+                        .map_err(|e| format!("{key}: {e}"))?
                 }
-            }
-            "--timeout" => {
-                let v = value("a time")?;
-                let ms = parse_time_ms(&v)
-                    .filter(|ms| *ms > 0)
-                    .ok_or_else(|| format!("--timeout: \"{v}\" is not a time"))?;
-                cfg.timeout = Some(std::time::Duration::from_millis(ms));
-            }
-            "--max-requests" => {
-                cfg.max_requests = Some(u64::from(number(value("a number")?, &key)?))
-            }
-            "--max-rss" => {
-                let v = value("a size")?;
-                cfg.max_rss =
-                    Some(parse_size(&v).ok_or_else(|| format!("{key}: \"{v}\" is not a size"))?);
-            }
-            "--spin" => {
-                let v = value("a time")?;
-                cfg.spin = match v.strip_suffix("us") {
-                    Some(us) => us.parse().ok().map(std::time::Duration::from_micros),
-                    None => parse_time_ms(&v).map(std::time::Duration::from_millis),
+                None if option == "--user" => cfg.user = Some(value("a user")?),
+                None if option == "--group" => cfg.group = Some(value("a group")?),
+                None if option == "--lifeline-fd" => {
+                    cfg.lifeline_fd = Some(number(value("a descriptor")?, &key)? as i32)
                 }
-                .filter(|d| *d <= std::time::Duration::from_millis(10))
-                .ok_or_else(|| format!("--spin: \"{v}\" is not a time up to 10ms"))?;
-            }
-            "--user" => cfg.user = Some(value("a user")?),
-            "--group" => cfg.group = Some(value("a group")?),
-            "--lifeline-fd" => cfg.lifeline_fd = Some(number(value("a descriptor")?, &key)? as i32),
-            "--ready-fd" => cfg.ready_fd = Some(number(value("a descriptor")?, &key)? as i32),
-            "--watch-pid" => cfg.watch_pid = Some(number(value("a pid")?, &key)? as i32),
-            other => return Err(format!("unknown option \"{other}\" (see --help)")),
+                None if option == "--ready-fd" => {
+                    cfg.ready_fd = Some(number(value("a descriptor")?, &key)? as i32)
+                }
+                None if option == "--watch-pid" => {
+                    cfg.watch_pid = Some(number(value("a pid")?, &key)? as i32)
+                }
+                None => return Err(format!("unknown option \"{option}\" (see --help)")),
+            },
         }
     }
     if cfg.socket.as_os_str().is_empty() {
         return Err("--socket is required (see --help)".into());
     }
-    if cfg.handler.is_empty() {
+    if cfg.pool.handler.is_empty() {
         return Err("--handler is required (see --help)".into());
-    }
-    ngx_pool_conf::HandlerSpec::parse(&cfg.handler).map_err(|e| format!("--handler: {e}"))?;
-    if cfg.workers == 0 || cfg.workers > 4096 {
-        return Err("--workers must be 1..=4096".into());
     }
     if cfg.chunk > u32::MAX as u64 {
         return Err("--chunk too large".into());
@@ -233,7 +200,10 @@ mod tests {
         .unwrap() else {
             panic!()
         };
-        assert_eq!((c.workers, c.arena, c.queue), (3, 8 << 20, 1024));
+        assert_eq!(
+            (c.pool.workers, c.pool.arena, c.pool.queue),
+            (3, 8 << 20, 1024)
+        );
         assert_eq!(c.geometry().chunks, 512);
     }
 
@@ -242,12 +212,14 @@ mod tests {
         assert!(parse(args("--handler builtin:echo"))
             .unwrap_err()
             .contains("--socket"));
-        assert!(parse(args("--socket s --handler h --workers x"))
+        assert!(parse(args("--socket s --handler builtin:echo --workers x"))
             .unwrap_err()
-            .contains("not a number"));
-        assert!(parse(args("--socket s --handler h --bogus"))
+            .contains("invalid workers"));
+        assert!(parse(args("--socket s --handler builtin:echo --bogus"))
             .unwrap_err()
             .contains("unknown option"));
+        let e = parse(args("--socket s --handler nope:x")).unwrap_err();
+        assert!(e.starts_with("--handler: unknown handler"), "{e}");
         assert_eq!(parse_size("16k"), Some(16384));
         assert_eq!(parse_size("k"), None);
         assert_eq!(parse_time_ms("1m30s"), Some(90_000));

@@ -17,6 +17,8 @@ struct Functions {
     worker_init: Option<unsafe extern "C" fn(*const abi::ngx_pool_host) -> i32>,
     handle: unsafe extern "C" fn(*const abi::ngx_pool_host, *mut ngx_pool_request) -> i32,
     worker_exit: Option<unsafe extern "C" fn(*const abi::ngx_pool_host)>,
+    before_fork: Option<unsafe extern "C" fn(*const abi::ngx_pool_host)>,
+    after_fork: Option<unsafe extern "C" fn(*const abi::ngx_pool_host)>,
 }
 
 /// A handler ready to run: its functions, its name, and the library that holds them.
@@ -114,12 +116,19 @@ impl LoadedHandler {
         // SAFETY: `name` is NULL or a NUL-terminated string in the library (the ABI); at most
         // NAME_MAX bytes are read.
         let name = unsafe { bounded_name(desc.name) }.unwrap_or_else(|| spec.to_string());
+        // Fields of a later minor version are read only if the library's descriptor has them.
+        let has = |end: usize| desc.size as usize >= end;
+        let fork_hooks = has(std::mem::offset_of!(ngx_pool_handler, after_fork)
+            + std::mem::size_of::<Option<unsafe extern "C" fn(*const abi::ngx_pool_host)>>());
         Ok(LoadedHandler {
             functions: Functions {
                 init: desc.init,
                 worker_init: desc.worker_init,
                 handle,
                 worker_exit: desc.worker_exit,
+                // Not even read unless declared: a 1.0 library's descriptor ends before them.
+                before_fork: if fork_hooks { desc.before_fork } else { None },
+                after_fork: if fork_hooks { desc.after_fork } else { None },
             },
             name,
             spec: spec.to_string(),
@@ -172,6 +181,22 @@ impl LoadedHandler {
     pub fn handle(&self, r: host::RequestHandle) -> i32 {
         // SAFETY: the ABI's call: our host table and the handle of the request being run.
         unsafe { (self.functions.handle)(&host::HOST, r.as_ptr()) }
+    }
+
+    /// Runs `before_fork`, in poold just before it forks a pool worker.
+    pub fn before_fork(&self) {
+        if let Some(f) = self.functions.before_fork {
+            // SAFETY: the ABI's call with our host table.
+            unsafe { f(&host::HOST) }
+        }
+    }
+
+    /// Runs `after_fork`, in poold just after it forked a pool worker (or failed to).
+    pub fn after_fork(&self) {
+        if let Some(f) = self.functions.after_fork {
+            // SAFETY: the ABI's call with our host table.
+            unsafe { f(&host::HOST) }
+        }
     }
 
     /// Runs `worker_exit` in a pool worker that is leaving in an orderly way.

@@ -26,7 +26,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    log::set_pool_name(&cfg.name);
+    log::set_pool_name(&cfg.pool.name);
     // A panic's message and place as one error_log line in nginx's format (the handler SDK
     // then says what it did about it).
     std::panic::set_hook(Box::new(|info| {
@@ -92,10 +92,10 @@ fn main() {
 
 /// Loads the handler and runs its `init`, as the pool's user when started as root.
 fn load(cfg: &Config) -> Result<LoadedHandler, LoadError> {
-    let spec = ngx_pool_conf::HandlerSpec::parse(&cfg.handler).map_err(LoadError)?;
+    let spec = ngx_pool_conf::HandlerSpec::parse(&cfg.pool.handler).map_err(LoadError)?;
     let run = || -> Result<LoadedHandler, LoadError> {
         let handler = LoadedHandler::load(&spec)?;
-        handler.init(&cfg.handler_args)?;
+        handler.init(cfg.pool.handler_args.as_deref().unwrap_or(""))?;
         Ok(handler)
     };
     match (&cfg.user, nix::unistd::geteuid().is_root()) {

@@ -139,7 +139,7 @@ impl Worker<'_> {
         let mut retiring: Option<Instant> = None;
         loop {
             let leave = retiring.is_some_and(|t| t.elapsed() >= RETIRE_WAIT);
-            if slot::retire_due(region, index) || leave {
+            if slot::retire_due(region.pool_side(), index) || leave {
                 entry
                     .state
                     .store(WorkerState::Exited as u32, Ordering::Relaxed);
@@ -150,15 +150,16 @@ impl Worker<'_> {
                 .state
                 .store(WorkerState::Idle as u32, Ordering::Relaxed);
             let asked = retiring.is_some();
-            let stop = || asked && slot::retire_due(region, index);
-            let Some(id) = slot::wait_for_work(region, index, &mut self.spin, &stop) else {
+            let stop = || asked && slot::retire_due(region.pool_side(), index);
+            let Some(id) = slot::wait_for_work(region.pool_side(), index, &mut self.spin, &stop)
+            else {
                 continue;
             };
             entry
                 .state
                 .store(WorkerState::Busy as u32, Ordering::Relaxed);
             let handover = self.serve(id);
-            slot::clear_current(region, index);
+            slot::clear_current(region.pool_side(), index);
             let served = entry.served.fetch_add(1, Ordering::Relaxed) + 1;
             if let Handover::Deliver { conn, conn_gen } = handover {
                 self.waker.borrow_mut().wake(region, conn, conn_gen);
@@ -197,7 +198,7 @@ impl Worker<'_> {
         let region = self.region;
         let pid = self.pid;
         let Some((head_len, total)) = slot::request(region, id) else {
-            return slot::fail(region, id, FailReason::BadRequest);
+            return slot::fail(region.pool_side(), id, FailReason::BadRequest);
         };
         let mut input = StreamIn {
             region,
@@ -213,7 +214,7 @@ impl Worker<'_> {
                 "worker {pid}: request in slot {} has a head of {head_len} bytes; refused",
                 id.index
             );
-            return slot::fail(region, id, FailReason::BadRequest);
+            return slot::fail(region.pool_side(), id, FailReason::BadRequest);
         }
         head.resize(head_len as usize, 0);
         if let Err(e) = input.read_exact(head) {
@@ -222,13 +223,13 @@ impl Worker<'_> {
                 "worker {pid}: request head in slot {}: {e}",
                 id.index
             );
-            return slot::fail(region, id, FailReason::BadRequest);
+            return slot::fail(region.pool_side(), id, FailReason::BadRequest);
         }
         let (view, body_len) = match decode_request_head(head) {
             Ok(v) => v,
             Err(e) => {
                 log!("error", "worker {pid}: {e}");
-                return slot::fail(region, id, FailReason::BadRequest);
+                return slot::fail(region.pool_side(), id, FailReason::BadRequest);
             }
         };
         if u64::from(head_len).checked_add(body_len) != Some(total) {
@@ -237,7 +238,7 @@ impl Worker<'_> {
                 "worker {pid}: request in slot {}: lengths disagree",
                 id.index
             );
-            return slot::fail(region, id, FailReason::BadRequest);
+            return slot::fail(region.pool_side(), id, FailReason::BadRequest);
         }
         // For log lines only; borrowed, so the common path allocates nothing for it.
         let uri: &[u8] = view.uri;
@@ -271,7 +272,7 @@ impl Worker<'_> {
                 if let Some(msg) = msg {
                     log!("error", "worker {pid}: {msg}");
                 }
-                return slot::fail(region, id, reason);
+                return slot::fail(region.pool_side(), id, reason);
             }
         };
         delivered.unwrap_or_else(|e| {
@@ -282,7 +283,7 @@ impl Worker<'_> {
                     String::from_utf8_lossy(uri)
                 );
             }
-            slot::fail(region, id, FailReason::Undelivered)
+            slot::fail(region.pool_side(), id, FailReason::Undelivered)
         })
     }
 }
@@ -296,7 +297,7 @@ pub struct Waker {
 
 impl Waker {
     pub fn wake(&mut self, region: &Region, conn: u32, conn_gen: u32) {
-        if !slot::needs_wake(region, conn, conn_gen) {
+        if !slot::needs_wake(region.pool_side(), conn, conn_gen) {
             return;
         }
         if self.conns.get(conn).map(|(g, _)| *g) != Some(conn_gen) {
@@ -435,7 +436,12 @@ impl StreamOut<'_> {
 
     /// A response that streamed: the stream is complete (the exchange checked its length).
     fn end(&mut self) -> Handover {
-        slot::finish(self.region, self.id, self.head_len, self.writer.written())
+        slot::finish(
+            self.region.pool_side(),
+            self.id,
+            self.head_len,
+            self.writer.written(),
+        )
     }
 
     /// A response buffered whole: head and body in one go.
@@ -445,7 +451,7 @@ impl StreamOut<'_> {
         self.writer
             .publish(self.region, self.id, Direction::Response);
         Ok(slot::finish(
-            self.region,
+            self.region.pool_side(),
             self.id,
             head.len() as u32,
             self.writer.written(),
@@ -459,7 +465,7 @@ impl ResponseSink for StreamOut<'_> {
         self.writer
             .publish(self.region, self.id, Direction::Response);
         self.head_len = head.len() as u32;
-        match slot::start_streaming(self.region, self.id, self.head_len) {
+        match slot::start_streaming(self.region.pool_side(), self.id, self.head_len) {
             Handover::Deliver { conn, conn_gen } => {
                 self.waker.borrow_mut().wake(self.region, conn, conn_gen);
                 Ok(())

@@ -160,3 +160,23 @@ pub unsafe fn worker_exit<T: Handler>(state: &State<T>, host: *const ngx_pool_ho
         abi::NGX_POOL_OK
     });
 }
+
+/// # Safety
+/// `host` is NULL or the host's table.
+pub unsafe fn fork_hook<T: Handler>(state: &State<T>, host: *const ngx_pool_host, before: bool) {
+    // SAFETY: the caller's contract.
+    if unsafe { Host::new(host) }.is_none() {
+        return;
+    }
+    let what = if before { "before_fork" } else { "after_fork" };
+    guarded(what, state.name, || {
+        if let Some(h) = state.handler.get() {
+            if before {
+                h.before_fork()
+            } else {
+                h.after_fork()
+            }
+        }
+        abi::NGX_POOL_OK
+    });
+}

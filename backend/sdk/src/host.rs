@@ -145,6 +145,47 @@ impl<'r> Call<'r> {
         self.pair_at(self.host.0.param_count, self.host.0.param_at)
     }
 
+    /// The request's handle without the borrow: see [`Detached`].
+    pub fn detached(&self) -> Detached {
+        Detached {
+            host: self.host,
+            r: self.r,
+        }
+    }
+    pub fn read(&self, buf: &mut [u8]) -> Result<usize, i32> {
+        self.detached().read(buf)
+    }
+    pub fn start(&self, status: u16, headers: &[ngx_pool_header]) -> i32 {
+        self.detached().start(status, headers)
+    }
+    pub fn write(&self, data: &[u8]) -> i32 {
+        self.detached().write(data)
+    }
+    pub fn flush(&self) -> i32 {
+        self.detached().flush()
+    }
+    pub fn log(&self, level: Level, msg: &str) {
+        self.detached().log(level, msg);
+    }
+}
+
+/// A request handle that may outlive its `handle` call: it offers only the operations that
+/// borrow nothing from the host (body reads, the response, cancellation, logging). Sound after
+/// the call because the ABI makes the host check every handle it is given: a stale one gets
+/// `NGX_POOL_ERR_STATE` (docs/abi.md, "Request handles"), it is never dereferenced by us.
+#[derive(Clone, Copy)]
+pub(crate) struct Detached {
+    host: Host,
+    r: *mut ngx_pool_request,
+}
+
+// SAFETY: `r` is an opaque handle the host validates on every call, never dereferenced here;
+// the host table is immutable for the process's life.
+unsafe impl Send for Detached {}
+// SAFETY: as above; no call through it mutates anything of ours.
+unsafe impl Sync for Detached {}
+
+impl Detached {
     /// Reads body bytes: the count (0 at the end) or the host's status.
     pub fn read(&self, buf: &mut [u8]) -> Result<usize, i32> {
         let Some(f) = self.host.0.read else {
@@ -169,7 +210,7 @@ impl<'r> Call<'r> {
         })
     }
     pub fn flush(&self) -> i32 {
-        // SAFETY: as in `str_of`.
+        // SAFETY: a host function given a handle it validates.
         self.host
             .0
             .flush
@@ -177,6 +218,13 @@ impl<'r> Call<'r> {
     }
     pub fn log(&self, level: Level, msg: &str) {
         log_with(self.host, self.r, level, msg);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        // SAFETY: a host function given a handle it validates.
+        self.host
+            .0
+            .is_cancelled
+            .is_some_and(|f| unsafe { f(self.r) } != 0)
     }
 }
 

@@ -29,6 +29,7 @@ mod host;
 mod request;
 mod response;
 mod status;
+mod stream;
 
 pub use error::{Error, ErrorKind, Result};
 pub use host::{log, Level};
@@ -36,6 +37,7 @@ pub use ngx_pool_abi as abi;
 pub use request::{BodyReader, Request};
 pub use response::Response;
 pub use status::Status;
+pub use stream::Stream;
 
 /// Application code run by pool workers.
 ///
@@ -57,6 +59,12 @@ pub trait Handler: Sized + Send + Sync + 'static {
     fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Result;
     /// A worker is leaving in an orderly way (recycled or stopped); not called after a crash.
     fn worker_exit(&self) {}
+    /// In poold just before it forks each pool worker: quiesce what must not be copied
+    /// mid-operation (an interpreter's locks). The child runs [`worker_init`](Handler::worker_init)
+    /// next, poold [`after_fork`](Handler::after_fork).
+    fn before_fork(&self) {}
+    /// In poold just after it forked a pool worker (or failed to): undo `before_fork`.
+    fn after_fork(&self) {}
 }
 
 /// The `&'static ngx_pool_handler` descriptor of handler type `$t` (named `$name`, by default
@@ -90,6 +98,14 @@ macro_rules! handler_descriptor {
             // SAFETY: called by the host with its table.
             unsafe { $crate::export::worker_exit::<$t>(&STATE, host) }
         }
+        unsafe extern "C" fn before_fork(host: *const $crate::abi::ngx_pool_host) {
+            // SAFETY: called by the host with its table.
+            unsafe { $crate::export::fork_hook::<$t>(&STATE, host, true) }
+        }
+        unsafe extern "C" fn after_fork(host: *const $crate::abi::ngx_pool_host) {
+            // SAFETY: called by the host with its table.
+            unsafe { $crate::export::fork_hook::<$t>(&STATE, host, false) }
+        }
         static DESCRIPTOR: $crate::abi::ngx_pool_handler = $crate::abi::ngx_pool_handler {
             abi_major: $crate::abi::NGX_POOL_ABI_MAJOR,
             abi_minor: $crate::abi::NGX_POOL_ABI_MINOR,
@@ -99,6 +115,8 @@ macro_rules! handler_descriptor {
             worker_init: Some(worker_init),
             handle: Some(handle),
             worker_exit: Some(worker_exit),
+            before_fork: Some(before_fork),
+            after_fork: Some(after_fork),
         };
         &DESCRIPTOR
     }};

@@ -4,6 +4,7 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::host::Call;
 use crate::status::Status;
+use crate::stream::Stream;
 use ngx_pool_abi::{self as abi, ngx_pool_header, ngx_pool_str};
 use std::cell::RefCell;
 use std::io::{self, Write};
@@ -110,6 +111,15 @@ impl<'r> Response<'r> {
     pub fn send(&mut self, data: &[u8]) -> Result {
         self.start()?;
         check(self.call.write(data), "writing the response")
+    }
+
+    /// Hands the whole response over to a [`Stream`], an owned handle for code that cannot hold
+    /// this borrow (an embedded interpreter's objects). Status and headers set here are not
+    /// sent: the stream's [`Stream::start`] sends its own. From now on this `Response` writes
+    /// nothing, not even at the end of `handle`.
+    pub fn into_stream(&mut self) -> Stream {
+        self.started = true;
+        Stream::new(self.call.detached())
     }
 
     /// Called by the SDK when `handle` returned `Ok`: a response that wrote nothing still has

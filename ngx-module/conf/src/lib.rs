@@ -11,38 +11,19 @@ use std::path::{Path, PathBuf};
 pub const BUILTIN_HANDLERS: &[&str] =
     &["echo", "hello", "sleep", "cpu", "crash", "spawn", "stream"];
 
-/// One declared pool.
+mod settings;
+pub use settings::*;
+
+/// One declared pool: what poold runs it with, and what only the nginx side uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConf {
-    pub name: String,
-    pub handler: String,
-    /// Passed to the handler's `init` (`handler_args=`; quote the whole parameter if it has
-    /// spaces: `"handler_args=a b"`).
-    pub handler_args: Option<String>,
-    pub workers: u32,
-    pub queue: u32,
-    pub timeout_ms: u64,
+    pub settings: PoolSettings,
     /// Longest wait in the queue before 503 (`queue_timeout=`); none: only `timeout` applies.
     pub queue_timeout_ms: Option<u64>,
-    /// A pool worker retires after about this many requests (`max_requests=`).
-    pub max_requests: Option<u32>,
-    /// A pool worker retires above this resident size in bytes (`max_rss=`).
-    pub max_rss: Option<u64>,
-    /// Longest poll of an idle pool worker before it sleeps, in µs (`spin=`); none: poold's.
-    pub spin_us: Option<u64>,
     /// As written; made absolute against the prefix by the caller.
     pub socket: Option<String>,
-    pub arena: Option<u64>,
     pub external: bool,
 }
-
-/// Default pool workers: one per CPU.
-pub fn default_workers() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
-}
-
-pub const DEFAULT_QUEUE: u32 = 1024;
-pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
 
 /// Parses nginx time syntax: `30s`, `500ms`, `1m`, `1h30m`, a bare number is seconds.
 pub fn parse_time_ms(s: &str) -> Option<u64> {
@@ -85,13 +66,6 @@ pub fn parse_size(s: &str) -> Option<u64> {
         _ => (s, 1),
     };
     num.parse::<u64>().ok()?.checked_mul(mult)
-}
-
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// What a pool runs: the one parser of handler specs, shared by the module's `nginx -t` and
@@ -162,24 +136,14 @@ impl std::fmt::Display for HandlerSpec {
 /// Parses the arguments after `pool`. Errors are the reason only; nginx adds file and line.
 pub fn parse_pool(args: &[&str]) -> Result<PoolConf, String> {
     let (name, params) = args.split_first().ok_or("pool needs a name")?;
-    if !valid_name(name) {
-        return Err(format!(
-            "invalid pool name \"{name}\" (letters, digits, '_' and '-', up to 64)"
-        ));
-    }
+    let mut settings = PoolSettings::new("pool");
+    settings.set("name", name)?;
+    // A request nginx waits for has a deadline by default (proxy_read_timeout's 60 s).
+    settings.timeout_ms = Some(DEFAULT_TIMEOUT_MS);
     let mut p = PoolConf {
-        name: name.to_string(),
-        handler: String::new(),
-        handler_args: None,
-        workers: default_workers(),
-        queue: DEFAULT_QUEUE,
-        timeout_ms: DEFAULT_TIMEOUT_MS,
+        settings,
         queue_timeout_ms: None,
-        max_requests: None,
-        max_rss: None,
-        spin_us: None,
         socket: None,
-        arena: None,
         external: false,
     };
     for param in params {
@@ -190,41 +154,9 @@ pub fn parse_pool(args: &[&str]) -> Result<PoolConf, String> {
         let Some((key, value)) = param.split_once('=') else {
             return Err(format!("invalid parameter \"{param}\""));
         };
-        let number = |max: u32| -> Result<u32, String> {
-            match value.parse::<u32>() {
-                Ok(n) if (1..=max).contains(&n) => Ok(n),
-                _ => Err(format!(
-                    "invalid {key} \"{value}\" (a number from 1 to {max})"
-                )),
-            }
-        };
         match key {
-            "handler" => {
-                HandlerSpec::parse(value)?;
-                p.handler = value.to_string();
-            }
-            "handler_args" => p.handler_args = Some(value.to_string()),
-            "workers" => p.workers = number(4096)?,
-            "queue" => {
-                p.queue = match value.parse::<u32>() {
-                    Ok(n) if n <= 1 << 20 => n,
-                    _ => {
-                        return Err(format!(
-                            "invalid queue \"{value}\" (a number from 0 to 1048576)"
-                        ))
-                    }
-                }
-            }
-            "timeout" => {
-                p.timeout_ms = match parse_time_ms(value) {
-                    Some(ms) if ms > 0 => ms,
-                    _ => {
-                        return Err(format!(
-                            "invalid timeout \"{value}\" (a time such as 30s or 500ms)"
-                        ))
-                    }
-                }
-            }
+            "name" => return Err(format!("invalid parameter \"{param}\"")),
+            k if PoolSettings::knows(k) => p.settings.set(k, value)?,
             "queue_timeout" => {
                 p.queue_timeout_ms = match parse_time_ms(value) {
                     Some(ms) if ms > 0 => Some(ms),
@@ -235,46 +167,18 @@ pub fn parse_pool(args: &[&str]) -> Result<PoolConf, String> {
                     }
                 }
             }
-            "max_requests" => p.max_requests = Some(number(u32::MAX)?),
-            "max_rss" => {
-                p.max_rss = match parse_size(value) {
-                    Some(n) if n >= 1 << 20 => Some(n),
-                    _ => {
-                        return Err(format!(
-                            "invalid max_rss \"{value}\" (a size of at least 1m)"
-                        ))
-                    }
-                }
-            }
-            "spin" => {
-                let us = match value.strip_suffix("us") {
-                    Some(n) => n.parse::<u64>().ok(),
-                    None => parse_time_ms(value).map(|ms| ms * 1000),
-                };
-                p.spin_us = match us {
-                    Some(us) if us <= 10_000 => Some(us),
-                    _ => {
-                        return Err(format!(
-                            "invalid spin \"{value}\" (a time up to 10ms, such as 100us or 0)"
-                        ))
-                    }
-                }
-            }
             "socket" if !value.is_empty() => p.socket = Some(value.to_string()),
-            "arena" => {
-                p.arena = match parse_size(value) {
-                    Some(n) if n >= 1 << 20 => Some(n),
-                    _ => return Err(format!("invalid arena \"{value}\" (a size of at least 1m)")),
-                }
-            }
             _ => return Err(format!("invalid parameter \"{param}\"")),
         }
     }
-    if p.handler.is_empty() && !p.external {
-        return Err(format!("pool \"{}\" needs handler=", p.name));
+    if p.settings.handler.is_empty() && !p.external {
+        return Err(format!("pool \"{}\" needs handler=", p.settings.name));
     }
     if p.external && p.socket.is_none() {
-        return Err(format!("external pool \"{}\" needs socket=PATH", p.name));
+        return Err(format!(
+            "external pool \"{}\" needs socket=PATH",
+            p.settings.name
+        ));
     }
     Ok(p)
 }
@@ -293,9 +197,9 @@ pub fn socket_path(p: &PoolConf, prefix: &str) -> PathBuf {
         None => {
             let logs = Path::new(prefix).join("logs");
             if logs.is_dir() {
-                logs.join(format!("pool-{}.sock", p.name))
+                logs.join(format!("pool-{}.sock", p.settings.name))
             } else {
-                Path::new(RUNTIME_DIR).join(format!("{}.sock", p.name))
+                Path::new(RUNTIME_DIR).join(format!("{}.sock", p.settings.name))
             }
         }
     }
@@ -347,10 +251,13 @@ mod tests {
             "spin=50us",
         ])
         .unwrap();
-        assert_eq!((p.workers, p.queue, p.timeout_ms), (4, 10, 90_000));
-        assert_eq!(p.spin_us, Some(50));
+        assert_eq!(
+            (p.settings.workers, p.settings.queue, p.settings.timeout_ms),
+            (4, 10, Some(90_000))
+        );
+        assert_eq!(p.settings.spin_us, 50);
         let q = parse_pool(&["b", "handler=builtin:echo", "spin=0"]).unwrap();
-        assert_eq!(q.spin_us, Some(0));
+        assert_eq!(q.settings.spin_us, 0);
         assert_eq!(socket_path(&p, "/p/"), PathBuf::from("/x.sock"));
         let d = parse_pool(&["web", "handler=builtin:echo"]).unwrap();
         assert_eq!(
@@ -406,7 +313,7 @@ mod tests {
             .unwrap_err()
             .contains("not a file"));
         let p = parse_pool(&["a", "handler=dylib:/x.so", "handler_args=--k v"]).unwrap();
-        assert_eq!(p.handler_args.as_deref(), Some("--k v"));
+        assert_eq!(p.settings.handler_args.as_deref(), Some("--k v"));
     }
 
     #[test]

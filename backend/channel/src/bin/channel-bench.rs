@@ -138,12 +138,13 @@ fn channel(size: usize, iters: usize, spin: Duration, zero_copy: bool) -> Round 
     let efd: OwnedFd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)
         .expect("eventfd")
         .into();
-    let conn_gen = slot::open_conn(&region, 0, std::process::id()).expect("conn");
+    let conn_gen = slot::open_conn(region.pool_side(), 0, std::process::id()).expect("conn");
     let worker = fork(|| {
         let mut spin = Spin::adaptive(spin);
         let mut buf = Vec::new();
         loop {
-            let id = slot::wait_for_work(&region, 0, &mut spin, &|| false).expect("work");
+            let id =
+                slot::wait_for_work(region.pool_side(), 0, &mut spin, &|| false).expect("work");
             let (_, len) = slot::request(&region, id).expect("request");
             buf.resize(len as usize, 0);
             if zero_copy {
@@ -155,10 +156,10 @@ fn channel(size: usize, iters: usize, spin: Duration, zero_copy: bool) -> Round 
                 assert_eq!(n, buf.len());
             }
             let l = stream::write_all(&region, id, Direction::Response, &[&buf]).expect("reply");
-            let handover = slot::finish(&region, id, 0, l);
-            slot::clear_current(&region, 0);
+            let handover = slot::finish(region.pool_side(), id, 0, l);
+            slot::clear_current(region.pool_side(), 0);
             if let Handover::Deliver { conn, conn_gen } = handover {
-                if slot::needs_wake(&region, conn, conn_gen) {
+                if slot::needs_wake(region.pool_side(), conn, conn_gen) {
                     nix::unistd::write(efd.as_fd(), &1u64.to_ne_bytes()).expect("wake");
                 }
             }
@@ -167,13 +168,13 @@ fn channel(size: usize, iters: usize, spin: Duration, zero_copy: bool) -> Round 
     let payload = vec![0xA5u8; size];
     let mut back = vec![0u8; size];
     let stats = timed(iters, || {
-        let id = slot::alloc(&region, 0, conn_gen).expect("slot");
+        let id = slot::alloc(region.nginx_side(), 0, conn_gen).expect("slot");
         let l = stream::write_all(&region, id, Direction::Request, &[&payload]).expect("request");
-        assert!(slot::submit(&region, id, 0, l));
+        assert!(slot::submit(region.nginx_side(), id, 0, l));
         loop {
             let mut b = [0u8; 8];
             nix::unistd::read(efd.as_raw_fd(), &mut b).expect("eventfd");
-            slot::clear_wake(&region, 0);
+            slot::clear_wake(region.nginx_side(), 0);
             if slot::state_of(&region, id) == Some(SlotState::Done) {
                 break;
             }
@@ -187,7 +188,7 @@ fn channel(size: usize, iters: usize, spin: Duration, zero_copy: bool) -> Round 
                 .expect("read response");
             assert_eq!(n as u64, rl);
         }
-        slot::release(&region, id);
+        slot::release(region.nginx_side(), id);
     });
     reap(worker);
     stats

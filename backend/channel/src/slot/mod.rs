@@ -47,6 +47,67 @@ pub use nginx::*;
 pub use reclaim::*;
 pub use worker::*;
 
+/// The nginx worker's role in a region: what [`alloc`], [`submit`], [`abandon`], [`release`]
+/// and the other functions of nginx's side take, so that the pool side cannot call one of them
+/// by mistake (and nginx cannot call [`take`] or [`finish`]). Only a view: it holds the region
+/// borrowed and costs nothing.
+///
+/// A pool-side step given the nginx side does not compile:
+///
+/// ```compile_fail
+/// use ngx_pool_channel::{slot, Geometry, Region};
+/// let region = Region::create("doc", Geometry::for_tests(4, 16), 1).unwrap();
+/// slot::take(region.nginx_side(), 0); // expected `PoolSide`, found `NginxSide`
+/// ```
+///
+/// ```
+/// use ngx_pool_channel::{slot, Geometry, Region};
+/// let region = Region::create("doc", Geometry::for_tests(4, 16), 1).unwrap();
+/// let conn_gen = slot::open_conn(region.pool_side(), 0, 1).unwrap();
+/// let id = slot::alloc(region.nginx_side(), 0, conn_gen).unwrap();
+/// assert!(slot::release(region.nginx_side(), id));
+/// ```
+#[derive(Clone, Copy)]
+pub struct NginxSide<'r>(&'r Region);
+
+/// The pool's role in a region (poold and its pool workers): what [`take`], [`finish`], [`fail`],
+/// [`reclaim_conn`] and the other functions of the pool's side take.
+#[derive(Clone, Copy)]
+pub struct PoolSide<'r>(&'r Region);
+
+impl Region {
+    /// This region as seen by an nginx worker.
+    pub fn nginx_side(&self) -> NginxSide<'_> {
+        NginxSide(self)
+    }
+    /// This region as seen by poold and its pool workers.
+    pub fn pool_side(&self) -> PoolSide<'_> {
+        PoolSide(self)
+    }
+}
+
+impl<'r> NginxSide<'r> {
+    /// Acting as an nginx worker on `region` (the module, and poold's tests of that side).
+    pub fn of(region: &'r Region) -> NginxSide<'r> {
+        NginxSide(region)
+    }
+    /// The region, for the functions both sides share (state reads, streams, chains).
+    pub fn region(self) -> &'r Region {
+        self.0
+    }
+}
+
+impl<'r> PoolSide<'r> {
+    /// Acting as poold or one of its pool workers on `region`.
+    pub fn of(region: &'r Region) -> PoolSide<'r> {
+        PoolSide(region)
+    }
+    /// The region, for the functions both sides share (state reads, streams, chains).
+    pub fn region(self) -> &'r Region {
+        self.0
+    }
+}
+
 /// Where a slot is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -369,25 +430,25 @@ mod tests {
         let r = Region::create("c", g, 1).unwrap();
         let a = SlotId { index: 1, gen: 7 };
         let b = SlotId { index: 2, gen: 9 };
-        post_completion(&r, 1, a);
-        post_completion(&r, 1, b);
-        assert_eq!(take_completions(&r, 0), Some(vec![]));
-        assert_eq!(take_completions(&r, 1), Some(vec![a, b]));
-        assert_eq!(take_completions(&r, 1), Some(vec![]));
+        post_completion(r.pool_side(), 1, a);
+        post_completion(r.pool_side(), 1, b);
+        assert_eq!(take_completions(r.nginx_side(), 0), Some(vec![]));
+        assert_eq!(take_completions(r.nginx_side(), 1), Some(vec![a, b]));
+        assert_eq!(take_completions(r.nginx_side(), 1), Some(vec![]));
         // More than a lap: the ring keeps what fits and the connection is told to scan.
         for _ in 0..g.completion_cap() + 3 {
-            post_completion(&r, 0, a);
+            post_completion(r.pool_side(), 0, a);
         }
-        assert_eq!(take_completions(&r, 0), None);
-        assert_eq!(take_completions(&r, 0), Some(vec![]));
+        assert_eq!(take_completions(r.nginx_side(), 0), None);
+        assert_eq!(take_completions(r.nginx_side(), 0), Some(vec![]));
         // Laps after that work as before.
         for lap in 0..10 {
             let id = SlotId {
                 index: lap % 4,
                 gen: lap,
             };
-            post_completion(&r, 0, id);
-            assert_eq!(take_completions(&r, 0), Some(vec![id]));
+            post_completion(r.pool_side(), 0, id);
+            assert_eq!(take_completions(r.nginx_side(), 0), Some(vec![id]));
         }
     }
 
@@ -401,28 +462,28 @@ mod tests {
                 s.chunks_in_use.load(Ordering::Relaxed),
             )
         };
-        let id = alloc(&r, 0, 1).unwrap();
+        let id = alloc(r.nginx_side(), 0, 1).unwrap();
         let n = crate::stream::write_all(&r, id, crate::stream::Direction::Request, &[&[5; 3000]])
             .unwrap();
-        assert!(submit(&r, id, 0, n));
+        assert!(submit(r.nginx_side(), id, 0, n));
         assert_eq!(in_use(&r), (1, 3));
-        assert!(withdraw_queued(&r, id));
-        assert!(!withdraw_queued(&r, id), "only once");
+        assert!(withdraw_queued(r.nginx_side(), id));
+        assert!(!withdraw_queued(r.nginx_side(), id), "only once");
         // The chunks are back already; the slot waits for the worker that pops it.
         assert_eq!(in_use(&r), (1, 0));
         assert_eq!(state_of(&r, id), Some(SlotState::Abandoned));
-        assert_eq!(take(&r, 0), None);
+        assert_eq!(take(r.pool_side(), 0), None);
         assert_eq!(in_use(&r), (0, 0));
         // A worker that pops it while nginx is still withdrawing leaves the slot to nginx.
-        let id = alloc(&r, 0, 1).unwrap();
-        assert!(submit(&r, id, 0, 0));
+        let id = alloc(r.nginx_side(), 0, 1).unwrap();
+        assert!(submit(r.nginx_side(), id, 0, 0));
         assert!(transition(
             &r,
             id,
             SlotState::Queued,
             SlotState::Withdrawing
         ));
-        assert_eq!(take(&r, 0), None);
+        assert_eq!(take(r.pool_side(), 0), None);
         assert_eq!(state_of(&r, id), Some(SlotState::Orphaned));
         assert!(orphan_freed(&r, id));
         assert_eq!(in_use(&r), (0, 0));

@@ -9,7 +9,8 @@
 use super::*;
 
 /// Takes a free slot for a request of nginx connection `conn`, or `None` if all are in use.
-pub fn alloc(region: &Region, conn: u32, conn_gen: u32) -> Option<SlotId> {
+pub fn alloc(side: NginxSide<'_>, conn: u32, conn_gen: u32) -> Option<SlotId> {
+    let region = side.region();
     // Open until the slot is marked `Filling` (dropped last).
     let _window = MarkerWindow::open(region, Actor::Conn(conn));
     let g = region.geometry();
@@ -51,7 +52,8 @@ pub fn alloc(region: &Region, conn: u32, conn_gen: u32) -> Option<SlotId> {
 }
 
 /// nginx, before `submit`: this request's own deadline (`pool_timeout`), for poold to enforce.
-pub fn set_timeout(region: &Region, id: SlotId, ms: u64) {
+pub fn set_timeout(side: NginxSide<'_>, id: SlotId, ms: u64) {
+    let region = side.region();
     if let Some(s) = region.slot(id.index) {
         s.timeout_ms
             .store(ms.min(u64::from(u32::MAX)) as u32, Ordering::Relaxed);
@@ -60,17 +62,18 @@ pub fn set_timeout(region: &Region, id: SlotId, ms: u64) {
 
 /// Queues a request whose stream holds its `head_len`-byte head (and maybe part of its body),
 /// `total` bytes in all once complete, and wakes a sleeping pool worker if there is one.
-pub fn submit(region: &Region, id: SlotId, head_len: u32, total: u64) -> bool {
-    let queued = enqueue(region, id, head_len, total);
+pub fn submit(side: NginxSide<'_>, id: SlotId, head_len: u32, total: u64) -> bool {
+    let queued = enqueue(side, id, head_len, total);
     if queued {
-        wake_workers(region, 1);
+        wake_workers(side, 1);
     }
     queued
 }
 
 /// [`submit`] without the wake-up: the caller calls [`wake_workers`] once for a batch (nginx
 /// does at the end of its event loop iteration, so a burst of requests costs one system call).
-pub fn enqueue(region: &Region, id: SlotId, head_len: u32, total: u64) -> bool {
+pub fn enqueue(side: NginxSide<'_>, id: SlotId, head_len: u32, total: u64) -> bool {
+    let region = side.region();
     let Some(slot) = region.slot(id.index) else {
         return false;
     };
@@ -94,7 +97,8 @@ pub fn enqueue(region: &Region, id: SlotId, head_len: u32, total: u64) -> bool {
 
 /// Wakes up to `n` sleeping pool workers, after requests were queued with [`enqueue`]; no
 /// system call when none sleeps.
-pub fn wake_workers(region: &Region, n: u32) {
+pub fn wake_workers(side: NginxSide<'_>, n: u32) {
+    let region = side.region();
     let h = region.header();
     // SeqCst fence: orders the queue pushes before the `sleepers` load, against the sleeper's
     // fetch_add-then-pop in `wait_for_work` (Dekker pattern); one of us must see the other.
@@ -109,7 +113,8 @@ pub fn wake_workers(region: &Region, n: u32) {
 /// nginx: the request no longer wants an answer (client gone, deadline). A queued one is
 /// withdrawn (its chunks freed now); otherwise whoever holds the slot releases it. Returns true
 /// if this call released it outright.
-pub fn abandon(region: &Region, id: SlotId) -> bool {
+pub fn abandon(side: NginxSide<'_>, id: SlotId) -> bool {
+    let region = side.region();
     if withdraw(region, id) {
         region
             .header()
@@ -130,13 +135,14 @@ pub fn abandon(region: &Region, id: SlotId) -> bool {
             return false;
         }
     }
-    release(region, id)
+    release(side, id)
 }
 
 /// nginx: withdraws a request no pool worker has taken yet (it waited too long in the queue).
 /// Returns false if a worker took it meanwhile. Its chunks are freed now; the slot, still in the
 /// queue, is freed by the worker that pops it (or by us, if one popped it meanwhile).
-pub fn withdraw_queued(region: &Region, id: SlotId) -> bool {
+pub fn withdraw_queued(side: NginxSide<'_>, id: SlotId) -> bool {
+    let region = side.region();
     let withdrawn = withdraw(region, id);
     if withdrawn {
         region
@@ -169,7 +175,8 @@ pub(super) fn withdraw(region: &Region, id: SlotId) -> bool {
 }
 
 /// nginx: after reading a `Done` or `Failed` slot (or for one still `Filling`), frees it.
-pub fn release(region: &Region, id: SlotId) -> bool {
+pub fn release(side: NginxSide<'_>, id: SlotId) -> bool {
+    let region = side.region();
     // In these states the slot is its nginx worker's alone (this caller, or poold for a dead
     // one).
     free_owned(
@@ -189,14 +196,15 @@ pub(super) fn orphan_freed(region: &Region, id: SlotId) -> bool {
 #[cfg(any(test, feature = "testing"))]
 /// nginx: the slots of connection `conn` to look at since the last call, or `None` if some did
 /// not fit the ring (then look at every request in flight). Call after [`clear_wake`].
-pub fn take_completions(region: &Region, conn: u32) -> Option<Vec<SlotId>> {
+pub fn take_completions(side: NginxSide<'_>, conn: u32) -> Option<Vec<SlotId>> {
     let mut out = Vec::new();
-    take_completions_into(region, conn, &mut out).then_some(out)
+    take_completions_into(side, conn, &mut out).then_some(out)
 }
 
 /// Like `take_completions` (tests), into the caller's (reused) buffer, which it clears first; false if some
 /// did not fit the ring.
-pub fn take_completions_into(region: &Region, conn: u32, out: &mut Vec<SlotId>) -> bool {
+pub fn take_completions_into(side: NginxSide<'_>, conn: u32, out: &mut Vec<SlotId>) -> bool {
+    let region = side.region();
     out.clear();
     let Some(ring) = queue::Ring::completions(region, conn) else {
         return false;
@@ -215,7 +223,8 @@ pub fn take_completions_into(region: &Region, conn: u32, out: &mut Vec<SlotId>) 
 }
 
 /// nginx: called on each eventfd wake-up, before scanning its requests.
-pub fn clear_wake(region: &Region, conn: u32) {
+pub fn clear_wake(side: NginxSide<'_>, conn: u32) {
+    let region = side.region();
     if let Some(c) = region.conn(conn) {
         // A swap, not a store: reading the completer's 1 synchronises with its swap, so
         // whatever it posted before is visible to the look that follows.

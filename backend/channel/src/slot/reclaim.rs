@@ -7,7 +7,8 @@
 use super::*;
 
 /// poold: marks connection `index` attached with a new generation; returns that generation.
-pub fn open_conn(region: &Region, index: u32, pid: u32) -> Option<u32> {
+pub fn open_conn(side: PoolSide<'_>, index: u32, pid: u32) -> Option<u32> {
+    let region = side.region();
     let c = region.conn(index)?;
     let gen = ((c.state.load(Ordering::Relaxed) >> 1) as u32).wrapping_add(1);
     c.pid.store(pid, Ordering::Relaxed);
@@ -18,7 +19,8 @@ pub fn open_conn(region: &Region, index: u32, pid: u32) -> Option<u32> {
 }
 
 /// poold: marks connection `index` detached.
-pub fn close_conn(region: &Region, index: u32) {
+pub fn close_conn(side: PoolSide<'_>, index: u32) {
+    let region = side.region();
     if let Some(c) = region.conn(index) {
         let st = c.state.load(Ordering::Relaxed);
         c.state.store(st & !1, Ordering::Release);
@@ -27,8 +29,11 @@ pub fn close_conn(region: &Region, index: u32) {
 
 /// poold: nginx connection `conn` (generation `conn_gen`) is gone; abandons or releases every
 /// slot it owned. Returns how many slots were reclaimed.
-pub fn reclaim_conn(region: &Region, conn: u32, conn_gen: u32) -> u32 {
+pub fn reclaim_conn(side: PoolSide<'_>, conn: u32, conn_gen: u32) -> u32 {
+    let region = side.region();
     close_dead_window(region, Actor::Conn(conn));
+    // The dead nginx worker's own steps (release), taken for it: it can no longer take them.
+    let on_behalf = NginxSide::of(region);
     let mut n = 0;
     for index in 0..region.geometry().slots {
         let Some(v) = view(region, index) else {
@@ -45,10 +50,10 @@ pub fn reclaim_conn(region: &Region, conn: u32, conn_gen: u32) -> u32 {
                 if abandoned {
                     crate::stream::notify_worker(region, v.id);
                 }
-                abandoned || release(region, v.id)
+                abandoned || release(on_behalf, v.id)
             }
             Some(SlotState::Done) | Some(SlotState::Failed) | Some(SlotState::Filling) => {
-                release(region, v.id)
+                release(on_behalf, v.id)
             }
             // It died withdrawing: finish for it (the anchors still hold what it had not freed).
             Some(SlotState::Withdrawing) | Some(SlotState::Orphaned) => {
@@ -65,10 +70,11 @@ pub fn reclaim_conn(region: &Region, conn: u32, conn_gen: u32) -> u32 {
 /// poold: pool worker `worker` died (or was killed for `reason`). If it held a request, fails it
 /// (nginx answers 502, or 504 for a timeout) and returns where to deliver that failure.
 pub fn reclaim_worker(
-    region: &Region,
+    side: PoolSide<'_>,
     worker: u32,
     reason: FailReason,
 ) -> Option<(SlotId, Handover)> {
+    let region = side.region();
     close_dead_window(region, Actor::Worker(worker));
     let e = region.worker(worker)?;
     let named = e.current.load(Ordering::SeqCst);
@@ -94,7 +100,7 @@ pub fn reclaim_worker(
             return None;
         }
     };
-    Some((id, fail(region, id, reason)))
+    Some((id, fail(side, id, reason)))
 }
 
 /// The request worker `worker` holds (Running, or Abandoned by nginx meanwhile), if any; with

@@ -10,7 +10,8 @@ use super::*;
 /// Pool worker `worker`: takes the next queued request, skipping ones their nginx side
 /// abandoned. The worker's entry names the slot *before* the slot turns Running, so poold can
 /// always tell which request a dead worker held.
-pub fn take(region: &Region, worker: u32) -> Option<SlotId> {
+pub fn take(side: PoolSide<'_>, worker: u32) -> Option<SlotId> {
+    let region = side.region();
     let entry = region.worker(worker);
     loop {
         let id = SlotId::decode(queue::pop(region)?);
@@ -37,7 +38,8 @@ pub fn take(region: &Region, worker: u32) -> Option<SlotId> {
 
 /// poold: pool worker `worker`'s replacement is ready; it may exit at its next request
 /// boundary. Wakes every sleeping worker so that it sees this if it is idle.
-pub fn tell_retire(region: &Region, worker: u32) {
+pub fn tell_retire(side: PoolSide<'_>, worker: u32) {
+    let region = side.region();
     if let Some(e) = region.worker(worker) {
         e.retire_now.store(1, Ordering::SeqCst);
         let h = region.header();
@@ -48,7 +50,8 @@ pub fn tell_retire(region: &Region, worker: u32) {
 }
 
 /// Pool worker: has poold told us to retire?
-pub fn retire_due(region: &Region, worker: u32) -> bool {
+pub fn retire_due(side: PoolSide<'_>, worker: u32) -> bool {
+    let region = side.region();
     region
         .worker(worker)
         .is_some_and(|e| e.retire_now.load(Ordering::SeqCst) != 0)
@@ -62,27 +65,28 @@ pub fn retire_due(region: &Region, worker: u32) -> bool {
 ///
 /// Returns `None` when `stop` says so (checked before each sleep and after each wake-up).
 pub fn wait_for_work(
-    region: &Region,
+    side: PoolSide<'_>,
     worker: u32,
     spin: &mut crate::spin::Spin,
     stop: &dyn Fn() -> bool,
 ) -> Option<SlotId> {
+    let region = side.region();
     let h = region.header();
     loop {
-        if let Some(id) = take(region, worker) {
+        if let Some(id) = take(side, worker) {
             return Some(id);
         }
         if stop() {
             return None;
         }
-        if let Some(id) = spin.run(|| take(region, worker)) {
+        if let Some(id) = spin.run(|| take(side, worker)) {
             return Some(id);
         }
         h.sleepers.fetch_add(1, Ordering::SeqCst);
         // SeqCst fence: pairs with the one in `wake_workers` (see there).
         fence(Ordering::SeqCst);
         let seq = h.work_seq.load(Ordering::SeqCst);
-        if let Some(id) = take(region, worker) {
+        if let Some(id) = take(side, worker) {
             h.sleepers.fetch_sub(1, Ordering::SeqCst);
             return Some(id);
         }
@@ -101,14 +105,15 @@ pub fn wait_for_work(
 /// the body follows; nginx may start sending. Returns where to deliver the news, or
 /// `Abandoned` if nginx gave up meanwhile (the worker then stops and calls [`finish`], which
 /// releases the slot).
-pub fn start_streaming(region: &Region, id: SlotId, head_len: u32) -> Handover {
+pub fn start_streaming(side: PoolSide<'_>, id: SlotId, head_len: u32) -> Handover {
+    let region = side.region();
     let Some(slot) = region.slot(id.index) else {
         return Handover::Abandoned;
     };
     slot.resp_head_len.store(head_len, Ordering::Relaxed);
     if transition(region, id, SlotState::Running, SlotState::Streaming) {
         let conn = slot.conn.load(Ordering::Relaxed);
-        post_completion(region, conn, id);
+        post_completion(side, conn, id);
         return Handover::Deliver {
             conn,
             conn_gen: slot.conn_gen.load(Ordering::Relaxed),
@@ -119,7 +124,8 @@ pub fn start_streaming(region: &Region, id: SlotId, head_len: u32) -> Handover {
 
 /// Pool worker: the response stream is complete, `total` bytes of which the first `head_len`
 /// are the head.
-pub fn finish(region: &Region, id: SlotId, head_len: u32, total: u64) -> Handover {
+pub fn finish(side: PoolSide<'_>, id: SlotId, head_len: u32, total: u64) -> Handover {
+    let region = side.region();
     let Some(slot) = region.slot(id.index) else {
         return Handover::Abandoned;
     };
@@ -130,7 +136,7 @@ pub fn finish(region: &Region, id: SlotId, head_len: u32, total: u64) -> Handove
         .stats
         .completed
         .fetch_add(1, Ordering::Relaxed);
-    settle(region, id, SlotState::Done)
+    settle(side, id, SlotState::Done)
 }
 
 /// Pool worker or poold: fails the request with `reason`.
@@ -138,11 +144,12 @@ pub fn finish(region: &Region, id: SlotId, head_len: u32, total: u64) -> Handove
 /// Counted in `failed` only if nginx still waited for it (nginx then answers it and logs why)
 /// or it ran past its deadline: a request nginx had already given up on (its client gone) was
 /// counted in `abandoned` then, and its failure is nobody's.
-pub fn fail(region: &Region, id: SlotId, reason: FailReason) -> Handover {
+pub fn fail(side: PoolSide<'_>, id: SlotId, reason: FailReason) -> Handover {
+    let region = side.region();
     if let Some(slot) = region.slot(id.index) {
         slot.fail_reason.store(reason as u32, Ordering::Relaxed);
     }
-    let handover = settle(region, id, SlotState::Failed);
+    let handover = settle(side, id, SlotState::Failed);
     let stats = &region.header().stats;
     if reason == FailReason::Timeout {
         stats.timeouts.fetch_add(1, Ordering::Relaxed);
@@ -153,7 +160,8 @@ pub fn fail(region: &Region, id: SlotId, reason: FailReason) -> Handover {
     handover
 }
 
-pub(super) fn settle(region: &Region, id: SlotId, to: SlotState) -> Handover {
+pub(super) fn settle(side: PoolSide<'_>, id: SlotId, to: SlotState) -> Handover {
+    let region = side.region();
     let Some(slot) = region.slot(id.index) else {
         return Handover::Abandoned;
     };
@@ -161,7 +169,7 @@ pub(super) fn settle(region: &Region, id: SlotId, to: SlotState) -> Handover {
         || transition(region, id, SlotState::Streaming, to)
     {
         let conn = slot.conn.load(Ordering::Relaxed);
-        post_completion(region, conn, id);
+        post_completion(side, conn, id);
         return Handover::Deliver {
             conn,
             conn_gen: slot.conn_gen.load(Ordering::Relaxed),
@@ -177,7 +185,8 @@ pub(super) fn settle(region: &Region, id: SlotId, to: SlotState) -> Handover {
 /// Queues slot `id` on connection `conn`'s completion ring, for the nginx worker to look at on
 /// its next wake-up; if the ring is full, flags the connection so that it looks at everything.
 /// Called before the wake-up decision ([`needs_wake`]), so the wake-up finds it.
-pub fn post_completion(region: &Region, conn: u32, id: SlotId) {
+pub fn post_completion(side: PoolSide<'_>, conn: u32, id: SlotId) {
+    let region = side.region();
     let Some(ring) = queue::Ring::completions(region, conn) else {
         return;
     };
@@ -191,7 +200,8 @@ pub fn post_completion(region: &Region, conn: u32, id: SlotId) {
 
 /// After `finish`/`fail` delivered: returns true if the caller must write the connection's
 /// eventfd (the nginx worker was not already told).
-pub fn needs_wake(region: &Region, conn: u32, conn_gen: u32) -> bool {
+pub fn needs_wake(side: PoolSide<'_>, conn: u32, conn_gen: u32) -> bool {
+    let region = side.region();
     let Some(c) = region.conn(conn) else {
         return false;
     };
@@ -214,7 +224,8 @@ pub(super) fn let_go_of_withdrawn(region: &Region, id: SlotId, worker: u32) {
 }
 
 /// Pool worker: done with its current request.
-pub fn clear_current(region: &Region, worker: u32) {
+pub fn clear_current(side: PoolSide<'_>, worker: u32) {
+    let region = side.region();
     if let Some(e) = region.worker(worker) {
         e.current.store(0, Ordering::Relaxed);
     }

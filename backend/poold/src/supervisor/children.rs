@@ -29,16 +29,19 @@ impl Supervisor {
             let handler = &self.handler;
             let conns = &self.conns;
             let run_as = self.run_as;
-            let spin = self.cfg.spin;
-            let max_rss = self.cfg.max_rss;
+            let spin = self.cfg.spin();
+            let max_rss = self.cfg.pool.max_rss;
             // Jitter: N plus up to 10%, different per fork, so workers do not retire together.
-            let max_requests = self.cfg.max_requests.map(|n| {
+            let max_requests = self.cfg.pool.max_requests.map(u64::from).map(|n| {
                 let seed = (std::process::id() as u64)
                     ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
                     ^ ngx_pool_channel::sys::monotonic_ms().wrapping_mul(0xBF58_476D_1CE4_E5B9);
                 n + seed % (n / 10 + 1)
             });
-            sys::fork_child(|| {
+            // A runtime in the handler (CPython) quiesces across the fork; the child undoes it
+            // in worker_init, this process in after_fork, whether the fork worked or not.
+            handler.before_fork();
+            let forked = sys::fork_child(|| {
                 // Its own process group: whatever the handler forks is killed with it.
                 let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
                 let mut table = ConnFds::new();
@@ -80,7 +83,9 @@ impl Supervisor {
                     scratch: Default::default(),
                 }
                 .run()
-            })?
+            });
+            handler.after_fork();
+            forked?
         };
         drop(theirs);
         if let Some(e) = self.region.worker(i as u32) {
@@ -123,7 +128,7 @@ impl Supervisor {
             let Some((id, started, own)) = slot::running_since(&self.region, i as u32) else {
                 continue;
             };
-            let pool = self.cfg.timeout.map(|t| t.as_millis() as u64);
+            let pool = self.cfg.pool.timeout_ms;
             let (limit, whose) = match (own, pool) {
                 (Some(o), Some(p)) if o < p => (o, "request's pool_timeout"),
                 (_, Some(p)) => (p, "pool's timeout"),
@@ -175,7 +180,7 @@ impl Supervisor {
                             self.workers[i].pid.map_or(0, |p| p.as_raw()),
                             self.workers[old].pid.map_or(0, |p| p.as_raw())
                         );
-                        slot::tell_retire(&self.region, old as u32);
+                        slot::tell_retire(self.region.pool_side(), old as u32);
                     }
                 }
                 RETIRING if !self.workers[i].replaced => {
@@ -322,7 +327,7 @@ impl Supervisor {
             FailReason::WorkerDied
         };
         self.maybe_lost = true;
-        match slot::reclaim_worker(&self.region, i as u32, reason) {
+        match slot::reclaim_worker(self.region.pool_side(), i as u32, reason) {
             Some((id, Handover::Deliver { .. })) => log!(
                 "error",
                 "pool worker {pid} {how} while running a request (slot {}); it gets 502",

@@ -73,7 +73,7 @@ impl Supervisor {
             );
             return refuse(handshake::WELCOME_FULL);
         };
-        let Some(gen) = slot::open_conn(&self.region, index as u32, frame.b) else {
+        let Some(gen) = slot::open_conn(self.region.pool_side(), index as u32, frame.b) else {
             return;
         };
         // The pool workers must hold the eventfd before any request of this nginx worker exists.
@@ -89,7 +89,7 @@ impl Supervisor {
         let welcome = Frame::new(handshake::WELCOME, handshake::WELCOME_OK, index as u32, gen);
         if let Err(e) = send_frame(&sock, welcome, Some(self.region.fd())) {
             log!("warn", "welcome to nginx worker {}: {e}", frame.b);
-            slot::close_conn(&self.region, index as u32);
+            slot::close_conn(self.region.pool_side(), index as u32);
             return;
         }
         self.conns[index] = Some(NginxConn {
@@ -109,8 +109,8 @@ impl Supervisor {
             _ => {}
         }
         let c = self.conns[i].take().expect("checked above");
-        slot::close_conn(&self.region, i as u32);
-        let n = slot::reclaim_conn(&self.region, i as u32, c.gen);
+        slot::close_conn(self.region.pool_side(), i as u32);
+        let n = slot::reclaim_conn(self.region.pool_side(), i as u32, c.gen);
         self.maybe_lost = true;
         if n > 0 {
             log!(

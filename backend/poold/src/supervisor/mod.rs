@@ -115,7 +115,7 @@ impl Supervisor {
             (Some(u), true) => Some(sys::lookup_user(u, cfg.group.as_deref())?),
             _ => None,
         };
-        let region = Region::create(&cfg.name, cfg.geometry(), std::process::id())?;
+        let region = Region::create(&cfg.pool.name, cfg.geometry(), std::process::id())?;
         let listener = sys::listen_seqpacket(&cfg.socket).map_err(|e| {
             io::Error::new(e.kind(), format!("socket {}: {e}", cfg.socket.display()))
         })?;
@@ -152,15 +152,15 @@ impl Supervisor {
 
     /// Runs until told to stop; then stops the workers and removes the socket.
     pub fn run(mut self) -> io::Result<()> {
-        for i in 0..self.cfg.workers as usize {
+        for i in 0..self.cfg.pool.workers as usize {
             self.spawn(i)?;
         }
         let g = self.region.geometry();
         log!(
             "notice",
             "started: handler {}, {} workers, {} slots, arena {} x {} bytes, socket {}",
-            self.cfg.handler,
-            self.cfg.workers,
+            self.cfg.pool.handler,
+            self.cfg.pool.workers,
             g.slots,
             g.chunks,
             g.chunk_size,
@@ -256,9 +256,11 @@ impl Supervisor {
         let tick = if busy { DEADLINE_TICK } else { IDLE_TICK };
         // Deadlines: the pool's, and per request (`pool_timeout`) which any busy pool may have;
         // and a look for lost chunks until the pool has been idle once since a death.
-        let next_tick =
-            (busy || self.cfg.timeout.is_some() || self.draining.is_some() || self.maybe_lost)
-                .then(|| Instant::now() + tick);
+        let next_tick = (busy
+            || self.cfg.pool.timeout_ms.is_some()
+            || self.draining.is_some()
+            || self.maybe_lost)
+            .then(|| Instant::now() + tick);
         let next_wake = match (next_respawn, next_tick) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -1,0 +1,235 @@
+//! What poold runs a pool with: the settings that the `pool` directive and poold's command line
+//! have in common, defined and checked once.
+//!
+//! The module parses `key=value` parameters into [`PoolSettings`], passes them to the poold it
+//! starts as `--key value` arguments ([`PoolSettings::to_args`]), and poold reads them back with
+//! the same [`PoolSettings::set`]: a setting cannot mean one thing in nginx.conf and another on
+//! poold's command line, nor be accepted by `nginx -t` and refused by poold.
+
+use crate::{parse_size, parse_time_ms, HandlerSpec};
+
+/// Default pool workers: one per CPU.
+pub fn default_workers() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+pub const DEFAULT_QUEUE: u32 = 1024;
+pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_ARENA: u64 = 64 << 20;
+pub const DEFAULT_SPIN_US: u64 = 100;
+
+/// A pool's settings as poold runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// The pool's name (`pool NAME`, `--name`), in log lines and status.
+    pub name: String,
+    /// What it runs (`handler=`): checked by [`HandlerSpec::parse`].
+    pub handler: String,
+    /// Passed to the handler's `init` (`handler_args=`; quote the whole parameter if it has
+    /// spaces: `"handler_args=a b"`).
+    pub handler_args: Option<String>,
+    /// Pool worker processes (`workers=`).
+    pub workers: u32,
+    /// Requests that may wait for a worker beyond those running (`queue=`).
+    pub queue: u32,
+    /// A request running longer has its worker killed (`timeout=`); none: no limit.
+    pub timeout_ms: Option<u64>,
+    /// A pool worker retires after about this many requests (`max_requests=`).
+    pub max_requests: Option<u32>,
+    /// A pool worker retires above this resident size in bytes (`max_rss=`).
+    pub max_rss: Option<u64>,
+    /// Longest poll of an idle pool worker before it sleeps, in µs (`spin=`).
+    pub spin_us: u64,
+    /// Shared-memory arena for bodies, in bytes (`arena=`).
+    pub arena: u64,
+}
+
+/// The settings' names, as in nginx.conf; on poold's command line `_` becomes `-`.
+pub const SETTING_NAMES: &[&str] = &[
+    "name",
+    "handler",
+    "handler_args",
+    "workers",
+    "queue",
+    "timeout",
+    "max_requests",
+    "max_rss",
+    "spin",
+    "arena",
+];
+
+impl PoolSettings {
+    /// A pool named `name` with every default; `handler` still to be set.
+    pub fn new(name: &str) -> PoolSettings {
+        PoolSettings {
+            name: name.to_string(),
+            handler: String::new(),
+            handler_args: None,
+            workers: default_workers(),
+            queue: DEFAULT_QUEUE,
+            timeout_ms: None,
+            max_requests: None,
+            max_rss: None,
+            spin_us: DEFAULT_SPIN_US,
+            arena: DEFAULT_ARENA,
+        }
+    }
+
+    /// Whether `key` (nginx.conf spelling) is one of these settings.
+    pub fn knows(key: &str) -> bool {
+        SETTING_NAMES.contains(&key)
+    }
+
+    /// Sets `key` (nginx.conf spelling) to `value`; the reason if the value is not valid for
+    /// it. Call only for a key [`PoolSettings::knows`].
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let number = |max: u32| -> Result<u32, String> {
+            match value.parse::<u32>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "invalid {key} \"{value}\" (a number from 1 to {max})"
+                )),
+            }
+        };
+        let size_from_1m = || match parse_size(value) {
+            Some(n) if n >= 1 << 20 => Ok(n),
+            _ => Err(format!("invalid {key} \"{value}\" (a size of at least 1m)")),
+        };
+        match key {
+            "name" if valid_name(value) => self.name = value.to_string(),
+            "name" => {
+                return Err(format!(
+                    "invalid pool name \"{value}\" (letters, digits, '_' and '-', up to 64)"
+                ))
+            }
+            "handler" => {
+                HandlerSpec::parse(value)?;
+                self.handler = value.to_string();
+            }
+            "handler_args" => self.handler_args = Some(value.to_string()),
+            "workers" => self.workers = number(4096)?,
+            "queue" => {
+                self.queue = match value.parse::<u32>() {
+                    Ok(n) if n <= 1 << 20 => n,
+                    _ => {
+                        return Err(format!(
+                            "invalid queue \"{value}\" (a number from 0 to 1048576)"
+                        ))
+                    }
+                }
+            }
+            "timeout" => {
+                self.timeout_ms = match parse_time_ms(value) {
+                    Some(ms) if ms > 0 => Some(ms),
+                    _ => {
+                        return Err(format!(
+                            "invalid timeout \"{value}\" (a time such as 30s or 500ms)"
+                        ))
+                    }
+                }
+            }
+            "max_requests" => self.max_requests = Some(number(u32::MAX)?),
+            "max_rss" => self.max_rss = Some(size_from_1m()?),
+            "spin" => {
+                let us = match value.strip_suffix("us") {
+                    Some(n) => n.parse::<u64>().ok(),
+                    None => parse_time_ms(value).map(|ms| ms * 1000),
+                };
+                self.spin_us = match us {
+                    Some(us) if us <= 10_000 => us,
+                    _ => {
+                        return Err(format!(
+                            "invalid spin \"{value}\" (a time up to 10ms, such as 100us or 0)"
+                        ))
+                    }
+                }
+            }
+            "arena" => self.arena = size_from_1m()?,
+            _ => return Err(format!("invalid parameter \"{key}={value}\"")),
+        }
+        Ok(())
+    }
+
+    /// The command line that makes poold read back exactly these settings: `--key value` for
+    /// each, in [`SETTING_NAMES`] order.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut put = |key: &str, value: String| {
+            args.push(format!("--{}", key.replace('_', "-")));
+            args.push(value);
+        };
+        put("name", self.name.clone());
+        put("handler", self.handler.clone());
+        if let Some(a) = &self.handler_args {
+            put("handler_args", a.clone());
+        }
+        put("workers", self.workers.to_string());
+        put("queue", self.queue.to_string());
+        if let Some(ms) = self.timeout_ms {
+            put("timeout", format!("{ms}ms"));
+        }
+        if let Some(n) = self.max_requests {
+            put("max_requests", n.to_string());
+        }
+        if let Some(n) = self.max_rss {
+            put("max_rss", n.to_string());
+        }
+        put("spin", format!("{}us", self.spin_us));
+        put("arena", self.arena.to_string());
+        args
+    }
+
+    /// The nginx.conf spelling of a poold option (`--max-requests` → `max_requests`), if it is
+    /// one of these settings.
+    pub fn key_of_option(option: &str) -> Option<String> {
+        let key = option.strip_prefix("--")?.replace('-', "_");
+        Self::knows(&key).then_some(key)
+    }
+}
+
+pub(crate) fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_read_back_to_the_same_settings() {
+        let mut s = PoolSettings::new("app");
+        for (k, v) in [
+            ("handler", "dylib:/x y.so"),
+            ("handler_args", "--k v"),
+            ("workers", "3"),
+            ("queue", "0"),
+            ("timeout", "1m30s"),
+            ("max_requests", "500"),
+            ("max_rss", "200m"),
+            ("spin", "0"),
+            ("arena", "8m"),
+        ] {
+            s.set(k, v).unwrap();
+        }
+        let args = s.to_args();
+        let mut back = PoolSettings::new("other");
+        for pair in args.chunks(2) {
+            let key = PoolSettings::key_of_option(&pair[0]).expect("a setting");
+            back.set(&key, &pair[1]).unwrap();
+        }
+        assert_eq!(back, s);
+        assert_eq!(PoolSettings::key_of_option("--user"), None);
+    }
+
+    #[test]
+    fn every_name_is_settable() {
+        for key in SETTING_NAMES {
+            if let Err(e) = PoolSettings::new("a").set(key, "\u{1}") {
+                assert!(!e.contains("invalid parameter"), "{key}: {e}");
+            }
+        }
+    }
+}
