@@ -319,6 +319,10 @@ setter!(set_pool, MainConf, |cf, main, args| {
         }
         pool.settings.handler = spec.to_string();
     }
+    pool.settings = pool.settings.absolute(&main.prefix);
+    if let Err(e) = pool.settings.check_paths() {
+        return conf_error(cf, &e);
+    }
     let socket = conf::socket_path(&pool, &main.prefix);
     if let Err(e) = conf::check_socket_dir(&socket, pool.external) {
         return conf_error(cf, &e);

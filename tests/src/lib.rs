@@ -592,3 +592,22 @@ pub fn parallel<T: Send + 'static>(
     all.sort_by_key(|(i, _)| *i);
     all.into_iter().map(|(_, t)| t).collect()
 }
+
+/// The virtualenv of the WSGI tests (Flask, Django, Gunicorn: tests/python/requirements.txt),
+/// made by `scripts/python-env`, which `scripts/test` runs.
+pub fn python_env() -> PathBuf {
+    let venv = std::env::var("NGX_POOL_PYTHON_ENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_dir().join("target/python-env"));
+    assert!(
+        venv.join("bin/python").exists(),
+        "no test virtualenv at {}: run scripts/python-env (scripts/test does)",
+        venv.display()
+    );
+    venv
+}
+
+/// The test apps (tests/python/apps): the `chdir=` of the WSGI pools.
+pub fn python_apps() -> PathBuf {
+    repo_dir().join("tests/python/apps")
+}

@@ -14,10 +14,16 @@ REQUIRED:
     --socket PATH       unix socket the nginx workers attach to (created; mode 0600)
     --handler SPEC      builtin:echo | builtin:hello | builtin:sleep | builtin:cpu | builtin:crash
                         | builtin:spawn | builtin:stream | dylib:PATH (a handler library,
-                        see docs/abi.md)
+                        see docs/abi.md) | wsgi:MODULE:CALLABLE (a Python WSGI app)
 
 OPTIONS:
     --handler-args STR  passed to the handler's init (before the workers are forked)
+    --chdir DIR         working directory of the pool (before the handler loads)
+    --env NAME=VALUE    environment of the pool (repeatable)
+    --venv DIR          wsgi: the app's virtualenv
+    --python-path DIRS  wsgi: directories put first on sys.path (':'-separated)
+    --preload on|off    wsgi: import the app before forking (on) or in each worker [on]
+    --wsgi-adapter PATH wsgi: the Python adapter library   [default: beside poold]
     --name NAME         pool name used in log lines                  [default: pool]
     --workers N         pool worker processes                        [default: number of CPUs]
     --queue N           requests that may wait for a worker, beyond
@@ -68,6 +74,8 @@ pub struct Config {
     pub ready_fd: Option<i32>,
     /// Set in a watcher (see `watchdog::adopt`): the poold it follows.
     pub watch_pid: Option<i32>,
+    /// The Python adapter library for `wsgi:` handlers; none: beside poold.
+    pub wsgi_adapter: Option<PathBuf>,
 }
 
 /// What the command line asked for.
@@ -121,6 +129,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         lifeline_fd: None,
         ready_fd: None,
         watch_pid: None,
+        wsgi_adapter: None,
     };
     while let Some(arg) = it.next() {
         let (key, inline) = match arg.split_once('=') {
@@ -153,6 +162,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
                     cfg.pool
                         .set(&setting, &v)
                         .map_err(|e| format!("{key}: {e}"))?
+                }
+                None if option == "--wsgi-adapter" => {
+                    cfg.wsgi_adapter = Some(PathBuf::from(value("a path")?))
                 }
                 None if option == "--user" => cfg.user = Some(value("a user")?),
                 None if option == "--group" => cfg.group = Some(value("a group")?),

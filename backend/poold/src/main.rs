@@ -93,9 +93,29 @@ fn main() {
 /// Loads the handler and runs its `init`, as the pool's user when started as root.
 fn load(cfg: &Config) -> Result<LoadedHandler, LoadError> {
     let spec = ngx_pool_conf::HandlerSpec::parse(&cfg.pool.handler).map_err(LoadError)?;
+    // chdir= and env= hold for the handler's whole life, in this process and every worker.
+    if let Some(dir) = &cfg.pool.chdir {
+        std::env::set_current_dir(dir).map_err(|e| LoadError(format!("chdir {dir}: {e}")))?;
+    }
+    for pair in &cfg.pool.env {
+        if let Some((name, value)) = pair.split_once('=') {
+            // Single-threaded here (nothing has started a thread yet): set_var is sound.
+            std::env::set_var(name, value);
+        }
+    }
+    let adapter = cfg
+        .wsgi_adapter
+        .clone()
+        .unwrap_or_else(poold::handler::default_wsgi_adapter);
+    let init_args = match spec {
+        ngx_pool_conf::HandlerSpec::Wsgi { .. } => {
+            poold::handler::wsgi_init_config(&spec, &cfg.pool)
+        }
+        _ => cfg.pool.handler_args.clone().unwrap_or_default(),
+    };
     let run = || -> Result<LoadedHandler, LoadError> {
-        let handler = LoadedHandler::load(&spec)?;
-        handler.init(cfg.pool.handler_args.as_deref().unwrap_or(""))?;
+        let handler = LoadedHandler::load(&spec, &adapter)?;
+        handler.init(&init_args)?;
         Ok(handler)
     };
     match (&cfg.user, nix::unistd::geteuid().is_root()) {

@@ -76,6 +76,20 @@ pub enum HandlerSpec {
     Builtin(String),
     /// `dylib:PATH`: a handler library exporting `ngx_pool_handler_v1`.
     Dylib(PathBuf),
+    /// `wsgi:MODULE[:CALLABLE]`: a Python WSGI app, run by the Python adapter (a handler
+    /// library beside poold). The callable defaults to `application`, as Gunicorn's does.
+    Wsgi { module: String, callable: String },
+}
+
+/// A dotted Python name (`pkg.mod`), as `import` takes it.
+fn python_dotted(s: &str) -> bool {
+    !s.is_empty() && s.split('.').all(python_identifier)
+}
+
+fn python_identifier(s: &str) -> bool {
+    let mut c = s.chars();
+    c.next().is_some_and(|f| f == '_' || f.is_alphabetic())
+        && c.all(|c| c == '_' || c.is_alphanumeric())
 }
 
 impl HandlerSpec {
@@ -91,8 +105,20 @@ impl HandlerSpec {
             )),
             Some(("dylib", "")) => Err("handler \"dylib:\" needs a path".to_string()),
             Some(("dylib", path)) => Ok(HandlerSpec::Dylib(PathBuf::from(path))),
+            Some(("wsgi", app)) => {
+                let (module, callable) = app.split_once(':').unwrap_or((app, "application"));
+                if !python_dotted(module) || !python_dotted(callable) {
+                    return Err(format!(
+                        "invalid WSGI app \"{app}\" (expected wsgi:MODULE:CALLABLE, as in wsgi:myapp:app)"
+                    ));
+                }
+                Ok(HandlerSpec::Wsgi {
+                    module: module.to_string(),
+                    callable: callable.to_string(),
+                })
+            }
             _ => Err(format!(
-                "unknown handler \"{spec}\" (expected builtin:NAME or dylib:PATH)"
+                "unknown handler \"{spec}\" (expected builtin:NAME, dylib:PATH or wsgi:MODULE:CALLABLE)"
             )),
         }
     }
@@ -129,6 +155,7 @@ impl std::fmt::Display for HandlerSpec {
         match self {
             HandlerSpec::Builtin(n) => write!(f, "builtin:{n}"),
             HandlerSpec::Dylib(p) => write!(f, "dylib:{}", p.display()),
+            HandlerSpec::Wsgi { module, callable } => write!(f, "wsgi:{module}:{callable}"),
         }
     }
 }
@@ -279,7 +306,9 @@ mod tests {
     fn errors_say_what_is_wrong() {
         let e = |a: &[&str]| parse_pool(a).unwrap_err();
         assert!(e(&["a", "handler=builtin:nope"]).contains("unknown handler"));
-        assert!(e(&["a", "handler=python:x"]).contains("expected builtin:NAME or dylib:PATH"));
+        assert!(e(&["a", "handler=python:x"]).contains("expected builtin:NAME, dylib:PATH or wsgi"));
+        assert!(e(&["a", "handler=wsgi:my-app:app"]).contains("invalid WSGI app"));
+        assert!(e(&["a", "handler=wsgi:"]).contains("invalid WSGI app"));
         assert!(e(&["a", "handler=dylib:"]).contains("needs a path"));
         assert!(e(&["a", "handler=builtin:echo", "workers=x"]).contains("invalid workers"));
         assert!(e(&["a", "handler=builtin:echo", "timeout=5q"]).contains("invalid timeout"));
@@ -312,6 +341,14 @@ mod tests {
             .check_files()
             .unwrap_err()
             .contains("not a file"));
+        assert_eq!(
+            HandlerSpec::parse("wsgi:pkg.web:app").unwrap().to_string(),
+            "wsgi:pkg.web:app"
+        );
+        assert_eq!(
+            HandlerSpec::parse("wsgi:hello").unwrap().to_string(),
+            "wsgi:hello:application"
+        );
         let p = parse_pool(&["a", "handler=dylib:/x.so", "handler_args=--k v"]).unwrap();
         assert_eq!(p.settings.handler_args.as_deref(), Some("--k v"));
     }

@@ -42,6 +42,20 @@ pub struct PoolSettings {
     pub spin_us: u64,
     /// Shared-memory arena for bodies, in bytes (`arena=`).
     pub arena: u64,
+    /// The pool manager's working directory, set before the handler loads (`chdir=`, as
+    /// Gunicorn's `--chdir`).
+    pub chdir: Option<String>,
+    /// Environment variables set in the pool manager before the handler loads, inherited by
+    /// every worker (`env=NAME=VALUE`, repeatable, as Gunicorn's `--env`).
+    pub env: Vec<String>,
+    /// WSGI: the virtualenv whose packages the app uses (`venv=`, as uWSGI's `virtualenv`).
+    pub venv: Option<String>,
+    /// WSGI: directories put first on `sys.path`, `:`-separated (`python_path=`, as Gunicorn's
+    /// `--pythonpath`).
+    pub python_path: Option<String>,
+    /// WSGI: import the app once in the pool manager before forking (`preload=on`, the
+    /// default, as Gunicorn's `preload_app`), or in each worker after the fork (`off`).
+    pub preload: bool,
 }
 
 /// The settings' names, as in nginx.conf; on poold's command line `_` becomes `-`.
@@ -56,6 +70,11 @@ pub const SETTING_NAMES: &[&str] = &[
     "max_rss",
     "spin",
     "arena",
+    "chdir",
+    "env",
+    "venv",
+    "python_path",
+    "preload",
 ];
 
 impl PoolSettings {
@@ -72,6 +91,11 @@ impl PoolSettings {
             max_rss: None,
             spin_us: DEFAULT_SPIN_US,
             arena: DEFAULT_ARENA,
+            chdir: None,
+            env: Vec::new(),
+            venv: None,
+            python_path: None,
+            preload: true,
         }
     }
 
@@ -145,6 +169,33 @@ impl PoolSettings {
                 }
             }
             "arena" => self.arena = size_from_1m()?,
+            "chdir" | "venv" | "python_path" if value.is_empty() => {
+                return Err(format!("{key}= needs a path"))
+            }
+            "chdir" => self.chdir = Some(value.to_string()),
+            "venv" => self.venv = Some(value.to_string()),
+            "python_path" => self.python_path = Some(value.to_string()),
+            "preload" => {
+                self.preload = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(format!("invalid preload \"{value}\" (on or off)")),
+                }
+            }
+            "env" => match value.split_once('=') {
+                Some((name, _))
+                    if !name.is_empty()
+                        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                        && !name.as_bytes()[0].is_ascii_digit() =>
+                {
+                    self.env.push(value.to_string())
+                }
+                _ => {
+                    return Err(format!(
+                        "invalid env \"{value}\" (NAME=VALUE, NAME of letters, digits and '_')"
+                    ))
+                }
+            },
             _ => return Err(format!("invalid parameter \"{key}={value}\"")),
         }
         Ok(())
@@ -176,7 +227,71 @@ impl PoolSettings {
         }
         put("spin", format!("{}us", self.spin_us));
         put("arena", self.arena.to_string());
+        for (key, value) in [
+            ("chdir", &self.chdir),
+            ("venv", &self.venv),
+            ("python_path", &self.python_path),
+        ] {
+            if let Some(v) = value {
+                put(key, v.clone());
+            }
+        }
+        for e in &self.env {
+            put("env", e.clone());
+        }
+        put("preload", if self.preload { "on" } else { "off" }.into());
         args
+    }
+
+    /// The settings with relative paths (`chdir=`, `venv=`, `python_path=`) made absolute
+    /// against nginx's prefix, as nginx.conf's paths are.
+    pub fn absolute(mut self, prefix: &str) -> PoolSettings {
+        let abs = |p: &str| {
+            let path = std::path::Path::new(p);
+            if path.is_relative() {
+                std::path::Path::new(prefix)
+                    .join(path)
+                    .display()
+                    .to_string()
+            } else {
+                p.to_string()
+            }
+        };
+        self.chdir = self.chdir.as_deref().map(abs);
+        self.venv = self.venv.as_deref().map(abs);
+        self.python_path = self
+            .python_path
+            .as_deref()
+            .map(|pp| pp.split(':').map(abs).collect::<Vec<_>>().join(":"));
+        self
+    }
+
+    /// Checks what can be checked before the pool starts: the directories named exist, and a
+    /// `venv=` is a virtualenv. The reason, naming the setting and the path.
+    pub fn check_paths(&self) -> Result<(), String> {
+        let is_dir = |key: &str, p: &str| {
+            if std::path::Path::new(p).is_dir() {
+                Ok(())
+            } else {
+                Err(format!("{key} \"{p}\" is not a directory"))
+            }
+        };
+        if let Some(d) = &self.chdir {
+            is_dir("chdir", d)?;
+        }
+        if let Some(v) = &self.venv {
+            is_dir("venv", v)?;
+            let cfg = std::path::Path::new(v).join("pyvenv.cfg");
+            if !cfg.is_file() {
+                return Err(format!(
+                    "venv \"{v}\" is not a virtualenv (no pyvenv.cfg; make one with python3 -m venv)"
+                ));
+            }
+        }
+        for d in self.python_path.iter().flat_map(|pp| pp.split(':')) {
+            is_dir("python_path", d)?;
+        }
+        Ok(())
     }
 
     /// The nginx.conf spelling of a poold option (`--max-requests` → `max_requests`), if it is
@@ -211,6 +326,12 @@ mod tests {
             ("max_rss", "200m"),
             ("spin", "0"),
             ("arena", "8m"),
+            ("chdir", "/srv/app"),
+            ("env", "A=1"),
+            ("env", "B=x=y"),
+            ("venv", "/srv/venv"),
+            ("python_path", "/a:/b"),
+            ("preload", "off"),
         ] {
             s.set(k, v).unwrap();
         }
@@ -222,6 +343,18 @@ mod tests {
         }
         assert_eq!(back, s);
         assert_eq!(PoolSettings::key_of_option("--user"), None);
+        assert!(s.clone().set("env", "1A=x").is_err());
+        assert!(s.clone().set("preload", "yes").is_err());
+        let rel = PoolSettings {
+            python_path: Some("lib:/abs".into()),
+            venv: Some("venv".into()),
+            ..s
+        }
+        .absolute("/p/");
+        assert_eq!(rel.python_path.as_deref(), Some("/p/lib:/abs"));
+        assert_eq!(rel.venv.as_deref(), Some("/p/venv"));
+        let e = rel.check_paths().unwrap_err();
+        assert!(e.contains("is not a directory"), "{e}");
     }
 
     #[test]

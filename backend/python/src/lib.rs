@@ -1,0 +1,300 @@
+//! The Python adapter: a handler library on the ngx-pool ABI that embeds CPython and runs a WSGI
+//! app (PEP 3333) in the pool workers, for `handler=wsgi:MODULE:CALLABLE`.
+//!
+//! poold loads it like any `dylib:` handler (RTLD_GLOBAL, so the app's C extensions resolve
+//! against the libpython it brings); poold itself never links libpython. Its life follows the
+//! SDK's hooks:
+//!
+//! * `init`, in the pool manager as the pool's user: the interpreter starts (no signal
+//!   handlers, the `venv=`'s executable), `python_path=` and the working directory go first on
+//!   `sys.path`, and with `preload=on` the app is imported here, once, then `gc.freeze()` so
+//!   the workers share its pages copy-on-write (Gunicorn's `preload_app`);
+//! * `before_fork` / `after_fork` around each fork, `worker_init` first in each worker: the
+//!   interpreter quiesced and restored as `os.fork()` does it ([`interpreter`]); with
+//!   `preload=off` the app is imported in each worker here instead;
+//! * `handle`: the environ ([`environ`]), the call, the response streamed out ([`respond`]).
+
+mod environ;
+mod interpreter;
+mod io;
+mod respond;
+mod settings;
+
+use ngx_pool_sdk::{Error, ErrorKind, Handler, Level, Request, Response, Result, Status, Stream};
+use pyo3::exceptions::{PySystemExit, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use respond::StartResponse;
+use settings::Settings;
+use std::sync::OnceLock;
+
+/// A WSGI app in a pool.
+pub struct Wsgi {
+    settings: Settings,
+    /// The app's callable: imported in `init` (`preload=on`) or in `worker_init`.
+    app: OnceLock<Py<PyAny>>,
+    shared: environ::Shared,
+}
+
+fn python_error(py: Python<'_>, e: &PyErr) -> String {
+    let formatted = (|| -> PyResult<String> {
+        let lines = py.import("traceback")?.call_method1(
+            "format_exception",
+            (e.get_type(py), e.value(py), e.traceback(py)),
+        )?;
+        PyString::new(py, "")
+            .call_method1("join", (lines,))?
+            .extract()
+    })();
+    formatted
+        .map(|t| t.trim_end().to_string())
+        .unwrap_or_else(|_| e.to_string())
+}
+
+impl Wsgi {
+    fn app_name(&self) -> String {
+        format!("{}:{}", self.settings.module, self.settings.callable)
+    }
+
+    /// Imports the app and finds its callable.
+    fn import(&self, py: Python<'_>) -> Result {
+        let found = (|| -> PyResult<Bound<'_, PyAny>> {
+            let mut obj = py.import(self.settings.module.as_str())?.into_any();
+            for part in self.settings.callable.split('.') {
+                obj = obj.getattr(part)?;
+            }
+            if !obj.is_callable() {
+                return Err(PyTypeError::new_err(format!(
+                    "{} is a {}, not a WSGI callable",
+                    self.app_name(),
+                    obj.get_type().name()?
+                )));
+            }
+            Ok(obj)
+        })();
+        let app = found.map_err(|e| {
+            Error::msg(format!(
+                "cannot load the WSGI app {}:\n{}",
+                self.app_name(),
+                python_error(py, &e)
+            ))
+        })?;
+        let _ = self.app.set(app.unbind());
+        Ok(())
+    }
+
+    /// What the workers should not inherit without knowing: threads the import started.
+    fn warn_about_threads(&self, py: Python<'_>) {
+        let count = (|| -> PyResult<usize> {
+            let modules = py.import("sys")?.getattr("modules")?;
+            match modules.get_item("threading") {
+                Ok(t) => t.call_method0("active_count")?.extract(),
+                Err(_) => Ok(1),
+            }
+        })()
+        .unwrap_or(1);
+        if count > 1 {
+            ngx_pool_sdk::log(
+                Level::Warn,
+                &format!(
+                    "importing the WSGI app {} started {} threads; with preload=on they do not exist in the workers (fork copies only the forking thread, and a lock one of them held stays locked): set preload=off to import it in each worker",
+                    self.app_name(),
+                    count - 1
+                ),
+            );
+        }
+    }
+
+    fn call(&self, py: Python<'_>, req: &Request<'_>, stream: Stream) -> Result {
+        let Some(app) = self.app.get() else {
+            return Err(Error::msg("the WSGI app is not loaded"));
+        };
+        let responder = Bound::new(py, StartResponse::new(stream))
+            .map_err(|e| Error::msg(python_error(py, &e)))?;
+        let outcome = (|| -> PyResult<()> {
+            let environ = environ::build(py, &self.shared, req, stream)?;
+            let result = app.bind(py).call1((environ, &responder))?;
+            let streamed = stream_out(&result, &responder);
+            // PEP 3333: close() whatever happened, the client gone included.
+            let closed = match result.getattr(pyo3::intern!(py, "close")) {
+                Ok(close) => close.call0().map(drop),
+                Err(_) => Ok(()),
+            };
+            streamed?;
+            closed?;
+            responder.borrow_mut().send_head()
+        })();
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(e) => self.failed(py, stream, &responder, e),
+        }
+    }
+
+    fn failed(
+        &self,
+        py: Python<'_>,
+        stream: Stream,
+        responder: &Bound<'_, StartResponse>,
+        e: PyErr,
+    ) -> Result {
+        if e.is_instance_of::<PySystemExit>(py) {
+            // Gunicorn's worker exits on SystemExit too: this request gets 502 from poold,
+            // which starts another worker.
+            stream.log(
+                Level::Error,
+                &format!(
+                    "the WSGI app {} raised SystemExit during a request: the pool worker exits",
+                    self.app_name()
+                ),
+            );
+            std::process::exit(1);
+        }
+        let r = responder.borrow();
+        if r.gone {
+            return Err(Error::new(ErrorKind::Gone, "the client went away"));
+        }
+        stream.log(
+            Level::Error,
+            &format!(
+                "the WSGI app {} failed:\n{}",
+                self.app_name(),
+                python_error(py, &e)
+            ),
+        );
+        if r.sent() {
+            return Err(Error::msg(
+                "the response was cut short by the exception above",
+            ));
+        }
+        stream.start(
+            Status::INTERNAL_SERVER_ERROR,
+            &[(b"Content-Type", b"text/plain; charset=utf-8")],
+        )?;
+        stream.write(b"Internal Server Error\n")
+    }
+}
+
+/// Sends what the app's iterable yields, each chunk as it comes (see
+/// [`StartResponse::flush_after_chunk`]); a list or tuple is known whole and goes out at once.
+fn stream_out(result: &Bound<'_, PyAny>, responder: &Bound<'_, StartResponse>) -> PyResult<()> {
+    let known_whole = result.is_instance_of::<PyList>() || result.is_instance_of::<PyTuple>();
+    for item in result.try_iter()? {
+        let item = item?;
+        let chunk = item.downcast::<PyBytes>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "the response iterable yielded a {}, not bytes",
+                item.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
+            ))
+        })?;
+        // Borrowed only for the write: the app's next step may call write() itself.
+        let mut r = responder.borrow_mut();
+        r.body(chunk.as_bytes(), false)?;
+        if !known_whole && r.flush_after_chunk() {
+            r.body(&[], true)?;
+        }
+    }
+    Ok(())
+}
+
+impl Handler for Wsgi {
+    fn init(args: &str) -> Result<Self> {
+        let settings = Settings::parse(args).map_err(Error::msg)?;
+        let linked = interpreter::linked_version();
+        if let Some(venv) = &settings.venv {
+            let made_with = settings::venv_version(venv).map_err(Error::msg)?;
+            if made_with != linked {
+                return Err(Error::msg(format!(
+                    "venv {} is Python {made_with}, but the Python adapter runs Python {linked}: make the venv with python{linked} -m venv",
+                    venv.display()
+                )));
+            }
+        }
+        interpreter::start(settings.venv.as_deref()).map_err(Error::msg)?;
+        Python::with_gil(|py| {
+            let fail = |e: PyErr| Error::msg(format!("Python set-up: {}", python_error(py, &e)));
+            let sys = py.import("sys").map_err(fail)?;
+            // python_path= first, then the working directory (chdir=), as Gunicorn puts its
+            // --pythonpath and --chdir first on sys.path.
+            let cwd = std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default();
+            let path = sys.getattr("path").map_err(fail)?;
+            let firsts = settings
+                .python_path
+                .iter()
+                .map(|d| d.display().to_string())
+                .chain(std::iter::once(cwd));
+            for (i, dir) in firsts.enumerate() {
+                path.call_method1("insert", (i, dir)).map_err(fail)?;
+            }
+            let file_wrapper = py
+                .import("wsgiref.util")
+                .and_then(|m| m.getattr("FileWrapper"))
+                .map_err(fail)?;
+            let wsgi = Wsgi {
+                settings,
+                app: OnceLock::new(),
+                shared: environ::Shared {
+                    version: PyTuple::new(py, [1, 0]).map_err(fail)?.into_any().unbind(),
+                    file_wrapper: file_wrapper.unbind(),
+                },
+            };
+            if wsgi.settings.preload {
+                wsgi.import(py)?;
+                wsgi.warn_about_threads(py);
+            }
+            // What exists now is shared by every worker: keep the collector from touching (and
+            // so copying) those pages.
+            py.import("gc")
+                .and_then(|gc| gc.call_method0("freeze"))
+                .map_err(fail)?;
+            let version: String = sys
+                .getattr("version")
+                .and_then(|v| v.extract())
+                .unwrap_or_default();
+            ngx_pool_sdk::log(
+                Level::Notice,
+                &format!(
+                    "WSGI app {} {} (Python {}, sys.prefix {})",
+                    wsgi.app_name(),
+                    if wsgi.settings.preload {
+                        "imported before forking"
+                    } else {
+                        "to be imported in each worker (preload=off)"
+                    },
+                    version.split_whitespace().next().unwrap_or(""),
+                    sys.getattr("prefix")
+                        .and_then(|p| p.extract::<String>())
+                        .unwrap_or_default()
+                ),
+            );
+            Ok(wsgi)
+        })
+    }
+
+    fn before_fork(&self) {
+        interpreter::before_fork();
+    }
+
+    fn after_fork(&self) {
+        interpreter::after_fork_in_parent();
+    }
+
+    fn worker_init(&self) -> Result {
+        interpreter::after_fork_in_child();
+        if self.settings.preload {
+            return Ok(());
+        }
+        Python::with_gil(|py| self.import(py))
+    }
+
+    fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Result {
+        let stream = resp.into_stream();
+        Python::with_gil(|py| self.call(py, req, stream))
+    }
+}
+
+ngx_pool_sdk::export_handler!(Wsgi, "wsgi");
