@@ -126,3 +126,220 @@ fn a_flask_app_runs_unmodified() {
     );
     ng.finish();
 }
+
+#[test]
+fn exceptions_exits_and_kills_get_the_statuses_named_and_the_pool_goes_on() {
+    let mut ng = Nginx::start(Conf::new(
+        &wsgi_pool("flask", "flaskapp:app", ""),
+        "    location / { pool_pass flask; }\n    location = /status { pool_status; }",
+    ));
+    ng.allow("killed by SIGKILL");
+    // Flask turns an exception into its own 500 page and logs the traceback to wsgi.errors,
+    // which is error_log.
+    let r = ng.get("/boom");
+    assert_eq!(r.status, 500);
+    assert!(text(&r).contains("Internal Server Error"));
+    ng.wait_for("the traceback in error_log", |ng| {
+        ng.log().contains("RuntimeError: boom in a view")
+    });
+    let log = ng.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("Exception on /boom [GET]"))
+        .expect("Flask's line");
+    assert!(line.contains("[error]"), "{line}");
+
+    // sys.exit() and os._exit() in a request: 502 for it, a new worker, the next one served.
+    for path in ["/exit", "/hard-exit"] {
+        assert_eq!(ng.get(path).status, 502, "{path}");
+        assert_eq!(ng.get("/").status, 200, "after {path}");
+    }
+    assert!(ng.log().contains("raised SystemExit during a request"));
+
+    // SIGKILL of a worker in the middle of Python code.
+    let port = ng.port;
+    let slow = std::thread::spawn(move || request(port, "GET", "/sleep?s=30", &[], b"").unwrap());
+    let mut victim = None;
+    ng.wait_for("a worker running /sleep", |ng| {
+        let status = ng.get("/status").json();
+        victim = status["pools"][0]["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["busy_ms"].is_u64())
+            .and_then(|w| w["pid"].as_u64());
+        victim.is_some()
+    });
+    ngx_pool_tests::procs::kill(victim.unwrap() as u32, libc::SIGKILL);
+    assert_eq!(slow.join().unwrap().status, 502);
+    for _ in 0..4 {
+        assert_eq!(ng.get("/").status, 200);
+    }
+    ng.finish();
+}
+
+#[test]
+fn a_raw_wsgi_app_passes_wsgiref_validate() {
+    // Every warning of the validator is an error, so a lax answer fails the request.
+    let ng = Nginx::start(Conf::new(
+        &wsgi_pool(
+            "raw",
+            "rawapp:validated",
+            "env=PYTHONWARNINGS=error::wsgiref.validate.WSGIWarning",
+        ),
+        "    location / { pool_pass raw; }\n    \
+         location /mounted/ { pool_param SCRIPT_NAME /mounted; pool_param X_APP demo; pool_pass raw; }",
+    ));
+    let r = request(
+        ng.port,
+        "POST",
+        "/a%20b/environ?x=1&y=%20",
+        &[
+            ("Content-Type", "text/plain"),
+            ("X-Multi", "one"),
+            ("X-Multi", "two"),
+            ("User-Agent", "t/1"),
+        ],
+        b"body bytes",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let e = r.json();
+    assert_eq!(e["REQUEST_METHOD"], "POST");
+    assert_eq!(e["SCRIPT_NAME"], "");
+    assert_eq!(e["PATH_INFO"], "/a b/environ", "percent-decoded");
+    assert_eq!(e["QUERY_STRING"], "x=1&y=%20", "as sent");
+    assert_eq!(e["CONTENT_TYPE"], "text/plain");
+    assert_eq!(e["CONTENT_LENGTH"], "10");
+    assert_eq!(e["SERVER_NAME"], "localhost");
+    assert_eq!(e["SERVER_PORT"], ng.port.to_string());
+    assert_eq!(e["SERVER_PROTOCOL"], "HTTP/1.1");
+    assert_eq!(e["REMOTE_ADDR"], "127.0.0.1");
+    assert!(e["REMOTE_PORT"].as_str().unwrap().parse::<u16>().is_ok());
+    assert_eq!(e["wsgi.url_scheme"], "http");
+    assert_eq!(e["wsgi.version"], serde_json::json!([1, 0]));
+    assert_eq!(
+        (
+            &e["wsgi.multithread"],
+            &e["wsgi.multiprocess"],
+            &e["wsgi.run_once"]
+        ),
+        (
+            &serde_json::json!(false),
+            &serde_json::json!(true),
+            &serde_json::json!(false)
+        )
+    );
+    assert_eq!(e["http"]["HTTP_X_MULTI"], "one, two");
+    assert_eq!(e["http"]["HTTP_USER_AGENT"], "t/1");
+    assert_eq!(e["http"]["HTTP_HOST"], "localhost");
+    assert!(e["http"].get("HTTP_CONTENT_TYPE").is_none());
+    assert_eq!(e["body"], "body bytes");
+
+    // A pool_param mounts the app under a prefix, and reaches the environ.
+    let m = ng.get("/mounted/sub/environ").json();
+    assert_eq!(
+        (m["SCRIPT_NAME"].as_str(), m["PATH_INFO"].as_str()),
+        (Some("/mounted"), Some("/sub/environ"))
+    );
+    assert_eq!(m["X_APP"], "demo");
+
+    // wsgi.input: readline, readline(size), readlines, iteration.
+    let lines = request(
+        ng.port,
+        "POST",
+        "/lines",
+        &[],
+        b"first\nsecond\nthird\nlast",
+    )
+    .unwrap();
+    assert_eq!(
+        lines.json(),
+        serde_json::json!(["first\n", "sec", "ond\n", "third\n", "last"])
+    );
+    let it = request(ng.port, "POST", "/iterate", &[], b"a\nb\n").unwrap();
+    assert_eq!(it.json(), serde_json::json!(["a\n", "b\n"]));
+
+    // write(), then the iterable; close() called on every iterable.
+    let r = ng.get("/write");
+    assert_eq!(
+        (r.status, text(&r).as_str()),
+        (200, "written, then iterated\n")
+    );
+    let r = ng.get("/closing");
+    assert_eq!(text(&r), "one\ntwo\n");
+
+    // exc_info before the head: the app's own error response replaces the first one.
+    let r = ng.get("/exc-info");
+    assert_eq!(
+        (r.status, text(&r).as_str()),
+        (503, "the app's own error page\n")
+    );
+
+    // wsgi.file_wrapper: a file streamed in blocks.
+    let r = ng.get("/file?300000");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 300_000);
+    assert!(r
+        .body
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b == (i % 251) as u8));
+
+    // wsgi.errors: lines in error_log, tagged with the request.
+    assert_eq!(ng.get("/errors").status, 204);
+    let log = ng.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("[error]") && l.contains("a line for error_log")),
+        "{log}"
+    );
+    assert!(log.contains("partial and the rest"), "{log}");
+    assert!(
+        !log.contains("WSGIWarning") && !log.contains("AssertionError"),
+        "{log}"
+    );
+    ng.finish();
+}
+
+#[test]
+fn a_raw_apps_exceptions_give_500_or_a_cut_response_and_close_is_always_called() {
+    let ng = Nginx::start(
+        Conf::new(
+            // One worker: /closed must see what the earlier requests did.
+            &wsgi_pool("raw", "rawapp:app", "workers=1"),
+            "    location / { pool_pass raw; }",
+        )
+        .workers(1),
+    );
+    // An exception escaping the app: 500 with a plain body, the traceback in error_log with
+    // the request's URI.
+    let r = ng.get("/raise");
+    assert_eq!(r.status, 500);
+    assert_eq!(text(&r), "Internal Server Error\n");
+    let log = ng.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("the WSGI app rawapp:app failed:"))
+        .expect("a line naming the app");
+    assert!(
+        line.contains("[error]") && line.contains("/raise"),
+        "{line}"
+    );
+    assert!(log.contains("RuntimeError: raised by the raw app"), "{log}");
+
+    // exc_info after the head went out: the exception is re-raised, the response cut short.
+    let r = request(ng.port, "GET", "/late-exc-info", &[], b"");
+    assert!(r.is_err() || r.unwrap().body.len() < 10, "a cut response");
+    // An exception in the middle of the body: cut short, and close() was still called.
+    let r = request(ng.port, "GET", "/fail-midway", &[], b"");
+    assert!(
+        r.is_err(),
+        "a response cut short is not a complete one: {r:?}"
+    );
+    assert_eq!(ng.get("/closing").status, 200);
+    let closed = ng.get("/closed").json();
+    assert_eq!(closed["midway"], 1);
+    assert_eq!(closed["closing"], 1);
+    ng.finish();
+}

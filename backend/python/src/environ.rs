@@ -80,8 +80,20 @@ pub fn build<'py>(
         _ => &path[..],
     };
     env.set_item("PATH_INFO", latin1(py, path_info))?;
+    // A server block without server_name has an empty $server_name: name the host the client
+    // asked for instead, as Gunicorn does.
+    let named = env
+        .get_item("SERVER_NAME")?
+        .is_some_and(|v| v.len().unwrap_or(0) > 0);
+    if !named {
+        let host = req.header("Host").unwrap_or(b"localhost");
+        let name = match host.iter().rposition(|&c| c == b':') {
+            Some(i) if !host.ends_with(b"]") => &host[..i],
+            _ => host,
+        };
+        env.set_item("SERVER_NAME", latin1(py, name))?;
+    }
     for (key, fallback) in [
-        ("SERVER_NAME", "localhost"),
         ("SERVER_PORT", "80"),
         ("SERVER_PROTOCOL", "HTTP/1.1"),
         ("REMOTE_ADDR", ""),
