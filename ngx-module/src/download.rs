@@ -102,8 +102,11 @@ pub fn start(
     let view = decode_response_head(head).map_err(|e| e.to_string())?;
     let announced = ngx_pool_channel::message::announced_length(head).unwrap_or(UNKNOWN_LENGTH);
     let body_len = total.map(|t| t - head_len);
+    // SAFETY: reading a field of the live request this handler runs for.
+    let head_request = unsafe { (*r).method } == nginx_sys::NGX_HTTP_HEAD as nginx_sys::ngx_uint_t;
     if let (Some(b), true) = (body_len, announced != UNKNOWN_LENGTH) {
-        if b != announced {
+        // A HEAD answer announces the GET's length and has no body.
+        if b != announced && !(head_request && b == 0) {
             return Err(format!("response body of {b} bytes, {announced} announced"));
         }
     }

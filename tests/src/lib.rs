@@ -9,6 +9,7 @@ pub mod procs;
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -610,4 +611,51 @@ pub fn python_env() -> PathBuf {
 /// The test apps (tests/python/apps): the `chdir=` of the WSGI pools.
 pub fn python_apps() -> PathBuf {
     repo_dir().join("tests/python/apps")
+}
+
+/// A Gunicorn serving a test app on a loopback port: the peer of the differential test and the
+/// benchmarks. Killed (its whole process group) when dropped, whatever the test did.
+pub struct Gunicorn {
+    pub port: u16,
+    child: Child,
+}
+
+impl Gunicorn {
+    /// Starts `gunicorn APP` from the test virtualenv in the test apps' directory, with `args`
+    /// (`-w 2`, `-k gthread`, ...), and waits until it accepts connections.
+    pub fn start(app: &str, args: &[&str]) -> Gunicorn {
+        let port = free_port();
+        let child = Command::new(python_env().join("bin/gunicorn"))
+            .args(["--chdir"])
+            .arg(python_apps())
+            .args(["-b", &format!("127.0.0.1:{port}"), "--log-level", "warning"])
+            .args(args)
+            .arg(app)
+            .process_group(0)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start gunicorn");
+        let g = Gunicorn { port, child };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "gunicorn did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        g
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Gunicorn {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child's process group.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
 }

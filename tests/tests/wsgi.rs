@@ -343,3 +343,188 @@ fn a_raw_apps_exceptions_give_500_or_a_cut_response_and_close_is_always_called()
     assert_eq!(closed["closing"], 1);
     ng.finish();
 }
+
+#[test]
+fn a_django_project_runs_unmodified() {
+    let ng = Nginx::start(Conf::new(
+        &wsgi_pool("django", "djangoapp.wsgi:application", ""),
+        "    location / { pool_pass django; }\n    \
+         location /shop/ { pool_param SCRIPT_NAME /shop; pool_pass django; }",
+    ));
+    let r = ng.get("/");
+    assert_eq!((r.status, text(&r).as_str()), (200, "hello from django\n"));
+    let j = ng.get("/json?q=ok").json();
+    assert_eq!(
+        (j["path"].as_str(), j["q"].as_str()),
+        (Some("/json"), Some("ok"))
+    );
+    // Mounted under a prefix: Django sees SCRIPT_NAME and routes on the rest.
+    let j = ng.get("/shop/json").json();
+    assert_eq!(
+        (j["path"].as_str(), j["script"].as_str()),
+        (Some("/shop/json"), Some("/shop"))
+    );
+
+    let r = request(
+        ng.port,
+        "POST",
+        "/form",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"name=Grace&tag=a&tag=b",
+    )
+    .unwrap();
+    assert_eq!(r.json()["name"], "Grace");
+    assert_eq!(r.json()["tags"], serde_json::json!(["a", "b"]));
+
+    let mut body =
+        b"--B0\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f.txt\"\r\n\r\n"
+            .to_vec();
+    body.extend_from_slice(&[b'z'; 5000]);
+    body.extend_from_slice(b"\r\n--B0--\r\n");
+    let r = request(
+        ng.port,
+        "POST",
+        "/upload",
+        &[("Content-Type", "multipart/form-data; boundary=B0")],
+        &body,
+    )
+    .unwrap();
+    assert_eq!(
+        (r.json()["filename"].as_str(), r.json()["size"].as_u64()),
+        (Some("f.txt"), Some(5000))
+    );
+
+    assert!(ng
+        .get("/cookie")
+        .header("Set-Cookie")
+        .unwrap()
+        .starts_with("flavour=oat;"));
+    let first = ng.get("/session");
+    let cookie = first
+        .header("Set-Cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let r = request(ng.port, "GET", "/session", &[("Cookie", &cookie)], b"").unwrap();
+    assert_eq!(r.json()["n"], 2);
+    let r = ng.get("/go");
+    assert_eq!((r.status, r.header("Location")), (302, Some("/")));
+    assert_eq!(ng.get("/nowhere").status, 404);
+    let r = ng.get("/stream");
+    assert_eq!(text(&r), "tick 0\ntick 1\ntick 2\n");
+    // Django's own 500 page, its log line in error_log through wsgi.errors.
+    assert_eq!(ng.get("/boom").status, 500);
+    ng.finish();
+}
+
+/// What a response must agree on between servers: status, headers but the ones each server
+/// sets its own way, body.
+fn comparable(r: &ngx_pool_tests::http::Response) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut headers: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| {
+            // Framing too: a stream that ends before nginx reads its head goes out with a
+            // Content-Length instead of chunked; the bodies are compared byte for byte.
+            ![
+                "date",
+                "server",
+                "connection",
+                "keep-alive",
+                "transfer-encoding",
+                "content-length",
+            ]
+            .contains(&n.to_ascii_lowercase().as_str())
+        })
+        .map(|(n, v)| {
+            let n = n.to_ascii_lowercase();
+            // Flask builds Allow from a set: its order is the process's hash seed's.
+            let v = if n == "allow" {
+                let mut m: Vec<&str> = v.split(", ").collect();
+                m.sort();
+                m.join(", ")
+            } else {
+                v.clone()
+            };
+            (n, v)
+        })
+        .collect();
+    headers.sort();
+    (r.status, headers, r.body.clone())
+}
+
+#[test]
+fn flask_under_the_pool_answers_as_under_gunicorn() {
+    let gunicorn = ngx_pool_tests::Gunicorn::start("flaskapp:app", &["-w", "2"]);
+    let peer = ngx_pool_tests::free_port();
+    let ng = Nginx::start(Conf::new(
+        &format!(
+            "{}\n    server {{ listen 127.0.0.1:{peer}; location / {{ proxy_pass http://127.0.0.1:{}; }} }}",
+            wsgi_pool("flask", "flaskapp:app", ""),
+            gunicorn.port
+        ),
+        "    location / { pool_pass flask; }",
+    ));
+    let upload = {
+        let mut b =
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\n\r\n"
+                .to_vec();
+        b.extend((0..70_000u32).map(|i| (i % 256) as u8));
+        b.extend_from_slice(b"\r\n--XyZ--\r\n");
+        b
+    };
+    let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>)> = vec![
+        ("GET", "/", vec![], vec![]),
+        ("HEAD", "/", vec![], vec![]),
+        ("GET", "/json?a=1&b=%C3%A9", vec![], vec![]),
+        (
+            "POST",
+            "/form",
+            vec![("Content-Type", "application/x-www-form-urlencoded")],
+            b"name=x&tag=1&tag=2".to_vec(),
+        ),
+        (
+            "POST",
+            "/upload",
+            vec![("Content-Type", "multipart/form-data; boundary=XyZ")],
+            upload,
+        ),
+        ("POST", "/digest", vec![], vec![7u8; 200_000]),
+        ("GET", "/cookie", vec![], vec![]),
+        ("GET", "/go", vec![], vec![]),
+        ("GET", "/nowhere", vec![], vec![]),
+        ("GET", "/stream?n=5", vec![], vec![]),
+        ("GET", "/big?bytes=500000", vec![], vec![]),
+        ("GET", "/boom", vec![], vec![]),
+        ("DELETE", "/json", vec![], vec![]),
+        (
+            "GET",
+            "/json",
+            vec![("If-None-Match", "\"x\""), ("Accept", "application/json")],
+            vec![],
+        ),
+    ];
+    for (method, path, headers, body) in &cases {
+        let ours = request(ng.port, method, path, headers, body).unwrap();
+        let theirs = request(peer, method, path, headers, body).unwrap();
+        let (a, b) = (comparable(&ours), comparable(&theirs));
+        assert_eq!(a.0, b.0, "{method} {path}: status");
+        assert_eq!(a.1, b.1, "{method} {path}: headers");
+        if let (Some(x), Some(y)) = (
+            ours.header("Content-Length"),
+            theirs.header("Content-Length"),
+        ) {
+            assert_eq!(x, y, "{method} {path}: Content-Length");
+        }
+        assert!(
+            a.2 == b.2,
+            "{method} {path}: bodies differ:\n{}\n---\n{}",
+            text(&ours),
+            text(&theirs)
+        );
+    }
+    ng.finish();
+    drop(gunicorn);
+}

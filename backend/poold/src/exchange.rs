@@ -434,7 +434,12 @@ impl<'a> Exchange<'a> {
         if self.streaming {
             return Outcome::Streamed;
         }
-        set_announced_length(self.head, self.body.len() as u64);
+        // A HEAD answer announces the length the GET would have (RFC 9110 9.3.2), not its own.
+        let announced = match self.declared {
+            Some(d) if head_only => d,
+            _ => self.body.len() as u64,
+        };
+        set_announced_length(self.head, announced);
         Outcome::Whole
     }
 }
