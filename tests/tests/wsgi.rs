@@ -475,7 +475,8 @@ fn flask_under_the_pool_answers_as_under_gunicorn() {
         b.extend_from_slice(b"\r\n--XyZ--\r\n");
         b
     };
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>)> = vec![
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, Vec<u8>);
+    let cases: Vec<Case> = vec![
         ("GET", "/", vec![], vec![]),
         ("HEAD", "/", vec![], vec![]),
         ("GET", "/json?a=1&b=%C3%A9", vec![], vec![]),
