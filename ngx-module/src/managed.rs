@@ -175,12 +175,17 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
     let mut started: Vec<Running> = Vec::new();
     for pool in main.pools.iter().filter(|p| !p.conf.external) {
         let configured = argv_for(pool, cycle);
-        let current = running.iter().any(|r| {
-            r.name == pool.conf.settings.name
-                && r.daemon == daemon
-                && r.argv == configured
-                && alive(r.pid)
-        });
+        // A pool running the operator's code (a library, a Python app) gets a new generation
+        // on every reload, as Gunicorn's workers do on HUP: the code on disk may have changed.
+        // The old generation drains, so no request is lost.
+        let reloads_code = !pool.conf.settings.handler.starts_with("builtin:");
+        let current = !reloads_code
+            && running.iter().any(|r| {
+                r.name == pool.conf.settings.name
+                    && r.daemon == daemon
+                    && r.argv == configured
+                    && alive(r.pid)
+            });
         if current {
             continue;
         }

@@ -5,6 +5,7 @@
 //! log unless the test allowed it, no descriptor leaked by nginx workers, no process left.
 
 pub mod http;
+pub mod memory;
 pub mod procs;
 
 use std::io::Write;

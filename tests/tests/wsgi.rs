@@ -529,3 +529,153 @@ fn flask_under_the_pool_answers_as_under_gunicorn() {
     ng.finish();
     drop(gunicorn);
 }
+
+fn parallel_load(
+    port: u16,
+    path: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(u32, Vec<String>)> {
+    std::thread::spawn(move || {
+        let mut ok = 0;
+        let mut bad = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match request(port, "GET", path, &[], b"") {
+                Ok(r) if r.status == 200 => ok += 1,
+                Ok(r) => bad.push(format!("{} {}", r.status, text(&r))),
+                Err(e) => bad.push(e.to_string()),
+            }
+        }
+        (ok, bad)
+    })
+}
+
+#[test]
+fn an_import_error_is_503_until_fixed_and_a_reload_deploys_new_code_without_a_failed_request() {
+    let app_dir = ngx_pool_tests::temp_prefix();
+    let app = app_dir.join("deployed.py");
+    std::fs::write(
+        &app,
+        "def app(environ, start_response):\n    return [b'no colon'\n",
+    )
+    .unwrap();
+    let mut conf = Conf::new(
+        &format!(
+            "    pool web handler=wsgi:deployed:app venv={} chdir={} workers=2;",
+            python_env().display(),
+            app_dir.display()
+        ),
+        "    location / { pool_pass web; }",
+    );
+    // Nothing to attach to until the app imports.
+    conf.pools = 0;
+    let mut ng = Nginx::start(conf);
+    let r = ng.get("/");
+    assert_eq!((r.status, r.header("Retry-After")), (503, Some("1")));
+    let log = ng.log();
+    assert!(
+        log.contains("cannot load the WSGI app deployed:app:"),
+        "{log}"
+    );
+    assert!(log.contains("SyntaxError"), "{log}");
+
+    // Fixed on disk: poold's retries pick it up, no reload needed.
+    let version = |v: &str| {
+        format!(
+            "def app(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'{v}']\n"
+        )
+    };
+    std::fs::write(&app, version("v1")).unwrap();
+    ng.wait_for("the fixed app to serve", |ng| text(&ng.get("/")) == "v1");
+
+    // A deploy: new code, nginx -s reload while clients keep asking; none of them fails.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| parallel_load(ng.port, "/", stop.clone()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&app, version("v2")).unwrap();
+    ng.reload(None);
+    ng.wait_for("the new code to serve", |ng| text(&ng.get("/")) == "v2");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut served = 0;
+    for c in clients {
+        let (ok, bad) = c.join().unwrap();
+        assert!(bad.is_empty(), "failed during the deploy: {bad:?}");
+        served += ok;
+    }
+    assert!(served > 20, "the load ran ({served} requests)");
+    ng.finish();
+    let _ = std::fs::remove_dir_all(&app_dir);
+}
+
+#[test]
+fn a_1_gib_upload_and_a_1_gib_download_through_flask_in_constant_memory() {
+    use ngx_pool_tests::memory::{assert_bounded, pool_workers, RssWatch};
+    const GIB: u64 = 1 << 30;
+    let ng = Nginx::start(Conf::new(
+        &wsgi_pool("flask", "flaskapp:app", "workers=1 arena=32m timeout=10m"),
+        "    location / { pool_pass flask; client_max_body_size 2g; }",
+    ));
+    let byte = |i: u64| (i ^ (i >> 9)) as u8;
+    let watched = || {
+        let mut pids = pool_workers(&ng);
+        pids.extend(ng.worker_pids());
+        RssWatch::new(pids)
+    };
+    let watch = watched();
+    let up = exchange_streamed(ng.port, "POST", "/digest", GIB, byte, 1 << 16, |_| {}).unwrap();
+    assert_eq!(up.status, 200);
+    let j: serde_json::Value = serde_json::from_slice(&up.start).unwrap();
+    assert_eq!(j["size"], GIB);
+    assert_eq!(j["sha256"], ngx_pool_tests::http::sha256_of(GIB, byte));
+    assert_bounded("1 GiB upload", &watch.finish(), 32 * 1024);
+
+    let watch = watched();
+    let down = exchange_streamed(
+        ng.port,
+        "GET",
+        &format!("/big?bytes={GIB}"),
+        0,
+        |_| 0,
+        1 << 16,
+        |_| {},
+    )
+    .unwrap();
+    assert!(down.complete);
+    assert_eq!(down.body_len, GIB);
+    assert_eq!(down.sha256, ngx_pool_tests::http::sha256_of(GIB, |_| b'x'));
+    assert_bounded("1 GiB download", &watch.finish(), 32 * 1024);
+    ng.finish();
+}
+
+#[test]
+fn a_leaking_app_is_recycled_by_max_rss_and_preload_off_imports_in_each_worker() {
+    let mut ng = Nginx::start(
+        Conf::new(
+            &format!(
+                "{}\n{}",
+                wsgi_pool("leaky", "flaskapp:app", "workers=1 max_rss=64m"),
+                wsgi_pool("late", "flaskapp:app", "workers=2 preload=off")
+            ),
+            "    location / { pool_pass leaky; }\n    location /late/ { pool_param SCRIPT_NAME /late; pool_pass late; }",
+        )
+        .workers(1),
+    );
+    let first = ng.get("/leak?mb=48").json();
+    assert_eq!(first["held_mb"], 48);
+    // That request left the worker above max_rss: it retires, a fresh one (nothing held)
+    // serves next, and no request failed.
+    ng.wait_for("a fresh worker", |ng| {
+        ng.get("/pid").status == 200 && text(&ng.get("/pid")) != first["pid"].to_string()
+    });
+    let again = ng.get("/leak?mb=8").json();
+    assert_eq!(again["held_mb"], 8, "the hoard went with the old worker");
+    assert!(ng.log().contains("max_rss"), "{}", ng.log());
+
+    // preload=off: the manager only starts Python; each worker imports the app itself.
+    assert_eq!(text(&ng.get("/late/")), "hello from flask\n");
+    assert!(ng
+        .log()
+        .contains("WSGI app flaskapp:app to be imported in each worker (preload=off)"));
+    ng.finish();
+}
