@@ -679,3 +679,98 @@ fn a_leaking_app_is_recycled_by_max_rss_and_preload_off_imports_in_each_worker()
         .contains("WSGI app flaskapp:app to be imported in each worker (preload=off)"));
     ng.finish();
 }
+
+#[test]
+fn bad_python_settings_are_named_by_nginx_t_or_at_start() {
+    let venv = python_env();
+    let apps = python_apps();
+    for (params, reason) in [
+        (
+            "handler=wsgi:my-app",
+            "invalid WSGI app \"my-app\" (expected wsgi:MODULE:CALLABLE",
+        ),
+        (
+            "handler=wsgi:a:b venv=/nonexistent",
+            "venv \"/nonexistent\" is not a directory",
+        ),
+        (
+            "handler=wsgi:a:b venv=/tmp",
+            "venv \"/tmp\" is not a virtualenv (no pyvenv.cfg",
+        ),
+        (
+            "handler=wsgi:a:b chdir=/nonexistent",
+            "chdir \"/nonexistent\" is not a directory",
+        ),
+        (
+            "handler=wsgi:a:b python_path=/tmp:/nope",
+            "python_path \"/nope\" is not a directory",
+        ),
+        (
+            "handler=wsgi:a:b preload=maybe",
+            "invalid preload \"maybe\" (on or off)",
+        ),
+        ("handler=wsgi:a:b env=1X=y", "invalid env \"1X=y\""),
+    ] {
+        let (ok, out) = ngx_pool_tests::nginx_test_config(&Conf::new(
+            &format!("    pool p {params};"),
+            "    location / { pool_pass p; }",
+        ));
+        assert!(!ok, "{params}: nginx -t passed");
+        assert!(
+            out.contains(reason) && out.contains("nginx.conf:"),
+            "{params}: {out}"
+        );
+    }
+    // A venv of another Python: the pool answers 503, the log names both versions.
+    let other = ngx_pool_tests::temp_prefix();
+    std::fs::write(
+        other.join("pyvenv.cfg"),
+        "home = /usr/bin\nversion = 3.12.1\n",
+    )
+    .unwrap();
+    let mut conf = Conf::new(
+        &format!(
+            "    pool p handler=wsgi:flaskapp:app venv={} chdir={};",
+            other.display(),
+            apps.display()
+        ),
+        "    location / { pool_pass p; }",
+    );
+    conf.pools = 0;
+    let ng = Nginx::start(conf);
+    assert_eq!(ng.get("/").status, 503);
+    let system = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+        .output()
+        .unwrap();
+    let want = format!(
+        "venv {} is Python 3.12, but the Python adapter runs Python {}",
+        other.display(),
+        String::from_utf8_lossy(&system.stdout).trim()
+    );
+    assert!(ng.log().contains(&want), "{}", ng.log());
+    ng.finish();
+
+    // Threads started by the import: a warning, and the workers serve.
+    let ng = Nginx::start(Conf::new(
+        &format!(
+            "    pool t handler=wsgi:threaded:app venv={} chdir={};",
+            venv.display(),
+            apps.display()
+        ),
+        "    location / { pool_pass t; }",
+    ));
+    assert_eq!(
+        text(&ng.get("/")),
+        "1 threads\n",
+        "the thread stayed in the manager"
+    );
+    let log = ng.log();
+    assert!(
+        log.lines().any(|l| l.contains("[warn]")
+            && l.contains("importing the WSGI app threaded:app started 1 threads")
+            && l.contains("set preload=off")),
+        "{log}"
+    );
+    ng.finish();
+}
