@@ -310,7 +310,10 @@ fn nginx_t_names_a_missing_handler_library() {
         "names the file and line: {out}"
     );
     for (bad, reason) in [
-        ("handler=lua:x", "expected builtin:NAME or dylib:PATH"),
+        (
+            "handler=lua:x",
+            "expected builtin:NAME, dylib:PATH or wsgi:MODULE:CALLABLE",
+        ),
         ("handler=dylib:", "needs a path"),
     ] {
         let (ok, out) = nginx_test_config(&Conf::new(

@@ -328,15 +328,15 @@ fn a_raw_apps_exceptions_give_500_or_a_cut_response_and_close_is_always_called()
     );
     assert!(log.contains("RuntimeError: raised by the raw app"), "{log}");
 
-    // exc_info after the head went out: the exception is re-raised, the response cut short.
-    let r = request(ng.port, "GET", "/late-exc-info", &[], b"");
-    assert!(r.is_err() || r.unwrap().body.len() < 10, "a cut response");
-    // An exception in the middle of the body: cut short, and close() was still called.
-    let r = request(ng.port, "GET", "/fail-midway", &[], b"");
-    assert!(
-        r.is_err(),
-        "a response cut short is not a complete one: {r:?}"
-    );
+    // An exception after the head was handed over (exc_info re-raised, or one in the middle of
+    // the body): the response is cut short if nginx had sent the head, else it is a 500; never
+    // a complete-looking answer. close() is still called.
+    for path in ["/late-exc-info", "/fail-midway"] {
+        match request(ng.port, "GET", path, &[], b"") {
+            Err(_) => {}
+            Ok(r) => assert_eq!(r.status, 500, "{path}: {r:?}"),
+        }
+    }
     assert_eq!(ng.get("/closing").status, 200);
     let closed = ng.get("/closed").json();
     assert_eq!(closed["midway"], 1);

@@ -1,0 +1,221 @@
+"""The WSGI part of scripts/bench (`scripts/bench --wsgi`): one Flask app (bench/wsgi_app.py)
+under ngx-pool and under the servers it replaces, behind the same nginx, loaded by the same wrk,
+each with the same number of Python processes.
+
+  ngx-pool           pool_pass, handler=wsgi:wsgi_app:app, workers=P
+  gunicorn sync      proxy_pass, -w P
+  gunicorn gthread   proxy_pass, -w P --threads 4
+  uwsgi              uwsgi_pass, --processes P
+  granian            proxy_pass, --interface wsgi --workers P
+
+Memory: the sum of the PSS (/proc/PID/smaps_rollup) of every process of each stack (nginx and
+the server's whole tree), after its runs, against Gunicorn with --preload.
+"""
+import os
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = ROOT / "target"
+VENV = TARGET / "python-env"
+VIEWS = ["/hello", "/json", "/mib", "/cpu"]
+
+
+def ensure_peers(log, quick):
+    """uWSGI and Granian beside Flask and Gunicorn in the test virtualenv (Debian's Python);
+    not installed by --quick (which uses the peers already there)."""
+    subprocess.run([str(ROOT / "scripts/python-env")], check=True)
+    if quick:
+        return
+    py = str(VENV / "bin/python")
+    for pkg, mod in (("uwsgi", "uwsgidecorators"), ("granian", "granian")):
+        if not (VENV / "bin" / pkg).exists():
+            log(f"installing {pkg} into {VENV} (uwsgi compiles; a peer that fails is left out)")
+            subprocess.run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", pkg])
+
+
+def tree(pid):
+    parents = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = open(f"/proc/{d}/stat").read()
+                parents[int(d)] = int(stat[stat.rfind(")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    seen, todo = {pid}, [pid]
+    while todo:
+        p = todo.pop()
+        for c, pp in parents.items():
+            if pp == p and c not in seen:
+                seen.add(c)
+                todo.append(c)
+    return seen
+
+
+def pss_kib(pids):
+    total = 0
+    for p in pids:
+        try:
+            for line in open(f"/proc/{p}/smaps_rollup"):
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def run(h):
+    """`h` is scripts/bench's toolbox: procs, wrk, free_port, nginx_binary, log, quick, prefix."""
+    log, procs, quick, prefix = h["log"], h["procs"], h["quick"], h["prefix"]
+    ensure_peers(log, quick)
+    P = h["nproc"]
+    bench_dir = ROOT / "bench"
+    ports = {k: h["free_port"]() for k in ("gsync", "gpre", "gthread", "uwsgi", "granian")}
+    gunicorn = str(VENV / "bin/gunicorn")
+    roots = {}
+    common = ["--chdir", str(bench_dir), "--timeout", "120", "--log-level", "warning"]
+    roots["gunicorn sync"] = procs.start([gunicorn, "-w", str(P), "-b", f"127.0.0.1:{ports['gsync']}"] + common
+                                         + ["wsgi_app:app"], "gunicorn", ports["gsync"]).pid
+    roots["gunicorn sync --preload"] = procs.start([gunicorn, "-w", str(P), "--preload", "-b",
+                                                    f"127.0.0.1:{ports['gpre']}"] + common + ["wsgi_app:app"],
+                                                   "gunicorn", ports["gpre"]).pid
+    roots["gunicorn gthread"] = procs.start([gunicorn, "-w", str(P), "-k", "gthread", "--threads", "4", "-b",
+                                             f"127.0.0.1:{ports['gthread']}"] + common + ["wsgi_app:app"],
+                                            "gunicorn", ports["gthread"]).pid
+    have_uwsgi = (VENV / "bin/uwsgi").exists()
+    if have_uwsgi:
+        roots["uwsgi"] = procs.start([str(VENV / "bin/uwsgi"), "--socket", f"127.0.0.1:{ports['uwsgi']}",
+                                      "--processes", str(P), "--master", "--chdir", str(bench_dir), "--module",
+                                      "wsgi_app:application", "--disable-logging", "--die-on-term"],
+                                     "uwsgi", ports["uwsgi"]).pid
+    have_granian = (VENV / "bin/granian").exists()
+    if have_granian:
+        roots["granian"] = procs.start([str(VENV / "bin/granian"), "--interface", "wsgi", "--workers", str(P),
+                                        "--host", "127.0.0.1", "--port", str(ports["granian"]),
+                                        "--working-dir", str(bench_dir), "wsgi_app:app"],
+                                       "granian", ports["granian"]).pid
+    port = h["free_port"]()
+    conf = prefix / "wsgi-nginx.conf"
+    uwsgi_loc = ""
+    if have_uwsgi:
+        uwsgi_loc = f"""
+        location /uwsgi/ {{
+            rewrite ^/uwsgi(/.*)$ $1 break;
+            uwsgi_param REQUEST_METHOD $request_method; uwsgi_param QUERY_STRING $query_string;
+            uwsgi_param REQUEST_URI $request_uri; uwsgi_param PATH_INFO $uri;
+            uwsgi_param SERVER_PROTOCOL $server_protocol; uwsgi_param SERVER_NAME $server_name;
+            uwsgi_param SERVER_PORT $server_port; uwsgi_param REMOTE_ADDR $remote_addr;
+            uwsgi_param CONTENT_TYPE $content_type; uwsgi_param CONTENT_LENGTH $content_length;
+            uwsgi_pass 127.0.0.1:{ports['uwsgi']};
+        }}"""
+    conf.write_text(f"""
+daemon off;
+worker_processes {P};
+error_log {prefix}/logs/wsgi-error.log notice;
+pid {prefix}/logs/wsgi-nginx.pid;
+load_module {TARGET}/release/libngx_pool_module.so;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    pool flask handler=wsgi:wsgi_app:app venv={VENV} chdir={bench_dir} workers={P} timeout=120s;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location /pool/ {{ rewrite ^/pool(/.*)$ $1 break; pool_pass flask; }}
+        location /gsync/ {{ proxy_pass http://127.0.0.1:{ports['gsync']}/; }}
+        location /gpre/ {{ proxy_pass http://127.0.0.1:{ports['gpre']}/; }}
+        location /gthread/ {{ proxy_pass http://127.0.0.1:{ports['gthread']}/; }}
+        location /granian/ {{ proxy_pass http://127.0.0.1:{ports['granian']}/; }}{uwsgi_loc}
+    }}
+}}
+""")
+    ng = procs.start([str(h["nginx_binary"]()), "-p", str(prefix), "-c", str(conf)], "nginx (wsgi)", port)
+    log_file = prefix / "logs/wsgi-error.log"
+    deadline = time.time() + 30
+    while log_file.read_text().count("attached to") < P:
+        if time.time() > deadline:
+            raise SystemExit("bench: nginx workers did not attach to the WSGI pool:\n" + log_file.read_text())
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{port}"
+    nginx_pid = ng.pid
+
+    def pool_tree():
+        every = tree(nginx_pid)
+        return every
+
+    def nginx_only():
+        kids = tree(nginx_pid)
+        pools = set()
+        for p in kids:
+            try:
+                if "poold" in open(f"/proc/{p}/cmdline").read():
+                    pools.add(p)
+            except OSError:
+                pass
+        return kids - pools
+
+    targets = [("ngx-pool", "/pool", pool_tree), ("gunicorn sync", "/gsync", None),
+               ("gunicorn gthread", "/gthread", None)]
+    if have_uwsgi:
+        targets.append(("uwsgi", "/uwsgi", None))
+    if have_granian:
+        targets.append(("granian", "/granian", None))
+
+    def stack(name):
+        if name == "ngx-pool":
+            return pool_tree()
+        return nginx_only() | tree(roots[name])
+
+    for name, pre, _ in targets:
+        for v in VIEWS:
+            out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", base + pre + v],
+                                 capture_output=True, text=True).stdout
+            if out != "200":
+                raise SystemExit(f"bench: {name} answers {out} at {pre}{v}")
+    secs = 1 if quick else 5
+    rounds = 1 if quick else 3
+    conc = 32
+    res = {}
+    for r in range(rounds):
+        for v in VIEWS:
+            for name, pre, _ in targets:
+                log(f"wsgi round {r + 1}/{rounds}: {name} {v}")
+                res.setdefault((name, v), []).append(h["wrk"](base + pre + v, conc, secs, lambda: 0))
+    mem = {}
+    for name in [t[0] for t in targets] + ["gunicorn sync --preload"]:
+        if name == "gunicorn sync --preload":
+            # Loaded like the others once, so its workers have touched what they use.
+            h["wrk"](base + "/gpre/json", conc, secs, lambda: 0)
+            pids = nginx_only() | tree(roots[name])
+        else:
+            pids = stack(name)
+        mem[name] = (pss_kib(pids), len(pids))
+
+    def med(name, v, key="rps"):
+        return statistics.median(x[key] for x in res[(name, v)])
+
+    out = [f"\n## WSGI: one Flask app, {P} Python processes each, wrk c={conc}, {secs}s x {rounds} "
+           "interleaved rounds, medians\n"]
+    out.append("| view | " + " | ".join(t[0] for t in targets) + " | ngx-pool × "
+               + " | × ".join(t[0] for t in targets[1:]) + " |")
+    out.append("|---" * (2 * len(targets)) + "|")
+    for v in VIEWS:
+        ours = med("ngx-pool", v)
+        row = [f"{med(t[0], v):.0f}" for t in targets]
+        ratios = [f"{ours / med(t[0], v):.2f}" for t in targets[1:]]
+        out.append(f"| {v} req/s | " + " | ".join(row) + " | " + " | ".join(ratios) + " |")
+    for v in VIEWS:
+        row = [f"{med(t[0], v, 'p99'):.1f}" for t in targets]
+        out.append(f"| {v} p99 ms | " + " | ".join(row) + " |" + " |" * (len(targets) - 1))
+    errors = {t[0]: sum(x["errors"] for v in VIEWS for x in res[(t[0], v)]) for t in targets}
+    out.append("\nErrors (non-2xx, socket): " + ", ".join(f"{k} {e}" for k, e in errors.items()) + ".")
+    out.append("\nMemory, PSS of the whole stack (nginx and the server's every process) after its runs:\n")
+    out.append("| stack | processes | PSS MiB | × gunicorn --preload |")
+    out.append("|---|---|---|---|")
+    pre = mem["gunicorn sync --preload"][0]
+    for name, (kib, n) in mem.items():
+        out.append(f"| {name} | {n} | {kib / 1024:.1f} | {kib / pre:.2f} |")
+    return out
