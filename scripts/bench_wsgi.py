@@ -33,7 +33,11 @@ def ensure_peers(log, quick):
     for pkg, mod in (("uwsgi", "uwsgidecorators"), ("granian", "granian")):
         if not (VENV / "bin" / pkg).exists():
             log(f"installing {pkg} into {VENV} (uwsgi compiles; a peer that fails is left out)")
-            subprocess.run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", pkg])
+            # Compiled against Debian's Python, never a wheel cached from another python3 on
+            # PATH (a uWSGI linked to another libpython fails to import the stdlib).
+            env = dict(os.environ, PATH="/usr/bin:/bin")
+            subprocess.run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-cache-dir",
+                            pkg], env=env)
 
 
 def tree(pid):
@@ -88,7 +92,7 @@ def run(h):
     have_uwsgi = (VENV / "bin/uwsgi").exists()
     if have_uwsgi:
         roots["uwsgi"] = procs.start([str(VENV / "bin/uwsgi"), "--socket", f"127.0.0.1:{ports['uwsgi']}",
-                                      "--processes", str(P), "--master", "--chdir", str(bench_dir), "--module",
+                                      "--processes", str(P), "--master", "--virtualenv", str(VENV), "--chdir", str(bench_dir), "--module",
                                       "wsgi_app:application", "--disable-logging", "--die-on-term"],
                                      "uwsgi", ports["uwsgi"]).pid
     have_granian = (VENV / "bin/granian").exists()

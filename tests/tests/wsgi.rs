@@ -188,7 +188,8 @@ fn a_raw_wsgi_app_passes_wsgiref_validate() {
             "env=PYTHONWARNINGS=error::wsgiref.validate.WSGIWarning",
         ),
         "    location / { pool_pass raw; }\n    \
-         location /mounted/ { pool_param SCRIPT_NAME /mounted; pool_param X_APP demo; pool_pass raw; }",
+         location /mounted/ { pool_param SCRIPT_NAME /mounted; pool_param X_APP demo; pool_pass raw; }\n    \
+         location /old/ { rewrite ^/old(/.*)$ $1 break; pool_pass raw; }",
     ));
     let r = request(
         ng.port,
@@ -243,6 +244,8 @@ fn a_raw_wsgi_app_passes_wsgiref_validate() {
         (Some("/mounted"), Some("/sub/environ"))
     );
     assert_eq!(m["X_APP"], "demo");
+    // A rewrite is what the app sees, as with uwsgi_param PATH_INFO $document_uri.
+    assert_eq!(ng.get("/old/environ").json()["PATH_INFO"], "/environ");
 
     // wsgi.input: readline, readline(size), readlines, iteration.
     let lines = request(

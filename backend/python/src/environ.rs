@@ -74,7 +74,13 @@ pub fn build<'py>(
     if req.param("SCRIPT_NAME").is_none() {
         env.set_item("SCRIPT_NAME", "")?;
     }
-    let path = percent_decoded(req.path().as_bytes());
+    // nginx's $document_uri: decoded, normalised, and what a `rewrite` made of the URI (as
+    // `uwsgi_param PATH_INFO $document_uri;` gives uWSGI); the request line's path, decoded,
+    // if it is not there.
+    let path = match req.param("DOCUMENT_URI") {
+        Some(uri) if !uri.is_empty() => uri.to_vec(),
+        _ => percent_decoded(req.path().as_bytes()),
+    };
     let path_info = match path.strip_prefix(script_name) {
         Some(rest) if !script_name.is_empty() && (rest.is_empty() || rest[0] == b'/') => rest,
         _ => &path[..],
