@@ -1,5 +1,5 @@
 //! Configuration directives (`pool`, `pool_pass`, `pool_param`, `pool_timeout`, `pool_daemon`,
-//! `pool_status`) at the FFI edge.
+//! `pool_wsgi_adapter`, `pool_status`) at the FFI edge.
 //!
 //! Parsing proper is in [`crate::conf`]; this module turns nginx's argument arrays into `&str`s,
 //! stores results in the module's configuration structs, and reports errors the nginx way: a
@@ -35,6 +35,8 @@ pub struct MainConf {
     pub pools: Vec<PoolEntry>,
     /// `pool_daemon PATH;` — the poold binary for managed pools.
     pub daemon: Option<PathBuf>,
+    /// `pool_wsgi_adapter PATH;` — the Python adapter for `wsgi:` pools (default: beside poold).
+    pub wsgi_adapter: Option<PathBuf>,
     /// The nginx prefix, for relative paths.
     pub prefix: String,
 }
@@ -108,7 +110,7 @@ const fn command(
     }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 8] = [
+pub static mut COMMANDS: [ngx_command_t; 9] = [
     command(
         b"pool\0",
         NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE,
@@ -143,6 +145,12 @@ pub static mut COMMANDS: [ngx_command_t; 8] = [
         b"pool_daemon\0",
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
         set_pool_daemon,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        b"pool_wsgi_adapter\0",
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        set_pool_wsgi_adapter,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
@@ -345,6 +353,21 @@ setter!(set_pool_daemon, MainConf, |cf, main, args| {
         return c"is duplicate".as_ptr() as *mut c_char;
     }
     main.daemon = Some(PathBuf::from(prefix(cf)).join(args[0]));
+    ptr::null_mut()
+});
+
+setter!(set_pool_wsgi_adapter, MainConf, |cf, main, args| {
+    if main.wsgi_adapter.is_some() {
+        return c"is duplicate".as_ptr() as *mut c_char;
+    }
+    let path = PathBuf::from(prefix(cf)).join(args[0]);
+    if !path.is_file() {
+        return conf_error(
+            cf,
+            &format!("the Python adapter \"{}\" is not a file", path.display()),
+        );
+    }
+    main.wsgi_adapter = Some(path);
     ptr::null_mut()
 });
 

@@ -23,15 +23,31 @@ fn bench_script_quick_mode_runs_every_target() {
         "| proxy_pass native |",
         "| gunicorn",
         "| pool, 1 worker |",
+        "## WSGI: one Flask app",
+        "| /hello req/s |",
+        "\n| ngx-pool | ",
         "channel vs unix socket",
     ] {
         assert!(stdout.contains(row), "report lacks {row}:\n{stdout}");
     }
     // Every run of every target answered without errors.
-    let http_part = stdout
+    let (http_part, wsgi_part) = stdout
         .split("## channel vs unix socket")
         .next()
-        .unwrap_or("");
+        .unwrap_or("")
+        .split_once("## WSGI")
+        .expect("a WSGI section");
+    let errors = wsgi_part
+        .lines()
+        .find(|l| l.starts_with("Errors (non-2xx, socket):"))
+        .expect("the WSGI error counts");
+    assert!(
+        errors
+            .trim_end_matches('.')
+            .split(", ")
+            .all(|e| e.ends_with(" 0")),
+        "{errors}"
+    );
     for line in http_part
         .lines()
         .filter(|l| l.starts_with("| ") && !l.starts_with("| target"))

@@ -713,6 +713,10 @@ fn bad_python_settings_are_named_by_nginx_t_or_at_start() {
             "invalid preload \"maybe\" (on or off)",
         ),
         ("handler=wsgi:a:b env=1X=y", "invalid env \"1X=y\""),
+        (
+            "handler=wsgi:a:b;\n    pool_wsgi_adapter /nonexistent/libngx_pool_python.so",
+            "the Python adapter \"/nonexistent/libngx_pool_python.so\" is not a file",
+        ),
     ] {
         let (ok, out) = ngx_pool_tests::nginx_test_config(&Conf::new(
             &format!("    pool p {params};"),
@@ -757,9 +761,12 @@ fn bad_python_settings_are_named_by_nginx_t_or_at_start() {
     // Threads started by the import: a warning, and the workers serve.
     let ng = Nginx::start(Conf::new(
         &format!(
-            "    pool t handler=wsgi:threaded:app venv={} chdir={};",
+            "    pool t handler=wsgi:threaded:app venv={} chdir={};\n    pool_wsgi_adapter {};",
             venv.display(),
-            apps.display()
+            apps.display(),
+            ngx_pool_tests::target_dir()
+                .join("libngx_pool_python.so")
+                .display()
         ),
         "    location / { pool_pass t; }",
     ));
