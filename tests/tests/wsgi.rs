@@ -315,6 +315,12 @@ fn a_raw_apps_exceptions_give_500_or_a_cut_response_and_close_is_always_called()
         )
         .workers(1),
     );
+    // The app was imported as the pool's user, never root, and forked as os.fork() does it:
+    // its os.register_at_fork hooks ran (before in the manager, after_in_child in the worker;
+    // after_in_parent only in the manager, so not in this copy).
+    let f = ng.get("/forked").json();
+    assert_ne!(f["imported_as"], 0, "imported as root");
+    assert_eq!(f["hooks"], serde_json::json!(["before", "child"]));
     // An exception escaping the app: 500 with a plain body, the traceback in error_log with
     // the request's URI.
     let r = ng.get("/raise");

@@ -10,6 +10,13 @@ from wsgiref.validate import validator
 # How many response iterables were closed, per kind (read back through /closed).
 closed = {}
 
+# What the fork hooks saw, and who imported the app (read back through /forked).
+forked = []
+os.register_at_fork(before=lambda: forked.append("before"),
+                    after_in_parent=lambda: forked.append("parent"),
+                    after_in_child=lambda: forked.append("child"))
+imported_as = os.geteuid()
+
 
 class Body:
     """A response iterable with close(), yielding `chunks` and raising `fail_at` if set."""
@@ -87,6 +94,9 @@ def app(environ, start_response):
     if path.endswith("/closing"):
         start_response("200 OK", text)
         return Body("closing", [b"one\n", b"two\n"])
+    if path.endswith("/forked"):
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"hooks": forked, "imported_as": imported_as, "pid": os.getpid()}).encode()]
     if path.endswith("/closed"):
         start_response("200 OK", [("Content-Type", "application/json")])
         return [json.dumps(closed).encode()]
