@@ -335,7 +335,12 @@ fn a_raw_apps_exceptions_give_500_or_a_cut_response_and_close_is_always_called()
         line.contains("[error]") && line.contains("/raise"),
         "{line}"
     );
-    assert!(log.contains("RuntimeError: raised by the raw app"), "{log}");
+    // The traceback keeps its lines, each a log line of its own with poold's prefix.
+    assert!(
+        log.lines().any(|l| l.contains("[error]")
+            && l.contains(": | RuntimeError: raised by the raw app")),
+        "{log}"
+    );
 
     // An exception after the head was handed over (exc_info re-raised, or one in the middle of
     // the body): the response is cut short if nginx had sent the head, else it is a 500; never

@@ -309,8 +309,11 @@ unsafe extern "C" fn log_line(r: *mut ngx_pool_request, level: u32, msg: *const 
         let Some(msg) = (unsafe { given(msg, len) }) else {
             return;
         };
-        // One line: a handler's newlines would forge log lines of their own.
-        let text = String::from_utf8_lossy(msg).replace(['\n', '\r'], " ");
+        // A message of several lines (a Python traceback) is several log lines, each with our
+        // prefix (continuations marked "|"), so a handler's newline cannot forge a line.
+        let text = String::from_utf8_lossy(msg);
+        let mut lines = text.split(['\n', '\r']).filter(|l| !l.trim().is_empty());
+        let text = lines.next().unwrap_or("").to_string();
         let pid = std::process::id();
         let uri = if r.is_null() {
             None
@@ -325,6 +328,9 @@ unsafe extern "C" fn log_line(r: *mut ngx_pool_request, level: u32, msg: *const 
                 format_args!("worker {pid}: {text} (request \"{uri}\")"),
             ),
             None => log::line(level, format_args!("worker {pid}: {text}")),
+        }
+        for more in lines {
+            log::line(level, format_args!("worker {pid}: | {more}"));
         }
     }));
 }
