@@ -307,7 +307,7 @@ fn a_raw_wsgi_app_passes_wsgiref_validate() {
 
 #[test]
 fn a_raw_apps_exceptions_give_500_or_a_cut_response_and_close_is_always_called() {
-    let ng = Nginx::start(
+    let mut ng = Nginx::start(
         Conf::new(
             // One worker: /closed must see what the earlier requests did.
             &wsgi_pool("raw", "rawapp:app", "workers=1"),
@@ -351,6 +351,18 @@ fn a_raw_apps_exceptions_give_500_or_a_cut_response_and_close_is_always_called()
             Ok(r) => assert_eq!(r.status, 500, "{path}: {r:?}"),
         }
     }
+    // A client that goes away mid-stream: the app's iterable is closed all the same.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", ng.port)).unwrap();
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut first = [0u8; 64];
+        assert!(s.read(&mut first).unwrap() > 0);
+    }
+    ng.wait_for("the abandoned iterable closed", |ng| {
+        ng.get("/closed").json()["slow"] == 1
+    });
     assert_eq!(ng.get("/closing").status, 200);
     let closed = ng.get("/closed").json();
     assert_eq!(closed["midway"], 1);

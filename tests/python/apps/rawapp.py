@@ -91,6 +91,17 @@ def app(environ, start_response):
     if path.endswith("/fail-midway"):
         start_response("200 OK", text)
         return Body("midway", [b"a" * 100000, b"b", b"c"], fail_at=1)
+    if path.endswith("/slow"):
+        start_response("200 OK", text)
+
+        class Slow(Body):
+            def __iter__(self):
+                import time
+                for i in range(50):
+                    yield b"tick %d\n" % i
+                    time.sleep(0.05)
+
+        return Slow("slow", [])
     if path.endswith("/closing"):
         start_response("200 OK", text)
         return Body("closing", [b"one\n", b"two\n"])
