@@ -807,3 +807,20 @@ fn bad_python_settings_are_named_by_nginx_t_or_at_start() {
     );
     ng.finish();
 }
+
+#[test]
+fn a_python_worker_past_its_deadline_dies_on_sigterm_and_is_replaced() {
+    // Python installs no signal handlers in the pool: SIGTERM stops a worker at once, as poold
+    // expects, even in the middle of a sleep.
+    let ng = Nginx::start(Conf::new(
+        &wsgi_pool("flask", "flaskapp:app", "workers=1 timeout=1s"),
+        "    location / { pool_pass flask; }",
+    ));
+    let r = ng.get("/sleep?s=20");
+    assert_eq!(r.status, 504);
+    assert_eq!(text(&ng.get("/")), "hello from flask\n");
+    let log = ng.log();
+    assert!(log.contains("killed by SIGTERM"), "{log}");
+    assert!(!log.contains("ignored SIGTERM"), "{log}");
+    ng.finish();
+}

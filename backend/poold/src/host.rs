@@ -300,6 +300,15 @@ fn level_name(level: u32) -> Option<&'static str> {
     })
 }
 
+/// Set once a forked pool worker starts: a handler's log lines then say "worker PID", before
+/// (its `init`, in poold) "poold PID".
+static IN_POOL_WORKER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// This process is a pool worker from now on (for the log lines' prefix).
+pub fn in_pool_worker() {
+    IN_POOL_WORKER.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 unsafe extern "C" fn log_line(r: *mut ngx_pool_request, level: u32, msg: *const u8, len: usize) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         let Some(level) = level_name(level) else {
@@ -315,6 +324,11 @@ unsafe extern "C" fn log_line(r: *mut ngx_pool_request, level: u32, msg: *const 
         let mut lines = text.split(['\n', '\r']).filter(|l| !l.trim().is_empty());
         let text = lines.next().unwrap_or("").to_string();
         let pid = std::process::id();
+        let who = if IN_POOL_WORKER.load(std::sync::atomic::Ordering::Relaxed) {
+            "worker"
+        } else {
+            "poold"
+        };
         let uri = if r.is_null() {
             None
         } else {
@@ -325,12 +339,12 @@ unsafe extern "C" fn log_line(r: *mut ngx_pool_request, level: u32, msg: *const 
         match uri {
             Some(uri) => log::line(
                 level,
-                format_args!("worker {pid}: {text} (request \"{uri}\")"),
+                format_args!("{who} {pid}: {text} (request \"{uri}\")"),
             ),
-            None => log::line(level, format_args!("worker {pid}: {text}")),
+            None => log::line(level, format_args!("{who} {pid}: {text}")),
         }
         for more in lines {
-            log::line(level, format_args!("worker {pid}: | {more}"));
+            log::line(level, format_args!("{who} {pid}: | {more}"));
         }
     }));
 }

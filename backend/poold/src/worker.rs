@@ -113,6 +113,7 @@ fn own_rss() -> Option<u64> {
 
 impl Worker<'_> {
     pub fn run(mut self) -> ! {
+        crate::host::in_pool_worker();
         let entry = self
             .region
             .worker(self.index)
