@@ -315,6 +315,12 @@ fn a_raw_apps_exceptions_give_500_or_a_cut_response_and_close_is_always_called()
         )
         .workers(1),
     );
+    // A header that would split the response: refused in start_response (a ValueError the
+    // traceback shows), so a 500, never a forged header.
+    let r = ng.get("/bad-header");
+    assert_eq!(r.status, 500);
+    assert!(r.header("Set-Cookie").is_none());
+    assert!(ng.log().contains("holds CR, LF or NUL"), "{}", ng.log());
     // The app was imported as the pool's user, never root, and forked as os.fork() does it:
     // its os.register_at_fork hooks ran (before in the manager, after_in_child in the worker;
     // after_in_parent only in the manager, so not in this copy).
@@ -329,12 +335,9 @@ fn a_raw_apps_exceptions_give_500_or_a_cut_response_and_close_is_always_called()
     let log = ng.log();
     let line = log
         .lines()
-        .find(|l| l.contains("the WSGI app rawapp:app failed:"))
-        .expect("a line naming the app");
-    assert!(
-        line.contains("[error]") && line.contains("/raise"),
-        "{line}"
-    );
+        .find(|l| l.contains("the WSGI app rawapp:app failed:") && l.contains("/raise"))
+        .expect("a line naming the app and the URI");
+    assert!(line.contains("[error]"), "{line}");
     // The traceback keeps its lines, each a log line of its own with poold's prefix.
     assert!(
         log.lines().any(|l| l.contains("[error]")

@@ -157,6 +157,20 @@ impl StartResponse {
                     })?;
                 let name = latin1_bytes(&name, "header name")?;
                 let value = latin1_bytes(&value, "header value")?;
+                // Refused here, as Gunicorn does, so the app's traceback says which header.
+                let token = |c: &u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(c);
+                if name.is_empty() || !name.iter().all(token) {
+                    return Err(PyValueError::new_err(format!(
+                        "invalid header name {:?}",
+                        String::from_utf8_lossy(&name)
+                    )));
+                }
+                if value.iter().any(|&c| c == b'\r' || c == b'\n' || c == 0) {
+                    return Err(PyValueError::new_err(format!(
+                        "the value of header {:?} holds CR, LF or NUL",
+                        String::from_utf8_lossy(&name)
+                    )));
+                }
                 if name.eq_ignore_ascii_case(b"content-length") {
                     length = std::str::from_utf8(&value)
                         .ok()

@@ -102,6 +102,9 @@ def app(environ, start_response):
                     time.sleep(0.05)
 
         return Slow("slow", [])
+    if path.endswith("/bad-header"):
+        start_response("200 OK", [("Content-Type", "text/plain"), ("X-Evil", "a\r\nSet-Cookie: x=1")])
+        return [b"never sent"]
     if path.endswith("/closing"):
         start_response("200 OK", text)
         return Body("closing", [b"one\n", b"two\n"])
