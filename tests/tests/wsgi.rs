@@ -606,6 +606,19 @@ fn an_import_error_is_503_until_fixed_and_a_reload_deploys_new_code_without_a_fa
         "{log}"
     );
     assert!(log.contains("SyntaxError"), "{log}");
+    // Retried with a growing delay; the traceback is logged whole once, then shortened.
+    ng.wait_for("three failed loads", |ng| {
+        ng.log()
+            .matches("could not load its handler; trying again")
+            .count()
+            >= 3
+    });
+    let log = ng.log();
+    assert_eq!(log.matches("deployed.py\", line 2").count(), 1, "{log}");
+    assert!(
+        log.contains("SyntaxError: '[' was never closed (attempt 2; the whole text is above"),
+        "{log}"
+    );
 
     // Fixed on disk: poold's retries pick it up, no reload needed.
     let version = |v: &str| {

@@ -304,6 +304,18 @@ fn level_name(level: u32) -> Option<&'static str> {
 /// (its `init`, in poold) "poold PID".
 static IN_POOL_WORKER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// How many poolds before this one failed to load the handler in a row (set by the watchdog,
+/// inherited through its fork): the handler's multi-line errors are then shortened.
+static FAILED_LOADS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+pub fn failed_loads() -> u32 {
+    FAILED_LOADS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+pub fn set_failed_loads(n: u32) {
+    FAILED_LOADS.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// This process is a pool worker from now on (for the log lines' prefix).
 pub fn in_pool_worker() {
     IN_POOL_WORKER.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -342,6 +354,22 @@ unsafe extern "C" fn log_line(r: *mut ngx_pool_request, level: u32, msg: *const 
                 format_args!("{who} {pid}: {text} (request \"{uri}\")"),
             ),
             None => log::line(level, format_args!("{who} {pid}: {text}")),
+        }
+        let retried = failed_loads();
+        if who == "poold" && retried > 0 {
+            // The same load failing again: its first and last lines, not the whole traceback
+            // every 10 s.
+            let rest: Vec<&str> = lines.collect();
+            if let Some(last) = rest.last() {
+                log::line(
+                    level,
+                    format_args!(
+                        "{who} {pid}: | … {last} (attempt {}; the whole text is above, at the first)",
+                        retried + 1
+                    ),
+                );
+            }
+            return;
         }
         for more in lines {
             log::line(level, format_args!("{who} {pid}: | {more}"));

@@ -51,7 +51,10 @@ fn main() {
         _ => ready,
     });
     let handler = match load(&cfg) {
-        Ok(h) => h,
+        Ok(h) => {
+            poold::host::set_failed_loads(0);
+            h
+        }
         Err(e) => {
             poold::log!(
                 "error",

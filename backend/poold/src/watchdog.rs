@@ -80,6 +80,13 @@ pub fn run(lifeline: RawFd, mut ready: Option<OwnedFd>) -> Option<OwnedFd> {
                         } else {
                             format!(" in {} ms", delay.as_millis())
                         };
+                        // The next poold inherits the count (fork, no exec): a handler's long
+                        // error (a traceback) is logged whole only the first time.
+                        crate::host::set_failed_loads(if how == LOAD_FAILED {
+                            crate::host::failed_loads() + 1
+                        } else {
+                            0
+                        });
                         if how == LOAD_FAILED {
                             // Its own line said why; this one says what happens next.
                             log!(
