@@ -79,7 +79,7 @@ unsafe impl HttpModuleLocationConf for Module {
 }
 
 pub static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
-    preconfiguration: None,
+    preconfiguration: Some(crate::variables::preconfiguration),
     postconfiguration: None,
     create_main_conf: Some(<Module as HttpModule>::create_main_conf),
     init_main_conf: None,

@@ -27,6 +27,7 @@ mod request;
 mod runtime;
 mod status;
 mod upload;
+mod variables;
 
 use nginx_sys::{ngx_cycle_t, ngx_int_t, ngx_module_t, NGX_HTTP_MODULE, NGX_OK};
 

@@ -16,6 +16,7 @@ use crate::directives::Module;
 use crate::download::{self, Download, Pump, Started};
 use crate::runtime::{self, with_pool, InFlight};
 use crate::upload::{BodyPart, Pumped, Upload};
+use crate::variables::Outcome;
 use nginx_sys::{
     ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_str_t, NGX_DONE, NGX_ERROR,
     NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR,
@@ -23,7 +24,7 @@ use nginx_sys::{
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleServerConf, Request};
 use ngx_pool_channel::chain::ChainError;
 use ngx_pool_channel::message::{encode_request_head, RequestHead, ServerSide};
-use ngx_pool_channel::slot::{self, SlotId, SlotState};
+use ngx_pool_channel::slot::{self, FailReason, SlotId, SlotState};
 use ngx_pool_channel::stream;
 use ngx_pool_channel::Region;
 use std::ffi::c_void;
@@ -53,6 +54,18 @@ struct Ctx {
     timeout_ms: u64,
     /// The location's `pool_timeout`, passed on for poold to enforce too.
     own_timeout: Option<u64>,
+    /// Its way through the pool, for the `$pool_*` variables.
+    outcome: Outcome,
+}
+
+/// What request `r` recorded of its way through the pool, if it got that far.
+pub fn outcome_of(r: *mut ngx_http_request_t) -> Option<Outcome> {
+    // SAFETY: a live context (it lives until the request's pool goes, after the log phase).
+    ctx_of(r).map(|c| unsafe { (*c).outcome })
+}
+
+fn now_ms() -> u64 {
+    ngx_pool_channel::sys::monotonic_ms()
 }
 
 fn pool_index(r: *mut ngx_http_request_t) -> Option<usize> {
@@ -348,6 +361,7 @@ fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, Refused> {
             download: None,
             timeout_ms,
             own_timeout,
+            outcome: Outcome::default(),
         },
     )
     .ok_or(Refused::Status(500))
@@ -516,6 +530,7 @@ fn submit(ctx: *mut Ctx) {
             .stats
             .rejected_full
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        c.outcome.end("full");
         return fail(
             ctx,
             503,
@@ -548,6 +563,7 @@ fn submit(ctx: *mut Ctx) {
     }
     if !slot::enqueue(region.nginx_side(), id, head_len, total) {
         slot::release(region.nginx_side(), id);
+        c.outcome.end("full");
         return fail(
             ctx,
             503,
@@ -579,6 +595,7 @@ fn submit(ctx: *mut Ctx) {
         );
     }
     c.slot = Some(id);
+    c.outcome.queued_ms = Some(now_ms());
     crate::runtime::wake_workers_later(c.pool);
     progress(ctx);
 }
@@ -605,6 +622,9 @@ fn progress(ctx: *mut Ctx) {
     };
     let region = c.region.clone();
     let state = slot::state_of(&region, id);
+    if !matches!(state, Some(SlotState::Queued)) {
+        observe(&mut c.outcome, &region, id, state);
+    }
     match state {
         Some(SlotState::Queued) | Some(SlotState::Running) | Some(SlotState::Streaming) => {
             if !pump_upload(ctx, &region, id, state == Some(SlotState::Queued)) {
@@ -621,6 +641,11 @@ fn progress(ctx: *mut Ctx) {
         }
         Some(SlotState::Failed) => {
             let reason = slot::fail_reason(&region, id);
+            c.outcome.end(match reason {
+                FailReason::WorkerDied => "crashed",
+                FailReason::Timeout => "timeout",
+                _ => "error",
+            });
             let status = reason.http_status() as ngx_int_t;
             fail(
                 ctx,
@@ -639,6 +664,23 @@ fn progress(ctx: *mut Ctx) {
                 pool_name(c.pool)
             ),
         ),
+    }
+}
+
+/// Records, once, which worker took the request and when, and when its answer was complete.
+fn observe(o: &mut Outcome, region: &Region, id: SlotId, state: Option<SlotState>) {
+    if o.worker_pid.is_none() {
+        if let Some(s) = region.slot(id.index) {
+            let worker = s.worker.load(std::sync::atomic::Ordering::Relaxed);
+            o.started_ms = Some(s.started_ms.load(std::sync::atomic::Ordering::Relaxed));
+            o.worker_pid = region
+                .worker(worker)
+                .map(|w| w.pid.load(std::sync::atomic::Ordering::Relaxed))
+                .filter(|p| *p != 0);
+        }
+    }
+    if o.finished_ms.is_none() && matches!(state, Some(SlotState::Done | SlotState::Failed)) {
+        o.finished_ms = Some(now_ms());
     }
 }
 
@@ -769,6 +811,8 @@ fn fail(ctx: *mut Ctx, status: ngx_int_t, msg: String) {
     if !deactivate(ctx) {
         return;
     }
+    // SAFETY: as above.
+    unsafe { (*ctx).outcome.end("error") };
     if status == 503 && !msg.is_empty() {
         note_rejection(pool, r, &msg);
     } else if !msg.is_empty() {
@@ -787,6 +831,8 @@ fn fail(ctx: *mut Ctx, status: ngx_int_t, msg: String) {
 fn complete(ctx: *mut Ctx, rc: ngx_int_t) {
     // SAFETY: `ctx` is a live context.
     let r = unsafe { (*ctx).r };
+    // SAFETY: as above.
+    unsafe { (*ctx).outcome.end("ok") };
     if deactivate(ctx) {
         finish(r, rc);
     }
@@ -796,6 +842,8 @@ fn complete(ctx: *mut Ctx, rc: ngx_int_t) {
 fn terminate(ctx: *mut Ctx) {
     // SAFETY: `ctx` is a live context.
     let r = unsafe { (*ctx).r };
+    // SAFETY: as above.
+    unsafe { (*ctx).outcome.end("cancelled") };
     if deactivate(ctx) {
         finish(r, NGX_ERROR as ngx_int_t);
     }
@@ -891,6 +939,7 @@ fn timeout(ev: *mut ngx_event_t, ctx: *mut Ctx) {
     let name = pool_name(c.pool);
     if let Some((waited, rest)) = c.queue_phase.take() {
         let Some(id) = c.slot else {
+            c.outcome.end("queue_timeout");
             return fail(
                 ctx,
                 503,
@@ -903,6 +952,7 @@ fn timeout(ev: *mut ngx_event_t, ctx: *mut Ctx) {
             unsafe { nginx_sys::ngx_add_timer(ev, rest as nginx_sys::ngx_msec_t) };
             return;
         }
+        c.outcome.end("queue_timeout");
         return fail(
             ctx,
             503,
@@ -912,6 +962,7 @@ fn timeout(ev: *mut ngx_event_t, ctx: *mut Ctx) {
     // SAFETY: reading the URI of a live request.
     let uri = String::from_utf8_lossy(ngx_bytes(unsafe { &(*c.r).unparsed_uri })).into_owned();
     let status = if c.slot.is_none() { 503 } else { 504 };
+    c.outcome.end("timeout");
     let what = if c.download.is_some() {
         "; closing the response"
     } else {
