@@ -176,3 +176,56 @@ fn a_socket_in_a_missing_directory_fails_nginx_t_with_what_to_do() {
     );
     assert!(out.contains("nginx.conf:"), "{out}");
 }
+
+#[test]
+fn the_readme_shows_poolds_help_as_it_is() {
+    let readme = std::fs::read_to_string(ngx_pool_tests::repo_dir().join("README.md")).unwrap();
+    let block = readme
+        .split_once("`poold --help`:\n\n```\n")
+        .and_then(|(_, rest)| rest.split_once("```\n"))
+        .map(|(b, _)| b)
+        .expect("a poold --help block in the README");
+    let out = std::process::Command::new(ngx_pool_tests::poold_path())
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert_eq!(
+        block,
+        String::from_utf8_lossy(&out.stdout),
+        "README's poold --help is stale: paste the output of poold --help"
+    );
+}
+
+#[test]
+fn the_systemd_unit_for_external_pools_passes_systemd_analyze_verify() {
+    let Ok(out) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("no systemd-analyze here: skipped");
+        return;
+    };
+    assert!(out.status.success());
+    // The unit as packaged, with poold where this build has it (verify checks ExecStart).
+    let unit = std::fs::read_to_string(
+        ngx_pool_tests::repo_dir().join("packaging/systemd/ngx-pool@.service"),
+    )
+    .unwrap()
+    .replace(
+        "/usr/lib/ngx-pool/poold",
+        &ngx_pool_tests::poold_path().display().to_string(),
+    );
+    let dir = ngx_pool_tests::temp_prefix();
+    std::fs::write(dir.join("ngx-pool@.service"), unit).unwrap();
+    std::os::unix::fs::symlink("ngx-pool@.service", dir.join("ngx-pool@app.service")).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.display()))
+        .args(["verify"])
+        .arg(dir.join("ngx-pool@app.service"))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success() && text.trim().is_empty(), "{text}");
+}
