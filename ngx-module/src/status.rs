@@ -1,5 +1,6 @@
 //! `pool_status;`: a location that reports every pool as JSON (or Prometheus text with
-//! `?format=prometheus`), read from the regions this nginx worker is attached to.
+//! `?format=prometheus`, or a page for people with `?format=html` or when a browser asks for
+//! `text/html`), read from the regions this nginx worker is attached to.
 
 use crate::download::send_whole;
 use crate::runtime::{self, with_pool};
@@ -7,6 +8,10 @@ use nginx_sys::{ngx_http_request_t, ngx_int_t, NGX_HTTP_GET, NGX_HTTP_HEAD};
 use ngx_pool_channel::status::{snapshot, PoolStatus};
 use serde_json::json;
 use std::fmt::Write;
+
+/// The page for people: self-contained (no external asset), it fetches `?format=json` every
+/// 2 s and renders it (status.html).
+const PAGE: &str = include_str!("status.html");
 
 /// Resident set size of `pid` in KiB, if readable.
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -126,15 +131,36 @@ unsafe fn status(r: *mut ngx_http_request_t) -> ngx_int_t {
             std::slice::from_raw_parts(a.data, a.len).to_vec()
         }
     };
-    let pools = pools();
-    let prom = String::from_utf8_lossy(&args)
+    let args = String::from_utf8_lossy(&args);
+    let format = args
         .split('&')
-        .any(|kv| kv == "format=prometheus");
-    let (body, ctype): (String, &[u8]) = if prom {
-        (prometheus(&pools), b"text/plain; version=0.0.4")
-    } else {
-        (json_doc(&pools), b"application/json")
+        .find_map(|kv| kv.strip_prefix("format="))
+        .map(str::to_owned);
+    // SAFETY: reading the headers of a live request.
+    let browser = format.is_none() && unsafe { accepts_html(r) };
+    let (body, ctype): (String, &[u8]) = match format.as_deref() {
+        Some("prometheus") => (prometheus(&pools()), b"text/plain; version=0.0.4"),
+        Some("html") => (PAGE.to_string(), b"text/html; charset=utf-8"),
+        None if browser => (PAGE.to_string(), b"text/html; charset=utf-8"),
+        _ => (json_doc(&pools()), b"application/json"),
     };
     let headers: [(&[u8], &[u8]); 2] = [(b"Content-Type", ctype), (b"Cache-Control", b"no-store")];
     send_whole(r, 200, &headers, body.as_bytes())
+}
+
+/// True if the request's Accept header names `text/html` (a browser): `*/*` alone (curl, most
+/// clients) keeps the JSON.
+///
+/// # Safety
+/// `r` is a live request.
+unsafe fn accepts_html(r: *mut ngx_http_request_t) -> bool {
+    // SAFETY: the caller's contract; the ngx crate walks the live request's header list.
+    let req = unsafe { ngx::http::Request::from_ngx_http_request(r) };
+    req.headers_in_iterator().any(|(name, value)| {
+        name.as_bytes().eq_ignore_ascii_case(b"accept")
+            && value
+                .as_bytes()
+                .windows(9)
+                .any(|w| w.eq_ignore_ascii_case(b"text/html"))
+    })
 }
