@@ -68,10 +68,18 @@ fn log(cycle: *mut ngx_cycle_t, level: u32, msg: &str) {
     ngx::ngx_log_error!(level, log, "{}", msg);
 }
 
-/// `pool_daemon`, or `poold` beside this module's shared object.
+/// Where a distribution's package puts poold, fixed when the module is built for it
+/// (`NGX_POOL_DAEMON_PATH=/usr/lib/ngx-pool/poold`, as scripts/package-deb does).
+const PACKAGED_DAEMON: Option<&str> = option_env!("NGX_POOL_DAEMON_PATH");
+
+/// `pool_daemon`, else the packaged path if the module was built with one, else `poold` beside
+/// this module's shared object.
 fn daemon_path(main: &MainConf) -> PathBuf {
     if let Some(p) = &main.daemon {
         return p.clone();
+    }
+    if let Some(p) = PACKAGED_DAEMON {
+        return PathBuf::from(p);
     }
     let mut info: libc::Dl_info = libc::Dl_info {
         dli_fname: std::ptr::null(),
