@@ -610,3 +610,50 @@ fn memory_does_not_grow_with_offered_load() {
     });
     ng.finish();
 }
+
+#[test]
+fn a_dynamic_pool_grows_under_a_burst_and_shrinks_back_when_idle() {
+    let mut ng = Nginx::start(Conf::new(
+        "    pool dyn handler=builtin:sleep workers=1-3 idle_timeout=1s queue=64 timeout=30s;",
+        "    location /sleep { pool_pass dyn; }\n    location = /status { pool_status; }",
+    ));
+    let workers = |ng: &Nginx| {
+        ng.get("/status").json()["pools"][0]["workers"]
+            .as_array()
+            .map_or(0, |w| w.len())
+    };
+    assert_eq!(workers(&ng), 1, "starts at MIN");
+    // A burst of 9 requests of 600 ms: requests wait, the pool grows to MAX (never more).
+    let port = ng.port;
+    let burst: Vec<_> = (0..9)
+        .map(|_| {
+            std::thread::spawn(move || {
+                request(port, "GET", "/sleep?ms=600", &[], b"")
+                    .unwrap()
+                    .status
+            })
+        })
+        .collect();
+    let mut peak = 0;
+    ng.wait_for("the pool to grow to 3", |ng| {
+        peak = peak.max(workers(ng));
+        peak >= 3
+    });
+    let statuses: Vec<u16> = burst.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(workers(&ng) <= 3, "above MAX");
+    // Idle: back to MIN, one idle_timeout at a time, with no failed request meanwhile.
+    ng.wait_for("the pool to shrink to 1", |ng| workers(ng) == 1);
+    assert_eq!(ng.get("/sleep?ms=1").status, 200);
+    let log = ng.log();
+    assert!(
+        log.contains("the pool grows to 3 workers (at most 3)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("the pool shrinks to 1 workers (at least 1)"),
+        "{log}"
+    );
+    assert!(log.contains("stopped after idle_timeout"), "{log}");
+    ng.finish();
+}

@@ -26,6 +26,8 @@ OPTIONS:
     --wsgi-adapter PATH wsgi: the Python adapter library   [default: beside poold]
     --name NAME         pool name used in log lines                  [default: pool]
     --workers N         pool worker processes                        [default: number of CPUs]
+                        or MIN-MAX: MIN at start, more while requests wait, up to MAX
+    --idle-timeout TIME with --workers MIN-MAX: a worker idle this long stops [default: 10s]
     --queue N           requests that may wait for a worker, beyond
                         those running; more get 503 at once           [default: 1024]
     --arena SIZE        shared-memory arena for request and response

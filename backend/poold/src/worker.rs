@@ -150,8 +150,9 @@ impl Worker<'_> {
             entry
                 .state
                 .store(WorkerState::Idle as u32, Ordering::Relaxed);
-            let asked = retiring.is_some();
-            let stop = || asked && slot::retire_due(region.pool_side(), index);
+            // poold may tell an idle worker to leave (its replacement is ready, or the pool
+            // shrinks): looked at before each sleep and after each wake-up.
+            let stop = || slot::retire_due(region.pool_side(), index);
             let Some(id) = slot::wait_for_work(region.pool_side(), index, &mut self.spin, &stop)
             else {
                 continue;

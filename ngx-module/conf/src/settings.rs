@@ -17,6 +17,8 @@ pub const DEFAULT_QUEUE: u32 = 1024;
 pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_ARENA: u64 = 64 << 20;
 pub const DEFAULT_SPIN_US: u64 = 100;
+/// As php-fpm's `pm.process_idle_timeout`.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 10_000;
 
 /// A pool's settings as poold runs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,8 +30,13 @@ pub struct PoolSettings {
     /// Passed to the handler's `init` (`handler_args=`; quote the whole parameter if it has
     /// spaces: `"handler_args=a b"`).
     pub handler_args: Option<String>,
-    /// Pool worker processes (`workers=`).
+    /// Pool worker processes (`workers=N`), or the most of them (`workers=MIN-MAX`).
     pub workers: u32,
+    /// With `workers=MIN-MAX`: the fewest; more are forked while requests wait, and those idle
+    /// for `idle_timeout` stop again (php-fpm's `pm = dynamic`). None: a fixed size.
+    pub min_workers: Option<u32>,
+    /// How long a worker above `min_workers` may stay idle before it stops (`idle_timeout=`).
+    pub idle_timeout_ms: u64,
     /// Requests that may wait for a worker beyond those running (`queue=`).
     pub queue: u32,
     /// A request running longer has its worker killed (`timeout=`); none: no limit.
@@ -75,6 +82,7 @@ pub const SETTING_NAMES: &[&str] = &[
     "venv",
     "python_path",
     "preload",
+    "idle_timeout",
 ];
 
 impl PoolSettings {
@@ -85,6 +93,8 @@ impl PoolSettings {
             handler: String::new(),
             handler_args: None,
             workers: default_workers(),
+            min_workers: None,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             queue: DEFAULT_QUEUE,
             timeout_ms: None,
             max_requests: None,
@@ -131,7 +141,36 @@ impl PoolSettings {
                 self.handler = value.to_string();
             }
             "handler_args" => self.handler_args = Some(value.to_string()),
-            "workers" => self.workers = number(4096)?,
+            "workers" => match value.split_once('-') {
+                Some((lo, hi)) => {
+                    let range = |v: &str| v.parse::<u32>().ok().filter(|n| (1..=4096).contains(n));
+                    match (range(lo), range(hi)) {
+                        (Some(lo), Some(hi)) if lo < hi => {
+                            self.min_workers = Some(lo);
+                            self.workers = hi;
+                        }
+                        _ => {
+                            return Err(format!(
+                                "invalid workers \"{value}\" (a number from 1 to 4096, or MIN-MAX with MIN < MAX)"
+                            ))
+                        }
+                    }
+                }
+                None => {
+                    self.workers = number(4096)?;
+                    self.min_workers = None;
+                }
+            },
+            "idle_timeout" => {
+                self.idle_timeout_ms = match parse_time_ms(value) {
+                    Some(ms) if ms > 0 => ms,
+                    _ => {
+                        return Err(format!(
+                            "invalid idle_timeout \"{value}\" (a time such as 10s)"
+                        ))
+                    }
+                }
+            }
             "queue" => {
                 self.queue = match value.parse::<u32>() {
                     Ok(n) if n <= 1 << 20 => n,
@@ -214,7 +253,14 @@ impl PoolSettings {
         if let Some(a) = &self.handler_args {
             put("handler_args", a.clone());
         }
-        put("workers", self.workers.to_string());
+        put(
+            "workers",
+            match self.min_workers {
+                Some(min) => format!("{min}-{}", self.workers),
+                None => self.workers.to_string(),
+            },
+        );
+        put("idle_timeout", format!("{}ms", self.idle_timeout_ms));
         put("queue", self.queue.to_string());
         if let Some(ms) = self.timeout_ms {
             put("timeout", format!("{ms}ms"));
@@ -319,7 +365,8 @@ mod tests {
         for (k, v) in [
             ("handler", "dylib:/x y.so"),
             ("handler_args", "--k v"),
-            ("workers", "3"),
+            ("workers", "2-5"),
+            ("idle_timeout", "3s"),
             ("queue", "0"),
             ("timeout", "1m30s"),
             ("max_requests", "500"),
@@ -345,6 +392,8 @@ mod tests {
         assert_eq!(PoolSettings::key_of_option("--user"), None);
         assert!(s.clone().set("env", "1A=x").is_err());
         assert!(s.clone().set("preload", "yes").is_err());
+        assert!(s.clone().set("workers", "5-2").is_err());
+        assert_eq!((s.min_workers, s.workers), (Some(2), 5));
         let rel = PoolSettings {
             python_path: Some("lib:/abs".into()),
             venv: Some("venv".into()),

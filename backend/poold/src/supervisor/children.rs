@@ -103,6 +103,9 @@ impl Supervisor {
         w.control = Some(ours);
         w.started = Some(Instant::now());
         w.respawn_at = None;
+        w.shrinking = false;
+        w.idle_since = None;
+        w.last_served = 0;
         Ok(())
     }
 
@@ -309,6 +312,16 @@ impl Supervisor {
                 .map_or(0, |e| e.served.load(Ordering::Relaxed));
             let w = &mut self.workers[i];
             w.quick_deaths = 0;
+            if std::mem::take(&mut w.shrinking) {
+                log!(
+                    "notice",
+                    "pool worker {pid} stopped after idle_timeout (the pool shrinks)"
+                );
+                if let Some(e) = self.region.worker(i as u32) {
+                    e.pid.store(0, Ordering::Relaxed);
+                }
+                return;
+            }
             if was_replaced {
                 // Its replacement was forked before it left; this slot stays free.
                 log!("notice", "pool worker {pid} retired after {served} requests (max_requests/max_rss); its replacement already serves");

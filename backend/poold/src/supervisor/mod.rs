@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 mod children;
 mod conns;
+mod size;
 
 /// A worker that dies sooner than this after its start counts as a crash loop.
 const QUICK_DEATH: Duration = Duration::from_secs(1);
@@ -66,6 +67,11 @@ struct WorkerSlot {
     replacing: Option<usize>,
     /// A replacement for this (retiring) worker has been forked.
     replaced: bool,
+    /// Told to leave because the pool shrinks (`workers=MIN-MAX`): not replaced.
+    shrinking: bool,
+    /// Since when it has served nothing (dynamic size), and its count when last looked at.
+    idle_since: Option<Instant>,
+    last_served: u64,
 }
 
 pub struct Supervisor {
@@ -90,6 +96,8 @@ pub struct Supervisor {
     maybe_lost: bool,
     /// The watcher this poold started when its watchdog died (see `watchdog::adopt`).
     watcher: Option<Pid>,
+    /// When the pool last grew (`workers=MIN-MAX`): at most one new worker per GROW_INTERVAL.
+    last_grow: Option<Instant>,
 }
 
 enum Source {
@@ -147,12 +155,14 @@ impl Supervisor {
             me: nix::unistd::getpid(),
             maybe_lost: false,
             watcher: None,
+            last_grow: None,
         })
     }
 
     /// Runs until told to stop; then stops the workers and removes the socket.
     pub fn run(mut self) -> io::Result<()> {
-        for i in 0..self.cfg.pool.workers as usize {
+        let first = self.cfg.pool.min_workers.unwrap_or(self.cfg.pool.workers);
+        for i in 0..first as usize {
             self.spawn(i)?;
         }
         let g = self.region.geometry();
@@ -171,6 +181,7 @@ impl Supervisor {
             if timeout_hit {
                 self.enforce_deadlines();
                 self.respawn_due()?;
+                self.resize()?;
             }
             for src in ready {
                 match src {
@@ -258,6 +269,7 @@ impl Supervisor {
         // and a look for lost chunks until the pool has been idle once since a death.
         let next_tick = (busy
             || self.cfg.pool.timeout_ms.is_some()
+            || self.cfg.pool.min_workers.is_some()
             || self.draining.is_some()
             || self.maybe_lost)
             .then(|| Instant::now() + tick);

@@ -1,0 +1,81 @@
+//! A pool of dynamic size (`workers=MIN-MAX`, php-fpm's `pm = dynamic`): grows by one worker
+//! per GROW_INTERVAL while requests wait in the queue, up to MAX, forked from the preloaded
+//! manager so it serves at once; shrinks by one worker idle for `idle_timeout`, down to MIN.
+//! The bound stays MAX: the region's slots are MAX + queue whatever the size.
+
+use super::*;
+
+/// At most one new worker per this interval: a burst is met without forking a herd.
+const GROW_INTERVAL: Duration = Duration::from_millis(100);
+
+impl Supervisor {
+    /// Called on each tick: grow or shrink by at most one worker.
+    pub(super) fn resize(&mut self) -> io::Result<()> {
+        let Some(min) = self.cfg.pool.min_workers else {
+            return Ok(());
+        };
+        let (min, max) = (min as usize, self.cfg.pool.workers as usize);
+        let now = Instant::now();
+        // Serving or about to (a respawn pending); retiring ones are counted with their
+        // replacements, shrinking ones are on their way out.
+        let serving = |w: &WorkerSlot| {
+            (w.pid.is_some() && !w.shrinking && !w.replaced)
+                || (w.pid.is_none() && w.respawn_at.is_some())
+        };
+        let size = self.workers.iter().filter(|w| serving(w)).count();
+        let waiting = ngx_pool_channel::queue::depth(&self.region);
+        if waiting > 0 && size < max && self.last_grow.is_none_or(|t| now - t >= GROW_INTERVAL) {
+            let spare = (0..self.workers.len()).find(|&j| {
+                let w = &self.workers[j];
+                w.pid.is_none() && w.respawn_at.is_none() && w.replacing.is_none()
+            });
+            if let Some(j) = spare {
+                self.last_grow = Some(now);
+                log!(
+                    "info",
+                    "{waiting} requests wait: the pool grows to {} workers (at most {max})",
+                    size + 1
+                );
+                return self.spawn(j);
+            }
+        }
+        // Who has been idle, and since when.
+        for i in 0..self.workers.len() {
+            let Some(e) = self.region.worker(i as u32) else {
+                continue;
+            };
+            let served = e.served.load(Ordering::Relaxed);
+            let busy = e.current.load(Ordering::Relaxed) != 0;
+            let w = &mut self.workers[i];
+            if w.pid.is_none() {
+                continue;
+            }
+            if busy || served != w.last_served {
+                w.last_served = served;
+                w.idle_since = None;
+            } else if w.idle_since.is_none() {
+                w.idle_since = Some(now);
+            }
+        }
+        if size <= min || waiting > 0 {
+            return Ok(());
+        }
+        let idle_for = Duration::from_millis(self.cfg.pool.idle_timeout_ms);
+        let longest = (0..self.workers.len())
+            .filter(|&i| serving(&self.workers[i]) && self.workers[i].pid.is_some())
+            .filter_map(|i| self.workers[i].idle_since.map(|t| (t, i)))
+            .filter(|(t, _)| now - *t >= idle_for)
+            .min();
+        if let Some((_, i)) = longest {
+            self.workers[i].shrinking = true;
+            log!(
+                "info",
+                "pool worker {} idle for {idle_for:?}: the pool shrinks to {} workers (at least {min})",
+                self.workers[i].pid.map_or(0, |p| p.as_raw()),
+                size - 1
+            );
+            slot::tell_retire(self.region.pool_side(), i as u32);
+        }
+        Ok(())
+    }
+}
