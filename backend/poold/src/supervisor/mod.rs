@@ -264,7 +264,13 @@ impl Supervisor {
             .slots_in_use
             .load(Ordering::Relaxed)
             > 0;
-        let tick = if busy { DEADLINE_TICK } else { IDLE_TICK };
+        let tick = if self.cfg.pool.min_workers.is_some() {
+            size::GROW_TICK
+        } else if busy {
+            DEADLINE_TICK
+        } else {
+            IDLE_TICK
+        };
         // Deadlines: the pool's, and per request (`pool_timeout`) which any busy pool may have;
         // and a look for lost chunks until the pool has been idle once since a death.
         let next_tick = (busy

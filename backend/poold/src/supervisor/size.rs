@@ -1,12 +1,14 @@
-//! A pool of dynamic size (`workers=MIN-MAX`, php-fpm's `pm = dynamic`): grows by one worker
-//! per GROW_INTERVAL while requests wait in the queue, up to MAX, forked from the preloaded
-//! manager so it serves at once; shrinks by one worker idle for `idle_timeout`, down to MIN.
-//! The bound stays MAX: the region's slots are MAX + queue whatever the size.
+//! A pool of dynamic size (`workers=MIN-MAX`, php-fpm's `pm = dynamic`): while requests wait in
+//! the queue it grows, every GROW_TICK, by as many workers as wait but at most doubling (no
+//! herd), up to MAX, forked from the preloaded manager so they serve at once; it shrinks by one
+//! worker idle for `idle_timeout`, down to MIN. The bound stays MAX: the region's slots are
+//! MAX + queue whatever the size.
 
 use super::*;
 
-/// At most one new worker per this interval: a burst is met without forking a herd.
-const GROW_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a dynamic pool looks at its queue (poold's tick while it is dynamic): a burst is
+/// met within this, at the cost of a poll wake-up per tick while idle.
+pub(super) const GROW_TICK: Duration = Duration::from_millis(50);
 
 impl Supervisor {
     /// Called on each tick: grow or shrink by at most one worker.
@@ -24,19 +26,26 @@ impl Supervisor {
         };
         let size = self.workers.iter().filter(|w| serving(w)).count();
         let waiting = ngx_pool_channel::queue::depth(&self.region);
-        if waiting > 0 && size < max && self.last_grow.is_none_or(|t| now - t >= GROW_INTERVAL) {
-            let spare = (0..self.workers.len()).find(|&j| {
-                let w = &self.workers[j];
-                w.pid.is_none() && w.respawn_at.is_none() && w.replacing.is_none()
-            });
-            if let Some(j) = spare {
+        if waiting > 0 && size < max && self.last_grow.is_none_or(|t| now - t >= GROW_TICK) {
+            let grow = (waiting as usize).min(max - size).min(size.max(1));
+            let spares: Vec<usize> = (0..self.workers.len())
+                .filter(|&j| {
+                    let w = &self.workers[j];
+                    w.pid.is_none() && w.respawn_at.is_none() && w.replacing.is_none()
+                })
+                .take(grow)
+                .collect();
+            if !spares.is_empty() {
                 self.last_grow = Some(now);
                 log!(
                     "info",
                     "{waiting} requests wait: the pool grows to {} workers (at most {max})",
-                    size + 1
+                    size + spares.len()
                 );
-                return self.spawn(j);
+                for j in spares {
+                    self.spawn(j)?;
+                }
+                return Ok(());
             }
         }
         // Who has been idle, and since when.
