@@ -26,6 +26,8 @@ fn bench_script_quick_mode_runs_every_target() {
         "## WSGI: one Flask app",
         "| /hello req/s |",
         "\n| ngx-pool | ",
+        "## A burst of 16 requests",
+        "| dynamic |",
         "channel vs unix socket",
     ] {
         assert!(stdout.contains(row), "report lacks {row}:\n{stdout}");
