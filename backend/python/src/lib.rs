@@ -10,9 +10,9 @@
 //!   `sys.path`, and with `preload=on` the app is imported here, once, then `gc.freeze()` so
 //!   the workers share its pages copy-on-write (Gunicorn's `preload_app`);
 //! * `before_fork` / `after_fork` around each fork, `worker_init` first in each worker: the
-//!   interpreter quiesced and restored as `os.fork()` does it ([`interpreter`]); with
+//!   interpreter quiesced and restored as `os.fork()` does it (`interpreter.rs`); with
 //!   `preload=off` the app is imported in each worker here instead;
-//! * `handle`: the environ ([`environ`]), the call, the response streamed out ([`respond`]).
+//! * `handle`: the environ (`environ.rs`), the call, the response streamed out (`respond.rs`).
 
 mod environ;
 mod interpreter;
