@@ -40,25 +40,6 @@ def ensure_peers(log, quick):
                             pkg], env=env)
 
 
-def tree(pid):
-    parents = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = open(f"/proc/{d}/stat").read()
-                parents[int(d)] = int(stat[stat.rfind(")") + 2:].split()[1])
-            except (OSError, ValueError, IndexError):
-                pass
-    seen, todo = {pid}, [pid]
-    while todo:
-        p = todo.pop()
-        for c, pp in parents.items():
-            if pp == p and c not in seen:
-                seen.add(c)
-                todo.append(c)
-    return seen
-
-
 def pss_kib(pids):
     total = 0
     for p in pids:
@@ -72,8 +53,9 @@ def pss_kib(pids):
 
 
 def run(h):
-    """`h` is scripts/bench's toolbox: procs, wrk, free_port, nginx_binary, log, quick, prefix."""
-    log, procs, quick, prefix = h["log"], h["procs"], h["quick"], h["prefix"]
+    """`h` is scripts/bench's toolbox: procs, wrk, free_port, nginx_binary, tree, log, quick,
+    prefix."""
+    log, procs, quick, prefix, tree = h["log"], h["procs"], h["quick"], h["prefix"], h["tree"]
     ensure_peers(log, quick)
     P = h["nproc"]
     bench_dir = ROOT / "bench"
@@ -146,10 +128,6 @@ http {{
     base = f"http://127.0.0.1:{port}"
     nginx_pid = ng.pid
 
-    def pool_tree():
-        every = tree(nginx_pid)
-        return every
-
     def nginx_only():
         kids = tree(nginx_pid)
         pools = set()
@@ -161,19 +139,19 @@ http {{
                 pass
         return kids - pools
 
-    targets = [("ngx-pool", "/pool", pool_tree), ("gunicorn sync", "/gsync", None),
-               ("gunicorn gthread", "/gthread", None)]
+    targets = [("ngx-pool", "/pool"), ("gunicorn sync", "/gsync"), ("gunicorn gthread", "/gthread")]
     if have_uwsgi:
-        targets.append(("uwsgi", "/uwsgi", None))
+        targets.append(("uwsgi", "/uwsgi"))
     if have_granian:
-        targets.append(("granian", "/granian", None))
+        targets.append(("granian", "/granian"))
 
     def stack(name):
+        # ngx-pool's stack is nginx with the poolds it started; a peer's, nginx and its tree.
         if name == "ngx-pool":
-            return pool_tree()
+            return tree(nginx_pid)
         return nginx_only() | tree(roots[name])
 
-    for name, pre, _ in targets:
+    for name, pre in targets:
         for v in VIEWS:
             out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", base + pre + v],
                                  capture_output=True, text=True).stdout
@@ -185,17 +163,14 @@ http {{
     res = {}
     for r in range(rounds):
         for v in VIEWS:
-            for name, pre, _ in targets:
+            for name, pre in targets:
                 log(f"wsgi round {r + 1}/{rounds}: {name} {v}")
                 res.setdefault((name, v), []).append(h["wrk"](base + pre + v, conc, secs, lambda: 0))
     mem = {}
+    # --preload is loaded once like the others, so its workers have touched what they use.
+    h["wrk"](base + "/gpre/json", conc, secs, lambda: 0)
     for name in [t[0] for t in targets] + ["gunicorn sync --preload"]:
-        if name == "gunicorn sync --preload":
-            # Loaded like the others once, so its workers have touched what they use.
-            h["wrk"](base + "/gpre/json", conc, secs, lambda: 0)
-            pids = nginx_only() | tree(roots[name])
-        else:
-            pids = stack(name)
+        pids = stack(name)
         mem[name] = (pss_kib(pids), len(pids))
 
     def med(name, v, key="rps"):

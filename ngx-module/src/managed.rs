@@ -189,7 +189,10 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
         // A pool running the operator's code (a library, a Python app) gets a new generation
         // on every reload, as Gunicorn's workers do on HUP: the code on disk may have changed.
         // The old generation drains, so no request is lost.
-        let reloads_code = !pool.conf.settings.handler.starts_with("builtin:");
+        let reloads_code = !matches!(
+            ngx_pool_conf::HandlerSpec::parse(&pool.conf.settings.handler),
+            Ok(ngx_pool_conf::HandlerSpec::Builtin(_))
+        );
         let current = !reloads_code
             && running.iter().any(|r| {
                 r.name == pool.conf.settings.name

@@ -397,11 +397,7 @@ pub fn nginx_wants_wake(region: &Region, id: SlotId) -> bool {
     let wants = s.nginx_waiting.load(Ordering::SeqCst) != 0
         && s.nginx_waiting.swap(0, Ordering::SeqCst) != 0;
     if wants {
-        crate::slot::post_completion(
-            crate::slot::PoolSide::of(region),
-            s.conn.load(Ordering::Relaxed),
-            id,
-        );
+        crate::slot::post_completion(region.pool_side(), s.conn.load(Ordering::Relaxed), id);
     }
     wants
 }

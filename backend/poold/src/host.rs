@@ -336,11 +336,8 @@ unsafe extern "C" fn log_line(r: *mut ngx_pool_request, level: u32, msg: *const 
         let mut lines = text.split(['\n', '\r']).filter(|l| !l.trim().is_empty());
         let text = lines.next().unwrap_or("").to_string();
         let pid = std::process::id();
-        let who = if IN_POOL_WORKER.load(std::sync::atomic::Ordering::Relaxed) {
-            "worker"
-        } else {
-            "poold"
-        };
+        let in_worker = IN_POOL_WORKER.load(std::sync::atomic::Ordering::Relaxed);
+        let who = if in_worker { "worker" } else { "poold" };
         let uri = if r.is_null() {
             None
         } else {
@@ -356,7 +353,7 @@ unsafe extern "C" fn log_line(r: *mut ngx_pool_request, level: u32, msg: *const 
             None => log::line(level, format_args!("{who} {pid}: {text}")),
         }
         let retried = failed_loads();
-        if who == "poold" && retried > 0 {
+        if !in_worker && retried > 0 {
             // The same load failing again: its first and last lines, not the whole traceback
             // every 10 s.
             let rest: Vec<&str> = lines.collect();

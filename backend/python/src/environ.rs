@@ -70,10 +70,11 @@ pub fn build<'py>(
     }
     env.set_item("REQUEST_METHOD", req.method())?;
     env.set_item("QUERY_STRING", latin1(py, req.query().as_bytes()))?;
-    let script_name = req.param("SCRIPT_NAME").unwrap_or_default();
-    if req.param("SCRIPT_NAME").is_none() {
+    let script_name = req.param("SCRIPT_NAME");
+    if script_name.is_none() {
         env.set_item("SCRIPT_NAME", "")?;
     }
+    let script_name = script_name.unwrap_or_default();
     // nginx's $document_uri: decoded, normalised, and what a `rewrite` made of the URI (as
     // `uwsgi_param PATH_INFO $document_uri;` gives uWSGI); the request line's path, decoded,
     // if it is not there.

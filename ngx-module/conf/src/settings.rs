@@ -241,7 +241,7 @@ impl PoolSettings {
     }
 
     /// The command line that makes poold read back exactly these settings: `--key value` for
-    /// each, in [`SETTING_NAMES`] order.
+    /// each that is set.
     pub fn to_args(&self) -> Vec<String> {
         let mut args = Vec::new();
         let mut put = |key: &str, value: String| {

@@ -87,10 +87,6 @@ impl Region {
 }
 
 impl<'r> NginxSide<'r> {
-    /// Acting as an nginx worker on `region` (the module, and poold's tests of that side).
-    pub fn of(region: &'r Region) -> NginxSide<'r> {
-        NginxSide(region)
-    }
     /// The region, for the functions both sides share (state reads, streams, chains).
     pub fn region(self) -> &'r Region {
         self.0
@@ -98,10 +94,6 @@ impl<'r> NginxSide<'r> {
 }
 
 impl<'r> PoolSide<'r> {
-    /// Acting as poold or one of its pool workers on `region`.
-    pub fn of(region: &'r Region) -> PoolSide<'r> {
-        PoolSide(region)
-    }
     /// The region, for the functions both sides share (state reads, streams, chains).
     pub fn region(self) -> &'r Region {
         self.0

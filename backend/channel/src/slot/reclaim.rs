@@ -33,7 +33,7 @@ pub fn reclaim_conn(side: PoolSide<'_>, conn: u32, conn_gen: u32) -> u32 {
     let region = side.region();
     close_dead_window(region, Actor::Conn(conn));
     // The dead nginx worker's own steps (release), taken for it: it can no longer take them.
-    let on_behalf = NginxSide::of(region);
+    let on_behalf = region.nginx_side();
     let mut n = 0;
     for index in 0..region.geometry().slots {
         let Some(v) = view(region, index) else {
