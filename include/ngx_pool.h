@@ -55,7 +55,7 @@
 #define NGX_POOL_ABI_MAJOR 1
 
 // The ABI's minor version: what was appended to the tables since the major version began.
-#define NGX_POOL_ABI_MINOR 1
+#define NGX_POOL_ABI_MINOR 2
 
 // Success.
 #define NGX_POOL_OK 0
@@ -79,6 +79,21 @@
 
 // An index past the end (`header_at`, `param_at`).
 #define NGX_POOL_ERR_NOT_FOUND -6
+
+// ABI 1.2, `task_submit`: no room to queue the task now (tasks hold their share of the pool's
+// slots): run it yourself.
+#define NGX_POOL_ERR_FULL -7
+
+// ABI 1.2, `task_result`: the pool worker running the task died (crashed, killed) before it
+// answered; it has been replaced.
+#define NGX_POOL_ERR_LOST -8
+
+// ABI 1.2, `task_wait`: the wait's own `timeout_ms` passed first.
+#define NGX_POOL_ERR_TIMEOUT -9
+
+// ABI 1.2, `task_wait`: no worker has taken the task named in `*task` yet, and the host gave
+// it back to the caller: run it yourself (the host has forgotten it; do not release it).
+#define NGX_POOL_TASK_YOURS 1
 
 // A generic failure, for a handler's own `init`, `worker_init` or `handle` to return.
 #define NGX_POOL_ERR -100
@@ -181,6 +196,31 @@ typedef struct ngx_pool_host {
   // with the pool, the worker's pid and (when `r` is not NULL) the request's URI. Callable
   // from `init`, `worker_init` and `worker_exit` with `r == NULL`.
   void (*log)(struct ngx_pool_request *r, uint32_t level, const uint8_t *msg, size_t len);
+  // ABI 1.2. Queues a fan-out task of request (or task) `r` for the pool's other workers:
+  // its `len` input bytes (copied) go to the library's `run_task` in whichever worker takes
+  // it. `*task` receives a handle (never 0) for `task_wait` / `task_result` /
+  // `task_release`. `NGX_POOL_ERR_FULL`: no room now, run it yourself. The task inherits the
+  // request's deadline and is cancelled with it.
+  int32_t (*task_submit)(struct ngx_pool_request *r, const uint8_t *input, size_t len, uint64_t *task);
+  // ABI 1.2. Waits until one of the `count` tasks at `tasks` is answered, moving every task
+  // of `r` along meanwhile (their input and output stream while the caller waits here).
+  // `NGX_POOL_OK`: `*task` is answered (`task_result`). `NGX_POOL_TASK_YOURS`: rather than
+  // sleep, the host took back `*task`, a task of `r` no worker had taken yet (one of
+  // `tasks` if it could, else the newest): run it yourself, then wait again; this is what
+  // makes a fan-out complete when every worker is busy. `NGX_POOL_ERR_TIMEOUT`: `timeout_ms`
+  // (negative: none) passed. `NGX_POOL_ERR_GONE`: the request was cancelled or passed its
+  // deadline; its tasks are cancelled.
+  int32_t (*task_wait)(struct ngx_pool_request *r, const uint64_t *tasks, size_t count, int64_t timeout_ms, uint64_t *task);
+  // ABI 1.2. The answer of an answered task: `NGX_POOL_OK` and its output bytes in `*out`
+  // (valid until `task_release` or the end of `r`'s call); `NGX_POOL_ERR_LOST` (its worker
+  // died), `NGX_POOL_ERR_GONE` (cancelled, or stopped at the deadline), `NGX_POOL_ERR`
+  // (its `run_task` failed), `NGX_POOL_ERR_STATE` (not answered yet, or not a task of `r`).
+  int32_t (*task_result)(struct ngx_pool_request *r, uint64_t task, struct ngx_pool_str *out);
+  // ABI 1.2. Forgets a task: an unanswered one is cancelled (dropped if queued; if running,
+  // its answer is discarded). Tasks still held when `r`'s call returns are released so.
+  void (*task_release)(struct ngx_pool_request *r, uint64_t task);
+  // ABI 1.2. How many workers the pool may run at once (its `workers`, or MAX of MIN-MAX).
+  uint32_t (*pool_workers)(void);
 } ngx_pool_host;
 
 // What a handler library exports, through `const ngx_pool_handler *ngx_pool_handler_v1(void)`.
@@ -218,6 +258,13 @@ typedef struct ngx_pool_handler {
   // ABI 1.1. In poold, just after it forked a pool worker (or failed to): undoes
   // `before_fork` in the parent (CPython's `PyOS_AfterFork_Parent`).
   void (*after_fork)(const struct ngx_pool_host *host);
+  // ABI 1.2. Runs one fan-out task that a handler of the same pool queued with
+  // `task_submit`, in whichever pool worker took it: `t` is a request handle whose
+  // `body_length` / `read` give the task's input and whose `write` appends its output (no
+  // `start`: a task has no head); `is_cancelled`, `log` and the `task_*` functions (a nested
+  // fan-out) work on it too, the HTTP accessors give nothing. `NGX_POOL_OK` once the output
+  // is complete; any other status fails the task (`task_result` gives `NGX_POOL_ERR`).
+  int32_t (*run_task)(const struct ngx_pool_host *host, struct ngx_pool_request *t);
 } ngx_pool_handler;
 
 #endif  /* NGX_POOL_H */

@@ -366,3 +366,58 @@ fn a_library_built_for_abi_1_0_loads_and_its_missing_fork_hooks_are_not_read() {
     }
     ng.finish();
 }
+
+#[test]
+fn a_rust_handler_fans_out_over_the_pool_and_completes_at_one_worker_too() {
+    for workers in [4, 1] {
+        let ng = Nginx::start(Conf::new(
+            &format!(
+                "    pool r handler=dylib:{} workers={workers};",
+                example_rust_handler().display()
+            ),
+            "    location /r/ { pool_pass r; }\n    location = /status { pool_status; }",
+        ));
+        // 1² + .. + 12² = 650, each task 30 ms of work.
+        let r = ng.get("/r/squares?n=12&ms=30");
+        assert_eq!(r.status, 200, "{}", text(&r));
+        let j = r.json();
+        assert_eq!(j["sum"], 650);
+        let ran_on = j["workers"].as_u64().unwrap();
+        if workers == 1 {
+            assert_eq!(ran_on, 1, "the caller ran every task itself");
+        } else {
+            assert!(ran_on >= 2, "the tasks spread over the pool: {j}");
+        }
+        // Every worker fanning out at once still completes.
+        let all: Vec<_> = (0..workers)
+            .map(|_| {
+                let port = ng.port;
+                std::thread::spawn(move || {
+                    request(port, "GET", "/r/squares?n=12&ms=10", &[], b"").unwrap()
+                })
+            })
+            .collect();
+        for t in all {
+            let r = t.join().unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(r.json()["sum"], 650);
+        }
+        let s = ng.get("/status").json();
+        let c = &s["pools"][0]["counters"];
+        let (submitted, done, inline) = (
+            c["tasks_submitted"].as_u64().unwrap(),
+            c["tasks_completed"].as_u64().unwrap(),
+            c["tasks_inline"].as_u64().unwrap(),
+        );
+        assert_eq!(
+            done + inline,
+            12 * (workers as u64 + 1),
+            "every task ran once: {c}"
+        );
+        assert!(submitted >= done, "{c}");
+        assert_eq!(c["tasks_failed"], 0, "{c}");
+        assert_eq!(s["pools"][0]["slots"]["in_use"], 0, "{s}");
+        assert_eq!(s["pools"][0]["chunks"]["in_use"], 0, "{s}");
+        ng.finish();
+    }
+}

@@ -25,7 +25,7 @@ use core::marker::{PhantomData, PhantomPinned};
 /// The ABI's major version: a library built for another one is refused at load time.
 pub const NGX_POOL_ABI_MAJOR: u32 = 1;
 /// The ABI's minor version: what was appended to the tables since the major version began.
-pub const NGX_POOL_ABI_MINOR: u32 = 1;
+pub const NGX_POOL_ABI_MINOR: u32 = 2;
 
 /// Success.
 pub const NGX_POOL_OK: i32 = 0;
@@ -43,6 +43,17 @@ pub const NGX_POOL_ERR_IO: i32 = -4;
 pub const NGX_POOL_ERR_TOO_LARGE: i32 = -5;
 /// An index past the end (`header_at`, `param_at`).
 pub const NGX_POOL_ERR_NOT_FOUND: i32 = -6;
+/// ABI 1.2, `task_submit`: no room to queue the task now (tasks hold their share of the pool's
+/// slots): run it yourself.
+pub const NGX_POOL_ERR_FULL: i32 = -7;
+/// ABI 1.2, `task_result`: the pool worker running the task died (crashed, killed) before it
+/// answered; it has been replaced.
+pub const NGX_POOL_ERR_LOST: i32 = -8;
+/// ABI 1.2, `task_wait`: the wait's own `timeout_ms` passed first.
+pub const NGX_POOL_ERR_TIMEOUT: i32 = -9;
+/// ABI 1.2, `task_wait`: no worker has taken the task named in `*task` yet, and the host gave
+/// it back to the caller: run it yourself (the host has forgotten it; do not release it).
+pub const NGX_POOL_TASK_YOURS: i32 = 1;
 /// A generic failure, for a handler's own `init`, `worker_init` or `handle` to return.
 pub const NGX_POOL_ERR: i32 = -100;
 
@@ -183,6 +194,49 @@ pub struct ngx_pool_host {
     pub log: Option<
         unsafe extern "C" fn(r: *mut ngx_pool_request, level: u32, msg: *const u8, len: usize),
     >,
+
+    /// ABI 1.2. Queues a fan-out task of request (or task) `r` for the pool's other workers:
+    /// its `len` input bytes (copied) go to the library's `run_task` in whichever worker takes
+    /// it. `*task` receives a handle (never 0) for `task_wait` / `task_result` /
+    /// `task_release`. `NGX_POOL_ERR_FULL`: no room now, run it yourself. The task inherits the
+    /// request's deadline and is cancelled with it.
+    pub task_submit: Option<
+        unsafe extern "C" fn(
+            r: *mut ngx_pool_request,
+            input: *const u8,
+            len: usize,
+            task: *mut u64,
+        ) -> i32,
+    >,
+    /// ABI 1.2. Waits until one of the `count` tasks at `tasks` is answered, moving every task
+    /// of `r` along meanwhile (their input and output stream while the caller waits here).
+    /// `NGX_POOL_OK`: `*task` is answered (`task_result`). `NGX_POOL_TASK_YOURS`: rather than
+    /// sleep, the host took back `*task`, a task of `r` no worker had taken yet (one of
+    /// `tasks` if it could, else the newest): run it yourself, then wait again; this is what
+    /// makes a fan-out complete when every worker is busy. `NGX_POOL_ERR_TIMEOUT`: `timeout_ms`
+    /// (negative: none) passed. `NGX_POOL_ERR_GONE`: the request was cancelled or passed its
+    /// deadline; its tasks are cancelled.
+    pub task_wait: Option<
+        unsafe extern "C" fn(
+            r: *mut ngx_pool_request,
+            tasks: *const u64,
+            count: usize,
+            timeout_ms: i64,
+            task: *mut u64,
+        ) -> i32,
+    >,
+    /// ABI 1.2. The answer of an answered task: `NGX_POOL_OK` and its output bytes in `*out`
+    /// (valid until `task_release` or the end of `r`'s call); `NGX_POOL_ERR_LOST` (its worker
+    /// died), `NGX_POOL_ERR_GONE` (cancelled, or stopped at the deadline), `NGX_POOL_ERR`
+    /// (its `run_task` failed), `NGX_POOL_ERR_STATE` (not answered yet, or not a task of `r`).
+    pub task_result: Option<
+        unsafe extern "C" fn(r: *mut ngx_pool_request, task: u64, out: *mut ngx_pool_str) -> i32,
+    >,
+    /// ABI 1.2. Forgets a task: an unanswered one is cancelled (dropped if queued; if running,
+    /// its answer is discarded). Tasks still held when `r`'s call returns are released so.
+    pub task_release: Option<unsafe extern "C" fn(r: *mut ngx_pool_request, task: u64)>,
+    /// ABI 1.2. How many workers the pool may run at once (its `workers`, or MAX of MIN-MAX).
+    pub pool_workers: Option<unsafe extern "C" fn() -> u32>,
 }
 
 /// What a handler library exports, through `const ngx_pool_handler *ngx_pool_handler_v1(void)`.
@@ -222,6 +276,14 @@ pub struct ngx_pool_handler {
     /// ABI 1.1. In poold, just after it forked a pool worker (or failed to): undoes
     /// `before_fork` in the parent (CPython's `PyOS_AfterFork_Parent`).
     pub after_fork: Option<unsafe extern "C" fn(host: *const ngx_pool_host)>,
+    /// ABI 1.2. Runs one fan-out task that a handler of the same pool queued with
+    /// `task_submit`, in whichever pool worker took it: `t` is a request handle whose
+    /// `body_length` / `read` give the task's input and whose `write` appends its output (no
+    /// `start`: a task has no head); `is_cancelled`, `log` and the `task_*` functions (a nested
+    /// fan-out) work on it too, the HTTP accessors give nothing. `NGX_POOL_OK` once the output
+    /// is complete; any other status fails the task (`task_result` gives `NGX_POOL_ERR`).
+    pub run_task:
+        Option<unsafe extern "C" fn(host: *const ngx_pool_host, t: *mut ngx_pool_request) -> i32>,
 }
 
 // SAFETY: a descriptor is immutable data (a pointer to a static string and function pointers)
@@ -236,4 +298,8 @@ pub const NGX_POOL_HANDLER_V1_SIZE: u32 =
     core::mem::offset_of!(ngx_pool_handler, before_fork) as u32;
 /// The size of the first version of the host table: the least a handler may rely on.
 /// cbindgen:ignore
-pub const NGX_POOL_HOST_V1_SIZE: u32 = core::mem::size_of::<ngx_pool_host>() as u32;
+pub const NGX_POOL_HOST_V1_SIZE: u32 = core::mem::offset_of!(ngx_pool_host, task_submit) as u32;
+/// The size of the descriptor of ABI 1.1 (with the fork hooks, without `run_task`).
+/// cbindgen:ignore
+pub const NGX_POOL_HANDLER_V1_1_SIZE: u32 =
+    core::mem::offset_of!(ngx_pool_handler, run_task) as u32;

@@ -12,7 +12,7 @@ use std::mem::size_of;
 /// `b"NGXPOOL1"` read as a little-endian integer.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"NGXPOOL1");
 /// Bumped on any change of layout or message format; both sides must agree exactly.
-pub const LAYOUT_VERSION: u32 = 10;
+pub const LAYOUT_VERSION: u32 = 11;
 /// Alignment of every section and of the chunk stride.
 pub const SECTION_ALIGN: u64 = 128;
 /// Alignment of the chunk payloads: a page, so that payloads start on a page (and a cache
@@ -93,8 +93,21 @@ impl Geometry {
     pub const fn completion_cap(&self) -> u32 {
         self.queue_cap()
     }
-    pub const fn completions_offset(&self) -> u64 {
+    /// The task queue ([`crate::slot::task`]): as many cells as the request queue.
+    pub const fn task_queue_offset(&self) -> u64 {
         align(self.queue_offset() + self.queue_cap() as u64 * size_of::<Cell>() as u64)
+    }
+    /// The most slots fan-out tasks may hold at once: half of them, so that tasks never take
+    /// every slot from the requests nginx admits (a caller runs a task itself past it).
+    pub const fn task_slots(&self) -> u32 {
+        if self.slots < 2 {
+            1
+        } else {
+            self.slots / 2
+        }
+    }
+    pub const fn completions_offset(&self) -> u64 {
+        align(self.task_queue_offset() + self.queue_cap() as u64 * size_of::<Cell>() as u64)
     }
     /// The chunk-head table: each chunk's link and fill length, kept apart from the payloads.
     pub const fn chunk_heads_offset(&self) -> u64 {
@@ -180,6 +193,11 @@ pub struct Header {
     /// Request queue producer and consumer positions.
     pub enqueue_pos: CachePadded<AtomicU64>,
     pub dequeue_pos: CachePadded<AtomicU64>,
+    /// Task queue producer and consumer positions (producers and consumers are pool workers).
+    pub task_enqueue_pos: CachePadded<AtomicU64>,
+    pub task_dequeue_pos: CachePadded<AtomicU64>,
+    /// Slots held by fan-out tasks, at most [`Geometry::task_slots`].
+    pub tasks_in_use: CachePadded<AtomicU32>,
     /// Counters, for status and leak checks.
     pub stats: Stats,
 }
@@ -210,6 +228,14 @@ pub struct Stats {
     pub recycles: AtomicU64,
     pub slots_in_use: AtomicU64,
     pub chunks_in_use: AtomicU64,
+    /// Fan-out tasks queued for other pool workers.
+    pub tasks_submitted: AtomicU64,
+    /// Of those: answered by the worker that ran them.
+    pub tasks_completed: AtomicU64,
+    /// Of those: failed (the worker running one died or was stopped).
+    pub tasks_failed: AtomicU64,
+    /// Tasks their caller ran itself: no room to queue them, or taken back while it waited.
+    pub tasks_inline: AtomicU64,
 }
 
 /// One request slot. `state` owns everything else: a side reads the other fields only after an
@@ -252,7 +278,13 @@ pub struct Slot {
     /// Set by the nginx worker when it waits for progress on this slot (response bytes or
     /// request credit); the pool worker clears it and wakes the nginx worker.
     pub nginx_waiting: AtomicU32,
-    _pad2: [u32; 3],
+    /// A fan-out task's caller: its pool worker's index + 1; 0 for a request of nginx's (see
+    /// [`crate::slot::task`]). For a task, `conn` is [`crate::slot::NO_CONN`] and `conn_gen`
+    /// the caller's pid.
+    pub caller: AtomicU32,
+    /// A task's deadline (CLOCK_MONOTONIC ms), its request's; 0 for none. poold stops a worker
+    /// running a task past it.
+    pub deadline_ms: AtomicU64,
 }
 
 /// One attached nginx worker.
@@ -296,7 +328,11 @@ pub struct WorkerEntry {
     /// Odd while this worker holds a slot that is `Free` yet off the slot free list (giving
     /// back one nginx abandoned); see [`crate::slot`]'s marker windows.
     pub slot_op: AtomicU32,
-    _pad2: [u64; 3],
+    /// Futex word this worker sleeps on while it waits for its fan-out tasks; bumped by the
+    /// workers running them on progress.
+    pub task_seq: AtomicU32,
+    _pad1: u32,
+    _pad2: [u64; 2],
 }
 
 /// A request-queue cell (Vyukov's bounded MPMC queue).
@@ -348,6 +384,9 @@ impl Header {
             chunk_free: Default::default(),
             enqueue_pos: Default::default(),
             dequeue_pos: Default::default(),
+            task_enqueue_pos: Default::default(),
+            task_dequeue_pos: Default::default(),
+            tasks_in_use: Default::default(),
             stats: Stats::default(),
         }
     }
@@ -373,6 +412,7 @@ mod tests {
             g.conns_offset(),
             g.workers_offset(),
             g.queue_offset(),
+            g.task_queue_offset(),
             g.completions_offset(),
             g.chunk_heads_offset(),
             g.chunks_offset(),

@@ -1,8 +1,9 @@
-//! Bounded lock-free MPMC rings (Vyukov's sequence-numbered cells): the request queue, and one
-//! completion ring per nginx connection.
+//! Bounded lock-free MPMC rings (Vyukov's sequence-numbered cells): the request queue, the task
+//! queue, and one completion ring per nginx connection.
 //!
-//! Request queue: producers are nginx workers, consumers are pool workers. Completion ring:
-//! producers are pool workers and poold, the consumer is one nginx worker.
+//! Request queue: producers are nginx workers, consumers are pool workers. Task queue: producers
+//! and consumers are pool workers (fan-out, [`crate::slot::task`]). Completion ring: producers
+//! are pool workers and poold, the consumer is one nginx worker.
 //!
 //! Each cell's sequence number says whose turn it is: `pos` free for the producer at `pos`,
 //! `pos + 1` full for the consumer at `pos`. Positions only grow; the cell is `pos & (cap - 1)`.
@@ -21,11 +22,17 @@ pub enum PushError {
     Corrupt,
 }
 
+#[derive(Clone, Copy)]
+enum Which {
+    Requests,
+    Tasks,
+    Completions(u32),
+}
+
 /// One bounded ring in the region: its two positions and its cells.
 pub struct Ring<'r> {
     region: &'r Region,
-    /// `None`: the request queue; `Some(conn)`: that connection's completion ring.
-    conn: Option<u32>,
+    which: Which,
     enqueue_pos: &'r AtomicU64,
     dequeue_pos: &'r AtomicU64,
     cap: u64,
@@ -37,9 +44,21 @@ impl<'r> Ring<'r> {
         let h = region.header();
         Ring {
             region,
-            conn: None,
+            which: Which::Requests,
             enqueue_pos: &h.enqueue_pos,
             dequeue_pos: &h.dequeue_pos,
+            cap: region.geometry().queue_cap() as u64,
+        }
+    }
+
+    /// The task queue (pool workers push their fan-out tasks and pop others').
+    pub fn tasks(region: &'r Region) -> Ring<'r> {
+        let h = region.header();
+        Ring {
+            region,
+            which: Which::Tasks,
+            enqueue_pos: &h.task_enqueue_pos,
+            dequeue_pos: &h.task_dequeue_pos,
             cap: region.geometry().queue_cap() as u64,
         }
     }
@@ -50,7 +69,7 @@ impl<'r> Ring<'r> {
         let c = region.conn(conn)?;
         Some(Ring {
             region,
-            conn: Some(conn),
+            which: Which::Completions(conn),
             enqueue_pos: &c.enqueue_pos,
             dequeue_pos: &c.dequeue_pos,
             cap: region.geometry().completion_cap() as u64,
@@ -58,9 +77,10 @@ impl<'r> Ring<'r> {
     }
 
     fn cell(&self, i: u32) -> Option<&'r Cell> {
-        match self.conn {
-            None => self.region.cell(i),
-            Some(c) => self.region.completion_cell(c, i),
+        match self.which {
+            Which::Requests => self.region.cell(i),
+            Which::Tasks => self.region.task_cell(i),
+            Which::Completions(c) => self.region.completion_cell(c, i),
         }
     }
 

@@ -75,6 +75,7 @@ struct Sections {
     conns: u64,
     workers: u64,
     queue: u64,
+    task_queue: u64,
     completions: u64,
     chunk_heads: u64,
     chunks: u64,
@@ -87,6 +88,7 @@ impl Sections {
             conns: g.conns_offset(),
             workers: g.workers_offset(),
             queue: g.queue_offset(),
+            task_queue: g.task_queue_offset(),
             completions: g.completions_offset(),
             chunk_heads: g.chunk_heads_offset(),
             chunks: g.chunks_offset(),
@@ -248,6 +250,12 @@ impl Region {
     pub fn cell(&self, index: u32) -> Option<&Cell> {
         let g = self.geometry;
         self.entry(self.at.queue, g.queue_cap(), index)
+    }
+
+    /// Cell `index` of the task queue.
+    pub fn task_cell(&self, index: u32) -> Option<&Cell> {
+        let g = self.geometry;
+        self.entry(self.at.task_queue, g.queue_cap(), index)
     }
 
     /// Cell `index` of connection `conn`'s completion ring.

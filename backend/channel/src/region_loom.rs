@@ -16,6 +16,7 @@ pub struct Region {
     conns: Box<[Conn]>,
     workers: Box<[WorkerEntry]>,
     cells: Box<[Cell]>,
+    task_cells: Box<[Cell]>,
     completions: Box<[Cell]>,
     chunk_heads: Box<[ChunkHead]>,
     /// Chunk `i`'s payload is cells `i * per_chunk ..`, each GRAIN bytes.
@@ -38,6 +39,7 @@ impl Region {
             conns: table(g.max_conns),
             workers: table(g.max_workers),
             cells: table(g.queue_cap()),
+            task_cells: table(g.queue_cap()),
             completions: table(g.max_conns * g.completion_cap()),
             chunk_heads: table(g.chunks),
             payloads: (0..g.chunks as usize * (g.chunk_data() as usize).div_ceil(GRAIN))
@@ -78,6 +80,9 @@ impl Region {
     }
     pub fn cell(&self, index: u32) -> Option<&Cell> {
         self.cells.get(index as usize)
+    }
+    pub fn task_cell(&self, index: u32) -> Option<&Cell> {
+        self.task_cells.get(index as usize)
     }
     pub fn completion_cell(&self, conn: u32, index: u32) -> Option<&Cell> {
         let cap = self.geometry.completion_cap();

@@ -54,7 +54,10 @@ pub fn snapshot(region: &Region) -> PoolStatus {
             (pid != 0).then(|| WorkerStatus {
                 index: i,
                 pid,
-                state: state_name(e.state.load(Ordering::Relaxed)),
+                state: match crate::slot::running_task(region, i) {
+                    Some(_) => "task",
+                    None => state_name(e.state.load(Ordering::Relaxed)),
+                },
                 served: e.served.load(Ordering::Relaxed),
                 busy_ms: running_since(region, i).map(|(_, since, _)| now.saturating_sub(since)),
             })
@@ -82,6 +85,10 @@ pub fn snapshot(region: &Region) -> PoolStatus {
             ("worker_exits", c(&s.worker_exits)),
             ("respawns", c(&s.respawns)),
             ("recycles", c(&s.recycles)),
+            ("tasks_submitted", c(&s.tasks_submitted)),
+            ("tasks_completed", c(&s.tasks_completed)),
+            ("tasks_failed", c(&s.tasks_failed)),
+            ("tasks_inline", c(&s.tasks_inline)),
         ],
     }
 }

@@ -388,7 +388,8 @@ pub fn want_nginx_wake(region: &Region, id: SlotId) {
 }
 
 /// Pool worker, after progress on slot `id`: true if the nginx worker asked to be told (the
-/// flag is cleared; the caller then wakes its connection).
+/// flag is cleared; the caller then wakes its connection). For a fan-out task the waiting
+/// party is its caller, woken here (false: no connection to wake).
 pub fn nginx_wants_wake(region: &Region, id: SlotId) -> bool {
     let Some(s) = region.slot(id.index) else {
         return false;
@@ -397,6 +398,10 @@ pub fn nginx_wants_wake(region: &Region, id: SlotId) -> bool {
     let wants = s.nginx_waiting.load(Ordering::SeqCst) != 0
         && s.nginx_waiting.swap(0, Ordering::SeqCst) != 0;
     if wants {
+        if crate::slot::is_task(s) {
+            crate::slot::wake_caller(region, s);
+            return false;
+        }
         crate::slot::post_completion(region.pool_side(), s.conn.load(Ordering::Relaxed), id);
     }
     wants

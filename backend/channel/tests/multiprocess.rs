@@ -147,7 +147,7 @@ fn consumer(region: &Region, index: u32, eventfds: &[OwnedFd]) -> ! {
             if !streaming && sent >= 16 {
                 match slot::start_streaming(region.pool_side(), id, 16) {
                     Handover::Deliver { conn, conn_gen } => wake(region, eventfds, conn, conn_gen),
-                    Handover::Abandoned => break,
+                    Handover::Abandoned | Handover::ToCaller => break,
                 }
                 streaming = true;
             } else {

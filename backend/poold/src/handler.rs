@@ -20,6 +20,7 @@ struct Functions {
     worker_exit: Option<unsafe extern "C" fn(*const abi::ngx_pool_host)>,
     before_fork: Option<unsafe extern "C" fn(*const abi::ngx_pool_host)>,
     after_fork: Option<unsafe extern "C" fn(*const abi::ngx_pool_host)>,
+    run_task: Option<unsafe extern "C" fn(*const abi::ngx_pool_host, *mut ngx_pool_request) -> i32>,
 }
 
 /// A handler ready to run: its functions, its name, and the library that holds them.
@@ -130,6 +131,12 @@ impl LoadedHandler {
         let has = |end: usize| desc.size as usize >= end;
         let fork_hooks = has(std::mem::offset_of!(ngx_pool_handler, after_fork)
             + std::mem::size_of::<Option<unsafe extern "C" fn(*const abi::ngx_pool_host)>>());
+        let tasks = has(std::mem::offset_of!(ngx_pool_handler, run_task)
+            + std::mem::size_of::<
+                Option<
+                    unsafe extern "C" fn(*const abi::ngx_pool_host, *mut ngx_pool_request) -> i32,
+                >,
+            >());
         Ok(LoadedHandler {
             functions: Functions {
                 init: desc.init,
@@ -139,6 +146,7 @@ impl LoadedHandler {
                 // Not even read unless declared: a 1.0 library's descriptor ends before them.
                 before_fork: if fork_hooks { desc.before_fork } else { None },
                 after_fork: if fork_hooks { desc.after_fork } else { None },
+                run_task: if tasks { desc.run_task } else { None },
             },
             name,
             spec: spec.to_string(),
@@ -191,6 +199,14 @@ impl LoadedHandler {
     pub fn handle(&self, r: host::RequestHandle) -> i32 {
         // SAFETY: the ABI's call: our host table and the handle of the request being run.
         unsafe { (self.functions.handle)(&host::HOST, r.as_ptr()) }
+    }
+
+    /// Runs `run_task` on task `t` (made by [`host::run_with`]): its status, or `None` if the
+    /// handler runs no tasks.
+    pub fn run_task(&self, t: host::RequestHandle) -> Option<i32> {
+        let f = self.functions.run_task?;
+        // SAFETY: the ABI's call: our host table and the handle of the task being run.
+        Some(unsafe { f(&host::HOST, t.as_ptr()) })
     }
 
     /// Runs `before_fork`, in poold just before it forks a pool worker.

@@ -7,6 +7,7 @@
 //! it is given, and catches panics: nothing unwinds into the handler's frames.
 
 use crate::exchange::Exchange;
+use crate::fanout::Calls;
 use crate::log;
 use ngx_pool_abi::{self as abi, ngx_pool_header, ngx_pool_host, ngx_pool_request, ngx_pool_str};
 use std::cell::Cell;
@@ -38,14 +39,21 @@ pub static HOST: ngx_pool_host = ngx_pool_host {
     flush: Some(flush),
     is_cancelled: Some(is_cancelled),
     log: Some(log_line),
+    task_submit: Some(task_submit),
+    task_wait: Some(task_wait),
+    task_result: Some(task_result),
+    task_release: Some(task_release),
+    pool_workers: Some(pool_workers),
 };
 
-/// The request being run: its handle (a serial number) and its exchange (type-erased: its
-/// lifetime is that of `run_with`'s borrow, which `Clear` ends).
+/// The request (or task) being run: its handle (a serial number), its exchange and its
+/// fan-out tasks (type-erased: their lifetime is that of `run_with`'s borrows, which `Clear`
+/// ends).
 #[derive(Clone, Copy)]
 struct Current {
     handle: usize,
     exchange: *mut (),
+    calls: *mut (),
 }
 
 /// A request handle as the handler gets it: a number, never an address.
@@ -66,8 +74,13 @@ thread_local! {
     static SERIAL: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Runs `handle` with `ex` as the current request, under a handle of its own.
-pub fn run_with<T>(ex: &mut Exchange<'_>, handle: impl FnOnce(RequestHandle) -> T) -> T {
+/// Runs `handle` with `ex` as the current request (or task) and `calls` as its fan-out tasks,
+/// under a handle of its own.
+pub fn run_with<T>(
+    ex: &mut Exchange<'_>,
+    calls: &mut Calls<'_>,
+    handle: impl FnOnce(RequestHandle) -> T,
+) -> T {
     let serial = SERIAL.with(|s| {
         let n = s.get().wrapping_add(1).max(1);
         s.set(n);
@@ -79,6 +92,7 @@ pub fn run_with<T>(ex: &mut Exchange<'_>, handle: impl FnOnce(RequestHandle) -> 
             // Restored as a fresh borrow in `with`, which only runs while this call (and so
             // `ex`'s borrow) lasts: `Clear` ends it.
             exchange: (ex as *mut Exchange<'_>).cast::<()>(),
+            calls: (calls as *mut Calls<'_>).cast::<()>(),
         }))
     });
     // Cleared however `handle` ends.
@@ -107,6 +121,27 @@ fn with<T>(r: *mut ngx_pool_request, otherwise: T, f: impl FnOnce(&mut Exchange<
     // function calls another while it holds this borrow, so no other reference is in use.
     let ex = unsafe { &mut *current.exchange.cast::<Exchange<'_>>() };
     catch_unwind(AssertUnwindSafe(|| f(ex))).unwrap_or(otherwise)
+}
+
+/// [`with`] for the request's fan-out tasks.
+fn with_calls<T>(r: *mut ngx_pool_request, otherwise: T, f: impl FnOnce(&mut Calls<'_>) -> T) -> T {
+    let Some(current) = CURRENT.with(Cell::get) else {
+        return otherwise;
+    };
+    if current.handle != r as usize {
+        return otherwise;
+    }
+    // SAFETY: as in `with`, for the Calls `run_with` was given: alive until the handler
+    // returns, used by one host function at a time, apart from the exchange.
+    let calls = unsafe { &mut *current.calls.cast::<Calls<'_>>() };
+    catch_unwind(AssertUnwindSafe(|| f(calls))).unwrap_or(otherwise)
+}
+
+/// How many workers the pool may run (set in each pool worker before its first request).
+static POOL_WORKERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
+pub fn set_pool_workers(n: u32) {
+    POOL_WORKERS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
 }
 
 fn out(b: &[u8]) -> ngx_pool_str {
@@ -283,6 +318,81 @@ unsafe extern "C" fn flush(r: *mut ngx_pool_request) -> i32 {
 }
 unsafe extern "C" fn is_cancelled(r: *mut ngx_pool_request) -> i32 {
     with(r, 1, |ex| i32::from(ex.is_cancelled()))
+}
+
+unsafe extern "C" fn task_submit(
+    r: *mut ngx_pool_request,
+    input: *const u8,
+    len: usize,
+    task: *mut u64,
+) -> i32 {
+    with_calls(r, abi::NGX_POOL_ERR_STATE, |calls| {
+        // SAFETY: per the ABI, `input` points at `len` readable bytes (copied before return).
+        let Some(input) = (unsafe { given(input, len) }) else {
+            return abi::NGX_POOL_ERR_INVALID;
+        };
+        if task.is_null() {
+            return abi::NGX_POOL_ERR_INVALID;
+        }
+        match calls.submit(input) {
+            Ok(h) => {
+                // SAFETY: non-NULL, and per the ABI a u64 the handler owns.
+                unsafe { task.write(h) };
+                abi::NGX_POOL_OK
+            }
+            Err(status) => status,
+        }
+    })
+}
+
+unsafe extern "C" fn task_wait(
+    r: *mut ngx_pool_request,
+    tasks: *const u64,
+    count: usize,
+    timeout_ms: i64,
+    task: *mut u64,
+) -> i32 {
+    with_calls(r, abi::NGX_POOL_ERR_STATE, |calls| {
+        if tasks.is_null() || task.is_null() || count == 0 || count > (1 << 20) {
+            return abi::NGX_POOL_ERR_INVALID;
+        }
+        // SAFETY: per the ABI, `tasks` points at `count` handles the handler owns.
+        let wanted = unsafe { std::slice::from_raw_parts(tasks, count) };
+        let timeout = u64::try_from(timeout_ms).ok();
+        match calls.wait(wanted, timeout) {
+            Ok((status, h)) => {
+                // SAFETY: non-NULL, and per the ABI a u64 the handler owns.
+                unsafe { task.write(h) };
+                status
+            }
+            Err(status) => status,
+        }
+    })
+}
+
+unsafe extern "C" fn task_result(r: *mut ngx_pool_request, task: u64, o: *mut ngx_pool_str) -> i32 {
+    with_calls(r, abi::NGX_POOL_ERR_STATE, |calls| {
+        if o.is_null() {
+            return abi::NGX_POOL_ERR_INVALID;
+        }
+        match calls.result(task) {
+            Ok(bytes) => {
+                // SAFETY: non-NULL, and per the ABI an ngx_pool_str the handler owns; the bytes
+                // live in the Calls until the task is released or the call returns.
+                unsafe { o.write(out(bytes)) };
+                abi::NGX_POOL_OK
+            }
+            Err(status) => status,
+        }
+    })
+}
+
+unsafe extern "C" fn task_release(r: *mut ngx_pool_request, task: u64) {
+    with_calls(r, (), |calls| calls.release(task));
+}
+
+unsafe extern "C" fn pool_workers() -> u32 {
+    POOL_WORKERS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn level_name(level: u32) -> Option<&'static str> {

@@ -8,6 +8,7 @@
 pub mod builtin;
 pub mod config;
 pub mod exchange;
+pub mod fanout;
 pub mod handler;
 pub mod host;
 pub mod log;

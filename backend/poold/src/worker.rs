@@ -2,11 +2,12 @@
 //! streaming in and the response streaming out, wake the nginx worker that owns the request.
 
 use crate::exchange::{DefaultsText, Exchange, Outcome, ResponseSink};
+use crate::fanout::{Caller, Calls};
 use crate::handler::LoadedHandler;
 use crate::{host, log};
 use ngx_pool_channel::chain::ChainError;
 use ngx_pool_channel::handshake::{recv_frame, send_frame, Frame, CONN_FD, READY, RETIRING};
-use ngx_pool_channel::message::decode_request_head;
+use ngx_pool_channel::message::{decode_request_head, RequestView, ServerSide};
 use ngx_pool_channel::slot::{self, FailReason, Handover, SlotId, SlotState, WorkerState};
 use ngx_pool_channel::stream::{self, Direction, StreamReader, StreamWriter};
 use ngx_pool_channel::Region;
@@ -62,6 +63,8 @@ pub struct Worker<'a> {
     pub max_rss: Option<u64>,
     /// Buffers kept from one request to the next, so that a small request allocates little.
     pub scratch: Scratch,
+    /// The pool's `timeout` (ms): with a request's own, the deadline its fan-out tasks inherit.
+    pub timeout_ms: Option<u64>,
 }
 
 /// A pool worker's reusable buffers (their capacity survives requests, up to a bound).
@@ -190,7 +193,12 @@ impl Worker<'_> {
 
     fn serve(&mut self, id: SlotId) -> Handover {
         let mut scratch = std::mem::take(&mut self.scratch);
-        let handover = self.serve_with(id, &mut scratch);
+        let task = self.region.slot(id.index).is_some_and(slot::is_task);
+        let handover = if task {
+            self.run_task(id, &mut scratch)
+        } else {
+            self.serve_with(id, &mut scratch)
+        };
         scratch.trim();
         self.scratch = scratch;
         handover
@@ -264,7 +272,9 @@ impl Worker<'_> {
             &mut scratch.body,
         );
         let handler = self.handler;
-        let rc = host::run_with(&mut ex, |r| handler.handle(r));
+        let mut calls = Calls::new(region, self.caller(id));
+        let rc = host::run_with(&mut ex, &mut calls, |r| handler.handle(r));
+        drop(calls);
         let outcome = ex.conclude(rc, handler.name());
         drop(ex);
         let delivered = match outcome {
@@ -287,6 +297,141 @@ impl Worker<'_> {
             }
             slot::fail(region.pool_side(), id, FailReason::Undelivered)
         })
+    }
+}
+
+impl Worker<'_> {
+    /// This worker as the caller of fan-out tasks for request `id`: the tasks inherit its
+    /// deadline, the earlier of its own `pool_timeout` and the pool's `timeout`.
+    fn caller(&self, id: SlotId) -> Caller {
+        let deadline_ms = slot::running_since(self.region, self.index)
+            .filter(|(held, _, _)| *held == id)
+            .and_then(|(_, started, own)| {
+                let limit = match (own, self.timeout_ms) {
+                    (Some(o), Some(p)) => Some(o.min(p)),
+                    (o, p) => o.or(p),
+                }?;
+                Some(started.saturating_add(limit).max(1))
+            })
+            .unwrap_or(0);
+        Caller {
+            worker: self.index,
+            pid: self.pid,
+            own: id,
+            deadline_ms,
+        }
+    }
+
+    /// Runs fan-out task `id` (queued by a handler in another worker, or in this one before it
+    /// took this): its input streams in, its output out to the caller.
+    fn run_task(&mut self, id: SlotId, scratch: &mut Scratch) -> Handover {
+        let region = self.region;
+        let pid = self.pid;
+        let Some((_, total)) = slot::request(region, id) else {
+            return slot::fail(region.pool_side(), id, FailReason::BadRequest);
+        };
+        let mut input = StreamIn {
+            region,
+            id,
+            reader: StreamReader::new(),
+            total,
+            waker: &self.waker,
+        };
+        let cancelled = move || slot::state_of(region, id) != Some(SlotState::Running);
+        let mut sink = TaskOut(StreamOut {
+            region,
+            id,
+            writer: StreamWriter::new(),
+            head_len: 0,
+            waker: &self.waker,
+        });
+        let defaults = DefaultsText::default();
+        let view = RequestView {
+            method: b"",
+            uri: b"",
+            version: (1, 1),
+            client: b"",
+            client_port: 0,
+            server: ServerSide {
+                name: b"",
+                port: 0,
+                https: false,
+                document_uri: b"",
+            },
+            headers: Vec::new(),
+            params_raw: b"",
+            body: b"",
+        };
+        let mut ex = Exchange::new(
+            view,
+            &defaults,
+            total,
+            &mut input,
+            &cancelled,
+            &mut sink,
+            &mut scratch.response_head,
+            &mut scratch.body,
+        );
+        // A task has no head: its output is the body of a response begun here.
+        let _ = ex.start(200, std::iter::empty());
+        let deadline_ms = region
+            .slot(id.index)
+            .map_or(0, |s| s.deadline_ms.load(Ordering::Relaxed));
+        let mut calls = Calls::new(
+            region,
+            Caller {
+                worker: self.index,
+                pid,
+                own: id,
+                deadline_ms,
+            },
+        );
+        let handler = self.handler;
+        let rc = host::run_with(&mut ex, &mut calls, |t| handler.run_task(t));
+        drop(calls);
+        let Some(rc) = rc else {
+            drop(ex);
+            log!(
+                "error",
+                "worker {pid}: handler \"{}\" was given a fan-out task but has no run_task",
+                handler.name()
+            );
+            return slot::fail(region.pool_side(), id, FailReason::HandlerError);
+        };
+        let outcome = ex.conclude(rc, handler.name());
+        drop(ex);
+        let delivered = match outcome {
+            Outcome::Whole => sink
+                .0
+                .append(&scratch.body, SlotState::Running, true)
+                .map(|()| sink.0.writer.written()),
+            Outcome::Streamed => Ok(sink.0.writer.written()),
+            Outcome::Failed(reason, msg) => {
+                if let Some(msg) = msg {
+                    log!("error", "worker {pid}: fan-out task: {msg}");
+                }
+                return slot::fail(region.pool_side(), id, reason);
+            }
+        };
+        match delivered {
+            Ok(total) => {
+                sink.0.writer.publish(region, id, Direction::Response);
+                slot::finish(region.pool_side(), id, 0, total)
+            }
+            Err(_) => slot::fail(region.pool_side(), id, FailReason::Undelivered),
+        }
+    }
+}
+
+/// A task's output: the body of a response without a head, on the task's response stream.
+struct TaskOut<'r>(StreamOut<'r>);
+
+impl ResponseSink for TaskOut<'_> {
+    fn start(&mut self, _head: &[u8], _declared: Option<u64>) -> io::Result<()> {
+        Ok(())
+    }
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.0.append(data, SlotState::Running, true)
     }
 }
 
@@ -473,6 +618,7 @@ impl ResponseSink for StreamOut<'_> {
                 Ok(())
             }
             Handover::Abandoned => Err(gone()),
+            Handover::ToCaller => Ok(()),
         }
     }
 

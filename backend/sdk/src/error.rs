@@ -19,6 +19,12 @@ pub enum ErrorKind {
     Io,
     /// The handler's own failure.
     Handler,
+    /// A fan-out task's worker died before it answered.
+    Lost,
+    /// A wait ran out of time.
+    Timeout,
+    /// No room to queue a fan-out task.
+    Full,
 }
 
 /// An error: its kind and a message for the error log.
@@ -74,6 +80,9 @@ impl Error {
             ErrorKind::TooLarge => abi::NGX_POOL_ERR_TOO_LARGE,
             ErrorKind::Io => abi::NGX_POOL_ERR_IO,
             ErrorKind::Handler => abi::NGX_POOL_ERR,
+            ErrorKind::Lost => abi::NGX_POOL_ERR_LOST,
+            ErrorKind::Timeout => abi::NGX_POOL_ERR_TIMEOUT,
+            ErrorKind::Full => abi::NGX_POOL_ERR_FULL,
         }
     }
 }

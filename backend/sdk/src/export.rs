@@ -142,6 +142,35 @@ pub unsafe fn handle<T: Handler>(
     })
 }
 
+/// # Safety
+/// `host` is NULL or the host's table; `t` is the task the host is running in this call.
+pub unsafe fn run_task<T: Handler>(
+    state: &State<T>,
+    host: *const ngx_pool_host,
+    t: *mut ngx_pool_request,
+) -> i32 {
+    // SAFETY: the caller's contract.
+    let Some(host) = (unsafe { Host::new(host) }) else {
+        return abi::NGX_POOL_ERR_INVALID;
+    };
+    let Some(h) = state.handler.get() else {
+        return abi::NGX_POOL_ERR_STATE;
+    };
+    // SAFETY: `t` is the running task; the Call is dropped before this function returns.
+    let call = unsafe { Call::new(host, t) };
+    guarded("run_task", state.name, || {
+        let task = crate::Task::new(call.detached());
+        match h.run_task(&task) {
+            Ok(()) => abi::NGX_POOL_OK,
+            Err(e) if e.kind() == crate::ErrorKind::Gone => e.status(),
+            Err(e) => {
+                task.log(Level::Error, &format!("task failed: {e}"));
+                e.status()
+            }
+        }
+    })
+}
+
 fn failure(e: &Error) -> String {
     format!("handler failed: {e}")
 }

@@ -226,6 +226,73 @@ impl Detached {
             .is_cancelled
             .is_some_and(|f| unsafe { f(self.r) } != 0)
     }
+
+    /// Whether the host has the fan-out functions of ABI 1.2 (its table reaches them).
+    fn has_tasks(&self) -> bool {
+        let end = std::mem::offset_of!(ngx_pool_host, pool_workers)
+            + std::mem::size_of::<Option<unsafe extern "C" fn() -> u32>>();
+        self.host.0.size as usize >= end
+    }
+
+    /// `task_submit`: the task's handle, or the host's status.
+    pub fn task_submit(&self, input: &[u8]) -> Result<u64, i32> {
+        let f = self.host.0.task_submit.filter(|_| self.has_tasks());
+        let Some(f) = f else {
+            return Err(abi::NGX_POOL_ERR_FULL);
+        };
+        let mut task = 0u64;
+        // SAFETY: `input` is valid for its length (the host copies it); `task` is ours.
+        match unsafe { f(self.r, input.as_ptr(), input.len(), &mut task) } {
+            abi::NGX_POOL_OK => Ok(task),
+            rc => Err(rc),
+        }
+    }
+
+    /// `task_wait`: (status, task) for OK and TASK_YOURS, else the status.
+    pub fn task_wait(&self, tasks: &[u64], timeout_ms: i64) -> Result<(i32, u64), i32> {
+        let f = self.host.0.task_wait.filter(|_| self.has_tasks());
+        let Some(f) = f else {
+            return Err(abi::NGX_POOL_ERR_STATE);
+        };
+        let mut task = 0u64;
+        // SAFETY: `tasks` is valid for its length; `task` is ours.
+        match unsafe { f(self.r, tasks.as_ptr(), tasks.len(), timeout_ms, &mut task) } {
+            rc @ (abi::NGX_POOL_OK | abi::NGX_POOL_TASK_YOURS) => Ok((rc, task)),
+            rc => Err(rc),
+        }
+    }
+
+    /// `task_result`, copied out.
+    pub fn task_result(&self, task: u64) -> Result<Vec<u8>, i32> {
+        let f = self.host.0.task_result.filter(|_| self.has_tasks());
+        let Some(f) = f else {
+            return Err(abi::NGX_POOL_ERR_STATE);
+        };
+        let mut out = ngx_pool_str::ABSENT;
+        // SAFETY: `out` is ours; what the host puts there is valid until the task is released.
+        match unsafe { f(self.r, task, &mut out) } {
+            // SAFETY: a host string just returned, copied before anything else is called.
+            abi::NGX_POOL_OK => Ok(unsafe { bytes(out) }.unwrap_or_default().to_vec()),
+            rc => Err(rc),
+        }
+    }
+
+    /// `task_release`.
+    pub fn task_release(&self, task: u64) {
+        if let Some(f) = self.host.0.task_release.filter(|_| self.has_tasks()) {
+            // SAFETY: a host function given a handle it validates.
+            unsafe { f(self.r, task) }
+        }
+    }
+
+    /// `pool_workers`, 1 from a host without it.
+    pub fn pool_workers(&self) -> u32 {
+        match self.host.0.pool_workers.filter(|_| self.has_tasks()) {
+            // SAFETY: a host function without arguments.
+            Some(f) => unsafe { f() },
+            None => 1,
+        }
+    }
 }
 
 /// An error_log level.

@@ -25,6 +25,7 @@
 mod error;
 #[doc(hidden)]
 pub mod export;
+mod fanout;
 mod host;
 mod request;
 mod response;
@@ -32,6 +33,7 @@ mod status;
 mod stream;
 
 pub use error::{Error, ErrorKind, Result};
+pub use fanout::{Fanout, Ready, Task, TaskId};
 pub use host::{log, Level};
 pub use ngx_pool_abi as abi;
 pub use request::{BodyReader, Request};
@@ -65,6 +67,13 @@ pub trait Handler: Sized + Send + Sync + 'static {
     fn before_fork(&self) {}
     /// In poold just after it forked a pool worker (or failed to): undo `before_fork`.
     fn after_fork(&self) {}
+    /// Runs one fan-out task (ABI 1.2) that a `handle` of this pool queued with
+    /// [`Fanout::submit`] or [`Fanout::map`], in whichever worker took it: read its input,
+    /// write its output. An `Err` fails the task (the caller gets an error for it).
+    fn run_task(&self, task: &Task) -> Result {
+        let _ = task;
+        Err(Error::msg("this handler runs no fan-out tasks"))
+    }
 }
 
 /// The `&'static ngx_pool_handler` descriptor of handler type `$t` (named `$name`, by default
@@ -106,6 +115,13 @@ macro_rules! handler_descriptor {
             // SAFETY: called by the host with its table.
             unsafe { $crate::export::fork_hook::<$t>(&STATE, host, false) }
         }
+        unsafe extern "C" fn run_task(
+            host: *const $crate::abi::ngx_pool_host,
+            t: *mut $crate::abi::ngx_pool_request,
+        ) -> i32 {
+            // SAFETY: called by the host with its table and the task it is running.
+            unsafe { $crate::export::run_task::<$t>(&STATE, host, t) }
+        }
         static DESCRIPTOR: $crate::abi::ngx_pool_handler = $crate::abi::ngx_pool_handler {
             abi_major: $crate::abi::NGX_POOL_ABI_MAJOR,
             abi_minor: $crate::abi::NGX_POOL_ABI_MINOR,
@@ -117,6 +133,7 @@ macro_rules! handler_descriptor {
             worker_exit: Some(worker_exit),
             before_fork: Some(before_fork),
             after_fork: Some(after_fork),
+            run_task: Some(run_task),
         };
         &DESCRIPTOR
     }};

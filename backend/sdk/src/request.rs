@@ -23,6 +23,11 @@ impl<'r> Request<'r> {
         }
     }
 
+    /// This request's fan-out: tasks for the pool's other workers ([`crate::Fanout`]).
+    pub fn fanout(&self) -> crate::Fanout {
+        crate::Fanout::new(self.call.detached())
+    }
+
     /// The method as sent (`GET`, `POST`, ...).
     pub fn method(&self) -> &'r str {
         text(self.call.method())

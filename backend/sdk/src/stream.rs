@@ -69,6 +69,11 @@ impl Stream {
         self.handle.is_cancelled()
     }
 
+    /// This request's fan-out ([`crate::Fanout`]).
+    pub fn fanout(&self) -> crate::Fanout {
+        crate::Fanout::new(self.handle)
+    }
+
     /// Writes `msg` to nginx's error_log, tagged with this request's URI.
     pub fn log(&self, level: Level, msg: &str) {
         self.handle.log(level, msg);

@@ -41,10 +41,12 @@ use crate::sys::futex_wake;
 
 mod nginx;
 mod reclaim;
+pub mod task;
 mod worker;
 
 pub use nginx::*;
 pub use reclaim::*;
+pub use task::*;
 pub use worker::*;
 
 /// The nginx worker's role in a region: what [`alloc`], [`submit`], [`abandon`], [`release`]
@@ -306,12 +308,55 @@ fn close_dead_window(region: &Region, actor: Actor) {
 pub enum Handover {
     /// Delivered: wake nginx connection `conn` (generation `conn_gen`).
     Deliver { conn: u32, conn_gen: u32 },
+    /// A fan-out task's answer, delivered to its caller (already woken).
+    ToCaller,
     /// nginx gave up on it meanwhile; the slot has been released.
     Abandoned,
 }
 
-fn nginx_owner(slot: &Slot) -> Actor {
-    Actor::Conn(slot.conn.load(Ordering::Relaxed))
+/// Who a slot belongs to when it is not running: its nginx worker, or a task's caller.
+fn owner(slot: &Slot) -> Actor {
+    match slot.caller.load(Ordering::Relaxed) {
+        0 => Actor::Conn(slot.conn.load(Ordering::Relaxed)),
+        caller => Actor::Worker(caller - 1),
+    }
+}
+
+/// A slot just taken off the free list, made ready for its new use: owned by nginx connection
+/// `conn` (generation `conn_gen`), or by caller worker `caller - 1` when `caller` is not 0.
+/// Returns the use's generation. The slot is its taker's alone until it is queued.
+fn prepare(slot: &Slot, conn: u32, conn_gen: u32, caller: u32) -> u32 {
+    let gen = ((slot.state.load(Ordering::Relaxed) >> 32) as u32).wrapping_add(1);
+    slot.conn.store(conn, Ordering::Relaxed);
+    slot.conn_gen.store(conn_gen, Ordering::Relaxed);
+    slot.caller.store(caller, Ordering::Relaxed);
+    slot.deadline_ms.store(0, Ordering::Relaxed);
+    slot.req_head.store(0, Ordering::Relaxed);
+    slot.resp_head.store(0, Ordering::Relaxed);
+    slot.req_len.store(0, Ordering::Relaxed);
+    slot.resp_len.store(0, Ordering::Relaxed);
+    slot.fail_reason.store(0, Ordering::Relaxed);
+    slot.timeout_ms.store(0, Ordering::Relaxed);
+    for w in [
+        &slot.req_written,
+        &slot.req_consumed,
+        &slot.resp_written,
+        &slot.resp_consumed,
+    ] {
+        w.store(0, Ordering::Relaxed);
+    }
+    for w in [
+        &slot.req_head_len,
+        &slot.resp_head_len,
+        &slot.worker_waiting,
+        &slot.nginx_waiting,
+    ] {
+        w.store(0, Ordering::Relaxed);
+    }
+    // Relaxed: the slot came off the free list, so it is ours alone until it is queued.
+    slot.state
+        .store(word(gen, SlotState::Filling), Ordering::Relaxed);
+    gen
 }
 
 /// [`free_from`] for a slot in one of `from`, where it belongs to one process alone: the
@@ -354,6 +399,9 @@ fn recycle(region: &Region, index: u32) {
     free_anchored(region, &slot.resp_head);
     let h = region.header();
     h.stats.slots_in_use.fetch_sub(1, Ordering::Relaxed);
+    if is_task(slot) {
+        h.tasks_in_use.fetch_sub(1, Ordering::Relaxed);
+    }
     freelist::push(&h.slot_free, region.geometry().slots, index, |i| {
         region.slot(i).map(|s| &s.next_free)
     });

@@ -19,34 +19,7 @@ pub fn alloc(side: NginxSide<'_>, conn: u32, conn_gen: u32) -> Option<SlotId> {
         region.slot(i).map(|s| &s.next_free)
     })?;
     let slot = region.slot(index)?;
-    let gen = ((slot.state.load(Ordering::Relaxed) >> 32) as u32).wrapping_add(1);
-    slot.conn.store(conn, Ordering::Relaxed);
-    slot.conn_gen.store(conn_gen, Ordering::Relaxed);
-    slot.req_head.store(0, Ordering::Relaxed);
-    slot.resp_head.store(0, Ordering::Relaxed);
-    slot.req_len.store(0, Ordering::Relaxed);
-    slot.resp_len.store(0, Ordering::Relaxed);
-    slot.fail_reason.store(0, Ordering::Relaxed);
-    slot.timeout_ms.store(0, Ordering::Relaxed);
-    for w in [
-        &slot.req_written,
-        &slot.req_consumed,
-        &slot.resp_written,
-        &slot.resp_consumed,
-    ] {
-        w.store(0, Ordering::Relaxed);
-    }
-    for w in [
-        &slot.req_head_len,
-        &slot.resp_head_len,
-        &slot.worker_waiting,
-        &slot.nginx_waiting,
-    ] {
-        w.store(0, Ordering::Relaxed);
-    }
-    // Relaxed: the slot came off the free list, so it is ours alone until `submit` publishes it.
-    slot.state
-        .store(word(gen, SlotState::Filling), Ordering::Relaxed);
+    let gen = prepare(slot, conn, conn_gen, 0);
     h.stats.slots_in_use.fetch_add(1, Ordering::Relaxed);
     Some(SlotId { index, gen })
 }
@@ -98,7 +71,11 @@ pub fn enqueue(side: NginxSide<'_>, id: SlotId, head_len: u32, total: u64) -> bo
 /// Wakes up to `n` sleeping pool workers, after requests were queued with [`enqueue`]; no
 /// system call when none sleeps.
 pub fn wake_workers(side: NginxSide<'_>, n: u32) {
-    let region = side.region();
+    wake_sleepers(side.region(), n);
+}
+
+/// Wakes up to `n` pool workers asleep in [`wait_for_work`], after work was queued.
+pub(super) fn wake_sleepers(region: &Region, n: u32) {
     let h = region.header();
     // SeqCst fence: orders the queue pushes before the `sleepers` load, against the sleeper's
     // fetch_add-then-pop in `wait_for_work` (Dekker pattern); one of us must see the other.
@@ -183,14 +160,14 @@ pub fn release(side: NginxSide<'_>, id: SlotId) -> bool {
         region,
         id,
         &[SlotState::Done, SlotState::Failed, SlotState::Filling],
-        nginx_owner,
+        owner,
     )
 }
 
 /// Frees an `Orphaned` slot (withdrawn by nginx, popped by a worker); true if it was one.
 pub(super) fn orphan_freed(region: &Region, id: SlotId) -> bool {
-    // Orphaned, the slot is its nginx worker's to free.
-    free_owned(region, id, &[SlotState::Orphaned], nginx_owner)
+    // Orphaned, the slot is its owner's to free (the nginx worker, or a task's caller).
+    free_owned(region, id, &[SlotState::Orphaned], owner)
 }
 
 #[cfg(any(test, feature = "testing"))]

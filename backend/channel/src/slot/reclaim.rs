@@ -89,7 +89,13 @@ pub fn reclaim_worker(
             };
             match state_of(region, id) {
                 Some(SlotState::Queued) => {
-                    let _ = queue::push(region, id.encode());
+                    let task = region.slot(id.index).is_some_and(is_task);
+                    let ring = if task {
+                        queue::Ring::tasks(region)
+                    } else {
+                        queue::Ring::requests(region)
+                    };
+                    let _ = ring.push(id.encode());
                 }
                 // Withdrawn by nginx meanwhile: do what the worker would have done with it.
                 Some(SlotState::Withdrawing) | Some(SlotState::Abandoned) => {

@@ -7,14 +7,18 @@
 
 use super::*;
 
-/// Pool worker `worker`: takes the next queued request, skipping ones their nginx side
-/// abandoned. The worker's entry names the slot *before* the slot turns Running, so poold can
-/// always tell which request a dead worker held.
+/// Pool worker `worker`: takes the next queued fan-out task, or else the next queued request
+/// (work already admitted finishes first), skipping ones their owner took back. The worker's
+/// entry names the slot *before* the slot turns Running, so poold can always tell which
+/// request or task a dead worker held.
 pub fn take(side: PoolSide<'_>, worker: u32) -> Option<SlotId> {
     let region = side.region();
     let entry = region.worker(worker);
     loop {
-        let id = SlotId::decode(queue::pop(region)?);
+        let next = queue::Ring::tasks(region)
+            .pop()
+            .or_else(|| queue::pop(region));
+        let id = SlotId::decode(next?);
         if let Some(e) = entry {
             e.current_gen.store(id.gen, Ordering::Relaxed);
             // SeqCst: ordered before the CAS below, so poold (which reads the slot state after
@@ -131,11 +135,12 @@ pub fn finish(side: PoolSide<'_>, id: SlotId, head_len: u32, total: u64) -> Hand
     };
     slot.resp_head_len.store(head_len, Ordering::Relaxed);
     slot.resp_len.store(total, Ordering::Relaxed);
-    region
-        .header()
-        .stats
-        .completed
-        .fetch_add(1, Ordering::Relaxed);
+    let stats = &region.header().stats;
+    if is_task(slot) {
+        stats.tasks_completed.fetch_add(1, Ordering::Relaxed);
+    } else {
+        stats.completed.fetch_add(1, Ordering::Relaxed);
+    }
     settle(side, id, SlotState::Done)
 }
 
@@ -146,11 +151,18 @@ pub fn finish(side: PoolSide<'_>, id: SlotId, head_len: u32, total: u64) -> Hand
 /// counted in `abandoned` then, and its failure is nobody's.
 pub fn fail(side: PoolSide<'_>, id: SlotId, reason: FailReason) -> Handover {
     let region = side.region();
+    let mut task = false;
     if let Some(slot) = region.slot(id.index) {
         slot.fail_reason.store(reason as u32, Ordering::Relaxed);
+        task = is_task(slot);
     }
     let handover = settle(side, id, SlotState::Failed);
     let stats = &region.header().stats;
+    if task {
+        // Its request answers for it (or is gone already).
+        stats.tasks_failed.fetch_add(1, Ordering::Relaxed);
+        return handover;
+    }
     if reason == FailReason::Timeout {
         stats.timeouts.fetch_add(1, Ordering::Relaxed);
     }
@@ -168,6 +180,10 @@ pub(super) fn settle(side: PoolSide<'_>, id: SlotId, to: SlotState) -> Handover 
     if transition(region, id, SlotState::Running, to)
         || transition(region, id, SlotState::Streaming, to)
     {
+        if is_task(slot) {
+            wake_caller(region, slot);
+            return Handover::ToCaller;
+        }
         let conn = slot.conn.load(Ordering::Relaxed);
         post_completion(side, conn, id);
         return Handover::Deliver {

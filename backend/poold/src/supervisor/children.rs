@@ -31,6 +31,8 @@ impl Supervisor {
             let run_as = self.run_as;
             let spin = self.cfg.spin();
             let max_rss = self.cfg.pool.max_rss;
+            let timeout_ms = self.cfg.pool.timeout_ms;
+            let pool_workers = self.cfg.pool.workers;
             // Jitter: N plus up to 10%, different per fork, so workers do not retire together.
             let max_requests = self.cfg.pool.max_requests.map(u64::from).map(|n| {
                 let seed = (std::process::id() as u64)
@@ -66,6 +68,7 @@ impl Supervisor {
                     }
                 }
                 sys::child_defaults(me);
+                crate::host::set_pool_workers(pool_workers);
                 // `theirs` is kept open above; the duplicate below is what the worker owns.
                 let control = theirs.try_clone().unwrap_or_else(|_| std::process::exit(1));
                 Worker {
@@ -81,6 +84,7 @@ impl Supervisor {
                     max_requests,
                     max_rss,
                     scratch: Default::default(),
+                    timeout_ms,
                 }
                 .run()
             });
@@ -125,6 +129,20 @@ impl Supervisor {
                         DEADLINE_GRACE
                     );
                     let _ = kill(pid, Signal::SIGKILL);
+                }
+                continue;
+            }
+            if let Some((id, deadline)) = slot::running_task(&self.region, i as u32) {
+                // A task is held to its request's deadline (moved to now when its caller gave
+                // it up), not to a timeout of its own.
+                if deadline != 0 && now_ms > deadline {
+                    log!(
+                        "error",
+                        "pool worker {pid} runs the fan-out task in slot {} past its request's deadline (or its caller gave it up); SIGTERM",
+                        id.index
+                    );
+                    let _ = kill(pid, Signal::SIGTERM);
+                    self.workers[i].killed_for_timeout = Some(Instant::now());
                 }
                 continue;
             }
@@ -346,7 +364,20 @@ impl Supervisor {
                 "pool worker {pid} {how} while running a request (slot {}); it gets 502",
                 id.index
             ),
+            Some((id, Handover::ToCaller)) => log!(
+                "error",
+                "pool worker {pid} {how} while running a fan-out task (slot {}); its caller is told the worker was lost",
+                id.index
+            ),
             _ => log!("warn", "pool worker {pid} {how}"),
+        }
+        // Its own fan-out: queued tasks dropped, running ones' answers discarded.
+        let dropped = slot::reclaim_tasks(self.region.pool_side(), i as u32, pid as u32);
+        if dropped > 0 {
+            log!(
+                "warn",
+                "pool worker {pid} left {dropped} fan-out tasks of its own; they are cancelled"
+            );
         }
         // The dead worker may have set a connection's wake-up flag and died before writing its
         // eventfd, which would leave that nginx worker deaf to every later completion; after a

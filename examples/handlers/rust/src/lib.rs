@@ -5,10 +5,11 @@
 //! | `GET /hello` (any other path too) | `hello` (or the `greeting=` of `handler_args`), then `, NAME` if the `X_USER` pool_param is set |
 //! | `POST /sum` with `{"numbers":[1,2,3]}` | `{"count":3,"sum":6.0,"worker":PID}`; 400 with a reason on bad JSON |
 //! | `GET /lines?n=N&ms=M` | N lines, one every M ms, each flushed to the client as it is written (chunked) |
+//! | `GET /squares?n=N&ms=M` | fan-out: N tasks on the pool's workers, each squaring its number after M ms of work; `{"sum":S,"workers":W}` (W = distinct worker pids that ran them) |
 //! | `GET /error` | an `Err` from the handler: 500, the error in error_log |
 //! | `GET /panic` | a panic in the handler: 500, the panic in error_log, the worker goes on |
 
-use ngx_pool_sdk::{export_handler, Handler, Level, Request, Response, Result, Status};
+use ngx_pool_sdk::{export_handler, Handler, Level, Request, Response, Result, Status, Task};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::time::Duration;
@@ -29,7 +30,46 @@ struct SumOut {
     worker: u32,
 }
 
+/// One fan-out task of `/squares`: "N MS" in, "N*N PID" out, after MS ms of busy work.
+fn square(input: &[u8]) -> Result<Vec<u8>> {
+    let text = std::str::from_utf8(input).map_err(|_| "task input is not UTF-8")?;
+    let mut it = text.split(' ').map(str::parse::<u64>);
+    let (Some(Ok(n)), Some(Ok(ms))) = (it.next(), it.next()) else {
+        return Err("task input is not \"N MS\"".into());
+    };
+    let until = std::time::Instant::now() + Duration::from_millis(ms);
+    while std::time::Instant::now() < until {
+        std::hint::spin_loop();
+    }
+    Ok(format!("{} {}", n * n, std::process::id()).into_bytes())
+}
+
 impl Example {
+    fn squares(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Result {
+        let n: u64 = req
+            .arg("n")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(8)
+            .min(10_000);
+        let ms: u64 = req
+            .arg("ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+            .min(10_000);
+        let inputs: Vec<String> = (1..=n).map(|i| format!("{i} {ms}")).collect();
+        let outputs = req.fanout().map(&inputs, square)?;
+        let (mut sum, mut pids) = (0u64, std::collections::BTreeSet::new());
+        for out in outputs {
+            let out = String::from_utf8(out?).map_err(|_| "task output is not UTF-8")?;
+            let (sq, pid) = out.split_once(' ').ok_or("bad task output")?;
+            sum += sq.parse::<u64>().map_err(|_| "bad task output")?;
+            pids.insert(pid.to_string());
+        }
+        resp.add_header("Content-Type", "application/json");
+        write!(resp, "{{\"sum\":{sum},\"workers\":{}}}", pids.len())?;
+        Ok(())
+    }
+
     fn hello(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Result {
         resp.add_header("Content-Type", "text/plain");
         match req.param_str("X_USER") {
@@ -104,11 +144,16 @@ impl Handler for Example {
     fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Result {
         match req.path().rsplit('/').next().unwrap_or("") {
             "sum" => self.sum(req, resp),
+            "squares" => self.squares(req, resp),
             "lines" => self.lines(req, resp),
             "error" => Err("the example handler was asked to fail".into()),
             "panic" => panic!("the example handler was asked to panic"),
             _ => self.hello(req, resp),
         }
+    }
+
+    fn run_task(&self, task: &Task) -> Result {
+        task.write(&square(&task.input()?)?)
     }
 }
 
