@@ -15,12 +15,15 @@
 //! * `handle`: the environ (`environ.rs`), the call, the response streamed out (`respond.rs`).
 
 mod environ;
+mod fanout;
 mod interpreter;
 mod io;
 mod respond;
 mod settings;
 
-use ngx_pool_sdk::{Error, ErrorKind, Handler, Level, Request, Response, Result, Status, Stream};
+use ngx_pool_sdk::{
+    Error, ErrorKind, Handler, Level, Request, Response, Result, Status, Stream, Task,
+};
 use pyo3::exceptions::{PySystemExit, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
@@ -230,6 +233,7 @@ impl Handler for Wsgi {
             for (i, dir) in firsts.enumerate() {
                 path.call_method1("insert", (i, dir)).map_err(fail)?;
             }
+            fanout::install(py).map_err(fail)?;
             let file_wrapper = py
                 .import("wsgiref.util")
                 .and_then(|m| m.getattr("FileWrapper"))
@@ -293,7 +297,24 @@ impl Handler for Wsgi {
 
     fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Result {
         let stream = resp.into_stream();
+        let fanout = stream.fanout();
+        fanout::set_workers(fanout.pool_workers());
+        let _current = fanout::enter(fanout);
         Python::with_gil(|py| self.call(py, req, stream))
+    }
+
+    fn run_task(&self, task: &Task) -> Result {
+        let input = task.input()?;
+        let _current = fanout::enter(task.fanout());
+        let out = Python::with_gil(|py| {
+            fanout::run(py, &input).map_err(|e| {
+                Error::msg(format!(
+                    "the fan-out task could not run:\n{}",
+                    python_error(py, &e)
+                ))
+            })
+        })?;
+        task.write(&out)
     }
 }
 

@@ -15,6 +15,18 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TaskId(u64);
 
+impl TaskId {
+    /// The host's handle, for a language runtime that keeps it as a number.
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+    /// A handle from [`raw`](TaskId::raw). The host checks every handle: a made-up one gets
+    /// an error, never another request's task.
+    pub fn from_raw(raw: u64) -> TaskId {
+        TaskId(raw)
+    }
+}
+
 /// What [`Fanout::wait`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ready {

@@ -179,6 +179,31 @@ pub fn reclaim_tasks(side: PoolSide<'_>, worker: u32, pid: u32) -> u32 {
     n
 }
 
+/// poold: the request live caller `worker` (process `pid`) runs was given up by nginx (its
+/// client went away): stops its running tasks as a deadline would (abandoned, deadline now).
+/// Frees nothing, so it never races the caller, which collects the rest when it next waits.
+/// Returns how many it stopped.
+pub fn stop_tasks_of(side: PoolSide<'_>, worker: u32, pid: u32) -> u32 {
+    let region = side.region();
+    let mut n = 0;
+    for index in 0..region.geometry().slots {
+        let (Some(slot), Some(v)) = (region.slot(index), view(region, index)) else {
+            continue;
+        };
+        if slot.caller.load(Ordering::Relaxed) != worker + 1 || v.conn_gen != pid {
+            continue;
+        }
+        for from in [SlotState::Running, SlotState::Streaming] {
+            if transition(region, v.id, from, SlotState::Abandoned) {
+                slot.deadline_ms.store(1, Ordering::Relaxed);
+                crate::stream::notify_worker(region, v.id);
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
 /// A task's runner (or poold for a dead one): tells task `slot`'s caller there is news (input
 /// credit, output, an answer).
 pub fn wake_caller(region: &Region, slot: &Slot) {

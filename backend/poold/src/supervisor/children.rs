@@ -149,6 +149,17 @@ impl Supervisor {
             let Some((id, started, own)) = slot::running_since(&self.region, i as u32) else {
                 continue;
             };
+            if slot::state_of(&self.region, id) == Some(slot::SlotState::Abandoned) {
+                // Its client went away: its fan-out tasks are stopped like at a deadline.
+                let stopped =
+                    slot::stop_tasks_of(self.region.pool_side(), i as u32, pid.as_raw() as u32);
+                if stopped > 0 {
+                    log!(
+                        "notice",
+                        "the client of the request pool worker {pid} runs went away: {stopped} of its fan-out tasks stopped"
+                    );
+                }
+            }
             let pool = self.cfg.pool.timeout_ms;
             let (limit, whose) = match (own, pool) {
                 (Some(o), Some(p)) if o < p => (o, "request's pool_timeout"),

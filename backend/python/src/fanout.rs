@@ -1,0 +1,160 @@
+//! The `_ngx_pool` module the adapter gives Python, and the `ngx_pool` package over it: the
+//! fan-out of the request (or task) running now, as `ngx_pool.Pool` and `ngx_pool.Executor`
+//! use it (`python/ngx-pool`). Status codes go to Python as numbers; the package turns them
+//! into its exceptions (`WorkerLost`, `Cancelled`, `TimeoutError`).
+
+use ngx_pool_sdk::{ErrorKind, Fanout, Ready, TaskId};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use std::sync::Mutex;
+
+/// The `ngx_pool` package, the same file `pip install python/ngx-pool` installs.
+const PACKAGE: &str = include_str!("../../../python/ngx-pool/ngx_pool/__init__.py");
+
+/// The fan-out of the request or task running now in this worker.
+static CURRENT: Mutex<Option<Fanout>> = Mutex::new(None);
+
+/// Makes `fanout` the current one until the guard drops (the previous one comes back).
+pub fn enter(fanout: Fanout) -> Entered {
+    let previous = CURRENT
+        .lock()
+        .map(|mut c| c.replace(fanout))
+        .unwrap_or(None);
+    Entered { previous }
+}
+
+pub struct Entered {
+    previous: Option<Fanout>,
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if let Ok(mut c) = CURRENT.lock() {
+            *c = self.previous.take();
+        }
+    }
+}
+
+fn current() -> Option<Fanout> {
+    CURRENT.lock().ok().and_then(|c| *c)
+}
+
+// The host's status codes, as `ngx_pool` knows them.
+const OK: i32 = 0;
+const YOURS: i32 = 1;
+
+fn code(kind: ErrorKind) -> i32 {
+    match kind {
+        ErrorKind::Gone => ngx_pool_sdk::abi::NGX_POOL_ERR_GONE,
+        ErrorKind::Full => ngx_pool_sdk::abi::NGX_POOL_ERR_FULL,
+        ErrorKind::Lost => ngx_pool_sdk::abi::NGX_POOL_ERR_LOST,
+        ErrorKind::Timeout => ngx_pool_sdk::abi::NGX_POOL_ERR_TIMEOUT,
+        ErrorKind::State => ngx_pool_sdk::abi::NGX_POOL_ERR_STATE,
+        ErrorKind::Io => ngx_pool_sdk::abi::NGX_POOL_ERR_IO,
+        _ => ngx_pool_sdk::abi::NGX_POOL_ERR,
+    }
+}
+
+/// True while a request or task runs (tasks can be queued).
+#[pyfunction]
+fn active() -> bool {
+    current().is_some()
+}
+
+/// How many workers the pool may run at once.
+#[pyfunction]
+fn workers() -> u32 {
+    current().map_or_else(
+        || WORKERS.load(std::sync::atomic::Ordering::Relaxed),
+        |f| f.pool_workers(),
+    )
+}
+
+/// The pool's size as last seen (for a Pool made outside a request).
+static WORKERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
+/// Queues a task: (0, handle), or (status, 0).
+#[pyfunction]
+fn submit(data: &[u8]) -> (i32, u64) {
+    let Some(f) = current() else {
+        return (code(ErrorKind::State), 0);
+    };
+    match f.submit(data) {
+        Ok(Some(t)) => (OK, t.raw()),
+        Ok(None) => (code(ErrorKind::Full), 0),
+        Err(e) => (code(e.kind()), 0),
+    }
+}
+
+/// Waits for one of `tasks` (the GIL released meanwhile): (0, answered), (1, yours), or
+/// (status, 0).
+#[pyfunction]
+fn wait(py: Python<'_>, tasks: Vec<u64>, timeout_ms: i64) -> (i32, u64) {
+    let Some(f) = current() else {
+        return (code(ErrorKind::State), 0);
+    };
+    let ids: Vec<TaskId> = tasks.into_iter().map(TaskId::from_raw).collect();
+    let timeout = u64::try_from(timeout_ms)
+        .ok()
+        .map(std::time::Duration::from_millis);
+    match py.allow_threads(|| f.wait(&ids, timeout)) {
+        Ok(Ready::Answered(t)) => (OK, t.raw()),
+        Ok(Ready::Yours(t)) => (YOURS, t.raw()),
+        Err(e) => (code(e.kind()), 0),
+    }
+}
+
+/// The answer of an answered task, which is released: (0, bytes) or (status, None).
+#[pyfunction]
+fn result(py: Python<'_>, task: u64) -> (i32, Option<Py<PyBytes>>) {
+    let Some(f) = current() else {
+        return (code(ErrorKind::State), None);
+    };
+    match f.result(TaskId::from_raw(task)) {
+        Ok(bytes) => (OK, Some(PyBytes::new(py, &bytes).unbind())),
+        Err(e) => (code(e.kind()), None),
+    }
+}
+
+/// Forgets a task (cancelled if unanswered).
+#[pyfunction]
+fn release(task: u64) {
+    if let Some(f) = current() {
+        f.release(TaskId::from_raw(task));
+    }
+}
+
+/// Registers `_ngx_pool` and the `ngx_pool` package in `sys.modules` (an `ngx_pool`
+/// installed in the venv is the same code; this copy matches the adapter).
+pub fn install(py: Python<'_>) -> PyResult<()> {
+    let m = PyModule::new(py, "_ngx_pool")?;
+    m.add_function(wrap_pyfunction!(active, &m)?)?;
+    m.add_function(wrap_pyfunction!(workers, &m)?)?;
+    m.add_function(wrap_pyfunction!(submit, &m)?)?;
+    m.add_function(wrap_pyfunction!(wait, &m)?)?;
+    m.add_function(wrap_pyfunction!(result, &m)?)?;
+    m.add_function(wrap_pyfunction!(release, &m)?)?;
+    let modules = py.import("sys")?.getattr("modules")?;
+    modules.set_item("_ngx_pool", &m)?;
+    let package = PyModule::from_code(
+        py,
+        &std::ffi::CString::new(PACKAGE)?,
+        c"<ngx-pool adapter>/ngx_pool/__init__.py",
+        c"ngx_pool",
+    )?;
+    modules.set_item("ngx_pool", package)?;
+    Ok(())
+}
+
+/// Records the pool's size for Pools made outside a request.
+pub fn set_workers(n: u32) {
+    WORKERS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Runs a task's pickled payload through `ngx_pool._run_task`: the pickled outcome.
+pub fn run(py: Python<'_>, input: &[u8]) -> PyResult<Vec<u8>> {
+    let out = py
+        .import("ngx_pool")?
+        .call_method1("_run_task", (PyBytes::new(py, input),))?;
+    Ok(out.downcast::<PyBytes>()?.as_bytes().to_vec())
+}

@@ -1,0 +1,262 @@
+//! Fan-out inside a request: the seed's `multiprocessing.Pool` snippet with only its import
+//! changed (`from ngx_pool import Pool`), in a Flask view served by a real nginx, module, poold
+//! and CPython; the Pool API, the failure semantics, and what is left after a killed caller.
+
+use ngx_pool_tests::http::request;
+use ngx_pool_tests::{memory, procs, python_apps, python_env, Conf, Nginx};
+use std::time::Duration;
+
+fn text(r: &ngx_pool_tests::http::Response) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+fn fanout_pool(workers: u32, extra: &str) -> String {
+    format!(
+        "    pool fan handler=wsgi:fanout:app venv={} chdir={} workers={workers} env=WORK=5000 {extra};",
+        python_env().display(),
+        python_apps().display()
+    )
+}
+
+const LOCATIONS: &str =
+    "    location / { pool_pass fan; }\n    location = /status { pool_status; }";
+
+fn counters(ng: &Nginx) -> serde_json::Value {
+    ng.get("/status").json()["pools"][0].clone()
+}
+
+/// Waits until the pool holds no slot and no chunk: nothing leaked.
+fn settled(ng: &mut Nginx) {
+    ng.wait_for("every slot and chunk back", |ng| {
+        let p = counters(ng);
+        p["slots"]["in_use"] == 0 && p["chunks"]["in_use"] == 0
+    });
+}
+
+#[test]
+fn the_seed_snippet_runs_with_only_its_import_changed_at_one_worker_and_all_fanning_out() {
+    for workers in [4u32, 1] {
+        let mut ng = Nginx::start(Conf::new(&fanout_pool(workers, ""), LOCATIONS));
+        let before = memory::pool_workers(&ng);
+        let r = ng.get("/seed?n=8");
+        assert_eq!(r.status, 200, "{}", text(&r));
+        let j = r.json();
+        assert_eq!(j["sum"], 140, "0² + .. + 7²");
+        if workers == 1 {
+            assert_eq!(j["workers"], 1);
+        } else {
+            assert!(
+                j["workers"].as_u64().unwrap() >= 2,
+                "spread over the pool: {j}"
+            );
+        }
+        // Every worker fans out at once, twice over.
+        let all: Vec<_> = (0..2 * workers)
+            .map(|_| {
+                let port = ng.port;
+                std::thread::spawn(move || request(port, "GET", "/seed?n=8", &[], b"").unwrap())
+            })
+            .collect();
+        for t in all {
+            let r = t.join().unwrap();
+            assert_eq!(r.status, 200, "{}", text(&r));
+            assert_eq!(r.json()["sum"], 140);
+        }
+        // No process was created: the same pool workers, nothing else.
+        assert_eq!(memory::pool_workers(&ng), before);
+        let p = counters(&ng);
+        let c = &p["counters"];
+        // multiprocessing's chunking: 8 items over min(4, workers) processes.
+        let per_map = if workers == 1 { 4 } else { 8 };
+        assert_eq!(
+            c["tasks_completed"].as_u64().unwrap() + c["tasks_inline"].as_u64().unwrap(),
+            per_map * (2 * workers as u64 + 1),
+            "every task ran once: {c}"
+        );
+        assert_eq!(c["worker_exits"], 0, "{c}");
+        settled(&mut ng);
+        ng.finish();
+    }
+}
+
+#[test]
+fn the_pool_api_people_use_works_and_nests() {
+    let mut ng = Nginx::start(Conf::new(&fanout_pool(3, ""), LOCATIONS));
+    let r = ng.get("/api");
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let j = r.json();
+    let squares: Vec<u64> = (0..10).map(|x| x * x).collect();
+    assert_eq!(j["map"], serde_json::json!(squares));
+    assert_eq!(j["imap"], serde_json::json!([0, 1, 4, 9, 16, 25]));
+    assert_eq!(j["imap_unordered"], serde_json::json!([0, 1, 4, 9, 16, 25]));
+    assert_eq!(j["starmap"], serde_json::json!([3, 7]));
+    assert_eq!(j["apply"], 11);
+    assert_eq!(j["apply_async"], 15);
+    assert_eq!(j["map_async"], serde_json::json!([4, 9]));
+    assert_eq!(j["ready"], serde_json::json!([true, true]));
+    assert_eq!(j["nested"], serde_json::json!([5, 14]));
+    assert_eq!(j["empty"], serde_json::json!([]));
+    assert_eq!(j["callbacks"], serde_json::json!(["15", "[4, 9]"]));
+    assert_eq!(j["executor"], serde_json::json!([1, 2, 3, 4]));
+    assert_eq!(j["executor_map"], serde_json::json!([0, 1, 4, 9]));
+    settled(&mut ng);
+    ng.finish();
+}
+
+#[test]
+fn a_task_exception_comes_back_with_its_remote_traceback() {
+    let mut ng = Nginx::start(Conf::new(&fanout_pool(2, ""), LOCATIONS));
+    let j = ng.get("/error").json();
+    assert_eq!(j["error"], "task 3 refused");
+    let remote = j["remote"].as_str().unwrap();
+    assert!(
+        remote.contains("Traceback (most recent call last)"),
+        "{remote}"
+    );
+    assert!(remote.contains("in fail"), "{remote}");
+    assert!(remote.contains("ValueError: task 3 refused"), "{remote}");
+    settled(&mut ng);
+    ng.finish();
+}
+
+#[test]
+fn a_worker_killed_mid_task_is_worker_lost_in_the_caller_and_is_replaced() {
+    let mut ng = Nginx::start(Conf::new(&fanout_pool(3, ""), LOCATIONS));
+    ng.allow("killed by SIGKILL");
+    ng.allow("while running a fan-out task");
+    ng.allow("while running a request");
+    // The task that kills its worker is lost for the caller. Which worker runs it is up to the
+    // pool: the caller itself may have taken it back (then the request dies with it: 502).
+    let mut lost = false;
+    for _ in 0..10 {
+        let r = ng.get("/lost");
+        if r.status == 502 {
+            continue;
+        }
+        assert_eq!(
+            r.json(),
+            serde_json::json!([0, "lost", 2, 3]),
+            "{}",
+            text(&r)
+        );
+        lost = true;
+        break;
+    }
+    assert!(lost, "some run had the task on another worker");
+    ng.wait_for("the worker replaced", |ng| {
+        counters(ng)["workers"].as_array().unwrap().len() == 3
+            && counters(ng)["counters"]["respawns"].as_u64().unwrap() >= 1
+    });
+    assert_eq!(ng.get("/seed?n=4").json()["sum"], 14, "the pool goes on");
+    settled(&mut ng);
+    ng.finish();
+}
+
+#[test]
+fn the_deadline_applies_to_the_tasks_and_a_client_gone_cancels_them() {
+    let mut ng = Nginx::start(Conf::new(&fanout_pool(4, "timeout=1s"), LOCATIONS));
+    ng.allow("past the pool's timeout");
+    ng.allow("past its request's deadline");
+    ng.allow("killed by SIGTERM");
+    let started = std::time::Instant::now();
+    let r = ng.get("/slow?s=30&n=4");
+    assert_eq!(r.status, 504, "{}", text(&r));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The runners were stopped too: no worker still sleeps in a task.
+    ng.wait_for("every worker idle again", |ng| {
+        let p = counters(ng);
+        p["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["state"] == "idle")
+            .count()
+            == 4
+    });
+    settled(&mut ng);
+    let log = ng.log();
+    assert!(log.contains("fan-out task"), "{log}");
+    ng.finish();
+
+    // A client that goes away: its tasks are cancelled and their workers stopped.
+    let mut ng = Nginx::start(Conf::new(&fanout_pool(4, ""), LOCATIONS));
+    ng.allow("past its request's deadline");
+    ng.allow("killed by SIGTERM");
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", ng.port)).unwrap();
+        s.write_all(b"GET /slow?s=30&n=4 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        ng.wait_for("the tasks running", |ng| {
+            counters(ng)["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|w| w["state"] == "task")
+                .count()
+                >= 2
+        });
+    }
+    // The workers running its tasks are stopped and replaced; the caller itself (which may run
+    // one of its tasks in its own frame) goes on like any request whose client left.
+    ng.wait_for("the tasks stopped", |ng| {
+        let p = counters(ng);
+        p["counters"]["respawns"].as_u64().unwrap() >= 2
+            && !p["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["state"] == "task")
+    });
+    assert!(ng.log().contains("of its fan-out tasks stopped"));
+    ng.finish();
+}
+
+#[test]
+fn a_caller_killed_mid_map_leaks_nothing_and_leaves_no_process() {
+    let mut ng = Nginx::start(Conf::new(&fanout_pool(4, ""), LOCATIONS));
+    ng.allow("killed by SIGKILL");
+    ng.allow("fan-out tasks of its own");
+    let port = ng.port;
+    let client =
+        std::thread::spawn(move || request(port, "GET", "/slow?s=1&n=8", &[], b"").unwrap());
+    // The caller is the busy worker (the others show "task" while they run its tasks).
+    let mut caller = 0u32;
+    ng.wait_for("the caller to fan out", |ng| {
+        let p = counters(ng);
+        let workers = p["workers"].as_array().unwrap().clone();
+        let busy: Vec<_> = workers.iter().filter(|w| w["state"] == "busy").collect();
+        let tasks = workers.iter().filter(|w| w["state"] == "task").count();
+        if busy.len() == 1 && tasks >= 1 {
+            caller = busy[0]["pid"].as_u64().unwrap() as u32;
+        }
+        caller != 0
+    });
+    procs::kill(caller, libc::SIGKILL);
+    assert_eq!(client.join().unwrap().status, 502);
+    settled(&mut ng);
+    ng.wait_for("the pool at its size", |ng| {
+        memory::pool_workers(ng).len() == 4
+    });
+    assert!(!procs::alive(caller));
+    assert_eq!(ng.get("/seed?n=4").json()["sum"], 14, "the pool goes on");
+    ng.finish();
+}
+
+#[test]
+fn a_100_mib_result_streams_through_a_small_arena() {
+    // 16 MiB of arena: the result passes through it in windows.
+    let mut ng = Nginx::start(Conf::new(&fanout_pool(2, "arena=16m"), LOCATIONS));
+    let r = ng.get("/big?mib=100");
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let j = r.json();
+    assert_eq!(j["size"], 100 << 20);
+    use sha2::Digest;
+    let want: String = sha2::Sha256::digest((0..=255u8).collect::<Vec<_>>().repeat(4096 * 100))
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(j["sha256"], want);
+    settled(&mut ng);
+    ng.finish();
+}
