@@ -28,6 +28,8 @@ fn bench_script_quick_mode_runs_every_target() {
         "\n| ngx-pool | ",
         "## A burst of 16 requests",
         "| dynamic |",
+        "## The seed's pattern",
+        "| (d) ngx-pool + ngx_pool.Pool(4) | 16 |",
         "channel vs unix socket",
     ] {
         assert!(stdout.contains(row), "report lacks {row}:\n{stdout}");

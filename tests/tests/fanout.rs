@@ -260,3 +260,41 @@ fn a_100_mib_result_streams_through_a_small_arena() {
     settled(&mut ng);
     ng.finish();
 }
+
+#[test]
+fn outside_a_pool_worker_ngx_pool_is_multiprocessing() {
+    // The same code run by a plain interpreter (flask run, pytest, a script): a real
+    // multiprocessing.Pool and ProcessPoolExecutor.
+    let script = r#"
+import concurrent.futures, multiprocessing.pool, ngx_pool
+
+def square(x):
+    return x * x
+
+if __name__ == "__main__":
+    assert not ngx_pool.in_pool()
+    with ngx_pool.Pool(2) as pool:
+        assert isinstance(pool, multiprocessing.pool.Pool), type(pool)
+        assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
+    with ngx_pool.Executor(2) as ex:
+        assert isinstance(ex, concurrent.futures.ProcessPoolExecutor)
+        assert list(ex.map(square, [3])) == [9]
+    print("ok")
+"#;
+    let root = python_apps().join("../../..").canonicalize().unwrap();
+    let dir = ngx_pool_tests::temp_prefix();
+    let file = dir.join("fallback.py");
+    std::fs::write(&file, script).unwrap();
+    let out = std::process::Command::new(python_env().join("bin/python"))
+        .arg(&file)
+        .env("PYTHONPATH", root.join("python/ngx-pool"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stdout == b"ok\n",
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

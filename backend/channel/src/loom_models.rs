@@ -289,3 +289,44 @@ fn loom_a_lost_slot_comes_back_once_while_another_is_taken_and_given_back() {
         assert_eq!(slot::alloc(r.nginx_side(), 0, conn_gen), None);
     });
 }
+
+#[test]
+fn loom_a_task_taken_back_racing_its_runner_is_run_once_and_freed_once() {
+    model(|| {
+        let r = Arc::new(Region::create("m", geometry(), 1).unwrap());
+        let side = r.pool_side();
+        let id = slot::alloc_task(side, 0, 7, 0).unwrap();
+        let n = stream::write_all(&r, id, Direction::Request, &[b"x"]).unwrap();
+        assert!(slot::submit_task(side, id, n));
+        let runner = {
+            let r = r.clone();
+            thread::spawn(move || {
+                let Some(id) = slot::take(r.pool_side(), 1) else {
+                    return false;
+                };
+                let n = stream::write_all(&r, id, Direction::Response, &[b"y"]).unwrap();
+                let h = slot::finish(r.pool_side(), id, 0, n);
+                slot::clear_current(r.pool_side(), 1);
+                assert_eq!(h, Handover::ToCaller);
+                true
+            })
+        };
+        // The caller: take it back to run it itself, or wait for the runner's answer.
+        let mine = slot::take_back(side, id);
+        let ran = runner.join().unwrap();
+        assert!(mine != ran, "run exactly once (mine {mine}, runner {ran})");
+        if ran {
+            assert_eq!(slot::state_of(&r, id), Some(SlotState::Done));
+            assert_eq!(
+                stream::read_all(&r, id, Direction::Response, 1).unwrap(),
+                b"y"
+            );
+            assert!(slot::release_task(side, id));
+        } else {
+            // The stale queue entry is gone with the runner's pop; nothing is left.
+            while slot::take(side, 1).is_some() {}
+        }
+        assert_eq!(in_use(&r), (0, 0));
+        assert_eq!(r.header().tasks_in_use.load(Ordering::Relaxed), 0);
+    });
+}

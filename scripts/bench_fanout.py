@@ -1,0 +1,148 @@
+"""The fan-out part of scripts/bench (`scripts/bench --fanout`): the seed's pattern, a Flask view
+mapping a CPU-bound pure-Python kernel (about 50 ms per item) over 8 items, at c = 4 and 16:
+
+  (a) nginx -> Gunicorn (workers = cores), multiprocessing "spawn" Pool(4) per request
+  (b) the same, a module-level Pool(4) created once per Gunicorn worker
+  (d) ngx-pool (workers = cores), ngx_pool.Pool(4) per request
+
+(c), Gunicorn's Dirty Arbiters (Gunicorn >= 25), is not measured yet: the test venv pins
+Gunicorn 23.0.0, the version the other comparisons use; 27 would need a venv of its own. Processes "created" is the growth of the
+kernel's last pid (/proc/loadavg) during the run: every process made on the machine, so an
+upper bound for the stack's own.
+"""
+import http.client
+import statistics
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = ROOT / "target"
+VENV = TARGET / "python-env"
+ITEMS = 8
+
+
+def last_pid():
+    return int(Path("/proc/loadavg").read_text().split()[-1])
+
+
+def calibrate():
+    """KERNEL_N for a 50 ms item on this machine, and the seconds one request's 8 items take
+    run one after the other in one process: the app's own kernel, the venv's Python."""
+    import subprocess
+    code = ("import os, time\n"
+            "import fanout_app as a\n"
+            "def t(n):\n"
+            "    a.N = n\n"
+            "    s = time.perf_counter()\n"
+            "    for x in range(a.ITEMS):\n"
+            "        a.kernel(x)\n"
+            "    return time.perf_counter() - s\n"
+            "n = int(200000 * 0.050 * a.ITEMS / min(t(200000) for _ in range(3)))\n"
+            "print(n, min(t(n) for _ in range(3)))\n")
+    env = dict(__import__("os").environ, PYTHONPATH=str(ROOT / "python/ngx-pool"))
+    out = subprocess.check_output([str(VENV / "bin/python"), "-c", code], cwd=ROOT / "bench", env=env)
+    n, one_request = out.split()
+    return int(n), float(one_request)
+
+
+def load(port, path, conc, secs):
+    lat, bad = [], [0]
+    stop = time.time() + secs
+
+    def client():
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        while time.time() < stop:
+            t = time.perf_counter()
+            try:
+                c.request("GET", path)
+                r = c.getresponse()
+                r.read()
+                ok = r.status == 200
+            except OSError:
+                ok = False
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            if ok:
+                lat.append(time.perf_counter() - t)
+            else:
+                bad[0] += 1
+
+    t0 = time.time()
+    ts = [threading.Thread(target=client) for _ in range(conc)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return len(lat) / (time.time() - t0), sorted(lat), bad[0]
+
+
+def run(h):
+    log, procs, quick, prefix, tree = h["log"], h["procs"], h["quick"], h["prefix"], h["tree"]
+    cores = h["nproc"]
+    import subprocess
+    subprocess.run([str(ROOT / "scripts/python-env")], check=True)  # Flask, Gunicorn
+    n, one_request = calibrate()
+    item_s = one_request / ITEMS
+    env = dict(__import__("os").environ, KERNEL_N=str(n),
+               PYTHONPATH=str(ROOT / "python/ngx-pool"))
+    gport, port = h["free_port"](), h["free_port"]()
+    groot = procs.start([str(VENV / "bin/gunicorn"), "-w", str(cores), "-b", f"127.0.0.1:{gport}",
+                         "--timeout", "120", "--chdir", str(ROOT / "bench"), "fanout_app:app"],
+                        "gunicorn (fan-out)", gport, env=env).pid
+    conf = prefix / "fanout-nginx.conf"
+    conf.write_text(f"""
+daemon off;
+worker_processes 1;
+error_log {prefix}/logs/fanout-error.log notice;
+pid {prefix}/logs/fanout-nginx.pid;
+load_module {TARGET}/release/libngx_pool_module.so;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    pool fan handler=wsgi:fanout_app:app venv={VENV} chdir={ROOT / "bench"} workers={cores} env=KERNEL_N={n} queue=256;
+    upstream gunicorn {{ server 127.0.0.1:{gport}; keepalive 32; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=1024;
+        location /ngx {{ pool_pass fan; }}
+        location / {{ proxy_pass http://gunicorn; proxy_http_version 1.1;
+                     proxy_set_header Connection ""; proxy_read_timeout 120s; }}
+    }}
+}}
+""")
+    nroot = procs.start([str(h["nginx_binary"]()), "-p", str(prefix), "-c", str(conf)], "nginx (fan-out)", port).pid
+    log_file = prefix / "logs/fanout-error.log"
+    deadline = time.time() + 60
+    while log_file.read_text().count("attached to") < 1:
+        if time.time() > deadline:
+            raise SystemExit("bench: nginx did not attach to the fan-out pool")
+        time.sleep(0.05)
+    secs = 4 if quick else 15
+    targets = [("(a) Gunicorn + spawn Pool(4) per request", "/spawn", groot),
+               ("(b) Gunicorn + module-level Pool(4)", "/module", groot),
+               ("(d) ngx-pool + ngx_pool.Pool(4)", "/ngx", nroot)]
+    for _, path, _ in targets:  # warm-up: imports, the module-level pools
+        load(port, path, cores, 1)
+    rows, rps = [], {}
+    for conc in (4, 16):
+        for name, path, root in targets:
+            log(f"fan-out: {name} c={conc}")
+            before = last_pid()
+            r, lat, bad = load(port, path, conc, secs)
+            created = last_pid() - before
+            alive = len(tree(root)) + (2 if root == groot else 0)  # + nginx master and worker
+            p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else 0
+            rps[(name[:3], conc)] = r
+            rows.append(f"| {name} | {conc} | {r:.2f} | {p(0.5):.0f} | {p(0.99):.0f} | {alive} | {created} | {bad} |")
+    ideal = cores / one_request
+    out = [f"\n## The seed's pattern: 8 items of {item_s * 1000:.0f} ms of pure Python per request, "
+           f"{cores} cores, {secs} s per cell\n",
+           "| stack | c | req/s | p50 ms | p99 ms | processes alive | processes created | failed |",
+           "|---|---|---|---|---|---|---|---|"] + rows
+    out.append(f"\nOne process running a request's 8 items alone: {1 / one_request:.2f} req/s; "
+               f"× cores = {ideal:.2f} req/s.")
+    for conc in (4, 16):
+        d = rps[("(d)", conc)]
+        out.append(f"c={conc}: (d) = {d / max(rps[('(a)', conc)], 1e-9):.1f}× (a), "
+                   f"{d / max(rps[('(b)', conc)], 1e-9):.2f}× (b), {d / ideal:.2f}× cores × one worker.")
+    out.append("Processes alive: the whole stack at the end of the cell (nginx included).")
+    return out
