@@ -210,13 +210,7 @@ impl Worker<'_> {
         let Some((head_len, total)) = slot::request(region, id) else {
             return slot::fail(region.pool_side(), id, FailReason::BadRequest);
         };
-        let mut input = StreamIn {
-            region,
-            id,
-            reader: StreamReader::new(),
-            total,
-            waker: &self.waker,
-        };
+        let mut input = self.stream_in(id, total);
         let head = &mut scratch.request_head;
         if u64::from(head_len) > region.geometry().message_limit() || u64::from(head_len) > total {
             log!(
@@ -253,13 +247,7 @@ impl Worker<'_> {
         // For log lines only; borrowed, so the common path allocates nothing for it.
         let uri: &[u8] = view.uri;
         let cancelled = move || slot::state_of(region, id) == Some(SlotState::Abandoned);
-        let mut output = StreamOut {
-            region,
-            id,
-            writer: StreamWriter::new(),
-            head_len: 0,
-            waker: &self.waker,
-        };
+        let mut output = self.stream_out(id);
         let defaults = DefaultsText::default();
         let mut ex = Exchange::new(
             view,
@@ -300,7 +288,29 @@ impl Worker<'_> {
     }
 }
 
-impl Worker<'_> {
+impl<'a> Worker<'a> {
+    /// The request stream of slot `id` (`total` bytes), as the handler reads it.
+    fn stream_in(&self, id: SlotId, total: u64) -> StreamIn<'_> {
+        StreamIn {
+            region: self.region,
+            id,
+            reader: StreamReader::new(),
+            total,
+            waker: &self.waker,
+        }
+    }
+
+    /// The response stream of slot `id`, as the handler writes it.
+    fn stream_out(&self, id: SlotId) -> StreamOut<'_> {
+        StreamOut {
+            region: self.region,
+            id,
+            writer: StreamWriter::new(),
+            head_len: 0,
+            waker: &self.waker,
+        }
+    }
+
     /// This worker as the caller of fan-out tasks for request `id`: the tasks inherit its
     /// deadline, the earlier of its own `pool_timeout` and the pool's `timeout`.
     fn caller(&self, id: SlotId) -> Caller {
@@ -330,21 +340,9 @@ impl Worker<'_> {
         let Some((_, total)) = slot::request(region, id) else {
             return slot::fail(region.pool_side(), id, FailReason::BadRequest);
         };
-        let mut input = StreamIn {
-            region,
-            id,
-            reader: StreamReader::new(),
-            total,
-            waker: &self.waker,
-        };
+        let mut input = self.stream_in(id, total);
         let cancelled = move || slot::state_of(region, id) != Some(SlotState::Running);
-        let mut sink = TaskOut(StreamOut {
-            region,
-            id,
-            writer: StreamWriter::new(),
-            head_len: 0,
-            waker: &self.waker,
-        });
+        let mut sink = TaskOut(self.stream_out(id));
         let defaults = DefaultsText::default();
         let view = RequestView {
             method: b"",

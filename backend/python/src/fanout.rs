@@ -64,14 +64,8 @@ fn active() -> bool {
 /// How many workers the pool may run at once.
 #[pyfunction]
 fn workers() -> u32 {
-    current().map_or_else(
-        || WORKERS.load(std::sync::atomic::Ordering::Relaxed),
-        |f| f.pool_workers(),
-    )
+    ngx_pool_sdk::pool_workers()
 }
-
-/// The pool's size as last seen (for a Pool made outside a request).
-static WORKERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
 /// Queues a task: (0, handle), or (status, 0).
 #[pyfunction]
@@ -144,11 +138,6 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
     )?;
     modules.set_item("ngx_pool", package)?;
     Ok(())
-}
-
-/// Records the pool's size for Pools made outside a request.
-pub fn set_workers(n: u32) {
-    WORKERS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Runs a task's pickled payload through `ngx_pool._run_task`: the pickled outcome.

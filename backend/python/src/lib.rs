@@ -297,9 +297,7 @@ impl Handler for Wsgi {
 
     fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Result {
         let stream = resp.into_stream();
-        let fanout = stream.fanout();
-        fanout::set_workers(fanout.pool_workers());
-        let _current = fanout::enter(fanout);
+        let _current = fanout::enter(stream.fanout());
         Python::with_gil(|py| self.call(py, req, stream))
     }
 

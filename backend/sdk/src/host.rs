@@ -227,11 +227,8 @@ impl Detached {
             .is_some_and(|f| unsafe { f(self.r) } != 0)
     }
 
-    /// Whether the host has the fan-out functions of ABI 1.2 (its table reaches them).
     fn has_tasks(&self) -> bool {
-        let end = std::mem::offset_of!(ngx_pool_host, pool_workers)
-            + std::mem::size_of::<Option<unsafe extern "C" fn() -> u32>>();
-        self.host.0.size as usize >= end
+        has_tasks(self.host)
     }
 
     /// `task_submit`: the task's handle, or the host's status.
@@ -287,12 +284,29 @@ impl Detached {
 
     /// `pool_workers`, 1 from a host without it.
     pub fn pool_workers(&self) -> u32 {
-        match self.host.0.pool_workers.filter(|_| self.has_tasks()) {
-            // SAFETY: a host function without arguments.
-            Some(f) => unsafe { f() },
-            None => 1,
-        }
+        pool_workers_of(self.host)
     }
+}
+
+/// Whether the host has the fan-out functions of ABI 1.2 (its table reaches them).
+fn has_tasks(host: Host) -> bool {
+    let end = std::mem::offset_of!(ngx_pool_host, pool_workers)
+        + std::mem::size_of::<Option<unsafe extern "C" fn() -> u32>>();
+    host.0.size as usize >= end
+}
+
+fn pool_workers_of(host: Host) -> u32 {
+    match host.0.pool_workers.filter(|_| has_tasks(host)) {
+        // SAFETY: a host function without arguments.
+        Some(f) => unsafe { f() },
+        None => 1,
+    }
+}
+
+/// How many workers the pool may run at once (ABI 1.2; 1 from an older host, or before poold
+/// first called the handler). Needs no request: a Pool made at import time may ask.
+pub fn pool_workers() -> u32 {
+    Host::current().map_or(1, pool_workers_of)
 }
 
 /// An error_log level.

@@ -34,7 +34,7 @@ mod stream;
 
 pub use error::{Error, ErrorKind, Result};
 pub use fanout::{Fanout, Ready, Task, TaskId};
-pub use host::{log, Level};
+pub use host::{log, pool_workers, Level};
 pub use ngx_pool_abi as abi;
 pub use request::{BodyReader, Request};
 pub use response::Response;

@@ -20,6 +20,7 @@ import itertools
 import multiprocessing
 import multiprocessing.pool
 import pickle
+import time
 import traceback
 
 try:  # Present only in a pool worker of ngx-pool's Python adapter.
@@ -162,11 +163,11 @@ def _submit(task):
 
 def _drive(until, timeout=None):
     """Collects answers (and runs tasks handed back) until ``until()`` or ``timeout`` s."""
-    deadline = None if timeout is None else _monotonic() + timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
     while not until():
         if not _pending:
             raise RuntimeError("ngx_pool: waiting for a result no task will bring")
-        left = -1 if deadline is None else max(0, int((deadline - _monotonic()) * 1000))
+        left = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
         code, handle = _ngx_pool.wait(list(_pending), left)
         if code == _TIMEOUT:
             raise TimeoutError()
@@ -200,12 +201,6 @@ def _cancel_all(pool=None):
             del _pending[handle]
             _ngx_pool.release(handle)
             task.pool._in_flight -= 1
-
-
-def _monotonic():
-    import time
-
-    return time.monotonic()
 
 
 class ApplyResult:

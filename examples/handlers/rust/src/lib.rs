@@ -44,18 +44,17 @@ fn square(input: &[u8]) -> Result<Vec<u8>> {
     Ok(format!("{} {}", n * n, std::process::id()).into_bytes())
 }
 
+/// Query argument `name` as a number (at most 10 000), or `default`.
+fn number_arg(req: &Request<'_>, name: &str, default: u64) -> u64 {
+    req.arg(name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+        .min(10_000)
+}
+
 impl Example {
     fn squares(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Result {
-        let n: u64 = req
-            .arg("n")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(8)
-            .min(10_000);
-        let ms: u64 = req
-            .arg("ms")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-            .min(10_000);
+        let (n, ms) = (number_arg(req, "n", 8), number_arg(req, "ms", 0));
         let inputs: Vec<String> = (1..=n).map(|i| format!("{i} {ms}")).collect();
         let outputs = req.fanout().map(&inputs, square)?;
         let (mut sum, mut pids) = (0u64, std::collections::BTreeSet::new());
@@ -103,16 +102,7 @@ impl Example {
     }
 
     fn lines(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Result {
-        let n: u32 = req
-            .arg("n")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3)
-            .min(10_000);
-        let ms: u64 = req
-            .arg("ms")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-            .min(10_000);
+        let (n, ms) = (number_arg(req, "n", 3), number_arg(req, "ms", 0));
         resp.add_header("Content-Type", "text/plain");
         for i in 0..n {
             if req.is_cancelled() {
