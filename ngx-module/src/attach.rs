@@ -27,6 +27,79 @@ const RETRY_EVERY: Duration = Duration::from_millis(20);
 const RETRY_AFTER_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a failure to attach is logged, at most.
 const LOG_EVERY: Duration = Duration::from_secs(1);
+/// How soon a worker that is not attached tries again on its own, with no request asking:
+/// so it is attached when the first request comes, even if poold came up after the worker.
+const RETRY_UNASKED: Duration = Duration::from_millis(200);
+
+/// A pool's timer that retries the attachment while nobody asks for it (leaked: one per pool
+/// for the process's life, so its address is stable while in nginx's timer tree).
+pub(crate) fn new_retry_timer(i: usize) -> *mut ngx_event_t {
+    // SAFETY: a zeroed ngx_event_t is nginx's idle event.
+    let ev: &'static mut ngx_event_t = Box::leak(Box::new(unsafe { std::mem::zeroed() }));
+    ev.handler = Some(on_retry);
+    ev.data = i as *mut std::ffi::c_void;
+    ev.log = runtime::cycle_log();
+    // A pending retry never holds up a graceful shutdown.
+    ev.set_cancelable(1);
+    ev
+}
+
+/// Arms pool `i`'s retry timer for `after`, unless it is armed or the worker is exiting.
+fn arm_retry(i: usize, after: Duration) {
+    let Ok(ev) = with_pool(i, |p| p.retry_timer) else {
+        return;
+    };
+    // SAFETY: the pool's leaked timer event (see `new_retry_timer`); nginx's globals are read
+    // in its only thread.
+    unsafe {
+        if ev.is_null() || (*ev).timer_set() != 0 || nginx_sys::ngx_exiting != 0 {
+            return;
+        }
+        nginx_sys::ngx_add_timer(ev, after.as_millis() as nginx_sys::ngx_msec_t);
+    }
+}
+
+/// Disarms pool `i`'s retry timer (the worker exits).
+pub(crate) fn cancel_retry(i: usize) {
+    if let Ok(ev) = with_pool(i, |p| p.retry_timer) {
+        // SAFETY: as in `arm_retry`.
+        unsafe {
+            if !ev.is_null() && (*ev).timer_set() != 0 {
+                nginx_sys::ngx_del_timer(ev);
+            }
+        }
+    }
+}
+
+unsafe extern "C" fn on_retry(ev: *mut ngx_event_t) {
+    // SAFETY: our retry timer; its data is the pool index.
+    let i = unsafe { (*ev).data as usize };
+    crate::edge::guard(
+        "timer",
+        || (),
+        || {
+            // SAFETY: nginx's global, read in its only thread.
+            if unsafe { nginx_sys::ngx_exiting } != 0 || ensure(i) != State::Down {
+                return;
+            }
+            // Not due yet: nginx's timers run on its cached clock, which may lag the
+            // `Instant` the attempt was scheduled by. Wait for the rest.
+            let now = Instant::now();
+            if let Ok(Some(due)) = with_pool(i, |p| p.next_attempt) {
+                arm_retry(
+                    i,
+                    due.saturating_duration_since(now)
+                        .max(Duration::from_millis(1)),
+                );
+            }
+        },
+    );
+}
+
+/// poold went away: attach again as soon as it is back, not at the next request.
+pub(crate) fn retry_soon(i: usize) {
+    arm_retry(i, RETRY_UNASKED);
+}
 
 /// A handshake under way.
 pub struct Attaching {
@@ -162,6 +235,7 @@ fn failed(i: usize, reason: &str, retry: Duration) {
     // Dropped outside the borrow: closing a connection calls into nginx.
     if let Ok((attaching, say)) = said {
         drop(attaching);
+        arm_retry(i, retry.max(RETRY_UNASKED));
         if let Some((name, socket)) = say {
             runtime::log(
                 NGX_LOG_ERR,

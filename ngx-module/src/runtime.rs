@@ -55,6 +55,8 @@ pub struct PoolRt {
     pub(crate) attaching: Option<crate::attach::Attaching>,
     pub(crate) next_attempt: Option<Instant>,
     pub(crate) last_failure_logged: Option<Instant>,
+    /// Retries the attachment while no request asks ([`crate::attach`]).
+    pub(crate) retry_timer: *mut ngx_event_t,
     pub inflight: InFlightMap,
 }
 
@@ -216,7 +218,7 @@ pub fn on_init_process(cycle: *mut ngx_cycle_t) {
     let Some(main) = Module::main_conf(unsafe { &*cycle }) else {
         return;
     };
-    let pools: Vec<PoolRt> = main.pools.iter().map(pool_rt).collect();
+    let pools: Vec<PoolRt> = main.pools.iter().enumerate().map(pool_rt).collect();
     crate::rejections::init(&pools.iter().map(|p| p.name.clone()).collect::<Vec<_>>());
     POOLS.with(|p| *p.borrow_mut() = pools);
     // SAFETY: ngx_event_t is a plain C struct for which all-zero is the idle state; leaked, so
@@ -230,7 +232,7 @@ pub fn on_init_process(cycle: *mut ngx_cycle_t) {
     }
 }
 
-fn pool_rt(e: &PoolEntry) -> PoolRt {
+fn pool_rt((i, e): (usize, &PoolEntry)) -> PoolRt {
     PoolRt {
         name: e.conf.settings.name.clone(),
         socket: e.socket.clone(),
@@ -244,6 +246,7 @@ fn pool_rt(e: &PoolEntry) -> PoolRt {
         attaching: None,
         next_attempt: None,
         last_failure_logged: None,
+        retry_timer: crate::attach::new_retry_timer(i),
         inflight: InFlightMap::default(),
     }
 }
@@ -251,6 +254,7 @@ fn pool_rt(e: &PoolEntry) -> PoolRt {
 pub fn on_exit_process() {
     let n = POOLS.with(|p| p.borrow().len());
     for i in 0..n {
+        crate::attach::cancel_retry(i);
         detach(i, None);
         // A handshake still under way: its connection and timer go (outside the borrow).
         let attaching = with_pool(i, |p| p.attaching.take());
@@ -333,6 +337,7 @@ unsafe fn socket_event(ev: *mut ngx_event_t) {
     // SAFETY: still our event; clearing `ready` is how an edge-triggered handler says "drained".
     unsafe { (*ev).set_ready(0) };
     detach(i, Some("poold closed the connection"));
+    crate::attach::retry_soon(i);
 }
 
 /// Pool workers finished requests of ours.

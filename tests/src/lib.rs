@@ -335,6 +335,12 @@ impl Nginx {
         ng
     }
 
+    /// Takes the workers' descriptor counts that [`Nginx::finish`] checks for leaks from now
+    /// (for a test whose workers attach only after [`Nginx::start`]).
+    pub fn count_descriptors_from_here(&mut self) {
+        self.fd_baseline = self.worker_fds();
+    }
+
     /// Polls `cond` until true; panics with the error log after [`READY_TIMEOUT`].
     pub fn wait_for(&mut self, what: &str, mut cond: impl FnMut(&mut Nginx) -> bool) {
         let deadline = Instant::now() + READY_TIMEOUT;

@@ -92,6 +92,33 @@ fn external_poold_attached_by_socket() {
 }
 
 #[test]
+fn workers_attach_on_their_own_to_a_poold_that_comes_up_after_them() {
+    let dir = temp_prefix();
+    let socket = dir.join("late.sock");
+    let mut conf = Conf::new(
+        &format!("    pool late external socket={};", socket.display()),
+        "    location /echo { pool_pass late; }",
+    );
+    // Nothing to attach to yet: start without waiting for attachments.
+    conf.pools = 0;
+    let mut ng = Nginx::start(conf);
+    ng.allow("cannot attach to");
+    ng.wait_for("both workers to fail to attach", |ng| {
+        ng.log().matches("cannot attach to").count() >= 2
+    });
+    let poold = ExternalPoold::start(&dir, "late", "builtin:echo", &["--workers", "1"]);
+    // No request asks: the workers must retry by themselves.
+    ng.wait_for("both workers to attach with no request", |ng| {
+        ng.log().matches("attached to").count() >= 2
+    });
+    ng.count_descriptors_from_here();
+    assert_eq!(ng.get("/echo/x").status, 200);
+    ng.finish();
+    drop(poold);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn poold_killed_fails_fast_and_comes_back_by_itself() {
     let mut ng = Nginx::start(Conf::new(
         "    pool naps handler=builtin:sleep workers=2;",
