@@ -3,10 +3,12 @@ mapping a CPU-bound pure-Python kernel (about 50 ms per item) over 8 items, at c
 
   (a) nginx -> Gunicorn (workers = cores), multiprocessing "spawn" Pool(4) per request
   (b) the same, a module-level Pool(4) created once per Gunicorn worker
-  (d) ngx-pool (workers = cores), ngx_pool.Pool(4) per request
+  (c) Gunicorn 27 (workers = cores) with its Dirty Arbiters (--dirty-workers = cores), each item
+      an execute() from 4 threads of the view (the client is blocking, one call per connection)
+  (d) ngx-pool (workers = cores, or FAN_WORKERS=N in the environment), ngx_pool.Pool(4) per request
 
-(c), Gunicorn's Dirty Arbiters (Gunicorn >= 25), is not measured yet: the test venv pins
-Gunicorn 23.0.0, the version the other comparisons use; 27 would need a venv of its own. Processes "created" is the growth of the
+(c) runs from a venv of its own (target/dirty-env, bench/dirty-requirements.txt): the other
+comparisons use the Gunicorn the tests pin. Processes "created" is the growth of the
 kernel's last pid (/proc/loadavg) during the run: every process made on the machine, so an
 upper bound for the stack's own.
 """
@@ -20,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "target"
 VENV = TARGET / "python-env"
 ITEMS = 8
+FAN_WORKERS = int(__import__("os").environ.get("FAN_WORKERS", "0"))
 
 
 def last_pid():
@@ -81,14 +84,22 @@ def run(h):
     cores = h["nproc"]
     import subprocess
     subprocess.run([str(ROOT / "scripts/python-env")], check=True)  # Flask, Gunicorn
+    dirty_venv = TARGET / "dirty-env"
+    subprocess.run([str(ROOT / "scripts/python-env"), str(dirty_venv),
+                    str(ROOT / "bench/dirty-requirements.txt")], check=True)
     n, one_request = calibrate()
     item_s = one_request / ITEMS
     env = dict(__import__("os").environ, KERNEL_N=str(n),
                PYTHONPATH=str(ROOT / "python/ngx-pool"))
-    gport, port = h["free_port"](), h["free_port"]()
+    gport, dport, port = h["free_port"](), h["free_port"](), h["free_port"]()
     groot = procs.start([str(VENV / "bin/gunicorn"), "-w", str(cores), "-b", f"127.0.0.1:{gport}",
                          "--timeout", "120", "--chdir", str(ROOT / "bench"), "fanout_app:app"],
                         "gunicorn (fan-out)", gport, env=env).pid
+    droot = procs.start([str(dirty_venv / "bin/gunicorn"), "-w", str(cores), "-b", f"127.0.0.1:{dport}",
+                         "--timeout", "120", "--chdir", str(ROOT / "bench"), "--no-control-socket",
+                         "--dirty-app", "fanout_dirty:KernelApp", "--dirty-workers", str(cores),
+                         "--dirty-timeout", "120", "fanout_app:app"],
+                        "gunicorn 27 with dirty arbiters (fan-out)", dport, env=env).pid
     conf = prefix / "fanout-nginx.conf"
     conf.write_text(f"""
 daemon off;
@@ -99,11 +110,15 @@ load_module {TARGET}/release/libngx_pool_module.so;
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
-    pool fan handler=wsgi:fanout_app:app venv={VENV} chdir={ROOT / "bench"} workers={cores} env=KERNEL_N={n} queue=256;
+    pool fan handler=wsgi:fanout_app:app venv={VENV} chdir={ROOT / "bench"} workers={FAN_WORKERS or cores} env=KERNEL_N={n} queue=256;
     upstream gunicorn {{ server 127.0.0.1:{gport}; keepalive 32; }}
+    upstream dirty {{ server 127.0.0.1:{dport}; keepalive 32; }}
     server {{
         listen 127.0.0.1:{port} backlog=1024;
         location /ngx {{ pool_pass fan; }}
+        location = /alone {{ pool_pass fan; }}
+        location /dirty {{ proxy_pass http://dirty; proxy_http_version 1.1;
+                          proxy_set_header Connection ""; proxy_read_timeout 120s; }}
         location / {{ proxy_pass http://gunicorn; proxy_http_version 1.1;
                      proxy_set_header Connection ""; proxy_read_timeout 120s; }}
     }}
@@ -119,9 +134,20 @@ http {{
     secs = 4 if quick else 15
     targets = [("(a) Gunicorn + spawn Pool(4) per request", "/spawn", groot),
                ("(b) Gunicorn + module-level Pool(4)", "/module", groot),
+               ("(c) Gunicorn 27 + Dirty Arbiters", "/dirty", droot),
                ("(d) ngx-pool + ngx_pool.Pool(4)", "/ngx", nroot)]
     for _, path, _ in targets:  # warm-up: imports, the module-level pools
         load(port, path, cores, 1)
+    # One pool worker running a request's items alone: the embedded CPython (libpython) is
+    # slower than Debian's static /usr/bin/python3 that Gunicorn's processes run (docs/wsgi.md).
+    def alone(path):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        times = []
+        for _ in range(3):
+            c.request("GET", path)
+            times.append(float(c.getresponse().read()))
+        return min(times)
+    one_embedded = alone("/alone")
     rows, rps = [], {}
     for conc in (4, 16):
         for name, path, root in targets:
@@ -129,7 +155,7 @@ http {{
             before = last_pid()
             r, lat, bad = load(port, path, conc, secs)
             created = last_pid() - before
-            alive = len(tree(root)) + (2 if root == groot else 0)  # + nginx master and worker
+            alive = len(tree(root)) + (2 if root != nroot else 0)  # + nginx master and worker
             p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else 0
             rps[(name[:3], conc)] = r
             rows.append(f"| {name} | {conc} | {r:.2f} | {p(0.5):.0f} | {p(0.99):.0f} | {alive} | {created} | {bad} |")
@@ -138,11 +164,16 @@ http {{
            f"{cores} cores, {secs} s per cell\n",
            "| stack | c | req/s | p50 ms | p99 ms | processes alive | processes created | failed |",
            "|---|---|---|---|---|---|---|---|"] + rows
-    out.append(f"\nOne process running a request's 8 items alone: {1 / one_request:.2f} req/s; "
-               f"× cores = {ideal:.2f} req/s.")
+    ideal_embedded = cores / one_embedded
+    out.append(f"\nOne process running a request's 8 items alone: {1 / one_request:.2f} req/s "
+               f"(× cores = {ideal:.2f}) in Debian's python3, as (a)-(c) run them; "
+               f"{1 / one_embedded:.2f} req/s (× cores = {ideal_embedded:.2f}) in a pool worker's "
+               f"embedded libpython, {one_embedded / one_request:.2f}× slower.")
     for conc in (4, 16):
         d = rps[("(d)", conc)]
         out.append(f"c={conc}: (d) = {d / max(rps[('(a)', conc)], 1e-9):.1f}× (a), "
-                   f"{d / max(rps[('(b)', conc)], 1e-9):.2f}× (b), {d / ideal:.2f}× cores × one worker.")
+                   f"{d / max(rps[('(b)', conc)], 1e-9):.2f}× (b), "
+                   f"{d / max(rps[('(c)', conc)], 1e-9):.2f}× (c), {d / ideal:.2f}× cores × one python3 process, "
+                   f"{d / ideal_embedded:.2f}× cores × one pool worker.")
     out.append("Processes alive: the whole stack at the end of the cell (nginx included).")
     return out

@@ -29,6 +29,7 @@ fn bench_script_quick_mode_runs_every_target() {
         "## A burst of 16 requests",
         "| dynamic |",
         "## The seed's pattern",
+        "| (c) Gunicorn 27 + Dirty Arbiters | 16 |",
         "| (d) ngx-pool + ngx_pool.Pool(4) | 16 |",
         "channel vs unix socket",
     ] {
