@@ -386,6 +386,7 @@ fn spawn(
             2
         }
     };
+    let dev_null = std::fs::File::open("/dev/null").ok();
     // SAFETY: the nginx master is single-threaded, so the child may run anything; still, between
     // fork and exec it only makes async-signal-safe calls on memory prepared before the fork.
     let pid = unsafe { libc::fork() };
@@ -408,8 +409,19 @@ fn spawn(
                 libc::signal(sig, libc::SIG_DFL);
             }
             libc::setpgid(0, 0);
-            if log_fd != 2 && log_fd >= 0 {
-                libc::dup2(log_fd, 2);
+            // stdout and stderr to the error log (an app's print() lands there, as the docs
+            // say), stdin from /dev/null: never the descriptors nginx was started with, which a
+            // daemonizing nginx drops but poold, forked before that, would keep open (a shell's
+            // `$(nginx)` would wait on them forever).
+            if log_fd >= 0 {
+                for to in [1, 2] {
+                    if log_fd != to {
+                        libc::dup2(log_fd, to);
+                    }
+                }
+            }
+            if let Some(null) = &dev_null {
+                libc::dup2(null.as_raw_fd(), 0);
             }
             // dup2 onto itself keeps FD_CLOEXEC: clear it on both explicitly.
             for (from, to) in [(lifeline, LIFELINE_FD), (ready, READY_FD)] {

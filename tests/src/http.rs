@@ -29,7 +29,7 @@ impl Response {
     }
 }
 
-/// Sends one request and reads the whole response.
+/// Sends one request to 127.0.0.1 and reads the whole response.
 pub fn request(
     port: u16,
     method: &str,
@@ -37,7 +37,19 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> io::Result<Response> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    request_to("127.0.0.1", port, method, path, headers, body)
+}
+
+/// Sends one request to `host` (an address) and reads the whole response.
+pub fn request_to(
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<Response> {
+    let mut s = TcpStream::connect((host, port))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for (n, v) in headers {

@@ -4,6 +4,7 @@
 //! Hygiene after each test (`Nginx::finish`): no `[alert]`, `[emerg]` or `[crit]` in the error
 //! log unless the test allowed it, no descriptor leaked by nginx workers, no process left.
 
+pub mod cluster;
 pub mod http;
 pub mod memory;
 pub mod procs;
@@ -306,6 +307,8 @@ impl Nginx {
             // configuration: point it where a distribution's build would.
             cmd.arg("-e").arg(logs_dir(&dir, &conf).join("error.log"));
         }
+        // The apps' Python as a user's would be, whatever the shell running the tests sets.
+        cmd.env_remove("PYTHONUNBUFFERED");
         let master = cmd
             .envs(conf.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .arg("-p")

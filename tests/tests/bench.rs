@@ -31,9 +31,25 @@ fn bench_script_quick_mode_runs_every_target() {
         "## The seed's pattern",
         "| (c) Gunicorn 27 + Dirty Arbiters | 16 |",
         "| (d) ngx-pool + ngx_pool.Pool(4) | 16 |",
+        "## Scale-out: one CPU view over 1, 2 and 3 hosts",
         "channel vs unix socket",
     ] {
         assert!(stdout.contains(row), "report lacks {row}:\n{stdout}");
+    }
+    // The scale-out part needs network namespaces: as root (CI) it must have run.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        assert!(stdout.contains("\n| 3 | "), "no three-host row:\n{stdout}");
+        let scale_out = stdout.split("## Scale-out").nth(1).unwrap_or("");
+        for line in scale_out
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| hosts"))
+        {
+            let cols: Vec<&str> = line.split('|').map(str::trim).collect();
+            if cols.len() > 6 && cols[1].parse::<u32>().is_ok() {
+                assert_eq!(cols[6], "0", "errors through the front in: {line}");
+            }
+        }
     }
     // Every run of every target answered without errors.
     let (http_part, wsgi_part) = stdout

@@ -669,3 +669,108 @@ fn a_hostile_run_loses_nothing_outside_the_pool_that_was_hit() {
     }
     ng.finish();
 }
+
+/// Kills what a daemonized nginx left, even when the test failed: the master by its pid file,
+/// then whatever still runs with the prefix in its arguments.
+struct DaemonGuard {
+    dir: std::path::PathBuf,
+}
+
+impl Drop for DaemonGuard {
+    fn drop(&mut self) {
+        let pid = std::fs::read_to_string(self.dir.join("logs/nginx.pid")).unwrap_or_default();
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            // SAFETY: kill has no memory preconditions; a stale pid at worst gets a signal it
+            // ignores (the test's own prefix makes that unlikely).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        for p in procs::with_arg_containing(&self.dir.display().to_string()) {
+            // SAFETY: as above.
+            unsafe { libc::kill(p as i32, libc::SIGKILL) };
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_daemonized_nginx_leaves_the_descriptors_it_was_started_with() {
+    // `daemon on`, as Debian's nginx runs: the shell or script that started it must see its
+    // stdout close when the master detaches, though poold was forked before that.
+    let dir = temp_prefix();
+    let guard = DaemonGuard { dir: dir.clone() };
+    let port = free_port();
+    let conf = Conf::new(
+        "    pool app handler=builtin:echo workers=1;",
+        "    location /echo { pool_pass app; }",
+    );
+    let path = ngx_pool_tests::write_conf(&dir, port, &conf);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replacen("daemon off;", "daemon on;", 1)).unwrap();
+    let mut starter = std::process::Command::new(&conf.nginx)
+        .env_remove("PYTHONUNBUFFERED")
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start nginx");
+    let (mut out, mut err) = (
+        starter.stdout.take().unwrap(),
+        starter.stderr.take().unwrap(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let _ = out.read_to_end(&mut a);
+        let _ = err.read_to_end(&mut b);
+        let _ = tx.send(String::from_utf8_lossy(&b).into_owned());
+    });
+    let status = starter.wait().expect("nginx's starting process");
+    assert!(status.success(), "nginx did not start");
+    let said = rx
+        .recv_timeout(READY_TIMEOUT)
+        .expect("stdout and stderr of the starting nginx never closed: a daemon process kept them");
+    assert!(said.trim().is_empty(), "nginx printed: {said}");
+    // Serving, from a pool worker, and poold's stdout is not the starter's pipe.
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let r = loop {
+        match request(port, "GET", "/echo/d", &[], b"") {
+            Ok(r) if r.status == 200 => break r,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            other => panic!("the daemonized nginx does not serve: {other:?}"),
+        }
+    };
+    assert!(r.header("X-Pool-Worker").is_some());
+    let sock = format!("{}/logs/pool-app.sock", dir.display());
+    let poold = procs::with_arg_containing(&sock);
+    assert!(!poold.is_empty());
+    for p in poold {
+        for fd in [0, 1] {
+            let target = std::fs::read_link(format!("/proc/{p}/fd/{fd}")).unwrap_or_default();
+            let target = target.display().to_string();
+            assert!(
+                target == "/dev/null" || target.ends_with("error.log"),
+                "process {p} of the pool has descriptor {fd} on {target}"
+            );
+        }
+    }
+    // Quit, and nothing is left.
+    let pid: i32 = std::fs::read_to_string(dir.join("logs/nginx.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: the daemon's master, by its pid file.
+    unsafe { libc::kill(pid, libc::SIGQUIT) };
+    let prefix = dir.display().to_string();
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !procs::with_arg_containing(&prefix).is_empty() {
+        assert!(Instant::now() < deadline, "processes left after quit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(guard);
+}

@@ -124,6 +124,16 @@ fn a_flask_app_runs_unmodified() {
         total >= Duration::from_millis(1800) && total - first >= Duration::from_millis(1000),
         "the first tick came at {first:?}, the end at {total:?}: not streamed"
     );
+
+    // print() reaches the error log as it is written (unbuffered), on stdout and stderr alike.
+    assert_eq!(text(&ng.get("/print?m=marker-5f3a")), "printed\n");
+    let log = ng.log();
+    for stream in ["stdout", "stderr"] {
+        assert!(
+            log.contains(&format!("{stream} says marker-5f3a")),
+            "the app's print() to {stream} is not in the error log"
+        );
+    }
     ng.finish();
 }
 

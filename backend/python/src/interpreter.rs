@@ -48,6 +48,9 @@ pub fn start(venv: Option<&Path>) -> Result<(), String> {
         let config = config.assume_init_mut();
         config.install_signal_handlers = 0;
         config.parse_argv = 0;
+        // stdout and stderr are the error log: an app's print() should reach it as it is
+        // written, not when a block buffer fills (PYTHONUNBUFFERED, as Gunicorn users set).
+        config.buffered_stdio = 0;
         let mut status = ffi::PyStatus_Ok();
         if let Some(exe) = &executable {
             status = ffi::PyConfig_SetBytesString(config, &mut config.executable, exe.as_ptr());

@@ -122,6 +122,13 @@ def leak():
     return jsonify(pid=os.getpid(), held_mb=sum(len(b) for b in _hoard) >> 20)
 
 
+@app.get("/print")
+def printed():
+    print("stdout says", request.args["m"])
+    print("stderr says", request.args["m"], file=sys.stderr)
+    return "printed\n"
+
+
 @app.get("/pid")
 def pid():
     return str(os.getpid())
