@@ -26,8 +26,11 @@ driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts
 
 
 def shown(cls):
-    els = driver.find_elements(By.CSS_SELECTOR, f'section[data-pool="{pool}"] .{cls}')
-    return els[0].text if els else None
+    # Looked up and read in one step inside the page: the page re-renders its sections as it
+    # refreshes, so an element found first and read later may be gone (stale) in between.
+    return driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.textContent.trim() : null;",
+        f'section[data-pool="{pool}"] .{cls}')
 
 
 def wait_for(what, cond, timeout=15):

@@ -150,11 +150,7 @@ impl Cluster {
             std::fs::read_to_string(self.prefix.join("front/logs/error.log")).unwrap_or_default(),
         ));
         for (who, log) in logs {
-            let bad: Vec<&str> = log
-                .lines()
-                .filter(|l| l.contains("[alert]") || l.contains("[emerg]") || l.contains("[crit]"))
-                .filter(|l| !self.allowed.iter().any(|a| l.contains(a.as_str())))
-                .collect();
+            let bad = crate::unexpected_log_lines(&log, &self.allowed);
             assert!(
                 bad.is_empty(),
                 "unexpected lines in {who}'s error log:\n{}",

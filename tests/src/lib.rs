@@ -283,6 +283,14 @@ pub fn nginx_test_config(conf: &Conf) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// The `[alert]`, `[emerg]` and `[crit]` lines of an error log that contain none of `allowed`.
+pub fn unexpected_log_lines<'a>(log: &'a str, allowed: &[String]) -> Vec<&'a str> {
+    log.lines()
+        .filter(|l| l.contains("[alert]") || l.contains("[emerg]") || l.contains("[crit]"))
+        .filter(|l| !allowed.iter().any(|a| l.contains(a.as_str())))
+        .collect()
+}
+
 /// A running nginx.
 pub struct Nginx {
     pub dir: PathBuf,
@@ -535,11 +543,7 @@ impl Nginx {
     /// Fails on alert/emerg/crit lines the test did not allow.
     pub fn check_log(&self) {
         let log = self.log();
-        let bad: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains("[alert]") || l.contains("[emerg]") || l.contains("[crit]"))
-            .filter(|l| !self.allowed.iter().any(|a| l.contains(a.as_str())))
-            .collect();
+        let bad = unexpected_log_lines(&log, &self.allowed);
         assert!(
             bad.is_empty(),
             "unexpected lines in error log:\n{}",
