@@ -49,6 +49,19 @@ def calibrate():
     return int(n), float(one_request)
 
 
+def cpu_seconds(pids):
+    """CPU time (user + system) of these processes and of their children they have reaped."""
+    tick = __import__("os").sysconf("SC_CLK_TCK")
+    total = 0
+    for p in pids:
+        try:
+            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in f[11:15])  # utime stime cutime cstime
+        except (OSError, ValueError):
+            pass
+    return total / tick
+
+
 def load(port, path, conc, secs):
     lat, bad = [], [0]
     stop = time.time() + secs
@@ -153,17 +166,21 @@ http {{
         for name, path, root in targets:
             log(f"fan-out: {name} c={conc}")
             before = last_pid()
+            stack = tree(root) | tree(nroot)
+            cpu_before, t0 = cpu_seconds(stack), time.time()
             r, lat, bad = load(port, path, conc, secs)
+            stack |= tree(root) | tree(nroot)
+            busy = (cpu_seconds(stack) - cpu_before) / (time.time() - t0)
             created = last_pid() - before
             alive = len(tree(root)) + (2 if root != nroot else 0)  # + nginx master and worker
             p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else 0
             rps[(name[:3], conc)] = r
-            rows.append(f"| {name} | {conc} | {r:.2f} | {p(0.5):.0f} | {p(0.99):.0f} | {alive} | {created} | {bad} |")
+            rows.append(f"| {name} | {conc} | {r:.2f} | {p(0.5):.0f} | {p(0.99):.0f} | {busy:.2f} | {alive} | {created} | {bad} |")
     ideal = cores / one_request
     out = [f"\n## The seed's pattern: 8 items of {item_s * 1000:.0f} ms of pure Python per request, "
            f"{cores} cores, {secs} s per cell\n",
-           "| stack | c | req/s | p50 ms | p99 ms | processes alive | processes created | failed |",
-           "|---|---|---|---|---|---|---|---|"] + rows
+           "| stack | c | req/s | p50 ms | p99 ms | cores busy | processes alive | processes created | failed |",
+           "|---|---|---|---|---|---|---|---|---|"] + rows
     ideal_embedded = cores / one_embedded
     out.append(f"\nOne process running a request's 8 items alone: {1 / one_request:.2f} req/s "
                f"(× cores = {ideal:.2f}) in Debian's python3, as (a)-(c) run them; "
@@ -175,5 +192,6 @@ http {{
                    f"{d / max(rps[('(b)', conc)], 1e-9):.2f}× (b), "
                    f"{d / max(rps[('(c)', conc)], 1e-9):.2f}× (c), {d / ideal:.2f}× cores × one python3 process, "
                    f"{d / ideal_embedded:.2f}× cores × one pool worker.")
-    out.append("Processes alive: the whole stack at the end of the cell (nginx included).")
+    out.append("Processes alive: the whole stack at the end of the cell (nginx included). Cores busy: "
+               "the CPU time the stack (nginx included) used during the cell per second of it.")
     return out
