@@ -20,6 +20,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -105,6 +106,25 @@ fn daemon_path(main: &MainConf) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("poold"))
 }
 
+/// The path of the cycle's error log, when it is a file (not stderr, not syslog).
+fn error_log_path(cycle: *mut ngx_cycle_t) -> Option<PathBuf> {
+    // SAFETY: the cycle's log and its open file live as long as the cycle; the name is a
+    // (pointer, length) pair nginx set when it opened the file, read only.
+    let name = unsafe {
+        let log = (*cycle).log;
+        if log.is_null() || (*log).file.is_null() {
+            return None;
+        }
+        let name = (*(*log).file).name;
+        if name.data.is_null() || name.len == 0 {
+            return None;
+        }
+        std::slice::from_raw_parts(name.data, name.len)
+    };
+    let path = PathBuf::from(std::ffi::OsStr::from_bytes(name));
+    path.is_absolute().then_some(path)
+}
+
 fn argv_for(pool: &PoolEntry, wsgi_adapter: Option<&Path>, cycle: *mut ngx_cycle_t) -> Vec<String> {
     // The shared settings as poold reads them back (ngx_pool_conf::PoolSettings), then what
     // only the module knows: where the socket is, and whom to run as.
@@ -112,6 +132,10 @@ fn argv_for(pool: &PoolEntry, wsgi_adapter: Option<&Path>, cycle: *mut ngx_cycle
     argv.extend(["--socket".into(), pool.socket.display().to_string()]);
     if let Some(adapter) = wsgi_adapter {
         argv.extend(["--wsgi-adapter".into(), adapter.display().to_string()]);
+    }
+    if let Some(log) = error_log_path(cycle) {
+        // poold's stdout and stderr are this file (see `spawn`): it follows a rotation.
+        argv.extend(["--error-log".into(), log.display().to_string()]);
     }
     if nix::unistd::geteuid().is_root() {
         // SAFETY: the core module's configuration exists in every cycle.

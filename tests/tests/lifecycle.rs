@@ -774,3 +774,46 @@ fn a_daemonized_nginx_leaves_the_descriptors_it_was_started_with() {
     }
     drop(guard);
 }
+
+#[test]
+fn pool_lines_follow_the_error_log_through_a_rotation() {
+    // logrotate's way: the file renamed, then `nginx -s reopen` makes a new one. poold, its
+    // workers and what a handler prints must write to the new file, not to the renamed one.
+    let mut ng = Nginx::start(Conf::new(
+        "    pool crash handler=builtin:crash workers=1;",
+        "    location /crash { pool_pass crash; }",
+    ));
+    ng.allow("panic at");
+    ng.allow("killed by signal");
+    ng.allow("SIGABRT");
+    assert_eq!(ng.get("/crash?how=none").status, 200);
+    let logs = ng.dir.join("logs");
+    std::fs::rename(logs.join("error.log"), logs.join("error.log.1")).unwrap();
+    ng.signal("reopen");
+    let new_log = || std::fs::read_to_string(logs.join("error.log")).unwrap_or_default();
+    // A worker's own line (a handler's panic, logged by the worker) in the new file; they look
+    // at the path once a second, so a line or two may still go to the old one.
+    ng.wait_for("a pool worker's line in the reopened log", |ng| {
+        assert_eq!(ng.get("/crash?how=panic").status, 500);
+        new_log().contains("panic at")
+    });
+    // poold's own line: a worker killed under a request (again, until one lands in the new
+    // file: poold too looks at the path at most once a second).
+    let poold = ng.poold();
+    let poold_line = |l: &str| l.contains(&format!("{poold}#0: poold \"crash\""));
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !new_log().lines().any(poold_line) {
+        assert!(
+            Instant::now() < deadline,
+            "no line of poold {poold} in the reopened log:\n{}",
+            new_log()
+        );
+        let status = ng.get("/crash?how=abort").status;
+        assert!(matches!(status, 502 | 503), "{status}");
+        std::thread::sleep(Duration::from_millis(200)); // a dead worker's replacement
+    }
+    ng.wait_for("a fresh worker", |ng| {
+        ng.get("/crash?how=none").status == 200
+    });
+    ng.finish();
+}

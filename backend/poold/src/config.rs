@@ -46,6 +46,9 @@ OPTIONS:
     --user USER         when started as root: owner of the socket, and the user (and its
                         group) the pool workers run as
     --group GROUP       group for the above                           [default: USER's group]
+    --error-log PATH    stdout and stderr are this file (the nginx module passes its error
+                        log): once a rotation moved it (logrotate, then nginx -s reopen),
+                        poold and its workers reopen it, looking once a second
     --lifeline-fd FD    exit when this descriptor reaches end of file (set by the nginx
                         module in managed mode, where poold also runs under a watchdog
                         process that starts a new one if it dies)
@@ -78,6 +81,8 @@ pub struct Config {
     pub watch_pid: Option<i32>,
     /// The Python adapter library for `wsgi:` handlers; none: beside poold.
     pub wsgi_adapter: Option<PathBuf>,
+    /// The file stdout and stderr are, followed through a log rotation.
+    pub error_log: Option<PathBuf>,
 }
 
 /// What the command line asked for.
@@ -132,6 +137,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         ready_fd: None,
         watch_pid: None,
         wsgi_adapter: None,
+        error_log: None,
     };
     while let Some(arg) = it.next() {
         let (key, inline) = match arg.split_once('=') {
@@ -167,6 +173,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
                 }
                 None if option == "--wsgi-adapter" => {
                     cfg.wsgi_adapter = Some(PathBuf::from(value("a path")?))
+                }
+                None if option == "--error-log" => {
+                    cfg.error_log = Some(PathBuf::from(value("a path")?))
                 }
                 None if option == "--user" => cfg.user = Some(value("a user")?),
                 None if option == "--group" => cfg.group = Some(value("a group")?),

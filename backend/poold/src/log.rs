@@ -1,10 +1,58 @@
-//! Log lines in nginx's error_log format, written to stderr (the error log in managed mode).
+//! Log lines in nginx's error_log format, written to stderr (the error log in managed mode),
+//! and the error log followed through a rotation (`--error-log`).
 
 use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 static POOL: OnceLock<String> = OnceLock::new();
+
+/// The error log's path, when stdout and stderr are that file (`--error-log`).
+static FOLLOWED: OnceLock<PathBuf> = OnceLock::new();
+/// When (CLOCK_MONOTONIC ms) the path is next looked at: at most once a second.
+static NEXT_LOOK_MS: AtomicU64 = AtomicU64::new(0);
+const LOOK_EVERY_MS: u64 = 1000;
+
+/// Follows the error log at `path` through rotation: once the file at that path is another one
+/// than stdout and stderr (logrotate renamed it and `nginx -s reopen` made a new one), this
+/// process's stdout and stderr are reopened on it. Inherited by forked pool workers.
+pub fn follow(path: PathBuf) {
+    let _ = FOLLOWED.set(path);
+}
+
+/// Reopens stdout and stderr on the followed error log if it was rotated; at most one look a
+/// second. A file this process may not open yet (nginx's master makes it, then hands it to its
+/// workers' user) is looked at again a second later, meanwhile lines go to the old file.
+pub fn reopen_if_rotated() {
+    let Some(path) = FOLLOWED.get() else {
+        return;
+    };
+    let now = ngx_pool_channel::sys::monotonic_ms();
+    // Relaxed: a rate limit; two threads looking at once both do a harmless reopen at worst.
+    if now < NEXT_LOOK_MS.load(Ordering::Relaxed) {
+        return;
+    }
+    NEXT_LOOK_MS.store(now + LOOK_EVERY_MS, Ordering::Relaxed);
+    let (Ok(on_disk), Ok(ours)) = (
+        std::fs::metadata(path),
+        std::fs::metadata("/proc/self/fd/2"),
+    ) else {
+        return;
+    };
+    if (on_disk.dev(), on_disk.ino()) == (ours.dev(), ours.ino()) {
+        return;
+    }
+    let Ok(file) = std::fs::OpenOptions::new().append(true).open(path) else {
+        return;
+    };
+    for fd in [1, 2] {
+        let _ = nix::unistd::dup2(file.as_raw_fd(), fd);
+    }
+}
 
 /// Names the pool in every later line.
 pub fn set_pool_name(name: &str) {
@@ -45,6 +93,7 @@ pub fn line(level: &str, msg: std::fmt::Arguments<'_>) {
         timestamp(),
         std::process::id()
     );
+    reopen_if_rotated();
     // One write call per line, so lines from several processes sharing the file do not interleave.
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }

@@ -27,6 +27,9 @@ fn main() {
         }
     };
     log::set_pool_name(&cfg.pool.name);
+    if let Some(path) = &cfg.error_log {
+        log::follow(path.clone());
+    }
     // A panic's message and place as one error_log line in nginx's format (the handler SDK
     // then says what it did about it).
     std::panic::set_hook(Box::new(|info| {
