@@ -15,6 +15,7 @@ use crate::directives::{MainConf, Module, PoolEntry};
 use nginx_sys::{ngx_cycle_t, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_PROCESS_SIGNALLER};
 use ngx::core::CoreModuleMainConf;
 use ngx::http::HttpModuleMainConf;
+use ngx_pool_channel::socket_file::SocketFile;
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
@@ -41,6 +42,8 @@ struct Running {
     pid: Pid,
     /// This generation's socket.
     socket: PathBuf,
+    /// The file its poold bound there: what `stop` may remove (never another master's).
+    socket_file: Option<SocketFile>,
     gen: u32,
 }
 
@@ -248,6 +251,7 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
                     daemon: daemon.clone(),
                     argv: configured.clone(),
                     pid,
+                    socket_file: SocketFile::identify(&socket),
                     socket: socket.clone(),
                     gen,
                 });
@@ -280,6 +284,7 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
                     daemon: daemon.clone(),
                     argv: configured,
                     pid,
+                    socket_file: SocketFile::identify(&socket),
                     socket,
                     gen,
                 });
@@ -517,7 +522,11 @@ fn stop(r: &Running) {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let _ = std::fs::remove_file(&r.socket);
+    // Its poold removes the file as it stops; this is for one that was killed. Only the file
+    // it bound: during a binary upgrade the path is the new master's poold's by now.
+    if let Some(f) = &r.socket_file {
+        f.remove_if_still_there();
+    }
 }
 
 /// nginx is exiting: stop every poold.

@@ -692,24 +692,17 @@ impl Drop for DaemonGuard {
     }
 }
 
-#[test]
-fn a_daemonized_nginx_leaves_the_descriptors_it_was_started_with() {
-    // `daemon on`, as Debian's nginx runs: the shell or script that started it must see its
-    // stdout close when the master detaches, though poold was forked before that.
-    let dir = temp_prefix();
-    let guard = DaemonGuard { dir: dir.clone() };
-    let port = free_port();
-    let conf = Conf::new(
-        "    pool app handler=builtin:echo workers=1;",
-        "    location /echo { pool_pass app; }",
-    );
-    let path = ngx_pool_tests::write_conf(&dir, port, &conf);
+/// Starts nginx with `conf` as a daemon (`daemon on`, as Debian runs it) in `dir` on `port`;
+/// returns once the starting process exited and its stdout and stderr closed, with what it
+/// printed. Panics if they stay open (a process of nginx's kept them).
+fn start_daemon(dir: &std::path::Path, port: u16, conf: &Conf) -> String {
+    let path = ngx_pool_tests::write_conf(dir, port, conf);
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replacen("daemon off;", "daemon on;", 1)).unwrap();
     let mut starter = std::process::Command::new(&conf.nginx)
         .env_remove("PYTHONUNBUFFERED")
         .arg("-p")
-        .arg(&dir)
+        .arg(dir)
         .arg("-c")
         .arg(&path)
         .stdin(std::process::Stdio::null())
@@ -731,19 +724,69 @@ fn a_daemonized_nginx_leaves_the_descriptors_it_was_started_with() {
     });
     let status = starter.wait().expect("nginx's starting process");
     assert!(status.success(), "nginx did not start");
-    let said = rx
-        .recv_timeout(READY_TIMEOUT)
-        .expect("stdout and stderr of the starting nginx never closed: a daemon process kept them");
-    assert!(said.trim().is_empty(), "nginx printed: {said}");
-    // Serving, from a pool worker, and poold's stdout is not the starter's pipe.
+    rx.recv_timeout(READY_TIMEOUT)
+        .expect("stdout and stderr of the starting nginx never closed: a daemon process kept them")
+}
+
+/// The pid in a pid file of nginx's, once it is there.
+fn pid_in(file: &std::path::Path) -> i32 {
     let deadline = Instant::now() + READY_TIMEOUT;
-    let r = loop {
-        match request(port, "GET", "/echo/d", &[], b"") {
-            Ok(r) if r.status == 200 => break r,
-            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            other => panic!("the daemonized nginx does not serve: {other:?}"),
+    loop {
+        if let Ok(pid) = std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .trim()
+            .parse()
+        {
+            return pid;
         }
-    };
+        assert!(Instant::now() < deadline, "no pid in {}", file.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn send(pid: i32, sig: libc::c_int) {
+    // SAFETY: kill has no memory preconditions; the pid is one of this test's nginx masters.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "signal {sig} to {pid}");
+}
+
+/// GET `path` until it answers 200 (or the readiness timeout passes).
+fn served(port: u16, path: &str) -> ngx_pool_tests::http::Response {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        match request(port, "GET", path, &[], b"") {
+            Ok(r) if r.status == 200 => return r,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            other => panic!("{path} is not served: {other:?}"),
+        }
+    }
+}
+
+/// Quits the master in `dir`'s pid file and waits until no process of `dir` is left.
+fn quit_daemon(dir: &std::path::Path) {
+    send(pid_in(&dir.join("logs/nginx.pid")), libc::SIGQUIT);
+    let prefix = dir.display().to_string();
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !procs::with_arg_containing(&prefix).is_empty() {
+        assert!(Instant::now() < deadline, "processes left after quit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_daemonized_nginx_leaves_the_descriptors_it_was_started_with() {
+    // The shell or script that started nginx must see its stdout close when the master
+    // detaches, though poold was forked before that.
+    let dir = temp_prefix();
+    let guard = DaemonGuard { dir: dir.clone() };
+    let port = free_port();
+    let conf = Conf::new(
+        "    pool app handler=builtin:echo workers=1;",
+        "    location /echo { pool_pass app; }",
+    );
+    let said = start_daemon(&dir, port, &conf);
+    assert!(said.trim().is_empty(), "nginx printed: {said}");
+    // Serving, from a pool worker, and poold's stdin and stdout are not the starter's pipe.
+    let r = served(port, "/echo/d");
     assert!(r.header("X-Pool-Worker").is_some());
     let sock = format!("{}/logs/pool-app.sock", dir.display());
     let poold = procs::with_arg_containing(&sock);
@@ -758,20 +801,69 @@ fn a_daemonized_nginx_leaves_the_descriptors_it_was_started_with() {
             );
         }
     }
-    // Quit, and nothing is left.
-    let pid: i32 = std::fs::read_to_string(dir.join("logs/nginx.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // SAFETY: the daemon's master, by its pid file.
-    unsafe { libc::kill(pid, libc::SIGQUIT) };
-    let prefix = dir.display().to_string();
+    quit_daemon(&dir);
+    drop(guard);
+}
+
+#[test]
+fn a_binary_upgrade_keeps_the_pools_reachable_after_the_old_master_quits() {
+    // nginx's binary upgrade (Debian's `service nginx upgrade`): USR2 starts a new master with
+    // its own poolds on the same socket paths, then the old master is told to quit. The old
+    // poolds must not take the new ones' sockets with them: a later reload's workers attach.
+    let dir = temp_prefix();
+    let guard = DaemonGuard { dir: dir.clone() };
+    let port = free_port();
+    let conf = Conf::new(
+        "    pool app handler=builtin:echo workers=1;",
+        "    location /echo { pool_pass app; }",
+    );
+    start_daemon(&dir, port, &conf);
+    served(port, "/echo/before");
+    let logs = dir.join("logs");
+    let old = pid_in(&logs.join("nginx.pid"));
+    send(old, libc::SIGUSR2);
+    let oldbin = pid_in(&logs.join("nginx.pid.oldbin"));
+    assert_eq!(oldbin, old);
     let deadline = Instant::now() + READY_TIMEOUT;
-    while !procs::with_arg_containing(&prefix).is_empty() {
-        assert!(Instant::now() < deadline, "processes left after quit");
+    let new = loop {
+        let p = pid_in(&logs.join("nginx.pid"));
+        if p != old {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no new master");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    send(old, libc::SIGQUIT);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while procs::alive(old as u32) {
+        assert!(Instant::now() < deadline, "the old master did not quit");
         std::thread::sleep(Duration::from_millis(20));
     }
+    served(port, "/echo/after-upgrade");
+    // A reload: its new workers must find the socket to attach.
+    let attached = |d: &std::path::Path| {
+        std::fs::read_to_string(d.join("logs/error.log"))
+            .unwrap_or_default()
+            .matches("attached to")
+            .count()
+    };
+    let before = attached(&dir);
+    send(new, libc::SIGHUP);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while attached(&dir) < before + conf.worker_processes as usize {
+        assert!(
+            Instant::now() < deadline,
+            "the reloaded workers did not attach to the pool:\n{}",
+            std::fs::read_to_string(logs.join("error.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    served(port, "/echo/after-reload");
+    quit_daemon(&dir);
+    assert!(
+        !logs.join("pool-app.sock").exists(),
+        "the new master's poold left its socket"
+    );
     drop(guard);
 }
 

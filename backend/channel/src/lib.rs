@@ -41,6 +41,7 @@ pub mod region;
 pub mod region;
 pub mod scavenge;
 pub mod slot;
+pub mod socket_file;
 pub mod spin;
 #[cfg(not(loom))]
 pub mod status;

@@ -14,6 +14,7 @@ use ngx_pool_channel::handshake::{self, recv_frame, send_frame, Frame, READY, RE
 use ngx_pool_channel::layout::LAYOUT_VERSION;
 use ngx_pool_channel::scavenge::{self, NotNow};
 use ngx_pool_channel::slot::{self, FailReason, Handover, WorkerState};
+use ngx_pool_channel::socket_file::SocketFile;
 use ngx_pool_channel::Region;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
@@ -80,6 +81,9 @@ pub struct Supervisor {
     handler: LoadedHandler,
     /// `None` once draining: no new nginx workers.
     listener: Option<OwnedFd>,
+    /// The socket file this poold bound: removed when it stops or drains, unless another
+    /// poold bound the path since (a new nginx master's, during a binary upgrade).
+    socket_file: Option<SocketFile>,
     /// Set by SIGUSR2 (a newer generation of this pool took over): serve the nginx workers
     /// still attached, stop once the last one has gone and nothing is in flight.
     draining: Option<Instant>,
@@ -127,6 +131,7 @@ impl Supervisor {
         let listener = sys::listen_seqpacket(&cfg.socket).map_err(|e| {
             io::Error::new(e.kind(), format!("socket {}: {e}", cfg.socket.display()))
         })?;
+        let socket_file = SocketFile::identify(&cfg.socket);
         // Only the nginx workers' user may connect (and root).
         std::fs::set_permissions(
             &cfg.socket,
@@ -145,6 +150,7 @@ impl Supervisor {
             region,
             handler,
             listener: Some(listener),
+            socket_file,
             draining: None,
             signals,
             lifeline,
@@ -314,7 +320,7 @@ impl Supervisor {
             return;
         }
         self.listener = None;
-        let _ = std::fs::remove_file(&self.cfg.socket);
+        self.remove_socket_file();
         self.draining = Some(Instant::now());
         log!(
             "notice",
@@ -377,9 +383,16 @@ impl Supervisor {
         }
     }
 
+    /// Removes the socket file this poold bound, if the path still names it.
+    fn remove_socket_file(&self) {
+        if let Some(f) = &self.socket_file {
+            f.remove_if_still_there();
+        }
+    }
+
     /// Stops every worker (TERM, then KILL after a grace period) and removes the socket.
     fn stop(mut self) -> io::Result<()> {
-        let _ = std::fs::remove_file(&self.cfg.socket);
+        self.remove_socket_file();
         for w in &self.workers {
             if let Some(pid) = w.pid {
                 let _ = kill(pid, Signal::SIGTERM);
