@@ -56,6 +56,26 @@ fn ok(o: &Outcome) -> bool {
     matches!(&o.result, Ok(r) if r.status == 200)
 }
 
+/// Every request of the run answered 200; else the failures, with when they started.
+fn assert_none_failed(outcomes: &[Outcome]) {
+    let failed: Vec<_> = outcomes
+        .iter()
+        .filter(|o| !ok(o))
+        .map(|o| {
+            (
+                o.started,
+                o.result.as_ref().map(|r| r.status).map_err(|e| e.clone()),
+            )
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        outcomes.len()
+    );
+}
+
 #[test]
 fn requests_spread_over_the_three_hosts() {
     let Some(c) = Cluster::up(21, 3) else { return };
@@ -221,17 +241,7 @@ fn reload_of_one_host_under_load_fails_no_request() {
     }
     std::thread::sleep(Duration::from_millis(500)); // traffic on the reloaded host
     let outcomes = run.finish();
-    let failed: Vec<_> = outcomes
-        .iter()
-        .filter(|o| !ok(o))
-        .map(|o| o.result.as_ref().map(|r| r.status))
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} failed: {failed:?}",
-        failed.len(),
-        outcomes.len()
-    );
+    assert_none_failed(&outcomes);
     assert!(
         outcomes
             .iter()
@@ -275,24 +285,9 @@ fn a_host_cut_off_for_seconds_costs_delays_not_failures() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let outcomes = run.finish();
-    let failed: Vec<_> = outcomes
-        .iter()
-        .filter(|o| !ok(o))
-        .map(|o| {
-            (
-                o.started,
-                o.result.as_ref().map(|r| r.status).map_err(|e| e.clone()),
-            )
-        })
-        .collect();
     // A connect to the cut host times out (1 s) and the request moves; one in flight there, or
     // sent on a kept-alive connection, finishes once TCP retransmits after the link is back.
-    assert!(
-        failed.is_empty(),
-        "{} of {} failed: {failed:?}",
-        failed.len(),
-        outcomes.len()
-    );
+    assert_none_failed(&outcomes);
     let during: Vec<&Outcome> = outcomes
         .iter()
         .filter(|o| o.started > cut_at && o.started < back_at)

@@ -772,17 +772,22 @@ fn quit_daemon(dir: &std::path::Path) {
     }
 }
 
-#[test]
-fn a_daemonized_nginx_leaves_the_descriptors_it_was_started_with() {
-    // The shell or script that started nginx must see its stdout close when the master
-    // detaches, though poold was forked before that.
-    let dir = temp_prefix();
-    let guard = DaemonGuard { dir: dir.clone() };
-    let port = free_port();
+/// A prefix (removed, with every process of it, by the guard), a port and a configuration
+/// with one echo pool at /echo, for the daemonized tests.
+fn echo_daemon_conf() -> (DaemonGuard, u16, Conf) {
     let conf = Conf::new(
         "    pool app handler=builtin:echo workers=1;",
         "    location /echo { pool_pass app; }",
     );
+    (DaemonGuard { dir: temp_prefix() }, free_port(), conf)
+}
+
+#[test]
+fn a_daemonized_nginx_leaves_the_descriptors_it_was_started_with() {
+    // The shell or script that started nginx must see its stdout close when the master
+    // detaches, though poold was forked before that.
+    let (guard, port, conf) = echo_daemon_conf();
+    let dir = guard.dir.clone();
     let said = start_daemon(&dir, port, &conf);
     assert!(said.trim().is_empty(), "nginx printed: {said}");
     // Serving, from a pool worker, and poold's stdin and stdout are not the starter's pipe.
@@ -810,13 +815,8 @@ fn a_binary_upgrade_keeps_the_pools_reachable_after_the_old_master_quits() {
     // nginx's binary upgrade (Debian's `service nginx upgrade`): USR2 starts a new master with
     // its own poolds on the same socket paths, then the old master is told to quit. The old
     // poolds must not take the new ones' sockets with them: a later reload's workers attach.
-    let dir = temp_prefix();
-    let guard = DaemonGuard { dir: dir.clone() };
-    let port = free_port();
-    let conf = Conf::new(
-        "    pool app handler=builtin:echo workers=1;",
-        "    location /echo { pool_pass app; }",
-    );
+    let (guard, port, conf) = echo_daemon_conf();
+    let dir = guard.dir.clone();
     start_daemon(&dir, port, &conf);
     served(port, "/echo/before");
     let logs = dir.join("logs");
