@@ -909,3 +909,90 @@ fn pool_lines_follow_the_error_log_through_a_rotation() {
     });
     ng.finish();
 }
+
+#[test]
+fn a_removed_socket_file_is_made_again_for_the_workers_started_after() {
+    // Deleted by hand or by a cleaner: the attached workers never notice, and poold binds the
+    // path again, so a reload's new workers still attach.
+    let mut ng = Nginx::start(Conf::new(
+        "    pool app handler=builtin:echo workers=1;",
+        "    location /echo { pool_pass app; }",
+    ));
+    let sock = ng.dir.join("logs/pool-app.sock");
+    std::fs::remove_file(&sock).unwrap();
+    assert_eq!(ng.get("/echo/attached").status, 200);
+    ng.wait_for("poold to make its socket file again", |ng| {
+        ng.log().contains("was removed; made it again")
+    });
+    assert!(sock.exists());
+    ng.reload(None);
+    assert_eq!(ng.get("/echo/after-reload").status, 200);
+    ng.finish();
+}
+
+#[test]
+fn an_aborted_binary_upgrade_leaves_the_old_master_s_pools_reachable() {
+    // USR2, then the new master told to quit instead of the old one (nginx's documented way
+    // back), then HUP to the old master for new workers: they must find the pool's socket,
+    // which the quitting new poold removed with its own.
+    let (guard, port, conf) = echo_daemon_conf();
+    let dir = guard.dir.clone();
+    start_daemon(&dir, port, &conf);
+    served(port, "/echo/before");
+    let logs = dir.join("logs");
+    let old = pid_in(&logs.join("nginx.pid"));
+    send(old, libc::SIGUSR2);
+    pid_in(&logs.join("nginx.pid.oldbin"));
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let new = loop {
+        let p = pid_in(&logs.join("nginx.pid"));
+        if p != old {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no new master");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let error_log = || std::fs::read_to_string(logs.join("error.log")).unwrap_or_default();
+    // The new master's worker attached to its own poold before it is sent away.
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while error_log().matches("attached to").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the new master's worker did not attach"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    send(new, libc::SIGQUIT);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while procs::alive(new as u32) {
+        assert!(Instant::now() < deadline, "the new master did not quit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !error_log().contains("was removed; made it again") {
+        assert!(
+            Instant::now() < deadline,
+            "the old poold did not make its socket again:\n{}",
+            error_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = error_log().matches("attached to").count();
+    send(old, libc::SIGHUP);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while error_log().matches("attached to").count() < before + 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the old master's new worker did not attach:\n{}",
+            error_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    served(port, "/echo/after-abort");
+    // nginx.pid went with the new master: the old one's is nginx.pid.oldbin.
+    if !logs.join("nginx.pid").exists() {
+        std::fs::rename(logs.join("nginx.pid.oldbin"), logs.join("nginx.pid")).unwrap();
+    }
+    quit_daemon(&dir);
+    drop(guard);
+}

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 mod children;
 mod conns;
 mod size;
+mod socket;
 
 /// A worker that dies sooner than this after its start counts as a crash loop.
 const QUICK_DEATH: Duration = Duration::from_secs(1);
@@ -84,6 +85,10 @@ pub struct Supervisor {
     /// The socket file this poold bound: removed when it stops or drains, unless another
     /// poold bound the path since (a new nginx master's, during a binary upgrade).
     socket_file: Option<SocketFile>,
+    /// The socket's directory, watched for the file's removal ([`socket`]).
+    socket_watch: Option<nix::sys::inotify::Inotify>,
+    /// When to look whether the removed socket file should be made again.
+    socket_check_at: Option<Instant>,
     /// Set by SIGUSR2 (a newer generation of this pool took over): serve the nginx workers
     /// still attached, stop once the last one has gone and nothing is in flight.
     draining: Option<Instant>,
@@ -107,6 +112,7 @@ pub struct Supervisor {
 enum Source {
     Signals,
     Listener,
+    SocketDir,
     Lifeline,
     Pending(usize),
     Conn(usize),
@@ -128,18 +134,8 @@ impl Supervisor {
             _ => None,
         };
         let region = Region::create(&cfg.pool.name, cfg.geometry(), std::process::id())?;
-        let listener = sys::listen_seqpacket(&cfg.socket).map_err(|e| {
-            io::Error::new(e.kind(), format!("socket {}: {e}", cfg.socket.display()))
-        })?;
-        let socket_file = SocketFile::identify(&cfg.socket);
-        // Only the nginx workers' user may connect (and root).
-        std::fs::set_permissions(
-            &cfg.socket,
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )?;
-        if let Some((uid, gid)) = run_as {
-            nix::unistd::chown(&cfg.socket, Some(uid), Some(gid))?;
-        }
+        let (listener, socket_file) = socket::bind(&cfg, run_as)?;
+        let socket_watch = socket::watch(&cfg);
         let conns = (0..cfg.max_conns).map(|_| None).collect();
         // One entry per region worker slot: `workers` run, the others take replacements.
         let workers = (0..cfg.geometry().max_workers)
@@ -151,6 +147,8 @@ impl Supervisor {
             handler,
             listener: Some(listener),
             socket_file,
+            socket_watch,
+            socket_check_at: None,
             draining: None,
             signals,
             lifeline,
@@ -188,6 +186,9 @@ impl Supervisor {
                 self.enforce_deadlines();
                 self.respawn_due()?;
                 self.resize()?;
+                if let Err(e) = self.recheck_socket() {
+                    log!("error", "cannot make the socket file again: {e}");
+                }
             }
             for src in ready {
                 match src {
@@ -201,6 +202,7 @@ impl Supervisor {
                         return self.stop();
                     }
                     Source::Listener => self.accept_all(),
+                    Source::SocketDir => self.on_socket_dir_event(),
                     Source::Pending(i) => self.on_hello(i),
                     Source::Conn(i) => self.on_conn_readable(i),
                     Source::Worker(i) => self.on_worker_message(i)?,
@@ -241,6 +243,10 @@ impl Supervisor {
         if let Some(l) = &self.listener {
             sources.push(Source::Listener);
             fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(w) = &self.socket_watch {
+            sources.push(Source::SocketDir);
+            fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
         }
         if let Some(l) = &self.lifeline {
             sources.push(Source::Lifeline);
@@ -285,10 +291,10 @@ impl Supervisor {
             || self.draining.is_some()
             || self.maybe_lost)
             .then(|| Instant::now() + tick);
-        let next_wake = match (next_respawn, next_tick) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let next_wake = [next_respawn, next_tick, self.socket_check_at]
+            .into_iter()
+            .flatten()
+            .min();
         let timeout = match next_wake {
             Some(at) => {
                 // Rounded up: waking a millisecond early would find nothing due and wait again.
