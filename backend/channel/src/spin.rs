@@ -62,16 +62,17 @@ impl Spin {
         let before = involuntary_switches();
         let started = Instant::now();
         let until = started + (self.typical * 2).clamp(MIN_POLL.min(self.max), self.max);
-        let mut found = None;
-        while Instant::now() < until {
+        // At least one poll, however short the budget: on a loaded machine the clock may pass
+        // `until` before the first look, and a poll that never looked learns nothing.
+        let found = loop {
             for _ in 0..64 {
                 std::hint::spin_loop();
             }
-            found = poll();
-            if found.is_some() {
-                break;
+            let found = poll();
+            if found.is_some() || Instant::now() >= until {
+                break found;
             }
-        }
+        };
         if found.is_none() || involuntary_switches() > before {
             self.backoff = (self.backoff * 2).clamp(1, MAX_BACKOFF);
             self.skip = self.backoff;
