@@ -268,18 +268,24 @@ pub fn write_conf(dir: &Path, port: u16, conf: &Conf) -> PathBuf {
 /// Runs `nginx -t` on `conf`; returns (success, output).
 pub fn nginx_test_config(conf: &Conf) -> (bool, String) {
     let dir = temp_prefix();
-    let path = write_conf(&dir, free_port(), conf);
+    let out = nginx_test_config_in(&dir, conf);
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+/// Runs `nginx -t` on `conf` with prefix `dir` (left in place); returns (success, output).
+pub fn nginx_test_config_in(dir: &Path, conf: &Conf) -> (bool, String) {
+    let path = write_conf(dir, free_port(), conf);
     let out = Command::new(&conf.nginx)
         .envs(conf.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .args(["-t", "-p"])
-        .arg(&dir)
+        .arg(dir)
         .arg("-c")
         .arg(&path)
         .output()
         .expect("run nginx -t");
     let text =
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    let _ = std::fs::remove_dir_all(&dir);
     (out.status.success(), text)
 }
 

@@ -110,13 +110,26 @@ fn pool_pass_outside_a_location_and_missing_handler() {
 
 #[test]
 fn nginx_t_starts_no_poold() {
-    let before = ngx_pool_tests::procs::with_arg_containing("--lifeline-fd").len();
-    let (ok, _) = nginx_test_config(&Conf::new("    pool app handler=builtin:echo;", LOC));
-    assert!(ok);
-    assert_eq!(
-        ngx_pool_tests::procs::with_arg_containing("--lifeline-fd").len(),
-        before
+    // This test's own prefix: other tests' poolds come and go meanwhile.
+    let dir = ngx_pool_tests::temp_prefix();
+    let (ok, said) = ngx_pool_tests::nginx_test_config_in(
+        &dir,
+        &Conf::new("    pool app handler=builtin:echo;", LOC),
     );
+    assert!(ok, "{said}");
+    assert!(!said.contains("started poold"), "{said}");
+    let log = std::fs::read_to_string(dir.join("logs/error.log")).unwrap_or_default();
+    assert!(!log.contains("started poold"), "{log}");
+    assert!(
+        !dir.join("logs/pool-app.sock").exists(),
+        "a socket was made"
+    );
+    let socket = dir.join("logs/pool-app.sock").display().to_string();
+    assert_eq!(
+        ngx_pool_tests::procs::with_arg_containing(&socket),
+        Vec::<u32>::new()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
