@@ -178,6 +178,9 @@ fn a_host_killed_mid_load_loses_only_its_requests_in_flight() {
     std::thread::sleep(Duration::from_secs(1)); // load, not synchronisation: a second of traffic
     let killed_at = run.t0.elapsed();
     c.host_cmd("kill", 2); // SIGKILL of host 2's nginx, poold and pool workers
+                           // The kill happened somewhere in between (the script takes its time under load): a request
+                           // started before it was done may have been in flight on host 2.
+    let killed_by = run.t0.elapsed();
     let fail_timeout = Duration::from_secs(5);
     std::thread::sleep(fail_timeout + Duration::from_secs(2));
     let outcomes = run.finish();
@@ -186,9 +189,9 @@ fn a_host_killed_mid_load_loses_only_its_requests_in_flight() {
     assert!(failed.len() <= clients, "{} failed", failed.len());
     for o in &failed {
         assert!(
-            o.started <= killed_at + Duration::from_millis(100),
-            "a request started {:?} after the kill failed: {:?}",
-            o.started - killed_at,
+            o.started <= killed_by,
+            "a request started {:?} after the kill was done failed: {:?}",
+            o.started - killed_by,
             o.result.as_ref().map(|r| r.status)
         );
     }
