@@ -810,6 +810,23 @@ fn a_daemonized_nginx_leaves_the_descriptors_it_was_started_with() {
     drop(guard);
 }
 
+/// USR2 to the master in `logs/nginx.pid`: nginx's binary upgrade. Returns the old master and
+/// the new one, once the new one has written its pid file (the old one's is now `.oldbin`).
+fn upgrade_binary(logs: &std::path::Path) -> (i32, i32) {
+    let old = pid_in(&logs.join("nginx.pid"));
+    send(old, libc::SIGUSR2);
+    assert_eq!(pid_in(&logs.join("nginx.pid.oldbin")), old);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let p = pid_in(&logs.join("nginx.pid"));
+        if p != old {
+            return (old, p);
+        }
+        assert!(Instant::now() < deadline, "no new master");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_binary_upgrade_keeps_the_pools_reachable_after_the_old_master_quits() {
     // nginx's binary upgrade (Debian's `service nginx upgrade`): USR2 starts a new master with
@@ -820,19 +837,7 @@ fn a_binary_upgrade_keeps_the_pools_reachable_after_the_old_master_quits() {
     start_daemon(&dir, port, &conf);
     served(port, "/echo/before");
     let logs = dir.join("logs");
-    let old = pid_in(&logs.join("nginx.pid"));
-    send(old, libc::SIGUSR2);
-    let oldbin = pid_in(&logs.join("nginx.pid.oldbin"));
-    assert_eq!(oldbin, old);
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let new = loop {
-        let p = pid_in(&logs.join("nginx.pid"));
-        if p != old {
-            break p;
-        }
-        assert!(Instant::now() < deadline, "no new master");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (old, new) = upgrade_binary(&logs);
     send(old, libc::SIGQUIT);
     let deadline = Instant::now() + READY_TIMEOUT;
     while procs::alive(old as u32) {
@@ -940,18 +945,7 @@ fn an_aborted_binary_upgrade_leaves_the_old_master_s_pools_reachable() {
     start_daemon(&dir, port, &conf);
     served(port, "/echo/before");
     let logs = dir.join("logs");
-    let old = pid_in(&logs.join("nginx.pid"));
-    send(old, libc::SIGUSR2);
-    pid_in(&logs.join("nginx.pid.oldbin"));
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let new = loop {
-        let p = pid_in(&logs.join("nginx.pid"));
-        if p != old {
-            break p;
-        }
-        assert!(Instant::now() < deadline, "no new master");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (old, new) = upgrade_binary(&logs);
     let error_log = || std::fs::read_to_string(logs.join("error.log")).unwrap_or_default();
     // The new master's worker attached to its own poold before it is sent away.
     let deadline = Instant::now() + READY_TIMEOUT;
