@@ -109,23 +109,27 @@ fn daemon_path(main: &MainConf) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("poold"))
 }
 
-/// The path of the cycle's error log, when it is a file (not stderr, not syslog).
-fn error_log_path(cycle: *mut ngx_cycle_t) -> Option<PathBuf> {
-    // SAFETY: the cycle's log and its open file live as long as the cycle; the name is a
-    // (pointer, length) pair nginx set when it opened the file, read only.
-    let name = unsafe {
+/// The cycle's error log: its descriptor (stderr's if it has none), and its path when it is a
+/// file (not stderr, not syslog). poold's stdout and stderr are that descriptor, and it follows
+/// the path through a rotation.
+fn error_log(cycle: *mut ngx_cycle_t) -> (i32, Option<PathBuf>) {
+    // SAFETY: the cycle's log and its open file live as long as the cycle; we read the
+    // descriptor number and the name, a (pointer, length) pair nginx set when it opened the
+    // file, and copy the name out.
+    let (fd, name) = unsafe {
         let log = (*cycle).log;
         if log.is_null() || (*log).file.is_null() {
-            return None;
+            return (2, None);
         }
-        let name = (*(*log).file).name;
-        if name.data.is_null() || name.len == 0 {
-            return None;
-        }
-        std::slice::from_raw_parts(name.data, name.len)
+        let file = &*(*log).file;
+        let name = (!file.name.data.is_null() && file.name.len > 0)
+            .then(|| std::slice::from_raw_parts(file.name.data, file.name.len).to_vec());
+        (file.fd, name)
     };
-    let path = PathBuf::from(std::ffi::OsStr::from_bytes(name));
-    path.is_absolute().then_some(path)
+    let path = name
+        .map(|n| PathBuf::from(std::ffi::OsStr::from_bytes(&n)))
+        .filter(|p| p.is_absolute());
+    (fd, path)
 }
 
 fn argv_for(pool: &PoolEntry, wsgi_adapter: Option<&Path>, cycle: *mut ngx_cycle_t) -> Vec<String> {
@@ -136,7 +140,7 @@ fn argv_for(pool: &PoolEntry, wsgi_adapter: Option<&Path>, cycle: *mut ngx_cycle
     if let Some(adapter) = wsgi_adapter {
         argv.extend(["--wsgi-adapter".into(), adapter.display().to_string()]);
     }
-    if let Some(log) = error_log_path(cycle) {
+    if let Some(log) = error_log(cycle).1 {
         // poold's stdout and stderr are this file (see `spawn`): it follows a rotation.
         argv.extend(["--error-log".into(), log.display().to_string()]);
     }
@@ -406,15 +410,7 @@ fn spawn(
     }
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
-    // SAFETY: the cycle's log is open; we only read its descriptor number.
-    let log_fd = unsafe {
-        let log = (*cycle).log;
-        if !log.is_null() && !(*log).file.is_null() {
-            (*(*log).file).fd
-        } else {
-            2
-        }
-    };
+    let (log_fd, _) = error_log(cycle);
     let dev_null = std::fs::File::open("/dev/null").ok();
     // SAFETY: the nginx master is single-threaded, so the child may run anything; still, between
     // fork and exec it only makes async-signal-safe calls on memory prepared before the fork.

@@ -24,10 +24,6 @@ impl SocketFile {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Removes the file if the path still names it; true if it did. Another process binding
     /// the path between the look and the removal is the one race left, and only a
     /// restart at that very moment could lose its file (it is then made again by its next

@@ -77,10 +77,7 @@ impl Supervisor {
 
     /// When the look is due: binds the path again if it is still empty.
     pub(super) fn recheck_socket(&mut self) -> io::Result<()> {
-        if self
-            .socket_check_at
-            .is_none_or(|at| at > Instant::now() || self.draining.is_some())
-        {
+        if self.socket_check_at.is_none_or(|at| at > Instant::now()) {
             return Ok(());
         }
         self.socket_check_at = None;
