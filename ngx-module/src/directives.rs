@@ -9,9 +9,9 @@
 use crate::params::{self, Param};
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_module_t, ngx_str_t, ngx_uint_t,
-    NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LIF_CONF,
-    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
-    NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
+    NGX_CONF_1MORE, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE1234, NGX_CONF_TAKE2,
+    NGX_HTTP_LIF_CONF, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
 use ngx_pool_conf::{self as conf, PoolConf};
@@ -55,6 +55,10 @@ pub struct LocConf {
     pub log_level: Option<u32>,
     /// `pool_param`s written at this level (`None`: inherited, as `uwsgi_param` is).
     pub params: Option<Vec<Param>>,
+    /// `pool_buffering` and its companions, as written at this level, then merged.
+    pub buffering: buffering::Buffering,
+    /// The merged buffering values, for locations that pass to a pool.
+    pub effective: Option<buffering::Effective>,
 }
 
 /// Zero-sized handle that ties the configuration types to the module.
@@ -110,7 +114,10 @@ const fn command(
     }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 9] = [
+/// The directives every level (http, server, location) may hold.
+const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
+
+pub static mut COMMANDS: [ngx_command_t; 17] = [
     command(
         b"pool\0",
         NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE,
@@ -157,6 +164,54 @@ pub static mut COMMANDS: [ngx_command_t; 9] = [
         b"pool_status\0",
         NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
         set_pool_status,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        b"pool_buffering\0",
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        buffering::set_buffering,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        b"pool_buffers\0",
+        ANY_LEVEL | NGX_CONF_TAKE2,
+        buffering::set_buffers,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        b"pool_buffer_size\0",
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        buffering::set_buffer_size,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        b"pool_busy_buffers_size\0",
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        buffering::set_busy_size,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        b"pool_temp_path\0",
+        ANY_LEVEL | NGX_CONF_TAKE1234,
+        buffering::set_temp_path,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        b"pool_max_temp_file_size\0",
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        buffering::set_max_temp_file_size,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        b"pool_temp_file_write_size\0",
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        buffering::set_temp_file_write_size,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        b"pool_max_header_size\0",
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        buffering::set_max_header_size,
         NGX_HTTP_LOC_CONF_OFFSET,
     ),
     ngx_command_t::empty(),
@@ -239,9 +294,22 @@ unsafe fn merge_loc(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> 
     if conf.log_level.is_none() {
         conf.log_level = prev.log_level;
     }
+    conf.buffering.inherit(&prev.buffering);
     let Some(name) = conf.pool_name.clone() else {
+        // No pool here: the settings only pass down; a temp path is made where one is used.
+        if conf.buffering.temp_path.0.is_null() {
+            conf.buffering.temp_path.0 = prev.buffering.temp_path.0;
+        }
         return ptr::null_mut();
     };
+    // SAFETY: cf is the configuration being merged.
+    if unsafe { buffering::merge_temp_path(cf, &prev.buffering, &mut conf.buffering) }.is_err() {
+        return NGX_CONF_ERROR;
+    }
+    match conf.buffering.effective() {
+        Ok(e) => conf.effective = Some(e),
+        Err(e) => return conf_error(cf, &format!("{e} (for pool_pass in {})", conf.origin)),
+    }
     // SAFETY: cf is valid during merging.
     let Some(main) = Module::main_conf(unsafe { &*cf }) else {
         return NGX_CONF_ERROR;
@@ -278,7 +346,7 @@ unsafe fn merge_loc(cf: *mut ngx_conf_t, prev: &LocConf, conf: &mut LocConf) -> 
 /// edge guard against panics), then `$body`, which returns NULL or an error as nginx expects.
 macro_rules! setter {
     ($name:ident, $conf:ty, |$cf:ident, $c:ident, $args:ident| $body:block) => {
-        unsafe extern "C" fn $name(
+        pub(crate) unsafe extern "C" fn $name(
             cf: *mut ngx_conf_t,
             _cmd: *mut ngx_command_t,
             conf: *mut c_void,
@@ -302,6 +370,8 @@ macro_rules! setter {
         }
     };
 }
+
+pub mod buffering;
 
 setter!(set_pool, MainConf, |cf, main, args| {
     let mut pool = match conf::parse_pool(&args) {

@@ -38,13 +38,26 @@ pub enum Started {
     /// Sent whole (small body copied, or no body for HEAD): finalize with this code; the slot
     /// can be released now.
     Sent(ngx_int_t),
-    /// The body streams from the arena.
+    /// The body streams from the arena to the client without copying (`pool_buffering off`).
     Streaming(Download),
+    /// The body is to be buffered ([`crate::buffered`]): the reader stands after the head.
+    Buffer {
+        reader: StreamReader,
+        head_len: u64,
+        declared: Option<u64>,
+    },
 }
 
-/// Responses whose body is complete and at most this long are copied into the request's pool
-/// and their slot released at once; longer ones are sent from the arena without copying.
-const COPY_UP_TO: u64 = 16 << 10;
+/// How a location wants its responses.
+pub struct Opts {
+    /// Buffer the body (unless the handler says `X-Accel-Buffering: no`).
+    pub buffering: bool,
+    /// A complete response whose body is at most this long is copied whole into the request's
+    /// pool and its slot released at once (`pool_buffer_size`).
+    pub copy_up_to: u64,
+    /// The largest response head accepted (`pool_max_header_size`).
+    pub max_head: u64,
+}
 
 const HOP_BY_HOP: &[&[u8]] = &[
     b"connection",
@@ -55,6 +68,8 @@ const HOP_BY_HOP: &[&[u8]] = &[
     b"content-length",
     b"te",
     b"trailer",
+    // Read by us, never passed on (proxy hides it too).
+    b"x-accel-buffering",
 ];
 
 /// Reads the response head of slot `id` (in `Streaming`, or `Done` when `total` is known),
@@ -65,9 +80,16 @@ pub fn start(
     id: SlotId,
     head_len: u32,
     total: Option<u64>,
+    opts: &Opts,
 ) -> Result<Started, String> {
     let g = region.geometry();
     let head_len = u64::from(head_len);
+    if head_len > opts.max_head {
+        return Err(format!(
+            "response head of {head_len} bytes exceeds pool_max_header_size ({} bytes)",
+            opts.max_head
+        ));
+    }
     let published = ngx_pool_channel::stream::published(region, id, Direction::Response);
     if head_len == 0 || head_len > g.message_limit() || head_len > published {
         return Err(format!("bad response head length {head_len}"));
@@ -79,7 +101,7 @@ pub fn start(
     }
     // A small complete response is read whole, head and body, into one buffer of the
     // request's pool; otherwise just the head.
-    let small = total.filter(|t| t - head_len <= COPY_UP_TO);
+    let small = total.filter(|t| t - head_len <= opts.copy_up_to);
     let want = small.unwrap_or(head_len);
     // SAFETY: pool memory of the live request, valid until the request is freed (after its
     // response is sent); filled completely below before it is read.
@@ -123,6 +145,25 @@ pub fn start(
     }
     if small.is_some() {
         return Ok(Started::Sent(send_pooled(r, body)));
+    }
+    let buffering = view
+        .headers
+        .iter()
+        .rev()
+        .find(|(name, _)| name.eq_ignore_ascii_case(b"x-accel-buffering"))
+        .map_or(opts.buffering, |(_, v)| {
+            match v.to_ascii_lowercase().as_slice() {
+                b"no" => false,
+                b"yes" => true,
+                _ => opts.buffering,
+            }
+        });
+    if buffering {
+        return Ok(Started::Buffer {
+            reader,
+            head_len,
+            declared,
+        });
     }
     Ok(Started::Streaming(Download {
         reader,

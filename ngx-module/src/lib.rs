@@ -17,6 +17,7 @@
 #![allow(rustdoc::private_intra_doc_links)]
 
 mod attach;
+mod buffered;
 mod directives;
 mod download;
 mod edge;

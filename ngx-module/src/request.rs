@@ -12,6 +12,8 @@
 //! then nginx has sent every byte that pointed into the region.
 
 use crate::attach::State;
+use crate::buffered::{Buffered, Feed, Turn};
+use crate::directives::buffering::Effective;
 use crate::directives::Module;
 use crate::download::{self, Download, Pump, Started};
 use crate::runtime::{self, with_pool, InFlight};
@@ -50,7 +52,11 @@ struct Ctx {
     /// The pool's mapping, held while buffers may point into it.
     region: Rc<Region>,
     upload: Option<Upload>,
+    /// The response, once its head is out: streamed from the arena, or buffered.
     download: Option<Download>,
+    buffered: Option<Buffered>,
+    /// The location's buffering settings.
+    buffering: Effective,
     timeout_ms: u64,
     /// The location's `pool_timeout`, passed on for poold to enforce too.
     own_timeout: Option<u64>,
@@ -281,6 +287,7 @@ fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, Refused> {
     // SAFETY: `r` is a live request nginx handed us.
     let req = unsafe { Request::from_ngx_http_request(r) };
     let loc = Module::location_conf(req).ok_or(500 as ngx_int_t)?;
+    let buffering = loc.effective.ok_or(500 as ngx_int_t)?;
     let own_timeout = loc.timeout_ms;
     let timeout_ms = own_timeout.unwrap_or(timeout_ms);
     // SAFETY: fields of a live request.
@@ -359,6 +366,8 @@ fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, Refused> {
             region,
             upload: Some(Upload::new(bytes, parts)),
             download: None,
+            buffered: None,
+            buffering,
             timeout_ms,
             own_timeout,
             outcome: Outcome::default(),
@@ -512,16 +521,21 @@ fn submit(ctx: *mut Ctx) {
     let Some((conn, conn_gen)) = attached else {
         return fail(ctx, 503, format!("pool \"{}\": poold went away", name()));
     };
-    // Requests may hold three quarters of the arena; the rest stays for answers, so the
-    // requests running can always finish and free what the waiting ones need. Past that, wait
-    // for room (bounded by the queue deadline, then 503).
+    // A request joins the queue only while the arena stays at most half full with it: waiting
+    // requests hold just their head (see `Upload::pump`), and the other half is for running
+    // requests' bodies (up to three quarters) and answers, so those can always finish and free
+    // what the waiting ones need. Past that, wait in nginx for room (bounded by the queue
+    // deadline, then 503), holding nothing of the arena.
     let g = region.geometry();
     let in_use = region
         .header()
         .stats
         .chunks_in_use
         .load(std::sync::atomic::Ordering::Relaxed);
-    if in_use * 4 >= u64::from(g.chunks) * 3 {
+    let head_chunks = c.upload.as_ref().map_or(1, |u| {
+        u64::from(u.head_len()).div_ceil(u64::from(g.chunk_data()))
+    });
+    if (in_use + head_chunks) * 2 > u64::from(g.chunks) {
         return arm_retry(ctx);
     }
     let Some(id) = slot::alloc(region.nginx_side(), conn, conn_gen) else {
@@ -612,6 +626,12 @@ fn arm_retry(ctx: *mut Ctx) {
 
 /// Drives a suspended request after any event: more body in, response out, or its end.
 fn progress(ctx: *mut Ctx) {
+    drive(ctx, false);
+}
+
+/// As [`progress`]; `client` when the event is the client's (it can take more bytes, or its
+/// send timed out).
+fn drive(ctx: *mut Ctx, client: bool) {
     // SAFETY: `ctx` is a live context.
     let c = unsafe { &mut *ctx };
     if !c.active {
@@ -631,13 +651,13 @@ fn progress(ctx: *mut Ctx) {
                 return;
             }
             if state == Some(SlotState::Streaming) {
-                pump_download(ctx, &region, id, None);
+                respond(ctx, &region, id, None, client);
             }
         }
         Some(SlotState::Done) => {
             c.upload = None;
             let total = slot::response(&region, id).map(|(_, t)| t);
-            pump_download(ctx, &region, id, total);
+            respond(ctx, &region, id, total, client);
         }
         Some(SlotState::Failed) => {
             let reason = slot::fail_reason(&region, id);
@@ -719,16 +739,28 @@ fn pump_upload(ctx: *mut Ctx, region: &Region, id: SlotId, queued: bool) -> bool
     }
 }
 
-/// Sends the response head once, then body bytes as they come; `total` once `Done`.
-fn pump_download(ctx: *mut Ctx, region: &Region, id: SlotId, total: Option<u64>) {
+/// Sends the response head once, then the body: buffered through nginx's event pipe, or
+/// streamed from the arena as it comes; `total` once `Done`.
+fn respond(ctx: *mut Ctx, region: &Region, id: SlotId, total: Option<u64>, client: bool) {
     // SAFETY: `ctx` is a live context.
     let c = unsafe { &mut *ctx };
     let r = c.r;
-    if c.download.is_none() {
+    if c.download.is_none() && c.buffered.is_none() {
         let head_len = slot::response(region, id).map_or(0, |(h, _)| h);
-        match download::start(r, region, id, head_len, total) {
+        let opts = download::Opts {
+            buffering: c.buffering.response,
+            copy_up_to: c.buffering.buffer_size as u64,
+            max_head: c.buffering.max_header_size as u64,
+        };
+        match download::start(r, region, id, head_len, total, &opts) {
             Err(e) => {
-                return fail(ctx, 502, format!("bad response from pool worker: {e}"));
+                let (name, handler) =
+                    with_pool(c.pool, |p| (p.name.clone(), p.handler.clone())).unwrap_or_default();
+                return fail(
+                    ctx,
+                    502,
+                    format!("pool \"{name}\" (handler \"{handler}\"): bad response from pool worker: {e}"),
+                );
             }
             Ok(Started::Sent(rc)) => {
                 // Nothing points into the region: the slot goes back now (a worker still
@@ -737,8 +769,50 @@ fn pump_download(ctx: *mut Ctx, region: &Region, id: SlotId, total: Option<u64>)
                 return complete(ctx, rc);
             }
             Ok(Started::Streaming(d)) => c.download = Some(d),
+            Ok(Started::Buffer {
+                reader,
+                head_len,
+                declared,
+            }) => {
+                let feed = Feed::new(c.region.clone(), id, reader, head_len, declared);
+                match Buffered::new(r, feed, &c.buffering) {
+                    Some(b) => c.buffered = Some(b),
+                    None => return terminate(ctx),
+                }
+            }
         }
     }
+    if c.buffered.is_some() {
+        return pump_buffered(ctx, client);
+    }
+    pump_download(ctx, region, id, total);
+}
+
+/// Turns the event pipe of a buffered response once.
+fn pump_buffered(ctx: *mut Ctx, client: bool) {
+    // SAFETY: `ctx` is a live context.
+    let c = unsafe { &mut *ctx };
+    let Some(b) = c.buffered.as_mut() else {
+        return;
+    };
+    match b.turn(c.r, client) {
+        Turn::Wait => {}
+        Turn::Finished(rc) => {
+            // Every byte is out of the arena and in nginx's hands (memory or temp file): the
+            // slot goes back now, and the rest is nginx's to send at the client's pace.
+            forget_slot(ctx);
+            complete(ctx, rc);
+        }
+        Turn::Broken(why) => fail(ctx, 502, format!("pool \"{}\": {why}", pool_name(c.pool))),
+        Turn::ClientGone => terminate(ctx),
+    }
+}
+
+/// Streams body bytes from the arena as they come (`pool_buffering off`).
+fn pump_download(ctx: *mut Ctx, region: &Region, id: SlotId, total: Option<u64>) {
+    // SAFETY: `ctx` is a live context.
+    let c = unsafe { &mut *ctx };
+    let r = c.r;
     let Some(d) = c.download.as_mut() else {
         return;
     };
@@ -807,7 +881,10 @@ fn deactivate(ctx: *mut Ctx) -> bool {
 /// is already out. `msg` goes to the error log (unless empty).
 fn fail(ctx: *mut Ctx, status: ngx_int_t, msg: String) {
     // SAFETY: `ctx` is a live context.
-    let (r, streaming, pool) = unsafe { ((*ctx).r, (*ctx).download.is_some(), (*ctx).pool) };
+    let (r, streaming, pool) = unsafe {
+        let c = &*ctx;
+        (c.r, c.download.is_some() || c.buffered.is_some(), c.pool)
+    };
     if !deactivate(ctx) {
         return;
     }
@@ -906,7 +983,7 @@ unsafe extern "C" fn on_write(r: *mut ngx_http_request_t) {
         || recover(r),
         || {
             if let Some(ctx) = ctx_of(r) {
-                progress(ctx);
+                drive(ctx, true);
             }
         },
     );
@@ -961,9 +1038,21 @@ fn timeout(ev: *mut ngx_event_t, ctx: *mut Ctx) {
     }
     // SAFETY: reading the URI of a live request.
     let uri = String::from_utf8_lossy(ngx_bytes(unsafe { &(*c.r).unparsed_uri })).into_owned();
+    if let Some(id) = c.slot {
+        if slot::withdraw_queued(c.region.nginx_side(), id) {
+            // No worker ever took it: the pool was too busy, which is a 503 (retry later), not
+            // a 504 (the handler was too slow).
+            c.outcome.end("queue_timeout");
+            return fail(
+                ctx,
+                503,
+                format!("pool \"{name}\": no worker took request \"{uri}\" within its timeout ({} ms); 503", c.timeout_ms),
+            );
+        }
+    }
     let status = if c.slot.is_none() { 503 } else { 504 };
     c.outcome.end("timeout");
-    let what = if c.download.is_some() {
+    let what = if c.download.is_some() || c.buffered.is_some() {
         "; closing the response"
     } else {
         ""

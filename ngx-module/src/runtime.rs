@@ -47,6 +47,8 @@ pub struct Attached {
 /// One pool as this worker sees it.
 pub struct PoolRt {
     pub name: String,
+    /// The pool's `handler=`, for log lines about what it sent.
+    pub handler: String,
     pub socket: PathBuf,
     pub timeout_ms: u64,
     pub queue_timeout_ms: Option<u64>,
@@ -235,6 +237,7 @@ pub fn on_init_process(cycle: *mut ngx_cycle_t) {
 fn pool_rt((i, e): (usize, &PoolEntry)) -> PoolRt {
     PoolRt {
         name: e.conf.settings.name.clone(),
+        handler: e.conf.settings.handler.clone(),
         socket: e.socket.clone(),
         timeout_ms: e
             .conf

@@ -3,10 +3,8 @@
 //!
 //! nginx reads the whole body from the client first (into memory or its temp file, as with
 //! `proxy_request_buffering on`); from there it streams into the arena in windows, so a body up
-//! to `client_max_body_size` never needs an arena that large, and a request still waiting in
-//! the queue holds only [`Geometry::queued_window`] bytes of it.
-//!
-//! [`Geometry::queued_window`]: ngx_pool_channel::Geometry::queued_window
+//! to `client_max_body_size` never needs an arena that large. A request still waiting in the
+//! queue holds only the chunks of its head (and what of the body fits beside it there).
 
 use ngx_pool_channel::chain::ChainError;
 use ngx_pool_channel::stream::{Direction, StreamWriter};
@@ -101,8 +99,11 @@ impl Upload {
             }
             let mut room = self.writer.room(region, id, Direction::Request);
             if queued {
-                let outstanding = g.stream_window().saturating_sub(room);
-                room = room.min(g.queued_window().saturating_sub(outstanding));
+                // A request waiting in the queue takes no chunk beyond its head's: the body
+                // stays in nginx's buffers or temp file until a worker takes the request, so
+                // waiting requests never hold what running ones need (the arena cannot
+                // deadlock, whatever the burst of uploads).
+                room = room.min(self.writer.tail_space(region));
             }
             if room == 0 {
                 return Pumped::Waiting;

@@ -150,11 +150,13 @@ fn pool_status(ng: &Nginx, name: &str) -> serde_json::Value {
 }
 
 #[test]
-fn a_client_that_stops_reading_holds_back_only_its_own_handler() {
+fn with_buffering_off_a_client_that_stops_reading_holds_back_only_its_own_handler() {
+    // `pool_buffering off`: the client's pace reaches the handler (buffering on, the default,
+    // frees the handler instead: tests/buffering.rs).
     let mut ng = Nginx::start(
         Conf::new(
             "    pool down handler=builtin:stream workers=2 timeout=120s;",
-            "    location /stream { pool_pass down; }\n    location = /status { pool_status; }",
+            "    location /stream { pool_pass down; pool_buffering off; }\n    location = /status { pool_status; }",
         )
         .workers(1),
     );
@@ -207,10 +209,12 @@ fn a_client_that_stops_reading_holds_back_only_its_own_handler() {
 
 #[test]
 fn a_pool_worker_killed_mid_stream_cuts_that_response_only() {
+    // Streamed (`pool_buffering off`), so the paused client keeps the worker mid-answer; the
+    // buffered case: tests/buffering.rs.
     let mut ng = Nginx::start(
         Conf::new(
             "    pool down handler=builtin:stream workers=2 timeout=120s;",
-            "    location /stream { pool_pass down; }\n    location = /status { pool_status; }",
+            "    location /stream { pool_pass down; pool_buffering off; }\n    location = /status { pool_status; }",
         )
         .workers(1),
     );

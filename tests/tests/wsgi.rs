@@ -95,7 +95,8 @@ fn a_flask_app_runs_unmodified() {
     assert_eq!(r.status, 404);
     assert!(text(&r).contains("Not Found"));
 
-    // A streamed response reaches the client as the generator yields, not at its end.
+    // A streamed response reaches the client as the generator yields, not at its end (the view
+    // says `X-Accel-Buffering: no`).
     let started = Instant::now();
     let mut first_bytes = None;
     let s = exchange_streamed(

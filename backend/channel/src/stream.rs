@@ -80,6 +80,15 @@ impl StreamWriter {
         self.written
     }
 
+    /// Bytes that still fit in the chunk last taken, without taking another.
+    pub fn tail_space(&self, region: &Region) -> u64 {
+        if self.tail == 0 {
+            0
+        } else {
+            u64::from(region.geometry().chunk_data().saturating_sub(self.tail_len))
+        }
+    }
+
     /// How many more bytes the window allows now.
     pub fn room(&self, region: &Region, id: SlotId, dir: Direction) -> u64 {
         let Some(e) = ends(region, id, dir) else {

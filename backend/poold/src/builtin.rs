@@ -44,11 +44,15 @@ fn lossy(b: &[u8]) -> String {
 }
 
 /// The request back as JSON: method, URI, version, client, headers, body length and SHA-256.
+/// `?sleep_ms=N` waits before reading the body (an app that works a while first).
 pub struct Echo;
 
 impl Handler for Echo {
     no_args!(Echo);
     fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Result {
+        if let Some(ms) = req.arg("sleep_ms").and_then(|v| v.parse::<u64>().ok()) {
+            std::thread::sleep(std::time::Duration::from_millis(ms.min(60_000)));
+        }
         // The body is hashed as it streams in: a body of any size in constant memory.
         let mut hasher = Sha256::new();
         let mut body_len = 0u64;
@@ -222,21 +226,39 @@ pub fn stream_byte(i: u64) -> u8 {
 }
 
 /// `stream`: sends `?bytes=N` deterministic bytes ([`stream_byte`]; default 1 MiB) as the
-/// client reads them, in 64 KiB writes; with a `Content-Length` unless `?chunked=1`.
+/// client reads them, in writes of `?every=N` bytes (default 64 KiB); with a `Content-Length`
+/// unless `?chunked=1`. For the tests of buffering and of what a handler may send:
+/// `?pause_ms=M` flushes each write and then sleeps (server-sent events), `?accel=no|yes` adds
+/// `X-Accel-Buffering`, `?header_bytes=N` adds an `X-Big` header of N bytes, `?headers=N`
+/// adds N small headers.
 pub struct Stream;
 
 impl Handler for Stream {
     no_args!(Stream);
     fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Result {
-        let total: u64 = req
-            .arg("bytes")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1 << 20);
+        let number = |name: &str, default: u64| -> u64 {
+            req.arg(name)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let total = number("bytes", 1 << 20);
+        let every = number("every", 64 << 10).clamp(1, 16 << 20) as usize;
+        let pause = std::time::Duration::from_millis(number("pause_ms", 0));
         resp.add_header("Content-Type", "application/octet-stream");
         if req.arg("chunked") != Some("1") {
             resp.add_header("Content-Length", &total.to_string());
         }
-        let mut buf = vec![0u8; 64 << 10];
+        if let Some(v) = req.arg("accel") {
+            resp.add_header("X-Accel-Buffering", v);
+        }
+        let big = number("header_bytes", 0).min(64 << 20) as usize;
+        if big > 0 {
+            resp.add_header_bytes(b"X-Big", &vec![b'x'; big]);
+        }
+        for i in 0..number("headers", 0).min(1 << 20) {
+            resp.add_header(&format!("X-H-{i}"), "1");
+        }
+        let mut buf = vec![0u8; every];
         let mut at = 0u64;
         while at < total {
             let n = (total - at).min(buf.len() as u64) as usize;
@@ -245,6 +267,12 @@ impl Handler for Stream {
             }
             resp.send(&buf[..n])?;
             at += n as u64;
+            if !pause.is_zero() {
+                resp.flush()?;
+                if at < total {
+                    std::thread::sleep(pause);
+                }
+            }
         }
         Ok(())
     }

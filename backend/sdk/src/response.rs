@@ -113,6 +113,13 @@ impl<'r> Response<'r> {
         check(self.call.write(data), "writing the response")
     }
 
+    /// Sends the head, and every byte written so far, to the client now (server-sent events,
+    /// long polls); later writes stream.
+    pub fn flush(&mut self) -> Result {
+        self.start()?;
+        check(self.call.flush(), "flushing the response")
+    }
+
     /// Hands the whole response over to a [`Stream`], an owned handle for code that cannot hold
     /// this borrow (an embedded interpreter's objects). Status and headers set here are not
     /// sent: the stream's [`Stream::start`] sends its own. From now on this `Response` writes

@@ -82,7 +82,10 @@ def stream():
             if pause:
                 time.sleep(pause)
 
-    return Response(stream_with_context(gen()), mimetype="text/plain")
+    # As an event stream behind nginx says: send each piece as it comes (nginx buffers a
+    # response by default, ngx-pool's pool_buffering as proxy_buffering).
+    return Response(stream_with_context(gen()), mimetype="text/plain",
+                    headers={"X-Accel-Buffering": "no"})
 
 
 @app.get("/big")
