@@ -117,7 +117,7 @@ const fn command(
 /// The directives every level (http, server, location) may hold.
 const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
 
-pub static mut COMMANDS: [ngx_command_t; 17] = [
+pub static mut COMMANDS: [ngx_command_t; 18] = [
     command(
         b"pool\0",
         NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE,
@@ -170,6 +170,12 @@ pub static mut COMMANDS: [ngx_command_t; 17] = [
         b"pool_buffering\0",
         ANY_LEVEL | NGX_CONF_TAKE1,
         buffering::set_buffering,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        b"pool_request_buffering\0",
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        buffering::set_request_buffering,
         NGX_HTTP_LOC_CONF_OFFSET,
     ),
     command(

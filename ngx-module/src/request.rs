@@ -138,6 +138,10 @@ pub unsafe extern "C" fn pool_pass_handler(r: *mut ngx_http_request_t) -> ngx_in
     if let Err(rc) = ready {
         return rc;
     }
+    if !buffers_request_body(r) {
+        // SAFETY: a live request whose body reading has not started.
+        unsafe { (*r).set_request_body_no_buffering(1) };
+    }
     // SAFETY: standard body reading; nginx calls `body_ready` once the body is in memory or in a
     // temporary file, holding a reference on the request until we finalize it.
     let rc = unsafe { nginx_sys::ngx_http_read_client_request_body(r, Some(body_ready)) };
@@ -145,6 +149,21 @@ pub unsafe extern "C" fn pool_pass_handler(r: *mut ngx_http_request_t) -> ngx_in
         return rc;
     }
     NGX_DONE as ngx_int_t
+}
+
+/// Whether request `r`'s body is read whole before it is queued: unless its location says
+/// `pool_request_buffering off` and the body's length is known up front (a chunked body is
+/// buffered whatever the setting: the pool is told the length with the head), as
+/// `proxy_request_buffering` does for an HTTP/1.0 upstream.
+fn buffers_request_body(r: *mut ngx_http_request_t) -> bool {
+    // SAFETY: `r` is a live request nginx handed us.
+    let req = unsafe { Request::from_ngx_http_request(r) };
+    let off = Module::location_conf(req)
+        .and_then(|c| c.effective)
+        .is_some_and(|e| !e.request);
+    // SAFETY: reading the parsed headers of a live request.
+    let known = unsafe { (*r).headers_in.content_length_n > 0 && (*r).headers_in.chunked() == 0 };
+    !(off && known)
 }
 
 unsafe extern "C" fn body_ready(r: *mut ngx_http_request_t) {
@@ -209,16 +228,23 @@ fn ngx_bytes(s: &ngx_str_t) -> &[u8] {
     unsafe { std::slice::from_raw_parts(s.data, s.len) }
 }
 
-fn body_parts(r: *mut ngx_http_request_t) -> Vec<BodyPart> {
+/// The body nginx holds for `r`. While the body is still `arriving` (unbuffered), the buffers
+/// are taken off the request (nginx appends the next ones to an empty chain) and each goes back
+/// to nginx once its bytes are in the arena.
+fn body_parts(r: *mut ngx_http_request_t, arriving: bool) -> Vec<BodyPart> {
     let mut parts = Vec::new();
-    // SAFETY: after body reading completed, `request_body->bufs` is a valid chain of buffers in
-    // the request pool; memory buffers span [pos, last), file buffers [file_pos, file_last).
+    // SAFETY: after body reading completed (or returned with what has come, unbuffered),
+    // `request_body->bufs` is a valid chain of buffers in the request pool; memory buffers span
+    // [pos, last), file buffers [file_pos, file_last).
     unsafe {
         let rb = (*r).request_body;
         if rb.is_null() {
             return parts;
         }
         let mut cl = (*rb).bufs;
+        if arriving {
+            (*rb).bufs = ptr::null_mut();
+        }
         while !cl.is_null() {
             let b = (*cl).buf;
             if !b.is_null() {
@@ -230,7 +256,11 @@ fn body_parts(r: *mut ngx_http_request_t) -> Vec<BodyPart> {
                     });
                 } else if !(*b).pos.is_null() && (*b).last > (*b).pos {
                     let len = (*b).last.offset_from((*b).pos) as usize;
-                    parts.push(BodyPart::Memory((*b).pos, len));
+                    parts.push(if arriving {
+                        BodyPart::Arriving(b)
+                    } else {
+                        BodyPart::Memory((*b).pos, len)
+                    });
                 }
             }
             cl = (*cl).next;
@@ -305,14 +335,15 @@ fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, Refused> {
     let headers = request_headers(req);
     let params = crate::params::evaluate(req, loc.params.as_deref().unwrap_or_default());
     let server = server_side(r, req);
-    let parts = body_parts(r);
-    let body: u64 = parts
-        .iter()
-        .map(|p| match p {
-            BodyPart::Memory(_, n) => *n as u64,
-            BodyPart::File { from, to, .. } => (to - from).max(0) as u64,
-        })
-        .sum();
+    // SAFETY: reading flags and the parsed length of a live request.
+    let (arriving, announced) =
+        unsafe { ((*r).reading_body() != 0, (*r).headers_in.content_length_n) };
+    let parts = body_parts(r, arriving);
+    let body: u64 = if arriving {
+        announced.max(0) as u64
+    } else {
+        parts.iter().map(BodyPart::len).sum()
+    };
     let head = RequestHead {
         method,
         uri,
@@ -364,7 +395,7 @@ fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, Refused> {
                 .filter(|q| *q < timeout_ms)
                 .map(|q| (q, timeout_ms - q)),
             region,
-            upload: Some(Upload::new(bytes, parts)),
+            upload: Some(Upload::new(bytes, parts, body, arriving)),
             download: None,
             buffered: None,
             buffering,
@@ -496,7 +527,11 @@ fn suspend(r: *mut ngx_http_request_t, ctx: Ctx) -> Option<*mut Ctx> {
             ptr::addr_of_mut!((*p).timer),
             first as nginx_sys::ngx_msec_t,
         );
-        (*r).read_event_handler = Some(nginx_sys::ngx_http_test_reading);
+        (*r).read_event_handler = Some(if (*r).reading_body() != 0 {
+            on_body_read
+        } else {
+            nginx_sys::ngx_http_test_reading
+        });
         (*r).write_event_handler = Some(on_write);
         Some(p)
     }
@@ -731,12 +766,67 @@ fn pump_upload(ctx: *mut Ctx, region: &Region, id: SlotId, queued: bool) -> bool
                 arm_retry(ctx);
                 return true;
             }
+            Pumped::NeedBody => {
+                // Everything nginx had is in the arena: its buffers are free again, so it may
+                // read more from the client now (no new read event would say so).
+                match read_more(ctx) {
+                    Ok(true) => {}
+                    Ok(false) => return true,
+                    Err(()) => return false,
+                }
+            }
             Pumped::Failed(e) => {
                 fail(ctx, 500, format!("pool \"{}\": {e}", pool_name(c.pool)));
                 return false;
             }
         }
     }
+}
+
+/// Reads what the client has sent of an arriving body into nginx's buffers and hands them to
+/// the upload. `Ok(true)` if any came; `Err` if the request ended (timed out, bad body).
+fn read_more(ctx: *mut Ctx) -> Result<bool, ()> {
+    // SAFETY: `ctx` is a live context.
+    let c = unsafe { &mut *ctx };
+    let r = c.r;
+    // SAFETY: a live request reading its body unbuffered (it was queued with `reading_body`).
+    let rc = unsafe { nginx_sys::ngx_http_read_unbuffered_request_body(r) };
+    if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+        let name = pool_name(c.pool);
+        fail(
+            ctx,
+            rc,
+            format!("pool \"{name}\": reading the request body: {rc}"),
+        );
+        return Err(());
+    }
+    // SAFETY: as above.
+    let done = unsafe { (*r).reading_body() == 0 };
+    if done {
+        // SAFETY: our own request's handler; nothing more to read but the client's going away.
+        unsafe { (*r).read_event_handler = Some(nginx_sys::ngx_http_test_reading) };
+    }
+    let parts = body_parts(r, true);
+    let got = !parts.is_empty();
+    if let Some(up) = c.upload.as_mut() {
+        up.add(parts);
+    }
+    Ok(got)
+}
+
+/// The client sent more of a body that is read unbuffered.
+unsafe extern "C" fn on_body_read(r: *mut ngx_http_request_t) {
+    crate::edge::guard(
+        "body",
+        || recover(r),
+        || {
+            if let Some(ctx) = ctx_of(r) {
+                if read_more(ctx).is_ok() {
+                    progress(ctx);
+                }
+            }
+        },
+    );
 }
 
 /// Sends the response head once, then the body: buffered through nginx's event pipe, or

@@ -16,15 +16,42 @@ use std::sync::atomic::Ordering;
 pub enum BodyPart {
     /// Bytes in a buffer of the request's pool.
     Memory(*const u8, usize),
+    /// Bytes of a buffer nginx reuses once we have taken them (`pool_request_buffering off`):
+    /// the buffer's `pos` is moved to `last` when the bytes are in the arena.
+    Arriving(*mut nginx_sys::ngx_buf_t),
     /// A range of nginx's temporary file for the body.
     File { fd: i32, from: i64, to: i64 },
 }
 
 impl BodyPart {
-    fn len(&self) -> u64 {
+    pub fn len(&self) -> u64 {
         match self {
             BodyPart::Memory(_, n) => *n as u64,
+            // SAFETY: a live buffer of the request's body (see the variant).
+            BodyPart::Arriving(b) => unsafe { (**b).last.offset_from((**b).pos).max(0) as u64 },
             BodyPart::File { from, to, .. } => (to - from).max(0) as u64,
+        }
+    }
+
+    /// The bytes at `at..at + n` of a memory part.
+    fn bytes(&self, at: u64, n: usize) -> &[u8] {
+        // SAFETY: memory parts live in the request's pool, which outlives the upload (it is
+        // dropped with the request context), and an arriving buffer's bytes stay until we mark
+        // them taken; `at + n` stays within the part's length (the caller's bound).
+        unsafe {
+            match self {
+                BodyPart::Memory(p, _) => std::slice::from_raw_parts(p.add(at as usize), n),
+                BodyPart::Arriving(b) => std::slice::from_raw_parts((**b).pos.add(at as usize), n),
+                BodyPart::File { .. } => &[],
+            }
+        }
+    }
+
+    /// All of this part is in the arena: an arriving buffer goes back to nginx.
+    fn taken(&self) {
+        if let BodyPart::Arriving(b) = self {
+            // SAFETY: as in `bytes`; nginx reads the buffer again only after we mark it.
+            unsafe { (**b).pos = (**b).last };
         }
     }
 }
@@ -38,6 +65,9 @@ pub enum Pumped {
     Waiting,
     /// The arena is (nearly) full: try again shortly.
     ArenaFull,
+    /// Everything nginx has of the body is written; the rest is still on its way from the
+    /// client (`pool_request_buffering off`).
+    NeedBody,
     /// The body could not be read; the request fails.
     Failed(String),
 }
@@ -51,14 +81,18 @@ pub struct Upload {
     total: u64,
     writer: StreamWriter,
     file_buf: Vec<u8>,
+    /// The body arrives while the request runs (`pool_request_buffering off`).
+    arriving: bool,
 }
 
 /// Most body bytes copied per step (and the temp-file read size).
 const STEP: u64 = 64 << 10;
 
 impl Upload {
-    pub fn new(head: Vec<u8>, parts: Vec<BodyPart>) -> Self {
-        let total = head.len() as u64 + parts.iter().map(BodyPart::len).sum::<u64>();
+    /// A request whose head is `head` and whose body, `body_len` bytes, nginx holds in `parts`,
+    /// all of it, or (`arriving`) what has come so far, the rest to be [`add`](Self::add)ed.
+    pub fn new(head: Vec<u8>, parts: Vec<BodyPart>, body_len: u64, arriving: bool) -> Self {
+        let total = head.len() as u64 + body_len;
         Upload {
             head,
             parts,
@@ -67,7 +101,13 @@ impl Upload {
             total,
             writer: StreamWriter::new(),
             file_buf: Vec::new(),
+            arriving,
         }
+    }
+
+    /// More of an arriving body.
+    pub fn add(&mut self, parts: impl IntoIterator<Item = BodyPart>) {
+        self.parts.extend(parts);
     }
 
     pub fn head_len(&self) -> u32 {
@@ -115,16 +155,16 @@ impl Upload {
                 return Pumped::ArenaFull;
             }
             let Some(part) = self.parts.get(self.part) else {
+                if self.arriving {
+                    return Pumped::NeedBody;
+                }
                 return Pumped::Failed("the request body is shorter than announced".into());
             };
             let n = (part.len() - self.at).min(room).min(STEP) as usize;
             let before = self.writer.written();
             let res = match part {
-                BodyPart::Memory(p, _) => {
-                    // SAFETY: the buffer lives in the request's pool, which outlives the upload
-                    // (it is dropped with the request context); `at + n` stays within its
-                    // length.
-                    let bytes = unsafe { std::slice::from_raw_parts(p.add(self.at as usize), n) };
+                BodyPart::Memory(..) | BodyPart::Arriving(_) => {
+                    let bytes = part.bytes(self.at, n);
                     self.writer.append(region, id, Direction::Request, bytes)
                 }
                 BodyPart::File { fd, from, .. } => {
@@ -148,8 +188,12 @@ impl Upload {
             };
             self.at += self.writer.written() - before;
             if self.at >= part.len() {
+                part.taken();
                 self.part += 1;
                 self.at = 0;
+                if self.writer.written() >= self.total {
+                    self.arriving = false;
+                }
             }
             self.writer.publish(region, id, Direction::Request);
             match res {

@@ -340,25 +340,39 @@ fn a_burst_of_uploads_gets_200s_or_fast_503s_never_504() {
     let mut ng = Nginx::start(
         Conf::new(
             "    pool up handler=builtin:echo workers=2 arena=64m queue=1024 timeout=30s;\n    pool tiny handler=builtin:echo workers=2 arena=1m timeout=30s;\n    client_max_body_size 2m;",
-            "    location /up { pool_pass up; }\n    location /tiny { pool_pass tiny; }\n    location = /status { pool_status; }",
+            "    location /up { pool_pass up; }\n    location /tiny { pool_pass tiny; }\n    location = /status { pool_status; }\n    location /streamed/ { pool_request_buffering off;\n        location /streamed/up { pool_pass up; }\n        location /streamed/tiny { pool_pass tiny; }\n    }",
         )
         .workers(1),
     );
     ng.allow("503");
-    // 900 uploads of 300 KB at once into a 64 MiB arena with 2 workers whose handler works
-    // 20 ms before it reads its body.
-    let started = Instant::now();
-    let counts = flood(ng.port, "/up?sleep_ms=20", 900, 300_000);
-    eprintln!("900 x 300 KB: {counts:?} in {:?}", started.elapsed());
-    assert_eq!(counts.get(&504), None, "{counts:?}");
-    assert_eq!(counts.get(&0), None, "{counts:?}");
-    assert!(counts.keys().all(|s| *s == 200 || *s == 503), "{counts:?}");
-    assert!(counts.get(&200).copied().unwrap_or(0) >= 450, "{counts:?}");
-    // 40 uploads of 900 KB into a 1 MiB arena.
-    let counts = flood(ng.port, "/tiny", 40, 900_000);
-    eprintln!("40 x 900 KB into 1 MiB: {counts:?}");
-    assert_eq!(counts.get(&504), None, "{counts:?}");
-    assert!(counts.keys().all(|s| *s == 200 || *s == 503), "{counts:?}");
+    for prefix in ["", "/streamed"] {
+        // 900 uploads of 300 KB at once into a 64 MiB arena with 2 workers whose handler works
+        // 20 ms before it reads its body.
+        let started = Instant::now();
+        let counts = flood(ng.port, &format!("{prefix}/up?sleep_ms=20"), 900, 300_000);
+        eprintln!(
+            "{prefix}/up 900 x 300 KB: {counts:?} in {:?}",
+            started.elapsed()
+        );
+        assert_eq!(counts.get(&504), None, "{prefix}: {counts:?}");
+        assert_eq!(counts.get(&0), None, "{prefix}: {counts:?}");
+        assert!(
+            counts.keys().all(|s| *s == 200 || *s == 503),
+            "{prefix}: {counts:?}"
+        );
+        assert!(
+            counts.get(&200).copied().unwrap_or(0) >= 450,
+            "{prefix}: {counts:?}"
+        );
+        // 40 uploads of 900 KB into a 1 MiB arena.
+        let counts = flood(ng.port, &format!("{prefix}/tiny"), 40, 900_000);
+        eprintln!("{prefix}/tiny 40 x 900 KB into 1 MiB: {counts:?}");
+        assert_eq!(counts.get(&504), None, "{prefix}: {counts:?}");
+        assert!(
+            counts.keys().all(|s| *s == 200 || *s == 503),
+            "{prefix}: {counts:?}"
+        );
+    }
     for pool in ["up", "tiny"] {
         ng.wait_for("the pool to be idle", |ng| {
             let p = pool_status(ng, pool);
@@ -416,5 +430,111 @@ fn a_killed_worker_cuts_a_buffered_answer_not_passes_it_off_as_whole() {
     .unwrap();
     assert!(r.complete);
     assert_eq!(r.sha256, sha256_of(5_000_000, stream_byte));
+    ng.finish();
+}
+
+/// A client that uploads `total` bytes to `path` in 1 KB pieces every 100 ms, until `stop`.
+fn slow_uploader(
+    port: u16,
+    path: &str,
+    total: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let path = path.to_string();
+    std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(
+            format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {total}\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        let piece = [b'u'; 1024];
+        let mut sent = 0;
+        while sent < total && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if s.write_all(&piece).is_err() {
+                return;
+            }
+            sent += piece.len();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
+#[test]
+fn slow_uploaders_hold_no_worker_unless_the_location_streams_uploads() {
+    let mut ng = Nginx::start(
+        Conf::new(
+            "    pool up handler=builtin:echo workers=2 timeout=60s;",
+            "    location /up { pool_pass up; }\n    location /streamed { pool_pass up; pool_request_buffering off; }\n    location = /status { pool_status; }",
+        )
+        .workers(1),
+    );
+    ng.allow("client prematurely closed connection");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Four clients upload 1 KB every 100 ms: nginx reads their bodies, no worker waits.
+    let slow: Vec<_> = (0..4)
+        .map(|_| slow_uploader(ng.port, "/up", 1 << 20, stop.clone()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let r = request(ng.port, "POST", "/up", &[], b"probe").unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the probe took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(busy_workers(&ng, "up"), 0);
+    // With pool_request_buffering off the handler reads the body as it arrives: the worker
+    // waits on the client (what the mode is for, and what it costs).
+    let streamed = slow_uploader(ng.port, "/streamed", 1 << 20, stop.clone());
+    ng.wait_for("a worker reading an arriving body", |ng| {
+        busy_workers(ng, "up") == 1
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in slow {
+        t.join().unwrap();
+    }
+    streamed.join().unwrap();
+    ng.wait_for("the pool to be idle", |ng| {
+        let p = pool_status(ng, "up");
+        busy_workers(ng, "up") == 0 && p["slots"]["in_use"] == 0 && p["chunks"]["in_use"] == 0
+    });
+    ng.finish();
+}
+
+#[test]
+fn a_streamed_upload_reaches_the_handler_whole_and_as_it_arrives() {
+    let ng = Nginx::start(
+        Conf::new(
+            "    pool up handler=builtin:echo workers=1 timeout=120s;\n    client_max_body_size 128m;",
+            "    location /streamed { pool_pass up; pool_request_buffering off; }\n    location = /status { pool_status; }",
+        )
+        .workers(1),
+    );
+    let body_byte = |i: u64| (i ^ (i >> 11) ^ (i >> 23)) as u8;
+    let r = exchange_streamed(
+        ng.port,
+        "POST",
+        "/streamed",
+        64 * MIB,
+        body_byte,
+        1 << 16,
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let doc: serde_json::Value = serde_json::from_slice(&r.start).unwrap();
+    assert_eq!(doc["body_length"], 64 * MIB);
+    assert_eq!(doc["body_sha256"], sha256_of(64 * MIB, body_byte));
+    // No temp file for the body: it went from nginx's buffer to the arena as it came.
+    assert!(files_under(&ng.dir.join("body")).is_empty());
+    // A chunked body is buffered whatever the setting (its length goes with the head).
+    let mut s = TcpStream::connect(("127.0.0.1", ng.port)).unwrap();
+    s.write_all(b"POST /streamed HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"body_length\":5"), "{out}");
     ng.finish();
 }

@@ -19,6 +19,11 @@ pub const DEFAULT_ARENA: u64 = 64 << 20;
 pub const DEFAULT_SPIN_US: u64 = 100;
 /// As php-fpm's `pm.process_idle_timeout`.
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 10_000;
+/// Lines a second a pool's workers may write to the error log: plenty for tracebacks and
+/// request logging, while a handler printing in a loop adds well under 1 MB a minute.
+pub const DEFAULT_LOG_RATE: u32 = 200;
+/// The highest `log_rate=` short of unlimited (`0`).
+pub const MAX_LOG_RATE: u32 = 1_000_000;
 
 /// A pool's settings as poold runs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +68,9 @@ pub struct PoolSettings {
     /// WSGI: import the app once in the pool manager before forking (`preload=on`, the
     /// default, as Gunicorn's `preload_app`), or in each worker after the fork (`off`).
     pub preload: bool,
+    /// Lines a second that the pool's workers (and whatever they fork) may write to stdout and
+    /// stderr, together; poold drops the rest and says how many (`log_rate=`). 0: no limit.
+    pub log_rate: u32,
 }
 
 /// The settings' names, as in nginx.conf; on poold's command line `_` becomes `-`.
@@ -83,6 +91,7 @@ pub const SETTING_NAMES: &[&str] = &[
     "python_path",
     "preload",
     "idle_timeout",
+    "log_rate",
 ];
 
 impl PoolSettings {
@@ -106,6 +115,7 @@ impl PoolSettings {
             venv: None,
             python_path: None,
             preload: true,
+            log_rate: DEFAULT_LOG_RATE,
         }
     }
 
@@ -221,6 +231,16 @@ impl PoolSettings {
                     _ => return Err(format!("invalid preload \"{value}\" (on or off)")),
                 }
             }
+            "log_rate" => {
+                self.log_rate = match value.parse::<u32>() {
+                    Ok(n) if n <= MAX_LOG_RATE => n,
+                    _ => {
+                        return Err(format!(
+                            "invalid log_rate \"{value}\" (lines a second from 1 to {MAX_LOG_RATE}, or 0 for no limit)"
+                        ))
+                    }
+                }
+            }
             "env" => match value.split_once('=') {
                 Some((name, _))
                     if !name.is_empty()
@@ -286,6 +306,7 @@ impl PoolSettings {
             put("env", e.clone());
         }
         put("preload", if self.preload { "on" } else { "off" }.into());
+        put("log_rate", self.log_rate.to_string());
         args
     }
 
@@ -379,6 +400,7 @@ mod tests {
             ("venv", "/srv/venv"),
             ("python_path", "/a:/b"),
             ("preload", "off"),
+            ("log_rate", "0"),
         ] {
             s.set(k, v).unwrap();
         }
@@ -393,6 +415,10 @@ mod tests {
         assert!(s.clone().set("env", "1A=x").is_err());
         assert!(s.clone().set("preload", "yes").is_err());
         assert!(s.clone().set("workers", "5-2").is_err());
+        for bad in ["", "-1", "x", "1.5", "2000000", "200/s"] {
+            let e = s.clone().set("log_rate", bad).unwrap_err();
+            assert!(e.starts_with("invalid log_rate"), "{bad}: {e}");
+        }
         assert_eq!((s.min_workers, s.workers), (Some(2), 5));
         let rel = PoolSettings {
             python_path: Some("lib:/abs".into()),

@@ -5,6 +5,7 @@
 //! | directive | proxy counterpart | default |
 //! |---|---|---|
 //! | `pool_buffering on\|off` | `proxy_buffering` | on |
+//! | `pool_request_buffering on\|off` | `proxy_request_buffering` | on |
 //! | `pool_buffers N SIZE` | `proxy_buffers` | 8 16k |
 //! | `pool_buffer_size SIZE` | `proxy_buffer_size` | 16k |
 //! | `pool_busy_buffers_size SIZE` | `proxy_busy_buffers_size` | 2 × the larger of the two sizes |
@@ -37,6 +38,7 @@ impl Default for TempPath {
 #[derive(Debug, Default)]
 pub struct Buffering {
     pub response: Option<bool>,
+    pub request: Option<bool>,
     /// `pool_buffers`: how many, and each one's size.
     pub buffers: Option<(usize, usize)>,
     pub buffer_size: Option<usize>,
@@ -51,6 +53,7 @@ pub struct Buffering {
 #[derive(Debug, Clone, Copy)]
 pub struct Effective {
     pub response: bool,
+    pub request: bool,
     pub buffers: (usize, usize),
     pub buffer_size: usize,
     pub busy_size: usize,
@@ -69,6 +72,7 @@ impl Buffering {
     /// Takes what this level left unset from `prev`.
     pub fn inherit(&mut self, prev: &Buffering) {
         self.response = self.response.or(prev.response);
+        self.request = self.request.or(prev.request);
         self.buffers = self.buffers.or(prev.buffers);
         self.buffer_size = self.buffer_size.or(prev.buffer_size);
         self.busy_size = self.busy_size.or(prev.busy_size);
@@ -99,6 +103,7 @@ impl Buffering {
         }
         Ok(Effective {
             response: self.response.unwrap_or(true),
+            request: self.request.unwrap_or(true),
             buffers,
             buffer_size,
             busy_size,
@@ -184,6 +189,13 @@ setter!(set_buffering, LocConf, |cf, loc, args| {
     once(
         &mut loc.buffering.response,
         flag(cf, "pool_buffering", args[0]),
+    )
+});
+
+setter!(set_request_buffering, LocConf, |cf, loc, args| {
+    once(
+        &mut loc.buffering.request,
+        flag(cf, "pool_request_buffering", args[0]),
     )
 });
 
