@@ -1,0 +1,156 @@
+//! The request head: what nginx parsed, encoded for the pool, and the request's context.
+
+use super::*;
+
+/// The request's headers, in order, repeated ones included (borrowed from the request pool).
+pub(super) fn request_headers(req: &Request) -> Vec<(&[u8], &[u8])> {
+    req.headers_in_iterator()
+        .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+        .collect()
+}
+
+pub(super) fn ngx_bytes(s: &ngx_str_t) -> &[u8] {
+    if s.data.is_null() || s.len == 0 {
+        return &[];
+    }
+    // SAFETY: an ngx_str_t with non-null data points at `len` readable bytes.
+    unsafe { std::slice::from_raw_parts(s.data, s.len) }
+}
+
+/// What the pool worker cannot know of request `r`: `$server_name`, `$server_port`, `$scheme`
+/// and `$document_uri`, read from nginx's structures as those variables do.
+pub(super) fn server_side<'a>(r: *mut ngx_http_request_t, req: &'a Request) -> ServerSide<'a> {
+    let name = ngx::http::NgxHttpCoreModule::server_conf(req)
+        .map_or(&[][..], |cscf| ngx_bytes(&cscf.server_name));
+    // SAFETY: a live request and its connection; nginx fills the local address on demand (a
+    // getsockname only for a wildcard listener, then cached on the connection).
+    let (port, https, document_uri) = unsafe {
+        let c = (*r).connection;
+        let port = if nginx_sys::ngx_connection_local_sockaddr(c, ptr::null_mut(), 0)
+            == nginx_sys::NGX_OK as ngx_int_t
+        {
+            nginx_sys::ngx_inet_get_port((*c).local_sockaddr)
+        } else {
+            0
+        };
+        #[cfg(ngx_feature = "http_ssl")]
+        let https = !(*c).ssl.is_null();
+        #[cfg(not(ngx_feature = "http_ssl"))]
+        let https = false;
+        (port, https, ngx_bytes(&(*r).uri))
+    };
+    ServerSide {
+        name,
+        port,
+        https,
+        document_uri,
+    }
+}
+
+/// Encodes the request head and makes the request's context. `Err(status)` to answer at once.
+pub(super) fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, Refused> {
+    let i = pool_index(r).ok_or(500 as ngx_int_t)?;
+    match runtime::ensure_attached(i) {
+        State::Attached => {}
+        State::Pending => return Err(Refused::Wait(i)),
+        State::Down => return Err(Refused::Status(503)),
+    }
+    let (region, timeout_ms, queue_timeout_ms) = with_pool(i, |p| {
+        let region = p.attached.as_ref()?.region.clone();
+        Some((region, p.timeout_ms, p.queue_timeout_ms))
+    })
+    .ok()
+    .flatten()
+    .ok_or(503 as ngx_int_t)?;
+    // SAFETY: `r` is a live request nginx handed us.
+    let req = unsafe { Request::from_ngx_http_request(r) };
+    let loc = Module::location_conf(req).ok_or(500 as ngx_int_t)?;
+    let buffering = loc.effective.ok_or(500 as ngx_int_t)?;
+    let own_timeout = loc.timeout_ms;
+    let timeout_ms = own_timeout.unwrap_or(timeout_ms);
+    // SAFETY: fields of a live request.
+    let (method, uri, version, client, client_port) = unsafe {
+        let v = (*r).http_version;
+        let c = (*r).connection;
+        (
+            ngx_bytes(&(*r).method_name),
+            ngx_bytes(&(*r).unparsed_uri),
+            ((v / 1000) as u8, (v % 1000) as u8),
+            ngx_bytes(&(*c).addr_text),
+            nginx_sys::ngx_inet_get_port((*c).sockaddr),
+        )
+    };
+    let headers = request_headers(req);
+    let params = crate::params::evaluate(req, loc.params.as_deref().unwrap_or_default());
+    let server = server_side(r, req);
+    // SAFETY: reading flags and the parsed length of a live request.
+    let (arriving, announced) =
+        unsafe { ((*r).reading_body() != 0, (*r).headers_in.content_length_n) };
+    let parts = body_parts(r, arriving);
+    let body: u64 = if arriving {
+        announced.max(0) as u64
+    } else {
+        parts.iter().map(BodyPart::len).sum()
+    };
+    let head = RequestHead {
+        method,
+        uri,
+        version,
+        client,
+        client_port,
+        server,
+        headers: &headers,
+        params: &params,
+    };
+    // Sized for the whole head, so encoding never grows it.
+    let pairs = |l: &[(&[u8], &[u8])]| l.iter().map(|(n, v)| 6 + n.len() + v.len()).sum::<usize>();
+    let mut bytes = Vec::with_capacity(
+        64 + method.len()
+            + uri.len()
+            + client.len()
+            + server.name.len()
+            + server.document_uri.len()
+            + pairs(&headers)
+            + pairs(&params),
+    );
+    if let Err(e) = encode_request_head(&mut bytes, &head, body) {
+        log_request(r, &format!("pool \"{}\": request head: {e}", pool_name(i)));
+        return Err(Refused::Status(400));
+    }
+    if bytes.len() as u64 > region.geometry().message_limit() {
+        log_request(
+            r,
+            &format!(
+                "pool \"{}\": request head of {} bytes exceeds the pool's limit (a quarter of its arena)",
+                pool_name(i),
+                bytes.len()
+            ),
+        );
+        return Err(Refused::Status(431));
+    }
+    suspend(
+        r,
+        Ctx {
+            pool: i,
+            slot: None,
+            active: true,
+            r,
+            // SAFETY: an all-zero ngx_event_t is nginx's own initial state for events.
+            timer: unsafe { std::mem::zeroed() },
+            // SAFETY: as above.
+            retry: unsafe { std::mem::zeroed() },
+            queue_phase: queue_timeout_ms
+                .filter(|q| *q < timeout_ms)
+                .map(|q| (q, timeout_ms - q)),
+            region,
+            upload: Some(Upload::new(bytes, parts, body, arriving)),
+            download: None,
+            buffered: None,
+            buffering,
+            timeout_ms,
+            own_timeout,
+            outcome: Outcome::default(),
+        },
+    )
+    .ok_or(Refused::Status(500))
+}

@@ -1,0 +1,132 @@
+//! The response on its way out: its head once, then its body buffered through nginx's
+//! event pipe ([`crate::buffered`]) or streamed from the arena ([`crate::download`]).
+
+use super::*;
+
+/// Records, once, which worker took the request and when, and when its answer was complete.
+pub(super) fn observe(o: &mut Outcome, region: &Region, id: SlotId, state: Option<SlotState>) {
+    if o.worker_pid.is_none() {
+        if let Some(s) = region.slot(id.index) {
+            let worker = s.worker.load(std::sync::atomic::Ordering::Relaxed);
+            o.started_ms = Some(s.started_ms.load(std::sync::atomic::Ordering::Relaxed));
+            o.worker_pid = region
+                .worker(worker)
+                .map(|w| w.pid.load(std::sync::atomic::Ordering::Relaxed))
+                .filter(|p| *p != 0);
+        }
+    }
+    if o.finished_ms.is_none() && matches!(state, Some(SlotState::Done | SlotState::Failed)) {
+        o.finished_ms = Some(now_ms());
+    }
+}
+
+/// Sends the response head once, then the body: buffered through nginx's event pipe, or
+/// streamed from the arena as it comes; `total` once `Done`.
+pub(super) fn respond(
+    ctx: *mut Ctx,
+    region: &Region,
+    id: SlotId,
+    total: Option<u64>,
+    client: bool,
+) {
+    // SAFETY: `ctx` is a live context.
+    let c = unsafe { &mut *ctx };
+    let r = c.r;
+    if c.download.is_none() && c.buffered.is_none() {
+        let head_len = slot::response(region, id).map_or(0, |(h, _)| h);
+        let opts = download::Opts {
+            buffering: c.buffering.response,
+            copy_up_to: c.buffering.buffer_size as u64,
+            max_head: c.buffering.max_header_size as u64,
+        };
+        match download::start(r, region, id, head_len, total, &opts) {
+            Err(e) => {
+                let (name, handler) =
+                    with_pool(c.pool, |p| (p.name.clone(), p.handler.clone())).unwrap_or_default();
+                return fail(
+                    ctx,
+                    502,
+                    format!("pool \"{name}\" (handler \"{handler}\"): bad response from pool worker: {e}"),
+                );
+            }
+            Ok(Started::Sent(rc)) => {
+                // Nothing points into the region: the slot goes back now (a worker still
+                // streaming, for a HEAD request, sees it abandoned and stops).
+                forget_slot(ctx);
+                return complete(ctx, rc);
+            }
+            Ok(Started::Streaming(d)) => c.download = Some(d),
+            Ok(Started::Buffer {
+                reader,
+                head_len,
+                declared,
+            }) => {
+                let feed = Feed::new(c.region.clone(), id, reader, head_len, declared);
+                match Buffered::new(r, feed, &c.buffering) {
+                    Some(b) => c.buffered = Some(b),
+                    None => return terminate(ctx),
+                }
+            }
+        }
+    }
+    if c.buffered.is_some() {
+        return pump_buffered(ctx, client);
+    }
+    pump_download(ctx, region, id, total);
+}
+
+/// Turns the event pipe of a buffered response once.
+pub(super) fn pump_buffered(ctx: *mut Ctx, client: bool) {
+    // SAFETY: `ctx` is a live context.
+    let c = unsafe { &mut *ctx };
+    let Some(b) = c.buffered.as_mut() else {
+        return;
+    };
+    match b.turn(c.r, client) {
+        Turn::Wait => {}
+        Turn::Finished(rc) => {
+            // Every byte is out of the arena and in nginx's hands (memory or temp file): the
+            // slot goes back now, and the rest is nginx's to send at the client's pace.
+            forget_slot(ctx);
+            complete(ctx, rc);
+        }
+        Turn::Broken(why) => fail(ctx, 502, format!("pool \"{}\": {why}", pool_name(c.pool))),
+        Turn::ClientGone => terminate(ctx),
+    }
+}
+
+/// Streams body bytes from the arena as they come (`pool_buffering off`).
+pub(super) fn pump_download(ctx: *mut Ctx, region: &Region, id: SlotId, total: Option<u64>) {
+    // SAFETY: `ctx` is a live context.
+    let c = unsafe { &mut *ctx };
+    let r = c.r;
+    let Some(d) = c.download.as_mut() else {
+        return;
+    };
+    let mut asked = false;
+    loop {
+        match d.pump(r, region, id, total) {
+            Pump::Error => return terminate(ctx),
+            Pump::Finished(rc) => return complete(ctx, rc),
+            Pump::Wait { freed } => {
+                if freed {
+                    stream::notify_worker(region, id);
+                }
+                if total.is_some() || asked {
+                    break;
+                }
+                // Ask to be told of more bytes, then look once more: they may have come
+                // just before.
+                stream::want_nginx_wake(region, id);
+                asked = true;
+            }
+        }
+    }
+    // SAFETY: the request's connection and its write event are live.
+    unsafe {
+        let conn = (*r).connection;
+        if (*conn).buffered() != 0 {
+            nginx_sys::ngx_handle_write_event((*conn).write, 0);
+        }
+    }
+}
