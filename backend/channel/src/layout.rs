@@ -12,7 +12,7 @@ use std::mem::size_of;
 /// `b"NGXPOOL1"` read as a little-endian integer.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"NGXPOOL1");
 /// Bumped on any change of layout or message format; both sides must agree exactly.
-pub const LAYOUT_VERSION: u32 = 11;
+pub const LAYOUT_VERSION: u32 = 12;
 /// Alignment of every section and of the chunk stride.
 pub const SECTION_ALIGN: u64 = 128;
 /// Alignment of the chunk payloads: a page, so that payloads start on a page (and a cache
@@ -236,6 +236,8 @@ pub struct Stats {
     pub tasks_failed: AtomicU64,
     /// Tasks their caller ran itself: no room to queue them, or taken back while it waited.
     pub tasks_inline: AtomicU64,
+    /// Lines the pool's workers wrote to stdout or stderr that poold dropped (`log_rate=`).
+    pub log_lines_dropped: AtomicU64,
 }
 
 /// One request slot. `state` owns everything else: a side reads the other fields only after an

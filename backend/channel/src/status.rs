@@ -89,6 +89,7 @@ pub fn snapshot(region: &Region) -> PoolStatus {
             ("tasks_completed", c(&s.tasks_completed)),
             ("tasks_failed", c(&s.tasks_failed)),
             ("tasks_inline", c(&s.tasks_inline)),
+            ("log_lines_dropped", c(&s.log_lines_dropped)),
         ],
     }
 }

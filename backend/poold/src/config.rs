@@ -48,7 +48,11 @@ OPTIONS:
     --group GROUP       group for the above                           [default: USER's group]
     --error-log PATH    stdout and stderr are this file (the nginx module passes its error
                         log): once a rotation moved it (logrotate, then nginx -s reopen),
-                        poold and its workers reopen it, looking once a second
+                        poold reopens it, looking once a second
+    --log-rate N        lines a second the pool workers may write to stdout and stderr (a
+                        pipe poold reads: their lines reach poold's stderr), all together;
+                        the rest are dropped and counted, one line a second says how many;
+                        0: no limit                                   [default: 200]
     --lifeline-fd FD    exit when this descriptor reaches end of file (set by the nginx
                         module in managed mode, where poold also runs under a watchdog
                         process that starts a new one if it dies)

@@ -1,11 +1,12 @@
-//! Log lines in nginx's error_log format, written to stderr (the error log in managed mode),
-//! and the error log followed through a rotation (`--error-log`).
+//! Log lines in nginx's error_log format, written to stderr (the error log in managed mode; in
+//! a pool worker, the pipe poold reads), and the error log followed through a rotation
+//! (`--error-log`).
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,11 +18,21 @@ static FOLLOWED: OnceLock<PathBuf> = OnceLock::new();
 static NEXT_LOOK_MS: AtomicU64 = AtomicU64::new(0);
 const LOOK_EVERY_MS: u64 = 1000;
 
+/// Set in a pool worker, whose stdout and stderr are the pipe poold reads: it must never
+/// reopen them on the file, which would bypass poold's `log_rate=`.
+static PIPED: AtomicBool = AtomicBool::new(false);
+
 /// Follows the error log at `path` through rotation: once the file at that path is another one
 /// than stdout and stderr (logrotate renamed it and `nginx -s reopen` made a new one), this
-/// process's stdout and stderr are reopened on it. Inherited by forked pool workers.
+/// process's stdout and stderr are reopened on it.
 pub fn follow(path: PathBuf) {
     let _ = FOLLOWED.set(path);
+}
+
+/// In a pool worker just forked, once its stdout and stderr are poold's pipe: stop following
+/// the error log (poold, which writes the worker's lines, follows it).
+pub fn stdio_is_piped() {
+    PIPED.store(true, Ordering::Relaxed);
 }
 
 /// Reopens stdout and stderr on the followed error log if it was rotated; at most one look a
@@ -31,6 +42,9 @@ pub fn reopen_if_rotated() {
     let Some(path) = FOLLOWED.get() else {
         return;
     };
+    if PIPED.load(Ordering::Relaxed) {
+        return;
+    }
     let now = ngx_pool_channel::sys::monotonic_ms();
     // Relaxed: a rate limit; two threads looking at once both do a harmless reopen at worst.
     if now < NEXT_LOOK_MS.load(Ordering::Relaxed) {

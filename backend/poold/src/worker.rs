@@ -160,8 +160,6 @@ impl Worker<'_> {
             else {
                 continue;
             };
-            // What the handler prints goes straight to stdout and stderr: keep them the log.
-            crate::log::reopen_if_rotated();
             entry
                 .state
                 .store(WorkerState::Busy as u32, Ordering::Relaxed);

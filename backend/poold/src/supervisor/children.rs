@@ -33,6 +33,7 @@ impl Supervisor {
             let max_rss = self.cfg.pool.max_rss;
             let timeout_ms = self.cfg.pool.timeout_ms;
             let pool_workers = self.cfg.pool.workers;
+            let output = self.output.write_end();
             // Jitter: N plus up to 10%, different per fork, so workers do not retire together.
             let max_requests = self.cfg.pool.max_requests.map(u64::from).map(|n| {
                 let seed = (std::process::id() as u64)
@@ -46,6 +47,16 @@ impl Supervisor {
             let forked = sys::fork_child(|| {
                 // Its own process group: whatever the handler forks is killed with it.
                 let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+                // stdout and stderr are poold's pipe (`output.rs`), for this worker and all it
+                // forks: what they write reaches the error log at `log_rate=`, through poold.
+                // A worker that cannot have them exits (and is replaced) rather than write to the
+                // file unlimited.
+                for fd in [1, 2] {
+                    if nix::unistd::dup2(output.as_raw_fd(), fd).is_err() {
+                        std::process::exit(1);
+                    }
+                }
+                crate::log::stdio_is_piped();
                 let mut table = ConnFds::new();
                 for (ci, c) in conns.iter().enumerate() {
                     if let Some(c) = c {

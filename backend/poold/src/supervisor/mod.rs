@@ -3,7 +3,8 @@
 //!
 //! Single-threaded on purpose: it forks. One `poll` covers the signalfd (SIGCHLD and stop
 //! signals), the listening socket, every attached nginx worker's socket (its lifeline: end of
-//! file means it died) and, in managed mode, the lifeline from the nginx master.
+//! file means it died), the pipe that is the pool workers' stdout and stderr (`output.rs`)
+//! and, in managed mode, the lifeline from the nginx master.
 
 use crate::config::Config;
 use crate::handler::LoadedHandler;
@@ -29,6 +30,7 @@ use std::time::{Duration, Instant};
 
 mod children;
 mod conns;
+mod output;
 mod size;
 mod socket;
 
@@ -107,6 +109,8 @@ pub struct Supervisor {
     watcher: Option<Pid>,
     /// When the pool last grew (`workers=MIN-MAX`): at most one new worker per GROW_INTERVAL.
     last_grow: Option<Instant>,
+    /// The pool workers' stdout and stderr, passed on to the error log at `log_rate=`.
+    output: output::WorkerOutput,
 }
 
 enum Source {
@@ -114,6 +118,7 @@ enum Source {
     Listener,
     SocketDir,
     Lifeline,
+    Output,
     Pending(usize),
     Conn(usize),
     Worker(usize),
@@ -136,6 +141,7 @@ impl Supervisor {
         let region = Region::create(&cfg.pool.name, cfg.geometry(), std::process::id())?;
         let (listener, socket_file) = socket::bind(&cfg, run_as)?;
         let socket_watch = socket::watch(&cfg);
+        let output = output::WorkerOutput::new(cfg.pool.log_rate)?;
         let conns = (0..cfg.max_conns).map(|_| None).collect();
         // One entry per region worker slot: `workers` run, the others take replacements.
         let workers = (0..cfg.geometry().max_workers)
@@ -160,6 +166,7 @@ impl Supervisor {
             maybe_lost: false,
             watcher: None,
             last_grow: None,
+            output,
         })
     }
 
@@ -202,12 +209,17 @@ impl Supervisor {
                         return self.stop();
                     }
                     Source::Listener => self.accept_all(),
+                    Source::Output => self
+                        .output
+                        .drain(&self.region.header().stats.log_lines_dropped),
                     Source::SocketDir => self.on_socket_dir_event(),
                     Source::Pending(i) => self.on_hello(i),
                     Source::Conn(i) => self.on_conn_readable(i),
                     Source::Worker(i) => self.on_worker_message(i)?,
                 }
             }
+            self.output
+                .tick(&self.region.header().stats.log_lines_dropped);
             if self.maybe_lost {
                 self.return_lost();
             }
@@ -252,6 +264,11 @@ impl Supervisor {
             sources.push(Source::Lifeline);
             fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
         }
+        sources.push(Source::Output);
+        fds.push(PollFd::new(
+            self.output.read_end().as_fd(),
+            PollFlags::POLLIN,
+        ));
         for (i, p) in self.pending.iter().enumerate().rev() {
             sources.push(Source::Pending(i));
             fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
@@ -291,10 +308,15 @@ impl Supervisor {
             || self.draining.is_some()
             || self.maybe_lost)
             .then(|| Instant::now() + tick);
-        let next_wake = [next_respawn, next_tick, self.socket_check_at]
-            .into_iter()
-            .flatten()
-            .min();
+        let next_wake = [
+            next_respawn,
+            next_tick,
+            self.socket_check_at,
+            self.output.next_wake(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let timeout = match next_wake {
             Some(at) => {
                 // Rounded up: waking a millisecond early would find nothing due and wait again.
@@ -416,9 +438,15 @@ impl Supervisor {
                 }
             }
             let ms = left.as_millis().clamp(10, 1000) as u16;
-            let mut fds = [PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+            // The workers' output too: one writing its last words must not wait on a full pipe.
+            let mut fds = [
+                PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.output.read_end().as_fd(), PollFlags::POLLIN),
+            ];
             let _ = poll(&mut fds, PollTimeout::from(ms));
             while let Ok(Some(_)) = self.signals.read_signal() {}
+            self.output
+                .drain(&self.region.header().stats.log_lines_dropped);
             loop {
                 match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
                     Ok(WaitStatus::StillAlive) | Err(_) => break,
@@ -437,6 +465,9 @@ impl Supervisor {
         for g in groups {
             let _ = nix::sys::signal::killpg(g, Signal::SIGKILL);
         }
+        // The workers' last lines (and the count of those dropped) before poold's last.
+        self.output
+            .finish(&self.region.header().stats.log_lines_dropped);
         log!("notice", "stopped");
         Ok(())
     }
