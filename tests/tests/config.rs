@@ -242,3 +242,38 @@ fn the_systemd_unit_for_external_pools_passes_systemd_analyze_verify() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(out.status.success() && text.trim().is_empty(), "{text}");
 }
+
+#[test]
+fn bad_buffering_directives_are_named_by_nginx_t() {
+    let pool = "    pool p handler=builtin:hello;";
+    for (directive, reason) in [
+        ("pool_buffering maybe;", "it must be \"on\" or \"off\""),
+        ("pool_request_buffering 1;", "it must be \"on\" or \"off\""),
+        ("pool_buffering on; pool_buffering off;", "is duplicate"),
+        ("pool_buffers 1 16k;", "invalid number of buffers"),
+        ("pool_buffers 8 lots;", "invalid size \"lots\""),
+        ("pool_buffers 8 0;", "size must not be 0"),
+        ("pool_max_header_size 10;", "must be at least 64"),
+        ("pool_temp_file_write_size 1x;", "invalid size"),
+        // Sizes that disagree, as proxy_* checks them.
+        (
+            "pool_buffers 4 16k; pool_busy_buffers_size 64k;",
+            "must be less than the size of all \"pool_buffers\" minus one buffer",
+        ),
+        (
+            "pool_max_temp_file_size 1k;",
+            "must be equal to zero to disable temporary files usage",
+        ),
+    ] {
+        rejected(
+            pool,
+            &format!("    location / {{ {directive} pool_pass p; }}"),
+            reason,
+        );
+    }
+    let (ok, out) = nginx_test_config(&Conf::new(
+        pool,
+        "    pool_temp_path pool_tmp 1 2;\n    location / { pool_buffering off; pool_request_buffering off; pool_buffers 16 8k; pool_max_temp_file_size 0; pool_pass p; }",
+    ));
+    assert!(ok, "{out}");
+}
