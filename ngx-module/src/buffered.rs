@@ -7,7 +7,8 @@
 //! The pipe reads its "upstream" through a connection's `recv_chain`. Ours is a connection that
 //! is not in the event loop (`fd` -1, so the pipe never arms events or timers on it) whose
 //! `recv_chain` copies published response bytes from the arena into the pipe's buffers and
-//! gives the handler its credit back at once ([`Feed`]). The eventfd (more bytes published)
+//! gives the handler its credit back at once (the channel's
+//! [`AnswerReader`](ngx_pool_channel::answer::AnswerReader), in [`Feed`]). The eventfd (more bytes published)
 //! and the client's write events drive the pipe, as `ngx_http_upstream_process_upstream` and
 //! `_downstream` drive proxy's (development guide, "Buffers"; `src/event/ngx_event_pipe.c`).
 
@@ -16,39 +17,20 @@ use nginx_sys::{
     ngx_chain_t, ngx_connection_t, ngx_event_pipe_t, ngx_event_t, ngx_http_request_t, ngx_int_t,
     ngx_temp_file_t, off_t, NGX_AGAIN, NGX_ERROR, NGX_LOG_WARN,
 };
-use ngx_pool_channel::slot::{self, SlotState};
-use ngx_pool_channel::stream::{self, Direction, StreamReader};
+use ngx_pool_channel::answer::{AnswerReader, Fill};
+use ngx_pool_channel::stream::StreamReader;
 use ngx_pool_channel::{Region, SlotId};
 use std::ffi::c_void;
 use std::ptr;
 use std::rc::Rc;
 
-/// What the arena side of a buffered response holds: the reader of the response stream and
-/// what it knows of the stream's end. Safe Rust; the FFI edge is [`recv_chain`].
+/// The arena side of a buffered response: the channel's reader of an answer, the region it
+/// reads, and what the pipe's callback learned.
 pub struct Feed {
     region: Rc<Region>,
-    id: SlotId,
-    reader: StreamReader,
-    /// Length of the response head (the stream's body starts after it).
-    head_len: u64,
-    /// The body length the head announced, if any.
-    declared: Option<u64>,
+    answer: AnswerReader,
     /// Why the stream broke, for the request's log line.
     pub error: Option<String>,
-    /// Every byte of the response has left the arena.
-    pub eof: bool,
-}
-
-/// One step of filling the pipe's buffers.
-enum Fill {
-    /// This many bytes were copied.
-    Data(usize),
-    /// Nothing published yet; the pool worker wakes us when there is.
-    Again,
-    /// The whole response was read.
-    Eof,
-    /// The stream broke or the worker failed.
-    Broken(String),
 }
 
 impl Feed {
@@ -61,79 +43,8 @@ impl Feed {
     ) -> Feed {
         Feed {
             region,
-            id,
-            reader,
-            head_len,
-            declared,
+            answer: AnswerReader::new(id, reader, head_len, declared),
             error: None,
-            eof: false,
-        }
-    }
-
-    /// Copies published bytes into `bufs` in order, each filled before the next, as `readv`
-    /// would; frees the chunks they came from and wakes the handler if it waits for credit.
-    fn fill(&mut self, bufs: &mut [&mut [u8]]) -> Fill {
-        let (region, id, dir) = (&*self.region, self.id, Direction::Response);
-        let mut asked = false;
-        loop {
-            let mut n = 0usize;
-            for buf in bufs.iter_mut() {
-                match self.reader.read(region, id, dir, buf) {
-                    Ok(k) => {
-                        n += k;
-                        if k < buf.len() {
-                            break;
-                        }
-                    }
-                    Err(e) => return Fill::Broken(format!("pool worker's response: {e}")),
-                }
-            }
-            let position = self.reader.position();
-            if let Some(d) = self.declared {
-                if position.saturating_sub(self.head_len) > d {
-                    return Fill::Broken(format!(
-                        "pool worker's response body is longer than the {d} bytes announced"
-                    ));
-                }
-            }
-            if n > 0 {
-                if self.reader.release(region, id, dir, position) {
-                    stream::notify_worker(region, id);
-                }
-                return Fill::Data(n);
-            }
-            match slot::state_of(region, id) {
-                Some(SlotState::Done) => {
-                    let total = slot::response(region, id).map_or(0, |(_, t)| t);
-                    if total != position {
-                        return Fill::Broken(format!(
-                            "pool worker's response: {total} bytes announced, {position} published"
-                        ));
-                    }
-                    let body = total.saturating_sub(self.head_len);
-                    if let Some(d) = self.declared.filter(|d| *d != body) {
-                        return Fill::Broken(format!(
-                            "pool worker's response body is {body} bytes, not the {d} announced"
-                        ));
-                    }
-                    self.eof = true;
-                    return Fill::Eof;
-                }
-                Some(SlotState::Streaming) if !asked => {
-                    // Ask to be told of more bytes, then look once more: they may have come
-                    // just before.
-                    stream::want_nginx_wake(region, id);
-                    asked = true;
-                }
-                Some(SlotState::Streaming) => return Fill::Again,
-                Some(SlotState::Failed) => {
-                    let reason = slot::fail_reason(region, id);
-                    return Fill::Broken(format!("request failed in the pool: {reason:?}"));
-                }
-                other => {
-                    return Fill::Broken(format!("request lost its slot (state {other:?})"));
-                }
-            }
         }
     }
 }
@@ -165,9 +76,9 @@ unsafe extern "C" fn recv_chain(
                     }
                     cl = (*cl).next;
                 }
-                match feed.fill(&mut bufs) {
+                match feed.answer.fill(&feed.region, &mut bufs) {
                     Fill::Data(n) => n as isize,
-                    Fill::Eof => 0,
+                    Fill::End => 0,
                     Fill::Again => {
                         (*(*c).read).set_ready(0);
                         NGX_AGAIN as isize

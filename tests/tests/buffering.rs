@@ -124,7 +124,7 @@ fn stalled_readers_do_not_hold_pool_workers() {
     assert_eq!(r.body.len(), 100_000);
     let took = started.elapsed();
     assert!(
-        took < Duration::from_secs(2),
+        took < Duration::from_secs(5),
         "the fourth request took {took:?}"
     );
     let p = pool_status(&ng, "down");
@@ -479,12 +479,16 @@ fn slow_uploaders_hold_no_worker_unless_the_location_streams_uploads() {
     let started = Instant::now();
     let r = request(ng.port, "POST", "/up", &[], b"probe").unwrap();
     assert_eq!(r.status, 200);
+    // Not held behind the uploads (with them holding both workers, it would wait for them).
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_secs(5),
         "the probe took {:?}",
         started.elapsed()
     );
-    assert_eq!(busy_workers(&ng, "up"), 0);
+    // The probe's worker marks itself idle just after answering; no upload keeps one busy.
+    ng.wait_for("no worker busy beside four slow uploaders", |ng| {
+        busy_workers(ng, "up") == 0
+    });
     // With pool_request_buffering off the handler reads the body as it arrives: the worker
     // waits on the client (what the mode is for, and what it costs).
     let streamed = slow_uploader(ng.port, "/streamed", 1 << 20, stop.clone());

@@ -22,6 +22,7 @@
 //! accessors they provide. Built with `--cfg loom`, the same protocol code runs over a heap
 //! twin of the region under the loom model checker ([`sync`]).
 
+pub mod answer;
 pub mod chain;
 pub mod freelist;
 /// The corruption exerciser of the property test and the fuzz target (feature `testing`).
