@@ -15,12 +15,13 @@
 use crate::layout::{Cell, ChunkHead, Conn, Geometry, Header, Slot, WorkerEntry};
 use crate::layout::{LAYOUT_VERSION, MAGIC};
 use memmap2::{MmapOptions, MmapRaw};
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::mem::size_of;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
 /// Why a region could not be attached.
@@ -29,9 +30,18 @@ pub enum AttachError {
     Io(io::Error),
     TooSmall(u64),
     BadMagic,
-    Version { found: u32, expected: u32 },
+    Version {
+        found: u32,
+        expected: u32,
+    },
     Geometry(&'static str),
-    SizeMismatch { header: u64, file: u64 },
+    SizeMismatch {
+        header: u64,
+        file: u64,
+    },
+    /// The memfd could still shrink or grow: another process could truncate it under us
+    /// (every access past the new end would be a SIGBUS) or change its size.
+    Unsealed,
 }
 
 impl std::fmt::Display for AttachError {
@@ -48,6 +58,10 @@ impl std::fmt::Display for AttachError {
             AttachError::SizeMismatch { header, file } => {
                 write!(f, "header says {header} bytes, memfd has {file}")
             }
+            AttachError::Unsealed => write!(
+                f,
+                "region not sealed against shrinking and growing: refused"
+            ),
         }
     }
 }
@@ -110,9 +124,21 @@ impl Region {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let cname = CString::new(format!("ngx-pool:{name}"))
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in pool name"))?;
-        let fd = memfd_create(&cname, MemFdCreateFlag::MFD_CLOEXEC)?;
+        let fd = memfd_create(
+            &cname,
+            MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+        )?;
         let file = File::from(fd);
         file.set_len(geometry.region_size())?;
+        // Sealed before anyone else sees it: no process, whatever it holds the memfd as, can
+        // shrink it (every mapping's access past the new end would be a SIGBUS, in nginx too)
+        // or grow it, nor take the seals off.
+        fcntl(
+            file.as_raw_fd(),
+            FcntlArg::F_ADD_SEALS(
+                SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
+            ),
+        )?;
         let map = MmapOptions::new()
             .len(geometry.region_size() as usize)
             .map_raw(&file)?;
@@ -138,6 +164,11 @@ impl Region {
     /// Maps a region received from poold and validates its header (an nginx worker's side).
     pub fn attach(fd: OwnedFd) -> Result<Region, AttachError> {
         let file = File::from(fd);
+        let seals = fcntl(file.as_raw_fd(), FcntlArg::F_GET_SEALS).map_err(io::Error::from)?;
+        let needed = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        if !SealFlag::from_bits_truncate(seals).contains(needed) {
+            return Err(AttachError::Unsealed);
+        }
         let file_len = file.metadata()?.len();
         if file_len < size_of::<Header>() as u64 {
             return Err(AttachError::TooSmall(file_len));
@@ -351,14 +382,44 @@ mod tests {
         assert!(!a.chunk_read(64, 0, &mut out));
     }
 
+    fn sealed_memfd(len: u64) -> File {
+        let fd = memfd_create(
+            c"x",
+            MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+        )
+        .unwrap();
+        let f = File::from(fd);
+        f.set_len(len).unwrap();
+        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        fcntl(f.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals)).unwrap();
+        f
+    }
+
     #[test]
     fn attach_rejects_garbage() {
-        let fd = memfd_create(c"x", MemFdCreateFlag::MFD_CLOEXEC).unwrap();
-        let f = File::from(fd);
-        f.set_len(4096).unwrap();
         assert!(matches!(
-            Region::attach(f.into()),
+            Region::attach(sealed_memfd(4096).into()),
             Err(AttachError::BadMagic)
+        ));
+    }
+
+    #[test]
+    fn a_created_region_cannot_shrink_or_grow_and_an_unsealed_one_is_refused() {
+        let r = Region::create("s", Geometry::for_tests(2, 64), 1).unwrap();
+        let f = File::from(r.fd().try_clone_to_owned().unwrap());
+        let size = r.geometry().region_size();
+        assert!(f.set_len(size / 2).is_err(), "shrank");
+        assert!(f.set_len(size + 4096).is_err(), "grew");
+        let seals = fcntl(f.as_raw_fd(), FcntlArg::F_GET_SEALS).unwrap();
+        assert!(SealFlag::from_bits_truncate(seals).contains(SealFlag::F_SEAL_SEAL));
+        assert!(Region::attach(f.into()).is_ok());
+        // The same bytes in a memfd that is not sealed: refused before anything is mapped.
+        let fd = memfd_create(c"x", MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+        let plain = File::from(fd);
+        plain.set_len(size).unwrap();
+        assert!(matches!(
+            Region::attach(plain.into()),
+            Err(AttachError::Unsealed)
         ));
     }
 }
