@@ -67,3 +67,23 @@ pub fn evaluate<'a>(req: &'a Request, params: &'a [Param]) -> Vec<(&'a [u8], &'a
         })
         .collect()
 }
+
+/// Whether a client's header `name` is replaced by one of `params`: a `pool_param` named
+/// `HTTP_` + the header's name in CGI form (upper case, `-` as `_`) stands for that header, and
+/// the client's own is not passed, as nginx's `uwsgi_param` and `fastcgi_param` do. So
+/// `pool_param HTTP_X_FORWARDED_PROTO $scheme;` cannot be joined with (or, for an app that
+/// reads the last value, overridden by) what the client sent.
+pub fn replaced_by(params: &[Param], name: &[u8]) -> bool {
+    params.iter().any(|p| {
+        p.name.len() == name.len() + 5
+            && p.name.starts_with(b"HTTP_")
+            && p.name[5..].iter().zip(name).all(|(a, b)| {
+                let cgi = if *b == b'-' {
+                    b'_'
+                } else {
+                    b.to_ascii_uppercase()
+                };
+                *a == cgi
+            })
+    })
+}

@@ -52,3 +52,45 @@ fn a_region_cannot_be_truncated_under_nginx() {
     assert_eq!(ng.worker_pids(), vec![worker], "the nginx worker lived");
     ng.finish();
 }
+
+#[test]
+fn a_pool_param_named_http_x_replaces_the_clients_own_header() {
+    let apps = ngx_pool_tests::python_apps();
+    let ng = Nginx::start(
+        Conf::new(
+            &format!(
+                "    pool echo handler=builtin:echo workers=1;\n    pool raw handler=wsgi:rawapp:app venv={} chdir={} workers=1;\n    pool_param HTTP_X_FORWARDED_PROTO $scheme;\n    pool_param HTTP_X_FORWARDED_HOST $host;",
+                ngx_pool_tests::python_env().display(),
+                apps.display()
+            ),
+            "    location /echo { pool_pass echo; }\n    location /raw/ { pool_pass raw; }",
+        )
+        .workers(1),
+    );
+    let spoof = [
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "evil.example"),
+        ("X-Other", "kept"),
+    ];
+    // A native handler sees the operator's values as parameters and no client header of
+    // those names; other headers pass.
+    let r = ngx_pool_tests::http::request(ng.port, "GET", "/echo", &spoof, b"").unwrap();
+    let doc = r.json();
+    let headers: Vec<String> = doc["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h[0].as_str().unwrap().to_ascii_lowercase())
+        .collect();
+    assert!(!headers.contains(&"x-forwarded-proto".into()), "{doc}");
+    assert!(!headers.contains(&"x-forwarded-host".into()), "{doc}");
+    assert!(headers.contains(&"x-other".into()), "{doc}");
+    assert_eq!(doc["params"]["HTTP_X_FORWARDED_PROTO"], "http", "{doc}");
+    // A WSGI app (what Werkzeug's ProxyFix reads) sees one value, the operator's.
+    let r = ngx_pool_tests::http::request(ng.port, "GET", "/raw/environ", &spoof, b"").unwrap();
+    let env = r.json();
+    assert_eq!(env["http"]["HTTP_X_FORWARDED_PROTO"], "http", "{env}");
+    assert_eq!(env["http"]["HTTP_X_FORWARDED_HOST"], "localhost", "{env}");
+    assert_eq!(env["http"]["HTTP_X_OTHER"], "kept", "{env}");
+    ng.finish();
+}

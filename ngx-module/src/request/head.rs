@@ -80,8 +80,10 @@ pub(super) fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, Refused> {
             nginx_sys::ngx_inet_get_port((*c).sockaddr),
         )
     };
-    let headers = request_headers(req);
-    let params = crate::params::evaluate(req, loc.params.as_deref().unwrap_or_default());
+    let configured = loc.params.as_deref().unwrap_or_default();
+    let mut headers = request_headers(req);
+    headers.retain(|(name, _)| !crate::params::replaced_by(configured, name));
+    let params = crate::params::evaluate(req, configured);
     let server = server_side(r, req);
     // SAFETY: reading flags and the parsed length of a live request.
     let (arriving, announced) =
