@@ -21,6 +21,7 @@ mod buffered;
 mod directives;
 mod download;
 mod edge;
+mod isolation;
 mod managed;
 mod params;
 mod rejections;

@@ -215,6 +215,7 @@ pub fn on_init_process(cycle: *mut ngx_cycle_t) {
         // Only the master keeps the lifeline; with `master_process off` this process is the
         // master too, and closing it would stop every poold at once.
         crate::managed::close_lifeline_in_worker();
+        crate::isolation::on_init_process(cycle);
     }
     // SAFETY: `cycle` is the worker's cycle, fully configured.
     let Some(main) = Module::main_conf(unsafe { &*cycle }) else {

@@ -94,3 +94,142 @@ fn a_pool_param_named_http_x_replaces_the_clients_own_header() {
     assert_eq!(env["http"]["HTTP_X_OTHER"], "kept", "{env}");
     ng.finish();
 }
+
+/// Runs `attack` in a child process switched to uid and gid `id` (what a compromised handler
+/// is); returns its exit code. The child only makes system calls, then `_exit`s.
+fn as_user(id: u32, attack: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: the child calls only async-signal-safe functions (setgroups, setgid, setuid,
+    // ptrace, open, close, _exit) before it exits; the parent waits for it.
+    unsafe {
+        match libc::fork() {
+            0 => {
+                let code = if libc::setgroups(0, std::ptr::null()) == 0
+                    && libc::setgid(id) == 0
+                    && libc::setuid(id) == 0
+                {
+                    attack()
+                } else {
+                    99
+                };
+                libc::_exit(code)
+            }
+            pid if pid > 0 => {
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, 0);
+                libc::WEXITSTATUS(status)
+            }
+            _ => panic!("fork failed"),
+        }
+    }
+}
+
+/// What a process of `id` can do to process `pid`: bit 1 if it could ptrace-attach, 2 if it
+/// could open its memory, 4 if it could open one of its descriptors through /proc.
+fn reach(id: u32, pid: u32) -> i32 {
+    let mem = std::ffi::CString::new(format!("/proc/{pid}/mem")).unwrap();
+    let fd0 = std::ffi::CString::new(format!("/proc/{pid}/fd/0")).unwrap();
+    as_user(id, move || {
+        let mut got = 0;
+        // SAFETY: plain system calls on paths and a pid; a successful attach is undone.
+        unsafe {
+            if libc::ptrace(libc::PTRACE_ATTACH, pid as libc::pid_t, 0, 0) == 0 {
+                libc::ptrace(libc::PTRACE_DETACH, pid as libc::pid_t, 0, 0);
+                got |= 1;
+            }
+            let f = libc::open(mem.as_ptr(), libc::O_RDONLY);
+            if f >= 0 {
+                libc::close(f);
+                got |= 2;
+            }
+            let f = libc::open(fd0.as_ptr(), libc::O_RDONLY);
+            if f >= 0 {
+                libc::close(f);
+                got |= 4;
+            }
+        }
+        got
+    })
+}
+
+#[test]
+fn a_process_of_nginxs_user_cannot_inspect_nginx_workers_or_pool_workers() {
+    let mut ng = Nginx::start(
+        Conf::new(
+            "    pool a handler=builtin:echo workers=1;\n    pool b handler=builtin:echo workers=1;",
+            "    location /a { pool_pass a; }\n    location /b { pool_pass b; }\n    location = /status { pool_status; }",
+        )
+        .workers(1),
+    );
+    assert_eq!(ng.get("/a").status, 200);
+    let worker = ng.worker_pids()[0];
+    // The nginx workers' user: nobody, as nginx defaults to when started as root.
+    let uid = std::fs::read_to_string(format!("/proc/{worker}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .map(|u| u.parse::<u32>().unwrap())
+        })
+        .unwrap();
+    assert_ne!(
+        uid, 0,
+        "the test needs nginx's workers to run as another user than root"
+    );
+    // The attack against nginx's worker, as that same user (what a compromised handler is).
+    assert_eq!(
+        reach(uid, worker),
+        0,
+        "a process of nginx's user reached an nginx worker"
+    );
+    // ...and against the other pool's worker.
+    let s = ng.get("/status").json();
+    let b_worker = s["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "b")
+        .and_then(|p| p["workers"][0]["pid"].as_u64())
+        .unwrap() as u32;
+    assert_eq!(
+        reach(uid, b_worker),
+        0,
+        "a process of the pools' user reached pool b's worker"
+    );
+    // Nothing a pool worker starts can gain privileges through a setuid binary.
+    let status = std::fs::read_to_string(format!("/proc/{b_worker}/status")).unwrap();
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    // The check itself can tell: the same user reaches a plain process of its own.
+    let mut own = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid.to_string(),
+            "--regid",
+            &uid.to_string(),
+            "--clear-groups",
+        ])
+        .args(["sleep", "30"])
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let pid = own.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| !c.starts_with("sleep"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "setpriv did not exec sleep"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let reached = reach(uid, pid);
+    own.kill().unwrap();
+    own.wait().unwrap();
+    assert_ne!(
+        reached, 0,
+        "the probe cannot reach even its own user's process"
+    );
+    ng.allow("stays dumpable");
+    ng.finish();
+}

@@ -84,6 +84,20 @@ pub fn drop_privileges(uid: Uid, gid: Gid) -> io::Result<()> {
     Ok(())
 }
 
+/// A pool worker, before any of the pool's code runs in it: no setuid binary or file
+/// capability can raise what it (or anything it starts) may do (`no_new_privs`), and no
+/// process of its user, such as another pool's worker, may ptrace it or read its memory or
+/// descriptors (not dumpable; changing uids already cleared that, this holds when poold runs
+/// as the workers' user too). Failures are logged: the worker still serves.
+pub fn confine_worker() {
+    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+        crate::log!("warn", "worker {}: no_new_privs: {e}", std::process::id());
+    }
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        crate::log!("warn", "worker {}: not dumpable: {e}", std::process::id());
+    }
+}
+
 /// Runs `f` with effective uid and gid (and groups) `uid`/`gid`, then takes root back: the
 /// handler's `init` (and whatever its library runs when loaded) does not run as root. Not a
 /// security boundary (the saved uid stays root); it keeps files and imports of the user's code

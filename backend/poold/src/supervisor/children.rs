@@ -78,6 +78,7 @@ impl Supervisor {
                         std::process::exit(1);
                     }
                 }
+                sys::confine_worker();
                 sys::child_defaults(me);
                 crate::host::set_pool_workers(pool_workers);
                 // `theirs` is kept open above; the duplicate below is what the worker owns.
