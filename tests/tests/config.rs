@@ -277,3 +277,28 @@ fn bad_buffering_directives_are_named_by_nginx_t() {
     ));
     assert!(ok, "{out}");
 }
+
+#[test]
+fn a_duplicate_parameter_a_huge_arena_and_a_long_socket_path_fail_nginx_t() {
+    rejected(
+        "    pool p handler=builtin:echo handler=builtin:hello;",
+        "",
+        "duplicate parameter \"handler=\"",
+    );
+    rejected(
+        "    pool p handler=builtin:echo workers=2 workers=3;",
+        "",
+        "duplicate parameter \"workers=\"",
+    );
+    rejected(
+        "    pool p handler=builtin:echo arena=99999999g;",
+        "",
+        "invalid arena \"99999999g\"",
+    );
+    let long = format!("/tmp/{}.sock", "s".repeat(120));
+    rejected(
+        &format!("    pool p handler=builtin:echo socket={long};"),
+        "",
+        "longer than a unix socket's 107",
+    );
+}

@@ -173,6 +173,7 @@ pub fn parse_pool(args: &[&str]) -> Result<PoolConf, String> {
         socket: None,
         external: false,
     };
+    let mut seen: Vec<&str> = Vec::new();
     for param in params {
         if *param == "external" {
             p.external = true;
@@ -181,6 +182,14 @@ pub fn parse_pool(args: &[&str]) -> Result<PoolConf, String> {
         let Some((key, value)) = param.split_once('=') else {
             return Err(format!("invalid parameter \"{param}\""));
         };
+        // Every parameter but env= is given once: a second handler= or workers= is a mistake
+        // to name, not a value to take silently.
+        if key != "env" {
+            if seen.contains(&key) {
+                return Err(format!("duplicate parameter \"{key}=\""));
+            }
+            seen.push(key);
+        }
         match key {
             "name" => return Err(format!("invalid parameter \"{param}\"")),
             k if PoolSettings::knows(k) => p.settings.set(k, value)?,
@@ -197,6 +206,15 @@ pub fn parse_pool(args: &[&str]) -> Result<PoolConf, String> {
             "socket" if !value.is_empty() => p.socket = Some(value.to_string()),
             _ => return Err(format!("invalid parameter \"{param}\"")),
         }
+    }
+    if p.settings.arena > MAX_ARENA {
+        return Err(format!(
+            "invalid arena \"{}\" (at most 64g: the region is one shared mapping)",
+            params
+                .iter()
+                .find_map(|a| a.strip_prefix("arena="))
+                .unwrap_or_default()
+        ));
     }
     if p.settings.handler.is_empty() && !p.external {
         return Err(format!("pool \"{}\" needs handler=", p.settings.name));
@@ -232,9 +250,23 @@ pub fn socket_path(p: &PoolConf, prefix: &str) -> PathBuf {
     }
 }
 
-/// Checks that a pool's socket can be made where it is to go: its directory exists (or is the
-/// runtime directory, made at start, under a writable parent). The reason, with what to do.
+/// The largest `arena=`: one shared mapping per pool, in every nginx worker.
+pub const MAX_ARENA: u64 = 64 << 30;
+
+/// The longest path a unix socket may have (`sun_path` holds 108 bytes with the final NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Checks that a pool's socket can be made where it is to go: its path fits a unix socket
+/// address, and its directory exists (or is the runtime directory, made at start, under a
+/// writable parent). The reason, with what to do.
 pub fn check_socket_dir(socket: &Path, external: bool) -> Result<(), String> {
+    let len = socket.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(format!(
+            "the socket path \"{}\" is {len} bytes, longer than a unix socket's {MAX_SOCKET_PATH} (choose a shorter socket=)",
+            socket.display()
+        ));
+    }
     let dir = socket.parent().unwrap_or(Path::new("/"));
     if dir.is_dir() || external {
         // An external poold makes its own socket, perhaps later (systemd's RuntimeDirectory).
@@ -265,6 +297,26 @@ pub fn check_socket_dir(socket: &Path, external: bool) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parameter_twice_an_arena_too_large_and_a_socket_path_too_long_are_refused() {
+        let twice = parse_pool(&["p", "handler=builtin:echo", "handler=builtin:hello"]);
+        assert!(twice
+            .unwrap_err()
+            .contains("duplicate parameter \"handler=\""));
+        let twice = parse_pool(&["p", "handler=builtin:echo", "workers=2", "workers=3"]);
+        assert!(twice
+            .unwrap_err()
+            .contains("duplicate parameter \"workers=\""));
+        assert!(parse_pool(&["p", "handler=builtin:echo", "env=A=1", "env=B=2"]).is_ok());
+        let big = parse_pool(&["p", "handler=builtin:echo", "arena=99999999g"]);
+        assert!(big.unwrap_err().contains("invalid arena \"99999999g\""));
+        assert!(parse_pool(&["p", "handler=builtin:echo", "arena=64g"]).is_ok());
+        let long = format!("/tmp/{}.sock", "s".repeat(120));
+        let e = check_socket_dir(Path::new(&long), true).unwrap_err();
+        assert!(e.contains("longer than a unix socket's 107"), "{e}");
+        assert!(check_socket_dir(Path::new("/tmp/short.sock"), true).is_ok());
+    }
 
     #[test]
     fn full_pool_line() {
