@@ -122,6 +122,14 @@ pub fn start(
     }
     let (head, body) = bytes.split_at(head_len as usize);
     let view = decode_response_head(head).map_err(|e| e.to_string())?;
+    if !(200..=599).contains(&view.status) {
+        // 1xx would be taken by the client for an interim answer (101: a protocol switch) with
+        // the connection kept for what follows: a desync a handler must not be able to cause.
+        return Err(format!(
+            "response status {} (a handler may send 200 to 599)",
+            view.status
+        ));
+    }
     let announced = ngx_pool_channel::message::announced_length(head).unwrap_or(UNKNOWN_LENGTH);
     let body_len = total.map(|t| t - head_len);
     // SAFETY: reading a field of the live request this handler runs for.

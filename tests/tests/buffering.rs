@@ -542,3 +542,123 @@ fn a_streamed_upload_reaches_the_handler_whole_and_as_it_arrives() {
     assert!(out.contains("\"body_length\":5"), "{out}");
     ng.finish();
 }
+
+#[test]
+fn a_streamed_answer_to_a_client_that_never_reads_ends_at_send_timeout() {
+    let mut ng = Nginx::start(
+        Conf::new(
+            "    pool down handler=builtin:stream workers=1 timeout=120s;",
+            "    location /off { pool_pass down; pool_buffering off; send_timeout 1s; }\n    location /sse { pool_pass down; send_timeout 1s; }\n    location = /status { pool_status; }",
+        )
+        .workers(1),
+    );
+    ng.allow("client timed out");
+    // Streamed (by the location, and by the handler's X-Accel-Buffering: no): the client takes
+    // the head and then nothing; the handler must not wait for it until the pool's deadline.
+    for path in ["/off?bytes=500000000", "/sse?bytes=500000000&accel=no"] {
+        let _stalled = stalled_reader(ng.port, path, 4096);
+        ng.wait_for("the handler to be stopped at send_timeout", |ng| {
+            busy_workers(ng, "down") == 0 && pool_status(ng, "down")["slots"]["in_use"] == 0
+        });
+    }
+    assert!(ng.log().contains("client timed out"));
+    ng.finish();
+}
+
+#[test]
+fn an_interim_status_from_a_handler_is_a_502_not_a_desync() {
+    let ng = Nginx::start(
+        Conf::new(
+            "    pool s handler=builtin:stream workers=1;",
+            "    location /s { pool_pass s; }",
+        )
+        .workers(1),
+    );
+    for status in [100, 101, 199, 600] {
+        let r = request(
+            ng.port,
+            "GET",
+            &format!("/s?bytes=5&status={status}"),
+            &[],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(r.status, 502, "status {status}");
+    }
+    assert_eq!(
+        request(ng.port, "GET", "/s?bytes=5&status=299", &[], b"")
+            .unwrap()
+            .status,
+        299
+    );
+    assert!(ng
+        .log()
+        .contains("response status 101 (a handler may send 200 to 599)"));
+    ng.finish();
+}
+
+/// A POST of `total` bytes to `path` that sends `first` bytes, then waits for `then` (to
+/// trickle, or to close).
+fn partial_upload(port: u16, path: &str, total: usize, first: usize) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {total}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    s.write_all(&vec![b'u'; first]).unwrap();
+    s
+}
+
+#[test]
+fn streamed_uploads_that_fail_or_are_cut_short_are_ended_at_once() {
+    let mut ng = Nginx::start(
+        Conf::new(
+            "    pool crash handler=builtin:crash workers=2 queue=16;\n    pool one handler=builtin:echo workers=1 queue=4;",
+            "    location /crash { pool_request_buffering off; pool_pass crash; }\n    location /one { pool_request_buffering off; pool_pass one; }\n    location = /status { pool_status; }",
+        )
+        .workers(1),
+    );
+    ng.allow("panic");
+    // A handler that fails at once while its client is still sending: the 500 goes out, and
+    // the slot is free though nginx keeps reading (and discarding) the rest of the body.
+    let mut trickling = Vec::new();
+    for _ in 0..10 {
+        let mut s = partial_upload(ng.port, "/crash?how=panic", 1_000_000, 200_000);
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 500");
+        s.write_all(b"more").unwrap();
+        trickling.push(s);
+    }
+    ng.wait_for("the failed requests' slots to be free", |ng| {
+        pool_status(ng, "crash")["slots"]["in_use"] == 0
+    });
+    drop(trickling);
+    // A request waiting in the queue whose client goes away with its body still short (more
+    // sent than nginx's body buffer holds): noticed at once, its place in the queue freed.
+    let port = ng.port;
+    let busy = std::thread::spawn(move || {
+        request(port, "POST", "/one?sleep_ms=3000", &[], b"x")
+            .unwrap()
+            .status
+    });
+    ng.wait_for("the only worker to be busy", |ng| {
+        busy_workers(ng, "one") == 1
+    });
+    let cut = partial_upload(ng.port, "/one", 300_000, 50_000);
+    ng.wait_for("the cut upload to be queued", |ng| {
+        pool_status(ng, "one")["slots"]["in_use"] == 2
+    });
+    drop(cut);
+    // Its queue entry stays until a worker pops it (as for any request withdrawn from the
+    // queue); the request is ended now, before the worker is free.
+    ng.wait_for(
+        "the cut upload to be given up while the worker is still busy",
+        |ng| busy_workers(ng, "one") == 1 && pool_status(ng, "one")["counters"]["abandoned"] == 1,
+    );
+    assert!(ng
+        .log()
+        .contains("client closed the connection before sending its whole body"));
+    assert_eq!(busy.join().unwrap(), 200);
+    ng.finish();
+}

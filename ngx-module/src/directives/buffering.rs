@@ -8,10 +8,10 @@
 //! | `pool_request_buffering on\|off` | `proxy_request_buffering` | on |
 //! | `pool_buffers N SIZE` | `proxy_buffers` | 8 16k |
 //! | `pool_buffer_size SIZE` | `proxy_buffer_size` | 16k |
-//! | `pool_busy_buffers_size SIZE` | `proxy_busy_buffers_size` | 2 × the larger of the two sizes |
+//! | `pool_busy_buffers_size SIZE` | `proxy_busy_buffers_size` | 2 × one of `pool_buffers` |
 //! | `pool_temp_path PATH [L1 [L2 [L3]]]` | `proxy_temp_path` | `pool_temp` (prefix) |
 //! | `pool_max_temp_file_size SIZE` | `proxy_max_temp_file_size` | 1024m |
-//! | `pool_temp_file_write_size SIZE` | `proxy_temp_file_write_size` | 2 × the larger of the two sizes |
+//! | `pool_temp_file_write_size SIZE` | `proxy_temp_file_write_size` | 2 × one of `pool_buffers` |
 //! | `pool_max_header_size SIZE` | (the header limit of `proxy_buffer_size`) | 64k |
 //!
 //! `pool_buffer_size` is the first buffer of a response: one whose whole body fits is copied
@@ -67,6 +67,8 @@ const DEFAULT_BUFFER: usize = 16 << 10;
 const DEFAULT_BUFFERS: (usize, usize) = (8, 16 << 10);
 const DEFAULT_MAX_TEMP_FILE: u64 = 1 << 30;
 const DEFAULT_MAX_HEADER: usize = 64 << 10;
+/// The most the memory buffers of one response may hold.
+const MAX_BUFFERS: usize = 1 << 30;
 
 impl Buffering {
     /// Takes what this level left unset from `prev`.
@@ -85,17 +87,27 @@ impl Buffering {
     pub fn effective(&self) -> Result<Effective, String> {
         let buffers = self.buffers.unwrap_or(DEFAULT_BUFFERS);
         let buffer_size = self.buffer_size.unwrap_or(DEFAULT_BUFFER);
-        let larger = buffer_size.max(buffers.1);
-        let busy_size = self.busy_size.unwrap_or(2 * larger);
-        if busy_size < larger {
-            return Err("\"pool_busy_buffers_size\" must be equal to or greater than the maximum of the value of \"pool_buffer_size\" and one of the \"pool_buffers\"".into());
+        if buffers
+            .0
+            .checked_mul(buffers.1)
+            .is_none_or(|all| all > MAX_BUFFERS)
+        {
+            return Err("\"pool_buffers\" may hold at most 1g in all".into());
         }
-        if busy_size > (buffers.0 - 1) * buffers.1 {
+        // The pipe's buffers are `pool_buffers` alone (`pool_buffer_size` is the whole-copy
+        // threshold, not a pipe buffer as proxy's first buffer is), so the derived sizes and
+        // their checks follow them.
+        let one = buffers.1;
+        let busy_size = self.busy_size.unwrap_or(2 * one);
+        if busy_size < one {
+            return Err("\"pool_busy_buffers_size\" must be equal to or greater than one of the \"pool_buffers\"".into());
+        }
+        if busy_size > (buffers.0 - 1) * one {
             return Err("\"pool_busy_buffers_size\" must be less than the size of all \"pool_buffers\" minus one buffer".into());
         }
-        let temp_file_write_size = self.temp_file_write_size.unwrap_or(2 * larger);
-        if temp_file_write_size < larger {
-            return Err("\"pool_temp_file_write_size\" must be equal to or greater than the maximum of the value of \"pool_buffer_size\" and one of the \"pool_buffers\"".into());
+        let temp_file_write_size = self.temp_file_write_size.unwrap_or(2 * one);
+        if temp_file_write_size < one {
+            return Err("\"pool_temp_file_write_size\" must be equal to or greater than one of the \"pool_buffers\"".into());
         }
         let max_temp_file_size = self.max_temp_file_size.unwrap_or(DEFAULT_MAX_TEMP_FILE);
         if max_temp_file_size != 0 && max_temp_file_size < temp_file_write_size as u64 {

@@ -112,12 +112,14 @@ pub(super) fn read_more(ctx: *mut Ctx) -> Result<bool, ()> {
     // SAFETY: a live request reading its body unbuffered (it was queued with `reading_body`).
     let rc = unsafe { nginx_sys::ngx_http_read_unbuffered_request_body(r) };
     if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+        // The client's doing (a bad body, a timeout, a close): nginx logs those at info.
         let name = pool_name(c.pool);
-        fail(
-            ctx,
-            rc,
-            format!("pool \"{name}\": reading the request body: {rc}"),
+        log_request_at(
+            r,
+            nginx_sys::NGX_LOG_INFO,
+            &format!("pool \"{name}\": reading the request body: {rc}"),
         );
+        fail(ctx, rc, String::new());
         return Err(());
     }
     // SAFETY: as above.
@@ -141,10 +143,53 @@ pub(super) unsafe extern "C" fn on_body_read(r: *mut ngx_http_request_t) {
         || recover(r),
         || {
             if let Some(ctx) = ctx_of(r) {
-                if read_more(ctx).is_ok() {
-                    progress(ctx);
+                if read_more(ctx).is_err() {
+                    return;
                 }
+                if body_cut_short(r) {
+                    // SAFETY: `ctx` is live (the request is).
+                    let pool = unsafe { (*ctx).pool };
+                    log_request_at(
+                        r,
+                        nginx_sys::NGX_LOG_INFO,
+                        &format!(
+                            "pool \"{}\": client closed the connection before sending its whole body",
+                            pool_name(pool)
+                        ),
+                    );
+                    return fail(
+                        ctx,
+                        nginx_sys::NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t,
+                        String::new(),
+                    );
+                }
+                progress(ctx);
             }
         },
     );
+}
+
+/// Whether the client of `r` closed its side with its body still short: what it sent and
+/// nginx has not read yet (the socket's buffer) is less than what is missing. A request still
+/// waiting in the queue holds its body in nginx's buffer, so nginx stops reading the socket and
+/// would not see the close until a worker takes the request; the read event still says
+/// (`EPOLLRDHUP`), and this turns it into the end of the request.
+fn body_cut_short(r: *mut ngx_http_request_t) -> bool {
+    // SAFETY: a live request, its connection and read event; FIONREAD only writes the count.
+    unsafe {
+        let c = (*r).connection;
+        let rev = (*c).read;
+        if (*rev).pending_eof() == 0 && (*rev).eof() == 0 {
+            return false;
+        }
+        let rb = (*r).request_body;
+        if rb.is_null() || (*rb).rest <= 0 {
+            return false;
+        }
+        let mut unread: libc::c_int = 0;
+        if libc::ioctl((*c).fd, libc::FIONREAD, &mut unread) == -1 {
+            return false;
+        }
+        i64::from(unread) < (*rb).rest
+    }
 }

@@ -393,6 +393,22 @@ fn drive(ctx: *mut Ctx, client: bool) {
     if !c.active {
         return;
     }
+    // SAFETY: the request's connection and its write event are live.
+    if client && unsafe { (*(*(*c.r).connection).write).timedout() } != 0 {
+        // `send_timeout` passed without the client taking a byte (armed while it had bytes to
+        // take, as ngx_http_writer does): close, and the pool worker stops.
+        // SAFETY: as above.
+        unsafe {
+            let conn = (*c.r).connection;
+            (*conn).set_timedout(1);
+            nginx_sys::ngx_connection_error(
+                conn,
+                libc::ETIMEDOUT as _,
+                c"client timed out".as_ptr() as *mut _,
+            );
+        }
+        return terminate(ctx);
+    }
     let Some(id) = c.slot else {
         return;
     };
@@ -487,6 +503,7 @@ fn fail(ctx: *mut Ctx, status: ngx_int_t, msg: String) {
     if !deactivate(ctx) {
         return;
     }
+    release_unless_sending(ctx);
     // SAFETY: as above.
     unsafe { (*ctx).outcome.end("error") };
     if status == 503 && !msg.is_empty() {
@@ -521,7 +538,19 @@ fn terminate(ctx: *mut Ctx) {
     // SAFETY: as above.
     unsafe { (*ctx).outcome.end("cancelled") };
     if deactivate(ctx) {
+        release_unless_sending(ctx);
         finish(r, NGX_ERROR as ngx_int_t);
+    }
+}
+
+/// A request that ends early gives its slot back now, unless nginx may still be sending bytes
+/// that point into the region (a streamed answer): the request itself may live on for a while
+/// (nginx's lingering close of an unread body lasts up to `lingering_time`), and a slot held
+/// that long by a failed request would count against the pool's queue.
+fn release_unless_sending(ctx: *mut Ctx) {
+    // SAFETY: `ctx` is a live context.
+    if unsafe { (*ctx).download.is_none() } {
+        forget_slot(ctx);
     }
 }
 

@@ -122,11 +122,25 @@ pub(super) fn pump_download(ctx: *mut Ctx, region: &Region, id: SlotId, total: O
             }
         }
     }
-    // SAFETY: the request's connection and its write event are live.
+    // SAFETY: the request's connection and its write event are live; the core module's
+    // location configuration of a live request exists.
     unsafe {
         let conn = (*r).connection;
+        let wev = (*conn).write;
         if (*conn).buffered() != 0 {
-            nginx_sys::ngx_handle_write_event((*conn).write, 0);
+            // The client has bytes to take: it gets `send_timeout` for each write, as
+            // ngx_http_writer gives it (the pool's deadline alone would let a client that
+            // never reads hold the handler until then).
+            let req = Request::from_ngx_http_request(r);
+            if let Some(clcf) = ngx::http::NgxHttpCoreModule::location_conf(req) {
+                if (*wev).delayed() == 0 {
+                    nginx_sys::ngx_add_timer(wev, clcf.send_timeout);
+                }
+                nginx_sys::ngx_handle_write_event(wev, clcf.send_lowat);
+            }
+        } else if (*wev).timer_set() != 0 {
+            // Waiting for the pool worker, not the client.
+            nginx_sys::ngx_del_timer(wev);
         }
     }
 }
