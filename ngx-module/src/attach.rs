@@ -10,7 +10,7 @@
 
 use crate::runtime::{self, with_pool, Attached};
 use nginx_sys::{ngx_connection_t, ngx_event_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
-use ngx_pool_channel::handshake::{self, recv_frame, send_frame, Frame};
+use ngx_pool_channel::handshake::{self, recv_frame, send_hello, Frame};
 use ngx_pool_channel::layout::LAYOUT_VERSION;
 use ngx_pool_channel::Region;
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -193,8 +193,25 @@ fn start(i: usize, path: &std::path::Path) -> Result<Attaching, String> {
         EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
             .map_err(|e| format!("eventfd: {e}"))?
             .into();
-    let hello = Frame::new(handshake::HELLO, LAYOUT_VERSION, std::process::id(), 0);
-    send_frame(&sock, hello, Some(&efd)).map_err(|e| format!("hello: {e}"))?;
+    // A managed pool's poold admits only the workers of the master that started it: they
+    // present the secret it was given (see `managed`); an external pool has none.
+    let secret = crate::managed::secret_for(path);
+    if let Err(e) = send_hello(
+        &sock,
+        LAYOUT_VERSION,
+        std::process::id(),
+        secret.as_ref(),
+        &efd,
+    ) {
+        // poold refuses a user it does not admit as it accepts, perhaps before our Hello went
+        // (then EPIPE): its reason is waiting on the socket.
+        return Err(match recv_frame(&sock, MsgFlags::MSG_DONTWAIT) {
+            Ok(Some((w, _))) if w.kind == handshake::WELCOME => {
+                refusal(&w).unwrap_or_else(|| format!("hello: {e}"))
+            }
+            _ => format!("hello: {e}"),
+        });
+    }
     let conn = runtime::register(sock, i, on_event);
     if conn.is_null() {
         return Err("no free nginx connection for the pool's socket".into());
@@ -297,6 +314,25 @@ unsafe extern "C" fn on_event(ev: *mut ngx_event_t) {
     );
 }
 
+/// Why poold refused, as its WELCOME says; `None` if it did not.
+fn refusal(welcome: &Frame) -> Option<String> {
+    Some(match welcome.a {
+        handshake::WELCOME_OK => return None,
+        handshake::WELCOME_BAD_VERSION => {
+            format!("poold speaks another layout version than {LAYOUT_VERSION}: rebuild both")
+        }
+        handshake::WELCOME_FULL => {
+            "poold has no room for another nginx worker (--max-conns)".into()
+        }
+        handshake::WELCOME_BAD_USER => format!(
+            "poold refused this worker: its user (uid {}) is not one poold admits (an external poold admits the user it runs the pool as and root, or those its --allow names)",
+            welcome.b
+        ),
+        handshake::WELCOME_BAD_SECRET => "poold refused this worker: not a worker of the nginx master that started that poold (no matching attachment secret; another nginx's poold on this socket?)".into(),
+        other => format!("poold refused with status {other}"),
+    })
+}
+
 /// poold answered: checks the WELCOME, maps the region, and turns the attempt into an
 /// attachment (the socket connection stays, now watched for poold going away).
 fn complete(
@@ -308,17 +344,8 @@ fn complete(
     if welcome.kind != handshake::WELCOME {
         return Err("poold sent no welcome".into());
     }
-    match welcome.a {
-        handshake::WELCOME_OK => {}
-        handshake::WELCOME_BAD_VERSION => {
-            return Err(format!(
-                "poold speaks another layout version than {LAYOUT_VERSION}: rebuild both"
-            ))
-        }
-        handshake::WELCOME_FULL => {
-            return Err("poold has no room for another nginx worker (--max-conns)".into())
-        }
-        other => return Err(format!("poold refused with status {other}")),
+    if let Some(why) = refusal(&welcome) {
+        return Err(why);
     }
     let region = Region::attach(memfd.ok_or("poold sent no region")?).map_err(|e| e.to_string())?;
     let Ok(Some(mut attaching)) = with_pool(i, |p| p.attaching.take()) else {

@@ -10,11 +10,19 @@
 //! (workers close theirs in `init_process`): if the master dies, even by SIGKILL, poold reads end
 //! of file and stops its workers. poold gets neither nginx's listening sockets nor its blocked
 //! signal mask.
+//!
+//! Each poold started gets an attachment secret of its own (256 random bits): in a sealed memfd
+//! it inherits (`--secret-fd`; not argv or the environment, which /proc shows to every local
+//! user), and in [`SECRETS`], which the workers inherit by fork and present in their Hello.
+//! poold admits no one else (see poold's `supervisor/peers.rs`); one secret per poold, not one
+//! per master, so that what a pool's code can find in its own poold's memory opens no other
+//! pool.
 
 use crate::directives::{MainConf, Module, PoolEntry};
 use nginx_sys::{ngx_cycle_t, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_PROCESS_SIGNALLER};
 use ngx::core::CoreModuleMainConf;
 use ngx::http::HttpModuleMainConf;
+use ngx_pool_channel::handshake::{Secret, SECRET_LEN};
 use ngx_pool_channel::socket_file::SocketFile;
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
@@ -32,6 +40,8 @@ const STOP_WAIT: Duration = Duration::from_secs(5);
 const LIFELINE_FD: i32 = 3;
 /// The descriptor number of poold's start-up report pipe (`--ready-fd`).
 const READY_FD: i32 = 4;
+/// The descriptor number of the memfd holding poold's attachment secret (`--secret-fd`).
+const SECRET_FD: i32 = 5;
 
 struct Running {
     name: String,
@@ -45,6 +55,8 @@ struct Running {
     /// The file its poold bound there: what `stop` may remove (never another master's).
     socket_file: Option<SocketFile>,
     gen: u32,
+    /// What this poold's nginx workers present when they attach.
+    secret: Secret,
 }
 
 /// The lifeline pipe (read end, write end), created on first use.
@@ -52,6 +64,55 @@ static LIFELINE: Mutex<Option<(OwnedFd, OwnedFd)>> = Mutex::new(None);
 static RUNNING: Mutex<Vec<Running>> = Mutex::new(Vec::new());
 /// Superseded generations finishing the old nginx workers' requests.
 static DRAINING: Mutex<Vec<Running>> = Mutex::new(Vec::new());
+/// The attachment secret of every running poold, by socket (each generation has a socket of
+/// its own): what a worker presents to attach ([`secret_for`]). Kept in the workers, which
+/// inherit it by fork; set again at every reload, so a worker holds those of its own cycle's
+/// pools.
+static SECRETS: Mutex<Vec<(PathBuf, Secret)>> = Mutex::new(Vec::new());
+
+/// The secret to present to the managed poold on `socket`; `None` for an external pool.
+pub fn secret_for(socket: &Path) -> Option<Secret> {
+    let secrets = SECRETS.lock().unwrap_or_else(|e| e.into_inner());
+    secrets.iter().find(|(s, _)| s == socket).map(|(_, k)| *k)
+}
+
+/// 256 bits from the kernel's random source, for one poold's attachment secret.
+fn new_secret() -> std::io::Result<Secret> {
+    use std::io::Read;
+    let mut secret = [0u8; SECRET_LEN];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut secret)?;
+    Ok(secret)
+}
+
+/// A sealed memfd holding `secret`, for poold to inherit: sealed so that no process it reaches
+/// can change what poold reads (poold reads it again after a restart). Close-on-exec here: the
+/// child clears the flag on its own copy only.
+fn secret_memfd(secret: &Secret) -> std::io::Result<OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+    let fd = memfd_create(
+        c"ngx-pool-secret",
+        MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+    )?;
+    let written = nix::unistd::write(&fd, secret)?;
+    if written != SECRET_LEN {
+        return Err(std::io::Error::other("short write of the secret"));
+    }
+    fcntl(
+        fd.as_raw_fd(),
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_WRITE
+                | SealFlag::F_SEAL_SHRINK
+                | SealFlag::F_SEAL_GROW
+                | SealFlag::F_SEAL_SEAL,
+        ),
+    )?;
+    // Above the numbers poold's descriptors take in the child (3 to SECRET_FD), so that
+    // placing the others there never overwrites it.
+    let high = fcntl(fd.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(SECRET_FD + 1))?;
+    // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor; we are its only owner.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(high) })
+}
 
 /// Closes the master's lifeline ends in a worker process (see module docs).
 pub fn close_lifeline_in_worker() {
@@ -247,7 +308,12 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
         let old = running
             .iter()
             .any(|r| r.name == pool.conf.settings.name && alive(r.pid));
-        let outcome = match spawn(&daemon, &argv, &socket, cycle) {
+        let mut secret = [0u8; SECRET_LEN];
+        let spawned = new_secret().and_then(|s| {
+            secret = s;
+            spawn(&daemon, &argv, &socket, &secret, cycle)
+        });
+        let outcome = match spawned {
             // A new generation whose handler does not load must not replace one that serves.
             Ok((pid, Started::HandlerFailed)) if old => {
                 stop(&Running {
@@ -258,6 +324,7 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
                     socket_file: SocketFile::identify(&socket),
                     socket: socket.clone(),
                     gen,
+                    secret,
                 });
                 Err(std::io::Error::other(
                     "its handler failed to load (the reason is in the error log above)",
@@ -291,6 +358,7 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
                     socket_file: SocketFile::identify(&socket),
                     socket,
                     gen,
+                    secret,
                 });
             }
             // nginx goes on either way: an error (this pool answers 503) or, with the previous
@@ -352,6 +420,12 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
             pool.socket = r.socket.clone();
         }
     }
+    // What the new cycle's workers present: the secrets of the poolds they may attach to.
+    *SECRETS.lock().unwrap_or_else(|e| e.into_inner()) = kept
+        .iter()
+        .chain(draining.iter())
+        .map(|r| (r.socket.clone(), r.secret))
+        .collect();
     *running = kept;
 }
 
@@ -392,12 +466,15 @@ fn spawn(
     daemon: &Path,
     args: &[String],
     socket: &Path,
+    secret: &Secret,
     cycle: *mut ngx_cycle_t,
 ) -> std::io::Result<(Pid, Started)> {
     make_runtime_dir(socket)?;
     let lifeline = lifeline_read_fd()?;
     let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let ready = ready_write.as_raw_fd();
+    let secret_fd = secret_memfd(secret)?;
+    let secret_raw = secret_fd.as_raw_fd();
     let _ = std::fs::remove_file(socket);
     let mut argv: Vec<CString> = vec![CString::new(daemon.as_os_str().as_encoded_bytes())?];
     for a in args
@@ -405,6 +482,7 @@ fn spawn(
         .cloned()
         .chain(["--lifeline-fd".into(), LIFELINE_FD.to_string()])
         .chain(["--ready-fd".into(), READY_FD.to_string()])
+        .chain(["--secret-fd".into(), SECRET_FD.to_string()])
     {
         argv.push(CString::new(a)?);
     }
@@ -449,14 +527,18 @@ fn spawn(
                 libc::dup2(null.as_raw_fd(), 0);
             }
             // dup2 onto itself keeps FD_CLOEXEC: clear it on both explicitly.
-            for (from, to) in [(lifeline, LIFELINE_FD), (ready, READY_FD)] {
+            for (from, to) in [
+                (lifeline, LIFELINE_FD),
+                (ready, READY_FD),
+                (secret_raw, SECRET_FD),
+            ] {
                 if from != to {
                     libc::dup2(from, to);
                 }
                 libc::fcntl(to, libc::F_SETFD, 0);
             }
-            if libc::syscall(libc::SYS_close_range, READY_FD + 1, u32::MAX, 0) != 0 {
-                for fd in READY_FD + 1..65536 {
+            if libc::syscall(libc::SYS_close_range, SECRET_FD + 1, u32::MAX, 0) != 0 {
+                for fd in SECRET_FD + 1..65536 {
                     libc::close(fd);
                 }
             }
@@ -466,6 +548,8 @@ fn spawn(
     }
     let pid = Pid::from_raw(pid);
     drop(ready_write);
+    // poold has its copy; the master keeps the secret in memory only (SECRETS).
+    drop(secret_fd);
     // One byte from poold: 'R' serving, 'F' its handler failed; end of file: it died first.
     let mut fds = [nix::poll::PollFd::new(
         std::os::fd::AsFd::as_fd(&ready_read),

@@ -1,7 +1,9 @@
 //! Fixed-size frames with attached file descriptors over unix seqpacket sockets.
 //!
-//! * nginx worker → poold: `Hello { layout version, pid }` with the worker's eventfd;
-//! * poold → nginx worker: `Welcome { status, conn index, conn generation }` with the memfd;
+//! * nginx worker → poold: `Hello { layout version, pid }` and the attachment secret (see
+//!   [`send_hello`]) with the worker's eventfd;
+//! * poold → nginx worker: `Welcome { status, conn index, conn generation }` with the memfd (or,
+//!   refused, a status saying why and no memfd);
 //! * poold → pool worker: `ConnFd { conn index, conn generation }` with that nginx worker's
 //!   eventfd, so the pool worker can wake it.
 //!
@@ -25,8 +27,23 @@ pub const RETIRING: [u8; 4] = *b"NPR1";
 pub const WELCOME_OK: u32 = 0;
 pub const WELCOME_BAD_VERSION: u32 = 1;
 pub const WELCOME_FULL: u32 = 2;
+/// The peer's user (SO_PEERCRED) is not one poold admits; `Welcome.b` is that uid.
+pub const WELCOME_BAD_USER: u32 = 3;
+/// The peer did not present this poold's attachment secret: not a worker of the nginx master
+/// that started it.
+pub const WELCOME_BAD_SECRET: u32 = 4;
 
 const FRAME_LEN: usize = 20;
+
+/// The attachment secret's length: 256 random bits, never guessed.
+pub const SECRET_LEN: usize = 32;
+/// What a managed poold's nginx workers prove they are with (see the README's "Security
+/// model"): the nginx master makes one per poold it starts and hands it to that poold through
+/// an inherited descriptor, never argv or the environment (world-readable in /proc).
+pub type Secret = [u8; SECRET_LEN];
+/// A Hello is a frame and the secret; an all-zero secret is "none" (an external pool's
+/// nginx workers have none).
+const HELLO_LEN: usize = FRAME_LEN + SECRET_LEN;
 
 /// One frame: a kind and four numbers whose meaning depends on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,8 +89,89 @@ impl Frame {
 
 /// Sends `frame` with `fd` attached (if any).
 pub fn send_frame(sock: impl AsFd, frame: Frame, fd: Option<impl AsFd>) -> io::Result<()> {
-    let bytes = frame.to_bytes();
-    let iov = [IoSlice::new(&bytes)];
+    send_bytes(sock, &frame.to_bytes(), fd)
+}
+
+/// Sends an nginx worker's Hello: its layout version and pid, the attachment secret of the
+/// pool's poold (`None`: all zero, for an external pool), with its eventfd.
+pub fn send_hello(
+    sock: impl AsFd,
+    version: u32,
+    pid: u32,
+    secret: Option<&Secret>,
+    eventfd: impl AsFd,
+) -> io::Result<()> {
+    let mut bytes = [0u8; HELLO_LEN];
+    bytes[..FRAME_LEN].copy_from_slice(&Frame::new(HELLO, version, pid, 0).to_bytes());
+    if let Some(s) = secret {
+        bytes[FRAME_LEN..].copy_from_slice(s);
+    }
+    send_bytes(sock, &bytes, Some(eventfd))
+}
+
+/// A Hello as poold received it.
+pub struct Hello {
+    pub version: u32,
+    pub pid: u32,
+    /// All zero when the sender presented none (or sent an older, shorter Hello).
+    pub secret: Secret,
+    pub eventfd: Option<OwnedFd>,
+}
+
+/// Receives a Hello (`Ok(None)`: end of file). An older module's shorter Hello is read too, so
+/// that its layout version can be refused with a reason; anything else is an error.
+pub fn recv_hello(sock: impl AsFd, flags: MsgFlags) -> io::Result<Option<Hello>> {
+    let mut bytes = [0u8; HELLO_LEN];
+    let Some((n, fd)) = recv_bytes(sock, &mut bytes, flags)? else {
+        return Ok(None);
+    };
+    let frame = Frame::from_bytes(bytes[..FRAME_LEN].try_into().expect("frame length"));
+    if (n != FRAME_LEN && n != HELLO_LEN) || frame.kind != HELLO {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "not a hello"));
+    }
+    Ok(Some(Hello {
+        version: frame.a,
+        pid: frame.b,
+        secret: bytes[FRAME_LEN..].try_into().expect("secret length"),
+        eventfd: fd,
+    }))
+}
+
+/// Whether `a` and `b` are equal, in a time that does not depend on where they differ.
+pub fn same_secret(a: &Secret, b: &Secret) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The nginx side of a whole handshake, blocking: connects to `path`, says Hello (with
+/// `secret`), and returns poold's Welcome, the memfd if any, and the socket and eventfd (which
+/// must stay open while attached). For tools and tests; the module's own is non-blocking.
+pub fn attach_blocking(
+    path: &std::path::Path,
+    version: u32,
+    secret: Option<&Secret>,
+) -> io::Result<(Frame, Option<OwnedFd>, OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    connect(sock.as_raw_fd(), &UnixAddr::new(path)?)?;
+    let efd: OwnedFd =
+        nix::sys::eventfd::EventFd::from_flags(nix::sys::eventfd::EfdFlags::EFD_CLOEXEC)?.into();
+    send_hello(&sock, version, std::process::id(), secret, &efd)?;
+    match recv_frame(&sock, MsgFlags::empty())? {
+        Some((welcome, memfd)) => Ok((welcome, memfd, sock, efd)),
+        None => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "poold closed the connection without a welcome",
+        )),
+    }
+}
+
+fn send_bytes(sock: impl AsFd, bytes: &[u8], fd: Option<impl AsFd>) -> io::Result<()> {
+    let iov = [IoSlice::new(bytes)];
     let raw: Vec<RawFd> = fd.iter().map(|f| f.as_fd().as_raw_fd()).collect();
     let cmsgs: Vec<ControlMessage<'_>> = if raw.is_empty() {
         Vec::new()
@@ -87,7 +185,7 @@ pub fn send_frame(sock: impl AsFd, frame: Frame, fd: Option<impl AsFd>) -> io::R
         MsgFlags::MSG_NOSIGNAL,
         None,
     )?;
-    if n != FRAME_LEN {
+    if n != bytes.len() {
         return Err(io::Error::new(
             io::ErrorKind::WriteZero,
             "short frame write",
@@ -103,7 +201,23 @@ pub fn recv_frame(
     flags: MsgFlags,
 ) -> io::Result<Option<(Frame, Option<OwnedFd>)>> {
     let mut bytes = [0u8; FRAME_LEN];
-    let mut iov = [IoSliceMut::new(&mut bytes)];
+    match recv_bytes(sock, &mut bytes, flags)? {
+        None => Ok(None),
+        Some((n, _)) if n != FRAME_LEN => {
+            Err(io::Error::new(io::ErrorKind::InvalidData, "bad frame size"))
+        }
+        Some((_, fd)) => Ok(Some((Frame::from_bytes(&bytes), fd))),
+    }
+}
+
+/// Receives one message into `bytes`: its length and the first descriptor attached to it
+/// (others are closed). `Ok(None)` means end of file; a message longer than `bytes` an error.
+fn recv_bytes(
+    sock: impl AsFd,
+    bytes: &mut [u8],
+    flags: MsgFlags,
+) -> io::Result<Option<(usize, Option<OwnedFd>)>> {
+    let mut iov = [IoSliceMut::new(bytes)];
     let mut space = nix::cmsg_space!([RawFd; 4]);
     let msg = recvmsg::<()>(
         sock.as_fd().as_raw_fd(),
@@ -125,7 +239,7 @@ pub fn recv_frame(
     if n == 0 {
         return Ok(None);
     }
-    if n != FRAME_LEN || msg.flags.contains(MsgFlags::MSG_TRUNC) {
+    if msg.flags.contains(MsgFlags::MSG_TRUNC) {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "bad frame size"));
     }
     let fd = if fds.is_empty() {
@@ -133,7 +247,7 @@ pub fn recv_frame(
     } else {
         Some(fds.swap_remove(0))
     };
-    Ok(Some((Frame::from_bytes(&bytes), fd)))
+    Ok(Some((n, fd)))
 }
 
 #[cfg(all(test, not(loom)))]
@@ -164,5 +278,33 @@ mod tests {
             .is_none());
         drop(a);
         assert!(recv_frame(&b, MsgFlags::empty()).unwrap().is_none());
+    }
+
+    #[test]
+    fn hello_carries_the_secret_and_a_short_one_reads_as_none() {
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let secret: Secret = std::array::from_fn(|i| i as u8 + 1);
+        send_hello(&a, 7, 42, Some(&secret), &a).unwrap();
+        let h = recv_hello(&b, MsgFlags::empty()).unwrap().unwrap();
+        assert_eq!((h.version, h.pid), (7, 42));
+        assert!(same_secret(&h.secret, &secret) && h.eventfd.is_some());
+        drop(h);
+        // An older module's Hello, a bare frame: read, with no secret.
+        send_frame(&a, Frame::new(HELLO, 6, 43, 0), Some(&a)).unwrap();
+        let h = recv_hello(&b, MsgFlags::empty()).unwrap().unwrap();
+        assert_eq!((h.version, h.pid, h.secret), (6, 43, [0; SECRET_LEN]));
+        assert!(!same_secret(&h.secret, &secret));
+        drop(h);
+        // Anything else is not a Hello; a Hello is too long for a frame.
+        send_frame(&a, Frame::new(WELCOME, 0, 0, 0), None::<&OwnedFd>).unwrap();
+        assert!(recv_hello(&b, MsgFlags::empty()).is_err());
+        send_hello(&a, 7, 42, None, &a).unwrap();
+        assert!(recv_frame(&b, MsgFlags::empty()).is_err());
     }
 }

@@ -46,6 +46,11 @@ OPTIONS:
     --user USER         when started as root: owner of the socket, and the user (and its
                         group) the pool workers run as
     --group GROUP       group for the above                           [default: USER's group]
+    --allow USER[:GROUP]
+                        who may attach besides root, by the credentials of the connection
+                        (SO_PEERCRED): that user (and group); repeatable or ','-separated.
+                        With it the socket's mode is 0666: this is the check
+                        [default: --user's user, else the user poold runs as]
     --error-log PATH    stdout and stderr are this file (the nginx module passes its error
                         log): once a rotation moved it (logrotate, then nginx -s reopen),
                         poold reopens it, looking once a second
@@ -59,6 +64,9 @@ OPTIONS:
     --ready-fd FD       write one byte to this descriptor once serving ('R') or once the
                         handler failed to load ('F'), then close it (the nginx module's
                         start-up wait)
+    --secret-fd FD      (set by the nginx module) a descriptor holding the secret that the
+                        nginx workers of the master that started poold present; a peer
+                        without it is refused
     --watch-pid PID     (internal) follow this poold as its watchdog: started by a poold
                         whose watchdog died, with the rest of its own command line
     -h, --help          this text
@@ -81,6 +89,8 @@ pub struct Config {
     pub group: Option<String>,
     pub lifeline_fd: Option<i32>,
     pub ready_fd: Option<i32>,
+    /// A memfd holding the attachment secret (managed mode; see `supervisor::peers`).
+    pub secret_fd: Option<i32>,
     /// Set in a watcher (see `watchdog::adopt`): the poold it follows.
     pub watch_pid: Option<i32>,
     /// The Python adapter library for `wsgi:` handlers; none: beside poold.
@@ -139,6 +149,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         group: None,
         lifeline_fd: None,
         ready_fd: None,
+        secret_fd: None,
         watch_pid: None,
         wsgi_adapter: None,
         error_log: None,
@@ -188,6 +199,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
                 }
                 None if option == "--ready-fd" => {
                     cfg.ready_fd = Some(number(value("a descriptor")?, &key)? as i32)
+                }
+                None if option == "--secret-fd" => {
+                    cfg.secret_fd = Some(number(value("a descriptor")?, &key)? as i32)
                 }
                 None if option == "--watch-pid" => {
                     cfg.watch_pid = Some(number(value("a pid")?, &key)? as i32)

@@ -60,6 +60,12 @@ pub struct PoolSettings {
     /// Environment variables set in the pool manager before the handler loads, inherited by
     /// every worker (`env=NAME=VALUE`, repeatable, as Gunicorn's `--env`).
     pub env: Vec<String>,
+    /// Who may attach besides root, by the credentials the kernel gives for a connection
+    /// (`allow=USER[:GROUP]`, repeatable or `,`-separated; poold's `--allow`): its uid, and its
+    /// gid where GROUP is given. Meant for an external pool, which has no secret from the nginx
+    /// master to check; without it, poold admits its own user (`--user`'s, else the one it runs
+    /// as: the socket's owner, which nginx's workers must be to connect) and root.
+    pub allow: Vec<String>,
     /// WSGI: the virtualenv whose packages the app uses (`venv=`, as uWSGI's `virtualenv`).
     pub venv: Option<String>,
     /// WSGI: directories put first on `sys.path`, `:`-separated (`python_path=`, as Gunicorn's
@@ -87,6 +93,7 @@ pub const SETTING_NAMES: &[&str] = &[
     "arena",
     "chdir",
     "env",
+    "allow",
     "venv",
     "python_path",
     "preload",
@@ -112,6 +119,7 @@ impl PoolSettings {
             arena: DEFAULT_ARENA,
             chdir: None,
             env: Vec::new(),
+            allow: Vec::new(),
             venv: None,
             python_path: None,
             preload: true,
@@ -241,6 +249,16 @@ impl PoolSettings {
                     }
                 }
             }
+            "allow" => {
+                for spec in value.split(',') {
+                    if !valid_allow(spec) {
+                        return Err(format!(
+                            "invalid allow \"{value}\" (USER or USER:GROUP, names or numbers, separated by ',')"
+                        ));
+                    }
+                    self.allow.push(spec.to_string());
+                }
+            }
             "env" => match value.split_once('=') {
                 Some((name, _))
                     if !name.is_empty()
@@ -304,6 +322,9 @@ impl PoolSettings {
         }
         for e in &self.env {
             put("env", e.clone());
+        }
+        for a in &self.allow {
+            put("allow", a.clone());
         }
         put("preload", if self.preload { "on" } else { "off" }.into());
         put("log_rate", self.log_rate.to_string());
@@ -369,6 +390,21 @@ impl PoolSettings {
     }
 }
 
+/// `USER` or `USER:GROUP`, each a user or group name as `useradd` takes it, or a number.
+fn valid_allow(spec: &str) -> bool {
+    let word = |w: &str| {
+        !w.is_empty()
+            && w.len() <= 32
+            && w.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+            && !w.starts_with('-')
+    };
+    match spec.split_once(':') {
+        Some((user, group)) => word(user) && word(group),
+        None => word(spec),
+    }
+}
+
 pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -397,6 +433,8 @@ mod tests {
             ("chdir", "/srv/app"),
             ("env", "A=1"),
             ("env", "B=x=y"),
+            ("allow", "www-data,nginx:adm"),
+            ("allow", "1000:1000"),
             ("venv", "/srv/venv"),
             ("python_path", "/a:/b"),
             ("preload", "off"),
@@ -413,6 +451,11 @@ mod tests {
         assert_eq!(back, s);
         assert_eq!(PoolSettings::key_of_option("--user"), None);
         assert!(s.clone().set("env", "1A=x").is_err());
+        assert_eq!(s.allow, ["www-data", "nginx:adm", "1000:1000"]);
+        for bad in ["", "a:", ":g", "a,,b", "-x", "a b", "a:b:c"] {
+            let e = s.clone().set("allow", bad).unwrap_err();
+            assert!(e.starts_with("invalid allow"), "{bad}: {e}");
+        }
         assert!(s.clone().set("preload", "yes").is_err());
         assert!(s.clone().set("workers", "5-2").is_err());
         for bad in ["", "-1", "x", "1.5", "2000000", "200/s"] {

@@ -1,5 +1,6 @@
-//! The nginx workers attached over the pool's socket: accepting them, their Hello (an eventfd
-//! in, the region's memfd out), their going away (the socket is each one's lifeline).
+//! The nginx workers attached over the pool's socket: their Hello (an eventfd in, the region's
+//! memfd out), their going away (the socket is each one's lifeline). Who may attach at all is
+//! `peers.rs`.
 
 use super::*;
 
@@ -10,45 +11,43 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn accept_all(&mut self) {
-        loop {
-            let Some(listener) = &self.listener else {
-                return;
-            };
-            match sys::accept(listener) {
-                Ok(Some(fd)) => self.pending.push(fd),
-                Ok(None) => return,
-                Err(e) => {
-                    log!("error", "accept on {}: {e}", self.cfg.socket.display());
-                    return;
-                }
-            }
-        }
-    }
-
     /// An accepted socket has something: its Hello (or end of file).
     pub(super) fn on_hello(&mut self, i: usize) {
-        let sock = self.pending.swap_remove(i);
-        let (frame, fd) = match recv_frame(&sock, MsgFlags::MSG_DONTWAIT) {
-            Ok(Some((f, Some(fd)))) if f.kind == handshake::HELLO => (f, fd),
+        // (An index of this turn's poll may be gone: `peers` closed that connection since.)
+        if i >= self.pending.len() {
+            return;
+        }
+        let pending = self.pending.swap_remove(i);
+        let hello = match handshake::recv_hello(&pending.sock, MsgFlags::MSG_DONTWAIT) {
+            Ok(Some(h)) => h,
             Ok(None) => return,
-            Ok(Some(_)) => {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                self.pending.push(pending);
+                return;
+            }
+            Err(e) => {
                 log!(
                     "warn",
-                    "a client of {} sent no valid hello; closed",
+                    "a client of {} sent no valid hello ({e}); closed",
                     self.cfg.socket.display()
                 );
                 return;
             }
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                self.pending.push(sock);
-                return;
-            }
-            Err(e) => {
-                log!("warn", "hello: {e}");
-                return;
-            }
         };
+        let frame = Frame::new(handshake::HELLO, hello.version, hello.pid, 0);
+        // The version first, so that an older module (a shorter Hello, no secret) is told
+        // to rebuild rather than that it is not nginx's.
+        if frame.a == LAYOUT_VERSION {
+            let Some(p) = self.secret_ok(pending, &hello.secret) else {
+                return;
+            };
+            return self.welcome(p.sock, frame, hello.eventfd);
+        }
+        self.welcome(pending.sock, frame, hello.eventfd)
+    }
+
+    /// A Hello whose peer may attach (or whose version is wrong): a slot and the region.
+    fn welcome(&mut self, sock: OwnedFd, frame: Frame, fd: Option<OwnedFd>) {
         let refuse = |status: u32| {
             let _ = send_frame(
                 &sock,
@@ -65,6 +64,14 @@ impl Supervisor {
             );
             return refuse(handshake::WELCOME_BAD_VERSION);
         }
+        let Some(fd) = fd else {
+            log!(
+                "warn",
+                "nginx worker {} sent no eventfd with its hello; closed",
+                frame.b
+            );
+            return;
+        };
         let Some(index) = self.conns.iter().position(Option::is_none) else {
             log!(
                 "error",

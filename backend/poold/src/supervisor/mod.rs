@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 mod children;
 mod conns;
 mod output;
+mod peers;
 mod size;
 mod socket;
 
@@ -96,8 +97,10 @@ pub struct Supervisor {
     draining: Option<Instant>,
     signals: SignalFd,
     lifeline: Option<OwnedFd>,
-    /// Accepted sockets that have not said Hello yet.
-    pending: Vec<OwnedFd>,
+    /// Accepted sockets that have not said Hello yet (their user is allowed: `peers`).
+    pending: Vec<peers::Pending>,
+    /// What a peer must be to attach (`peers`).
+    peers: peers::Admission,
     conns: Vec<Option<NginxConn>>,
     workers: Vec<WorkerSlot>,
     run_as: Option<(Uid, Gid)>,
@@ -141,6 +144,7 @@ impl Supervisor {
         let region = Region::create(&cfg.pool.name, cfg.geometry(), std::process::id())?;
         let (listener, socket_file) = socket::bind(&cfg, run_as)?;
         let socket_watch = socket::watch(&cfg);
+        let peers = peers::Admission::new(&cfg, run_as)?;
         let output = output::WorkerOutput::new(cfg.pool.log_rate)?;
         let conns = (0..cfg.max_conns).map(|_| None).collect();
         // One entry per region worker slot: `workers` run, the others take replacements.
@@ -162,6 +166,7 @@ impl Supervisor {
             conns,
             workers,
             run_as,
+            peers,
             me: nix::unistd::getpid(),
             maybe_lost: false,
             watcher: None,
@@ -223,6 +228,7 @@ impl Supervisor {
             if self.maybe_lost {
                 self.return_lost();
             }
+            self.expire_pending();
             if let Some(since) = self.draining {
                 let attached = self.conns.iter().flatten().count();
                 let in_flight = self
@@ -243,7 +249,6 @@ impl Supervisor {
                     return self.stop();
                 }
             }
-            self.pending.retain(|fd| fd.as_raw_fd() >= 0);
         }
     }
 
@@ -271,7 +276,7 @@ impl Supervisor {
         ));
         for (i, p) in self.pending.iter().enumerate().rev() {
             sources.push(Source::Pending(i));
-            fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+            fds.push(PollFd::new(p.sock.as_fd(), PollFlags::POLLIN));
         }
         for (i, w) in self.workers.iter().enumerate() {
             if let Some(c) = &w.control {
@@ -313,6 +318,7 @@ impl Supervisor {
             next_tick,
             self.socket_check_at,
             self.output.next_wake(),
+            self.peers_next_wake(),
         ]
         .into_iter()
         .flatten()

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 /// same path removes the old file and binds its own within milliseconds, and must win.
 pub(super) const REBIND_AFTER: Duration = Duration::from_secs(1);
 
-/// Binds the pool's socket at `cfg.socket`, reachable by the pool's user only (and root).
+/// Binds the pool's socket at `cfg.socket`, reachable by the pool's user only (and root), or
+/// by everyone with `--allow`, whose list is then what admits a peer (`peers.rs`: checked as
+/// each connection is accepted, and a refused one never holds anything).
 pub(super) fn bind(
     cfg: &Config,
     run_as: Option<(Uid, Gid)>,
@@ -26,10 +28,15 @@ pub(super) fn bind(
     let listener = sys::listen_seqpacket(&cfg.socket)
         .map_err(|e| io::Error::new(e.kind(), format!("socket {}: {e}", cfg.socket.display())))?;
     let file = SocketFile::identify(&cfg.socket);
-    // Only the nginx workers' user may connect (and root).
+    // Only the nginx workers' user may connect (and root), unless `--allow` names who may.
+    let mode = if super::peers::Admission::open_socket(cfg) {
+        0o666
+    } else {
+        0o600
+    };
     std::fs::set_permissions(
         &cfg.socket,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        std::os::unix::fs::PermissionsExt::from_mode(mode),
     )?;
     if let Some((uid, gid)) = run_as {
         nix::unistd::chown(&cfg.socket, Some(uid), Some(gid))?;
