@@ -202,12 +202,18 @@ impl Handler for Crash {
 }
 
 /// `spawn`: starts a long-lived child process (`sleep 3600`) and answers its pid; for tests
-/// that a handler's children die with its pool worker.
+/// that a handler's children die with its pool worker. `?daemon=1`: a daemon instead, as a
+/// hostile handler would start one: in a session of its own, orphaned at once (its parent, a
+/// shell, exits), ignoring SIGTERM; for tests that nothing outlives the pool.
 pub struct Spawn;
 
 impl Handler for Spawn {
     no_args!(Spawn);
-    fn handle(&self, _req: &Request<'_>, resp: &mut Response<'_>) -> Result {
+    fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Result {
+        if req.arg("daemon") == Some("1") {
+            writeln!(resp, "{}", spawn_daemon()?)?;
+            return Ok(());
+        }
         let child = std::process::Command::new("sleep")
             .arg("3600")
             .spawn()
@@ -217,6 +223,34 @@ impl Handler for Spawn {
         std::mem::forget(child);
         Ok(())
     }
+}
+
+/// Starts `sleep 3600` as a daemon (see [`Spawn`]) and returns its pid: a shell in a new
+/// session starts it in the background with SIGTERM ignored, prints its pid and exits.
+fn spawn_daemon() -> std::result::Result<u32, String> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        "trap '' TERM; sleep 3600 </dev/null >/dev/null 2>&1 & echo $!",
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped());
+    // SAFETY: between fork and exec the closure makes one async-signal-safe call (setsid) and
+    // touches no memory of the parent's.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().map_err(|e| format!("spawn daemon: {e}"))?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| format!("spawn daemon: the shell said {:?}", out.stdout))
 }
 
 /// Byte `i` of what `stream` sends: deterministic, cheap, and not periodic over short spans,

@@ -58,6 +58,15 @@ OPTIONS:
                         pipe poold reads: their lines reach poold's stderr), all together;
                         the rest are dropped and counted, one line a second says how many;
                         0: no limit                                   [default: 200]
+    --memory-max SIZE   memory of all the pool's processes together (its cgroup's
+                        memory.max, as systemd's MemoryMax=)
+    --pids-max N        processes and threads of the pool, poold and its workers included
+                        (pids.max, as systemd's TasksMax=): a fork beyond fails
+    --cpu-weight N      the pool's CPU share when the CPUs are busy, 1-10000 (cpu.weight,
+                        as systemd's CPUWeight=; 100 is the default of every cgroup)
+                        These three need the pool's cgroup (managed mode: the watchdog
+                        makes one; see NGX_POOL_NO_CGROUP below) and its controller: where
+                        either is missing, one warning line each and no limit
     --lifeline-fd FD    exit when this descriptor reaches end of file (set by the nginx
                         module in managed mode, where poold also runs under a watchdog
                         process that starts a new one if it dies)
@@ -75,6 +84,11 @@ OPTIONS:
 Bodies of any size stream through the arena, up to 1 MiB in flight per request and direction.
 Signals: TERM, INT or QUIT stop the workers and remove the socket. USR2 drains: the socket
 goes, attached nginx workers are served until they detach, then poold stops.
+No process outlives the pool: in managed mode the watchdog puts the pool's processes in a
+cgroup v2 of their own (ngx-pool-NAME-PID under its own cgroup), killed whole when poold dies
+and when the pool stops. Where no cgroup v2 is writable, or NGX_POOL_NO_CGROUP=1 is in the
+environment, the watchdog and poold are child subreapers instead and end whatever the pool's
+code orphaned (poold when it stops, the watchdog when poold dies or stops).
 ";
 
 /// One pool's settings.

@@ -6,12 +6,14 @@
 //! the data path: pool workers take requests straight from the region.
 
 pub mod builtin;
+pub mod cgroup;
 pub mod config;
 pub mod exchange;
 pub mod fanout;
 pub mod handler;
 pub mod host;
 pub mod log;
+pub mod reaper;
 pub mod supervisor;
 pub mod sys;
 pub mod watchdog;

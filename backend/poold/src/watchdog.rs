@@ -8,8 +8,15 @@
 //! workers, which retry every 20 ms, attach to it. The watchdog holds no shared memory and no
 //! handler state. It stops when told (TERM, INT, QUIT: passed on to poold, which stops its
 //! workers) or when the nginx master goes away (the lifeline closes, for both of them).
+//!
+//! No process outlives its pool: the watchdog keeps the pool's processes in a cgroup of their
+//! own (`cgroup.rs`), killed whole when a poold dies (before the next one starts) and when the
+//! pool stops; and it is a child subreaper (`reaper.rs`), ending whatever a dead poold left
+//! behind, which is all there is where no cgroup v2 is writable.
 
+use crate::cgroup::PoolCgroup;
 use crate::log;
+use crate::reaper;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -23,6 +30,12 @@ const QUICK_DEATH: Duration = Duration::from_secs(1);
 const MAX_DELAY: Duration = Duration::from_secs(10);
 /// How long poold gets to stop its workers when told to, before it is killed.
 const STOP_WAIT: Duration = Duration::from_secs(10);
+/// What a dead poold left behind (without a cgroup: re-parented to the watchdog) gets this long
+/// between SIGTERM and SIGKILL: short, as the pool answers 503 meanwhile (the pool's workers
+/// die with poold at once, by their death signal).
+const LEFTOVER_GRACE: Duration = Duration::from_secs(1);
+/// The longest the watchdog keeps killing what keeps being re-parented to it (a fork bomb).
+const LEFTOVER_GIVE_UP: Duration = Duration::from_secs(5);
 
 /// In the watchdog: never returns. In each poold it starts: returns, and the caller goes on
 /// to run the pool. `lifeline` is the descriptor the nginx master holds the other end of;
@@ -45,6 +58,8 @@ pub fn run(lifeline: RawFd, mut ready: Option<OwnedFd>) -> Option<OwnedFd> {
         return ready;
     };
     let me = nix::unistd::getpid();
+    reaper::become_subreaper();
+    let cgroup = pool_cgroup();
     let mut delay = Duration::ZERO;
     loop {
         let started = Instant::now();
@@ -53,6 +68,18 @@ pub fn run(lifeline: RawFd, mut ready: Option<OwnedFd>) -> Option<OwnedFd> {
         match unsafe { nix::unistd::fork() } {
             Ok(ForkResult::Child) => {
                 drop(signals);
+                // Into the pool's cgroup before anything else (still root: `main` drops it
+                // later), so that all poold forks is in it from the start.
+                if let Some(cg) = &cgroup {
+                    if let Err(e) = cg.enter() {
+                        log!(
+                            "alert",
+                            "cannot move poold into {}: {e}; its processes are ended by subreapers only",
+                            cg.path().display()
+                        );
+                    }
+                }
+                reaper::become_subreaper();
                 // If the watchdog dies, poold is told (SIGUSR1) and starts a watcher of its own
                 // (`adopt`), so that one SIGKILL never leaves a pool that nothing restarts.
                 let _ = nix::sys::prctl::set_pdeathsig(Some(Signal::SIGUSR1));
@@ -68,8 +95,18 @@ pub fn run(lifeline: RawFd, mut ready: Option<OwnedFd>) -> Option<OwnedFd> {
             }
             Ok(ForkResult::Parent { child }) => {
                 match watch(child, &signals, ready.take(), lifeline) {
-                    Watched::Stop(code) => std::process::exit(code),
+                    Watched::Stop(code) => {
+                        end_pool(cgroup.as_ref());
+                        if let Some(cg) = cgroup {
+                            cg.remove();
+                        }
+                        std::process::exit(code)
+                    }
                     Watched::Died(how) => {
+                        // Nothing of the dead poold's may run beside the next one (a worker's
+                        // child holding a port, a daemon it started, a worker that ignored its
+                        // death signal for a moment).
+                        end_pool(cgroup.as_ref());
                         delay = if started.elapsed() < QUICK_DEATH {
                             (delay * 2).clamp(Duration::from_millis(100), MAX_DELAY)
                         } else {
@@ -97,6 +134,9 @@ pub fn run(lifeline: RawFd, mut ready: Option<OwnedFd>) -> Option<OwnedFd> {
                             log!("alert", "poold {child} {how}; starting a new one{when}");
                         }
                         if pause(delay, &signals, lifeline) {
+                            if let Some(cg) = cgroup {
+                                cg.remove();
+                            }
                             std::process::exit(0);
                         }
                     }
@@ -105,6 +145,9 @@ pub fn run(lifeline: RawFd, mut ready: Option<OwnedFd>) -> Option<OwnedFd> {
             Err(e) => {
                 log!("alert", "watchdog cannot fork poold: {e}; retrying in 1 s");
                 if pause(Duration::from_secs(1), &signals, lifeline) {
+                    if let Some(cg) = cgroup {
+                        cg.remove();
+                    }
                     std::process::exit(1);
                 }
             }
@@ -167,6 +210,52 @@ pub fn adopt(lifeline: RawFd, poold: Pid) -> Option<OwnedFd> {
     run(lifeline, None)
 }
 
+/// The pool's cgroup, with its limits set; none (and why, in the log) where cgroup v2 is not
+/// writable or turned off.
+fn pool_cgroup() -> Option<PoolCgroup> {
+    // The pool's settings are this process's own arguments (the watchdog is the poold the
+    // nginx master started, before it forks): read again here rather than passed down, as
+    // `main` already parsed them once without error.
+    let pool = match crate::config::parse(std::env::args().skip(1)) {
+        Ok(crate::config::Command::Run(cfg)) => cfg.pool,
+        _ => ngx_pool_conf::PoolSettings::new("pool"),
+    };
+    match PoolCgroup::create(&pool.name) {
+        Ok(cg) => {
+            log!(
+                "info",
+                "the pool's processes live in cgroup {}",
+                cg.path().display()
+            );
+            cg.apply_limits(&pool);
+            Some(cg)
+        }
+        Err(why) => {
+            log!(
+                "info",
+                "no cgroup for the pool ({why}): the watchdog and poold end its orphans as subreapers"
+            );
+            crate::cgroup::warn_limits_unapplied(&pool, &why);
+            None
+        }
+    }
+}
+
+/// Ends every process of the pool but the watchdog: the whole cgroup, then whatever was
+/// re-parented to the watchdog (the only way without a cgroup).
+fn end_pool(cgroup: Option<&PoolCgroup>) {
+    if let Some(cg) = cgroup {
+        cg.kill();
+    }
+    let n = reaper::end_children(None, LEFTOVER_GRACE, LEFTOVER_GIVE_UP);
+    if n > 0 {
+        log!(
+            "notice",
+            "ended {n} process(es) the pool's code left behind (re-parented to the watchdog)"
+        );
+    }
+}
+
 /// How `watch` describes a poold that exited because its handler failed to load (status 78).
 const LOAD_FAILED: &str = "exited with code 78";
 
@@ -210,17 +299,20 @@ fn watch(child: Pid, signals: &SignalFd, ready: Option<OwnedFd>, lifeline: RawFd
                 Err(_) => {}
             }
         }
+        // As a subreaper, the watchdog may have other children (what the pool's code orphaned
+        // while no poold was there to adopt it): reaped here too, or they would stay zombies.
+        let status = reaper::reap_all(Some(child));
         if draining {
-            match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => continue,
-                _ => return Watched::Stop(0),
+            if status.is_some() || kill(child, None).is_err() {
+                return Watched::Stop(0);
             }
+            continue;
         }
-        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => {
+        match status {
+            Some(WaitStatus::Exited(_, code)) => {
                 return Watched::Died(format!("exited with code {code}"))
             }
-            Ok(WaitStatus::Signaled(_, sig, _)) => {
+            Some(WaitStatus::Signaled(_, sig, _)) => {
                 return Watched::Died(format!("was killed by {sig}"))
             }
             _ => {}

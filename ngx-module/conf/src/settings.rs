@@ -77,7 +77,22 @@ pub struct PoolSettings {
     /// Lines a second that the pool's workers (and whatever they fork) may write to stdout and
     /// stderr, together; poold drops the rest and says how many (`log_rate=`). 0: no limit.
     pub log_rate: u32,
+    /// Memory of all the pool's processes together, in bytes: the `memory.max` of its cgroup
+    /// (`memory_max=`, as systemd's `MemoryMax=`); the kernel reclaims, then OOM-kills in it.
+    pub memory_max: Option<u64>,
+    /// Processes (and threads) of the pool, poold and its workers included: the `pids.max` of
+    /// its cgroup (`pids_max=`, as systemd's `TasksMax=`); a fork beyond it fails (EAGAIN).
+    pub pids_max: Option<u32>,
+    /// The pool's share of CPU time against its siblings when the CPUs are busy, 1 to 10000
+    /// (100 is everyone's default): the `cpu.weight` of its cgroup (`cpu_weight=`, as
+    /// systemd's `CPUWeight=`).
+    pub cpu_weight: Option<u32>,
 }
+
+/// The highest `pids_max=`: the kernel's highest pid (`PID_MAX_LIMIT`).
+pub const MAX_PIDS_MAX: u32 = 4 << 20;
+/// The range of cgroup v2's `cpu.weight`.
+pub const MAX_CPU_WEIGHT: u32 = 10_000;
 
 /// The settings' names, as in nginx.conf; on poold's command line `_` becomes `-`.
 pub const SETTING_NAMES: &[&str] = &[
@@ -99,6 +114,9 @@ pub const SETTING_NAMES: &[&str] = &[
     "preload",
     "idle_timeout",
     "log_rate",
+    "memory_max",
+    "pids_max",
+    "cpu_weight",
 ];
 
 impl PoolSettings {
@@ -124,6 +142,9 @@ impl PoolSettings {
             python_path: None,
             preload: true,
             log_rate: DEFAULT_LOG_RATE,
+            memory_max: None,
+            pids_max: None,
+            cpu_weight: None,
         }
     }
 
@@ -226,6 +247,9 @@ impl PoolSettings {
                 }
             }
             "arena" => self.arena = size_from_1m()?,
+            "memory_max" => self.memory_max = Some(size_from_1m()?),
+            "pids_max" => self.pids_max = Some(number(MAX_PIDS_MAX)?),
+            "cpu_weight" => self.cpu_weight = Some(number(MAX_CPU_WEIGHT)?),
             "chdir" | "venv" | "python_path" if value.is_empty() => {
                 return Err(format!("{key}= needs a path"))
             }
@@ -328,6 +352,15 @@ impl PoolSettings {
         }
         put("preload", if self.preload { "on" } else { "off" }.into());
         put("log_rate", self.log_rate.to_string());
+        if let Some(n) = self.memory_max {
+            put("memory_max", n.to_string());
+        }
+        if let Some(n) = self.pids_max {
+            put("pids_max", n.to_string());
+        }
+        if let Some(n) = self.cpu_weight {
+            put("cpu_weight", n.to_string());
+        }
         args
     }
 
@@ -439,6 +472,9 @@ mod tests {
             ("python_path", "/a:/b"),
             ("preload", "off"),
             ("log_rate", "0"),
+            ("memory_max", "512m"),
+            ("pids_max", "64"),
+            ("cpu_weight", "50"),
         ] {
             s.set(k, v).unwrap();
         }
@@ -462,6 +498,18 @@ mod tests {
             let e = s.clone().set("log_rate", bad).unwrap_err();
             assert!(e.starts_with("invalid log_rate"), "{bad}: {e}");
         }
+        for (key, bad) in [
+            ("memory_max", "100k"),
+            ("memory_max", "lots"),
+            ("pids_max", "0"),
+            ("pids_max", "5000000"),
+            ("cpu_weight", "0"),
+            ("cpu_weight", "10001"),
+        ] {
+            let e = s.clone().set(key, bad).unwrap_err();
+            assert!(e.starts_with(&format!("invalid {key}")), "{key}={bad}: {e}");
+        }
+        assert_eq!((s.memory_max, s.pids_max), (Some(512 << 20), Some(64)));
         assert_eq!((s.min_workers, s.workers), (Some(2), 5));
         let rel = PoolSettings {
             python_path: Some("lib:/abs".into()),

@@ -136,6 +136,9 @@ impl Supervisor {
     ) -> io::Result<Supervisor> {
         let mask = sys::handled_signals();
         mask.thread_block()?;
+        // What the pool's code orphans is re-parented to us, to be ended when the pool stops
+        // (the watchdog made a managed poold one already; this is for an external one).
+        crate::reaper::become_subreaper();
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
         let run_as = match (&cfg.user, Uid::effective().is_root()) {
             (Some(u), true) => Some(sys::lookup_user(u, cfg.group.as_deref())?),
@@ -427,12 +430,16 @@ impl Supervisor {
     /// Stops every worker (TERM, then KILL after a grace period) and removes the socket.
     fn stop(mut self) -> io::Result<()> {
         self.remove_socket_file();
-        for w in &self.workers {
-            if let Some(pid) = w.pid {
+        let groups: Vec<Pid> = self.workers.iter().filter_map(|w| w.pid).collect();
+        for &pid in &groups {
+            let _ = kill(pid, Signal::SIGTERM);
+        }
+        // And what the pool's code orphaned (re-parented to us, a subreaper): the same grace.
+        for pid in crate::reaper::children() {
+            if Some(pid) != self.watcher && !groups.contains(&pid) {
                 let _ = kill(pid, Signal::SIGTERM);
             }
         }
-        let groups: Vec<Pid> = self.workers.iter().filter_map(|w| w.pid).collect();
         let deadline = Instant::now() + STOP_GRACE;
         while self.workers.iter().any(|w| w.pid.is_some()) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -470,6 +477,15 @@ impl Supervisor {
         }
         for g in groups {
             let _ = nix::sys::signal::killpg(g, Signal::SIGKILL);
+        }
+        // Whatever is still there (it had the workers' grace; a setsid'd daemon escapes the
+        // groups above) and what killing it re-parented to us.
+        let ended = crate::reaper::end_children(self.watcher, Duration::ZERO, STOP_GRACE);
+        if ended > 0 {
+            log!(
+                "notice",
+                "ended {ended} process(es) the pool's code left behind"
+            );
         }
         // The workers' last lines (and the count of those dropped) before poold's last.
         self.output
