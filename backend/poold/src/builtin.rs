@@ -262,7 +262,8 @@ pub fn stream_byte(i: u64) -> u8 {
 /// `stream`: sends `?bytes=N` deterministic bytes ([`stream_byte`]; default 1 MiB) as the
 /// client reads them, in writes of `?every=N` bytes (default 64 KiB); with a `Content-Length`
 /// unless `?chunked=1`. For the tests of buffering and of what a handler may send:
-/// `?pause_ms=M` flushes each write and then sleeps (server-sent events), `?accel=no|yes` adds
+/// `?status=N` answers N, `?pause_ms=M` flushes each write and then sleeps (server-sent
+/// events), `?accel=no|yes` adds
 /// `X-Accel-Buffering`, `?header_bytes=N` adds an `X-Big` header of N bytes, `?headers=N`
 /// adds N small headers.
 pub struct Stream;
@@ -278,6 +279,13 @@ impl Handler for Stream {
         let total = number("bytes", 1 << 20);
         let every = number("every", 64 << 10).clamp(1, 16 << 20) as usize;
         let pause = std::time::Duration::from_millis(number("pause_ms", 0));
+        if let Some(status) = req
+            .arg("status")
+            .and_then(|v| v.parse().ok())
+            .and_then(ngx_pool_sdk::Status::new)
+        {
+            resp.set_status(status);
+        }
         resp.add_header("Content-Type", "application/octet-stream");
         if req.arg("chunked") != Some("1") {
             resp.add_header("Content-Length", &total.to_string());
