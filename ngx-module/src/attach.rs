@@ -372,6 +372,7 @@ fn complete(
             wakes_owed: 0,
             socket_c: c,
             eventfd_c,
+            reported_corrupt: false,
         });
         p.next_attempt = None;
         (p.name.clone(), p.socket.clone())
@@ -393,4 +394,13 @@ fn complete(
             Err("the pools' state was in use".into())
         }
     }
+}
+
+/// Tells poold, on the attachment's socket `c`, that its region is corrupt (see
+/// [`runtime::suspect_corruption`]). Best effort: if poold is gone, so is the region.
+pub fn report_corrupt(c: *mut ngx_connection_t) {
+    // SAFETY: `c` is the live connection of an attachment; its descriptor stays open while the
+    // attachment does, and is only borrowed for this one send.
+    let fd = unsafe { BorrowedFd::borrow_raw((*c).fd) };
+    let _ = handshake::send_frame(fd, Frame::new(handshake::CORRUPT, 0, 0, 0), None::<OwnedFd>);
 }

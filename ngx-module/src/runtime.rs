@@ -42,6 +42,33 @@ pub struct Attached {
     pub wakes_owed: u32,
     pub(crate) socket_c: *mut ngx_connection_t,
     pub(crate) eventfd_c: *mut ngx_connection_t,
+    /// poold was told this region is corrupt (once is enough: it starts a new generation).
+    pub(crate) reported_corrupt: bool,
+}
+
+/// A request of pool `i` met what a region written over would explain (a broken stream, a
+/// slot in a state nobody sets, no slot to be had): if the region fails its checks, say so
+/// once and ask poold for a new one. poold starts a new generation; this worker attaches to it
+/// as after any poold death. Cheap (a few loads), so callers need not be sure.
+pub fn suspect_corruption(i: usize) {
+    let report = with_pool(i, |p| {
+        let a = p.attached.as_mut()?;
+        if a.reported_corrupt {
+            return None;
+        }
+        let why = a.region.verify().err()?;
+        a.reported_corrupt = true;
+        Some((p.name.clone(), why, a.socket_c))
+    })
+    .ok()
+    .flatten();
+    if let Some((name, why, c)) = report {
+        log(
+            NGX_LOG_ERR,
+            &format!("pool \"{name}\": its shared region is corrupt ({why}); poold is told to start a new one"),
+        );
+        crate::attach::report_corrupt(c);
+    }
 }
 
 /// One pool as this worker sees it.

@@ -233,3 +233,54 @@ fn a_process_of_nginxs_user_cannot_inspect_nginx_workers_or_pool_workers() {
     ng.allow("stays dumpable");
     ng.finish();
 }
+
+#[test]
+fn a_handler_that_writes_over_its_region_is_survived_and_the_pool_heals() {
+    let libs = ngx_pool_tests::temp_prefix();
+    let lib = ngx_pool_tests::build_c_handler("tests/handlers/hostile.c", &libs);
+    let mut ng = Nginx::start(Conf::new(
+        &format!(
+            "    pool h handler=dylib:{} workers=2 timeout=3s;",
+            lib.display()
+        ),
+        "    location /hostile/ { pool_pass h; }",
+    ));
+    ng.allow("region was written over");
+    ng.allow("its shared region is corrupt");
+    let workers = ng.worker_pids();
+    assert_eq!(ng.get("/hostile/ok").status, 200);
+    // The attack: a pool worker overwrites every byte of the region it shares with nginx.
+    let port = ng.port;
+    let attack = std::thread::spawn(move || {
+        ngx_pool_tests::http::request(port, "GET", "/hostile/scribble", &[], b"")
+            .map(|r| r.status)
+            .ok()
+    });
+    // Requests fail for a moment (the region is garbage), then a new generation serves them.
+    let started = std::time::Instant::now();
+    let healed = loop {
+        if let Ok(r) = ngx_pool_tests::http::request(port, "GET", "/hostile/ok", &[], b"") {
+            if r.status == 200
+                && r.body == b"ok"
+                && started.elapsed() > std::time::Duration::from_millis(1)
+            {
+                // Served by the new generation once the old one noticed.
+                if ng.log().contains("region was written over") {
+                    break started.elapsed();
+                }
+            }
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the pool did not serve again within 5 s:\n{}",
+            ng.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let _ = attack.join();
+    assert_eq!(ng.worker_pids(), workers, "an nginx worker died");
+    let log = ng.log();
+    assert!(!log.contains("exited on signal"), "{log}");
+    eprintln!("the pool served again {healed:?} after its region was written over");
+    ng.finish();
+}

@@ -22,6 +22,9 @@ pub const READY: [u8; 4] = *b"NPY1";
 /// Pool worker to poold: it reached `max_requests`/`max_rss` and will retire once a
 /// replacement is READY (it keeps serving meanwhile).
 pub const RETIRING: [u8; 4] = *b"NPR1";
+/// nginx worker to poold, on its attachment: the region failed [`crate::Region::verify`] here
+/// (some process wrote over it); poold checks it too and starts a new generation.
+pub const CORRUPT: [u8; 4] = *b"NPX1";
 
 /// `Welcome.a` values.
 pub const WELCOME_OK: u32 = 0;

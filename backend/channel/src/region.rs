@@ -234,6 +234,54 @@ impl Region {
         std::sync::atomic::fence(Ordering::Release);
     }
 
+    /// Checks what no correct process ever changes or lets out of range: the header's identity
+    /// (magic, version, geometry, size as this process validated them), the free lists' heads
+    /// and the queues' spans. A failure means some process wrote over the region (a handler's
+    /// stray or hostile writes): the caller stops using it, and poold makes a new one.
+    pub fn verify(&self) -> Result<(), String> {
+        let h = self.header();
+        // SAFETY: the plain header fields are read with volatile copies of a mapping that holds
+        // a Header (invariant 1); another process writing them concurrently can only make the
+        // values wrong, which is what this looks for.
+        let (magic, version, geometry, size) = unsafe {
+            let p = self.map.as_ptr().cast::<Header>();
+            (
+                std::ptr::read_volatile(std::ptr::addr_of!((*p).magic)),
+                std::ptr::read_volatile(std::ptr::addr_of!((*p).version)),
+                std::ptr::read_volatile(std::ptr::addr_of!((*p).geometry)),
+                std::ptr::read_volatile(std::ptr::addr_of!((*p).region_size)),
+            )
+        };
+        let g = self.geometry;
+        if magic != MAGIC || version != LAYOUT_VERSION {
+            return Err("the header's magic or version was overwritten".into());
+        }
+        if geometry != g || size != g.region_size() {
+            return Err("the header's geometry was overwritten".into());
+        }
+        let head_in = |word: u64, count: u32| (word & 0xffff_ffff) <= u64::from(count);
+        if !head_in(h.slot_free.load(Ordering::Relaxed), g.slots) {
+            return Err("the slots' free list points outside the table".into());
+        }
+        if !head_in(h.chunk_free.load(Ordering::Relaxed), g.chunks) {
+            return Err("the chunks' free list points outside the arena".into());
+        }
+        let cap = u64::from(g.queue_cap());
+        for (name, enq, deq) in [
+            ("request", &h.enqueue_pos, &h.dequeue_pos),
+            ("task", &h.task_enqueue_pos, &h.task_dequeue_pos),
+        ] {
+            // Dequeue first: a consumer passes a position only after its producer did, so read
+            // in that order the span can only look smaller than it is, never out of range.
+            let d = deq.load(Ordering::Acquire);
+            let e = enq.load(Ordering::Acquire);
+            if e.wrapping_sub(d) > cap {
+                return Err(format!("the {name} queue's positions are out of range"));
+            }
+        }
+        Ok(())
+    }
+
     /// The geometry as validated when this process created or attached the region.
     pub fn geometry(&self) -> Geometry {
         self.geometry
@@ -393,6 +441,23 @@ mod tests {
         let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
         fcntl(f.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals)).unwrap();
         f
+    }
+
+    #[test]
+    fn verify_finds_a_region_written_over() {
+        let r = Region::create("v", Geometry::for_tests(2, 64), 1).unwrap();
+        assert_eq!(r.verify(), Ok(()));
+        // What a hostile handler does: its mapping of the region, overwritten.
+        let size = r.geometry().region_size() as usize;
+        // SAFETY: the test's own region; nothing else uses it while it is overwritten.
+        unsafe { std::ptr::write_bytes(r.map.as_mut_ptr(), 0xA5, size) };
+        assert!(r.verify().is_err());
+        let r = Region::create("v", Geometry::for_tests(2, 64), 1).unwrap();
+        r.header().chunk_free.store(10_000, Ordering::Relaxed);
+        assert!(r.verify().unwrap_err().contains("chunks' free list"));
+        let r = Region::create("v", Geometry::for_tests(2, 64), 1).unwrap();
+        r.header().enqueue_pos.store(1 << 40, Ordering::Relaxed);
+        assert!(r.verify().unwrap_err().contains("request queue"));
     }
 
     #[test]

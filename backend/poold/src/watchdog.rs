@@ -309,6 +309,9 @@ fn watch(child: Pid, signals: &SignalFd, ready: Option<OwnedFd>, lifeline: RawFd
             continue;
         }
         match status {
+            Some(WaitStatus::Exited(_, code)) if code == crate::supervisor::EXIT_REGION_CORRUPT => {
+                return Watched::Died("stopped: its region was written over".into())
+            }
             Some(WaitStatus::Exited(_, code)) => {
                 return Watched::Died(format!("exited with code {code}"))
             }

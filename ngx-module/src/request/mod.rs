@@ -504,6 +504,10 @@ fn fail(ctx: *mut Ctx, status: ngx_int_t, msg: String) {
         return;
     }
     release_unless_sending(ctx);
+    if status >= 500 && status != 504 {
+        // A broken answer, a lost slot, a full queue: all that a region written over gives.
+        runtime::suspect_corruption(pool);
+    }
     // SAFETY: as above.
     unsafe { (*ctx).outcome.end("error") };
     if status == 503 && !msg.is_empty() {

@@ -127,6 +127,10 @@ enum Source {
     Worker(usize),
 }
 
+/// poold's exit status after it found its region written over and stopped: start the next
+/// generation now (EX_TEMPFAIL).
+pub const EXIT_REGION_CORRUPT: i32 = 75;
+
 impl Supervisor {
     /// Builds the region, loads nothing yet: `handler` was loaded by the caller, before forking.
     pub fn new(
@@ -144,10 +148,10 @@ impl Supervisor {
             (Some(u), true) => Some(sys::lookup_user(u, cfg.group.as_deref())?),
             _ => None,
         };
+        let peers = peers::Admission::new(&cfg, run_as)?;
         let region = Region::create(&cfg.pool.name, cfg.geometry(), std::process::id())?;
         let (listener, socket_file) = socket::bind(&cfg, run_as)?;
         let socket_watch = socket::watch(&cfg);
-        let peers = peers::Admission::new(&cfg, run_as)?;
         let output = output::WorkerOutput::new(cfg.pool.log_rate)?;
         let conns = (0..cfg.max_conns).map(|_| None).collect();
         // One entry per region worker slot: `workers` run, the others take replacements.
@@ -166,10 +170,10 @@ impl Supervisor {
             signals,
             lifeline,
             pending: Vec::new(),
+            peers,
             conns,
             workers,
             run_as,
-            peers,
             me: nix::unistd::getpid(),
             maybe_lost: false,
             watcher: None,
@@ -226,12 +230,23 @@ impl Supervisor {
                     Source::Worker(i) => self.on_worker_message(i)?,
                 }
             }
+            // At every wake-up (an nginx worker's CORRUPT report is one): a region some process
+            // wrote over cannot be trusted again; a fresh generation replaces it, as when poold
+            // dies (the watchdog, or systemd, starts the next one at once).
+            if let Err(why) = self.region.verify() {
+                log!(
+                    "error",
+                    "the pool's shared region was written over ({why}); stopping this generation for a new one with a fresh region"
+                );
+                self.stop()?;
+                std::process::exit(EXIT_REGION_CORRUPT);
+            }
             self.output
                 .tick(&self.region.header().stats.log_lines_dropped);
+            self.expire_pending();
             if self.maybe_lost {
                 self.return_lost();
             }
-            self.expire_pending();
             if let Some(since) = self.draining {
                 let attached = self.conns.iter().flatten().count();
                 let in_flight = self

@@ -1,0 +1,112 @@
+/*
+ * A pool's code turned hostile, one attack a path, for the isolation tests
+ * (tests/tests/isolation.rs). Each answers what it managed as text.
+ *
+ *   /hostile/scribble  overwrites every byte of the pool's shared region (found in
+ *                      /proc/self/maps as /memfd:ngx-pool:...) with garbage, then answers
+ *   /hostile/setuid    tries to become root again: setuid(0), setresuid(0, 0, 0), and writes a
+ *                      file as whoever it is then (its path is the X_FILE pool_param)
+ *   /hostile/ok        answers "ok"
+ *
+ * With init args "setuid-at-init", its init (which runs in the pool manager before it forks)
+ * makes the same attempt and writes init's result into the X_FILE path given in the args
+ * after a colon: "setuid-at-init:/path".
+ */
+#define _GNU_SOURCE
+#include <ngx_pool.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+static const ngx_pool_header plain[] = {{NGX_POOL_STR("Content-Type"), NGX_POOL_STR("text/plain")}};
+
+static int is(const ngx_pool_host *h, ngx_pool_request *r, const char *path) {
+    ngx_pool_str p = h->path(r);
+    return p.len == strlen(path) && memcmp(p.data, path, p.len) == 0;
+}
+
+static int say(const ngx_pool_host *h, ngx_pool_request *r, const char *text) {
+    int rc = h->start(r, 200, plain, 1);
+    return rc == NGX_POOL_OK ? h->write(r, (const uint8_t *)text, strlen(text)) : rc;
+}
+
+/* Overwrites every mapping of an ngx-pool region in this process; returns the bytes written. */
+static long scribble(void) {
+    FILE *maps = fopen("/proc/self/maps", "r");
+    char line[512];
+    long written = 0;
+    if (maps == NULL) return -1;
+    while (fgets(line, sizeof line, maps) != NULL) {
+        unsigned long from, to;
+        if (strstr(line, "/memfd:ngx-pool:") == NULL) continue;
+        if (sscanf(line, "%lx-%lx", &from, &to) != 2) continue;
+        if (strstr(line, " rw") == NULL) continue;
+        memset((void *)from, 0xA5, to - from);
+        written += (long)(to - from);
+    }
+    fclose(maps);
+    return written;
+}
+
+/* The root attempt: what setuid(0) and setresuid(0,0,0) returned, the uids after, and whether a
+ * file could be written as root (its owner), into `text`. */
+static void regain_root(const char *file, char *text, size_t size) {
+    int a = setuid(0);
+    int b = setresuid(0, 0, 0);
+    int written = -1;
+    if (file != NULL && *file != '\0') {
+        int fd = open(file, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            written = (int)write(fd, "written\n", 8);
+            close(fd);
+        }
+    }
+    snprintf(text, size, "setuid %d setresuid %d uid %d euid %d written %d", a, b, (int)getuid(),
+             (int)geteuid(), written);
+}
+
+static int handle(const ngx_pool_host *h, ngx_pool_request *r) {
+    char out[256];
+    if (is(h, r, "/hostile/scribble")) {
+        snprintf(out, sizeof out, "scribbled %ld bytes", scribble());
+        return say(h, r, out);
+    }
+    if (is(h, r, "/hostile/setuid")) {
+        ngx_pool_str f = h->param(r, "X_FILE");
+        char file[256] = "";
+        if (f.data != NULL && f.len < sizeof file) {
+            memcpy(file, f.data, f.len);
+            file[f.len] = '\0';
+        }
+        regain_root(file, out, sizeof out);
+        return say(h, r, out);
+    }
+    return say(h, r, "ok");
+}
+
+static int init(const ngx_pool_host *h, ngx_pool_str args) {
+    (void)h;
+    static const char want[] = "setuid-at-init:";
+    if (args.len > sizeof want - 1 && memcmp(args.data, want, sizeof want - 1) == 0) {
+        char file[256], text[256];
+        size_t n = args.len - (sizeof want - 1);
+        if (n >= sizeof file) return NGX_POOL_ERR;
+        memcpy(file, args.data + sizeof want - 1, n);
+        file[n] = '\0';
+        regain_root(file, text, sizeof text);
+        /* Leave the result beside the file for the test to read. */
+        char report[300];
+        snprintf(report, sizeof report, "%s.init", file);
+        int fd = open(report, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            (void)!write(fd, text, strlen(text));
+            close(fd);
+        }
+    }
+    return NGX_POOL_OK;
+}
+
+NGX_POOL_HANDLER(.name = "hostile", .init = init, .handle = handle);
