@@ -284,3 +284,39 @@ fn a_handler_that_writes_over_its_region_is_survived_and_the_pool_heals() {
     eprintln!("the pool served again {healed:?} after its region was written over");
     ng.finish();
 }
+
+#[test]
+fn a_large_pool_serves_while_it_is_still_forking() {
+    let workers = 1024;
+    let ng = Nginx::start(
+        Conf::new(
+            &format!("    pool big handler=builtin:hello workers={workers};"),
+            "    location /big { pool_pass big; }\n    location = /status { pool_status; }",
+        )
+        .workers(1),
+    );
+    // nginx's worker attached (Nginx::start waits for it): poold accepted it between steps.
+    let started = std::time::Instant::now();
+    assert_eq!(ng.get("/big").status, 200);
+    let served_after = started.elapsed();
+    let up = |ng: &Nginx| {
+        ng.get("/status").json()["pools"][0]["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["state"] == "idle" || w["state"] == "busy")
+            .count()
+    };
+    let then = up(&ng);
+    assert!(
+        then < workers,
+        "all {workers} workers were up before the first request was served"
+    );
+    let mut ng = ng;
+    ng.wait_for("every worker up", |ng| up(ng) == workers);
+    eprintln!(
+        "first request served {served_after:?} after attaching, with {then} of {workers} workers up; all up {:?} later",
+        started.elapsed()
+    );
+    ng.finish();
+}

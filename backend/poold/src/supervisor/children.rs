@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// Workers forked in one turn of the supervisor's loop, at start and when many are due at
+/// once: between steps it accepts nginx's workers and answers the pool workers.
+pub(super) const START_STEP: usize = 16;
+
 impl Supervisor {
     /// Forks pool worker `i`.
     pub(super) fn spawn(&mut self, i: usize) -> io::Result<()> {
@@ -194,10 +198,16 @@ impl Supervisor {
 
     pub(super) fn respawn_due(&mut self) -> io::Result<()> {
         let now = Instant::now();
+        let mut started = 0;
         for i in 0..self.workers.len() {
             if self.workers[i].pid.is_none() && self.workers[i].respawn_at.is_some_and(|t| t <= now)
             {
                 self.spawn(i)?;
+                started += 1;
+                if started == START_STEP {
+                    // The rest at the next turn, after what nginx asked meanwhile.
+                    break;
+                }
             }
         }
         Ok(())

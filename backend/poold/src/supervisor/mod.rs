@@ -184,9 +184,17 @@ impl Supervisor {
 
     /// Runs until told to stop; then stops the workers and removes the socket.
     pub fn run(mut self) -> io::Result<()> {
-        let first = self.cfg.pool.min_workers.unwrap_or(self.cfg.pool.workers);
-        for i in 0..first as usize {
-            self.spawn(i)?;
+        // A step of workers now, the rest as due respawns, a step per turn of the loop: nginx's
+        // workers attach, and the first workers serve, while a large pool is still forking
+        // (4096 workers take tens of seconds to fork).
+        let first = self.cfg.pool.min_workers.unwrap_or(self.cfg.pool.workers) as usize;
+        let now = Instant::now();
+        for i in 0..first {
+            if i < children::START_STEP {
+                self.spawn(i)?;
+            } else {
+                self.workers[i].respawn_at = Some(now);
+            }
         }
         let g = self.region.geometry();
         log!(
