@@ -392,6 +392,9 @@ setter!(set_pool, MainConf, |cf, main, args| {
         return conf_error(cf, &format!("duplicate pool \"{}\"", pool.settings.name));
     }
     main.prefix = prefix(cf);
+    if let Err(e) = check_pool_user(&pool) {
+        return conf_error(cf, &e);
+    }
     if !pool.settings.handler.is_empty() {
         // A library path is relative to the prefix, and must be there now (nginx -t says so).
         let spec = match conf::HandlerSpec::parse(&pool.settings.handler) {
@@ -423,6 +426,25 @@ setter!(set_pool, MainConf, |cf, main, args| {
     main.pools.push(PoolEntry { conf: pool, socket });
     ptr::null_mut()
 });
+
+/// `user=` and `group=` name a user and group this machine has (names or numbers).
+fn check_pool_user(pool: &PoolConf) -> Result<(), String> {
+    if let Some(user) = &pool.user {
+        let known = user.parse::<u32>().is_ok()
+            || nix::unistd::User::from_name(user).ok().flatten().is_some();
+        if !known {
+            return Err(format!("unknown user \"{user}\" in user="));
+        }
+    }
+    if let Some(group) = &pool.group {
+        let known = group.parse::<u32>().is_ok()
+            || nix::unistd::Group::from_name(group).ok().flatten().is_some();
+        if !known {
+            return Err(format!("unknown group \"{group}\" in group="));
+        }
+    }
+    Ok(())
+}
 
 setter!(set_pool_daemon, MainConf, |cf, main, args| {
     if main.daemon.is_some() {

@@ -208,7 +208,20 @@ fn argv_for(pool: &PoolEntry, wsgi_adapter: Option<&Path>, cycle: *mut ngx_cycle
     if nix::unistd::geteuid().is_root() {
         // SAFETY: the core module's configuration exists in every cycle.
         let ccf = ngx::core::NgxCoreModule::main_conf(unsafe { &*cycle });
-        if let Some(ccf) = ccf {
+        if let Some(user) = &pool.conf.user {
+            // A user of the pool's own (php-fpm's per-pool users): its code cannot touch
+            // nginx's workers nor other pools' processes whatever they allow. nginx's workers
+            // still attach: the socket admits nginx's user (with the pool's secret).
+            argv.extend(["--user".into(), user.clone()]);
+            if let Some(group) = &pool.conf.group {
+                argv.extend(["--group".into(), group.clone()]);
+            }
+            if let Some(ccf) = ccf.filter(|c| c.user != libc::uid_t::MAX) {
+                if pool.conf.settings.allow.is_empty() {
+                    argv.extend(["--allow".into(), ccf.user.to_string()]);
+                }
+            }
+        } else if let Some(ccf) = ccf {
             if ccf.user != libc::uid_t::MAX {
                 argv.extend([
                     "--user".into(),

@@ -320,3 +320,56 @@ fn a_large_pool_serves_while_it_is_still_forking() {
     );
     ng.finish();
 }
+
+/// The real uid of process `pid`.
+fn uid_of(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next().map(|u| u.parse().unwrap()))
+        .unwrap()
+}
+
+#[test]
+fn a_pool_may_run_as_a_user_of_its_own() {
+    let ng = Nginx::start(
+        Conf::new(
+            "    pool own handler=builtin:echo workers=1 user=daemon;\n    pool plain handler=builtin:echo workers=1;",
+            "    location /own { pool_pass own; }\n    location /nginxs { pool_pass plain; }",
+        )
+        .workers(1),
+    );
+    let nginx_uid = uid_of(ng.worker_pids()[0]);
+    let daemon_uid = nix::unistd::User::from_name("daemon")
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
+    // nginx's workers attached to both (Nginx::start waited) and are served by both.
+    let own = ng.get("/own");
+    assert_eq!(own.status, 200);
+    let plain = ng.get("/nginxs");
+    assert_eq!(plain.status, 200);
+    let pid = |r: &ngx_pool_tests::http::Response| r.json()["pid"].as_u64().unwrap() as u32;
+    assert_eq!(
+        uid_of(pid(&own)),
+        daemon_uid,
+        "the pool's worker runs as its user"
+    );
+    assert_eq!(
+        uid_of(pid(&plain)),
+        nginx_uid,
+        "a pool without user= runs as nginx's"
+    );
+    // nginx -t names an unknown user.
+    let (ok, out) = ngx_pool_tests::nginx_test_config(&Conf::new(
+        "    pool p handler=builtin:echo user=no-such-user-here;",
+        "",
+    ));
+    assert!(
+        !ok && out.contains("unknown user \"no-such-user-here\" in user="),
+        "{out}"
+    );
+    ng.finish();
+}

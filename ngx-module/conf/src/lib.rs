@@ -23,6 +23,10 @@ pub struct PoolConf {
     /// As written; made absolute against the prefix by the caller.
     pub socket: Option<String>,
     pub external: bool,
+    /// The user (and group) the pool's code runs as (`user=`, `group=`, as php-fpm's pool
+    /// `user` and `group`); none: nginx's `user`. Only where nginx runs as root.
+    pub user: Option<String>,
+    pub group: Option<String>,
 }
 
 /// Parses nginx time syntax: `30s`, `500ms`, `1m`, `1h30m`, a bare number is seconds.
@@ -172,6 +176,8 @@ pub fn parse_pool(args: &[&str]) -> Result<PoolConf, String> {
         queue_timeout_ms: None,
         socket: None,
         external: false,
+        user: None,
+        group: None,
     };
     let mut seen: Vec<&str> = Vec::new();
     for param in params {
@@ -204,6 +210,21 @@ pub fn parse_pool(args: &[&str]) -> Result<PoolConf, String> {
                 }
             }
             "socket" if !value.is_empty() => p.socket = Some(value.to_string()),
+            "user" | "group" => {
+                let valid = !value.is_empty()
+                    && value.len() <= 32
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+                if !valid {
+                    return Err(format!("invalid {key} \"{value}\" (a name or number)"));
+                }
+                if key == "user" {
+                    p.user = Some(value.to_string());
+                } else {
+                    p.group = Some(value.to_string());
+                }
+            }
             _ => return Err(format!("invalid parameter \"{param}\"")),
         }
     }
