@@ -438,7 +438,10 @@ fn check_pool_user(pool: &PoolConf) -> Result<(), String> {
     }
     if let Some(group) = &pool.group {
         let known = group.parse::<u32>().is_ok()
-            || nix::unistd::Group::from_name(group).ok().flatten().is_some();
+            || nix::unistd::Group::from_name(group)
+                .ok()
+                .flatten()
+                .is_some();
         if !known {
             return Err(format!("unknown group \"{group}\" in group="));
         }

@@ -144,11 +144,7 @@ pub fn start(
         .then_some(announced)
         .or(body_len);
     let rc = send_header(r, view.status, &view.headers, declared);
-    // SAFETY: reading a flag of a live request.
-    if rc == NGX_ERROR as ngx_int_t
-        || rc > NGX_OK as ngx_int_t
-        || unsafe { (*r).header_only() } != 0
-    {
+    if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || header_only(r) {
         return Ok(Started::Sent(rc));
     }
     if small.is_some() {
@@ -425,6 +421,12 @@ fn send_header(
     }
 }
 
+/// Whether request `r` wants no body (a HEAD, a 304): after its header, nothing is sent.
+fn header_only(r: *mut ngx_http_request_t) -> bool {
+    // SAFETY: reading a flag of a live request.
+    unsafe { (*r).header_only() != 0 }
+}
+
 /// Sends a whole response from process memory (copied into the request pool).
 pub fn send_whole(
     r: *mut ngx_http_request_t,
@@ -433,11 +435,7 @@ pub fn send_whole(
     body: &[u8],
 ) -> ngx_int_t {
     let rc = send_header(r, status, headers, Some(body.len() as u64));
-    // SAFETY: reading a flag of a live request.
-    if rc == NGX_ERROR as ngx_int_t
-        || rc > NGX_OK as ngx_int_t
-        || unsafe { (*r).header_only() } != 0
-    {
+    if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || header_only(r) {
         return rc;
     }
     send_copy(r, body)
