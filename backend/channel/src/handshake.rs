@@ -10,8 +10,8 @@
 //! Seqpacket keeps frame boundaries and still reports the peer's exit as end-of-file, which is how
 //! poold learns that an nginx worker died.
 
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
-use std::io::{self, IoSlice, IoSliceMut};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 pub const HELLO: [u8; 4] = *b"NPH1";
@@ -213,36 +213,55 @@ pub fn recv_frame(
     }
 }
 
+/// Room for the control data of one message: as many descriptors as one SCM_RIGHTS message
+/// may carry (the kernel's SCM_MAX_FD), in 8-byte words so the buffer is aligned for cmsghdr.
+const CONTROL_WORDS: usize = (253 * 4 + 64) / 8;
+
 /// Receives one message into `bytes`: its length and the first descriptor attached to it
-/// (others are closed). `Ok(None)` means end of file; a message longer than `bytes` an error.
+/// (others are closed). `Ok(None)` means end of file; a message longer than `bytes`, or with
+/// more descriptors than fit (the kernel then cut them off), an error. Every descriptor the
+/// kernel installed is owned and closed whatever the outcome: a peer sending many must not
+/// leak them into this process (it would run poold out of descriptors).
 fn recv_bytes(
     sock: impl AsFd,
     bytes: &mut [u8],
     flags: MsgFlags,
 ) -> io::Result<Option<(usize, Option<OwnedFd>)>> {
-    let mut iov = [IoSliceMut::new(bytes)];
-    let mut space = nix::cmsg_space!([RawFd; 4]);
-    let msg = recvmsg::<()>(
-        sock.as_fd().as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        flags | MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    for c in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(raw) = c {
-            for r in raw {
-                // SAFETY: the kernel has just installed `r` in our descriptor table for this
-                // message; nothing else knows the number, so we are its sole owner.
-                fds.push(unsafe { OwnedFd::from_raw_fd(r) });
-            }
-        }
+    let mut control = [0u64; CONTROL_WORDS];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_mut_ptr().cast(),
+        iov_len: bytes.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid empty one; the pointers set below stay valid (locals
+    // of this frame) for the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` describes one writable buffer of `bytes.len()` bytes and an aligned
+    // control buffer of `msg_controllen` bytes, both alive for the call.
+    let n = unsafe {
+        libc::recvmsg(
+            sock.as_fd().as_raw_fd(),
+            &mut msg,
+            flags.bits() | libc::MSG_CMSG_CLOEXEC,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
     }
-    let n = msg.bytes;
+    let mut fds = installed_fds(&msg);
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "too many descriptors with a frame",
+        ));
+    }
     if n == 0 {
         return Ok(None);
     }
-    if msg.flags.contains(MsgFlags::MSG_TRUNC) {
+    if msg.msg_flags & libc::MSG_TRUNC != 0 {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "bad frame size"));
     }
     let fd = if fds.is_empty() {
@@ -250,13 +269,72 @@ fn recv_bytes(
     } else {
         Some(fds.swap_remove(0))
     };
-    Ok(Some((n, fd)))
+    Ok(Some((n as usize, fd)))
+}
+
+/// The descriptors the kernel installed for a received message, each now owned (so closed
+/// when dropped), truncated control data included.
+fn installed_fds(msg: &libc::msghdr) -> Vec<OwnedFd> {
+    let mut out = Vec::new();
+    // SAFETY: the CMSG_* functions walk the control buffer the kernel filled for `msg`, within
+    // its `msg_controllen`; each SCM_RIGHTS header's length counts exactly the descriptors the
+    // kernel installed in our table for this message, which nothing else knows: we own them.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c).cast::<RawFd>();
+                let len = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize)
+                    / std::mem::size_of::<RawFd>();
+                for i in 0..len {
+                    out.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+    out
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+    #[test]
+    fn a_message_with_many_descriptors_leaks_none() {
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        // As many copies of a pipe's write end as one message may carry (before the fix, a
+        // message with more than 4 made the receive fail with the 4 it kept open): once every
+        // copy is closed, the read end sees end of file.
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let copies: Vec<OwnedFd> = (0..253).map(|_| w.try_clone().unwrap()).collect();
+        drop(w);
+        let raw: Vec<RawFd> = copies.iter().map(|f| f.as_raw_fd()).collect();
+        let frame = [0u8; FRAME_LEN];
+        let iov = [IoSlice::new(&frame)];
+        let cmsgs = [ControlMessage::ScmRights(&raw)];
+        sendmsg::<()>(b.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), None).unwrap();
+        drop(copies);
+        let mut buf = [0u8; FRAME_LEN];
+        let (n, first) = recv_bytes(&a, &mut buf, MsgFlags::empty())
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, FRAME_LEN);
+        drop(first);
+        let mut one = [0u8; 1];
+        assert_eq!(
+            nix::unistd::read(r.as_raw_fd(), &mut one).unwrap(),
+            0,
+            "a descriptor stayed open"
+        );
+    }
 
     #[test]
     fn frame_and_fd_arrive_together() {
