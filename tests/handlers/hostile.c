@@ -6,6 +6,11 @@
  *                      /proc/self/maps as /memfd:ngx-pool:...) with garbage, then answers
  *   /hostile/setuid    tries to become root again: setuid(0), setresuid(0, 0, 0), and writes a
  *                      file as whoever it is then (its path is the X_FILE pool_param)
+ *   /hostile/shift     moves both positions of the request queue on by its capacity (`?ENQ,DEQ`:
+ *                      their byte offsets in the region's header, which the test computes from
+ *                      the Rust layout): every later push then finds the queue "full", a state the
+ *                      region's own checks cannot see
+ *   /hostile/kill      sends signal SIG to process PID (`?PID,SIG`), answers what kill returned
  *   /hostile/ok        answers "ok"
  *
  * With init args "setuid-at-init", its init (which runs in the pool manager before it forks)
@@ -14,7 +19,9 @@
  */
 #define _GNU_SOURCE
 #include <ngx_pool.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +38,20 @@ static int is(const ngx_pool_host *h, ngx_pool_request *r, const char *path) {
 static int say(const ngx_pool_host *h, ngx_pool_request *r, const char *text) {
     int rc = h->start(r, 200, plain, 1);
     return rc == NGX_POOL_OK ? h->write(r, (const uint8_t *)text, strlen(text)) : rc;
+}
+
+/* The start of this process's mapping of its region (its first writable /memfd:ngx-pool: line). */
+static unsigned char *region_base(void) {
+    FILE *maps = fopen("/proc/self/maps", "r");
+    char line[512];
+    unsigned long from = 0;
+    if (maps == NULL) return NULL;
+    while (fgets(line, sizeof line, maps) != NULL) {
+        if (strstr(line, "/memfd:ngx-pool:") == NULL || strstr(line, " rw") == NULL) continue;
+        if (sscanf(line, "%lx-", &from) == 1) break;
+    }
+    fclose(maps);
+    return (unsigned char *)from;
 }
 
 /* Overwrites every mapping of an ngx-pool region in this process; returns the bytes written. */
@@ -72,6 +93,37 @@ static int handle(const ngx_pool_host *h, ngx_pool_request *r) {
     char out[256];
     if (is(h, r, "/hostile/scribble")) {
         snprintf(out, sizeof out, "scribbled %ld bytes", scribble());
+        return say(h, r, out);
+    }
+    if (is(h, r, "/hostile/shift")) {
+        ngx_pool_str q = h->query(r);
+        char args[64] = "";
+        unsigned long enq = 0, deq = 0;
+        if (q.data != NULL && q.len < sizeof args) {
+            memcpy(args, q.data, q.len);
+            args[q.len] = '\0';
+        }
+        if (sscanf(args, "%lu,%lu", &enq, &deq) != 2) return say(h, r, "bad query");
+        unsigned char *region = region_base();
+        if (region == NULL) return say(h, r, "no region");
+        uint32_t slots = *(uint32_t *)(region + 16); /* Header.geometry.slots */
+        uint64_t cap = 1;
+        while (cap < slots) cap <<= 1;
+        __atomic_fetch_add((uint64_t *)(region + deq), cap, __ATOMIC_SEQ_CST);
+        __atomic_fetch_add((uint64_t *)(region + enq), cap, __ATOMIC_SEQ_CST);
+        return say(h, r, "shifted");
+    }
+    if (is(h, r, "/hostile/kill")) {
+        ngx_pool_str q = h->query(r);
+        char args[64] = "";
+        int pid = 0, sig = 0;
+        if (q.data != NULL && q.len < sizeof args) {
+            memcpy(args, q.data, q.len);
+            args[q.len] = '\0';
+        }
+        if (sscanf(args, "%d,%d", &pid, &sig) != 2) return say(h, r, "bad query");
+        int rc = kill(pid, sig);
+        snprintf(out, sizeof out, "kill %d errno %d", rc, rc == 0 ? 0 : errno);
         return say(h, r, out);
     }
     if (is(h, r, "/hostile/setuid")) {

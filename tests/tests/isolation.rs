@@ -373,3 +373,75 @@ fn a_pool_may_run_as_a_user_of_its_own() {
     );
     ng.finish();
 }
+
+#[test]
+fn a_region_broken_where_its_checks_cannot_see_heals_on_nginxs_report() {
+    use ngx_pool_channel::layout::Header;
+    let libs = ngx_pool_tests::temp_prefix();
+    let lib = ngx_pool_tests::build_c_handler("tests/handlers/hostile.c", &libs);
+    let mut ng = Nginx::start(Conf::new(
+        &format!("    pool h handler=dylib:{} workers=1;", lib.display()),
+        "    location /hostile/ { pool_pass h; }",
+    ));
+    ng.allow("could not be queued");
+    ng.allow("found it inconsistent");
+    ng.allow("its region was written over");
+    assert_eq!(ng.get("/hostile/ok").status, 200);
+    // Both queue positions moved on by the queue's size: consistent spans, so the region's
+    // checks pass, but every push finds the queue "full" (before: 503 forever, until a reload).
+    let shift = format!(
+        "/hostile/shift?{},{}",
+        std::mem::offset_of!(Header, enqueue_pos),
+        std::mem::offset_of!(Header, dequeue_pos)
+    );
+    assert_eq!(ng.get(&shift).status, 200);
+    let started = std::time::Instant::now();
+    loop {
+        let r = ng.get("/hostile/ok");
+        if r.status == 200 && ng.log().contains("found it inconsistent") {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "not healed:\n{}",
+            ng.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    ng.finish();
+}
+
+#[test]
+fn a_pools_code_cannot_signal_nginxs_workers_or_other_pools() {
+    let libs = ngx_pool_tests::temp_prefix();
+    let lib = ngx_pool_tests::build_c_handler("tests/handlers/hostile.c", &libs);
+    let mut ng = Nginx::start(
+        Conf::new(
+            &format!(
+                "    pool h handler=dylib:{} workers=1;\n    pool other handler=builtin:echo workers=1;",
+                lib.display()
+            ),
+            "    location /hostile/ { pool_pass h; }\n    location /other { pool_pass other; }",
+        )
+        .workers(1),
+    );
+    let worker = ng.worker_pids()[0];
+    let other = ng.get("/other").json()["pid"].as_u64().unwrap() as u32;
+    // A signal (0: the permission check alone, the same as for SIGSTOP or SIGKILL) to the
+    // nginx worker and to another pool's worker, from the pool's code running as nginx's user:
+    // refused (EPERM, 1); without the scope it could stop or kill them.
+    for pid in [worker, other] {
+        let r = ng.get(&format!("/hostile/kill?{pid},0"));
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            String::from_utf8_lossy(&r.body),
+            "kill -1 errno 1",
+            "the pool's code could signal {pid}"
+        );
+    }
+    assert_eq!(ng.get("/hostile/ok").status, 200);
+    assert_eq!(ng.get("/other").status, 200);
+    assert_eq!(ng.worker_pids(), vec![worker]);
+    ng.allow("signals not scoped");
+    ng.finish();
+}

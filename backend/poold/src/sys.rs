@@ -4,7 +4,7 @@ use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::unistd::{Gid, Pid, Uid};
 use std::collections::HashSet;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 
 /// Forks. The child runs `child` and never returns.
 // `child` returns an uninhabited type; matching on it is how we say so, which rustc flags.
@@ -96,6 +96,83 @@ pub fn confine_worker() {
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         crate::log!("warn", "worker {}: not dumpable: {e}", std::process::id());
     }
+    if let Err(e) = scope_signals() {
+        // Once per worker start; an old kernel is not an error, but the operator should know
+        // that a pool's code of nginx's user can then signal nginx's workers (user= prevents it).
+        crate::log!(
+            "info",
+            "worker {}: signals not scoped: {e}",
+            std::process::id()
+        );
+    }
+}
+
+/// Landlock's signal scope (Linux 6.12, Landlock ABI 6): the worker, and everything it
+/// starts, may send signals only within its own domain (itself and its descendants). A
+/// pool's code running as nginx's `user` could otherwise stop or kill nginx's workers, or
+/// another pool's, with `kill()`, which being not dumpable does not prevent. Restricts nothing
+/// else (no file or network rule); poold and the watchdog, outside the domain, still signal it.
+fn scope_signals() -> Result<(), String> {
+    /// `struct landlock_ruleset_attr` (include/uapi/linux/landlock.h).
+    #[repr(C)]
+    struct RulesetAttr {
+        handled_access_fs: u64,
+        handled_access_net: u64,
+        scoped: u64,
+    }
+    const CREATE_RULESET_VERSION: u32 = 1;
+    const SCOPE_SIGNAL: u64 = 1 << 1;
+    // SAFETY: the version query reads no attribute (null, size 0).
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<RulesetAttr>(),
+            0usize,
+            CREATE_RULESET_VERSION,
+        )
+    };
+    if abi < 6 {
+        return Err(format!(
+            "Landlock ABI {abi} here, 6 (Linux 6.12) scopes signals"
+        ));
+    }
+    let attr = RulesetAttr {
+        handled_access_fs: 0,
+        handled_access_net: 0,
+        scoped: SCOPE_SIGNAL,
+    };
+    // SAFETY: `attr` is a valid ruleset attribute of the size passed, alive for the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            &attr as *const RulesetAttr,
+            std::mem::size_of::<RulesetAttr>(),
+            0u32,
+        )
+    };
+    if fd < 0 {
+        return Err(format!(
+            "landlock_create_ruleset: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: the kernel just returned this descriptor to us; we are its only owner.
+    let ruleset = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) };
+    // SAFETY: a ruleset descriptor and no flags; no_new_privs is set (which this requires).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_restrict_self,
+            std::os::fd::AsRawFd::as_raw_fd(&ruleset),
+            0u32,
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "landlock_restrict_self: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 /// Runs `f` with effective uid and gid (and groups) `uid`/`gid`, then takes root back: the
