@@ -51,12 +51,22 @@ pub struct Attached {
 /// once and ask poold for a new one. poold starts a new generation; this worker attaches to it
 /// as after any poold death. Cheap (a few loads), so callers need not be sure.
 pub fn suspect_corruption(i: usize) {
+    report_corruption(i, None);
+}
+
+/// As [`suspect_corruption`], with `evidence` of corruption the region's checks cannot see
+/// (a state no correct process makes): reported without them, and poold trusts it (only
+/// nginx's workers can send it).
+pub fn report_corruption(i: usize, evidence: Option<&str>) {
     let report = with_pool(i, |p| {
         let a = p.attached.as_mut()?;
         if a.reported_corrupt {
             return None;
         }
-        let why = a.region.verify().err()?;
+        let why = match evidence {
+            Some(e) => e.to_string(),
+            None => a.region.verify().err()?,
+        };
         a.reported_corrupt = true;
         Some((p.name.clone(), why, a.socket_c))
     })

@@ -333,6 +333,9 @@ fn submit(ctx: *mut Ctx) {
     }
     if !slot::enqueue(region.nginx_side(), id, head_len, total) {
         slot::release(region.nginx_side(), id);
+        // The queue holds as many cells as there are slots: a request holding a fresh slot
+        // always finds room, unless some process wrote over the queue.
+        runtime::report_corruption(c.pool, Some("a request holding a slot could not be queued"));
         c.outcome.end("full");
         return fail(
             ctx,

@@ -111,7 +111,14 @@ impl Supervisor {
     pub(super) fn on_conn_readable(&mut self, i: usize) {
         let Some(c) = &self.conns[i] else { return };
         match recv_frame(&c.sock, MsgFlags::MSG_DONTWAIT) {
-            Ok(Some(_)) => return,
+            Ok(Some((frame, _))) => {
+                if frame.kind == handshake::CORRUPT {
+                    // An nginx worker (admitted: it holds the secret) found the region in a
+                    // state no correct process makes; the loop starts a new generation.
+                    self.corrupt_report = Some(c.pid);
+                }
+                return;
+            }
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return,
             _ => {}
         }

@@ -108,6 +108,8 @@ pub struct Supervisor {
     /// A process died since the slots and arena were last found whole: it may have taken a slot
     /// or a chunk with it, which is returned at the next idle moment.
     maybe_lost: bool,
+    /// An nginx worker reported the region corrupt (its pid): a new generation is due.
+    corrupt_report: Option<u32>,
     /// The watcher this poold started when its watchdog died (see `watchdog::adopt`).
     watcher: Option<Pid>,
     /// When the pool last grew (`workers=MIN-MAX`): at most one new worker per GROW_INTERVAL.
@@ -176,6 +178,7 @@ impl Supervisor {
             run_as,
             me: nix::unistd::getpid(),
             maybe_lost: false,
+            corrupt_report: None,
             watcher: None,
             last_grow: None,
             output,
@@ -241,7 +244,12 @@ impl Supervisor {
             // At every wake-up (an nginx worker's CORRUPT report is one): a region some process
             // wrote over cannot be trusted again; a fresh generation replaces it, as when poold
             // dies (the watchdog, or systemd, starts the next one at once).
-            if let Err(why) = self.region.verify() {
+            let corrupt = self.region.verify().err().or_else(|| {
+                self.corrupt_report
+                    .take()
+                    .map(|pid| format!("nginx worker {pid} found it inconsistent"))
+            });
+            if let Some(why) = corrupt {
                 log!(
                     "error",
                     "the pool's shared region was written over ({why}); stopping this generation for a new one with a fresh region"
