@@ -299,6 +299,6 @@ fn a_duplicate_parameter_a_huge_arena_and_a_long_socket_path_fail_nginx_t() {
     rejected(
         &format!("    pool p handler=builtin:echo socket={long};"),
         "",
-        "longer than a unix socket's 107",
+        "a unix socket's path has at most 107 bytes",
     );
 }

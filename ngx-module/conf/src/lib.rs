@@ -219,6 +219,11 @@ pub fn parse_pool(args: &[&str]) -> Result<PoolConf, String> {
                 if !valid {
                     return Err(format!("invalid {key} \"{value}\" (a name or number)"));
                 }
+                if value == "root" || value == "0" {
+                    return Err(format!(
+                        "invalid {key} \"{value}\": a pool's code must not run as root"
+                    ));
+                }
                 if key == "user" {
                     p.user = Some(value.to_string());
                 } else {
@@ -281,11 +286,15 @@ pub const MAX_SOCKET_PATH: usize = 107;
 /// address, and its directory exists (or is the runtime directory, made at start, under a
 /// writable parent). The reason, with what to do.
 pub fn check_socket_dir(socket: &Path, external: bool) -> Result<(), String> {
-    let len = socket.as_os_str().len();
+    // A managed pool's later generations bind `NAME.gN.sock` beside it: room for `.g` and
+    // the largest generation number.
+    let room = if external { 0 } else { 12 };
+    let len = socket.as_os_str().len() + room;
     if len > MAX_SOCKET_PATH {
         return Err(format!(
-            "the socket path \"{}\" is {len} bytes, longer than a unix socket's {MAX_SOCKET_PATH} (choose a shorter socket=)",
-            socket.display()
+            "the socket path \"{}\" is too long: a unix socket's path has at most {MAX_SOCKET_PATH} bytes{} (choose a shorter socket=)",
+            socket.display(),
+            if external { "" } else { ", and a reload's generation adds up to 12" }
         ));
     }
     let dir = socket.parent().unwrap_or(Path::new("/"));
@@ -335,7 +344,16 @@ mod tests {
         assert!(parse_pool(&["p", "handler=builtin:echo", "arena=64g"]).is_ok());
         let long = format!("/tmp/{}.sock", "s".repeat(120));
         let e = check_socket_dir(Path::new(&long), true).unwrap_err();
-        assert!(e.contains("longer than a unix socket's 107"), "{e}");
+        assert!(
+            e.contains("a unix socket's path has at most 107 bytes"),
+            "{e}"
+        );
+        // A managed pool's reload adds `.gN` to its socket's name: that must fit too.
+        let edge = format!("/tmp/{}.sock", "s".repeat(97));
+        assert!(check_socket_dir(Path::new(&edge), true).is_ok());
+        assert!(check_socket_dir(Path::new(&edge), false).is_err());
+        let root = parse_pool(&["p", "handler=builtin:echo", "user=root"]);
+        assert!(root.unwrap_err().contains("must not run as root"));
         assert!(check_socket_dir(Path::new("/tmp/short.sock"), true).is_ok());
     }
 
