@@ -469,6 +469,17 @@ impl Nginx {
         });
     }
 
+    /// Pool `name`'s entry in the JSON of `/status` (a `pool_status` location the test's
+    /// configuration has).
+    pub fn pool_status(&self, name: &str) -> serde_json::Value {
+        let s = self.get("/status").json();
+        s["pools"]
+            .as_array()
+            .and_then(|pools| pools.iter().find(|p| p["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no pool \"{name}\" in /status: {s}"))
+    }
+
     pub fn get(&self, path: &str) -> http::Response {
         http::request(self.port, "GET", path, &[], b"")
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))

@@ -18,20 +18,8 @@ fn stream_byte(i: u64) -> u8 {
     (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
 }
 
-/// Pool `name`'s entry in `/status`.
-fn pool_status(ng: &Nginx, name: &str) -> serde_json::Value {
-    let s = ng.get("/status").json();
-    s["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .cloned()
-        .unwrap()
-}
-
 fn busy_workers(ng: &Nginx, pool: &str) -> usize {
-    pool_status(ng, pool)["workers"]
+    ng.pool_status(pool)["workers"]
         .as_array()
         .unwrap()
         .iter()
@@ -127,7 +115,7 @@ fn stalled_readers_do_not_hold_pool_workers() {
         took < Duration::from_secs(5),
         "the fourth request took {took:?}"
     );
-    let p = pool_status(&ng, "down");
+    let p = ng.pool_status("down");
     assert_eq!(p["slots"]["in_use"], 0, "{p}");
     assert_eq!(p["chunks"]["in_use"], 0, "{p}");
     // The stalled clients still get every byte once they read.
@@ -199,7 +187,7 @@ fn a_slow_reader_of_a_large_answer_frees_its_worker_within_two_seconds() {
         )
     });
     ng.wait_for("the handler to start", |ng| {
-        pool_status(ng, "down")["counters"]["accepted"] == 1
+        ng.pool_status("down")["counters"]["accepted"] == 1
     });
     ng.wait_for("the worker to be free", |ng| busy_workers(ng, "down") == 0);
     let freed = started.elapsed();
@@ -375,7 +363,7 @@ fn a_burst_of_uploads_gets_200s_or_fast_503s_never_504() {
     }
     for pool in ["up", "tiny"] {
         ng.wait_for("the pool to be idle", |ng| {
-            let p = pool_status(ng, pool);
+            let p = ng.pool_status(pool);
             p["slots"]["in_use"] == 0 && p["chunks"]["in_use"] == 0
         });
     }
@@ -408,7 +396,7 @@ fn a_killed_worker_cuts_a_buffered_answer_not_passes_it_off_as_whole() {
     });
     let mut pid = 0u64;
     ng.wait_for("a busy worker", |ng| {
-        let w = &pool_status(ng, "down")["workers"][0];
+        let w = &ng.pool_status("down")["workers"][0];
         pid = w["pid"].as_u64().unwrap_or(0);
         w["state"] == "busy"
     });
@@ -501,7 +489,7 @@ fn slow_uploaders_hold_no_worker_unless_the_location_streams_uploads() {
     }
     streamed.join().unwrap();
     ng.wait_for("the pool to be idle", |ng| {
-        let p = pool_status(ng, "up");
+        let p = ng.pool_status("up");
         busy_workers(ng, "up") == 0 && p["slots"]["in_use"] == 0 && p["chunks"]["in_use"] == 0
     });
     ng.finish();
@@ -558,7 +546,7 @@ fn a_streamed_answer_to_a_client_that_never_reads_ends_at_send_timeout() {
     for path in ["/off?bytes=500000000", "/sse?bytes=500000000&accel=no"] {
         let _stalled = stalled_reader(ng.port, path, 4096);
         ng.wait_for("the handler to be stopped at send_timeout", |ng| {
-            busy_workers(ng, "down") == 0 && pool_status(ng, "down")["slots"]["in_use"] == 0
+            busy_workers(ng, "down") == 0 && ng.pool_status("down")["slots"]["in_use"] == 0
         });
     }
     assert!(ng.log().contains("client timed out"));
@@ -631,7 +619,7 @@ fn streamed_uploads_that_fail_or_are_cut_short_are_ended_at_once() {
         trickling.push(s);
     }
     ng.wait_for("the failed requests' slots to be free", |ng| {
-        pool_status(ng, "crash")["slots"]["in_use"] == 0
+        ng.pool_status("crash")["slots"]["in_use"] == 0
     });
     drop(trickling);
     // A request waiting in the queue whose client goes away with its body still short (more
@@ -647,14 +635,14 @@ fn streamed_uploads_that_fail_or_are_cut_short_are_ended_at_once() {
     });
     let cut = partial_upload(ng.port, "/one", 300_000, 50_000);
     ng.wait_for("the cut upload to be queued", |ng| {
-        pool_status(ng, "one")["slots"]["in_use"] == 2
+        ng.pool_status("one")["slots"]["in_use"] == 2
     });
     drop(cut);
     // Its queue entry stays until a worker pops it (as for any request withdrawn from the
     // queue); the request is ended now, before the worker is free.
     ng.wait_for(
         "the cut upload to be given up while the worker is still busy",
-        |ng| busy_workers(ng, "one") == 1 && pool_status(ng, "one")["counters"]["abandoned"] == 1,
+        |ng| busy_workers(ng, "one") == 1 && ng.pool_status("one")["counters"]["abandoned"] == 1,
     );
     assert!(ng
         .log()

@@ -132,21 +132,9 @@ fn paused_download(
 /// Waits until pool `pool` reports no slot and no chunk in use.
 fn wait_until_idle(ng: &mut Nginx, pool: &str) {
     ng.wait_for("the pool to be idle", |ng| {
-        let p = pool_status(ng, pool);
+        let p = ng.pool_status(pool);
         p["slots"]["in_use"] == 0 && p["chunks"]["in_use"] == 0
     });
-}
-
-/// Pool `name`'s entry in `/status`.
-fn pool_status(ng: &Nginx, name: &str) -> serde_json::Value {
-    let s = ng.get("/status").json();
-    s["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .cloned()
-        .unwrap()
 }
 
 #[test]
@@ -166,7 +154,7 @@ fn with_buffering_off_a_client_that_stops_reading_holds_back_only_its_own_handle
     let (slow, tx) = paused_download(ng.port, 64 * MIB);
     // The handler fills the socket buffers and the window, then waits for credit.
     ng.wait_for("the slow download to stall", |ng| {
-        let p = pool_status(ng, "down");
+        let p = ng.pool_status("down");
         let busy = p["workers"]
             .as_array()
             .unwrap()
@@ -177,7 +165,7 @@ fn with_buffering_off_a_client_that_stops_reading_holds_back_only_its_own_handle
         // buffers are full and the handler waits.
         busy == 1 && p["chunks"]["in_use"].as_u64().unwrap() >= 64
     });
-    let chunks_then = pool_status(&ng, "down")["chunks"]["in_use"].clone();
+    let chunks_then = ng.pool_status("down")["chunks"]["in_use"].clone();
     // Meanwhile everyone else is served at once by the other pool worker, through the same
     // nginx worker.
     let started = Instant::now();
@@ -195,7 +183,7 @@ fn with_buffering_off_a_client_that_stops_reading_holds_back_only_its_own_handle
     }
     let others_took = started.elapsed();
     // The stalled download has not advanced: its handler is held back, not buffered ahead.
-    assert_eq!(pool_status(&ng, "down")["chunks"]["in_use"], chunks_then);
+    assert_eq!(ng.pool_status("down")["chunks"]["in_use"], chunks_then);
     tx.send(()).unwrap();
     let down = slow.join().unwrap();
     assert!(down.complete);
@@ -221,7 +209,7 @@ fn a_pool_worker_killed_mid_stream_cuts_that_response_only() {
     let (victim, tx) = paused_download(ng.port, 64 * MIB);
     let mut busy_pid = 0u64;
     ng.wait_for("a busy pool worker", |ng| {
-        let busy: Vec<u64> = pool_status(ng, "down")["workers"]
+        let busy: Vec<u64> = ng.pool_status("down")["workers"]
             .as_array()
             .unwrap()
             .iter()
@@ -285,7 +273,7 @@ fn a_client_gone_mid_stream_frees_the_handler_and_the_arena() {
     // The only worker is free again: the next request does not wait for 256 MiB to be made.
     let r = request(ng.port, "GET", "/stream?bytes=10", &[], b"").unwrap();
     assert_eq!(r.body.len(), 10);
-    assert_eq!(pool_status(&ng, "down")["counters"]["abandoned"], 1);
+    assert_eq!(ng.pool_status("down")["counters"]["abandoned"], 1);
     ng.finish();
 }
 
@@ -308,7 +296,7 @@ fn when_the_arena_is_full_requests_wait_then_get_503_and_nothing_leaks() {
             .status
     });
     ng.wait_for("the only worker to be busy", |ng| {
-        pool_status(ng, "tiny")["workers"][0]["state"] == "busy"
+        ng.pool_status("tiny")["workers"][0]["state"] == "busy"
     });
     let body: Vec<u8> = (0..200 * 1024u64).map(upload_byte).collect();
     let statuses = ngx_pool_tests::parallel(30, 30, move |_| {
