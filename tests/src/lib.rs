@@ -542,8 +542,21 @@ impl Nginx {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        let left = procs::with_arg_containing(&self.dir.display().to_string());
-        assert!(left.is_empty(), "processes left after quit: {left:?}");
+        // The master waits for each pool's watchdog; what the watchdog ended last (a worker
+        // killed by the cgroup, an orphan its subreaper ended) may still be on its way out when
+        // the master is: give them a moment, then name what is left.
+        let prefix = self.dir.display().to_string();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut left = procs::with_arg_containing(&prefix);
+        while !left.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            left = procs::with_arg_containing(&prefix);
+        }
+        let described: Vec<String> = left
+            .iter()
+            .map(|p| format!("{p} ({})", procs::cmdline(*p)))
+            .collect();
+        assert!(left.is_empty(), "processes left after quit: {described:?}");
         let sockets: Vec<_> = std::fs::read_dir(logs_dir(&self.dir, &self.conf))
             .unwrap()
             .filter_map(|e| e.ok())
