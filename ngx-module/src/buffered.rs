@@ -195,15 +195,7 @@ impl Buffered {
         // by us; the pipe calls back into `recv_chain` and the output filters only.
         unsafe {
             let wev = (*(*r).connection).write;
-            if write && (*wev).timedout() != 0 {
-                (*(*r).connection).set_timedout(1);
-                nginx_sys::ngx_connection_error(
-                    (*r).connection,
-                    libc::ETIMEDOUT,
-                    c"client timed out".as_ptr() as *mut _,
-                );
-                return Turn::ClientGone;
-            }
+            // A client past `send_timeout` never gets here: the request's driver ends it first.
             if write && (*wev).delayed() != 0 {
                 return Turn::Wait;
             }

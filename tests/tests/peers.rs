@@ -70,6 +70,20 @@ fn managed_socket(ng: &Nginx, pool: &str) -> std::path::PathBuf {
     ng.dir.join("logs").join(format!("pool-{pool}.sock"))
 }
 
+/// An attacker's report: it ran as nobody, got no region, and both forms of its Hello were
+/// refused for want of the secret.
+fn assert_refused_without_secret(report: &Value) {
+    assert_eq!(report["uid"], NOBODY, "{report}");
+    assert_eq!(report["got_fd"], false, "a region was handed out: {report}");
+    for kind in ["long", "short"] {
+        assert_eq!(
+            report[kind]["status"],
+            handshake::WELCOME_BAD_SECRET,
+            "{kind}: {report}"
+        );
+    }
+}
+
 #[test]
 fn a_local_process_of_nginx_s_user_gets_no_region() {
     if !is_root() {
@@ -82,16 +96,8 @@ fn a_local_process_of_nginx_s_user_gets_no_region() {
     ));
     let socket = managed_socket(&ng, "a");
     let report = attack_once(NOBODY, &socket);
-    assert_eq!(report["uid"], NOBODY, "{report}");
-    assert_eq!(report["got_fd"], false, "a region was handed out: {report}");
     // The nginx workers' user, so the uid passes; no secret: refused, told why.
-    for kind in ["long", "short"] {
-        assert_eq!(
-            report[kind]["status"],
-            handshake::WELCOME_BAD_SECRET,
-            "{report}"
-        );
-    }
+    assert_refused_without_secret(&report);
     // Both handshakes within a second: one line, the second counted in the next.
     let deadline = Instant::now() + Duration::from_secs(5);
     while !ng.log().contains("1 more connection(s) refused") {
@@ -134,15 +140,7 @@ fn a_handler_of_another_pool_gets_no_region_nor_does_its_pool_s_secret() {
     ));
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let report: Value = serde_json::from_slice(&r.body).unwrap();
-    assert_eq!(report["uid"], NOBODY, "{report}");
-    assert_eq!(report["got_fd"], false, "a region was handed out: {report}");
-    for kind in ["long", "short"] {
-        assert_eq!(
-            report[kind]["status"],
-            handshake::WELCOME_BAD_SECRET,
-            "{kind}: {report}"
-        );
-    }
+    assert_refused_without_secret(&report);
     // A pool's code may find its own poold's secret in memory: each poold has its own, so it
     // opens no other pool. (Read here as root from poold's descriptor; the right one attaches.)
     let secret_of = |sock: &Path| -> handshake::Secret {

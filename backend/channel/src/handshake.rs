@@ -301,15 +301,20 @@ mod tests {
     use super::*;
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
-    #[test]
-    fn a_message_with_many_descriptors_leaks_none() {
-        let (a, b) = socketpair(
+    /// Two connected ends of a seqpacket socket, as poold's connections are.
+    fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
             None,
             SockFlag::SOCK_CLOEXEC,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn a_message_with_many_descriptors_leaks_none() {
+        let (a, b) = seqpacket_pair();
         // As many copies of a pipe's write end as one message may carry (before the fix, a
         // message with more than 4 made the receive fail with the 4 it kept open): once every
         // copy is closed, the read end sees end of file.
@@ -338,13 +343,7 @@ mod tests {
 
     #[test]
     fn frame_and_fd_arrive_together() {
-        let (a, b) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
+        let (a, b) = seqpacket_pair();
         let f = Frame::new(HELLO, 1, 2, 3);
         send_frame(&a, f, Some(&a)).unwrap();
         let (got, fd) = recv_frame(&b, MsgFlags::empty()).unwrap().unwrap();
@@ -363,13 +362,7 @@ mod tests {
 
     #[test]
     fn hello_carries_the_secret_and_a_short_one_reads_as_none() {
-        let (a, b) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
+        let (a, b) = seqpacket_pair();
         let secret: Secret = std::array::from_fn(|i| i as u8 + 1);
         send_hello(&a, 7, 42, Some(&secret), &a).unwrap();
         let h = recv_hello(&b, MsgFlags::empty()).unwrap().unwrap();
