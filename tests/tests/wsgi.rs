@@ -175,7 +175,10 @@ fn exceptions_exits_and_kills_get_the_statuses_named_and_the_pool_goes_on() {
         assert_eq!(ng.get(path).status, 502, "{path}");
         assert_eq!(ng.get("/").status, 200, "after {path}");
     }
-    assert!(ng.log().contains("raised SystemExit during a request"));
+    // Workers' lines reach the log through poold (their log_rate pipe): soon, not at once.
+    ng.wait_for("the SystemExit line", |ng| {
+        ng.log().contains("raised SystemExit during a request")
+    });
 
     // SIGKILL of a worker in the middle of Python code.
     let port = ng.port;
@@ -202,7 +205,7 @@ fn exceptions_exits_and_kills_get_the_statuses_named_and_the_pool_goes_on() {
 #[test]
 fn a_raw_wsgi_app_passes_wsgiref_validate() {
     // Every warning of the validator is an error, so a lax answer fails the request.
-    let ng = Nginx::start(Conf::new(
+    let mut ng = Nginx::start(Conf::new(
         &wsgi_pool(
             "raw",
             "rawapp:validated",
@@ -312,6 +315,9 @@ fn a_raw_wsgi_app_passes_wsgiref_validate() {
 
     // wsgi.errors: lines in error_log, tagged with the request.
     assert_eq!(ng.get("/errors").status, 204);
+    ng.wait_for("the wsgi.errors line", |ng| {
+        ng.log().contains("a line for error_log")
+    });
     let log = ng.log();
     assert!(
         log.lines()
@@ -341,7 +347,10 @@ fn a_raw_apps_exceptions_give_500_or_a_cut_response_and_close_is_always_called()
     let r = ng.get("/bad-header");
     assert_eq!(r.status, 500);
     assert!(r.header("Set-Cookie").is_none());
-    assert!(ng.log().contains("holds CR, LF or NUL"), "{}", ng.log());
+    // The worker's traceback reaches the log through poold (the log_rate pipe): soon.
+    ng.wait_for("the header's refusal in the log", |ng| {
+        ng.log().contains("holds CR, LF or NUL")
+    });
     // The app was imported as the pool's user, never root, and forked as os.fork() does it:
     // its os.register_at_fork hooks ran (before in the manager, after_in_child in the worker;
     // after_in_parent only in the manager, so not in this copy).
@@ -353,6 +362,11 @@ fn a_raw_apps_exceptions_give_500_or_a_cut_response_and_close_is_always_called()
     let r = ng.get("/raise");
     assert_eq!(r.status, 500);
     assert_eq!(text(&r), "Internal Server Error\n");
+    ng.wait_for("the failure and its traceback in the log", |ng| {
+        let log = ng.log();
+        log.contains("the WSGI app rawapp:app failed:")
+            && log.contains(": | RuntimeError: raised by the raw app")
+    });
     let log = ng.log();
     let line = log
         .lines()
