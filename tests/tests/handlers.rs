@@ -98,6 +98,11 @@ fn the_rust_example_does_json_streams_and_turns_errors_and_panics_into_500() {
     let r = ng.get("/r/panic");
     assert_eq!(r.status, 500);
     assert_eq!(sum(&ng), worker, "the worker survived the panic");
+    // Workers' lines reach the log through poold (their log_rate pipe): soon after the answers.
+    let mut ng = ng;
+    ng.wait_for("the panic's line", |ng| {
+        ng.log().contains("was asked to panic")
+    });
     let log = ng.log();
     assert!(
         log.contains("handler failed: the example handler was asked to fail"),
@@ -187,6 +192,10 @@ fn a_handler_breaking_the_rules_gets_the_right_status_and_a_log_line() {
     // A segfault kills only its worker: 502, and the pool serves on.
     assert_eq!(ng.get("/rules/segv").status, 502);
     assert_eq!(ng.get("/rules/ok").status, 200);
+    // Workers' lines reach the log through poold (their log_rate pipe): soon after the answers.
+    ng.wait_for("the twice-started response's line", |ng| {
+        ng.log().contains("started its response twice")
+    });
     let log = ng.log();
     for line in [
         "handler \"rules\" returned without a response to \"/rules/none\"; 502",
