@@ -443,9 +443,9 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
 }
 
 /// Whether anything of the pool started as `pid` still runs. A pool is the process group its
-/// watchdog leads (`pid`): the watchdog, poold, and a watcher poold starts if the watchdog dies
-/// (pool workers have groups of their own and die with poold), so a pool whose watchdog was
-/// killed and replaced is still this group.
+/// watchdog leads (`pid`): the watchdog, poold, and the watchdog's spare, which takes its place
+/// if it dies (pool workers have groups of their own and die with poold), so a pool whose
+/// watchdog was killed and replaced is still this group.
 fn alive(pid: Pid) -> bool {
     // Our own child while nginx runs in the foreground: reap it if it is gone (a zombie would
     // keep the group alive).

@@ -10,12 +10,16 @@
  *                      their byte offsets in the region's header, which the test computes from
  *                      the Rust layout): every later push then finds the queue "full", a state the
  *                      region's own checks cannot see
+ *   /hostile/empty     empties the free list whose head word is at byte OFFSET of the region
+ *                      (`?OFFSET`): every later allocation from it fails, a state the region's
+ *                      own checks cannot see
  *   /hostile/kill      sends signal SIG to process PID (`?PID,SIG`), answers what kill returned
  *   /hostile/ok        answers "ok"
  *
- * With init args "setuid-at-init", its init (which runs in the pool manager before it forks)
- * makes the same attempt and writes init's result into the X_FILE path given in the args
- * after a colon: "setuid-at-init:/path".
+ * Before any request, in the pool manager (poold) as it loads the library, the same attempt:
+ *   - in a constructor, when the environment has HOSTILE_ROOT_AT_LOAD=TARGET:REPORT (the pool's
+ *     env=): it tries to write TARGET, and writes what it got into REPORT;
+ *   - in init, with init args "setuid-at-init:TARGET:REPORT", likewise.
  */
 #define _GNU_SOURCE
 #include <ngx_pool.h>
@@ -113,6 +117,23 @@ static int handle(const ngx_pool_host *h, ngx_pool_request *r) {
         __atomic_fetch_add((uint64_t *)(region + enq), cap, __ATOMIC_SEQ_CST);
         return say(h, r, "shifted");
     }
+    if (is(h, r, "/hostile/empty")) {
+        ngx_pool_str q = h->query(r);
+        char args[32] = "";
+        unsigned long at = 0;
+        if (q.data != NULL && q.len < sizeof args) {
+            memcpy(args, q.data, q.len);
+            args[q.len] = '\0';
+        }
+        if (sscanf(args, "%lu", &at) != 1) return say(h, r, "bad query");
+        unsigned char *region = region_base();
+        if (region == NULL) return say(h, r, "no region");
+        /* The head word is tag << 32 | (index + 1), 0 meaning empty: a new tag, no index. */
+        uint64_t *head = (uint64_t *)(region + at);
+        uint64_t cur = __atomic_load_n(head, __ATOMIC_SEQ_CST);
+        __atomic_store_n(head, ((cur >> 32) + 1) << 32, __ATOMIC_SEQ_CST);
+        return say(h, r, "emptied");
+    }
     if (is(h, r, "/hostile/kill")) {
         ngx_pool_str q = h->query(r);
         char args[64] = "";
@@ -139,25 +160,33 @@ static int handle(const ngx_pool_host *h, ngx_pool_request *r) {
     return say(h, r, "ok");
 }
 
+/* The root attempt for "TARGET:REPORT": tries TARGET, leaves the outcome in REPORT. */
+static void regain_root_reporting(const char *spec, size_t len) {
+    char target[256], text[256];
+    if (len >= sizeof target) return;
+    memcpy(target, spec, len);
+    target[len] = '\0';
+    char *report = strchr(target, ':');
+    if (report == NULL) return;
+    *report++ = '\0';
+    regain_root(target, text, sizeof text);
+    int fd = open(report, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+        (void)!write(fd, text, strlen(text));
+        close(fd);
+    }
+}
+
+__attribute__((constructor)) static void at_load(void) {
+    const char *spec = getenv("HOSTILE_ROOT_AT_LOAD");
+    if (spec != NULL) regain_root_reporting(spec, strlen(spec));
+}
+
 static int init(const ngx_pool_host *h, ngx_pool_str args) {
     (void)h;
     static const char want[] = "setuid-at-init:";
-    if (args.len > sizeof want - 1 && memcmp(args.data, want, sizeof want - 1) == 0) {
-        char file[256], text[256];
-        size_t n = args.len - (sizeof want - 1);
-        if (n >= sizeof file) return NGX_POOL_ERR;
-        memcpy(file, args.data + sizeof want - 1, n);
-        file[n] = '\0';
-        regain_root(file, text, sizeof text);
-        /* Leave the result beside the file for the test to read. */
-        char report[300];
-        snprintf(report, sizeof report, "%s.init", file);
-        int fd = open(report, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) {
-            (void)!write(fd, text, strlen(text));
-            close(fd);
-        }
-    }
+    if (args.len > sizeof want - 1 && memcmp(args.data, want, sizeof want - 1) == 0)
+        regain_root_reporting((const char *)args.data + sizeof want - 1, args.len - (sizeof want - 1));
     return NGX_POOL_OK;
 }
 

@@ -348,6 +348,13 @@ impl Nginx {
             TcpStream::connect(("127.0.0.1", ng.port)).is_ok()
                 && ng.log().matches("attached to").count() as u32 >= want
         });
+        // And each watchdog's spare standing by (named so once it runs: until then, its
+        // command line is the watchdog's, as a poold's is).
+        ng.wait_for("the watchdogs' spares", |ng| {
+            ng.watchdogs()
+                .into_iter()
+                .all(|w| procs::children(w).into_iter().any(procs::is_spare))
+        });
         ng.fd_baseline = ng.worker_fds();
         ng
     }
@@ -402,7 +409,16 @@ impl Nginx {
         self.watchdogs()
             .into_iter()
             .flat_map(procs::children)
-            .filter(|p| procs::cmdline(*p).contains("poold"))
+            .filter(|p| procs::cmdline(*p).contains("poold") && !procs::is_spare(*p))
+            .collect()
+    }
+
+    /// The watchdogs' spares (each the child of its watchdog: see the README's "Security model").
+    pub fn spares(&self) -> Vec<u32> {
+        self.watchdogs()
+            .into_iter()
+            .flat_map(procs::children)
+            .filter(|p| procs::is_spare(*p))
             .collect()
     }
 

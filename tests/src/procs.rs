@@ -58,6 +58,20 @@ pub fn cmdline(pid: u32) -> String {
 }
 
 /// Live processes (other than us) whose command line mentions `s`.
+/// The process's name (`comm`): a watchdog's spare names itself "poold spare" while it stands
+/// by (its command line is the watchdog's, and stays so once it takes over).
+pub fn name(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim_end()
+        .to_string()
+}
+
+/// Whether `pid` is a watchdog's spare standing by.
+pub fn is_spare(pid: u32) -> bool {
+    name(pid) == "poold spare"
+}
+
 pub fn with_arg_containing(s: &str) -> Vec<u32> {
     let me = std::process::id();
     all_pids()

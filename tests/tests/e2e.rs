@@ -168,11 +168,12 @@ fn process_budget_is_exact_under_load() {
     assert_eq!(workers.len(), 2, "nginx workers");
     assert_eq!(watchdogs.len(), 1, "one watchdog");
     assert_eq!(poolds.len(), 1, "one poold");
+    assert_eq!(ng.spares().len(), 1, "the watchdog's spare");
     assert_eq!(procs::children(poolds[0]).len(), 3, "pool workers");
     assert_eq!(
         procs::descendants(master).len(),
-        2 + 1 + 1 + 3,
-        "nothing else: 2 nginx workers, the pool's watchdog, poold and 3 pool workers"
+        2 + 1 + 1 + 1 + 3,
+        "nothing else: 2 nginx workers, the pool's watchdog, its spare, poold and 3 pool workers"
     );
     assert!(load.join().unwrap().iter().all(|s| *s == 200));
     ng.finish();

@@ -412,6 +412,51 @@ fn a_region_broken_where_its_checks_cannot_see_heals_on_nginxs_report() {
 }
 
 #[test]
+fn a_slot_free_list_emptied_heals_on_nginxs_report() {
+    use ngx_pool_channel::layout::Header;
+    let libs = ngx_pool_tests::temp_prefix();
+    let lib = ngx_pool_tests::build_c_handler("tests/handlers/hostile.c", &libs);
+    let mut ng = Nginx::start(Conf::new(
+        &format!("    pool h handler=dylib:{} workers=1;", lib.display()),
+        "    location /hostile/ { pool_pass h; }",
+    ));
+    ng.allow("no free slot while");
+    ng.allow("found it inconsistent");
+    ng.allow("its region was written over");
+    assert_eq!(ng.get("/hostile/ok").status, 200);
+    // The request slots' free list emptied: the region's checks pass, and only the slot of
+    // the attack's own request comes back to it, so the pool serves one request at a time and
+    // answers "full" to every other (before: so until a reload).
+    let empty = format!("/hostile/empty?{}", std::mem::offset_of!(Header, slot_free));
+    assert_eq!(ng.get(&empty).status, 200);
+    let port = ng.port;
+    let started = std::time::Instant::now();
+    loop {
+        let statuses: Vec<u16> = (0..4)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    ngx_pool_tests::http::request(port, "GET", "/hostile/ok", &[], b"")
+                        .map_or(0, |r| r.status)
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        if statuses.iter().all(|s| *s == 200) && ng.log().contains("no free slot while") {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "not healed:\n{}",
+            ng.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    ng.finish();
+}
+
+#[test]
 fn a_pools_code_cannot_signal_nginxs_workers_or_other_pools() {
     let libs = ngx_pool_tests::temp_prefix();
     let lib = ngx_pool_tests::build_c_handler("tests/handlers/hostile.c", &libs);
@@ -443,5 +488,149 @@ fn a_pools_code_cannot_signal_nginxs_workers_or_other_pools() {
     assert_eq!(ng.get("/other").status, 200);
     assert_eq!(ng.worker_pids(), vec![worker]);
     ng.allow("signals not scoped");
+    ng.finish();
+}
+
+/// The real, effective, saved and file-system ids of `pid` (the `Uid:` or `Gid:` line).
+fn ids(pid: u32, which: &str) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(which))
+        .map(|l| l.split_whitespace().map(|n| n.parse().unwrap()).collect())
+        .unwrap()
+}
+
+#[test]
+fn root_is_gone_for_good_before_any_of_the_pools_code_runs() {
+    let dir = ngx_pool_tests::temp_prefix();
+    let lib = ngx_pool_tests::build_c_handler("tests/handlers/hostile.c", &dir);
+    // What root could write (a directory of root's only) and where the attempts report (anyone's).
+    let root_only = dir.join("root-only");
+    let reports = dir.join("reports");
+    let apps = dir.join("apps");
+    for (d, mode) in [(&root_only, 0o755), (&reports, 0o1777), (&apps, 0o755)] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
+    let attempt = |name: &str| {
+        format!(
+            "{}:{}",
+            root_only.join(name).display(),
+            reports.join(name).display()
+        )
+    };
+    // A WSGI module whose import tries the same, in the app's own interpreter.
+    std::fs::write(
+        apps.join("rootgrab.py"),
+        "import os\n\
+         target, report = os.environ['ROOTGRAB'].split(':')\n\
+         got = []\n\
+         for attempt in (lambda: os.setuid(0), lambda: os.setresuid(0, 0, 0)):\n\
+         \x20   try:\n\
+         \x20       attempt()\n\
+         \x20       got.append('became-root')\n\
+         \x20   except PermissionError:\n\
+         \x20       got.append('EPERM')\n\
+         try:\n\
+         \x20   open(target, 'w').write('root was here')\n\
+         \x20   got.append('written')\n\
+         except OSError:\n\
+         \x20   got.append('not-written')\n\
+         open(report, 'w').write(' '.join(got) + ' uid %d euid %d' % (os.getuid(), os.geteuid()))\n\
+         def app(environ, start_response):\n\
+         \x20   start_response('200 OK', [('Content-Type', 'text/plain')])\n\
+         \x20   return [b'ok']\n",
+    )
+    .unwrap();
+    let ng = Nginx::start(
+        Conf::new(
+            &format!(
+                "    pool c handler=dylib:{} handler_args=setuid-at-init:{} env=HOSTILE_ROOT_AT_LOAD={} workers=1;\n    \
+                 pool own handler=dylib:{} handler_args=setuid-at-init:{} user=daemon workers=1;\n    \
+                 pool py handler=wsgi:rootgrab:app venv={} chdir={} env=ROOTGRAB={} workers=1;",
+                lib.display(),
+                attempt("init"),
+                attempt("constructor"),
+                lib.display(),
+                attempt("own-init"),
+                ngx_pool_tests::python_env().display(),
+                apps.display(),
+                attempt("import"),
+            ),
+            &format!(
+                "    location /hostile/ {{ pool_pass c; pool_param X_FILE {}; }}\n    \
+                 location /own/ {{ pool_pass own; }}\n    location /py {{ pool_pass py; }}",
+                root_only.join("worker").display()
+            ),
+        )
+        .workers(1),
+    );
+    assert_eq!(ng.get("/py").status, 200);
+    assert_eq!(ng.get("/own/").status, 200);
+    let nobody = ids(ng.worker_pids()[0], "Uid:")[0];
+    let daemon = nix::unistd::User::from_name("daemon")
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
+    assert_ne!(
+        nobody, 0,
+        "the test needs nginx's workers to run as another user than root"
+    );
+    let report = |name: &str| std::fs::read_to_string(reports.join(name)).unwrap_or_default();
+    let refused = |uid: u32| format!("setuid -1 setresuid -1 uid {uid} euid {uid} written -1");
+    assert_eq!(
+        report("constructor"),
+        refused(nobody),
+        "a library constructor"
+    );
+    assert_eq!(report("init"), refused(nobody), "init");
+    assert_eq!(
+        report("own-init"),
+        refused(daemon),
+        "init of a pool with a user of its own"
+    );
+    assert_eq!(
+        report("import"),
+        format!("EPERM EPERM not-written uid {nobody} euid {nobody}"),
+        "a WSGI module's import"
+    );
+    // A pool worker, at a request.
+    let r = ng.get("/hostile/setuid");
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        refused(nobody),
+        "a pool worker"
+    );
+    let written: Vec<_> = std::fs::read_dir(&root_only)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(written.is_empty(), "written as root: {written:?}");
+    // Every id of every poold is the pool's user's, and the processes that keep root (the
+    // watchdog and its spare) never load the pool's code: no mapping of the handler library.
+    for poold in ng.poolds() {
+        let uids = ids(poold, "Uid:");
+        assert!(
+            uids.iter().all(|u| *u == uids[0] && *u != 0),
+            "poold {poold} ids {uids:?}"
+        );
+        let gids = ids(poold, "Gid:");
+        assert!(
+            gids.iter().all(|g| *g == gids[0] && *g != 0),
+            "poold {poold} gids {gids:?}"
+        );
+    }
+    for root in ng.watchdogs().into_iter().chain(ng.spares()) {
+        assert_eq!(ids(root, "Uid:")[0], 0);
+        let maps = std::fs::read_to_string(format!("/proc/{root}/maps")).unwrap();
+        assert!(
+            !maps.contains("libhostile"),
+            "{root} maps the pool's library"
+        );
+        assert!(!maps.contains("libpython"), "{root} maps libpython");
+    }
     ng.finish();
 }

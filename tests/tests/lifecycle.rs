@@ -58,12 +58,12 @@ fn quit_leaves_no_process_and_no_socket() {
         "    location /echo { pool_pass app; }",
     ));
     let dir = ng.dir.display().to_string();
-    // The master (-p DIR), the pool's watchdog, poold and its 3 workers (--socket DIR/...);
-    // nginx workers retitle themselves and no longer show the prefix.
+    // The master (-p DIR), the pool's watchdog, its spare, poold and its 3 workers (--socket
+    // DIR/...); nginx workers retitle themselves and no longer show the prefix.
     assert_eq!(
         procs::with_arg_containing(&dir).len(),
-        1 + 1 + 1 + 3,
-        "master, watchdog, poold, 3 pool workers"
+        1 + 1 + 1 + 1 + 3,
+        "master, watchdog, spare, poold, 3 pool workers"
     );
     assert_eq!(ng.get("/echo").status, 200);
     ng.finish();
@@ -198,7 +198,7 @@ fn sigkill_of_the_nginx_master_takes_poold_and_its_workers_down() {
     }
     let _nginx_workers = KillOnDrop(ng.worker_pids());
     let pool_side: Vec<u32> = procs::with_arg_containing(&format!("{dir}/logs/pool-app.sock"));
-    assert_eq!(pool_side.len(), 4, "watchdog, poold and 2 workers");
+    assert_eq!(pool_side.len(), 5, "watchdog, spare, poold and 2 workers");
     procs::kill(ng.master_pid(), libc::SIGKILL);
     // Ours must not outlive it.
     let deadline = Instant::now() + READY_TIMEOUT;
@@ -431,19 +431,12 @@ fn stop_under_load_leaves_no_process_and_no_socket() {
     assert!(pool_side.iter().all(|p| !procs::alive(*p)));
 }
 
-/// The pool's own processes (those whose command line names its socket), by role.
-fn pool_processes(socket: &str) -> (Vec<u32>, Vec<u32>) {
-    let all = procs::with_arg_containing(socket);
-    let watchers = all
-        .iter()
-        .copied()
-        .filter(|p| procs::cmdline(*p).contains("--watch-pid"))
-        .collect();
-    let others = all
+/// The spare (or spares) among `pid`'s children.
+fn spares_of(pid: u32) -> Vec<u32> {
+    procs::children(pid)
         .into_iter()
-        .filter(|p| !procs::cmdline(*p).contains("--watch-pid"))
-        .collect();
-    (watchers, others)
+        .filter(|p| procs::is_spare(*p))
+        .collect()
 }
 
 #[test]
@@ -465,39 +458,48 @@ fn any_one_process_of_a_pool_killed_the_pool_answers_again_within_five_seconds()
         );
     };
     assert!(serves(&ng));
-    // The watchdog: poold never stops serving, and starts a watcher in its place.
+    // The watchdog: poold never stops serving, and the spare (root, as the watchdog: poold
+    // has given root up) takes the watchdog's place, with a spare of its own.
     let watchdog = ng.watchdogs()[0];
+    let spare = ng.spares()[0];
     let poold = ng.poold();
     procs::kill(watchdog, libc::SIGKILL);
-    ng.wait_for("a watcher", |_| !pool_processes(&socket).0.is_empty());
+    ng.wait_for("the spare's own spare", |_| !spares_of(spare).is_empty());
     back_within_5s(&mut ng, "the pool after its watchdog was killed");
     assert!(procs::alive(poold), "poold lives on");
-    // The watcher: poold starts another.
-    let watcher = pool_processes(&socket).0[0];
-    procs::kill(watcher, libc::SIGKILL);
-    ng.wait_for("another watcher", |_| {
-        pool_processes(&socket).0.iter().any(|w| *w != watcher)
-    });
-    back_within_5s(&mut ng, "the pool after its watcher was killed");
-    // poold itself: the watcher becomes its watchdog and starts a new one.
-    let watcher = pool_processes(&socket).0[0];
+    assert_eq!(uid_of(spare), 0, "the spare is root");
+    // The spare standing in: its own spare takes its place.
+    let next = spares_of(spare)[0];
+    procs::kill(spare, libc::SIGKILL);
+    ng.wait_for("the next spare's spare", |_| !spares_of(next).is_empty());
+    back_within_5s(&mut ng, "the pool after the spare standing in was killed");
+    assert!(procs::alive(poold), "poold lives on");
+    // poold itself: the one standing in starts a new one.
     procs::kill(poold, libc::SIGKILL);
     back_within_5s(&mut ng, "the pool after poold was killed");
-    ng.wait_for("a new poold under the watcher", |_| {
-        procs::children(watcher)
+    ng.wait_for("a new poold under the one standing in", |_| {
+        procs::children(next)
             .iter()
-            .any(|p| procs::cmdline(*p).contains("poold") && *p != poold)
+            .any(|p| procs::cmdline(*p).contains("poold") && !procs::is_spare(*p) && *p != poold)
     });
+    ng.allow("is gone; its spare");
     ng.allow("is gone; starting");
-    ng.allow("starting a watcher in its place");
     ng.allow("poold exited");
+    ng.allow("was killed by SIGKILL");
     ng.allow("unknown process");
     ng.finish();
-    let (w, others) = pool_processes(&socket);
-    assert!(
-        w.is_empty() && others.is_empty(),
-        "left behind: {w:?} {others:?}"
-    );
+    let left = procs::with_arg_containing(&socket);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// The real uid of `pid`.
+fn uid_of(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next().map(|u| u.parse().unwrap()))
+        .unwrap()
 }
 
 #[test]
@@ -611,12 +613,13 @@ fn a_hostile_run_loses_nothing_outside_the_pool_that_was_hit() {
             .find(|w| procs::cmdline(*w).contains(&socket))
             .expect("the hit pool's watchdog")
     };
-    let poold_of_hit = |ng: &Nginx| -> u32 {
-        procs::children(watchdog_of_hit(ng))
+    let poold_of = |watchdog: u32| -> Option<u32> {
+        procs::children(watchdog)
             .into_iter()
-            .find(|c| procs::cmdline(*c).contains("poold"))
-            .expect("the hit pool's poold")
+            .find(|c| procs::cmdline(*c).contains("poold") && !procs::is_spare(*c))
     };
+    let poold_of_hit =
+        |ng: &Nginx| -> u32 { poold_of(watchdog_of_hit(ng)).expect("the hit pool's poold") };
     std::thread::sleep(Duration::from_millis(500)); // load under way
                                                     // Frozen for a second.
     let p = poold_of_hit(&ng);
@@ -632,7 +635,7 @@ fn a_hostile_run_loses_nothing_outside_the_pool_that_was_hit() {
     ng.wait_for("the hit pool back", |ng| ng.get("/hit?ms=1").status == 200);
     // The watchdog.
     ng.wait_for("a new poold under the watchdog", |ng| {
-        procs::children(watchdog_of_hit(ng)).iter().any(|c| *c != p)
+        poold_of(watchdog_of_hit(ng)).is_some_and(|c| c != p)
     });
     procs::kill(watchdog_of_hit(&ng), libc::SIGKILL);
     ng.wait_for("the hit pool serving", |ng| {
@@ -659,7 +662,7 @@ fn a_hostile_run_loses_nothing_outside_the_pool_that_was_hit() {
     });
     for a in [
         "is gone; starting",
-        "starting a watcher in its place",
+        "its spare",
         "poold exited",
         "unknown process",
         "was killed by SIGKILL",

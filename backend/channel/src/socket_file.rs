@@ -24,6 +24,20 @@ impl SocketFile {
         })
     }
 
+    /// The file's identity (device, inode), for another process to take the file over.
+    pub fn id(&self) -> (u64, u64) {
+        (self.dev, self.ino)
+    }
+
+    /// The file at `path` with the identity `id` (from [`SocketFile::id`]).
+    pub fn with_id(path: &Path, id: (u64, u64)) -> SocketFile {
+        SocketFile {
+            path: path.to_path_buf(),
+            dev: id.0,
+            ino: id.1,
+        }
+    }
+
     /// Removes the file if the path still names it; true if it did. Another process binding
     /// the path between the look and the removal is the one race left, and only a
     /// restart at that very moment could lose its file (it is then made again by its next

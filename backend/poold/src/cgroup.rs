@@ -34,10 +34,6 @@ const EMPTY_WAIT: Duration = Duration::from_secs(5);
 
 pub struct PoolCgroup {
     dir: PathBuf,
-    /// This process is inside the cgroup itself (a watcher that a poold started, see
-    /// `watchdog::adopt`, which could not leave it): killing spares it, and the directory
-    /// stays (a cgroup holding us cannot be removed).
-    inside: bool,
 }
 
 impl PoolCgroup {
@@ -48,19 +44,6 @@ impl PoolCgroup {
             return Err(format!("{NO_CGROUP_ENV}=1"));
         }
         let own = own_cgroup_dir()?;
-        // A watcher (started by a poold whose watchdog died) is born in that pool's cgroup and
-        // becomes the watchdog once that poold is dead: it takes the cgroup over (and what the
-        // dead poold left in it is killed), leaving it for the parent if it may.
-        if own
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with(PREFIX))
-        {
-            let parent = own.parent().ok_or("no parent cgroup")?;
-            let inside = write(&parent.join("cgroup.procs"), "0").is_err();
-            let cg = PoolCgroup { dir: own, inside };
-            cg.kill();
-            return Ok(cg);
-        }
         sweep(&own);
         let dir = own.join(format!("{PREFIX}{name}-{}", std::process::id()));
         match std::fs::create_dir(&dir) {
@@ -70,9 +53,18 @@ impl PoolCgroup {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
         }
-        let cg = PoolCgroup { dir, inside: false };
+        let cg = PoolCgroup { dir };
         cg.kill();
         Ok(cg)
+    }
+
+    /// The cgroup of pool `name` whose watchdog was `watchdog` (a spare takes the pool over from
+    /// it; the spare itself stays outside, as every watchdog does); `None` if it has none.
+    pub fn take_over(name: &str, watchdog: u32) -> Option<PoolCgroup> {
+        let dir = own_cgroup_dir()
+            .ok()?
+            .join(format!("{PREFIX}{name}-{watchdog}"));
+        dir.is_dir().then_some(PoolCgroup { dir })
     }
 
     pub fn path(&self) -> &Path {
@@ -144,9 +136,8 @@ impl PoolCgroup {
     pub fn kill(&self) {
         let me = std::process::id();
         let deadline = Instant::now() + EMPTY_WAIT;
-        // cgroup.kill (Linux 5.14) kills at once and includes what forks meanwhile; it would
-        // include us too, when inside.
-        let killed_at_once = !self.inside && write(&self.dir.join("cgroup.kill"), "1").is_ok();
+        // cgroup.kill (Linux 5.14) kills at once and includes what forks meanwhile.
+        let killed_at_once = write(&self.dir.join("cgroup.kill"), "1").is_ok();
         loop {
             let left: Vec<u32> = self.procs().into_iter().filter(|p| *p != me).collect();
             if left.is_empty() {
@@ -185,9 +176,6 @@ impl PoolCgroup {
     /// Kills what is left and removes the cgroup (the pool has stopped).
     pub fn remove(self) {
         self.kill();
-        if self.inside {
-            return;
-        }
         // The last process leaves the cgroup a moment after it is reaped.
         let deadline = Instant::now() + Duration::from_secs(1);
         while let Err(e) = std::fs::remove_dir(&self.dir) {
@@ -202,7 +190,7 @@ impl PoolCgroup {
 
 /// Removes the empty pool cgroups in `parent` whose watchdog is gone (SIGKILLed: nothing
 /// removed them), so that they do not pile up. One that holds processes is left alone: a
-/// watcher that took its pool over may be running it (see `create`).
+/// spare that took its pool over may be running it (see `take_over`).
 fn sweep(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;

@@ -44,7 +44,8 @@ OPTIONS:
     --timeout TIME      a request running longer (30s, 500ms) gets its worker SIGTERM, then
                         SIGKILL 2 s later, and a fresh worker replaces it [default: none]
     --user USER         when started as root: owner of the socket, and the user (and its
-                        group) the pool workers run as
+                        group) poold becomes for good before it loads the handler, so
+                        the pool's code never runs as root
     --group GROUP       group for the above                           [default: USER's group]
     --allow USER[:GROUP]
                         who may attach besides root, by the credentials of the connection
@@ -76,8 +77,9 @@ OPTIONS:
     --secret-fd FD      (set by the nginx module) a descriptor holding the secret that the
                         nginx workers of the master that started poold present; a peer
                         without it is refused
-    --watch-pid PID     (internal) follow this poold as its watchdog: started by a poold
-                        whose watchdog died, with the rest of its own command line
+    --spare-of PID      (internal, with --spare-link FD) stand by as the spare of this
+                        watchdog, which started it with the rest of its own command line,
+                        and take its place if it dies
     -h, --help          this text
     -V, --version       version
 
@@ -105,8 +107,10 @@ pub struct Config {
     pub ready_fd: Option<i32>,
     /// A memfd holding the attachment secret (managed mode; see `supervisor::peers`).
     pub secret_fd: Option<i32>,
-    /// Set in a watcher (see `watchdog::adopt`): the poold it follows.
-    pub watch_pid: Option<i32>,
+    /// Set in a watchdog's spare (see `watchdog::stand_in`): the watchdog's pid, and the
+    /// descriptor it tells the spare which poold it keeps on.
+    pub spare_of: Option<i32>,
+    pub spare_link: Option<i32>,
     /// The Python adapter library for `wsgi:` handlers; none: beside poold.
     pub wsgi_adapter: Option<PathBuf>,
     /// The file stdout and stderr are, followed through a log rotation.
@@ -164,7 +168,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         lifeline_fd: None,
         ready_fd: None,
         secret_fd: None,
-        watch_pid: None,
+        spare_of: None,
+        spare_link: None,
         wsgi_adapter: None,
         error_log: None,
     };
@@ -217,8 +222,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
                 None if option == "--secret-fd" => {
                     cfg.secret_fd = Some(number(value("a descriptor")?, &key)? as i32)
                 }
-                None if option == "--watch-pid" => {
-                    cfg.watch_pid = Some(number(value("a pid")?, &key)? as i32)
+                None if option == "--spare-of" => {
+                    cfg.spare_of = Some(number(value("a pid")?, &key)? as i32)
+                }
+                None if option == "--spare-link" => {
+                    cfg.spare_link = Some(number(value("a descriptor")?, &key)? as i32)
                 }
                 None => return Err(format!("unknown option \"{option}\" (see --help)")),
             },

@@ -45,14 +45,33 @@ fn main() {
         unsafe { OwnedFd::from_raw_fd(fd) }
     });
     // Managed by nginx: this process stays as the watchdog, the pool runs in its child (which
-    // returns here, with the start-up report descriptor if it is the first), and a new child
-    // replaces one that dies.
-    let ready_and_parent = |ready| (ready, nix::unistd::getppid());
-    let (ready, watchdog) = ready_and_parent(match (cfg.lifeline_fd, cfg.watch_pid) {
-        (Some(fd), Some(pid)) => poold::watchdog::adopt(fd, nix::unistd::Pid::from_raw(pid)),
-        (Some(fd), None) => poold::watchdog::run(fd, ready),
-        _ => ready,
-    });
+    // returns here with the socket the watchdog bound, and the start-up report descriptor if it
+    // is the first), and a new child replaces one that dies. An external poold binds its own.
+    let handoff = match (cfg.lifeline_fd, cfg.spare_of, cfg.spare_link) {
+        (Some(fd), Some(of), Some(link)) => {
+            poold::watchdog::stand_in(&cfg, fd, link, nix::unistd::Pid::from_raw(of))
+        }
+        (Some(fd), _, _) => poold::watchdog::run(&cfg, fd, ready),
+        _ => match Supervisor::bind(&cfg) {
+            Ok((listener, socket_file)) => poold::watchdog::Handoff {
+                ready,
+                listener,
+                socket_file,
+                control: None,
+            },
+            Err(e) => {
+                poold::log!("emerg", "{e}");
+                std::process::exit(1);
+            }
+        },
+    };
+    // Root goes for good before any of the pool's code runs (a library's constructors, its
+    // `init`, an app's imports): what needs root afterwards is the watchdog's.
+    if let Err(e) = drop_root(&cfg) {
+        poold::log!("emerg", "{e}");
+        std::process::exit(1);
+    }
+    let ready = handoff.ready;
     let handler = match load(&cfg) {
         Ok(h) => {
             poold::host::set_failed_loads(0);
@@ -67,17 +86,16 @@ fn main() {
             std::process::exit(EXIT_LOAD_FAILED);
         }
     };
-    if cfg.lifeline_fd.is_some() {
-        // Switching credentials for `init` cleared the watchdog's death signal: arm it again,
-        // and if the watchdog died meanwhile, take its place at once.
-        let _ = nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGUSR1));
-    }
     let lifeline = cfg.lifeline_fd.map(|fd| {
         // SAFETY: as for the ready descriptor above.
         unsafe { OwnedFd::from_raw_fd(fd) }
     });
-    let cfg_managed = cfg.lifeline_fd.is_some();
-    let supervisor = match Supervisor::new(cfg, handler, lifeline) {
+    let socket = poold::supervisor::Socket {
+        listener: handoff.listener,
+        file: handoff.socket_file,
+        control: handoff.control,
+    };
+    let supervisor = match Supervisor::new(cfg, handler, lifeline, socket) {
         Ok(s) => s,
         Err(e) => {
             // This pool cannot run; nginx and its other pools do: an error, not an emergency.
@@ -85,10 +103,6 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if cfg_managed && nix::unistd::getppid() != watchdog {
-        // (Signals are blocked now: the supervisor reads this one from its signalfd.)
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGUSR1);
-    }
     report(ready, b'R');
     if let Err(e) = supervisor.run() {
         poold::log!("emerg", "{e}");
@@ -96,7 +110,18 @@ fn main() {
     }
 }
 
-/// Loads the handler and runs its `init`, as the pool's user when started as root.
+/// Started as root with `--user`: becomes that user for good (real, effective and saved ids,
+/// groups), so that nothing the pool runs can be root again.
+fn drop_root(cfg: &Config) -> Result<(), String> {
+    let (Some(user), true) = (&cfg.user, nix::unistd::geteuid().is_root()) else {
+        return Ok(());
+    };
+    let (uid, gid) = poold::sys::lookup_user(user, cfg.group.as_deref())
+        .map_err(|e| format!("--user {user}: {e}"))?;
+    poold::sys::drop_root(uid, gid).map_err(|e| format!("cannot become user {user}: {e}"))
+}
+
+/// Loads the handler and runs its `init` (root is gone by now).
 fn load(cfg: &Config) -> Result<LoadedHandler, LoadError> {
     let spec = ngx_pool_conf::HandlerSpec::parse(&cfg.pool.handler).map_err(LoadError)?;
     // chdir= and env= hold for the handler's whole life, in this process and every worker.
@@ -119,20 +144,9 @@ fn load(cfg: &Config) -> Result<LoadedHandler, LoadError> {
         }
         _ => cfg.pool.handler_args.clone().unwrap_or_default(),
     };
-    let run = || -> Result<LoadedHandler, LoadError> {
-        let handler = LoadedHandler::load(&spec, &adapter)?;
-        handler.init(&init_args)?;
-        Ok(handler)
-    };
-    match (&cfg.user, nix::unistd::geteuid().is_root()) {
-        (Some(user), true) => {
-            let (uid, gid) = poold::sys::lookup_user(user, cfg.group.as_deref())
-                .map_err(|e| LoadError(format!("--user {user}: {e}")))?;
-            poold::sys::as_user(uid, gid, run)
-                .map_err(|e| LoadError(format!("cannot switch to user {user}: {e}")))?
-        }
-        _ => run(),
-    }
+    let handler = LoadedHandler::load(&spec, &adapter)?;
+    handler.init(&init_args)?;
+    Ok(handler)
 }
 
 /// Tells whoever started us how the start went (see `--ready-fd`).

@@ -76,11 +76,21 @@ pub fn lookup_user(user: &str, group: Option<&str>) -> io::Result<(Uid, Gid)> {
     Ok((uid, gid))
 }
 
-/// Drops root for good: supplementary groups, gid, then uid.
-pub fn drop_privileges(uid: Uid, gid: Gid) -> io::Result<()> {
+/// Drops root for good, before any of the pool's code runs: supplementary groups, then real,
+/// effective and saved gid, then uid (so nothing it loads can take root back with `setuid(0)`
+/// or `setresuid(0, 0, 0)`), and checks that root cannot be had again. Changing ids also makes
+/// the process not dumpable and clears its parent-death signal (set again by the caller).
+pub fn drop_root(uid: Uid, gid: Gid) -> io::Result<()> {
     nix::unistd::setgroups(&[gid])?;
-    nix::unistd::setgid(gid)?;
-    nix::unistd::setuid(uid)?;
+    nix::unistd::setresgid(gid, gid, gid)?;
+    nix::unistd::setresuid(uid, uid, uid)?;
+    if !uid.is_root()
+        && nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).is_ok()
+    {
+        return Err(io::Error::other(
+            "root could be taken back after dropping it",
+        ));
+    }
     Ok(())
 }
 
@@ -175,22 +185,6 @@ fn scope_signals() -> Result<(), String> {
     Ok(())
 }
 
-/// Runs `f` with effective uid and gid (and groups) `uid`/`gid`, then takes root back: the
-/// handler's `init` (and whatever its library runs when loaded) does not run as root. Not a
-/// security boundary (the saved uid stays root); it keeps files and imports of the user's code
-/// from being made or read as root.
-pub fn as_user<T>(uid: Uid, gid: Gid, f: impl FnOnce() -> T) -> io::Result<T> {
-    let groups = nix::unistd::getgroups()?;
-    nix::unistd::setgroups(&[gid])?;
-    nix::unistd::setegid(gid)?;
-    nix::unistd::seteuid(uid)?;
-    let out = f();
-    nix::unistd::seteuid(Uid::from_raw(0))?;
-    nix::unistd::setegid(Gid::from_raw(0))?;
-    nix::unistd::setgroups(&groups)?;
-    Ok(out)
-}
-
 /// The signals poold handles through its signalfd.
 pub fn handled_signals() -> SigSet {
     let mut set = SigSet::empty();
@@ -208,11 +202,20 @@ pub fn handled_signals() -> SigSet {
     set
 }
 
-/// Creates a listening unix seqpacket socket at `path` (replacing a stale one), non-blocking.
-pub fn listen_seqpacket(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
+/// Creates a listening unix seqpacket socket at `path` (replacing a stale one), non-blocking,
+/// with file mode `mode` and, if given, owned by `owner`. The mode comes from the umask at
+/// `bind` and the owner is set without following a symbolic link: in a directory the pool's
+/// user may write, a link put in the socket's place between the two steps must not turn root's
+/// chmod or chown onto another file.
+pub fn listen_seqpacket(
+    path: &std::path::Path,
+    mode: u32,
+    owner: Option<(Uid, Gid)>,
+) -> io::Result<std::os::fd::OwnedFd> {
     use nix::sys::socket::{
         bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
     };
+    use nix::sys::stat::{umask, Mode};
     use std::os::fd::AsRawFd;
     let sock = socket(
         AddressFamily::Unix,
@@ -225,7 +228,20 @@ pub fn listen_seqpacket(path: &std::path::Path) -> io::Result<std::os::fd::Owned
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    bind(sock.as_raw_fd(), &UnixAddr::new(path)?)?;
+    // Single-threaded (the watchdog, or poold before its first fork): the umask is ours alone.
+    let old = umask(Mode::from_bits_truncate(!mode & 0o777));
+    let bound = UnixAddr::new(path).and_then(|a| bind(sock.as_raw_fd(), &a));
+    umask(old);
+    bound?;
+    if let Some((uid, gid)) = owner {
+        nix::unistd::fchownat(
+            None,
+            path,
+            Some(uid),
+            Some(gid),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
+    }
     listen(&sock, Backlog::new(512)?)?;
     Ok(sock)
 }

@@ -295,11 +295,26 @@ fn submit(ctx: *mut Ctx) {
         return arm_retry(ctx);
     }
     let Some(id) = slot::alloc(region.nginx_side(), conn, conn_gen) else {
-        region
-            .header()
-            .stats
+        let stats = &region.header().stats;
+        stats
             .rejected_full
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A slot is counted in use just after it leaves the free list (and uncounted just
+        // before it returns), so at most one per process (nginx workers, pool workers) is in
+        // neither: a free list empty while far fewer are counted was emptied by a write over it.
+        let counted = stats
+            .slots_in_use
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let in_between = u64::from(g.max_conns) + u64::from(g.max_workers);
+        if counted + in_between < u64::from(g.slots) {
+            runtime::report_corruption(
+                c.pool,
+                Some(&format!(
+                    "no free slot while {counted} of {} are in use",
+                    g.slots
+                )),
+            );
+        }
         c.outcome.end("full");
         return fail(
             ctx,

@@ -1,5 +1,5 @@
 //! poold's children: forking pool workers, their messages, reaping them, deadlines and respawn
-//! with backoff, and the watcher that stands in for a dead watchdog.
+//! with backoff.
 
 use super::*;
 
@@ -32,7 +32,6 @@ impl Supervisor {
             let region = &self.region;
             let handler = &self.handler;
             let conns = &self.conns;
-            let run_as = self.run_as;
             let spin = self.cfg.spin();
             let max_rss = self.cfg.pool.max_rss;
             let timeout_ms = self.cfg.pool.timeout_ms;
@@ -72,16 +71,6 @@ impl Supervisor {
                 let mut keep: Vec<RawFd> = table.fds().map(|fd| fd.as_raw_fd()).collect();
                 keep.push(theirs.as_raw_fd());
                 sys::close_all_except(&keep);
-                if let Some((uid, gid)) = run_as {
-                    if let Err(e) = sys::drop_privileges(uid, gid) {
-                        log!(
-                            "alert",
-                            "worker {}: cannot drop privileges: {e}",
-                            std::process::id()
-                        );
-                        std::process::exit(1);
-                    }
-                }
                 sys::confine_worker();
                 sys::child_defaults(me);
                 crate::host::set_pool_workers(pool_workers);
@@ -273,50 +262,10 @@ impl Supervisor {
                 Err(e) => return Err(e.into()),
             };
             let Some(pid) = status.pid() else { continue };
-            if self.watcher == Some(pid) {
-                log!("alert", "the watcher {pid} is gone; starting another");
-                self.watcher = None;
-                self.start_watcher();
-                continue;
-            }
             let Some(i) = self.workers.iter().position(|w| w.pid == Some(pid)) else {
                 continue;
             };
             self.on_worker_exit(i, status);
-        }
-    }
-
-    /// Starts a watcher: this program again, with this poold's own arguments (less the start-up
-    /// report, long closed) and `--watch-pid`, in the pool's process group, so the nginx master
-    /// reaches it. Only in managed mode (an external poold has whatever runs it).
-    pub(super) fn start_watcher(&mut self) {
-        if self.lifeline.is_none() || self.draining.is_some() {
-            return;
-        }
-        let mut args: Vec<std::ffi::OsString> = Vec::new();
-        let mut it = std::env::args_os().skip(1);
-        while let Some(a) = it.next() {
-            if a == "--ready-fd" || a == "--watch-pid" {
-                it.next();
-                continue;
-            }
-            args.push(a);
-        }
-        let me = self.me.as_raw().to_string();
-        // std's spawn resets the signal mask and dispositions in the child; only the lifeline
-        // (and stdio) lack close-on-exec, so the watcher holds nothing else of ours.
-        match std::env::current_exe().and_then(|exe| {
-            std::process::Command::new(exe)
-                .args(&args)
-                .args(["--watch-pid", &me])
-                .stdin(std::process::Stdio::null())
-                .spawn()
-        }) {
-            Ok(child) => self.watcher = Some(Pid::from_raw(child.id() as i32)),
-            Err(e) => log!(
-                "alert",
-                "cannot start a watcher: {e}; the pool runs unwatched"
-            ),
         }
     }
 

@@ -22,7 +22,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{Gid, Pid, Uid};
+use nix::unistd::{Pid, Uid};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
@@ -33,7 +33,7 @@ mod conns;
 mod output;
 mod peers;
 mod size;
-mod socket;
+pub(crate) mod socket;
 
 /// A worker that dies sooner than this after its start counts as a crash loop.
 const QUICK_DEATH: Duration = Duration::from_secs(1);
@@ -85,13 +85,12 @@ pub struct Supervisor {
     handler: LoadedHandler,
     /// `None` once draining: no new nginx workers.
     listener: Option<OwnedFd>,
-    /// The socket file this poold bound: removed when it stops or drains, unless another
-    /// poold bound the path since (a new nginx master's, during a binary upgrade).
-    socket_file: Option<SocketFile>,
-    /// The socket's directory, watched for the file's removal ([`socket`]).
-    socket_watch: Option<nix::sys::inotify::Inotify>,
-    /// When to look whether the removed socket file should be made again.
-    socket_check_at: Option<Instant>,
+    /// The socket file, kept by this poold when it has no watchdog (an external one: the
+    /// watchdog keeps it otherwise, see `watchdog::duties`).
+    socket: Option<socket::SocketKeeper>,
+    /// The link on which the watchdog passes a socket it bound again, and the error log after
+    /// a rotation (managed mode).
+    control: Option<OwnedFd>,
     /// Set by SIGUSR2 (a newer generation of this pool took over): serve the nginx workers
     /// still attached, stop once the last one has gone and nothing is in flight.
     draining: Option<Instant>,
@@ -103,15 +102,12 @@ pub struct Supervisor {
     peers: peers::Admission,
     conns: Vec<Option<NginxConn>>,
     workers: Vec<WorkerSlot>,
-    run_as: Option<(Uid, Gid)>,
     me: Pid,
     /// A process died since the slots and arena were last found whole: it may have taken a slot
     /// or a chunk with it, which is returned at the next idle moment.
     maybe_lost: bool,
     /// An nginx worker reported the region corrupt (its pid): a new generation is due.
     corrupt_report: Option<u32>,
-    /// The watcher this poold started when its watchdog died (see `watchdog::adopt`).
-    watcher: Option<Pid>,
     /// When the pool last grew (`workers=MIN-MAX`): at most one new worker per GROW_INTERVAL.
     last_grow: Option<Instant>,
     /// The pool workers' stdout and stderr, passed on to the error log at `log_rate=`.
@@ -122,6 +118,7 @@ enum Source {
     Signals,
     Listener,
     SocketDir,
+    Control,
     Lifeline,
     Output,
     Pending(usize),
@@ -133,12 +130,33 @@ enum Source {
 /// generation now (EX_TEMPFAIL).
 pub const EXIT_REGION_CORRUPT: i32 = 75;
 
+/// The pool's socket as poold gets it: bound already (by the watchdog, or by
+/// [`Supervisor::bind`] before root was dropped).
+pub struct Socket {
+    pub listener: OwnedFd,
+    pub file: Option<SocketFile>,
+    /// The watchdog's link (managed mode); `None`: poold keeps the socket file itself.
+    pub control: Option<OwnedFd>,
+}
+
 impl Supervisor {
+    /// An external poold's socket, bound before root is dropped (owned by `--user` then).
+    pub fn bind(cfg: &Config) -> io::Result<(OwnedFd, Option<SocketFile>)> {
+        let owner = match (&cfg.user, Uid::effective().is_root()) {
+            (Some(u), true) => Some(sys::lookup_user(u, cfg.group.as_deref())?),
+            _ => None,
+        };
+        let mut keeper = socket::SocketKeeper::new(cfg, owner, None);
+        let listener = keeper.bind()?;
+        Ok((listener, keeper.file().cloned()))
+    }
+
     /// Builds the region, loads nothing yet: `handler` was loaded by the caller, before forking.
     pub fn new(
         cfg: Config,
         handler: LoadedHandler,
         lifeline: Option<OwnedFd>,
+        socket: Socket,
     ) -> io::Result<Supervisor> {
         let mask = sys::handled_signals();
         mask.thread_block()?;
@@ -146,14 +164,12 @@ impl Supervisor {
         // (the watchdog made a managed poold one already; this is for an external one).
         crate::reaper::become_subreaper();
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
-        let run_as = match (&cfg.user, Uid::effective().is_root()) {
-            (Some(u), true) => Some(sys::lookup_user(u, cfg.group.as_deref())?),
-            _ => None,
-        };
-        let peers = peers::Admission::new(&cfg, run_as)?;
+        let peers = peers::Admission::new(&cfg)?;
         let region = Region::create(&cfg.pool.name, cfg.geometry(), std::process::id())?;
-        let (listener, socket_file) = socket::bind(&cfg, run_as)?;
-        let socket_watch = socket::watch(&cfg);
+        let keeper = socket
+            .control
+            .is_none()
+            .then(|| socket::SocketKeeper::new(&cfg, None, socket.file));
         let output = output::WorkerOutput::new(cfg.pool.log_rate)?;
         let conns = (0..cfg.max_conns).map(|_| None).collect();
         // One entry per region worker slot: `workers` run, the others take replacements.
@@ -164,10 +180,9 @@ impl Supervisor {
             cfg,
             region,
             handler,
-            listener: Some(listener),
-            socket_file,
-            socket_watch,
-            socket_check_at: None,
+            listener: Some(socket.listener),
+            socket: keeper,
+            control: socket.control,
             draining: None,
             signals,
             lifeline,
@@ -175,11 +190,9 @@ impl Supervisor {
             peers,
             conns,
             workers,
-            run_as,
             me: nix::unistd::getpid(),
             maybe_lost: false,
             corrupt_report: None,
-            watcher: None,
             last_grow: None,
             output,
         })
@@ -216,8 +229,8 @@ impl Supervisor {
                 self.enforce_deadlines();
                 self.respawn_due()?;
                 self.resize()?;
-                if let Err(e) = self.recheck_socket() {
-                    log!("error", "cannot make the socket file again: {e}");
+                if let Some(l) = self.socket.as_mut().and_then(|k| k.rebind_if_due()) {
+                    self.listener = Some(l);
                 }
             }
             for src in ready {
@@ -235,7 +248,12 @@ impl Supervisor {
                     Source::Output => self
                         .output
                         .drain(&self.region.header().stats.log_lines_dropped),
-                    Source::SocketDir => self.on_socket_dir_event(),
+                    Source::SocketDir => {
+                        if let Some(k) = &mut self.socket {
+                            k.on_dir_event();
+                        }
+                    }
+                    Source::Control => self.on_control(),
                     Source::Pending(i) => self.on_hello(i),
                     Source::Conn(i) => self.on_conn_readable(i),
                     Source::Worker(i) => self.on_worker_message(i)?,
@@ -295,9 +313,13 @@ impl Supervisor {
             sources.push(Source::Listener);
             fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
         }
-        if let Some(w) = &self.socket_watch {
+        if let Some(w) = self.socket.as_ref().and_then(|k| k.watch_fd()) {
             sources.push(Source::SocketDir);
-            fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
+            fds.push(PollFd::new(w, PollFlags::POLLIN));
+        }
+        if let Some(c) = &self.control {
+            sources.push(Source::Control);
+            fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
         }
         if let Some(l) = &self.lifeline {
             sources.push(Source::Lifeline);
@@ -350,7 +372,7 @@ impl Supervisor {
         let next_wake = [
             next_respawn,
             next_tick,
-            self.socket_check_at,
+            self.socket.as_ref().and_then(|k| k.due_at()),
             self.output.next_wake(),
             self.peers_next_wake(),
         ]
@@ -407,14 +429,10 @@ impl Supervisor {
                     "SIGHUP ignored (the pool is configured from nginx.conf)"
                 ),
                 Ok(Signal::SIGUSR2) => self.drain(),
-                // Our watchdog died (its death signal): a watcher takes its place.
-                Ok(Signal::SIGUSR1) => {
-                    log!(
-                        "alert",
-                        "the watchdog is gone; starting a watcher in its place"
-                    );
-                    self.start_watcher();
-                }
+                Ok(Signal::SIGUSR1) => log!(
+                    "notice",
+                    "SIGUSR1 ignored (the watchdog passes the error log on after a rotation)"
+                ),
                 Ok(s) => {
                     log!("notice", "{s} received; stopping");
                     stop = true;
@@ -451,10 +469,41 @@ impl Supervisor {
         }
     }
 
-    /// Removes the socket file this poold bound, if the path still names it.
-    fn remove_socket_file(&self) {
-        if let Some(f) = &self.socket_file {
-            f.remove_if_still_there();
+    /// Removes the socket file, if this poold keeps it and the path still names it.
+    fn remove_socket_file(&mut self) {
+        if let Some(k) = &mut self.socket {
+            k.remove();
+        }
+    }
+
+    /// The watchdog passed a descriptor on: a socket it bound again (the file was removed), or
+    /// the error log it reopened after a rotation.
+    fn on_control(&mut self) {
+        use crate::watchdog::{ERROR_LOG, LISTENER};
+        loop {
+            match recv_frame(
+                self.control.as_ref().map(|c| c.as_fd()).expect("polled"),
+                MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(Some((f, Some(fd)))) if f.kind == LISTENER => {
+                    if self.draining.is_none() {
+                        self.listener = Some(fd);
+                    }
+                }
+                Ok(Some((f, Some(fd)))) if f.kind == ERROR_LOG => {
+                    for out in [1, 2] {
+                        let _ = nix::unistd::dup2(fd.as_raw_fd(), out);
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    // The watchdog and its spare are gone: nothing restarts this poold now,
+                    // which serves on until the nginx master stops it.
+                    self.control = None;
+                    return;
+                }
+                Err(_) => return,
+            }
         }
     }
 
@@ -467,7 +516,7 @@ impl Supervisor {
         }
         // And what the pool's code orphaned (re-parented to us, a subreaper): the same grace.
         for pid in crate::reaper::children() {
-            if Some(pid) != self.watcher && !groups.contains(&pid) {
+            if !groups.contains(&pid) {
                 let _ = kill(pid, Signal::SIGTERM);
             }
         }
@@ -511,7 +560,7 @@ impl Supervisor {
         }
         // Whatever is still there (it had the workers' grace; a setsid'd daemon escapes the
         // groups above) and what killing it re-parented to us.
-        let ended = crate::reaper::end_children(self.watcher, Duration::ZERO, STOP_GRACE);
+        let ended = crate::reaper::end_children(None, Duration::ZERO, STOP_GRACE);
         if ended > 0 {
             log!(
                 "notice",

@@ -19,7 +19,7 @@ use crate::log;
 use crate::sys;
 use ngx_pool_channel::handshake::{self, send_frame, Frame, Secret, SECRET_LEN};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials, MsgFlags};
-use nix::unistd::{Gid, Group, Uid, User};
+use nix::unistd::{Group, Uid, User};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
@@ -56,7 +56,7 @@ pub(super) struct Admission {
 
 impl Admission {
     /// Reads the secret (if any) and resolves the users and groups admitted.
-    pub(super) fn new(cfg: &Config, run_as: Option<(Uid, Gid)>) -> io::Result<Admission> {
+    pub(super) fn new(cfg: &Config) -> io::Result<Admission> {
         let secret = cfg.secret_fd.map(read_secret).transpose()?;
         let mut allowed = Vec::new();
         for spec in &cfg.pool.allow {
@@ -73,10 +73,11 @@ impl Admission {
             allowed.push((uid, gid));
         }
         if allowed.is_empty() {
-            // The pool's own user: nginx's workers' in managed mode (the module passes `--user`
-            // when root, and otherwise the workers run as poold does), and for an external
-            // pool the socket's owner, the only user but root its mode 0600 lets connect.
-            let uid = run_as.map_or_else(Uid::effective, |(u, _)| u);
+            // The pool's own user (poold runs as it, root dropped): nginx's workers' in managed
+            // mode (the module passes `--user` when root, and otherwise the workers run as
+            // poold does), and for an external pool the socket's owner, the only user but root
+            // its mode 0600 lets connect.
+            let uid = Uid::effective();
             allowed.push((uid.as_raw(), None));
         }
         let allowed_text = allowed
@@ -149,7 +150,7 @@ impl Admission {
 }
 
 /// Reads the secret from the memfd the nginx module passed. The descriptor stays open: a
-/// watcher this poold starts later (same command line, inherited descriptors) reads it again.
+/// poold the watchdog or its spare starts later (same command line, inherited descriptors) reads it again.
 fn read_secret(fd: RawFd) -> io::Result<Secret> {
     // SAFETY: the nginx module passes this descriptor by number and nothing in this process
     // closes it; we only borrow it to read.
