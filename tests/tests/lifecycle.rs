@@ -894,8 +894,10 @@ fn a_binary_upgrade_keeps_the_pools_reachable_after_the_old_master_quits() {
 fn pool_lines_follow_the_error_log_through_a_rotation() {
     // logrotate's way: the file renamed, then `nginx -s reopen` makes a new one. poold, its
     // workers and what a handler prints must write to the new file, not to the renamed one.
+    // The pool has a user of its own, who may not open the new file (nginx's user's): the
+    // watchdog, root, reopens it and passes it to poold.
     let mut ng = Nginx::start(Conf::new(
-        "    pool crash handler=builtin:crash workers=1;",
+        "    pool crash handler=builtin:crash workers=1 user=daemon;",
         "    location /crash { pool_pass crash; }",
     ));
     ng.allow("panic at");
