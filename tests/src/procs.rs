@@ -58,6 +58,25 @@ pub fn cmdline(pid: u32) -> String {
 }
 
 /// Live processes (other than us) whose command line mentions `s`.
+/// The real, effective, saved and file-system ids of `pid`: `which` is "Uid:" or "Gid:".
+pub fn ids(pid: u32, which: &str) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(which))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The real uid of `pid` (panics if it is gone).
+pub fn uid(pid: u32) -> u32 {
+    ids(pid, "Uid:")[0]
+}
+
 /// The process's name (`comm`): a watchdog's spare names itself "poold spare" while it stands
 /// by (its command line is the watchdog's, and stays so once it takes over).
 pub fn name(pid: u32) -> String {

@@ -2,7 +2,7 @@
 //! process behind (issue 26): each attack runs for real, as a hostile local process or handler
 //! would, against a real nginx and poold.
 
-use ngx_pool_tests::{Conf, Nginx};
+use ngx_pool_tests::{procs, Conf, Nginx};
 use std::os::unix::fs::OpenOptionsExt;
 
 /// The descriptors of process `pid` that are memfds of ngx-pool regions (`/memfd:ngx-pool:…`).
@@ -321,16 +321,6 @@ fn a_large_pool_serves_while_it_is_still_forking() {
     ng.finish();
 }
 
-/// The real uid of process `pid`.
-fn uid_of(pid: u32) -> u32 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().next().map(|u| u.parse().unwrap()))
-        .unwrap()
-}
-
 #[test]
 fn a_pool_may_run_as_a_user_of_its_own() {
     let ng = Nginx::start(
@@ -340,7 +330,7 @@ fn a_pool_may_run_as_a_user_of_its_own() {
         )
         .workers(1),
     );
-    let nginx_uid = uid_of(ng.worker_pids()[0]);
+    let nginx_uid = procs::uid(ng.worker_pids()[0]);
     let daemon_uid = nix::unistd::User::from_name("daemon")
         .unwrap()
         .unwrap()
@@ -353,12 +343,12 @@ fn a_pool_may_run_as_a_user_of_its_own() {
     assert_eq!(plain.status, 200);
     let pid = |r: &ngx_pool_tests::http::Response| r.json()["pid"].as_u64().unwrap() as u32;
     assert_eq!(
-        uid_of(pid(&own)),
+        procs::uid(pid(&own)),
         daemon_uid,
         "the pool's worker runs as its user"
     );
     assert_eq!(
-        uid_of(pid(&plain)),
+        procs::uid(pid(&plain)),
         nginx_uid,
         "a pool without user= runs as nginx's"
     );
@@ -374,61 +364,26 @@ fn a_pool_may_run_as_a_user_of_its_own() {
     ng.finish();
 }
 
-#[test]
-fn a_region_broken_where_its_checks_cannot_see_heals_on_nginxs_report() {
-    use ngx_pool_channel::layout::Header;
+/// A pool of one worker running the hostile handler, serving, with the lines of a heal that
+/// `evidence` (what nginx reports) starts allowed.
+fn hostile_pool(evidence: &str) -> Nginx {
     let libs = ngx_pool_tests::temp_prefix();
     let lib = ngx_pool_tests::build_c_handler("tests/handlers/hostile.c", &libs);
     let mut ng = Nginx::start(Conf::new(
         &format!("    pool h handler=dylib:{} workers=1;", lib.display()),
         "    location /hostile/ { pool_pass h; }",
     ));
-    ng.allow("could not be queued");
+    ng.allow(evidence);
     ng.allow("found it inconsistent");
     ng.allow("its region was written over");
     assert_eq!(ng.get("/hostile/ok").status, 200);
-    // Both queue positions moved on by the queue's size: consistent spans, so the region's
-    // checks pass, but every push finds the queue "full" (before: 503 forever, until a reload).
-    let shift = format!(
-        "/hostile/shift?{},{}",
-        std::mem::offset_of!(Header, enqueue_pos),
-        std::mem::offset_of!(Header, dequeue_pos)
-    );
-    assert_eq!(ng.get(&shift).status, 200);
-    let started = std::time::Instant::now();
-    loop {
-        let r = ng.get("/hostile/ok");
-        if r.status == 200 && ng.log().contains("found it inconsistent") {
-            break;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(5),
-            "not healed:\n{}",
-            ng.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    ng.finish();
+    ng
 }
 
-#[test]
-fn a_slot_free_list_emptied_heals_on_nginxs_report() {
-    use ngx_pool_channel::layout::Header;
-    let libs = ngx_pool_tests::temp_prefix();
-    let lib = ngx_pool_tests::build_c_handler("tests/handlers/hostile.c", &libs);
-    let mut ng = Nginx::start(Conf::new(
-        &format!("    pool h handler=dylib:{} workers=1;", lib.display()),
-        "    location /hostile/ { pool_pass h; }",
-    ));
-    ng.allow("no free slot while");
-    ng.allow("found it inconsistent");
-    ng.allow("its region was written over");
-    assert_eq!(ng.get("/hostile/ok").status, 200);
-    // The request slots' free list emptied: the region's checks pass, and only the slot of
-    // the attack's own request comes back to it, so the pool serves one request at a time and
-    // answers "full" to every other (before: so until a reload).
-    let empty = format!("/hostile/empty?{}", std::mem::offset_of!(Header, slot_free));
-    assert_eq!(ng.get(&empty).status, 200);
+/// Sends `attack`, then rounds of 4 concurrent requests until all are answered 200 and the log
+/// shows nginx's report (`evidence`): within 5 s, or the test fails.
+fn heals_within_5s(ng: &Nginx, attack: &str, evidence: &str) {
+    assert_eq!(ng.get(attack).status, 200);
     let port = ng.port;
     let started = std::time::Instant::now();
     loop {
@@ -443,8 +398,8 @@ fn a_slot_free_list_emptied_heals_on_nginxs_report() {
             .into_iter()
             .map(|t| t.join().unwrap())
             .collect();
-        if statuses.iter().all(|s| *s == 200) && ng.log().contains("no free slot while") {
-            break;
+        if statuses.iter().all(|s| *s == 200) && ng.log().contains(evidence) {
+            return;
         }
         assert!(
             started.elapsed() < std::time::Duration::from_secs(5),
@@ -453,6 +408,32 @@ fn a_slot_free_list_emptied_heals_on_nginxs_report() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+#[test]
+fn a_region_broken_where_its_checks_cannot_see_heals_on_nginxs_report() {
+    use ngx_pool_channel::layout::Header;
+    let ng = hostile_pool("could not be queued");
+    // Both queue positions moved on by the queue's size: consistent spans, so the region's
+    // checks pass, but every push finds the queue "full" (before: 503 forever, until a reload).
+    let shift = format!(
+        "/hostile/shift?{},{}",
+        std::mem::offset_of!(Header, enqueue_pos),
+        std::mem::offset_of!(Header, dequeue_pos)
+    );
+    heals_within_5s(&ng, &shift, "found it inconsistent");
+    ng.finish();
+}
+
+#[test]
+fn a_slot_free_list_emptied_heals_on_nginxs_report() {
+    use ngx_pool_channel::layout::Header;
+    let ng = hostile_pool("no free slot while");
+    // The request slots' free list emptied: the region's checks pass, and only the slot of
+    // the attack's own request comes back to it, so the pool serves one request at a time and
+    // answers "full" to every other (before: so until a reload).
+    let empty = format!("/hostile/empty?{}", std::mem::offset_of!(Header, slot_free));
+    heals_within_5s(&ng, &empty, "no free slot while");
     ng.finish();
 }
 
@@ -489,16 +470,6 @@ fn a_pools_code_cannot_signal_nginxs_workers_or_other_pools() {
     assert_eq!(ng.worker_pids(), vec![worker]);
     ng.allow("signals not scoped");
     ng.finish();
-}
-
-/// The real, effective, saved and file-system ids of `pid` (the `Uid:` or `Gid:` line).
-fn ids(pid: u32, which: &str) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(which))
-        .map(|l| l.split_whitespace().map(|n| n.parse().unwrap()).collect())
-        .unwrap()
 }
 
 #[test]
@@ -568,7 +539,7 @@ fn root_is_gone_for_good_before_any_of_the_pools_code_runs() {
     );
     assert_eq!(ng.get("/py").status, 200);
     assert_eq!(ng.get("/own/").status, 200);
-    let nobody = ids(ng.worker_pids()[0], "Uid:")[0];
+    let nobody = procs::uid(ng.worker_pids()[0]);
     let daemon = nix::unistd::User::from_name("daemon")
         .unwrap()
         .unwrap()
@@ -612,19 +583,19 @@ fn root_is_gone_for_good_before_any_of_the_pools_code_runs() {
     // Every id of every poold is the pool's user's, and the processes that keep root (the
     // watchdog and its spare) never load the pool's code: no mapping of the handler library.
     for poold in ng.poolds() {
-        let uids = ids(poold, "Uid:");
+        let uids = procs::ids(poold, "Uid:");
         assert!(
             uids.iter().all(|u| *u == uids[0] && *u != 0),
             "poold {poold} ids {uids:?}"
         );
-        let gids = ids(poold, "Gid:");
+        let gids = procs::ids(poold, "Gid:");
         assert!(
             gids.iter().all(|g| *g == gids[0] && *g != 0),
             "poold {poold} gids {gids:?}"
         );
     }
     for root in ng.watchdogs().into_iter().chain(ng.spares()) {
-        assert_eq!(ids(root, "Uid:")[0], 0);
+        assert_eq!(procs::ids(root, "Uid:")[0], 0);
         let maps = std::fs::read_to_string(format!("/proc/{root}/maps")).unwrap();
         assert!(
             !maps.contains("libhostile"),

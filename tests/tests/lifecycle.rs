@@ -467,7 +467,7 @@ fn any_one_process_of_a_pool_killed_the_pool_answers_again_within_five_seconds()
     ng.wait_for("the spare's own spare", |_| !spares_of(spare).is_empty());
     back_within_5s(&mut ng, "the pool after its watchdog was killed");
     assert!(procs::alive(poold), "poold lives on");
-    assert_eq!(uid_of(spare), 0, "the spare is root");
+    assert_eq!(procs::uid(spare), 0, "the spare is root");
     // The spare standing in: its own spare takes its place.
     let next = spares_of(spare)[0];
     procs::kill(spare, libc::SIGKILL);
@@ -490,16 +490,6 @@ fn any_one_process_of_a_pool_killed_the_pool_answers_again_within_five_seconds()
     ng.finish();
     let left = procs::with_arg_containing(&socket);
     assert!(left.is_empty(), "left behind: {left:?}");
-}
-
-/// The real uid of `pid`.
-fn uid_of(pid: u32) -> u32 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().next().map(|u| u.parse().unwrap()))
-        .unwrap()
 }
 
 #[test]

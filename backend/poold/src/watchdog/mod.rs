@@ -101,18 +101,13 @@ fn keep(
     mut ready: Option<OwnedFd>,
     taken_over: Option<TakenOver>,
 ) -> Handoff {
-    let mask = SigSet::from_iter([
+    let Some(signals) = signal_fd(&[
         Signal::SIGTERM,
         Signal::SIGINT,
         Signal::SIGQUIT,
         Signal::SIGCHLD,
         Signal::SIGUSR2,
-    ]);
-    let signals = mask.thread_block().ok().and_then(|()| {
-        SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok()
-    });
-    let Some(signals) = signals else {
-        let _ = mask.thread_unblock();
+    ]) else {
         // No watchdog then: the pool runs directly.
         return match taken_over {
             Some(_) => std::process::exit(1),
@@ -305,6 +300,18 @@ fn finish(
         cg.remove();
     }
     std::process::exit(code)
+}
+
+/// `signals` blocked and read from a signalfd instead; `None` (and nothing blocked) if that
+/// cannot be done.
+fn signal_fd(signals: &[Signal]) -> Option<SignalFd> {
+    let mask = SigSet::from_iter(signals.iter().copied());
+    mask.thread_block().ok()?;
+    let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK);
+    if fd.is_err() {
+        let _ = mask.thread_unblock();
+    }
+    fd.ok()
 }
 
 /// A pidfd for `pid` (readable once it has exited); `None` if it is gone.

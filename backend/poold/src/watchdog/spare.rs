@@ -15,8 +15,7 @@ use crate::log;
 use ngx_pool_channel::handshake::{recv_frame, send_frame, Frame};
 use ngx_pool_channel::socket_file::SocketFile;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use nix::unistd::Pid;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -146,16 +145,12 @@ pub(super) fn stand_by(
         link.as_raw_fd(),
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
-    let mask = SigSet::from_iter([
+    let Some(signals) = super::signal_fd(&[
         Signal::SIGTERM,
         Signal::SIGINT,
         Signal::SIGQUIT,
         Signal::SIGUSR2,
-    ]);
-    let signals = mask.thread_block().ok().and_then(|()| {
-        SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok()
-    });
-    let Some(signals) = signals else {
+    ]) else {
         std::process::exit(1);
     };
     // Its command line is the watchdog's: the name says which it is (in ps, top, /proc).
