@@ -298,3 +298,75 @@ if __name__ == "__main__":
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The checks of tests/python/apps/mpcheck.py (multiprocessing's documented behaviour of every
+/// Pool method and error case) have no failures.
+fn assert_no_mp_failures(r: &ngx_pool_tests::http::Response, what: &str) {
+    assert_eq!(r.status, 200, "{what}: {}", text(r));
+    assert_eq!(
+        r.json(),
+        serde_json::json!([]),
+        "{what}: ngx_pool.Pool differs from multiprocessing.Pool"
+    );
+}
+
+#[test]
+fn ngx_pool_pool_behaves_as_multiprocessing_pool_in_a_pool_worker() {
+    // At workers=1 every task is run by its caller (no other worker): timeouts, errors and
+    // pickling must still be multiprocessing's.
+    for workers in [4u32, 1] {
+        let mut ng = Nginx::start(Conf::new(&fanout_pool(workers, "timeout=60s"), LOCATIONS));
+        let r = ng.get("/mp-checks");
+        assert_no_mp_failures(&r, &format!("workers={workers}"));
+        settled(&mut ng);
+        ng.finish();
+    }
+}
+
+#[test]
+fn ngx_pool_pool_behaves_as_multiprocessing_pool_outside_a_pool_worker() {
+    let apps = python_apps();
+    let root = apps.join("../../..").canonicalize().unwrap();
+    let out = std::process::Command::new(python_env().join("bin/python"))
+        .arg(apps.join("mpcheck.py"))
+        .env(
+            "PYTHONPATH",
+            format!(
+                "{}:{}",
+                root.join("python/ngx-pool").display(),
+                apps.display()
+            ),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stdout == b"[]\n",
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_map_from_threadpoolexecutor_threads_runs_in_parallel_on_the_workers() {
+    let mut ng = Nginx::start(Conf::new(&fanout_pool(4, "timeout=60s"), LOCATIONS));
+    let r = ng.get("/threads?t=4&n=3000000");
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let j = r.json();
+    assert_eq!(j["tasks"], 8, "{j}");
+    // Run by the other workers, not one after another in the caller.
+    assert!(
+        j["pids"].as_u64().unwrap() >= 3,
+        "tasks ran on few workers: {j}"
+    );
+    let (serial, threaded) = (
+        j["serial"].as_f64().unwrap(),
+        j["threaded"].as_f64().unwrap(),
+    );
+    assert!(
+        threaded < serial * 0.6,
+        "4 threads' maps took {threaded:.3} s, the same work serially {serial:.3} s: {j}"
+    );
+    settled(&mut ng);
+    ng.finish();
+}

@@ -46,14 +46,30 @@ pub static HOST: ngx_pool_host = ngx_pool_host {
     pool_workers: Some(pool_workers),
 };
 
-/// The request (or task) being run: its handle (a serial number), its exchange and its
-/// fan-out tasks (type-erased: their lifetime is that of `run_with`'s borrows, which `Clear`
-/// ends).
+/// The request (or task) being run: its handle (a serial number) and its exchange
+/// (type-erased: its lifetime is that of `run_with`'s borrow, which `Clear` ends).
 #[derive(Clone, Copy)]
 struct Current {
     handle: usize,
     exchange: *mut (),
-    calls: *mut (),
+}
+
+/// The fan-out tasks of the request (or task) being run, with its handle: unlike the exchange,
+/// reachable from every thread of the worker (a handler's own threads, e.g. Python's
+/// `concurrent.futures` threads, submit and wait too), one host function at a time (this
+/// lock); `Clear` takes the lock to end the borrow, so no other thread uses it past `run_with`.
+static CALLS: std::sync::Mutex<Option<(usize, CallsPtr)>> = std::sync::Mutex::new(None);
+
+/// A type-erased `&mut Calls` of `run_with`.
+#[derive(Clone, Copy)]
+struct CallsPtr(*mut ());
+// SAFETY: only dereferenced under the `CALLS` lock while `run_with` lasts (see `with_calls`).
+unsafe impl Send for CallsPtr {}
+
+fn calls_lock() -> std::sync::MutexGuard<'static, Option<(usize, CallsPtr)>> {
+    CALLS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A request handle as the handler gets it: a number, never an address.
@@ -92,17 +108,19 @@ pub fn run_with<T>(
             // Restored as a fresh borrow in `with`, which only runs while this call (and so
             // `ex`'s borrow) lasts: `Clear` ends it.
             exchange: (ex as *mut Exchange<'_>).cast::<()>(),
-            calls: (calls as *mut Calls<'_>).cast::<()>(),
         }))
     });
-    // Cleared however `handle` ends.
-    struct Clear;
+    let previous = calls_lock().replace((serial, CallsPtr((calls as *mut Calls<'_>).cast())));
+    // Cleared however `handle` ends; the fan-out's borrow once no other thread is in a host
+    // function with it.
+    struct Clear(Option<(usize, CallsPtr)>);
     impl Drop for Clear {
         fn drop(&mut self) {
             CURRENT.with(|c| c.set(None));
+            *calls_lock() = self.0.take();
         }
     }
-    let _clear = Clear;
+    let _clear = Clear(previous);
     handle(RequestHandle(serial))
 }
 
@@ -124,17 +142,22 @@ fn with<T>(r: *mut ngx_pool_request, otherwise: T, f: impl FnOnce(&mut Exchange<
 }
 
 /// [`with`] for the request's fan-out tasks.
+/// Any thread of the worker may call it (one at a time).
 fn with_calls<T>(r: *mut ngx_pool_request, otherwise: T, f: impl FnOnce(&mut Calls<'_>) -> T) -> T {
-    let Some(current) = CURRENT.with(Cell::get) else {
+    let current = calls_lock();
+    let Some((handle, calls)) = *current else {
         return otherwise;
     };
-    if current.handle != r as usize {
+    if handle != r as usize {
         return otherwise;
     }
-    // SAFETY: as in `with`, for the Calls `run_with` was given: alive until the handler
-    // returns, used by one host function at a time, apart from the exchange.
-    let calls = unsafe { &mut *current.calls.cast::<Calls<'_>>() };
-    catch_unwind(AssertUnwindSafe(|| f(calls))).unwrap_or(otherwise)
+    // SAFETY: the Calls `run_with` was given: alive until the handler returns, whose `Clear`
+    // waits for this lock (held until `f` returns), and used by one host function at a time
+    // (this lock), apart from the exchange.
+    let calls = unsafe { &mut *calls.0.cast::<Calls<'_>>() };
+    let out = catch_unwind(AssertUnwindSafe(|| f(calls))).unwrap_or(otherwise);
+    drop(current);
+    out
 }
 
 /// How many workers the pool may run (set in each pool worker before its first request).

@@ -5,11 +5,30 @@
 
 use ngx_pool_sdk::{ErrorKind, Fanout, Ready, TaskId};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyList};
 use std::sync::Mutex;
 
-/// The `ngx_pool` package, the same file `pip install python/ngx-pool` installs.
-const PACKAGE: &str = include_str!("../../../python/ngx-pool/ngx_pool/__init__.py");
+/// The `ngx_pool` package, the same files `pip install python/ngx-pool` installs: its modules in
+/// the order they import each other, then the package's `__init__`.
+const MODULES: [(&str, &str); 4] = [
+    (
+        "errors",
+        include_str!("../../../python/ngx-pool/ngx_pool/errors.py"),
+    ),
+    (
+        "_driver",
+        include_str!("../../../python/ngx-pool/ngx_pool/_driver.py"),
+    ),
+    (
+        "pool",
+        include_str!("../../../python/ngx-pool/ngx_pool/pool.py"),
+    ),
+    (
+        "executor",
+        include_str!("../../../python/ngx-pool/ngx_pool/executor.py"),
+    ),
+];
+const INIT: &str = include_str!("../../../python/ngx-pool/ngx_pool/__init__.py");
 
 /// The fan-out of the request or task running now in this worker.
 static CURRENT: Mutex<Option<Fanout>> = Mutex::new(None);
@@ -130,13 +149,44 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(release, &m)?)?;
     let modules = py.import("sys")?.getattr("modules")?;
     modules.set_item("_ngx_pool", &m)?;
-    let package = PyModule::from_code(
-        py,
-        &std::ffi::CString::new(PACKAGE)?,
-        c"<ngx-pool adapter>/ngx_pool/__init__.py",
-        c"ngx_pool",
-    )?;
-    modules.set_item("ngx_pool", package)?;
+    let package = PyModule::new(py, "ngx_pool")?;
+    package.setattr("__path__", PyList::empty(py))?;
+    package.setattr("__package__", "ngx_pool")?;
+    package.setattr("__file__", "<ngx-pool adapter>/ngx_pool/__init__.py")?;
+    modules.set_item("ngx_pool", &package)?;
+    let result = (|| {
+        for (name, source) in MODULES {
+            let full = format!("ngx_pool.{name}");
+            let m = PyModule::new(py, &full)?;
+            m.setattr("__package__", "ngx_pool")?;
+            m.setattr("__file__", format!("<ngx-pool adapter>/ngx_pool/{name}.py"))?;
+            modules.set_item(&full, &m)?;
+            exec(
+                py,
+                source,
+                &format!("<ngx-pool adapter>/ngx_pool/{name}.py"),
+                &m,
+            )?;
+            package.setattr(name, m)?;
+        }
+        exec(
+            py,
+            INIT,
+            "<ngx-pool adapter>/ngx_pool/__init__.py",
+            &package,
+        )
+    })();
+    if result.is_err() {
+        modules.del_item("ngx_pool")?;
+    }
+    result
+}
+
+/// Runs `source` as the code of module `m`.
+fn exec(py: Python<'_>, source: &str, file: &str, m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let builtins = py.import("builtins")?;
+    let code = builtins.getattr("compile")?.call1((source, file, "exec"))?;
+    builtins.getattr("exec")?.call1((code, m.dict()))?;
     Ok(())
 }
 

@@ -129,3 +129,37 @@ def big_result():
     with Pool(1) as pool:
         data = pool.apply(big, (mib,))
     return jsonify(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
+@app.route("/mp-checks")
+def mp_checks():
+    # multiprocessing.Pool's documented behaviour (tests/python/apps/mpcheck.py): the failures.
+    import mpcheck
+
+    return jsonify(mpcheck.checks())
+
+
+def spin(n):
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return os.getpid()
+
+
+@app.route("/threads")
+def threads():
+    # A map from each of `t` ThreadPoolExecutor threads, against the same work run serially.
+    from concurrent.futures import ThreadPoolExecutor
+
+    t, n = int(request.args.get("t", 4)), int(request.args.get("n", 300000))
+    t0 = time.monotonic()
+    for _ in range(t * 2):
+        spin(n)
+    serial = time.monotonic() - t0
+    with Pool(t) as pool, ThreadPoolExecutor(t) as tpe:
+        t0 = time.monotonic()
+        futures = [tpe.submit(pool.map, spin, [n, n], 1) for _ in range(t)]
+        pids = [p for f in futures for p in f.result()]
+        threaded = time.monotonic() - t0
+    return jsonify(serial=serial, threaded=threaded, pids=len(set(pids)), tasks=len(pids),
+                   caller=os.getpid() in pids)
