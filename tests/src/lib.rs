@@ -348,12 +348,13 @@ impl Nginx {
             TcpStream::connect(("127.0.0.1", ng.port)).is_ok()
                 && ng.log().matches("attached to").count() as u32 >= want
         });
-        // And each watchdog's spare standing by (named so once it runs: until then, its
-        // command line is the watchdog's, as a poold's is).
+        // And the spare of each watchdog that started a poold, standing by (named so once it
+        // runs: until then, its command line is the watchdog's, as a poold's is).
         ng.wait_for("the watchdogs' spares", |ng| {
-            ng.watchdogs()
-                .into_iter()
-                .all(|w| procs::children(w).into_iter().any(procs::is_spare))
+            ng.watchdogs().into_iter().all(|w| {
+                let children = procs::children(w);
+                children.is_empty() || children.into_iter().any(procs::is_spare)
+            })
         });
         ng.fd_baseline = ng.worker_fds();
         ng

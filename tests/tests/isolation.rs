@@ -605,3 +605,112 @@ fn root_is_gone_for_good_before_any_of_the_pools_code_runs() {
     }
     ng.finish();
 }
+
+/// Makes `path` (a directory) the pool's user's, as a log directory owned by nginx's `user` is.
+fn give_to(path: &std::path::Path, uid: u32) {
+    nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(uid)), None).unwrap();
+}
+
+#[test]
+fn the_watchdog_reopens_only_a_plain_log_file_and_a_fifo_there_does_not_stall_it() {
+    // The error log's directory writable by the pool's user (Debian's nginx once had
+    // /var/log/nginx owned by www-data): what the pool's code puts in the log's place must not
+    // make the root watchdog open another file for poold, nor stall it.
+    // (The socket goes elsewhere: in a directory others may write, it is refused.)
+    let run = ngx_pool_tests::temp_prefix();
+    let mut ng = Nginx::start(Conf::new(
+        &format!(
+            "    pool p handler=builtin:echo workers=1 socket={}/p.sock;",
+            run.display()
+        ),
+        "    location /p { pool_pass p; }",
+    ));
+    let logs = ng.dir.join("logs");
+    give_to(&logs, procs::uid(ng.worker_pids()[0]));
+    let victim = ng.dir.join("root-only");
+    std::fs::write(&victim, "root's\n").unwrap();
+    std::fs::set_permissions(&victim, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let (log, rotated) = (logs.join("error.log"), logs.join("error.log.1"));
+    std::fs::rename(&log, &rotated).unwrap();
+    std::os::unix::fs::symlink(&victim, &log).unwrap();
+    // The watchdog looks once a second; give it two looks (what is checked is that nothing
+    // happens, which no event announces).
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let poold = ng.poold();
+    for fd in [1, 2] {
+        let target = std::fs::read_link(format!("/proc/{poold}/fd/{fd}")).unwrap();
+        assert_ne!(target, victim, "poold's fd {fd} is the file the link named");
+    }
+    // A FIFO in its place: the watchdog must still restart a killed poold.
+    std::fs::remove_file(&log).unwrap();
+    nix::unistd::mkfifo(&log, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    procs::kill(poold, libc::SIGKILL);
+    let started = std::time::Instant::now();
+    while ng.get("/p").status != 200 || ng.poolds() == vec![poold] {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the pool did not come back: the watchdog is stuck"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's\n");
+    std::fs::remove_file(&log).unwrap();
+    std::fs::rename(&rotated, &log).unwrap();
+    give_to(&logs, 0);
+    ng.allow("was killed by SIGKILL");
+    ng.finish();
+}
+
+#[test]
+fn a_socket_directory_others_may_write_is_refused_with_the_reason() {
+    // Root binds the socket and gives it to the pool's user: in a directory the pool's user may
+    // write, a file renamed into the socket's place would be given away instead.
+    let dir = ngx_pool_tests::temp_prefix();
+    let shared = dir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    give_to(&shared, 65534);
+    let mut conf = Conf::new(
+        &format!(
+            "    pool p handler=builtin:echo workers=1 socket={}/p.sock;\n    pool ok handler=builtin:echo workers=1;",
+            shared.display()
+        ),
+        "    location /p { pool_pass p; }\n    location /ok { pool_pass ok; }",
+    );
+    conf.pools = 1;
+    let mut ng = Nginx::start(conf);
+    ng.wait_for("the reason in the log", |ng| {
+        ng.log().contains("may be written by others than root")
+    });
+    assert_eq!(ng.get("/p").status, 503);
+    assert_eq!(ng.get("/ok").status, 200, "the other pools run");
+    assert!(!shared.join("p.sock").exists());
+    ng.allow("may be written by others than root");
+    ng.allow("cannot start poold");
+    ng.allow("no socket at");
+    ng.finish();
+}
+
+#[test]
+fn a_spare_starts_again_after_the_poold_binary_was_replaced_on_disk() {
+    // A package upgrade or a rebuild replaces the binary under a running pool: the watchdog
+    // starts its spare from the binary it runs, not from whatever the path names now.
+    let dir = ngx_pool_tests::temp_prefix();
+    let bin = dir.join("poold");
+    std::fs::copy(ngx_pool_tests::poold_path(), &bin).unwrap();
+    let mut ng = Nginx::start(Conf::new(
+        &format!(
+            "    pool_daemon {};\n    pool p handler=builtin:echo workers=1;",
+            bin.display()
+        ),
+        "    location /p { pool_pass p; }",
+    ));
+    std::fs::copy(ngx_pool_tests::poold_path(), dir.join("poold.new")).unwrap();
+    std::fs::rename(dir.join("poold.new"), &bin).unwrap();
+    let spare = ng.spares()[0];
+    procs::kill(spare, libc::SIGKILL);
+    ng.wait_for("a new spare", |ng| ng.spares().iter().any(|s| *s != spare));
+    assert!(!ng.log().contains("cannot start the watchdog's spare"));
+    assert_eq!(ng.get("/p").status, 200);
+    ng.finish();
+}

@@ -60,12 +60,28 @@ pub fn reopen_if_rotated() {
     if (on_disk.dev(), on_disk.ino()) == (ours.dev(), ours.ino()) {
         return;
     }
-    let Ok(file) = std::fs::OpenOptions::new().append(true).open(path) else {
+    let Some(file) = open_log(path) else {
         return;
     };
     for fd in [1, 2] {
         let _ = nix::unistd::dup2(file.as_raw_fd(), fd);
     }
+}
+
+/// Opens the error log at `path` to append to it, if it is a plain file of its own: not a
+/// symbolic link, a FIFO or a device, and no other name of a file (a hard link). The watchdog
+/// does this as root and passes the file to poold: where the log's directory is writable by a
+/// pool's user, a link put in the log's place must not make root open another file for it, nor
+/// a FIFO stall the watchdog.
+fn open_log(path: &std::path::Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    (meta.file_type().is_file() && meta.nlink() == 1).then_some(file)
 }
 
 /// Names the pool in every later line.

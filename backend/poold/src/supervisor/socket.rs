@@ -57,6 +57,9 @@ impl SocketKeeper {
     pub fn bind(&mut self) -> io::Result<OwnedFd> {
         let at =
             |e: io::Error| io::Error::new(e.kind(), format!("socket {}: {e}", self.path.display()));
+        if Uid::effective().is_root() {
+            only_root_writes(&self.path).map_err(at)?;
+        }
         let mode = if self.open { 0o666 } else { 0o600 };
         let listener = sys::listen_seqpacket(&self.path, mode, self.owner).map_err(at)?;
         self.file = SocketFile::identify(&self.path);
@@ -136,6 +139,27 @@ impl SocketKeeper {
             }
         }
     }
+}
+
+/// Root binds the socket and gives it to the pool's user: in a directory that someone else may
+/// write (the pool's user, say), a file renamed into the socket's place between the two steps
+/// would be given away instead. Such a directory is refused, with the reason.
+fn only_root_writes(socket: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = socket.parent().unwrap_or(std::path::Path::new("."));
+    let meta = std::fs::metadata(dir)?;
+    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "its directory {} may be written by others than root (owner uid {}, mode {:o}), where a pool's code could have root's chown of the socket land on another file: choose a directory only root may write, such as /run/ngx-pool",
+                dir.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Watches the socket's directory for the file's removal; `None` (logged) where inotify is not

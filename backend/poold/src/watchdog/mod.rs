@@ -144,8 +144,15 @@ fn keep(
                     return handoff;
                 }
                 Err(e) => {
-                    log!("alert", "watchdog cannot start poold: {e}; retrying in 1 s");
-                    if pause(Duration::from_secs(1), &signals, lifeline) {
+                    // The master's start-up wait ends now (end of file), not at its limit.
+                    drop(ready.take());
+                    delay = (delay * 2).clamp(Duration::from_secs(1), MAX_DELAY);
+                    log!(
+                        "alert",
+                        "watchdog cannot start poold: {e}; trying again in {} s",
+                        delay.as_secs()
+                    );
+                    if pause(delay, &signals, lifeline) {
                         finish(&mut duties, cgroup, &mut spare, 1);
                     }
                     continue;
@@ -218,11 +225,13 @@ fn start(
     ready: &mut Option<OwnedFd>,
 ) -> std::io::Result<Started> {
     let listener = duties.bind()?;
+    // Non-blocking: poold (the pool's code) may stop reading its end, and the watchdog must
+    // never wait on it (a frame that does not fit is dropped, and logged).
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
         None,
-        SockFlag::SOCK_CLOEXEC,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
     )?;
     // SAFETY: the watchdog is single-threaded (it never starts a thread); the child only moves
     // itself into the cgroup, resets its signal state and returns to `main`.

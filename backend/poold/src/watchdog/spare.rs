@@ -19,6 +19,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use nix::unistd::Pid;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
 
 /// Which poold the watchdog keeps (its pid), with its control link attached.
 const POOLD: [u8; 4] = *b"POLD";
@@ -29,13 +31,20 @@ const SOCKET: [u8; 4] = *b"SOCK";
 pub(super) struct Spare {
     pid: Option<Pid>,
     link: Option<OwnedFd>,
+    /// When a spare was last started: at most one start a second.
+    started: Option<Instant>,
 }
+
+/// The least time between two starts of a spare (one that cannot start, or dies at once, is
+/// tried again this late, never in a loop).
+const RESTART_EVERY: Duration = Duration::from_secs(1);
 
 impl Spare {
     pub(super) fn none() -> Spare {
         Spare {
             pid: None,
             link: None,
+            started: None,
         }
     }
 
@@ -48,6 +57,10 @@ impl Spare {
         if self.pid.is_some_and(|p| kill(p, None).is_ok()) {
             return false;
         }
+        if self.started.is_some_and(|t| t.elapsed() < RESTART_EVERY) {
+            return false;
+        }
+        self.started = Some(Instant::now());
         self.start();
         self.pid.is_some()
     }
@@ -61,7 +74,7 @@ impl Spare {
             AddressFamily::Unix,
             SockType::SeqPacket,
             None,
-            SockFlag::empty(),
+            SockFlag::SOCK_NONBLOCK,
         ) else {
             log!(
                 "alert",
@@ -86,13 +99,14 @@ impl Spare {
         let link = theirs.as_raw_fd().to_string();
         // std's spawn resets the signal mask and dispositions in the child; only the lifeline,
         // the secret and this link lack close-on-exec, so the spare holds nothing else of ours.
-        let spawned = std::env::current_exe().and_then(|exe| {
-            std::process::Command::new(exe)
-                .args(&args)
-                .args(["--spare-of", &me, "--spare-link", &link])
-                .stdin(std::process::Stdio::null())
-                .spawn()
-        });
+        // The running binary itself, even if the file was replaced since (an upgrade, a rebuild):
+        // its path would then name another program, or none.
+        let spawned = std::process::Command::new("/proc/self/exe")
+            .arg0(std::env::args_os().next().unwrap_or_default())
+            .args(&args)
+            .args(["--spare-of", &me, "--spare-link", &link])
+            .stdin(std::process::Stdio::null())
+            .spawn();
         match spawned {
             Ok(child) => {
                 self.pid = Some(Pid::from_raw(child.id() as i32));
@@ -157,7 +171,10 @@ pub(super) fn stand_by(
     let _ = nix::sys::prctl::set_name(c"poold spare");
     // Opened while the watchdog is still our parent, the pidfd is the watchdog's for sure.
     let watched = super::pidfd(watchdog).filter(|_| nix::unistd::getppid() == watchdog);
-    let mut poold: Option<(Pid, OwnedFd)> = None;
+    // The poold the watchdog keeps: its pid, a pidfd opened as soon as we are told (while it
+    // surely is that process: its pid cannot be another's before the watchdog reaps it), and
+    // its control link.
+    let mut poold: Option<(Pid, Option<OwnedFd>, OwnedFd)> = None;
     let mut socket: Option<SocketFile> = None;
     let mut draining = false;
     if let Some(watched) = &watched {
@@ -183,7 +200,8 @@ pub(super) fn stand_by(
             loop {
                 match recv_frame(&link, MsgFlags::MSG_DONTWAIT) {
                     Ok(Some((f, fd))) if f.kind == POOLD => {
-                        poold = fd.map(|fd| (Pid::from_raw(f.a as i32), fd));
+                        let pid = Pid::from_raw(f.a as i32);
+                        poold = fd.map(|fd| (pid, super::pidfd(pid), fd));
                     }
                     Ok(Some((f, _))) if f.kind == SOCKET => {
                         let dev = u64::from(f.a) | u64::from(f.b) << 32;
@@ -207,7 +225,7 @@ pub(super) fn stand_by(
     }
     let _ = nix::sys::prctl::set_name(c"poold");
     let me = std::process::id();
-    let Some((pid, control)) = poold else {
+    let Some((pid, pidfd, control)) = poold else {
         if draining {
             std::process::exit(0);
         }
@@ -217,7 +235,12 @@ pub(super) fn stand_by(
         );
         return None;
     };
-    match super::pidfd(pid) {
+    // Gone already if its pidfd is readable (or none could be opened: it was gone when told).
+    let alive = pidfd.filter(|p| {
+        let mut fds = [PollFd::new(p.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n == 0)
+    });
+    match alive {
         Some(pidfd) => {
             log!(
                 "alert",
