@@ -137,9 +137,21 @@ impl ExternalPoold {
     /// Starts `poold --name NAME --handler HANDLER --socket DIR/NAME.sock` plus `args` (and
     /// `--user nobody` when root, so the workers can reach the socket) and waits for its socket.
     pub fn start(dir: &Path, name: &str, handler: &str, args: &[&str]) -> ExternalPoold {
+        Self::spawn(Command::new(poold_path()), dir, name, handler, args)
+    }
+
+    /// As [`ExternalPoold::start`], in the app's own interpreter: the test virtualenv's `python
+    /// -m ngx_pool serve` (the `ngx-pool` package, which scripts/python-env builds from this
+    /// tree and installs there), the pool manager and its workers that very executable.
+    pub fn start_in_python(dir: &Path, name: &str, handler: &str, args: &[&str]) -> ExternalPoold {
+        let mut cmd = Command::new(python_env().join("bin/python"));
+        cmd.args(["-m", "ngx_pool", "serve"]);
+        Self::spawn(cmd, dir, name, handler, args)
+    }
+
+    fn spawn(mut cmd: Command, dir: &Path, name: &str, handler: &str, args: &[&str]) -> Self {
         let socket = dir.join(format!("{name}.sock"));
         let log = dir.join("logs").join(format!("poold-{name}.log"));
-        let mut cmd = Command::new(poold_path());
         cmd.args(["--name", name, "--handler", handler, "--socket"])
             .arg(&socket)
             .args(args)

@@ -359,13 +359,17 @@ fn a_map_from_threadpoolexecutor_threads_runs_in_parallel_on_the_workers() {
         j["pids"].as_u64().unwrap() >= 3,
         "tasks ran on few workers: {j}"
     );
-    let (serial, threaded) = (
-        j["serial"].as_f64().unwrap(),
-        j["threaded"].as_f64().unwrap(),
-    );
+    // ...at the same time: tasks ran in two processes or more at once (the spans each task
+    // measured on the machine's monotonic clock; before, all ran in the caller). Times are
+    // printed, not asserted: speed is the benchmark's business.
     assert!(
-        threaded < serial * 0.6,
-        "4 threads' maps took {threaded:.3} s, the same work serially {serial:.3} s: {j}"
+        j["overlap"].as_u64().unwrap() >= 2,
+        "no two processes ran tasks at once: {j}"
+    );
+    eprintln!(
+        "4 threads' maps: {:.3} s; the same work serially: {:.3} s",
+        j["threaded"].as_f64().unwrap(),
+        j["serial"].as_f64().unwrap()
     );
     settled(&mut ng);
     ng.finish();

@@ -875,3 +875,47 @@ fn a_python_worker_past_its_deadline_dies_on_sigterm_and_is_replaced() {
     assert!(!log.contains("ignored SIGTERM"), "{log}");
     ng.finish();
 }
+
+#[test]
+fn a_pool_runs_in_the_apps_own_interpreter_with_no_libpython_of_ours() {
+    // `python -m ngx_pool serve`: the venv's own python is the pool manager and every worker
+    // (the `ngx-pool` package with its extension, installed in the venv), as an external pool.
+    let dir = ngx_pool_tests::temp_prefix();
+    let apps = python_apps().display().to_string();
+    let poold = ngx_pool_tests::ExternalPoold::start_in_python(
+        &dir,
+        "own",
+        "wsgi:fanout:app",
+        &["--workers", "3", "--chdir", &apps],
+    );
+    let ng = Nginx::start(Conf::new(
+        &format!("    pool own external socket={};", poold.socket.display()),
+        "    location / { pool_pass own; }",
+    ));
+    // The seed's view: its map fans out onto the same pool's other workers.
+    let r = ng.get("/seed?n=8");
+    assert_eq!(r.status, 200, "{}\n{}", text(&r), poold.log_text());
+    let j = r.json();
+    assert_eq!(j["sum"], 140);
+    assert!(j["workers"].as_u64().unwrap() >= 2, "no fan-out: {j}");
+    // Every process of the pool is the venv's python, and none maps a libpython: the
+    // interpreter is the executable itself, as under Gunicorn.
+    let python = std::fs::canonicalize(python_env().join("bin/python")).unwrap();
+    let mut pool = ngx_pool_tests::procs::children(poold.pid());
+    pool.push(poold.pid());
+    assert_eq!(pool.len(), 4, "the manager and 3 workers");
+    for pid in pool {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        assert_eq!(exe, python, "process {pid}");
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        assert!(
+            !maps.contains("libpython"),
+            "process {pid} maps a libpython"
+        );
+        assert!(
+            !maps.contains("libngx_pool_python"),
+            "process {pid} maps the adapter"
+        );
+    }
+    ng.finish();
+}

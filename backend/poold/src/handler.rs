@@ -96,6 +96,17 @@ impl LoadedHandler {
         }
     }
 
+    /// A handler compiled into the running program (the WSGI handler in the Python extension
+    /// module): its descriptor is a static made by the SDK's `export_handler!`.
+    pub fn compiled_in(
+        desc: &'static ngx_pool_handler,
+        spec: &HandlerSpec,
+    ) -> Result<LoadedHandler, LoadError> {
+        // SAFETY: a static descriptor: readable whole, and what it points at lives as long as
+        // the program.
+        unsafe { Self::from_descriptor(desc, spec, None) }
+    }
+
     /// # Safety
     /// `desc` is readable for at least its first field, and for the `size` bytes it declares;
     /// it and what it points at stay valid while `library` (if any) is loaded.

@@ -14,6 +14,7 @@ pub mod handler;
 pub mod host;
 pub mod log;
 pub mod reaper;
+pub mod run;
 pub mod supervisor;
 pub mod sys;
 pub mod watchdog;

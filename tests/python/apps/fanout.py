@@ -140,10 +140,12 @@ def mp_checks():
 
 
 def spin(n):
+    # CLOCK_MONOTONIC is the machine's: the spans of tasks in different processes compare.
+    start = time.monotonic()
     total = 0
     for i in range(n):
         total += i * i % 7
-    return os.getpid()
+    return os.getpid(), start, time.monotonic()
 
 
 @app.route("/threads")
@@ -159,7 +161,10 @@ def threads():
     with Pool(t) as pool, ThreadPoolExecutor(t) as tpe:
         t0 = time.monotonic()
         futures = [tpe.submit(pool.map, spin, [n, n], 1) for _ in range(t)]
-        pids = [p for f in futures for p in f.result()]
+        spans = [s for f in futures for s in f.result()]
         threaded = time.monotonic() - t0
+    pids = [p for p, _, _ in spans]
+    # The most processes running tasks at the same moment (at some task's start).
+    overlap = max(len({p for p, a, b in spans if a <= start < b}) for _, start, _ in spans)
     return jsonify(serial=serial, threaded=threaded, pids=len(set(pids)), tasks=len(pids),
-                   caller=os.getpid() in pids)
+                   caller=os.getpid() in pids, overlap=overlap)

@@ -1,0 +1,169 @@
+//! poold's run from its command line to its end: the `poold` binary's `main`, and the same run
+//! in the app's own Python interpreter (`python -m ngx_pool serve`), whose extension module
+//! brings the WSGI handler compiled in, where the binary loads the adapter library.
+
+use crate::config::{self, Command, Config};
+use crate::handler::{LoadError, LoadedHandler};
+use crate::log;
+use crate::supervisor::Supervisor;
+use ngx_pool_abi::ngx_pool_handler;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+/// Exit status of a poold whose handler could not be loaded or initialised (EX_CONFIG); the
+/// watchdog starts another after a growing delay, and the pool answers 503 meanwhile.
+const EXIT_LOAD_FAILED: i32 = 78;
+
+/// Runs poold with `args` (its command line without the program name); returns only when
+/// asked for its help or version, or once the pool has stopped. `wsgi`: the WSGI handler's
+/// descriptor, when it is compiled into the running program (the Python extension); the
+/// adapter library (`--wsgi-adapter`) otherwise.
+pub fn run(args: impl Iterator<Item = String>, wsgi: Option<&'static ngx_pool_handler>) {
+    let cfg = match config::parse(args) {
+        Ok(Command::Run(c)) => *c,
+        Ok(Command::Help) => {
+            print!("{}", config::USAGE);
+            return;
+        }
+        Ok(Command::Version) => {
+            println!("poold {}", env!("CARGO_PKG_VERSION"));
+            return;
+        }
+        Err(e) => {
+            eprintln!("poold: {e}");
+            std::process::exit(2);
+        }
+    };
+    log::set_pool_name(&cfg.pool.name);
+    if let Some(path) = &cfg.error_log {
+        log::follow(path.clone());
+    }
+    // A panic's message and place as one error_log line in nginx's format (the handler SDK
+    // then says what it did about it).
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        crate::log!("error", "worker {}: panic at {at}", std::process::id());
+    }));
+    let ready = cfg.ready_fd.map(|fd| {
+        // SAFETY: the nginx module passes this descriptor to us by number and keeps no copy of
+        // it in this process; we are its only owner.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    });
+    // Managed by nginx: this process stays as the watchdog, the pool runs in its child (which
+    // returns here with the socket the watchdog bound, and the start-up report descriptor if it
+    // is the first), and a new child replaces one that dies. An external poold binds its own.
+    let handoff = match (cfg.lifeline_fd, cfg.spare_of, cfg.spare_link) {
+        (Some(fd), Some(of), Some(link)) => {
+            crate::watchdog::stand_in(&cfg, fd, link, nix::unistd::Pid::from_raw(of))
+        }
+        (Some(fd), _, _) => crate::watchdog::run(&cfg, fd, ready),
+        _ => match Supervisor::bind(&cfg) {
+            Ok((listener, socket_file)) => crate::watchdog::Handoff {
+                ready,
+                listener,
+                socket_file,
+                control: None,
+            },
+            Err(e) => {
+                crate::log!("emerg", "{e}");
+                std::process::exit(1);
+            }
+        },
+    };
+    // Root goes for good before any of the pool's code runs (a library's constructors, its
+    // `init`, an app's imports): what needs root afterwards is the watchdog's.
+    if let Err(e) = drop_root(&cfg) {
+        crate::log!("emerg", "{e}");
+        std::process::exit(1);
+    }
+    let ready = handoff.ready;
+    let handler = match load(&cfg, wsgi) {
+        Ok(h) => {
+            crate::host::set_failed_loads(0);
+            h
+        }
+        Err(e) => {
+            crate::log!(
+                "error",
+                "{e}; the pool answers 503 and poold tries again with a growing delay"
+            );
+            report(ready, b'F');
+            std::process::exit(EXIT_LOAD_FAILED);
+        }
+    };
+    let lifeline = cfg.lifeline_fd.map(|fd| {
+        // SAFETY: as for the ready descriptor above.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    });
+    let socket = crate::supervisor::Socket {
+        listener: handoff.listener,
+        file: handoff.socket_file,
+        control: handoff.control,
+    };
+    let supervisor = match Supervisor::new(cfg, handler, lifeline, socket) {
+        Ok(s) => s,
+        Err(e) => {
+            // This pool cannot run; nginx and its other pools do: an error, not an emergency.
+            crate::log!("error", "{e}; the pool answers 503");
+            std::process::exit(1);
+        }
+    };
+    report(ready, b'R');
+    if let Err(e) = supervisor.run() {
+        crate::log!("emerg", "{e}");
+        std::process::exit(1);
+    }
+}
+
+/// Started as root with `--user`: becomes that user for good (real, effective and saved ids,
+/// groups), so that nothing the pool runs can be root again.
+fn drop_root(cfg: &Config) -> Result<(), String> {
+    let (Some(user), true) = (&cfg.user, nix::unistd::geteuid().is_root()) else {
+        return Ok(());
+    };
+    let (uid, gid) = crate::sys::lookup_user(user, cfg.group.as_deref())
+        .map_err(|e| format!("--user {user}: {e}"))?;
+    crate::sys::drop_root(uid, gid).map_err(|e| format!("cannot become user {user}: {e}"))
+}
+
+/// Loads the handler and runs its `init` (root is gone by now).
+fn load(cfg: &Config, wsgi: Option<&'static ngx_pool_handler>) -> Result<LoadedHandler, LoadError> {
+    let spec = ngx_pool_conf::HandlerSpec::parse(&cfg.pool.handler).map_err(LoadError)?;
+    // chdir= and env= hold for the handler's whole life, in this process and every worker.
+    if let Some(dir) = &cfg.pool.chdir {
+        std::env::set_current_dir(dir).map_err(|e| LoadError(format!("chdir {dir}: {e}")))?;
+    }
+    for pair in &cfg.pool.env {
+        if let Some((name, value)) = pair.split_once('=') {
+            // Single-threaded here (nothing has started a thread yet): set_var is sound.
+            std::env::set_var(name, value);
+        }
+    }
+    let adapter = cfg
+        .wsgi_adapter
+        .clone()
+        .unwrap_or_else(crate::handler::default_wsgi_adapter);
+    let init_args = match spec {
+        ngx_pool_conf::HandlerSpec::Wsgi { .. } => {
+            crate::handler::wsgi_init_config(&spec, &cfg.pool)
+        }
+        _ => cfg.pool.handler_args.clone().unwrap_or_default(),
+    };
+    let handler = match (&spec, wsgi) {
+        (ngx_pool_conf::HandlerSpec::Wsgi { .. }, Some(desc)) => {
+            LoadedHandler::compiled_in(desc, &spec)?
+        }
+        _ => LoadedHandler::load(&spec, &adapter)?,
+    };
+    handler.init(&init_args)?;
+    Ok(handler)
+}
+
+/// Tells whoever started us how the start went (see `--ready-fd`).
+fn report(ready: Option<OwnedFd>, what: u8) {
+    if let Some(fd) = ready {
+        let _ = nix::unistd::write(&fd, &[what]);
+    }
+}
