@@ -417,12 +417,13 @@ impl Nginx {
             .collect()
     }
 
-    /// The pools' poolds (each the child of its watchdog, the parent of its pool workers).
+    /// The pools' poolds (each the child of its watchdog, the parent of its pool workers): the
+    /// poold binary, or for a `wsgi:` pool the app's python running `-m ngx_pool serve`.
     pub fn poolds(&self) -> Vec<u32> {
         self.watchdogs()
             .into_iter()
             .flat_map(procs::children)
-            .filter(|p| procs::cmdline(*p).contains("poold") && !procs::is_spare(*p))
+            .filter(|p| procs::is_poold(*p))
             .collect()
     }
 

@@ -86,6 +86,13 @@ pub fn name(pid: u32) -> String {
         .to_string()
 }
 
+/// Whether `pid` is a pool manager: the poold binary (not a spare), or the app's python running
+/// `-m ngx_pool serve`.
+pub fn is_poold(pid: u32) -> bool {
+    let cmd = cmdline(pid);
+    (cmd.contains("poold") || cmd.contains("-m ngx_pool serve")) && !is_spare(pid)
+}
+
 /// Whether `pid` is a watchdog's spare standing by.
 pub fn is_spare(pid: u32) -> bool {
     name(pid) == "poold spare"

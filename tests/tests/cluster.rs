@@ -167,7 +167,9 @@ fn a_saturated_host_overflows_to_the_others_without_a_503() {
 
 #[test]
 fn a_host_killed_mid_load_loses_only_its_requests_in_flight() {
-    let Some(c) = Cluster::up(23, 3) else { return };
+    let Some(mut c) = Cluster::up(23, 3) else {
+        return;
+    };
     let clients = 6;
     let run = load(
         &c,
@@ -222,6 +224,9 @@ fn a_host_killed_mid_load_loses_only_its_requests_in_flight() {
         failed.len(),
         late.len()
     );
+    // Every process of host 2 got SIGKILL at once, but not in the same instant: a watchdog's
+    // spare may see its watchdog die first and say it takes its place, a moment before its own.
+    c.allow("is gone; its spare");
     c.check_logs();
 }
 

@@ -77,6 +77,8 @@ OPTIONS:
     --secret-fd FD      (set by the nginx module) a descriptor holding the secret that the
                         nginx workers of the master that started poold present; a peer
                         without it is refused
+    --listen-fd FD      (internal, with --control-fd FD) the pool's socket, bound by the
+                        watchdog that started this poold in the app's interpreter
     --spare-of PID      (internal, with --spare-link FD) stand by as the spare of this
                         watchdog, which started it with the rest of its own command line,
                         and take its place if it dies
@@ -111,6 +113,10 @@ pub struct Config {
     /// descriptor it tells the spare which poold it keeps on.
     pub spare_of: Option<i32>,
     pub spare_link: Option<i32>,
+    /// Set in a poold the watchdog started in the app's interpreter (`watchdog::interpreter`):
+    /// the listening socket it bound and poold's end of their control link.
+    pub listen_fd: Option<i32>,
+    pub control_fd: Option<i32>,
     /// The Python adapter library for `wsgi:` handlers; none: beside poold.
     pub wsgi_adapter: Option<PathBuf>,
     /// The file stdout and stderr are, followed through a log rotation.
@@ -170,6 +176,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         secret_fd: None,
         spare_of: None,
         spare_link: None,
+        listen_fd: None,
+        control_fd: None,
         wsgi_adapter: None,
         error_log: None,
     };
@@ -224,6 +232,12 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
                 }
                 None if option == "--spare-of" => {
                     cfg.spare_of = Some(number(value("a pid")?, &key)? as i32)
+                }
+                None if option == "--listen-fd" => {
+                    cfg.listen_fd = Some(number(value("a descriptor")?, &key)? as i32)
+                }
+                None if option == "--control-fd" => {
+                    cfg.control_fd = Some(number(value("a descriptor")?, &key)? as i32)
                 }
                 None if option == "--spare-link" => {
                     cfg.spare_link = Some(number(value("a descriptor")?, &key)? as i32)

@@ -11,7 +11,11 @@ use std::os::fd::{FromRawFd, OwnedFd};
 
 /// Exit status of a poold whose handler could not be loaded or initialised (EX_CONFIG); the
 /// watchdog starts another after a growing delay, and the pool answers 503 meanwhile.
-const EXIT_LOAD_FAILED: i32 = 78;
+pub(crate) const EXIT_LOAD_FAILED: i32 = 78;
+
+/// How a poold the watchdog started in the app's interpreter learns how many loads failed before
+/// it (a forked one inherits the count).
+pub(crate) const FAILED_LOADS_ENV: &str = "NGX_POOL_FAILED_LOADS";
 
 /// Runs poold with `args` (its command line without the program name); returns only when
 /// asked for its help or version, or once the pool has stopped. `wsgi`: the WSGI handler's
@@ -34,6 +38,12 @@ pub fn run(args: impl Iterator<Item = String>, wsgi: Option<&'static ngx_pool_ha
         }
     };
     log::set_pool_name(&cfg.pool.name);
+    if let Some(n) = std::env::var(FAILED_LOADS_ENV)
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        crate::host::set_failed_loads(n);
+    }
     if let Some(path) = &cfg.error_log {
         log::follow(path.clone());
     }
@@ -54,7 +64,9 @@ pub fn run(args: impl Iterator<Item = String>, wsgi: Option<&'static ngx_pool_ha
     // Managed by nginx: this process stays as the watchdog, the pool runs in its child (which
     // returns here with the socket the watchdog bound, and the start-up report descriptor if it
     // is the first), and a new child replaces one that dies. An external poold binds its own.
+    // Started by the watchdog in the app's interpreter: what a forked poold gets, by number.
     let handoff = match (cfg.lifeline_fd, cfg.spare_of, cfg.spare_link) {
+        _ if cfg.listen_fd.is_some() => inherited(&cfg, ready),
         (Some(fd), Some(of), Some(link)) => {
             crate::watchdog::stand_in(&cfg, fd, link, nix::unistd::Pid::from_raw(of))
         }
@@ -117,9 +129,39 @@ pub fn run(args: impl Iterator<Item = String>, wsgi: Option<&'static ngx_pool_ha
     }
 }
 
+/// The socket and control link a watchdog passed by number (`--listen-fd`, `--control-fd`).
+fn inherited(cfg: &Config, ready: Option<OwnedFd>) -> crate::watchdog::Handoff {
+    let owned = |fd: Option<i32>| {
+        fd.map(|fd| {
+            // SAFETY: the watchdog passes these descriptors to us by number and keeps no copy
+            // of them in this process; we are their only owner.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // Not to be inherited by what this process starts (the watchdog cleared the flag
+            // for the exec).
+            let _ = nix::fcntl::fcntl(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
+            fd
+        })
+    };
+    let listener = owned(cfg.listen_fd);
+    let control = owned(cfg.control_fd);
+    let Some(listener) = listener else {
+        // Only called with --listen-fd; a poold with no socket has nothing to do.
+        std::process::exit(1);
+    };
+    crate::watchdog::Handoff {
+        ready,
+        listener,
+        socket_file: ngx_pool_channel::socket_file::SocketFile::identify(&cfg.socket),
+        control,
+    }
+}
+
 /// Started as root with `--user`: becomes that user for good (real, effective and saved ids,
 /// groups), so that nothing the pool runs can be root again.
-fn drop_root(cfg: &Config) -> Result<(), String> {
+pub(crate) fn drop_root(cfg: &Config) -> Result<(), String> {
     let (Some(user), true) = (&cfg.user, nix::unistd::geteuid().is_root()) else {
         return Ok(());
     };

@@ -35,6 +35,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 mod duties;
+mod interpreter;
 mod spare;
 
 pub use duties::{ERROR_LOG, LISTENER};
@@ -133,11 +134,19 @@ fn keep(
     let mut duties = duties::Duties::new(cfg, socket_file);
     let mut spare = spare::Spare::none();
     let mut delay = Duration::ZERO;
+    let mut said_fallback = false;
     loop {
         let started = Instant::now();
         let k = match kept.take() {
             Some(k) => k,
-            None => match start(&mut duties, cgroup.as_ref(), me, &mut ready) {
+            None => match start(
+                cfg,
+                &mut duties,
+                cgroup.as_ref(),
+                me,
+                &mut ready,
+                &mut said_fallback,
+            ) {
                 Ok(Started::Poold(k)) => k,
                 Ok(Started::InChild(handoff)) => {
                     drop(signals);
@@ -217,13 +226,17 @@ enum Started {
     InChild(Handoff),
 }
 
-/// Binds the socket and forks the next poold.
+/// Binds the socket and forks the next poold: this program, or for a `wsgi:` pool the app's
+/// own interpreter (`interpreter.rs`).
 fn start(
+    cfg: &Config,
     duties: &mut duties::Duties,
     cgroup: Option<&PoolCgroup>,
     me: Pid,
     ready: &mut Option<OwnedFd>,
+    said_fallback: &mut bool,
 ) -> std::io::Result<Started> {
+    let python = interpreter::for_pool(cfg, said_fallback);
     let listener = duties.bind()?;
     // Non-blocking: poold (the pool's code) may stop reading its end, and the watchdog must
     // never wait on it (a frame that does not fit is dropped, and logged).
@@ -258,6 +271,17 @@ fn start(
                 Some(&SigSet::empty()),
                 None,
             );
+            if let Some(python) = python {
+                // Root goes before the interpreter starts (its site.py and the venv's .pth
+                // files are code of the app's).
+                if let Err(e) = crate::run::drop_root(cfg) {
+                    log!("emerg", "{e}");
+                    std::process::exit(1);
+                }
+                let e = interpreter::exec(cfg, &python, &listener, &theirs, ready.as_ref());
+                log!("alert", "cannot start {}: {e}", python.display());
+                std::process::exit(crate::run::EXIT_LOAD_FAILED);
+            }
             Ok(Started::InChild(Handoff {
                 ready: ready.take(),
                 listener,

@@ -1,0 +1,114 @@
+//! A `wsgi:` pool in the app's own interpreter: the watchdog's child, once it is in the pool's
+//! cgroup and has dropped root, becomes `PYTHON -m ngx_pool serve` with poold's arguments and
+//! the descriptors a forked poold would have kept (the socket, the control link, the start-up
+//! report), so that the pool manager and its workers are the executable Gunicorn would run, with
+//! the venv's Python whatever its version, and no libpython of ours. Where that interpreter has
+//! no `ngx-pool` package, the pool runs in the embedded adapter, as before, said once in the log.
+
+use crate::config::Config;
+use crate::log;
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// The interpreter a `wsgi:` pool runs in: `venv=`'s `bin/python`, or else Debian's `python3`.
+fn of(cfg: &Config) -> PathBuf {
+    match &cfg.pool.venv {
+        Some(venv) => PathBuf::from(venv).join("bin/python"),
+        None => PathBuf::from("/usr/bin/python3"),
+    }
+}
+
+/// What the pool's poold is to be: the interpreter, when the pool is `wsgi:` and its interpreter
+/// imports `ngx_pool._native` (tried as the pool's user: nothing of the venv runs as root).
+/// `said` keeps the fallback's notice to one line per watchdog.
+pub(super) fn for_pool(cfg: &Config, said: &mut bool) -> Option<PathBuf> {
+    if !cfg.pool.handler.starts_with("wsgi:") {
+        return None;
+    }
+    let python = of(cfg);
+    let mut probe = Command::new(&python);
+    probe
+        .args(["-c", "import ngx_pool._native"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if nix::unistd::geteuid().is_root() {
+        if let Some(user) = &cfg.user {
+            let (uid, gid) = crate::sys::lookup_user(user, cfg.group.as_deref()).ok()?;
+            // (std clears the supplementary groups when root sets a uid.)
+            probe.uid(uid.as_raw()).gid(gid.as_raw());
+        }
+    }
+    if probe.status().is_ok_and(|s| s.success()) {
+        return Some(python);
+    }
+    if !*said {
+        *said = true;
+        log!(
+            "notice",
+            "{} has no ngx-pool package (`{} -m pip install ngx-pool`, or scripts/python-package from the source tree): the pool runs in the embedded adapter",
+            python.display(),
+            python.display()
+        );
+    }
+    None
+}
+
+/// In the watchdog's child, in the pool's cgroup, root dropped: becomes `python -m ngx_pool
+/// serve` with this process's own arguments and the descriptors given. Returns only if the exec
+/// failed.
+pub(super) fn exec(
+    cfg: &Config,
+    python: &PathBuf,
+    listener: &OwnedFd,
+    control: &OwnedFd,
+    ready: Option<&OwnedFd>,
+) -> io::Error {
+    let mut args: Vec<OsString> = Vec::new();
+    let mut it = std::env::args_os().skip(1);
+    while let Some(a) = it.next() {
+        if a == "--ready-fd" || a == "--spare-of" || a == "--spare-link" {
+            it.next();
+            continue;
+        }
+        args.push(a);
+    }
+    let mut pass = |flag: &str, fd: &OwnedFd| -> io::Result<()> {
+        // Kept across the exec: the one place these lose close-on-exec.
+        nix::fcntl::fcntl(
+            fd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )?;
+        args.push(flag.into());
+        args.push(fd.as_raw_fd().to_string().into());
+        Ok(())
+    };
+    let passed = pass("--listen-fd", listener)
+        .and_then(|()| pass("--control-fd", control))
+        .and_then(|()| ready.map_or(Ok(()), |r| pass("--ready-fd", r)));
+    if let Err(e) = passed {
+        return e;
+    }
+    let mut cmd = Command::new(python);
+    cmd.args(["-m", "ngx_pool", "serve"]).args(args);
+    // What a forked poold would have in its memory: the failed loads so far (a long
+    // traceback is logged whole once), the pool's env= (the interpreter reads its environment
+    // at start), and chdir= as the working directory from the start.
+    cmd.env(
+        crate::run::FAILED_LOADS_ENV,
+        crate::host::failed_loads().to_string(),
+    );
+    for pair in &cfg.pool.env {
+        if let Some((name, value)) = pair.split_once('=') {
+            cmd.env(name, value);
+        }
+    }
+    if let Some(dir) = &cfg.pool.chdir {
+        cmd.current_dir(dir);
+    }
+    cmd.exec()
+}
