@@ -802,7 +802,9 @@ fn bad_python_settings_are_named_by_nginx_t_or_at_start() {
             "{params}: {out}"
         );
     }
-    // A venv of another Python: the pool answers 503, the log names both versions.
+    // A venv of another Python whose interpreter is not there (a venv copied without it): the
+    // pool answers 503, the log names the interpreter. (A venv of another Python that is there
+    // runs the pool itself: every_cpython_on_the_machine_runs_the_app_in_its_own_interpreter.)
     let other = ngx_pool_tests::temp_prefix();
     std::fs::write(
         other.join("pyvenv.cfg"),
@@ -818,18 +820,15 @@ fn bad_python_settings_are_named_by_nginx_t_or_at_start() {
         "    location / { pool_pass p; }",
     );
     conf.pools = 0;
-    let ng = Nginx::start(conf);
+    let mut ng = Nginx::start(conf);
     assert_eq!(ng.get("/").status, 503);
-    let system = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
-        .output()
-        .unwrap();
     let want = format!(
-        "venv {} is Python 3.12, but the Python adapter runs Python {}",
-        other.display(),
-        String::from_utf8_lossy(&system.stdout).trim()
+        "the pool's interpreter {}/bin/python cannot run as user",
+        other.display()
     );
     assert!(ng.log().contains(&want), "{}", ng.log());
+    ng.allow(&want);
+    ng.allow("no socket at");
     ng.finish();
 
     // Threads started by the import: a warning, and the workers serve.
@@ -917,5 +916,115 @@ fn a_pool_runs_in_the_apps_own_interpreter_with_no_libpython_of_ours() {
             "process {pid} maps the adapter"
         );
     }
+    ng.finish();
+}
+
+#[test]
+fn every_cpython_on_the_machine_runs_the_app_in_its_own_interpreter() {
+    // scripts/python-matrix made a venv per CPython 3.9-3.13 found (Flask and the ngx-pool
+    // package built for it): one pool each, the seed's fan-out view in each.
+    let matrix = ngx_pool_tests::repo_dir().join("target/py-matrix");
+    let mut found = Vec::new();
+    for minor in 9..=13 {
+        let version = format!("3.{minor}");
+        let venv = matrix.join(&version);
+        if venv.join(".ngx-pool-wheel").exists() {
+            found.push((minor, version, venv));
+        } else {
+            eprintln!("SKIPPED CPython {version}: no {} (scripts/python-matrix makes it where that Python is installed)", venv.display());
+        }
+    }
+    if found.is_empty() {
+        eprintln!("SKIPPED: no Python of the matrix on this machine");
+        return;
+    }
+    let apps = python_apps().display().to_string();
+    // The interpreter's own libpython, where it has one (pyenv's builds do): found through
+    // LD_LIBRARY_PATH, as the copy's run path still names root's home.
+    let lib_of = |venv: &std::path::Path| -> String {
+        let cfg = std::fs::read_to_string(venv.join("pyvenv.cfg")).unwrap_or_default();
+        cfg.lines()
+            .find_map(|l| l.strip_prefix("home = "))
+            .map(|home| format!(" env=LD_LIBRARY_PATH={}/../lib", home.trim()))
+            .unwrap_or_default()
+    };
+    let pools: Vec<String> = found
+        .iter()
+        .map(|(minor, _, venv)| {
+            format!(
+                "    pool py3{minor} handler=wsgi:fanout:app venv={} chdir={apps} workers=2{};",
+                venv.display(),
+                lib_of(venv)
+            )
+        })
+        .collect();
+    let locations: Vec<String> = found
+        .iter()
+        .map(|(minor, version, _)| {
+            format!("    location /{version}/ {{ pool_param SCRIPT_NAME /{version}; pool_pass py3{minor}; }}")
+        })
+        .collect();
+    let ng = Nginx::start(Conf::new(&pools.join("\n"), &locations.join("\n")));
+    for (_, version, venv) in &found {
+        let v = ng.get(&format!("/{version}/version"));
+        assert_eq!(v.status, 200, "{version}: {}", text(&v));
+        let v = v.json();
+        assert!(
+            v["version"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{version}.")),
+            "{version}: {v}"
+        );
+        let pid = v["pid"].as_u64().unwrap();
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        assert_eq!(
+            exe,
+            std::fs::canonicalize(venv.join("bin/python")).unwrap(),
+            "{version}: the worker is that interpreter"
+        );
+        let seed = ng.get(&format!("/{version}/seed?n=8"));
+        assert_eq!(seed.status, 200, "{version}: {}", text(&seed));
+        assert_eq!(seed.json()["sum"], 140, "{version}");
+        eprintln!("CPython {version}: served, the seed's map fanned out");
+    }
+    ng.finish();
+}
+
+#[test]
+fn an_interpreter_that_cannot_run_is_named_and_the_pool_answers_503() {
+    // A venv whose python fails as the pool's user (a broken install, or one in a directory that
+    // user cannot enter): the pool does not start, error_log names the interpreter and why.
+    let venv = ngx_pool_tests::temp_prefix();
+    std::fs::create_dir_all(venv.join("bin")).unwrap();
+    std::fs::write(venv.join("pyvenv.cfg"), "home = /nonexistent\n").unwrap();
+    let python = venv.join("bin/python");
+    std::fs::write(
+        &python,
+        "#!/bin/sh\necho 'cannot find the standard library' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&python, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut conf = Conf::new(
+        &format!(
+            "    pool broken handler=wsgi:flaskapp:app venv={} chdir={} workers=1;\n    pool ok handler=builtin:echo workers=1;",
+            venv.display(),
+            python_apps().display()
+        ),
+        "    location / { pool_pass broken; }\n    location /ok { pool_pass ok; }",
+    );
+    conf.pools = 1;
+    let mut ng = Nginx::start(conf);
+    let said = format!(
+        "the pool's interpreter {} cannot run as user",
+        python.display()
+    );
+    ng.wait_for("the interpreter named", |ng| {
+        ng.log().contains(&said) && ng.log().contains("cannot find the standard library")
+    });
+    assert_eq!(ng.get("/").status, 503);
+    assert_eq!(ng.get("/ok").status, 200);
+    ng.allow(&said);
+    ng.allow("no socket at");
     ng.finish();
 }

@@ -43,6 +43,15 @@ def nested(n):
         return sum(pool.map(square, range(n)))
 
 
+@app.route("/version")
+def version():
+    import platform
+    import sys
+
+    return jsonify(version=platform.python_version(), executable=sys.executable,
+                   pid=os.getpid())
+
+
 @app.route("/api")
 def api():
     out = {}

@@ -22,29 +22,51 @@ fn of(cfg: &Config) -> PathBuf {
     }
 }
 
-/// What the pool's poold is to be: the interpreter, when the pool is `wsgi:` and its interpreter
-/// imports `ngx_pool._native` (tried as the pool's user: nothing of the venv runs as root).
-/// `said` keeps the fallback's notice to one line per watchdog.
-pub(super) fn for_pool(cfg: &Config, said: &mut bool) -> Option<PathBuf> {
+/// The probe's exit status when the interpreter runs but has no `ngx_pool._native`.
+const NO_PACKAGE: i32 = 3;
+
+/// What the pool's poold is to be: `Ok(Some(python))` when the pool is `wsgi:` and its
+/// interpreter imports `ngx_pool._native` (tried as the pool's user, with its `env=`: nothing of
+/// the venv runs as root); `Ok(None)` for this program (no package: the embedded adapter, said
+/// once, `said`); an error, naming the interpreter, when it cannot run as the pool's user.
+pub(super) fn for_pool(cfg: &Config, said: &mut bool) -> io::Result<Option<PathBuf>> {
     if !cfg.pool.handler.starts_with("wsgi:") {
-        return None;
+        return Ok(None);
     }
     let python = of(cfg);
     let mut probe = Command::new(&python);
     probe
-        .args(["-c", "import ngx_pool._native"])
+        .args([
+            "-c",
+            &format!("import sys\ntry:\n import ngx_pool._native\nexcept ImportError:\n sys.exit({NO_PACKAGE})"),
+        ])
+        .envs(env_of(cfg))
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stdout(Stdio::null());
+    let mut user = String::from("this user");
     if nix::unistd::geteuid().is_root() {
-        if let Some(user) = &cfg.user {
-            let (uid, gid) = crate::sys::lookup_user(user, cfg.group.as_deref()).ok()?;
+        if let Some(name) = &cfg.user {
+            let (uid, gid) = crate::sys::lookup_user(name, cfg.group.as_deref())?;
             // (std clears the supplementary groups when root sets a uid.)
             probe.uid(uid.as_raw()).gid(gid.as_raw());
+            user = format!("user {name}");
         }
     }
-    if probe.status().is_ok_and(|s| s.success()) {
-        return Some(python);
+    let cannot = |why: String| {
+        io::Error::other(format!(
+            "the pool's interpreter {} cannot run as {user}: {why}",
+            python.display()
+        ))
+    };
+    let status = probe.output().map_err(|e| cannot(e.to_string()))?;
+    match status.status.code() {
+        Some(0) => return Ok(Some(python)),
+        Some(NO_PACKAGE) => {}
+        _ => {
+            let said_why = String::from_utf8_lossy(&status.stderr);
+            let why = said_why.lines().last().unwrap_or("").trim().to_string();
+            return Err(cannot(format!("{} ({why})", status.status)));
+        }
     }
     if !*said {
         *said = true;
@@ -55,7 +77,12 @@ pub(super) fn for_pool(cfg: &Config, said: &mut bool) -> Option<PathBuf> {
             python.display()
         );
     }
-    None
+    Ok(None)
+}
+
+/// The pool's `env=`, as (name, value) pairs.
+fn env_of(cfg: &Config) -> impl Iterator<Item = (&str, &str)> {
+    cfg.pool.env.iter().filter_map(|pair| pair.split_once('='))
 }
 
 /// In the watchdog's child, in the pool's cgroup, root dropped: becomes `python -m ngx_pool
@@ -102,11 +129,7 @@ pub(super) fn exec(
         crate::run::FAILED_LOADS_ENV,
         crate::host::failed_loads().to_string(),
     );
-    for pair in &cfg.pool.env {
-        if let Some((name, value)) = pair.split_once('=') {
-            cmd.env(name, value);
-        }
-    }
+    cmd.envs(env_of(cfg));
     if let Some(dir) = &cfg.pool.chdir {
         cmd.current_dir(dir);
     }

@@ -236,7 +236,7 @@ fn start(
     ready: &mut Option<OwnedFd>,
     said_fallback: &mut bool,
 ) -> std::io::Result<Started> {
-    let python = interpreter::for_pool(cfg, said_fallback);
+    let python = interpreter::for_pool(cfg, said_fallback)?;
     let listener = duties.bind()?;
     // Non-blocking: poold (the pool's code) may stop reading its end, and the watchdog must
     // never wait on it (a frame that does not fit is dropped, and logged).
