@@ -1028,3 +1028,44 @@ fn an_interpreter_that_cannot_run_is_named_and_the_pool_answers_503() {
     ng.allow("no socket at");
     ng.finish();
 }
+
+#[test]
+fn the_demos_flask_app_fans_out_over_its_pool_and_creates_no_process() {
+    // examples/flask as scripts/run serves it (nginx-conf/demo.conf's pool line).
+    let flask = ngx_pool_tests::repo_dir().join("examples/flask");
+    let ng = Nginx::start(Conf::new(
+        &format!(
+            "    pool flask handler=wsgi:app:app venv={} chdir={} workers=2 timeout=30s;",
+            python_env().display(),
+            flask.display()
+        ),
+        "    location /flask/ { pool_param SCRIPT_NAME /flask; pool_pass flask; }",
+    ));
+    let processes = || {
+        let mut all: Vec<u32> = ng
+            .poolds()
+            .into_iter()
+            .flat_map(ngx_pool_tests::procs::descendants)
+            .collect();
+        all.sort();
+        all
+    };
+    let before = processes();
+    let mut ran_tasks = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        let r = ng.get("/flask/fanout?n=8");
+        assert_eq!(r.status, 200, "{}", text(&r));
+        let j = r.json();
+        assert_eq!(j["sum"], 140);
+        ran_tasks.extend(
+            j["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_u64().unwrap()),
+        );
+    }
+    assert_eq!(ran_tasks.len(), 2, "both workers ran tasks: {ran_tasks:?}");
+    assert_eq!(processes(), before, "the fan-out created no process");
+    ng.finish();
+}

@@ -7,7 +7,6 @@
 
 use crate::config::Config;
 use crate::log;
-use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -95,15 +94,7 @@ pub(super) fn exec(
     control: &OwnedFd,
     ready: Option<&OwnedFd>,
 ) -> io::Error {
-    let mut args: Vec<OsString> = Vec::new();
-    let mut it = std::env::args_os().skip(1);
-    while let Some(a) = it.next() {
-        if a == "--ready-fd" || a == "--spare-of" || a == "--spare-link" {
-            it.next();
-            continue;
-        }
-        args.push(a);
-    }
+    let mut args = super::passed_on_args();
     let mut pass = |flag: &str, fd: &OwnedFd| -> io::Result<()> {
         // Kept across the exec: the one place these lose close-on-exec.
         nix::fcntl::fcntl(

@@ -347,6 +347,21 @@ fn signal_fd(signals: &[Signal]) -> Option<SignalFd> {
     fd.ok()
 }
 
+/// This process's arguments less those that were its own alone (the start-up report, a spare's
+/// link): what it starts its spare, or a poold in the app's interpreter, with.
+fn passed_on_args() -> Vec<std::ffi::OsString> {
+    let mut args = Vec::new();
+    let mut it = std::env::args_os().skip(1);
+    while let Some(a) = it.next() {
+        if a == "--ready-fd" || a == "--spare-of" || a == "--spare-link" {
+            it.next();
+            continue;
+        }
+        args.push(a);
+    }
+    args
+}
+
 /// A pidfd for `pid` (readable once it has exited); `None` if it is gone.
 fn pidfd(pid: Pid) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor (or -1), which we

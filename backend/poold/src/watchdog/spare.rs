@@ -86,15 +86,7 @@ impl Spare {
             ours.as_raw_fd(),
             nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
         );
-        let mut args: Vec<std::ffi::OsString> = Vec::new();
-        let mut it = std::env::args_os().skip(1);
-        while let Some(a) = it.next() {
-            if a == "--ready-fd" || a == "--spare-of" || a == "--spare-link" {
-                it.next();
-                continue;
-            }
-            args.push(a);
-        }
+        let args = super::passed_on_args();
         let me = std::process::id().to_string();
         let link = theirs.as_raw_fd().to_string();
         // std's spawn resets the signal mask and dispositions in the child; only the lifeline,
