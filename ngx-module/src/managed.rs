@@ -317,10 +317,14 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
             .unwrap_or(0)
             + 1;
         let socket = generation_path(&pool.socket, gen);
-        let argv = with_socket(&configured, &socket);
+        let mut argv = with_socket(&configured, &socket);
         let old = running
             .iter()
             .any(|r| r.name == pool.conf.settings.name && alive(r.pid));
+        if old {
+            // So that its own lines say what happens if it fails: the running one goes on.
+            argv.push("--successor".into());
+        }
         let mut secret = [0u8; SECRET_LEN];
         let spawned = new_secret().and_then(|s| {
             secret = s;

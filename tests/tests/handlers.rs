@@ -357,6 +357,18 @@ fn a_reload_to_a_library_that_fails_keeps_the_running_generation() {
     assert!(ng
         .log()
         .contains("its handler failed to load (the reason is in the error log above); the pool keeps running with its previous settings"));
+    // poold's own line says the same, not that the pool answers 503 (it does not).
+    let log = ng.log();
+    assert!(
+        log.contains(
+            "this new generation does not start: the running one keeps serving with the previous settings"
+        ),
+        "{log}"
+    );
+    assert!(
+        !log.contains("the pool answers 503 and poold tries again"),
+        "{log}"
+    );
     ng.finish();
 }
 

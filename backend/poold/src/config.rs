@@ -77,6 +77,9 @@ OPTIONS:
     --secret-fd FD      (set by the nginx module) a descriptor holding the secret that the
                         nginx workers of the master that started poold present; a peer
                         without it is refused
+    --successor         (set by the nginx module) another generation of the pool serves,
+                        which this one replaces once it serves (a reload): if its handler
+                        fails to load, nginx keeps the running one, and the log says so
     --listen-fd FD      (internal, with --control-fd FD) the pool's socket, bound by the
                         watchdog that started this poold in the app's interpreter
     --spare-of PID      (internal, with --spare-link FD) stand by as the spare of this
@@ -117,6 +120,8 @@ pub struct Config {
     /// the listening socket it bound and poold's end of their control link.
     pub listen_fd: Option<i32>,
     pub control_fd: Option<i32>,
+    /// Another generation of the pool serves while this one starts (`--successor`).
+    pub successor: bool,
     /// The Python adapter library for `wsgi:` handlers; none: beside poold.
     pub wsgi_adapter: Option<PathBuf>,
     /// The file stdout and stderr are, followed through a log rotation.
@@ -178,6 +183,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         spare_link: None,
         listen_fd: None,
         control_fd: None,
+        successor: false,
         wsgi_adapter: None,
         error_log: None,
     };
@@ -199,6 +205,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         match key.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
+            "--successor" => cfg.successor = true,
             "--socket" => cfg.socket = PathBuf::from(value("a path")?),
             "--max-conns" => cfg.max_conns = number(value("a number")?, &key)?,
             "--chunk" => {

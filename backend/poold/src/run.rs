@@ -97,10 +97,19 @@ pub fn run(args: impl Iterator<Item = String>, wsgi: Option<&'static ngx_pool_ha
             h
         }
         Err(e) => {
-            crate::log!(
-                "error",
-                "{e}; the pool answers 503 and poold tries again with a growing delay"
-            );
+            if cfg.successor {
+                // A reload's new generation: the running one goes on serving, and nginx stops
+                // this one (the master says so too).
+                crate::log!(
+                    "error",
+                    "{e}; this new generation does not start: the running one keeps serving with the previous settings"
+                );
+            } else {
+                crate::log!(
+                    "error",
+                    "{e}; the pool answers 503 and poold tries again with a growing delay"
+                );
+            }
             report(ready, b'F');
             std::process::exit(EXIT_LOAD_FAILED);
         }
