@@ -97,7 +97,7 @@ pub fn run(args: impl Iterator<Item = String>, wsgi: Option<&'static ngx_pool_ha
             h
         }
         Err(e) => {
-            if cfg.successor {
+            if cfg.successor && !crate::watchdog::loaded_once() {
                 // A reload's new generation: the running one goes on serving, and nginx stops
                 // this one (the master says so too).
                 crate::log!(

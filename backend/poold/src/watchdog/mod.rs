@@ -201,6 +201,7 @@ fn keep(
                 crate::host::set_failed_loads(if how == LOAD_FAILED {
                     crate::host::failed_loads() + 1
                 } else {
+                    LOADED_ONCE.store(true, std::sync::atomic::Ordering::Relaxed);
                     0
                 });
                 let child = k.pid;
@@ -347,14 +348,28 @@ fn signal_fd(signals: &[Signal]) -> Option<SignalFd> {
     fd.ok()
 }
 
+/// Set once a poold of this watchdog got past loading its handler: `--successor` (a reload's
+/// new generation, with the previous one serving) no longer holds for the next ones.
+static LOADED_ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a poold of this watchdog (or of the one before it, for a spare) loaded its handler.
+pub fn loaded_once() -> bool {
+    // Relaxed: one thread; a flag read after the fork that follows its store.
+    LOADED_ONCE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// This process's arguments less those that were its own alone (the start-up report, a spare's
-/// link): what it starts its spare, or a poold in the app's interpreter, with.
+/// link, `--successor` once it no longer holds): what it starts its spare, or a poold in the
+/// app's interpreter, with.
 fn passed_on_args() -> Vec<std::ffi::OsString> {
     let mut args = Vec::new();
     let mut it = std::env::args_os().skip(1);
     while let Some(a) = it.next() {
         if a == "--ready-fd" || a == "--spare-of" || a == "--spare-link" {
             it.next();
+            continue;
+        }
+        if a == "--successor" && loaded_once() {
             continue;
         }
         args.push(a);
