@@ -145,6 +145,22 @@ fn a_flask_app_runs_unmodified() {
                 .all(|stream| log.contains(&format!("{stream} says marker-5f3a")))
         },
     );
+    // ...as lines a parser can read: nginx's format, a level per stream, the pool and the
+    // worker's pid (ngx_pool._stdio), as wsgi.errors lines are.
+    let log = ng.log();
+    for (stream, level) in [("stdout", "[notice]"), ("stderr", "[error]")] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("{stream} says marker-5f3a")))
+            .unwrap();
+        let stamp = line.split(' ').take(2).collect::<Vec<_>>().join(" ");
+        assert!(
+            stamp.len() == 19 && stamp.as_bytes()[4] == b'/' && stamp.as_bytes()[13] == b':',
+            "no nginx timestamp: {line}"
+        );
+        assert!(line.contains(level), "{line}");
+        assert!(line.contains("poold \"flask\": worker "), "{line}");
+    }
     ng.finish();
 }
 

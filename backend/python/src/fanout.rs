@@ -10,10 +10,14 @@ use std::sync::Mutex;
 
 /// The `ngx_pool` package, the same files `pip install python/ngx-pool` installs: its modules in
 /// the order they import each other, then the package's `__init__`.
-const MODULES: [(&str, &str); 4] = [
+const MODULES: [(&str, &str); 5] = [
     (
         "errors",
         include_str!("../../../python/ngx-pool/ngx_pool/errors.py"),
+    ),
+    (
+        "_stdio",
+        include_str!("../../../python/ngx-pool/ngx_pool/_stdio.py"),
     ),
     (
         "_driver",
@@ -137,6 +141,19 @@ fn release(task: u64) {
     }
 }
 
+/// A line to nginx's error log at `level` (`"notice"`, `"error"`, ...), tagged with the pool and
+/// this worker's pid (what `ngx_pool._stdio` writes the app's stdout and stderr with).
+#[pyfunction]
+fn log(level: &str, text: &str) {
+    let level = match level {
+        "error" => ngx_pool_sdk::Level::Error,
+        "warn" => ngx_pool_sdk::Level::Warn,
+        "info" => ngx_pool_sdk::Level::Info,
+        _ => ngx_pool_sdk::Level::Notice,
+    };
+    ngx_pool_sdk::log(level, text);
+}
+
 /// Registers `_ngx_pool` and the `ngx_pool` package in `sys.modules` (an `ngx_pool`
 /// installed in the venv is the same code; this copy matches the adapter).
 pub fn install(py: Python<'_>) -> PyResult<()> {
@@ -147,6 +164,7 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(wait, &m)?)?;
     m.add_function(wrap_pyfunction!(result, &m)?)?;
     m.add_function(wrap_pyfunction!(release, &m)?)?;
+    m.add_function(wrap_pyfunction!(log, &m)?)?;
     let modules = py.import("sys")?.getattr("modules")?;
     modules.set_item("_ngx_pool", &m)?;
     let package = PyModule::new(py, "ngx_pool")?;

@@ -289,10 +289,25 @@ impl Handler for Wsgi {
 
     fn worker_init(&self) -> Result {
         interpreter::after_fork_in_child();
-        if self.settings.preload {
-            return Ok(());
-        }
-        Python::with_gil(|py| self.import(py))
+        Python::with_gil(|py| {
+            // What the app prints: nginx-format lines with the worker's pid (`_stdio.py`).
+            if let Err(e) = py
+                .import("ngx_pool._stdio")
+                .and_then(|m| m.call_method0("install"))
+            {
+                ngx_pool_sdk::log(
+                    Level::Warn,
+                    &format!(
+                        "the app's stdout and stderr stay raw: {}",
+                        python_error(py, &e)
+                    ),
+                );
+            }
+            if self.settings.preload {
+                return Ok(());
+            }
+            self.import(py)
+        })
     }
 
     fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Result {
