@@ -374,3 +374,21 @@ fn a_map_from_threadpoolexecutor_threads_runs_in_parallel_on_the_workers() {
     settled(&mut ng);
     ng.finish();
 }
+
+#[test]
+fn tasks_a_request_left_behind_do_not_reach_the_next_request() {
+    let mut ng = Nginx::start(Conf::new(&fanout_pool(2, ""), LOCATIONS));
+    for round in 0..4 {
+        let left = ng.get("/leave?n=4&s=0.3");
+        assert_eq!(left.status, 200, "{}", text(&left));
+        // At once, in whichever worker: the pool's own tasks only.
+        for _ in 0..2 {
+            let r = ng.get("/seed?n=4");
+            assert_eq!(r.status, 200, "round {round}: {}", text(&r));
+            assert_eq!(r.json()["sum"], 14, "round {round}");
+        }
+    }
+    settled(&mut ng);
+    ng.allow("ResourceWarning");
+    ng.finish();
+}

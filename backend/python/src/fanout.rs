@@ -58,6 +58,21 @@ impl Drop for Entered {
     }
 }
 
+/// Runs `f` (a request, or a task) with the Python driver's queues its own
+/// (`ngx_pool._driver._enter`/`_exit`): tasks it leaves unanswered are cancelled when it ends,
+/// never seen by the next request as stale handles.
+pub fn scoped<T>(py: Python<'_>, f: impl FnOnce() -> T) -> T {
+    let driver = py.import("ngx_pool._driver").ok();
+    let saved = driver.as_ref().and_then(|d| d.call_method0("_enter").ok());
+    let out = f();
+    if let (Some(d), Some(saved)) = (driver, saved) {
+        if let Err(e) = d.call_method1("_exit", (saved,)) {
+            e.print(py);
+        }
+    }
+    out
+}
+
 fn current() -> Option<Fanout> {
     CURRENT.lock().ok().and_then(|c| *c)
 }

@@ -313,14 +313,14 @@ impl Handler for Wsgi {
     fn handle(&self, req: &Request<'_>, resp: &mut Response<'_>) -> Result {
         let stream = resp.into_stream();
         let _current = fanout::enter(stream.fanout());
-        Python::with_gil(|py| self.call(py, req, stream))
+        Python::with_gil(|py| fanout::scoped(py, || self.call(py, req, stream)))
     }
 
     fn run_task(&self, task: &Task) -> Result {
         let input = task.input()?;
         let _current = fanout::enter(task.fanout());
         let out = Python::with_gil(|py| {
-            fanout::run(py, &input).map_err(|e| {
+            fanout::scoped(py, || fanout::run(py, &input)).map_err(|e| {
                 Error::msg(format!(
                     "the fan-out task could not run:\n{}",
                     python_error(py, &e)

@@ -203,6 +203,28 @@ def _fail_all(exc):
         _local.popleft().finish((False, exc, ""))
 
 
+def _enter():
+    """A request (or task) starts running in this worker: the tasks queued from now on are its
+    own (the driver's queues are made new; those of a request it runs inside of come back at
+    ``_exit``). Returns what ``_exit`` restores."""
+    global _inbox, _local, _pending, _releases
+    with lock:
+        saved = (_inbox, _local, _pending, _releases)
+        _inbox, _local, _pending, _releases = collections.deque(), collections.deque(), {}, []
+        return saved
+
+
+def _exit(saved):
+    """The request (or task) has ended, and the host forgot its tasks: so does the driver (what
+    still waits for them gets ``Cancelled``, not a stale handle in the next request)."""
+    global _inbox, _local, _pending, _releases
+    with lock:
+        ended = list(_pending.values()) + list(_inbox) + list(_local)
+        _inbox, _local, _pending, _releases = saved
+    for task in ended:
+        task.finish((False, Cancelled("the request that queued this task has ended"), ""))
+
+
 def _wait_host(seconds):
     """One wait in the host (the seat's holder; `lock` is released meanwhile)."""
     handles = list(_pending)

@@ -128,6 +128,16 @@ def slow():
         return jsonify(pool.map(nap, [s] * n))
 
 
+@app.route("/leave")
+def leave():
+    # Queues tasks and answers without waiting for them (a pool left open, as a view that
+    # forgets its results does): the next request in this worker must not meet them.
+    pool = Pool(4)
+    for _ in range(int(request.args.get("n", "4"))):
+        pool.apply_async(nap, (float(request.args.get("s", "0.3")),))
+    return jsonify(caller=os.getpid())
+
+
 def big(mib):
     return bytes(range(256)) * (4096 * mib)
 
