@@ -32,6 +32,12 @@ pub(super) const HELLO_WAIT: Duration = Duration::from_secs(2);
 const MAX_PENDING: usize = 64;
 /// Refusals are logged at most once per this; the others are counted in the next line.
 const LOG_EVERY: Duration = Duration::from_secs(1);
+/// A peer refused as it connects (its user), before its Hello could arrive, is kept this long
+/// (in no connection slot) before it is closed, its Hello read and dropped: closing a seqpacket
+/// socket with a message unread resets the peer's end, which then loses the reason it was told.
+const LINGER: Duration = Duration::from_millis(50);
+/// The most refused peers kept so at once (past it, the oldest is closed at once).
+const MAX_LINGERING: usize = 128;
 
 /// An accepted connection whose credentials passed, waiting for its Hello.
 pub(super) struct Pending {
@@ -52,6 +58,8 @@ pub(super) struct Admission {
     allowed_text: String,
     last_logged: Option<Instant>,
     unlogged: u64,
+    /// Refused peers waiting to be closed ([`LINGER`]), oldest first.
+    lingering: std::collections::VecDeque<(Instant, OwnedFd)>,
 }
 
 impl Admission {
@@ -94,6 +102,7 @@ impl Admission {
             allowed_text,
             last_logged: None,
             unlogged: 0,
+            lingering: std::collections::VecDeque::new(),
         })
     }
 
@@ -111,11 +120,33 @@ impl Admission {
                 .any(|&(u, g)| u == uid && g.is_none_or(|g| g == gid))
     }
 
-    /// When a count of refusals not yet logged is due.
+    /// When a count of refusals not yet logged is due, or a refused peer is to be closed.
     pub(super) fn next_wake(&self) -> Option<Instant> {
-        (self.unlogged > 0)
+        let count = (self.unlogged > 0)
             .then(|| self.last_logged.map(|t| t + LOG_EVERY))
-            .flatten()
+            .flatten();
+        let linger = self.lingering.front().map(|(at, _)| *at);
+        [count, linger].into_iter().flatten().min()
+    }
+
+    /// Keeps a refused peer a moment before closing it ([`LINGER`]).
+    fn linger(&mut self, sock: OwnedFd) {
+        if self.lingering.len() >= MAX_LINGERING {
+            if let Some((_, oldest)) = self.lingering.pop_front() {
+                drain(&oldest);
+            }
+        }
+        self.lingering.push_back((Instant::now() + LINGER, sock));
+    }
+
+    /// Closes the refused peers whose moment has passed (what they sent read first).
+    fn close_lingering(&mut self) {
+        let now = Instant::now();
+        while self.lingering.front().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, sock)) = self.lingering.pop_front() {
+                drain(&sock);
+            }
+        }
     }
 
     /// Logs a refusal, or counts it if one was logged less than LOG_EVERY ago.
@@ -192,26 +223,28 @@ fn resolve_group(name: &str) -> io::Result<u32> {
     }
 }
 
-/// Tells a refused peer why (a Welcome with `status` and its uid, no region) and closes it.
-/// What it sent is read first: closing a seqpacket socket with unread messages would reset the
-/// peer's end before it read the reason.
-fn refuse(sock: OwnedFd, status: u32, uid: u32) {
-    let drain = || {
-        for _ in 0..4 {
-            if handshake::recv_frame(&sock, MsgFlags::MSG_DONTWAIT)
-                .is_err_and(|e| e.raw_os_error() == Some(libc::EAGAIN))
-            {
-                break;
-            }
+/// Reads (and drops) what a peer sent: closing a seqpacket socket with unread messages would
+/// reset the peer's end before it read the reason it was told.
+fn drain(sock: &OwnedFd) {
+    for _ in 0..4 {
+        if handshake::recv_frame(sock, MsgFlags::MSG_DONTWAIT)
+            .is_err_and(|e| e.raw_os_error() == Some(libc::EAGAIN))
+        {
+            break;
         }
-    };
-    drain();
+    }
+}
+
+/// Tells a refused peer why (a Welcome with `status` and its uid, no region); the caller
+/// closes it (at once if its Hello was read, else a moment later: [`LINGER`]).
+fn refuse(sock: &OwnedFd, status: u32, uid: u32) {
+    drain(sock);
     let _ = send_frame(
-        &sock,
+        sock,
         Frame::new(handshake::WELCOME, status, uid, 0),
         None::<&OwnedFd>,
     );
-    drain();
+    drain(sock);
 }
 
 impl Supervisor {
@@ -240,7 +273,8 @@ impl Supervisor {
         };
         let (pid, uid, gid) = (cred.pid(), cred.uid(), cred.gid());
         if !self.peers.user_allowed(uid, gid) {
-            refuse(sock, handshake::WELCOME_BAD_USER, uid);
+            refuse(&sock, handshake::WELCOME_BAD_USER, uid);
+            self.peers.linger(sock);
             let line = format!(
                 "refused pid {pid} (uid {uid}, gid {gid}): not a user allowed to attach (uid {}{})",
                 self.peers.allowed_text,
@@ -291,13 +325,14 @@ impl Supervisor {
             "refused pid {} (uid {}, gid {}): {what} attachment secret, so not a worker of the nginx that started this pool",
             p.pid, p.uid, p.gid
         );
-        refuse(p.sock, handshake::WELCOME_BAD_SECRET, p.uid);
+        refuse(&p.sock, handshake::WELCOME_BAD_SECRET, p.uid);
         self.peers.note(&self.cfg.socket, line);
         None
     }
 
     /// Closes connections that did not say Hello in time, and logs refusals counted meanwhile.
     pub(super) fn expire_pending(&mut self) {
+        self.peers.close_lingering();
         let now = Instant::now();
         let mut i = 0;
         while i < self.pending.len() {
