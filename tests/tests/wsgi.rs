@@ -845,6 +845,15 @@ fn bad_python_settings_are_named_by_nginx_t_or_at_start() {
     assert!(ng.log().contains(&want), "{}", ng.log());
     ng.allow(&want);
     ng.allow("no socket at");
+    // The workers never attach, so Nginx::start did not wait for them to be set up: count
+    // their descriptors once each has tried (a worker still in init_process has fewer).
+    ng.wait_for("both workers to fail to attach", |ng| {
+        let log = ng.log();
+        ng.worker_pids()
+            .iter()
+            .all(|pid| log.contains(&format!("{pid}#{pid}: pool \"p\": cannot attach")))
+    });
+    ng.count_descriptors_from_here();
     ng.finish();
 
     // Threads started by the import: a warning, and the workers serve.
