@@ -1,5 +1,5 @@
-//! Configuration directives (`pool`, `pool_pass`, `pool_param`, `pool_timeout`, `pool_daemon`,
-//! `pool_wsgi_adapter`, `pool_status`) at the FFI edge.
+//! Configuration directives (`pool`, `pool_pass`, `pool_param`, `pool_log_level`, `pool_timeout`,
+//! `pool_daemon`, `pool_status`, and the buffering ones) at the FFI edge.
 //!
 //! Parsing proper is in [`crate::conf`]; this module turns nginx's argument arrays into `&str`s,
 //! stores results in the module's configuration structs, and reports errors the nginx way: a
@@ -35,8 +35,6 @@ pub struct MainConf {
     pub pools: Vec<PoolEntry>,
     /// `pool_daemon PATH;` — the poold binary for managed pools.
     pub daemon: Option<PathBuf>,
-    /// `pool_wsgi_adapter PATH;` — the Python adapter for `wsgi:` pools (default: beside poold).
-    pub wsgi_adapter: Option<PathBuf>,
     /// The nginx prefix, for relative paths.
     pub prefix: String,
 }
@@ -117,7 +115,7 @@ const fn command(
 /// The directives every level (http, server, location) may hold.
 const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
 
-pub static mut COMMANDS: [ngx_command_t; 18] = [
+pub static mut COMMANDS: [ngx_command_t; 17] = [
     command(
         b"pool\0",
         NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE,
@@ -152,12 +150,6 @@ pub static mut COMMANDS: [ngx_command_t; 18] = [
         b"pool_daemon\0",
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
         set_pool_daemon,
-        NGX_HTTP_MAIN_CONF_OFFSET,
-    ),
-    command(
-        b"pool_wsgi_adapter\0",
-        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        set_pool_wsgi_adapter,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
@@ -454,21 +446,6 @@ setter!(set_pool_daemon, MainConf, |cf, main, args| {
         return c"is duplicate".as_ptr() as *mut c_char;
     }
     main.daemon = Some(PathBuf::from(prefix(cf)).join(args[0]));
-    ptr::null_mut()
-});
-
-setter!(set_pool_wsgi_adapter, MainConf, |cf, main, args| {
-    if main.wsgi_adapter.is_some() {
-        return c"is duplicate".as_ptr() as *mut c_char;
-    }
-    let path = PathBuf::from(prefix(cf)).join(args[0]);
-    if !path.is_file() {
-        return conf_error(
-            cf,
-            &format!("the Python adapter \"{}\" is not a file", path.display()),
-        );
-    }
-    main.wsgi_adapter = Some(path);
     ptr::null_mut()
 });
 

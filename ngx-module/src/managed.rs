@@ -193,14 +193,11 @@ fn error_log(cycle: *mut ngx_cycle_t) -> (i32, Option<PathBuf>) {
     (fd, path)
 }
 
-fn argv_for(pool: &PoolEntry, wsgi_adapter: Option<&Path>, cycle: *mut ngx_cycle_t) -> Vec<String> {
+fn argv_for(pool: &PoolEntry, cycle: *mut ngx_cycle_t) -> Vec<String> {
     // The shared settings as poold reads them back (ngx_pool_conf::PoolSettings), then what
     // only the module knows: where the socket is, and whom to run as.
     let mut argv = pool.conf.settings.to_args();
     argv.extend(["--socket".into(), pool.socket.display().to_string()]);
-    if let Some(adapter) = wsgi_adapter {
-        argv.extend(["--wsgi-adapter".into(), adapter.display().to_string()]);
-    }
     if let Some(log) = error_log(cycle).1 {
         // poold's stdout and stderr are this file (see `spawn`): it follows a rotation.
         argv.extend(["--error-log".into(), log.display().to_string()]);
@@ -290,7 +287,7 @@ pub fn on_init_module(cycle: *mut ngx_cycle_t) {
     // Phase 1: start a generation for every pool that is new, changed or not running.
     let mut started: Vec<Running> = Vec::new();
     for pool in main.pools.iter().filter(|p| !p.conf.external) {
-        let configured = argv_for(pool, main.wsgi_adapter.as_deref(), cycle);
+        let configured = argv_for(pool, cycle);
         // A pool running the operator's code (a library, a Python app) gets a new generation
         // on every reload, as Gunicorn's workers do on HUP: the code on disk may have changed.
         // The old generation drains, so no request is lost.

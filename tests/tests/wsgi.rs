@@ -161,6 +161,22 @@ fn a_flask_app_runs_unmodified() {
         assert!(line.contains(level), "{line}");
         assert!(line.contains("poold \"flask\": worker "), "{line}");
     }
+    // So is what a logging handler made at import writes (Django's LOGGING makes one): made
+    // in the pool manager (preload=on), it writes through the same line writer, tagged with
+    // the worker that logs.
+    let pid = text(&ng.get("/log?m=marker-77c1"));
+    ng.wait_for("the app's logging line", |ng| {
+        ng.log().contains("logging says marker-77c1")
+    });
+    let log = ng.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("logging says marker-77c1"))
+        .unwrap();
+    assert!(
+        line.contains("[error]") && line.contains(&format!("poold \"flask\": worker {pid}")),
+        "{line}"
+    );
     ng.finish();
 }
 
@@ -763,7 +779,8 @@ fn a_leaking_app_is_recycled_by_max_rss_and_preload_off_imports_in_each_worker()
     });
     let again = ng.get("/leak?mb=8").json();
     assert_eq!(again["held_mb"], 8, "the hoard went with the old worker");
-    assert!(ng.log().contains("max_rss"), "{}", ng.log());
+    // (Said once poold reaped the old one, which may be after its replacement served.)
+    ng.wait_for("the retirement's line", |ng| ng.log().contains("max_rss"));
 
     // preload=off: the manager only starts Python; each worker imports the app itself.
     assert_eq!(text(&ng.get("/late/")), "hello from flask\n");
@@ -777,35 +794,60 @@ fn a_leaking_app_is_recycled_by_max_rss_and_preload_off_imports_in_each_worker()
 fn bad_python_settings_are_named_by_nginx_t_or_at_start() {
     let venv = python_env();
     let apps = python_apps();
+    // A venv whose interpreter is not there (moved or copied without it).
+    let hollow = ngx_pool_tests::temp_prefix();
+    std::fs::write(
+        hollow.join("pyvenv.cfg"),
+        "home = /usr/bin\nversion = 3.12.1\n",
+    )
+    .unwrap();
     for (params, reason) in [
         (
-            "handler=wsgi:my-app",
-            "invalid WSGI app \"my-app\" (expected wsgi:MODULE:CALLABLE",
+            "handler=wsgi:my-app".to_string(),
+            "invalid WSGI app \"my-app\" (expected wsgi:MODULE:CALLABLE".to_string(),
         ),
         (
-            "handler=wsgi:a:b venv=/nonexistent",
-            "venv \"/nonexistent\" is not a directory",
+            "handler=wsgi:a:b venv=/nonexistent".into(),
+            "venv \"/nonexistent\" is not a directory".into(),
         ),
         (
-            "handler=wsgi:a:b venv=/tmp",
-            "venv \"/tmp\" is not a virtualenv (no pyvenv.cfg",
+            "handler=wsgi:a:b venv=/tmp".into(),
+            "venv \"/tmp\" is not a virtualenv (no pyvenv.cfg".into(),
         ),
         (
-            "handler=wsgi:a:b chdir=/nonexistent",
-            "chdir \"/nonexistent\" is not a directory",
+            format!("handler=wsgi:a:b venv={}", hollow.display()),
+            format!(
+                "venv \"{}\" has no interpreter: {}/bin/python is not an executable file",
+                hollow.display(),
+                hollow.display()
+            ),
         ),
         (
-            "handler=wsgi:a:b python_path=/tmp:/nope",
-            "python_path \"/nope\" is not a directory",
+            "handler=wsgi:a:b python=/nonexistent/python3".into(),
+            "python \"/nonexistent/python3\" is not an executable file".into(),
         ),
         (
-            "handler=wsgi:a:b preload=maybe",
-            "invalid preload \"maybe\" (on or off)",
+            format!(
+                "handler=wsgi:a:b python=/usr/bin/python3 venv={}",
+                venv.display()
+            ),
+            "python=\"/usr/bin/python3\" and venv= both name the pool's interpreter".into(),
         ),
-        ("handler=wsgi:a:b env=1X=y", "invalid env \"1X=y\""),
         (
-            "handler=wsgi:a:b;\n    pool_wsgi_adapter /nonexistent/libngx_pool_python.so",
-            "the Python adapter \"/nonexistent/libngx_pool_python.so\" is not a file",
+            "handler=wsgi:a:b chdir=/nonexistent".into(),
+            "chdir \"/nonexistent\" is not a directory".into(),
+        ),
+        (
+            "handler=wsgi:a:b python_path=/tmp:/nope".into(),
+            "python_path \"/nope\" is not a directory".into(),
+        ),
+        (
+            "handler=wsgi:a:b preload=maybe".into(),
+            "invalid preload \"maybe\" (on or off)".into(),
+        ),
+        (
+            "handler=wsgi:a:b env=1X=y".into(),
+            "invalid env \"1X=y\"".into(),
         ),
     ] {
         let (ok, out) = ngx_pool_tests::nginx_test_config(&Conf::new(
@@ -814,57 +856,77 @@ fn bad_python_settings_are_named_by_nginx_t_or_at_start() {
         ));
         assert!(!ok, "{params}: nginx -t passed");
         assert!(
-            out.contains(reason) && out.contains("nginx.conf:"),
+            out.contains(&reason) && out.contains("nginx.conf:"),
             "{params}: {out}"
         );
     }
-    // A venv of another Python whose interpreter is not there (a venv copied without it): the
-    // pool answers 503, the log names the interpreter. (A venv of another Python that is there
-    // runs the pool itself: every_cpython_on_the_machine_runs_the_app_in_its_own_interpreter.)
-    let other = ngx_pool_tests::temp_prefix();
-    std::fs::write(
-        other.join("pyvenv.cfg"),
-        "home = /usr/bin\nversion = 3.12.1\n",
+
+    // What only a start can tell: an interpreter the pool's user may not run (here one only
+    // root may), and one without the ngx-pool package (a fresh venv). The pool answers 503,
+    // the log names the interpreter (and the command that installs the package).
+    let private = hollow.join("python-root-only");
+    std::fs::write(&private, "#!/bin/sh\nexec /usr/bin/python3 \"$@\"\n").unwrap();
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
     .unwrap();
-    let mut conf = Conf::new(
-        &format!(
-            "    pool p handler=wsgi:flaskapp:app venv={} chdir={};",
-            other.display(),
-            apps.display()
+    let bare = hollow.join("bare-venv");
+    let made = std::process::Command::new("/usr/bin/python3")
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&bare)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    for (interpreter, want) in [
+        (
+            format!("python={}", private.display()),
+            format!(
+                "the pool's interpreter {} cannot run as user",
+                private.display()
+            ),
         ),
-        "    location / { pool_pass p; }",
-    );
-    conf.pools = 0;
-    let mut ng = Nginx::start(conf);
-    assert_eq!(ng.get("/").status, 503);
-    let want = format!(
-        "the pool's interpreter {}/bin/python cannot run as user",
-        other.display()
-    );
-    assert!(ng.log().contains(&want), "{}", ng.log());
-    ng.allow(&want);
-    ng.allow("no socket at");
-    // The workers never attach, so Nginx::start did not wait for them to be set up: count
-    // their descriptors once each has tried (a worker still in init_process has fewer).
-    ng.wait_for("both workers to fail to attach", |ng| {
-        let log = ng.log();
-        ng.worker_pids()
-            .iter()
-            .all(|pid| log.contains(&format!("{pid}#{pid}: pool \"p\": cannot attach")))
-    });
-    ng.count_descriptors_from_here();
-    ng.finish();
+        (
+            format!("venv={}", bare.display()),
+            format!(
+                "the pool's interpreter {}/bin/python has no ngx-pool package: install it into that Python (`{}/bin/python -m pip install ngx-pool`",
+                bare.display(),
+                bare.display()
+            ),
+        ),
+    ] {
+        let mut conf = Conf::new(
+            &format!(
+                "    pool p handler=wsgi:flaskapp:app {interpreter} chdir={};",
+                apps.display()
+            ),
+            "    location / { pool_pass p; }",
+        );
+        conf.pools = 0;
+        let mut ng = Nginx::start(conf);
+        assert_eq!(ng.get("/").status, 503);
+        ng.wait_for("the watchdog's reason", |ng| ng.log().contains(&want));
+        ng.allow(&want);
+        ng.allow("no socket at");
+        // The workers never attach, so Nginx::start did not wait for them to be set up: count
+        // their descriptors once each has tried (a worker still in init_process has fewer).
+        ng.wait_for("both workers to fail to attach", |ng| {
+            let log = ng.log();
+            ng.worker_pids()
+                .iter()
+                .all(|pid| log.contains(&format!("{pid}#{pid}: pool \"p\": cannot attach")))
+        });
+        ng.count_descriptors_from_here();
+        ng.finish();
+    }
+    let _ = std::fs::remove_dir_all(&hollow);
 
     // Threads started by the import: a warning, and the workers serve.
     let ng = Nginx::start(Conf::new(
         &format!(
-            "    pool t handler=wsgi:threaded:app venv={} chdir={};\n    pool_wsgi_adapter {};",
+            "    pool t handler=wsgi:threaded:app venv={} chdir={};",
             venv.display(),
             apps.display(),
-            ngx_pool_tests::target_dir()
-                .join("libngx_pool_python.so")
-                .display()
         ),
         "    location / { pool_pass t; }",
     ));
@@ -936,12 +998,43 @@ fn a_pool_runs_in_the_apps_own_interpreter_with_no_libpython_of_ours() {
             !maps.contains("libpython"),
             "process {pid} maps a libpython"
         );
-        assert!(
-            !maps.contains("libngx_pool_python"),
-            "process {pid} maps the adapter"
-        );
     }
     ng.finish();
+}
+
+#[test]
+fn an_external_poold_binary_hands_a_wsgi_pool_to_the_apps_interpreter() {
+    // `poold --handler wsgi:...` (as a systemd unit runs it): the binary, which has no Python,
+    // binds the socket, drops root, and becomes the venv's `python -m ngx_pool serve`.
+    let dir = ngx_pool_tests::temp_prefix();
+    let venv = python_env().display().to_string();
+    let apps = python_apps().display().to_string();
+    let poold = ngx_pool_tests::ExternalPoold::start(
+        &dir,
+        "ext",
+        "wsgi:flaskapp:app",
+        &["--workers", "2", "--venv", &venv, "--chdir", &apps],
+    );
+    let ng = Nginx::start(Conf::new(
+        &format!("    pool ext external socket={};", poold.socket.display()),
+        "    location / { pool_pass ext; }",
+    ));
+    let r = ng.get("/");
+    assert_eq!(
+        (r.status, text(&r).as_str()),
+        (200, "hello from flask\n"),
+        "{}",
+        poold.log_text()
+    );
+    // The same process (an exec, not a child), now the venv's interpreter.
+    let exe = std::fs::read_link(format!("/proc/{}/exe", poold.pid())).unwrap();
+    assert_eq!(
+        exe,
+        std::fs::canonicalize(python_env().join("bin/python")).unwrap()
+    );
+    ng.finish();
+    drop(poold);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

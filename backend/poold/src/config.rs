@@ -20,10 +20,12 @@ OPTIONS:
     --handler-args STR  passed to the handler's init (before the workers are forked)
     --chdir DIR         working directory of the pool (before the handler loads)
     --env NAME=VALUE    environment of the pool (repeatable)
-    --venv DIR          wsgi: the app's virtualenv
+    --venv DIR          wsgi: the app's virtualenv: its bin/python runs the pool
+    --python PATH       wsgi: the interpreter that runs the pool, when not a venv's
+                        [default: /usr/bin/python3]. It needs the ngx-pool package;
+                        the pool runs as PATH -m ngx_pool serve (this program execs it)
     --python-path DIRS  wsgi: directories put first on sys.path (':'-separated)
     --preload on|off    wsgi: import the app before forking (on) or in each worker [on]
-    --wsgi-adapter PATH wsgi: the Python adapter library   [default: beside poold]
     --name NAME         pool name used in log lines                  [default: pool]
     --workers N         pool worker processes                        [default: number of CPUs]
                         or MIN-MAX: MIN at start, more while requests wait, up to MAX
@@ -116,14 +118,13 @@ pub struct Config {
     /// descriptor it tells the spare which poold it keeps on.
     pub spare_of: Option<i32>,
     pub spare_link: Option<i32>,
-    /// Set in a poold the watchdog started in the app's interpreter (`watchdog::interpreter`):
-    /// the listening socket it bound and poold's end of their control link.
+    /// Set in a poold started in the app's interpreter (`watchdog::interpreter`): the listening
+    /// socket the watchdog (or the external poold that execed it) bound, and poold's end of
+    /// the control link (managed pools only).
     pub listen_fd: Option<i32>,
     pub control_fd: Option<i32>,
     /// Another generation of the pool serves while this one starts (`--successor`).
     pub successor: bool,
-    /// The Python adapter library for `wsgi:` handlers; none: beside poold.
-    pub wsgi_adapter: Option<PathBuf>,
     /// The file stdout and stderr are, followed through a log rotation.
     pub error_log: Option<PathBuf>,
 }
@@ -184,7 +185,6 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         listen_fd: None,
         control_fd: None,
         successor: false,
-        wsgi_adapter: None,
         error_log: None,
     };
     while let Some(arg) = it.next() {
@@ -219,9 +219,6 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
                     cfg.pool
                         .set(&setting, &v)
                         .map_err(|e| format!("{key}: {e}"))?
-                }
-                None if option == "--wsgi-adapter" => {
-                    cfg.wsgi_adapter = Some(PathBuf::from(value("a path")?))
                 }
                 None if option == "--error-log" => {
                     cfg.error_log = Some(PathBuf::from(value("a path")?))

@@ -18,6 +18,8 @@ use std::time::Duration;
 /// The longest a waiting caller sleeps before it looks at its own request again (it is woken
 /// earlier by its tasks' progress; a client that went away is seen within this).
 const WAIT_SLICE: Duration = Duration::from_millis(20);
+/// How long a queued task is left to an idle worker before its caller takes it back.
+const TAKE_BACK_GRACE: Duration = Duration::from_millis(25);
 
 /// The most tasks one request may hold at once: a handler that never releases its tasks is
 /// held to this, not to the pool's memory.
@@ -38,6 +40,8 @@ struct Call {
     /// The state this caller last saw, to tell whether a wake-up brought news.
     seen: Option<SlotState>,
     answer: Option<Result<(), Status>>,
+    /// When it was queued: a caller takes it back at once only when no worker is idle.
+    queued_at: std::time::Instant,
 }
 
 impl Call {
@@ -102,6 +106,7 @@ impl<'r> Calls<'r> {
             output: Vec::new(),
             seen: Some(SlotState::Queued),
             answer: None,
+            queued_at: std::time::Instant::now(),
         };
         // A queued task holds no more of the arena than a queued request may.
         let first = self.region.geometry().queued_window() as usize;
@@ -225,8 +230,15 @@ impl<'r> Calls<'r> {
     /// Takes back a queued task, one of `wanted` if any is queued, else the newest: its handle.
     fn take_back(&mut self, wanted: &[u64]) -> Option<u64> {
         let side = self.region.pool_side();
+        // A worker waiting for work takes a task within microseconds, unless the cores are
+        // busy: until the grace is over the caller waits for it, or it would run a long task
+        // itself while a short one it queued after finishes elsewhere (imap_unordered's first
+        // answer would be the long one).
+        let someone_idle = slot::some_worker_idle(self.region);
         let queued = |c: &Call| {
-            c.answer.is_none() && slot::state_of(self.region, c.id) == Some(SlotState::Queued)
+            c.answer.is_none()
+                && slot::state_of(self.region, c.id) == Some(SlotState::Queued)
+                && (!someone_idle || c.queued_at.elapsed() >= TAKE_BACK_GRACE)
         };
         let pick = wanted
             .iter()

@@ -9,7 +9,6 @@ use crate::host;
 use ngx_pool_abi::{self as abi, ngx_pool_handler, ngx_pool_request, ngx_pool_str};
 use ngx_pool_conf::HandlerSpec;
 use std::ffi::c_char;
-use std::path::{Path, PathBuf};
 
 /// The descriptor's functions, copied out once they passed the checks.
 #[derive(Clone, Copy)]
@@ -48,17 +47,13 @@ const NAME_MAX: usize = 128;
 
 impl LoadedHandler {
     /// Loads what `spec` names; nothing in it has run yet but the descriptor function. A WSGI
-    /// app is run by the Python adapter library at `wsgi_adapter`.
-    pub fn load(spec: &HandlerSpec, wsgi_adapter: &Path) -> Result<LoadedHandler, LoadError> {
+    /// app is not loaded here: the app's interpreter runs it, with the handler compiled into
+    /// the `ngx-pool` package's extension ([`LoadedHandler::compiled_in`]).
+    pub fn load(spec: &HandlerSpec) -> Result<LoadedHandler, LoadError> {
         match spec {
-            HandlerSpec::Wsgi { .. } => {
-                let mut h = Self::load(&HandlerSpec::Dylib(wsgi_adapter.to_path_buf()), wsgi_adapter)
-                    .map_err(|LoadError(e)| {
-                        LoadError(format!("{e} (the Python adapter for handler={spec}: it belongs beside poold, as `cargo build --release` and the Debian package put it; an external poold takes --wsgi-adapter PATH)"))
-                    })?;
-                h.spec = spec.to_string();
-                Ok(h)
-            }
+            HandlerSpec::Wsgi { .. } => Err(LoadError(format!(
+                "handler={spec} runs in the app's own interpreter (`python -m ngx_pool serve`, from the ngx-pool package), not in the poold binary"
+            ))),
             HandlerSpec::Builtin(name) => {
                 let desc = builtin::descriptor(name)
                     .ok_or_else(|| LoadError(format!("no built-in handler \"{name}\"")))?;
@@ -245,20 +240,8 @@ impl LoadedHandler {
     }
 }
 
-/// Where the Python adapter is when not configured: beside poold's executable (as the build and
-/// the Debian package put it).
-pub fn default_wsgi_adapter() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join(WSGI_ADAPTER_FILE)))
-        .unwrap_or_else(|| PathBuf::from(WSGI_ADAPTER_FILE))
-}
-
-/// The Python adapter's file name.
-pub const WSGI_ADAPTER_FILE: &str = "libngx_pool_python.so";
-
-/// What the Python adapter's `init` is given for `spec` (see backend/python): one `key=value`
-/// per line.
+/// What the WSGI handler's `init` is given for `spec` (see backend/pyext/src/wsgi): one
+/// `key=value` per line.
 pub fn wsgi_init_config(spec: &HandlerSpec, pool: &ngx_pool_conf::PoolSettings) -> String {
     let HandlerSpec::Wsgi { module, callable } = spec else {
         return String::new();
@@ -267,9 +250,6 @@ pub fn wsgi_init_config(spec: &HandlerSpec, pool: &ngx_pool_conf::PoolSettings) 
         "app={module}:{callable}\npreload={}\n",
         if pool.preload { "on" } else { "off" }
     );
-    if let Some(v) = &pool.venv {
-        out.push_str(&format!("venv={v}\n"));
-    }
     if let Some(p) = &pool.python_path {
         out.push_str(&format!("python_path={p}\n"));
     }

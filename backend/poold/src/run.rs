@@ -1,6 +1,7 @@
 //! poold's run from its command line to its end: the `poold` binary's `main`, and the same run
 //! in the app's own Python interpreter (`python -m ngx_pool serve`), whose extension module
-//! brings the WSGI handler compiled in, where the binary loads the adapter library.
+//! brings the WSGI handler compiled in (the binary has no Python: it hands a `wsgi:` pool to
+//! that interpreter).
 
 use crate::config::{self, Command, Config};
 use crate::handler::{LoadError, LoadedHandler};
@@ -19,8 +20,8 @@ pub(crate) const FAILED_LOADS_ENV: &str = "NGX_POOL_FAILED_LOADS";
 
 /// Runs poold with `args` (its command line without the program name); returns only when
 /// asked for its help or version, or once the pool has stopped. `wsgi`: the WSGI handler's
-/// descriptor, when it is compiled into the running program (the Python extension); the
-/// adapter library (`--wsgi-adapter`) otherwise.
+/// descriptor, when it is compiled into the running program (the Python extension); without
+/// it, a `wsgi:` pool is handed to its interpreter once the socket is bound.
 pub fn run(args: impl Iterator<Item = String>, wsgi: Option<&'static ngx_pool_handler>) {
     let cfg = match config::parse(args) {
         Ok(Command::Run(c)) => *c,
@@ -89,6 +90,11 @@ pub fn run(args: impl Iterator<Item = String>, wsgi: Option<&'static ngx_pool_ha
     if let Err(e) = drop_root(&cfg) {
         crate::log!("emerg", "{e}");
         std::process::exit(1);
+    }
+    if wsgi.is_none() && cfg.pool.handler.starts_with("wsgi:") {
+        // An external poold binary: the app's interpreter runs the pool, on the socket bound
+        // here (a managed pool's watchdog does this itself).
+        hand_to_interpreter(&cfg, &handoff);
     }
     let ready = handoff.ready;
     let handler = match load(&cfg, wsgi) {
@@ -192,10 +198,6 @@ fn load(cfg: &Config, wsgi: Option<&'static ngx_pool_handler>) -> Result<LoadedH
             std::env::set_var(name, value);
         }
     }
-    let adapter = cfg
-        .wsgi_adapter
-        .clone()
-        .unwrap_or_else(crate::handler::default_wsgi_adapter);
     let init_args = match spec {
         ngx_pool_conf::HandlerSpec::Wsgi { .. } => {
             crate::handler::wsgi_init_config(&spec, &cfg.pool)
@@ -206,10 +208,32 @@ fn load(cfg: &Config, wsgi: Option<&'static ngx_pool_handler>) -> Result<LoadedH
         (ngx_pool_conf::HandlerSpec::Wsgi { .. }, Some(desc)) => {
             LoadedHandler::compiled_in(desc, &spec)?
         }
-        _ => LoadedHandler::load(&spec, &adapter)?,
+        _ => LoadedHandler::load(&spec)?,
     };
     handler.init(&init_args)?;
     Ok(handler)
+}
+
+/// Becomes the pool's interpreter (`python -m ngx_pool serve`, this command line and the socket
+/// by number); never returns: exits with the reason when the interpreter cannot run the pool.
+fn hand_to_interpreter(cfg: &Config, handoff: &crate::watchdog::Handoff) -> ! {
+    let python = match crate::watchdog::interpreter::for_pool(cfg) {
+        Ok(Some(python)) => python,
+        Ok(None) => std::process::exit(EXIT_LOAD_FAILED), // not a wsgi: pool: never asked
+        Err(e) => {
+            crate::log!("error", "{e}; the pool answers 503");
+            std::process::exit(EXIT_LOAD_FAILED);
+        }
+    };
+    let e = crate::watchdog::interpreter::exec(
+        cfg,
+        &python,
+        &handoff.listener,
+        handoff.control.as_ref(),
+        handoff.ready.as_ref(),
+    );
+    crate::log!("error", "cannot start {}: {e}", python.display());
+    std::process::exit(EXIT_LOAD_FAILED);
 }
 
 /// Tells whoever started us how the start went (see `--ready-fd`).

@@ -5,12 +5,14 @@
 
 use pyo3::prelude::*;
 
+mod wsgi;
+
 /// Runs a pool with `args` (poold's command-line arguments, see `poold --help`) in this
 /// interpreter, the GIL released (the WSGI handler takes it when it runs Python); returns once
 /// the pool has stopped (or after printing the help or the version).
 #[pyfunction]
 fn serve(py: Python<'_>, args: Vec<String>) {
-    let desc = ngx_pool_python::ngx_pool_handler_v1();
+    let desc = wsgi::ngx_pool_handler_v1();
     // SAFETY: the WSGI handler's descriptor is a static made by the SDK's `export_handler!`
     // (never NULL), compiled into this module, which stays loaded while the interpreter runs.
     let desc: &'static _ = unsafe { &*desc };

@@ -66,8 +66,12 @@ pub struct PoolSettings {
     /// master to check; without it, poold admits its own user (`--user`'s, else the one it runs
     /// as: the socket's owner, which nginx's workers must be to connect) and root.
     pub allow: Vec<String>,
-    /// WSGI: the virtualenv whose packages the app uses (`venv=`, as uWSGI's `virtualenv`).
+    /// WSGI: the virtualenv the app runs in (`venv=`, as uWSGI's `virtualenv`): its
+    /// `bin/python` is the pool's interpreter.
     pub venv: Option<String>,
+    /// WSGI: the interpreter the pool runs in (`python=PATH`), when not a venv's; without
+    /// either, Debian's `/usr/bin/python3`.
+    pub python: Option<String>,
     /// WSGI: directories put first on `sys.path`, `:`-separated (`python_path=`, as Gunicorn's
     /// `--pythonpath`).
     pub python_path: Option<String>,
@@ -110,6 +114,7 @@ pub const SETTING_NAMES: &[&str] = &[
     "env",
     "allow",
     "venv",
+    "python",
     "python_path",
     "preload",
     "idle_timeout",
@@ -139,6 +144,7 @@ impl PoolSettings {
             env: Vec::new(),
             allow: Vec::new(),
             venv: None,
+            python: None,
             python_path: None,
             preload: true,
             log_rate: DEFAULT_LOG_RATE,
@@ -250,11 +256,12 @@ impl PoolSettings {
             "memory_max" => self.memory_max = Some(size_from_1m()?),
             "pids_max" => self.pids_max = Some(number(MAX_PIDS_MAX)?),
             "cpu_weight" => self.cpu_weight = Some(number(MAX_CPU_WEIGHT)?),
-            "chdir" | "venv" | "python_path" if value.is_empty() => {
+            "chdir" | "venv" | "python" | "python_path" if value.is_empty() => {
                 return Err(format!("{key}= needs a path"))
             }
             "chdir" => self.chdir = Some(value.to_string()),
             "venv" => self.venv = Some(value.to_string()),
+            "python" => self.python = Some(value.to_string()),
             "python_path" => self.python_path = Some(value.to_string()),
             "preload" => {
                 self.preload = match value {
@@ -338,6 +345,7 @@ impl PoolSettings {
         for (key, value) in [
             ("chdir", &self.chdir),
             ("venv", &self.venv),
+            ("python", &self.python),
             ("python_path", &self.python_path),
         ] {
             if let Some(v) = value {
@@ -380,6 +388,7 @@ impl PoolSettings {
         };
         self.chdir = self.chdir.as_deref().map(abs);
         self.venv = self.venv.as_deref().map(abs);
+        self.python = self.python.as_deref().map(abs);
         self.python_path = self
             .python_path
             .as_deref()
@@ -387,8 +396,9 @@ impl PoolSettings {
         self
     }
 
-    /// Checks what can be checked before the pool starts: the directories named exist, and a
-    /// `venv=` is a virtualenv. The reason, naming the setting and the path.
+    /// Checks what can be checked before the pool starts: the directories named exist, a
+    /// `venv=` is a virtualenv with its interpreter, a `python=` is an executable file, and
+    /// only one of them names the interpreter. The reason, naming the setting and the path.
     pub fn check_paths(&self) -> Result<(), String> {
         let is_dir = |key: &str, p: &str| {
             if std::path::Path::new(p).is_dir() {
@@ -408,6 +418,23 @@ impl PoolSettings {
                     "venv \"{v}\" is not a virtualenv (no pyvenv.cfg; make one with python3 -m venv)"
                 ));
             }
+            let python = std::path::Path::new(v).join("bin/python");
+            if !is_executable(&python) {
+                return Err(format!(
+                    "venv \"{v}\" has no interpreter: {} is not an executable file (a venv moved or copied without the Python it was made with? make it again with python3 -m venv)",
+                    python.display()
+                ));
+            }
+        }
+        if let Some(p) = &self.python {
+            if self.venv.is_some() {
+                return Err(format!(
+                    "python=\"{p}\" and venv= both name the pool's interpreter: give one (a venv's interpreter is its bin/python)"
+                ));
+            }
+            if !is_executable(std::path::Path::new(p)) {
+                return Err(format!("python \"{p}\" is not an executable file"));
+            }
         }
         for d in self.python_path.iter().flat_map(|pp| pp.split(':')) {
             is_dir("python_path", d)?;
@@ -421,6 +448,12 @@ impl PoolSettings {
         let key = option.strip_prefix("--")?.replace('-', "_");
         Self::knows(&key).then_some(key)
     }
+}
+
+/// Whether `path` (symbolic links followed) is a file someone may execute.
+fn is_executable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// `USER` or `USER:GROUP`, each a user or group name as `useradd` takes it, or a number.
@@ -469,6 +502,7 @@ mod tests {
             ("allow", "www-data,nginx:adm"),
             ("allow", "1000:1000"),
             ("venv", "/srv/venv"),
+            ("python", "/usr/bin/python3.12"),
             ("python_path", "/a:/b"),
             ("preload", "off"),
             ("log_rate", "0"),
@@ -521,6 +555,36 @@ mod tests {
         assert_eq!(rel.venv.as_deref(), Some("/p/venv"));
         let e = rel.check_paths().unwrap_err();
         assert!(e.contains("is not a directory"), "{e}");
+    }
+
+    #[test]
+    fn the_interpreter_is_named_once_and_must_be_there() {
+        let dir = std::env::temp_dir().join(format!("ngx-pool-conf-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        std::fs::write(dir.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+        let venv = dir.display().to_string();
+        let with = |pairs: &[(&str, &str)]| {
+            let mut s = PoolSettings::new("a");
+            for (k, v) in pairs {
+                s.set(k, v).unwrap();
+            }
+            s.check_paths()
+        };
+        let e = with(&[("venv", &venv)]).unwrap_err();
+        assert!(
+            e.contains("has no interpreter") && e.contains("bin/python"),
+            "{e}"
+        );
+        std::os::unix::fs::symlink("/bin/sh", dir.join("bin/python")).unwrap();
+        assert_eq!(with(&[("venv", &venv)]), Ok(()));
+        let e = with(&[("venv", &venv), ("python", "/bin/sh")]).unwrap_err();
+        assert!(e.contains("both name the pool's interpreter"), "{e}");
+        assert_eq!(with(&[("python", "/bin/sh")]), Ok(()));
+        let e = with(&[("python", "/nonexistent/python3")]).unwrap_err();
+        assert!(e.contains("is not an executable file"), "{e}");
+        let e = with(&[("python", &dir.join("pyvenv.cfg").display().to_string())]).unwrap_err();
+        assert!(e.contains("is not an executable file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

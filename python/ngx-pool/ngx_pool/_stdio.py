@@ -1,7 +1,9 @@
-"""A pool worker's ``sys.stdout`` and ``sys.stderr``: what the app prints (``print()``, a
+"""A pool's ``sys.stdout`` and ``sys.stderr``: what the app prints (``print()``, a
 ``logging.StreamHandler``, a traceback it renders itself) reaches nginx's error log as lines in
 nginx's format, with the time, a level (stdout: notice, stderr: error), the pool and the
-worker's pid, one per line written. Installed by the WSGI handler in each worker; the lines still
+writing process's pid, one per line written. Installed by the WSGI handler in the pool
+manager before the app is imported (so a handler the app makes at import, as Django's
+``LOGGING`` does, writes through it too, in every worker); the lines still
 pass through poold's ``log_rate=``. A line without its newline goes out at ``flush()``.
 ``fileno()`` and ``buffer`` are the original streams' (raw writes there stay raw).
 """
@@ -65,7 +67,7 @@ class LineLog(io.TextIOBase):
 
 
 def install():
-    """Makes this worker's sys.stdout and sys.stderr LineLogs (once)."""
+    """Makes this process's sys.stdout and sys.stderr LineLogs (once)."""
     if not isinstance(sys.stdout, LineLog):
         sys.stdout = LineLog("notice", sys.__stdout__)
     if not isinstance(sys.stderr, LineLog):

@@ -4,6 +4,7 @@ Runs unmodified under ngx-pool (handler=wsgi:flaskapp:app) and under Gunicorn (f
 for the differential test.
 """
 import hashlib
+import logging
 import os
 import sys
 import time
@@ -12,6 +13,13 @@ from flask import Flask, Response, jsonify, redirect, request, session, stream_w
 
 app = Flask(__name__)
 app.secret_key = "test-only-secret"
+
+# A handler made at import, as Django's LOGGING makes one: with preload=on in the pool manager,
+# before any worker exists, holding the sys.stderr of that moment.
+_log = logging.getLogger("flaskapp.events")
+_log.addHandler(logging.StreamHandler())
+_log.setLevel(logging.INFO)
+_log.propagate = False
 
 # Grows on /leak: for the max_rss= recycling test.
 _hoard = []
@@ -123,6 +131,12 @@ def hard_exit():
 def leak():
     _hoard.append(bytearray(int(request.args.get("mb", "8")) << 20))
     return jsonify(pid=os.getpid(), held_mb=sum(len(b) for b in _hoard) >> 20)
+
+
+@app.get("/log")
+def logged():
+    _log.warning("logging says %s", request.args["m"])
+    return str(os.getpid())
 
 
 @app.get("/print")

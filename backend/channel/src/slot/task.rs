@@ -253,6 +253,17 @@ pub fn running_task(region: &Region, worker: u32) -> Option<(SlotId, u64)> {
     is_task(s).then(|| (id, s.deadline_ms.load(Ordering::Relaxed)))
 }
 
+/// poold: whether a pool worker waits for work now (idle, and running no task), so that a task
+/// queued a moment ago is about to be taken and its caller need not take it back yet.
+pub fn some_worker_idle(region: &Region) -> bool {
+    (0..region.geometry().max_workers).any(|i| {
+        region.worker(i).is_some_and(|e| {
+            e.pid.load(Ordering::Relaxed) != 0
+                && e.state.load(Ordering::Relaxed) == WorkerState::Idle as u32
+        }) && running_task(region, i).is_none()
+    })
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;

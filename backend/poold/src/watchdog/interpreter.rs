@@ -2,33 +2,39 @@
 //! cgroup and has dropped root, becomes `PYTHON -m ngx_pool serve` with poold's arguments and
 //! the descriptors a forked poold would have kept (the socket, the control link, the start-up
 //! report), so that the pool manager and its workers are the executable Gunicorn would run, with
-//! the venv's Python whatever its version, and no libpython of ours. Where that interpreter has
-//! no `ngx-pool` package, the pool runs in the embedded adapter, as before, said once in the log.
+//! the interpreter's Python whatever its version; no binary of ours links libpython. An external
+//! poold does the same once it has bound its socket. An interpreter without the `ngx-pool`
+//! package, or one that cannot run as the pool's user, does not start: the error names it and
+//! how to install the package.
 
 use crate::config::Config;
-use crate::log;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-/// The interpreter a `wsgi:` pool runs in: `venv=`'s `bin/python`, or else Debian's `python3`.
+/// Debian's interpreter: a `wsgi:` pool's when it names neither `python=` nor `venv=`.
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// The interpreter a `wsgi:` pool runs in: `python=`, or `venv=`'s `bin/python`, or else
+/// Debian's `python3`.
 fn of(cfg: &Config) -> PathBuf {
-    match &cfg.pool.venv {
-        Some(venv) => PathBuf::from(venv).join("bin/python"),
-        None => PathBuf::from("/usr/bin/python3"),
+    match (&cfg.pool.python, &cfg.pool.venv) {
+        (Some(python), _) => PathBuf::from(python),
+        (None, Some(venv)) => PathBuf::from(venv).join("bin/python"),
+        (None, None) => PathBuf::from(SYSTEM_PYTHON),
     }
 }
 
 /// The probe's exit status when the interpreter runs but has no `ngx_pool._native`.
 const NO_PACKAGE: i32 = 3;
 
-/// What the pool's poold is to be: `Ok(Some(python))` when the pool is `wsgi:` and its
-/// interpreter imports `ngx_pool._native` (tried as the pool's user, with its `env=`: nothing of
-/// the venv runs as root); `Ok(None)` for this program (no package: the embedded adapter, said
-/// once, `said`); an error, naming the interpreter, when it cannot run as the pool's user.
-pub(super) fn for_pool(cfg: &Config, said: &mut bool) -> io::Result<Option<PathBuf>> {
+/// For a `wsgi:` pool, its interpreter, once it is known to import `ngx_pool._native` as the
+/// pool's user with its `env=` (nothing of the venv runs as root); `None` for other handlers
+/// (this program runs them). An error, naming the interpreter, when it cannot run as the pool's
+/// user or has no `ngx-pool` package (then with the command that installs it).
+pub(crate) fn for_pool(cfg: &Config) -> io::Result<Option<PathBuf>> {
     if !cfg.pool.handler.starts_with("wsgi:") {
         return Ok(None);
     }
@@ -59,24 +65,17 @@ pub(super) fn for_pool(cfg: &Config, said: &mut bool) -> io::Result<Option<PathB
     };
     let status = probe.output().map_err(|e| cannot(e.to_string()))?;
     match status.status.code() {
-        Some(0) => return Ok(Some(python)),
-        Some(NO_PACKAGE) => {}
+        Some(0) => Ok(Some(python)),
+        Some(NO_PACKAGE) => Err(io::Error::other(format!(
+            "the pool's interpreter {py} has no ngx-pool package: install it into that Python (`{py} -m pip install ngx-pool`, or from ngx-pool's source tree `{py} -m pip install python/ngx-pool`; for Debian's python3, the python3-ngx-pool package)",
+            py = python.display()
+        ))),
         _ => {
             let said_why = String::from_utf8_lossy(&status.stderr);
             let why = said_why.lines().last().unwrap_or("").trim().to_string();
-            return Err(cannot(format!("{} ({why})", status.status)));
+            Err(cannot(format!("{} ({why})", status.status)))
         }
     }
-    if !*said {
-        *said = true;
-        log!(
-            "notice",
-            "{} has no ngx-pool package (`{} -m pip install ngx-pool`, or scripts/python-package from the source tree): the pool runs in the embedded adapter",
-            python.display(),
-            python.display()
-        );
-    }
-    Ok(None)
 }
 
 /// The pool's `env=`, as (name, value) pairs.
@@ -87,11 +86,11 @@ fn env_of(cfg: &Config) -> impl Iterator<Item = (&str, &str)> {
 /// In the watchdog's child, in the pool's cgroup, root dropped: becomes `python -m ngx_pool
 /// serve` with this process's own arguments and the descriptors given. Returns only if the exec
 /// failed.
-pub(super) fn exec(
+pub(crate) fn exec(
     cfg: &Config,
     python: &PathBuf,
     listener: &OwnedFd,
-    control: &OwnedFd,
+    control: Option<&OwnedFd>,
     ready: Option<&OwnedFd>,
 ) -> io::Error {
     let mut args = super::passed_on_args();
@@ -106,7 +105,7 @@ pub(super) fn exec(
         Ok(())
     };
     let passed = pass("--listen-fd", listener)
-        .and_then(|()| pass("--control-fd", control))
+        .and_then(|()| control.map_or(Ok(()), |c| pass("--control-fd", c)))
         .and_then(|()| ready.map_or(Ok(()), |r| pass("--ready-fd", r)));
     if let Err(e) = passed {
         return e;

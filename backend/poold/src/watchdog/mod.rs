@@ -35,7 +35,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 mod duties;
-mod interpreter;
+pub(crate) mod interpreter;
 mod spare;
 
 pub use duties::{ERROR_LOG, LISTENER};
@@ -134,19 +134,11 @@ fn keep(
     let mut duties = duties::Duties::new(cfg, socket_file);
     let mut spare = spare::Spare::none();
     let mut delay = Duration::ZERO;
-    let mut said_fallback = false;
     loop {
         let started = Instant::now();
         let k = match kept.take() {
             Some(k) => k,
-            None => match start(
-                cfg,
-                &mut duties,
-                cgroup.as_ref(),
-                me,
-                &mut ready,
-                &mut said_fallback,
-            ) {
+            None => match start(cfg, &mut duties, cgroup.as_ref(), me, &mut ready) {
                 Ok(Started::Poold(k)) => k,
                 Ok(Started::InChild(handoff)) => {
                     drop(signals);
@@ -235,9 +227,8 @@ fn start(
     cgroup: Option<&PoolCgroup>,
     me: Pid,
     ready: &mut Option<OwnedFd>,
-    said_fallback: &mut bool,
 ) -> std::io::Result<Started> {
-    let python = interpreter::for_pool(cfg, said_fallback)?;
+    let python = interpreter::for_pool(cfg)?;
     let listener = duties.bind()?;
     // Non-blocking: poold (the pool's code) may stop reading its end, and the watchdog must
     // never wait on it (a frame that does not fit is dropped, and logged).
@@ -279,7 +270,7 @@ fn start(
                     log!("emerg", "{e}");
                     std::process::exit(1);
                 }
-                let e = interpreter::exec(cfg, &python, &listener, &theirs, ready.as_ref());
+                let e = interpreter::exec(cfg, &python, &listener, Some(&theirs), ready.as_ref());
                 log!("alert", "cannot start {}: {e}", python.display());
                 std::process::exit(crate::run::EXIT_LOAD_FAILED);
             }

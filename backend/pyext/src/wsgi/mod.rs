@@ -1,22 +1,20 @@
-//! The Python adapter: a handler library on the ngx-pool ABI that embeds CPython and runs a WSGI
-//! app (PEP 3333) in the pool workers, for `handler=wsgi:MODULE:CALLABLE`.
+//! The WSGI handler: a handler on the ngx-pool ABI, compiled into the extension, that runs a
+//! WSGI app (PEP 3333) in the pool workers, for `handler=wsgi:MODULE:CALLABLE`, in the app's
+//! own interpreter (the one that imported `ngx_pool._native` and runs poold's code).
 //!
-//! poold loads it like any `dylib:` handler (RTLD_GLOBAL, so the app's C extensions resolve
-//! against the libpython it brings); poold itself never links libpython. Its life follows the
-//! SDK's hooks:
+//! Its life follows the SDK's hooks:
 //!
-//! * `init`, in the pool manager as the pool's user: the interpreter starts (no signal
-//!   handlers, the `venv=`'s executable), `python_path=` and the working directory go first on
-//!   `sys.path`, and with `preload=on` the app is imported here, once, then `gc.freeze()` so
-//!   the workers share its pages copy-on-write (Gunicorn's `preload_app`);
+//! * `init`, in the pool manager as the pool's user: `python_path=` and the working directory
+//!   go first on `sys.path`, and with `preload=on` the app is imported here, once, then
+//!   `gc.freeze()` so the workers share its pages copy-on-write (Gunicorn's `preload_app`);
 //! * `before_fork` / `after_fork` around each fork, `worker_init` first in each worker: the
-//!   interpreter quiesced and restored as `os.fork()` does it (`interpreter.rs`); with
+//!   interpreter quiesced and restored as `os.fork()` does it (`fork.rs`); with
 //!   `preload=off` the app is imported in each worker here instead;
 //! * `handle`: the environ (`environ.rs`), the call, the response streamed out (`respond.rs`).
 
 mod environ;
 mod fanout;
-mod interpreter;
+mod fork;
 mod io;
 mod respond;
 mod settings;
@@ -205,17 +203,6 @@ fn stream_out(result: &Bound<'_, PyAny>, responder: &Bound<'_, StartResponse>) -
 impl Handler for Wsgi {
     fn init(args: &str) -> Result<Self> {
         let settings = Settings::parse(args).map_err(Error::msg)?;
-        let linked = interpreter::linked_version();
-        if let Some(venv) = &settings.venv {
-            let made_with = settings::venv_version(venv).map_err(Error::msg)?;
-            if made_with != linked {
-                return Err(Error::msg(format!(
-                    "venv {} is Python {made_with}, but the Python adapter runs Python {linked}: make the venv with python{linked} -m venv",
-                    venv.display()
-                )));
-            }
-        }
-        interpreter::start(settings.venv.as_deref()).map_err(Error::msg)?;
         Python::with_gil(|py| {
             let fail = |e: PyErr| Error::msg(format!("Python set-up: {}", python_error(py, &e)));
             let sys = py.import("sys").map_err(fail)?;
@@ -234,6 +221,21 @@ impl Handler for Wsgi {
                 path.call_method1("insert", (i, dir)).map_err(fail)?;
             }
             fanout::install(py).map_err(fail)?;
+            // What the app prints: nginx-format lines with the pid of the process that writes
+            // (`_stdio.py`), from here on, so that a logging handler the app makes at import
+            // (Django's LOGGING) holds the line writer too, in every worker.
+            if let Err(e) = py
+                .import("ngx_pool._stdio")
+                .and_then(|m| m.call_method0("install"))
+            {
+                ngx_pool_sdk::log(
+                    Level::Warn,
+                    &format!(
+                        "the app's stdout and stderr stay raw: {}",
+                        python_error(py, &e)
+                    ),
+                );
+            }
             let file_wrapper = py
                 .import("wsgiref.util")
                 .and_then(|m| m.getattr("FileWrapper"))
@@ -280,29 +282,16 @@ impl Handler for Wsgi {
     }
 
     fn before_fork(&self) {
-        interpreter::before_fork();
+        fork::before_fork();
     }
 
     fn after_fork(&self) {
-        interpreter::after_fork_in_parent();
+        fork::after_fork_in_parent();
     }
 
     fn worker_init(&self) -> Result {
-        interpreter::after_fork_in_child();
+        fork::after_fork_in_child();
         Python::with_gil(|py| {
-            // What the app prints: nginx-format lines with the worker's pid (`_stdio.py`).
-            if let Err(e) = py
-                .import("ngx_pool._stdio")
-                .and_then(|m| m.call_method0("install"))
-            {
-                ngx_pool_sdk::log(
-                    Level::Warn,
-                    &format!(
-                        "the app's stdout and stderr stay raw: {}",
-                        python_error(py, &e)
-                    ),
-                );
-            }
             if self.settings.preload {
                 return Ok(());
             }

@@ -1,38 +1,12 @@
-//! The `_ngx_pool` module the adapter gives Python, and the `ngx_pool` package over it: the
+//! The `_ngx_pool` module the WSGI handler gives Python, and the `ngx_pool` package over it: the
 //! fan-out of the request (or task) running now, as `ngx_pool.Pool` and `ngx_pool.Executor`
 //! use it (`python/ngx-pool`). Status codes go to Python as numbers; the package turns them
 //! into its exceptions (`WorkerLost`, `Cancelled`, `TimeoutError`).
 
 use ngx_pool_sdk::{ErrorKind, Fanout, Ready, TaskId};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::PyBytes;
 use std::sync::Mutex;
-
-/// The `ngx_pool` package, the same files `pip install python/ngx-pool` installs: its modules in
-/// the order they import each other, then the package's `__init__`.
-const MODULES: [(&str, &str); 5] = [
-    (
-        "errors",
-        include_str!("../../../python/ngx-pool/ngx_pool/errors.py"),
-    ),
-    (
-        "_stdio",
-        include_str!("../../../python/ngx-pool/ngx_pool/_stdio.py"),
-    ),
-    (
-        "_driver",
-        include_str!("../../../python/ngx-pool/ngx_pool/_driver.py"),
-    ),
-    (
-        "pool",
-        include_str!("../../../python/ngx-pool/ngx_pool/pool.py"),
-    ),
-    (
-        "executor",
-        include_str!("../../../python/ngx-pool/ngx_pool/executor.py"),
-    ),
-];
-const INIT: &str = include_str!("../../../python/ngx-pool/ngx_pool/__init__.py");
 
 /// The fan-out of the request or task running now in this worker.
 static CURRENT: Mutex<Option<Fanout>> = Mutex::new(None);
@@ -169,8 +143,9 @@ fn log(level: &str, text: &str) {
     ngx_pool_sdk::log(level, text);
 }
 
-/// Registers `_ngx_pool` and the `ngx_pool` package in `sys.modules` (an `ngx_pool`
-/// installed in the venv is the same code; this copy matches the adapter).
+/// Registers `_ngx_pool`, then imports the `ngx_pool` package again over it: `python -m
+/// ngx_pool` imported it before the primitives existed, as a program outside a pool does (its
+/// `Pool` then falls back to `multiprocessing`). The extension itself stays: it is this code.
 pub fn install(py: Python<'_>) -> PyResult<()> {
     let m = PyModule::new(py, "_ngx_pool")?;
     m.add_function(wrap_pyfunction!(active, &m)?)?;
@@ -182,44 +157,16 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(log, &m)?)?;
     let modules = py.import("sys")?.getattr("modules")?;
     modules.set_item("_ngx_pool", &m)?;
-    let package = PyModule::new(py, "ngx_pool")?;
-    package.setattr("__path__", PyList::empty(py))?;
-    package.setattr("__package__", "ngx_pool")?;
-    package.setattr("__file__", "<ngx-pool adapter>/ngx_pool/__init__.py")?;
-    modules.set_item("ngx_pool", &package)?;
-    let result = (|| {
-        for (name, source) in MODULES {
-            let full = format!("ngx_pool.{name}");
-            let m = PyModule::new(py, &full)?;
-            m.setattr("__package__", "ngx_pool")?;
-            m.setattr("__file__", format!("<ngx-pool adapter>/ngx_pool/{name}.py"))?;
-            modules.set_item(&full, &m)?;
-            exec(
-                py,
-                source,
-                &format!("<ngx-pool adapter>/ngx_pool/{name}.py"),
-                &m,
-            )?;
-            package.setattr(name, m)?;
-        }
-        exec(
-            py,
-            INIT,
-            "<ngx-pool adapter>/ngx_pool/__init__.py",
-            &package,
-        )
-    })();
-    if result.is_err() {
-        modules.del_item("ngx_pool")?;
+    let stale: Vec<String> = modules
+        .call_method0("keys")?
+        .try_iter()?
+        .filter_map(|k| k.ok()?.extract::<String>().ok())
+        .filter(|k| k == "ngx_pool" || (k.starts_with("ngx_pool.") && k != "ngx_pool._native"))
+        .collect();
+    for name in stale {
+        modules.del_item(name)?;
     }
-    result
-}
-
-/// Runs `source` as the code of module `m`.
-fn exec(py: Python<'_>, source: &str, file: &str, m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let builtins = py.import("builtins")?;
-    let code = builtins.getattr("compile")?.call1((source, file, "exec"))?;
-    builtins.getattr("exec")?.call1((code, m.dict()))?;
+    py.import("ngx_pool")?;
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! `pool_param`s (a `pool_param` wins, so `pool_param SCRIPT_NAME /app;` mounts an app under a
 //! prefix), every header as `HTTP_*`, and the `wsgi.*` keys.
 
-use crate::io::{Errors, Input};
+use super::io::{Errors, Input};
 use ngx_pool_sdk::{Request, Stream};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
