@@ -461,6 +461,17 @@ fn a_django_startproject_site_moves_from_gunicorn() {
         ng.wait_for("Django's traceback in error_log", |ng| {
             ng.log().contains("attempt to write a readonly database")
         });
+        // Written by the console handler Django made at import (preload=on, in the pool
+        // manager): still nginx-format lines, tagged with the pool and the worker.
+        let log = ng.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("Internal Server Error: /readonly/admin/login/"))
+            .expect("Django's own log line");
+        assert!(
+            line.contains("[error]") && line.contains("poold \"readonly\": worker "),
+            "{line}"
+        );
     }
     ng.finish();
 }
