@@ -151,8 +151,8 @@ http {{
                ("(d) ngx-pool + ngx_pool.Pool(4)", "/ngx", nroot)]
     for _, path, _ in targets:  # warm-up: imports, the module-level pools
         load(port, path, cores, 1)
-    # One pool worker running a request's items alone: the embedded CPython (libpython) is
-    # slower than Debian's static /usr/bin/python3 that Gunicorn's processes run (docs/wsgi.md).
+    # One pool worker running a request's items alone: the same interpreter as (a)-(c) (the
+    # venv's python), so its per-item speed should match theirs.
     def alone(path):
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         times = []
@@ -160,7 +160,7 @@ http {{
             c.request("GET", path)
             times.append(float(c.getresponse().read()))
         return min(times)
-    one_embedded = alone("/alone")
+    one_worker = alone("/alone")
     rows, rps = [], {}
     for conc in (4, 16):
         for name, path, root in targets:
@@ -181,17 +181,17 @@ http {{
            f"{cores} cores, {secs} s per cell\n",
            "| stack | c | req/s | p50 ms | p99 ms | cores busy | processes alive | processes created | failed |",
            "|---|---|---|---|---|---|---|---|---|"] + rows
-    ideal_embedded = cores / one_embedded
+    ideal_worker = cores / one_worker
     out.append(f"\nOne process running a request's 8 items alone: {1 / one_request:.2f} req/s "
                f"(× cores = {ideal:.2f}) in Debian's python3, as (a)-(c) run them; "
-               f"{1 / one_embedded:.2f} req/s (× cores = {ideal_embedded:.2f}) in a pool worker's "
-               f"embedded libpython, {one_embedded / one_request:.2f}× slower.")
+               f"{1 / one_worker:.2f} req/s (× cores = {ideal_worker:.2f}) in a pool worker (the "
+               f"venv's python too), {one_worker / one_request:.2f}× the time.")
     for conc in (4, 16):
         d = rps[("(d)", conc)]
         out.append(f"c={conc}: (d) = {d / max(rps[('(a)', conc)], 1e-9):.1f}× (a), "
                    f"{d / max(rps[('(b)', conc)], 1e-9):.2f}× (b), "
                    f"{d / max(rps[('(c)', conc)], 1e-9):.2f}× (c), {d / ideal:.2f}× cores × one python3 process, "
-                   f"{d / ideal_embedded:.2f}× cores × one pool worker.")
+                   f"{d / ideal_worker:.2f}× cores × one pool worker.")
     out.append("Processes alive: the whole stack at the end of the cell (nginx included). Cores busy: "
                "the CPU time the stack (nginx included) used during the cell per second of it.")
     return out

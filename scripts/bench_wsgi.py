@@ -10,6 +10,10 @@ each with the same number of Python processes.
 
 Memory: the sum of the PSS (/proc/PID/smaps_rollup) of every process of each stack (nginx and
 the server's whole tree), after its runs, against Gunicorn with --preload.
+
+A second Python: the CPU view once more under another CPython (3.12, from scripts/python-matrix's
+target/py-matrix/3.12, Gunicorn installed there), ngx-pool against Gunicorn sync on that same
+interpreter; a SKIPPED line where the machine has no such Python.
 """
 import os
 import statistics
@@ -18,6 +22,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+SECOND_PYTHON = "3.12"
+GUNICORN = "gunicorn==23.0.0"  # as tests/python/requirements.txt
 TARGET = ROOT / "target"
 VENV = TARGET / "python-env"
 VIEWS = ["/hello", "/json", "/mib", "/cpu"]
@@ -163,7 +169,10 @@ http {{
     res = {}
     for r in range(rounds):
         for v in VIEWS:
-            for name, pre in targets:
+            # Each round starts with another stack, so that none always runs first after a
+            # change of view (or always right after the same neighbour).
+            k = r % len(targets)
+            for name, pre in targets[k:] + targets[:k]:
                 log(f"wsgi round {r + 1}/{rounds}: {name} {v}")
                 res.setdefault((name, v), []).append(h["wrk"](base + pre + v, conc, secs, lambda: 0))
     mem = {}
@@ -197,4 +206,78 @@ http {{
     pre = mem["gunicorn sync --preload"][0]
     for name, (kib, n) in mem.items():
         out.append(f"| {name} | {n} | {kib / 1024:.1f} | {kib / pre:.2f} |")
+    out += second_python(h, P, bench_dir, conc, secs, rounds)
     return out
+
+
+def second_python(h, P, bench_dir, conc, secs, rounds):
+    """The CPU view under another CPython: ngx-pool (a pool in that venv's python) against
+    Gunicorn sync from the same venv, behind one nginx, interleaved rounds."""
+    log, procs, prefix = h["log"], h["procs"], h["prefix"]
+    venv = TARGET / "py-matrix" / SECOND_PYTHON
+    py = venv / "bin/python"
+    if not (venv / ".ngx-pool-wheel").exists():
+        log(f"SKIPPED the second Python: no {venv} (scripts/python-matrix makes it where CPython "
+            f"{SECOND_PYTHON} is installed)")
+        return [f"\nSKIPPED: the CPU view under CPython {SECOND_PYTHON} (not on this machine)."]
+    if not (venv / "bin/gunicorn").exists():
+        log(f"installing {GUNICORN} into {venv}")
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", GUNICORN],
+                       check=True)
+    version = subprocess.run([str(py), "-c", "import platform; print(platform.python_version())"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    # A pyenv build with a shared libpython finds it through LD_LIBRARY_PATH (its copy's run
+    # path names root's home), for the pool's user and Gunicorn alike.
+    home = next((line.split("=", 1)[1].strip() for line in (venv / "pyvenv.cfg").read_text().splitlines()
+                 if line.startswith("home")), "")
+    lib = str(Path(home).parent / "lib") if home else ""
+    env = dict(os.environ, LD_LIBRARY_PATH=lib) if lib else None
+    gport, port = h["free_port"](), h["free_port"]()
+    procs.start([str(venv / "bin/gunicorn"), "-w", str(P), "-b", f"127.0.0.1:{gport}", "--chdir",
+                 str(bench_dir), "--timeout", "120", "--log-level", "warning", "wsgi_app:app"],
+                "gunicorn (second Python)", gport, env=env)
+    conf = prefix / "wsgi2-nginx.conf"
+    pool_env = f" env=LD_LIBRARY_PATH={lib}" if lib else ""
+    conf.write_text(f"""
+daemon off;
+worker_processes {P};
+error_log {prefix}/logs/wsgi2-error.log notice;
+pid {prefix}/logs/wsgi2-nginx.pid;
+load_module {TARGET}/release/libngx_pool_module.so;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body2;
+    pool flask2 handler=wsgi:wsgi_app:app venv={venv} chdir={bench_dir} workers={P} timeout=120s{pool_env};
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location /pool/ {{ rewrite ^/pool(/.*)$ $1 break; pool_pass flask2; }}
+        location /gsync/ {{ proxy_pass http://127.0.0.1:{gport}/; }}
+    }}
+}}
+""")
+    procs.start([str(h["nginx_binary"]()), "-p", str(prefix), "-c", str(conf)], "nginx (second Python)", port)
+    log_file = prefix / "logs/wsgi2-error.log"
+    deadline = time.time() + 30
+    while log_file.read_text().count("attached to") < P:
+        if time.time() > deadline:
+            raise SystemExit("bench: nginx did not attach to the second Python's pool:\n" + log_file.read_text())
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{port}"
+    targets = [("ngx-pool", "/pool"), ("gunicorn sync", "/gsync")]
+    for _, pre in targets:
+        out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", base + pre + "/cpu"],
+                             capture_output=True, text=True).stdout
+        if out != "200":
+            raise SystemExit(f"bench: {pre}/cpu answers {out} under CPython {version}")
+    res = {}
+    for r in range(rounds):
+        for name, pre in targets:
+            log(f"second Python round {r + 1}/{rounds}: {name} /cpu")
+            res.setdefault(name, []).append(h["wrk"](base + pre + "/cpu", conc, secs, lambda: 0)["rps"])
+    ours, theirs = statistics.median(res["ngx-pool"]), statistics.median(res["gunicorn sync"])
+    return [f"\n## The CPU view under a second Python: CPython {version} (a venv of scripts/python-matrix), "
+            f"both stacks on that interpreter, {P} processes each, wrk c={conc}, {secs}s x {rounds} rounds, medians\n",
+            "| view | ngx-pool | gunicorn sync | ngx-pool × gunicorn sync |",
+            "|---|---|---|---|",
+            f"| /cpu req/s | {ours:.0f} | {theirs:.0f} | {ours / theirs:.2f} |"]

@@ -27,6 +27,9 @@ const RETRY_EVERY: Duration = Duration::from_millis(20);
 const RETRY_AFTER_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a failure to attach is logged, at most.
 const LOG_EVERY: Duration = Duration::from_secs(1);
+/// How long a pool this worker never attached to may leave the handshake unanswered before
+/// that is an error: its poold may still be loading the app (a Django import takes seconds).
+const STARTING_GRACE: Duration = Duration::from_secs(10);
 /// How soon a worker that is not attached tries again on its own, with no request asking:
 /// so it is attached when the first request comes, even if poold came up after the worker.
 const RETRY_UNASKED: Duration = Duration::from_millis(200);
@@ -239,25 +242,42 @@ fn start(i: usize, path: &std::path::Path) -> Result<Attaching, String> {
 
 /// The handshake failed: drop it, try again after `retry`, and say so (at most once a second).
 fn failed(i: usize, reason: &str, retry: Duration) {
+    failed_as(i, reason, retry, false)
+}
+
+/// As [`failed`]; `maybe_starting`: a pool this worker never attached to, within
+/// [`STARTING_GRACE`] of its first failure, is said at `notice` (its poold may be loading the
+/// app), not as an error.
+fn failed_as(i: usize, reason: &str, retry: Duration, maybe_starting: bool) {
     let now = Instant::now();
     let said = with_pool(i, |p| {
         let attaching = p.attaching.take();
         p.next_attempt = Some(now + retry);
+        let since = *p.failing_since.get_or_insert(now);
+        let starting = maybe_starting && !p.ever_attached && now < since + STARTING_GRACE;
         let due = p.last_failure_logged.is_none_or(|t| now >= t + LOG_EVERY);
         if due {
             p.last_failure_logged = Some(now);
         }
-        (attaching, due.then(|| (p.name.clone(), p.socket.clone())))
+        (
+            attaching,
+            due.then(|| (p.name.clone(), p.socket.clone(), starting)),
+        )
     });
     // Dropped outside the borrow: closing a connection calls into nginx.
     if let Ok((attaching, say)) = said {
         drop(attaching);
         arm_retry(i, retry.max(RETRY_UNASKED));
-        if let Some((name, socket)) = say {
+        if let Some((name, socket, starting)) = say {
+            let (level, why) = match (maybe_starting, starting) {
+                (_, true) => (NGX_LOG_NOTICE, " (still starting?)"),
+                (true, false) => (NGX_LOG_ERR, " (frozen or overloaded?)"),
+                (false, false) => (NGX_LOG_ERR, ""),
+            };
             runtime::log(
-                NGX_LOG_ERR,
+                level,
                 &format!(
-                    "pool \"{name}\": cannot attach to {}: {reason}",
+                    "pool \"{name}\": cannot attach to {}: {reason}{why}",
                     socket.display()
                 ),
             );
@@ -272,12 +292,11 @@ unsafe extern "C" fn on_timeout(ev: *mut ngx_event_t) {
         "timer",
         || (),
         || {
-            failed(
+            failed_as(
                 i,
-                &format!(
-                    "poold did not answer within {HANDSHAKE_TIMEOUT:?} (frozen or overloaded?)"
-                ),
+                &format!("poold did not answer within {HANDSHAKE_TIMEOUT:?}"),
                 RETRY_AFTER_TIMEOUT,
+                true,
             )
         },
     );
@@ -365,6 +384,8 @@ fn complete(
     unsafe { (*(*c).read).handler = Some(runtime::on_socket_event) };
     let (conn, conn_gen) = (welcome.b, welcome.c);
     let stored = with_pool(i, |p| {
+        p.ever_attached = true;
+        p.failing_since = None;
         p.attached = Some(Attached {
             region: Rc::new(region),
             conn,

@@ -94,6 +94,11 @@ pub struct PoolRt {
     pub(crate) attaching: Option<crate::attach::Attaching>,
     pub(crate) next_attempt: Option<Instant>,
     pub(crate) last_failure_logged: Option<Instant>,
+    /// Attached once in this worker's life: a pool that stops answering after that is a fault;
+    /// before it, a slow start (an app's import) for a while.
+    pub(crate) ever_attached: bool,
+    /// Since when the attempts fail (none once attached).
+    pub(crate) failing_since: Option<Instant>,
     /// Retries the attachment while no request asks ([`crate::attach`]).
     pub(crate) retry_timer: *mut ngx_event_t,
     pub inflight: InFlightMap,
@@ -287,6 +292,8 @@ fn pool_rt((i, e): (usize, &PoolEntry)) -> PoolRt {
         attaching: None,
         next_attempt: None,
         last_failure_logged: None,
+        ever_attached: false,
+        failing_since: None,
         retry_timer: crate::attach::new_retry_timer(i),
         inflight: InFlightMap::default(),
     }
