@@ -1,6 +1,6 @@
 """multiprocessing.Pool and concurrent.futures.Executor on an ngx-pool pool's own workers.
 
-Inside a pool worker of ngx-pool (a WSGI app run by its Python adapter), a task of
+Inside a pool worker of ngx-pool (a WSGI app run by ``python -m ngx_pool serve``), a task of
 ``Pool.map`` & co. is pickled (functions by reference, as multiprocessing does) and queued for
 the same pool's other workers; the caller runs its own tasks while it waits when no worker is
 free, so a map always completes: at workers=1, when every worker fans out at once, nested.

@@ -14,7 +14,7 @@ def main(argv):
         return 2
     from ngx_pool import _native
 
-    # As the embedded adapter ran Python: poold owns the signals (a worker stops on SIGINT and
+    # poold owns the signals (a worker stops on SIGINT and
     # SIGTERM by their default action), and what the app prints reaches the log as written.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     for stream in (sys.stdout, sys.stderr):

@@ -1,4 +1,4 @@
-"""The fan-out over the adapter's native primitives (``_ngx_pool``: submit, wait, result,
+"""The fan-out over the WSGI handler's native primitives (``_ngx_pool``: submit, wait, result,
 release), for every thread of the request.
 
 One thread at a time sits in the driver's seat and makes the native calls for all of them: it
@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 
-try:  # Present only in a pool worker of ngx-pool's Python adapter.
+try:  # Present only in a pool worker of ngx-pool (the WSGI handler registers it).
     import _ngx_pool as _native
 except ImportError:  # pragma: no cover - exercised by the fallback tests
     _native = None
@@ -76,7 +76,7 @@ def _encode(out):
 
 
 def _run_task(payload):
-    """Called by the adapter's run_task in the worker that took a task: pickled in and out."""
+    """Called by the WSGI handler's run_task in the worker that took a task: pickled in and out."""
     try:
         kind, fn, data, init = pickle.loads(payload)
     except BaseException as e:  # noqa: BLE001
