@@ -267,4 +267,6 @@ typedef struct ngx_pool_handler {
   int32_t (*run_task)(const struct ngx_pool_host *host, struct ngx_pool_request *t);
 } ngx_pool_handler;
 
+
+
 #endif  /* NGX_POOL_H */

@@ -57,6 +57,81 @@ pub const NGX_POOL_TASK_YOURS: i32 = 1;
 /// A generic failure, for a handler's own `init`, `worker_init` or `handle` to return.
 pub const NGX_POOL_ERR: i32 = -100;
 
+/// The host's statuses as one type, for Rust on either side of the ABI (the constants above are
+/// its values, and what the C header has): a status from the C side becomes one with
+/// [`TryFrom<i32>`], and nothing matches on bare integers.
+/// cbindgen:ignore
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(i32)]
+pub enum HostStatus {
+    Ok = NGX_POOL_OK,
+    TaskYours = NGX_POOL_TASK_YOURS,
+    Invalid = NGX_POOL_ERR_INVALID,
+    State = NGX_POOL_ERR_STATE,
+    Gone = NGX_POOL_ERR_GONE,
+    Io = NGX_POOL_ERR_IO,
+    TooLarge = NGX_POOL_ERR_TOO_LARGE,
+    NotFound = NGX_POOL_ERR_NOT_FOUND,
+    Full = NGX_POOL_ERR_FULL,
+    Lost = NGX_POOL_ERR_LOST,
+    Timeout = NGX_POOL_ERR_TIMEOUT,
+    Error = NGX_POOL_ERR,
+}
+
+impl HostStatus {
+    /// Every status, once.
+    pub const ALL: [HostStatus; 12] = [
+        HostStatus::Ok,
+        HostStatus::TaskYours,
+        HostStatus::Invalid,
+        HostStatus::State,
+        HostStatus::Gone,
+        HostStatus::Io,
+        HostStatus::TooLarge,
+        HostStatus::NotFound,
+        HostStatus::Full,
+        HostStatus::Lost,
+        HostStatus::Timeout,
+        HostStatus::Error,
+    ];
+
+    /// The value the C side sees.
+    pub const fn raw(self) -> i32 {
+        self as i32
+    }
+
+    /// The C constant's name without its `NGX_POOL_` / `NGX_POOL_ERR_` prefix (`GONE`,
+    /// `TASK_YOURS`; `ERR` for the generic failure): how Python's `_ngx_pool` names it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            HostStatus::Ok => "OK",
+            HostStatus::TaskYours => "TASK_YOURS",
+            HostStatus::Invalid => "INVALID",
+            HostStatus::State => "STATE",
+            HostStatus::Gone => "GONE",
+            HostStatus::Io => "IO",
+            HostStatus::TooLarge => "TOO_LARGE",
+            HostStatus::NotFound => "NOT_FOUND",
+            HostStatus::Full => "FULL",
+            HostStatus::Lost => "LOST",
+            HostStatus::Timeout => "TIMEOUT",
+            HostStatus::Error => "ERR",
+        }
+    }
+}
+
+impl TryFrom<i32> for HostStatus {
+    /// A value no status has, given back.
+    type Error = i32;
+
+    fn try_from(value: i32) -> Result<HostStatus, i32> {
+        HostStatus::ALL
+            .into_iter()
+            .find(|s| s.raw() == value)
+            .ok_or(value)
+    }
+}
+
 /// Log levels of `ngx_pool_host.log`, nginx's (`error_log` filters them the same way).
 pub const NGX_POOL_LOG_EMERG: u32 = 1;
 pub const NGX_POOL_LOG_ALERT: u32 = 2;
@@ -303,3 +378,23 @@ pub const NGX_POOL_HOST_V1_SIZE: u32 = core::mem::offset_of!(ngx_pool_host, task
 /// cbindgen:ignore
 pub const NGX_POOL_HANDLER_V1_1_SIZE: u32 =
     core::mem::offset_of!(ngx_pool_handler, run_task) as u32;
+
+#[cfg(test)]
+mod tests {
+    use super::HostStatus;
+
+    #[test]
+    fn every_status_reads_back_from_its_value_and_no_other_value_is_one() {
+        for s in HostStatus::ALL {
+            assert_eq!(HostStatus::try_from(s.raw()), Ok(s));
+        }
+        for (i, a) in HostStatus::ALL.iter().enumerate() {
+            for b in &HostStatus::ALL[i + 1..] {
+                assert_ne!(a.raw(), b.raw(), "{a:?} and {b:?} share a value");
+            }
+        }
+        for v in [2, -10, -99, -101, i32::MIN, i32::MAX] {
+            assert_eq!(HostStatus::try_from(v), Err(v));
+        }
+    }
+}

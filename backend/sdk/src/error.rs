@@ -1,6 +1,6 @@
 //! Errors of the SDK: what the host said (its status codes, as a kind) or what a handler says.
 
-use ngx_pool_abi as abi;
+use ngx_pool_abi::HostStatus;
 use std::fmt;
 use std::io;
 
@@ -54,35 +54,64 @@ impl Error {
         self.kind
     }
 
-    /// The error for a host status code (never `NGX_POOL_OK`).
+    /// The error for a host status code (never `NGX_POOL_OK`); a value the ABI does not know
+    /// is the handler kind.
     pub(crate) fn from_status(status: i32, what: &str) -> Error {
-        let (kind, text) = match status {
-            abi::NGX_POOL_ERR_GONE => {
-                (ErrorKind::Gone, "the client is gone or the deadline passed")
+        let kind = HostStatus::try_from(status).map_or(ErrorKind::Handler, ErrorKind::of_status);
+        let text = match kind {
+            ErrorKind::Gone => "the client is gone or the deadline passed",
+            ErrorKind::Invalid => "invalid argument",
+            ErrorKind::State => "not allowed now",
+            ErrorKind::TooLarge => "past the declared Content-Length",
+            ErrorKind::Io => "the channel failed",
+            ErrorKind::Handler => "failed",
+            // A fan-out task's outcome: said without the number.
+            ErrorKind::Lost => {
+                return Error::new(kind, format!("{what}: the worker running the task died"))
             }
-            abi::NGX_POOL_ERR_INVALID => (ErrorKind::Invalid, "invalid argument"),
-            abi::NGX_POOL_ERR_STATE => (ErrorKind::State, "not allowed now"),
-            abi::NGX_POOL_ERR_TOO_LARGE => {
-                (ErrorKind::TooLarge, "past the declared Content-Length")
-            }
-            abi::NGX_POOL_ERR_IO => (ErrorKind::Io, "the channel failed"),
-            _ => (ErrorKind::Handler, "failed"),
+            ErrorKind::Timeout => return Error::new(kind, format!("{what}: timed out")),
+            ErrorKind::Full => return Error::new(kind, format!("{what}: no room")),
         };
         Error::new(kind, format!("{what}: {text} (status {status})"))
     }
 
     /// The status a trampoline returns to the host for this error.
     pub(crate) fn status(&self) -> i32 {
-        match self.kind {
-            ErrorKind::Gone => abi::NGX_POOL_ERR_GONE,
-            ErrorKind::Invalid => abi::NGX_POOL_ERR_INVALID,
-            ErrorKind::State => abi::NGX_POOL_ERR_STATE,
-            ErrorKind::TooLarge => abi::NGX_POOL_ERR_TOO_LARGE,
-            ErrorKind::Io => abi::NGX_POOL_ERR_IO,
-            ErrorKind::Handler => abi::NGX_POOL_ERR,
-            ErrorKind::Lost => abi::NGX_POOL_ERR_LOST,
-            ErrorKind::Timeout => abi::NGX_POOL_ERR_TIMEOUT,
-            ErrorKind::Full => abi::NGX_POOL_ERR_FULL,
+        self.kind.status().raw()
+    }
+}
+
+impl ErrorKind {
+    /// The kind of a host status (the one table of the two, with [`ErrorKind::status`]); `Ok`,
+    /// `TaskYours` and `NotFound` are no failure of their own: the handler kind.
+    pub fn of_status(status: HostStatus) -> ErrorKind {
+        match status {
+            HostStatus::Gone => ErrorKind::Gone,
+            HostStatus::Invalid => ErrorKind::Invalid,
+            HostStatus::State => ErrorKind::State,
+            HostStatus::TooLarge => ErrorKind::TooLarge,
+            HostStatus::Io => ErrorKind::Io,
+            HostStatus::Lost => ErrorKind::Lost,
+            HostStatus::Timeout => ErrorKind::Timeout,
+            HostStatus::Full => ErrorKind::Full,
+            HostStatus::Ok | HostStatus::TaskYours | HostStatus::NotFound | HostStatus::Error => {
+                ErrorKind::Handler
+            }
+        }
+    }
+
+    /// The host status of this kind (what the host, or Python's `ngx_pool`, is told).
+    pub fn status(self) -> HostStatus {
+        match self {
+            ErrorKind::Gone => HostStatus::Gone,
+            ErrorKind::Invalid => HostStatus::Invalid,
+            ErrorKind::State => HostStatus::State,
+            ErrorKind::TooLarge => HostStatus::TooLarge,
+            ErrorKind::Io => HostStatus::Io,
+            ErrorKind::Handler => HostStatus::Error,
+            ErrorKind::Lost => HostStatus::Lost,
+            ErrorKind::Timeout => HostStatus::Timeout,
+            ErrorKind::Full => HostStatus::Full,
         }
     }
 }
@@ -139,6 +168,27 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ngx_pool_abi as abi;
+
+    #[test]
+    fn every_kind_is_its_status_and_back() {
+        let kinds = [
+            ErrorKind::Gone,
+            ErrorKind::Invalid,
+            ErrorKind::State,
+            ErrorKind::TooLarge,
+            ErrorKind::Io,
+            ErrorKind::Handler,
+            ErrorKind::Lost,
+            ErrorKind::Timeout,
+            ErrorKind::Full,
+        ];
+        for k in kinds {
+            assert_eq!(ErrorKind::of_status(k.status()), k);
+            assert_eq!(Error::from_status(k.status().raw(), "x").kind(), k);
+        }
+        assert_eq!(Error::from_status(-12345, "x").kind(), ErrorKind::Handler);
+    }
 
     #[test]
     fn kinds_survive_a_trip_through_io_error() {

@@ -44,18 +44,6 @@ pub struct Fanout {
     handle: Detached,
 }
 
-fn task_error(status: i32, what: &str) -> Error {
-    match status {
-        abi::NGX_POOL_ERR_LOST => Error::new(
-            ErrorKind::Lost,
-            format!("{what}: the worker running the task died"),
-        ),
-        abi::NGX_POOL_ERR_TIMEOUT => Error::new(ErrorKind::Timeout, format!("{what}: timed out")),
-        abi::NGX_POOL_ERR_FULL => Error::new(ErrorKind::Full, format!("{what}: no room")),
-        _ => Error::from_status(status, what),
-    }
-}
-
 impl Fanout {
     pub(crate) fn new(handle: Detached) -> Fanout {
         Fanout { handle }
@@ -72,7 +60,7 @@ impl Fanout {
         match self.handle.task_submit(input) {
             Ok(t) => Ok(Some(TaskId(t))),
             Err(abi::NGX_POOL_ERR_FULL) => Ok(None),
-            Err(rc) => Err(task_error(rc, "queueing a task")),
+            Err(rc) => Err(Error::from_status(rc, "queueing a task")),
         }
     }
 
@@ -85,7 +73,7 @@ impl Fanout {
         match self.handle.task_wait(&ids, ms) {
             Ok((abi::NGX_POOL_TASK_YOURS, t)) => Ok(Ready::Yours(TaskId(t))),
             Ok((_, t)) => Ok(Ready::Answered(TaskId(t))),
-            Err(rc) => Err(task_error(rc, "waiting for tasks")),
+            Err(rc) => Err(Error::from_status(rc, "waiting for tasks")),
         }
     }
 
@@ -94,7 +82,7 @@ impl Fanout {
         let out = self
             .handle
             .task_result(task.0)
-            .map_err(|rc| task_error(rc, "a task"));
+            .map_err(|rc| Error::from_status(rc, "a task"));
         self.handle.task_release(task.0);
         out
     }

@@ -23,9 +23,14 @@ except ImportError:  # pragma: no cover - exercised by the fallback tests
 
 from .errors import Cancelled, MaybeEncodingError, RemoteTraceback, TimeoutError, WorkerLost
 
-# Status codes of _ngx_pool (the host's, see include/ngx_pool.h).
-_OK, _YOURS = 0, 1
-_GONE, _FULL, _LOST, _TIMEOUT = -3, -7, -8, -9
+# Status codes of _ngx_pool: the host's, by the names the extension gives them (HostStatus in
+# backend/abi, the one table; include/ngx_pool.h has the same values). None outside a pool,
+# where no native call is made.
+_OK, _YOURS, _GONE, _FULL, _LOST, _TIMEOUT = (
+    (_native.OK, _native.TASK_YOURS, _native.GONE, _native.FULL, _native.LOST, _native.TIMEOUT)
+    if _native is not None
+    else (None,) * 6
+)
 
 # How long a driver waits in the host before it looks at what other threads queued (s).
 _SLICE = 0.02

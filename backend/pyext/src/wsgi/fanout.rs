@@ -3,6 +3,7 @@
 //! use it (`python/ngx-pool`). Status codes go to Python as numbers; the package turns them
 //! into its exceptions (`WorkerLost`, `Cancelled`, `TimeoutError`).
 
+use ngx_pool_sdk::abi::HostStatus;
 use ngx_pool_sdk::{ErrorKind, Fanout, Ready, TaskId};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -51,20 +52,13 @@ fn current() -> Option<Fanout> {
     CURRENT.lock().ok().and_then(|c| *c)
 }
 
-// The host's status codes, as `ngx_pool` knows them.
-const OK: i32 = 0;
-const YOURS: i32 = 1;
+// The host's statuses (`HostStatus`, the ABI's one table), as numbers for Python: the
+// `ngx_pool` package reads their names from `_ngx_pool` (`OK`, `GONE`, ...).
+const OK: i32 = HostStatus::Ok.raw();
+const YOURS: i32 = HostStatus::TaskYours.raw();
 
 fn code(kind: ErrorKind) -> i32 {
-    match kind {
-        ErrorKind::Gone => ngx_pool_sdk::abi::NGX_POOL_ERR_GONE,
-        ErrorKind::Full => ngx_pool_sdk::abi::NGX_POOL_ERR_FULL,
-        ErrorKind::Lost => ngx_pool_sdk::abi::NGX_POOL_ERR_LOST,
-        ErrorKind::Timeout => ngx_pool_sdk::abi::NGX_POOL_ERR_TIMEOUT,
-        ErrorKind::State => ngx_pool_sdk::abi::NGX_POOL_ERR_STATE,
-        ErrorKind::Io => ngx_pool_sdk::abi::NGX_POOL_ERR_IO,
-        _ => ngx_pool_sdk::abi::NGX_POOL_ERR,
-    }
+    kind.status().raw()
 }
 
 /// True while a request or task runs (tasks can be queued).
@@ -155,6 +149,9 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(result, &m)?)?;
     m.add_function(wrap_pyfunction!(release, &m)?)?;
     m.add_function(wrap_pyfunction!(log, &m)?)?;
+    for status in HostStatus::ALL {
+        m.add(status.name(), status.raw())?;
+    }
     let modules = py.import("sys")?.getattr("modules")?;
     modules.set_item("_ngx_pool", &m)?;
     let stale: Vec<String> = modules
