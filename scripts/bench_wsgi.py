@@ -58,6 +58,49 @@ def pss_kib(pids):
     return total
 
 
+def start_nginx(h, name, P, pool, proxies, extra=""):
+    """nginx with `pool flask ...` (`pool`: its parameters) at /pool/ and a proxy_pass location
+    per peer (`proxies`: path prefix -> port), waiting until every worker attached; its port and
+    process."""
+    prefix, port = h["prefix"], h["free_port"]()
+    conf, log_file = prefix / f"{name}-nginx.conf", prefix / f"logs/{name}-error.log"
+    peers = "".join(f"\n        location /{k}/ {{ proxy_pass http://127.0.0.1:{v}/; }}" for k, v in proxies.items())
+    conf.write_text(f"""
+daemon off;
+worker_processes {P};
+error_log {log_file} notice;
+pid {prefix}/logs/{name}-nginx.pid;
+load_module {TARGET}/release/libngx_pool_module.so;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body-{name};
+    pool flask {pool};
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location /pool/ {{ rewrite ^/pool(/.*)$ $1 break; pool_pass flask; }}{peers}{extra}
+    }}
+}}
+""")
+    ng = h["procs"].start([str(h["nginx_binary"]()), "-p", str(prefix), "-c", str(conf)], f"nginx ({name})", port)
+    deadline = time.time() + 30
+    while log_file.read_text().count("attached to") < P:
+        if time.time() > deadline:
+            raise SystemExit(f"bench: nginx ({name}) did not attach to its pool:\n" + log_file.read_text())
+        time.sleep(0.05)
+    return port, ng
+
+
+def check_answers(base, targets, views):
+    """Every target answers 200 on every view before anything is measured."""
+    for name, pre in targets:
+        for v in views:
+            out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", base + pre + v],
+                                 capture_output=True, text=True).stdout
+            if out != "200":
+                raise SystemExit(f"bench: {name} answers {out} at {pre}{v}")
+
+
 def run(h):
     """`h` is scripts/bench's toolbox: procs, wrk, free_port, nginx_binary, tree, log, quick,
     prefix."""
@@ -89,8 +132,6 @@ def run(h):
                                         "--host", "127.0.0.1", "--port", str(ports["granian"]),
                                         "--working-dir", str(bench_dir), "wsgi_app:app"],
                                        "granian", ports["granian"]).pid
-    port = h["free_port"]()
-    conf = prefix / "wsgi-nginx.conf"
     uwsgi_loc = ""
     if have_uwsgi:
         uwsgi_loc = f"""
@@ -103,34 +144,9 @@ def run(h):
             uwsgi_param CONTENT_TYPE $content_type; uwsgi_param CONTENT_LENGTH $content_length;
             uwsgi_pass 127.0.0.1:{ports['uwsgi']};
         }}"""
-    conf.write_text(f"""
-daemon off;
-worker_processes {P};
-error_log {prefix}/logs/wsgi-error.log notice;
-pid {prefix}/logs/wsgi-nginx.pid;
-load_module {TARGET}/release/libngx_pool_module.so;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    pool flask handler=wsgi:wsgi_app:app venv={VENV} chdir={bench_dir} workers={P} timeout=120s;
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        location /pool/ {{ rewrite ^/pool(/.*)$ $1 break; pool_pass flask; }}
-        location /gsync/ {{ proxy_pass http://127.0.0.1:{ports['gsync']}/; }}
-        location /gpre/ {{ proxy_pass http://127.0.0.1:{ports['gpre']}/; }}
-        location /gthread/ {{ proxy_pass http://127.0.0.1:{ports['gthread']}/; }}
-        location /granian/ {{ proxy_pass http://127.0.0.1:{ports['granian']}/; }}{uwsgi_loc}
-    }}
-}}
-""")
-    ng = procs.start([str(h["nginx_binary"]()), "-p", str(prefix), "-c", str(conf)], "nginx (wsgi)", port)
-    log_file = prefix / "logs/wsgi-error.log"
-    deadline = time.time() + 30
-    while log_file.read_text().count("attached to") < P:
-        if time.time() > deadline:
-            raise SystemExit("bench: nginx workers did not attach to the WSGI pool:\n" + log_file.read_text())
-        time.sleep(0.05)
+    proxies = {k: ports[k] for k in ("gsync", "gpre", "gthread", "granian")}
+    port, ng = start_nginx(h, "wsgi", P, f"handler=wsgi:wsgi_app:app venv={VENV} chdir={bench_dir} "
+                           f"workers={P} timeout=120s", proxies, uwsgi_loc)
     base = f"http://127.0.0.1:{port}"
     nginx_pid = ng.pid
 
@@ -157,12 +173,7 @@ http {{
             return tree(nginx_pid)
         return nginx_only() | tree(roots[name])
 
-    for name, pre in targets:
-        for v in VIEWS:
-            out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", base + pre + v],
-                                 capture_output=True, text=True).stdout
-            if out != "200":
-                raise SystemExit(f"bench: {name} answers {out} at {pre}{v}")
+    check_answers(base, targets, VIEWS)
     secs = 1 if quick else 5
     rounds = 1 if quick else 3
     conc = 32
@@ -213,7 +224,7 @@ http {{
 def second_python(h, P, bench_dir, conc, secs, rounds):
     """The CPU view under another CPython: ngx-pool (a pool in that venv's python) against
     Gunicorn sync from the same venv, behind one nginx, interleaved rounds."""
-    log, procs, prefix = h["log"], h["procs"], h["prefix"]
+    log, procs = h["log"], h["procs"]
     venv = TARGET / "py-matrix" / SECOND_PYTHON
     py = venv / "bin/python"
     if not (venv / ".ngx-pool-wheel").exists():
@@ -232,44 +243,16 @@ def second_python(h, P, bench_dir, conc, secs, rounds):
                  if line.startswith("home")), "")
     lib = str(Path(home).parent / "lib") if home else ""
     env = dict(os.environ, LD_LIBRARY_PATH=lib) if lib else None
-    gport, port = h["free_port"](), h["free_port"]()
+    gport = h["free_port"]()
     procs.start([str(venv / "bin/gunicorn"), "-w", str(P), "-b", f"127.0.0.1:{gport}", "--chdir",
                  str(bench_dir), "--timeout", "120", "--log-level", "warning", "wsgi_app:app"],
                 "gunicorn (second Python)", gport, env=env)
-    conf = prefix / "wsgi2-nginx.conf"
     pool_env = f" env=LD_LIBRARY_PATH={lib}" if lib else ""
-    conf.write_text(f"""
-daemon off;
-worker_processes {P};
-error_log {prefix}/logs/wsgi2-error.log notice;
-pid {prefix}/logs/wsgi2-nginx.pid;
-load_module {TARGET}/release/libngx_pool_module.so;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body2;
-    pool flask2 handler=wsgi:wsgi_app:app venv={venv} chdir={bench_dir} workers={P} timeout=120s{pool_env};
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        location /pool/ {{ rewrite ^/pool(/.*)$ $1 break; pool_pass flask2; }}
-        location /gsync/ {{ proxy_pass http://127.0.0.1:{gport}/; }}
-    }}
-}}
-""")
-    procs.start([str(h["nginx_binary"]()), "-p", str(prefix), "-c", str(conf)], "nginx (second Python)", port)
-    log_file = prefix / "logs/wsgi2-error.log"
-    deadline = time.time() + 30
-    while log_file.read_text().count("attached to") < P:
-        if time.time() > deadline:
-            raise SystemExit("bench: nginx did not attach to the second Python's pool:\n" + log_file.read_text())
-        time.sleep(0.05)
+    port, _ = start_nginx(h, "wsgi2", P, f"handler=wsgi:wsgi_app:app venv={venv} chdir={bench_dir} "
+                          f"workers={P} timeout=120s{pool_env}", {"gsync": gport})
     base = f"http://127.0.0.1:{port}"
     targets = [("ngx-pool", "/pool"), ("gunicorn sync", "/gsync")]
-    for _, pre in targets:
-        out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", base + pre + "/cpu"],
-                             capture_output=True, text=True).stdout
-        if out != "200":
-            raise SystemExit(f"bench: {pre}/cpu answers {out} under CPython {version}")
+    check_answers(base, targets, ["/cpu"])
     res = {}
     for r in range(rounds):
         for name, pre in targets:
