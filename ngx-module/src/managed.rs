@@ -107,9 +107,14 @@ fn secret_memfd(secret: &Secret) -> std::io::Result<OwnedFd> {
                 | SealFlag::F_SEAL_SEAL,
         ),
     )?;
-    // Above the numbers poold's descriptors take in the child (3 to SECRET_FD), so that
-    // placing the others there never overwrites it.
-    let high = fcntl(fd.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(SECRET_FD + 1))?;
+    above_placed(fd.as_raw_fd())
+}
+
+/// A close-on-exec duplicate of `fd` above the numbers poold's descriptors take in the child
+/// (3 to SECRET_FD).
+fn above_placed(fd: i32) -> std::io::Result<OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    let high = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(SECRET_FD + 1))?;
     // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor; we are its only owner.
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(high) })
 }
@@ -484,9 +489,15 @@ fn spawn(
     cycle: *mut ngx_cycle_t,
 ) -> std::io::Result<(Pid, Started)> {
     make_runtime_dir(socket)?;
-    let lifeline = lifeline_read_fd()?;
-    let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // Every descriptor the child places at 3 to SECRET_FD comes from above that range, so that
+    // placing one never overwrites another still to be placed.
+    let lifeline = above_placed(lifeline_read_fd()?)?;
+    let (ready_read, ready_low) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let ready_write = above_placed(ready_low.as_raw_fd())?;
+    // Only the copy the child places may hold the pipe open: its end of file says it died.
+    drop(ready_low);
     let ready = ready_write.as_raw_fd();
+    let lifeline_fd = lifeline.as_raw_fd();
     let secret_fd = secret_memfd(secret)?;
     let secret_raw = secret_fd.as_raw_fd();
     let _ = std::fs::remove_file(socket);
@@ -542,7 +553,7 @@ fn spawn(
             }
             // dup2 onto itself keeps FD_CLOEXEC: clear it on both explicitly.
             for (from, to) in [
-                (lifeline, LIFELINE_FD),
+                (lifeline_fd, LIFELINE_FD),
                 (ready, READY_FD),
                 (secret_raw, SECRET_FD),
             ] {

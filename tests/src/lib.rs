@@ -604,10 +604,14 @@ impl Nginx {
     pub fn check_log(&self) {
         let log = self.log();
         let bad = unexpected_log_lines(&log, &self.allowed);
+        // The lines around them say why (which process stopped first, and what it said).
+        let tail: Vec<&str> = log.lines().filter(|l| !l.contains("[debug]")).collect();
+        let tail = &tail[tail.len().saturating_sub(60)..];
         assert!(
             bad.is_empty(),
-            "unexpected lines in error log:\n{}",
-            bad.join("\n")
+            "unexpected lines in error log:\n{}\nthe log's last lines:\n{}",
+            bad.join("\n"),
+            tail.join("\n")
         );
     }
 }
