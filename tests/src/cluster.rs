@@ -58,7 +58,10 @@ impl Cluster {
     /// `hosts` hosts and a front, all serving; `None` (with a message) where it cannot be done.
     pub fn up(net: u8, hosts: u8) -> Option<Cluster> {
         if let Some(why) = cannot_make_namespaces(net) {
-            eprintln!("SKIPPED: the cluster test needs network namespaces: {why}");
+            crate::skip(
+                "the cluster test",
+                &format!("it needs network namespaces: {why}"),
+            );
             return None;
         }
         let c = Cluster {

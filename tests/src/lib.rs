@@ -301,6 +301,24 @@ pub fn nginx_test_config_in(dir: &Path, conf: &Conf) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Says that (part of) a test did not run on this machine, and why: one `SKIPPED what: why`
+/// line, also appended to the run's list of skips (`$TMPDIR/skipped`, when scripts/test runs the
+/// tests: its summary counts and prints them), so that a skip is never mistaken for a pass.
+pub fn skip(what: &str, why: &str) {
+    let line = format!("SKIPPED {what}: {why}");
+    eprintln!("{line}");
+    if std::env::var_os("NGX_POOL_TEST_RUN").is_some() {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(std::env::temp_dir().join("skipped"))
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
 /// The `[alert]`, `[emerg]` and `[crit]` lines of an error log that contain none of `allowed`.
 pub fn unexpected_log_lines<'a>(log: &'a str, allowed: &[String]) -> Vec<&'a str> {
     log.lines()

@@ -156,7 +156,10 @@ fn a_prefix_without_logs_puts_sockets_in_the_runtime_directory() {
     // logs/, so it goes to /run/ngx-pool, which the master creates.
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to create /run/ngx-pool");
+        ngx_pool_tests::skip(
+            "the /run/ngx-pool socket",
+            "needs root to create /run/ngx-pool",
+        );
         return;
     }
     let name = format!("layout{}", std::process::id());

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn skip(reason: &str) {
-    eprintln!("SKIPPED debian_package: {reason}");
+    ngx_pool_tests::skip("debian_package", reason);
 }
 
 fn run(cmd: &mut Command) -> String {

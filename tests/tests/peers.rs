@@ -87,7 +87,7 @@ fn assert_refused_without_secret(report: &Value) {
 #[test]
 fn a_local_process_of_nginx_s_user_gets_no_region() {
     if !is_root() {
-        eprintln!("skipped: needs root to run the attacker as nginx's user");
+        ngx_pool_tests::skip("peers", "needs root to run the attacker as nginx's user");
         return;
     }
     let ng = Nginx::start(Conf::new(
@@ -122,7 +122,7 @@ fn a_local_process_of_nginx_s_user_gets_no_region() {
 #[test]
 fn a_handler_of_another_pool_gets_no_region_nor_does_its_pool_s_secret() {
     if !is_root() {
-        eprintln!("skipped: needs root (the pools run as nobody)");
+        ngx_pool_tests::skip("peers", "needs root (the pools run as nobody)");
         return;
     }
     let ng = Nginx::start(Conf::new(
@@ -191,7 +191,7 @@ impl Drop for Held {
 #[test]
 fn fake_attachments_by_nginx_s_user_do_not_keep_reloaded_workers_out() {
     if !is_root() {
-        eprintln!("skipped: needs root to run the attacker as nginx's user");
+        ngx_pool_tests::skip("peers", "needs root to run the attacker as nginx's user");
         return;
     }
     let mut ng = Nginx::start(Conf::new(
@@ -252,7 +252,7 @@ fn fake_attachments_by_nginx_s_user_do_not_keep_reloaded_workers_out() {
 #[test]
 fn an_external_pool_admits_the_user_allow_names_and_refuses_another() {
     if !is_root() {
-        eprintln!("skipped: needs root to connect as other users");
+        ngx_pool_tests::skip("peers", "needs root to connect as other users");
         return;
     }
     let dir = temp_prefix();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn skip(reason: &str) {
-    eprintln!("SKIPPED system_nginx: {reason}");
+    ngx_pool_tests::skip("system_nginx", reason);
 }
 
 #[test]

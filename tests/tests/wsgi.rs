@@ -1049,11 +1049,17 @@ fn every_cpython_on_the_machine_runs_the_app_in_its_own_interpreter() {
         if venv.join(".ngx-pool-wheel").exists() {
             found.push((minor, version, venv));
         } else {
-            eprintln!("SKIPPED CPython {version}: no {} (scripts/python-matrix makes it where that Python is installed)", venv.display());
+            ngx_pool_tests::skip(
+                &format!("CPython {version}"),
+                &format!(
+                    "no {} (scripts/python-matrix makes it where that Python is installed)",
+                    venv.display()
+                ),
+            );
         }
     }
     if found.is_empty() {
-        eprintln!("SKIPPED: no Python of the matrix on this machine");
+        ngx_pool_tests::skip("the Python matrix", "no Python of it on this machine");
         return;
     }
     let apps = python_apps().display().to_string();

@@ -96,7 +96,11 @@ pub(super) fn pump_upload(ctx: *mut Ctx, region: &Region, id: SlotId, queued: bo
                 }
             }
             Pumped::Failed(e) => {
-                fail(ctx, 500, format!("pool \"{}\": {e}", pool_name(c.pool)));
+                fail(
+                    ctx,
+                    Failure::Internal,
+                    format!("pool \"{}\": {e}", pool_name(c.pool)),
+                );
                 return false;
             }
         }
@@ -119,7 +123,7 @@ pub(super) fn read_more(ctx: *mut Ctx) -> Result<bool, ()> {
             nginx_sys::NGX_LOG_INFO,
             &format!("pool \"{name}\": reading the request body: {rc}"),
         );
-        fail(ctx, rc, String::new());
+        fail(ctx, Failure::ClientBody(rc), String::new());
         return Err(());
     }
     // SAFETY: as above.
@@ -157,11 +161,7 @@ pub(super) unsafe extern "C" fn on_body_read(r: *mut ngx_http_request_t) {
                             pool_name(pool)
                         ),
                     );
-                    return fail(
-                        ctx,
-                        nginx_sys::NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t,
-                        String::new(),
-                    );
+                    return fail(ctx, Failure::ClientGone, String::new());
                 }
                 progress(ctx);
             }

@@ -49,11 +49,11 @@ pub(super) fn server_side<'a>(r: *mut ngx_http_request_t, req: &'a Request) -> S
 
 /// Encodes the request head and makes the request's context. `Err(status)` to answer at once.
 pub(super) fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, Refused> {
-    let i = pool_index(r).ok_or(500 as ngx_int_t)?;
+    let i = pool_index(r).ok_or(Failure::Internal)?;
     match runtime::ensure_attached(i) {
         State::Attached => {}
         State::Pending => return Err(Refused::Wait(i)),
-        State::Down => return Err(Refused::Status(503)),
+        State::Down => return Err(Refused::Failed(Failure::Unavailable, unattached(i))),
     }
     let (region, timeout_ms, queue_timeout_ms) = with_pool(i, |p| {
         let region = p.attached.as_ref()?.region.clone();
@@ -61,11 +61,11 @@ pub(super) fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, Refused> {
     })
     .ok()
     .flatten()
-    .ok_or(503 as ngx_int_t)?;
+    .ok_or_else(|| Refused::Failed(Failure::Unavailable, unattached(i)))?;
     // SAFETY: `r` is a live request nginx handed us.
     let req = unsafe { Request::from_ngx_http_request(r) };
-    let loc = Module::location_conf(req).ok_or(500 as ngx_int_t)?;
-    let buffering = loc.effective.ok_or(500 as ngx_int_t)?;
+    let loc = Module::location_conf(req).ok_or(Failure::Internal)?;
+    let buffering = loc.effective.ok_or(Failure::Internal)?;
     let own_timeout = loc.timeout_ms;
     let timeout_ms = own_timeout.unwrap_or(timeout_ms);
     // SAFETY: fields of a live request.
@@ -117,7 +117,7 @@ pub(super) fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, Refused> {
     );
     if let Err(e) = encode_request_head(&mut bytes, &head, body) {
         log_request(r, &format!("pool \"{}\": request head: {e}", pool_name(i)));
-        return Err(Refused::Status(400));
+        return Err(Failure::BadHead.into());
     }
     if bytes.len() as u64 > region.geometry().message_limit() {
         log_request(
@@ -128,7 +128,7 @@ pub(super) fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, Refused> {
                 bytes.len()
             ),
         );
-        return Err(Refused::Status(431));
+        return Err(Failure::HeadTooLarge.into());
     }
     suspend(
         r,
@@ -154,5 +154,5 @@ pub(super) fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, Refused> {
             outcome: Outcome::default(),
         },
     )
-    .ok_or(Refused::Status(500))
+    .ok_or(Refused::Failed(Failure::Internal, String::new()))
 }

@@ -31,7 +31,7 @@ use nginx_sys::{
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleServerConf, Request};
 use ngx_pool_channel::chain::ChainError;
 use ngx_pool_channel::message::{encode_request_head, RequestHead, ServerSide};
-use ngx_pool_channel::slot::{self, FailReason, SlotId, SlotState};
+use ngx_pool_channel::slot::{self, SlotId, SlotState};
 use ngx_pool_channel::stream;
 use ngx_pool_channel::Region;
 use std::ffi::c_void;
@@ -39,11 +39,13 @@ use std::ptr;
 use std::rc::Rc;
 
 mod body;
+mod failure;
 mod head;
 mod respond;
 mod waiting;
 
 use body::*;
+pub(crate) use failure::Failure;
 use head::*;
 use respond::*;
 use waiting::*;
@@ -138,14 +140,13 @@ pub unsafe extern "C" fn pool_pass_handler(r: *mut ngx_http_request_t) -> ngx_in
     // Nothing is started for the request before body reading: a panic here is a plain 500.
     let ready = crate::edge::guard(
         "content",
-        || Err(500),
+        || Err(Failure::Internal.http_status()),
         || {
             let i = pool_index(r).ok_or(NGX_ERROR as ngx_int_t)?;
             if runtime::ensure_attached(i) == State::Down {
-                let msg = format!("pool \"{}\" has no poold attached; 503", pool_name(i));
-                note_rejection(i, r, &msg);
-                add_retry_after(r);
-                return Err(503);
+                let f = Failure::Unavailable;
+                log_failure(r, Some(i), f, &unattached(i));
+                return Err(f.http_status());
             }
             Ok(())
         },
@@ -174,28 +175,52 @@ unsafe extern "C" fn body_ready(r: *mut ngx_http_request_t) {
 /// (or its connection closed if the response head was out), whatever state it was left in.
 fn recover(r: *mut ngx_http_request_t) {
     match ctx_of(r) {
-        Some(ctx) => fail(ctx, 500, String::new()),
-        None => finish(r, 500),
+        Some(ctx) => fail(ctx, Failure::Internal, String::new()),
+        None => finish(r, Failure::Internal.http_status()),
     }
 }
 
 /// Recovery for an event whose data is a request context.
 fn recover_ctx(ctx: *mut Ctx) {
-    fail(ctx, 500, String::new());
+    fail(ctx, Failure::Internal, String::new());
 }
 
 /// Why a request does not go to its pool now.
 enum Refused {
-    /// Answer it with this status.
-    Status(ngx_int_t),
+    /// Answer it so, logging the line (none if empty: it is logged already).
+    Failed(Failure, String),
     /// Its pool is attaching: wait (see [`park`]).
     Wait(usize),
 }
 
-impl From<ngx_int_t> for Refused {
-    fn from(status: ngx_int_t) -> Refused {
-        Refused::Status(status)
+impl From<Failure> for Refused {
+    fn from(f: Failure) -> Refused {
+        Refused::Failed(f, String::new())
     }
+}
+
+/// The line of a request refused because pool `i` has no poold attached.
+fn unattached(i: usize) -> String {
+    format!("pool \"{}\" has no poold attached; 503", pool_name(i))
+}
+
+/// Logs why request `r` (of pool `pool`, when it is known) failed, where the failure's lines
+/// go, and adds the retry hint to its answer; nothing is logged for an empty `msg`.
+fn log_failure(r: *mut ngx_http_request_t, pool: Option<usize>, f: Failure, msg: &str) {
+    match pool {
+        Some(pool) if f.is_rejection() && !msg.is_empty() => note_rejection(pool, r, msg),
+        _ if !msg.is_empty() => log_request(r, msg),
+        _ => {}
+    }
+    if f.is_rejection() {
+        add_retry_after(r);
+    }
+}
+
+/// Answers request `r`, which has no context yet, for failure `f`.
+fn refuse(r: *mut ngx_http_request_t, pool: Option<usize>, f: Failure, msg: &str) {
+    log_failure(r, pool, f, msg);
+    finish(r, f.http_status());
 }
 
 /// The body is read: the request goes to the pool (or is answered now).
@@ -203,12 +228,11 @@ fn start(r: *mut ngx_http_request_t) {
     match begin(r) {
         Ok(ctx) => submit(ctx),
         Err(Refused::Wait(pool)) => park(r, pool),
-        Err(Refused::Status(status)) => {
-            if status == 503 {
-                add_retry_after(r);
-            }
+        Err(Refused::Failed(f, msg)) => {
+            let pool = pool_index(r);
+            log_failure(r, pool, f, &msg);
             // SAFETY: finalizing drops the reference body reading took; exactly once.
-            unsafe { nginx_sys::ngx_http_finalize_request(r, status) };
+            unsafe { nginx_sys::ngx_http_finalize_request(r, f.http_status()) };
         }
     }
 }
@@ -275,7 +299,11 @@ fn submit(ctx: *mut Ctx) {
     .ok()
     .flatten();
     let Some((conn, conn_gen)) = attached else {
-        return fail(ctx, 503, format!("pool \"{}\": poold went away", name()));
+        return fail(
+            ctx,
+            Failure::Unavailable,
+            format!("pool \"{}\": poold went away", name()),
+        );
     };
     // A request joins the queue only while the arena stays at most half full with it: waiting
     // requests hold just their head (see `Upload::pump`), and the other half is for running
@@ -315,16 +343,15 @@ fn submit(ctx: *mut Ctx) {
                 )),
             );
         }
-        c.outcome.end("full");
         return fail(
             ctx,
-            503,
+            Failure::Full,
             format!("pool \"{}\": queue full (all slots in use)", name()),
         );
     };
     let Some(up) = c.upload.as_mut() else {
         slot::release(region.nginx_side(), id);
-        return fail(ctx, 500, String::new());
+        return fail(ctx, Failure::Internal, String::new());
     };
     match up.write_head(&region, id) {
         Ok(()) => {}
@@ -335,12 +362,12 @@ fn submit(ctx: *mut Ctx) {
         }
         Err(e) => {
             slot::release(region.nginx_side(), id);
-            return fail(ctx, 502, format!("pool \"{}\": {e}", name()));
+            return fail(ctx, Failure::BadAnswer, format!("pool \"{}\": {e}", name()));
         }
     }
     if let Pumped::Failed(e) = up.pump(&region, id, true) {
         slot::release(region.nginx_side(), id);
-        return fail(ctx, 500, format!("pool \"{}\": {e}", name()));
+        return fail(ctx, Failure::Internal, format!("pool \"{}\": {e}", name()));
     }
     let (head_len, total) = (up.head_len(), up.total());
     if let Some(ms) = c.own_timeout {
@@ -351,10 +378,9 @@ fn submit(ctx: *mut Ctx) {
         // The queue holds as many cells as there are slots: a request holding a fresh slot
         // always finds room, unless some process wrote over the queue.
         runtime::report_corruption(c.pool, Some("a request holding a slot could not be queued"));
-        c.outcome.end("full");
         return fail(
             ctx,
-            503,
+            Failure::Full,
             format!("pool \"{}\": could not queue the request", name()),
         );
     }
@@ -378,7 +404,7 @@ fn submit(ctx: *mut Ctx) {
         crate::runtime::wake_workers_later(c.pool);
         return fail(
             ctx,
-            500,
+            Failure::Internal,
             format!("pool \"{}\": the request could not be tracked", name()),
         );
     }
@@ -451,15 +477,9 @@ fn drive(ctx: *mut Ctx, client: bool) {
         }
         Some(SlotState::Failed) => {
             let reason = slot::fail_reason(&region, id);
-            c.outcome.end(match reason {
-                FailReason::WorkerDied => "crashed",
-                FailReason::Timeout => "timeout",
-                _ => "error",
-            });
-            let status = reason.http_status() as ngx_int_t;
             fail(
                 ctx,
-                status,
+                Failure::InPool(reason),
                 format!(
                     "pool \"{}\": request failed in the pool: {reason:?}",
                     pool_name(c.pool)
@@ -468,7 +488,7 @@ fn drive(ctx: *mut Ctx, client: bool) {
         }
         other => fail(
             ctx,
-            502,
+            Failure::BadAnswer,
             format!(
                 "pool \"{}\": request lost its slot (state {other:?})",
                 pool_name(c.pool)
@@ -510,9 +530,9 @@ fn deactivate(ctx: *mut Ctx) -> bool {
     }
 }
 
-/// Ends the request with an error status, or by closing the connection if the response header
-/// is already out. `msg` goes to the error log (unless empty).
-fn fail(ctx: *mut Ctx, status: ngx_int_t, msg: String) {
+/// Ends the request for `failure`: with its status, or by closing the connection if the
+/// response header is already out. `msg` goes to the error log (unless empty).
+fn fail(ctx: *mut Ctx, failure: Failure, msg: String) {
     // SAFETY: `ctx` is a live context.
     let (r, streaming, pool) = unsafe {
         let c = &*ctx;
@@ -522,24 +542,19 @@ fn fail(ctx: *mut Ctx, status: ngx_int_t, msg: String) {
         return;
     }
     release_unless_sending(ctx);
-    if status >= 500 && status != 504 {
-        // A broken answer, a lost slot, a full queue: all that a region written over gives.
+    if failure.may_mean_corruption() {
         runtime::suspect_corruption(pool);
     }
     // SAFETY: as above.
-    unsafe { (*ctx).outcome.end("error") };
-    if status == 503 && !msg.is_empty() {
-        note_rejection(pool, r, &msg);
-    } else if !msg.is_empty() {
-        log_request(r, &msg);
-    }
+    unsafe { (*ctx).outcome.end(failure.pool_status()) };
     if streaming {
+        if !msg.is_empty() {
+            log_request(r, &msg);
+        }
         return finish(r, NGX_ERROR as ngx_int_t);
     }
-    if status == 503 {
-        add_retry_after(r);
-    }
-    finish(r, status);
+    log_failure(r, Some(pool), failure, &msg);
+    finish(r, failure.http_status());
 }
 
 /// The response is handed to nginx whole: finalize (nginx sends what is still buffered).
@@ -622,7 +637,7 @@ pub fn on_pool_event(r: *mut ngx_http_request_t) {
 /// The pool's poold went away with request `r` in flight.
 pub fn on_pool_lost(r: *mut ngx_http_request_t) {
     if let Some(ctx) = ctx_of(r) {
-        fail(ctx, 502, String::new());
+        fail(ctx, Failure::PooldLost, String::new());
     }
 }
 
@@ -666,10 +681,9 @@ fn timeout(ev: *mut ngx_event_t, ctx: *mut Ctx) {
     let name = pool_name(c.pool);
     if let Some((waited, rest)) = c.queue_phase.take() {
         let Some(id) = c.slot else {
-            c.outcome.end("queue_timeout");
             return fail(
                 ctx,
-                503,
+                Failure::QueueTimeout,
                 format!("pool \"{name}\": no arena space for the request within queue_timeout ({waited} ms); 503"),
             );
         };
@@ -679,10 +693,9 @@ fn timeout(ev: *mut ngx_event_t, ctx: *mut Ctx) {
             unsafe { nginx_sys::ngx_add_timer(ev, rest as nginx_sys::ngx_msec_t) };
             return;
         }
-        c.outcome.end("queue_timeout");
         return fail(
             ctx,
-            503,
+            Failure::QueueTimeout,
             format!("pool \"{name}\": no worker took the request within queue_timeout ({waited} ms); 503"),
         );
     }
@@ -692,16 +705,19 @@ fn timeout(ev: *mut ngx_event_t, ctx: *mut Ctx) {
         if slot::withdraw_queued(c.region.nginx_side(), id) {
             // No worker ever took it: the pool was too busy, which is a 503 (retry later), not
             // a 504 (the handler was too slow).
-            c.outcome.end("queue_timeout");
             return fail(
                 ctx,
-                503,
+                Failure::QueueTimeout,
                 format!("pool \"{name}\": no worker took request \"{uri}\" within its timeout ({} ms); 503", c.timeout_ms),
             );
         }
     }
-    let status = if c.slot.is_none() { 503 } else { 504 };
-    c.outcome.end("timeout");
+    // Never queued (it waited for arena space all along): the pool was too busy, as above.
+    let failure = if c.slot.is_none() {
+        Failure::QueueTimeout
+    } else {
+        Failure::Timeout
+    };
     let what = if c.download.is_some() || c.buffered.is_some() {
         "; closing the response"
     } else {
@@ -709,7 +725,7 @@ fn timeout(ev: *mut ngx_event_t, ctx: *mut Ctx) {
     };
     fail(
         ctx,
-        status,
+        failure,
         format!(
             "pool \"{name}\": request \"{uri}\" timed out after {} ms (slot {}){what}",
             c.timeout_ms,

@@ -45,7 +45,7 @@ pub(super) fn respond(
                     with_pool(c.pool, |p| (p.name.clone(), p.handler.clone())).unwrap_or_default();
                 return fail(
                     ctx,
-                    502,
+                    Failure::BadAnswer,
                     format!("pool \"{name}\" (handler \"{handler}\"): bad response from pool worker: {e}"),
                 );
             }
@@ -90,7 +90,11 @@ pub(super) fn pump_buffered(ctx: *mut Ctx, client: bool) {
             forget_slot(ctx);
             complete(ctx, rc);
         }
-        Turn::Broken(why) => fail(ctx, 502, format!("pool \"{}\": {why}", pool_name(c.pool))),
+        Turn::Broken(why) => fail(
+            ctx,
+            Failure::BadAnswer,
+            format!("pool \"{}\": {why}", pool_name(c.pool)),
+        ),
         Turn::ClientGone => terminate(ctx),
     }
 }

@@ -26,7 +26,7 @@ pub(super) fn park(r: *mut ngx_http_request_t, i: usize) {
         let cln = nginx_sys::ngx_pool_cleanup_add(rpool, 0);
         let w = nginx_sys::ngx_pcalloc(rpool, std::mem::size_of::<Waiting>()) as *mut Waiting;
         if cln.is_null() || w.is_null() {
-            return finish(r, 500);
+            return finish(r, Failure::Internal.http_status());
         }
         ptr::write(
             w,
@@ -66,7 +66,7 @@ pub(super) unsafe extern "C" fn on_waiting(ev: *mut ngx_event_t) {
     };
     crate::edge::guard(
         "timer",
-        || finish(r, 500),
+        || finish(r, Failure::Internal.http_status()),
         || match runtime::ensure_attached(pool) {
             State::Attached => start(r),
             State::Pending if std::time::Instant::now() < until => {
@@ -79,9 +79,7 @@ pub(super) unsafe extern "C" fn on_waiting(ev: *mut ngx_event_t) {
                     pool_name(pool),
                     ATTACH_WAIT.as_millis()
                 );
-                note_rejection(pool, r, &msg);
-                add_retry_after(r);
-                finish(r, 503);
+                refuse(r, Some(pool), Failure::Unavailable, &msg);
             }
         },
     );
