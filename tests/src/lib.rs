@@ -422,6 +422,22 @@ impl Nginx {
             .unwrap_or_default()
     }
 
+    /// The first error_log line containing every one of `needles`, once there is one (a line
+    /// the pool's workers write reaches the log through poold, soon but not at once).
+    pub fn log_line(&mut self, needles: &[&str]) -> String {
+        let find = |log: &str| {
+            log.lines()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+                .map(str::to_string)
+        };
+        let mut found = None;
+        self.wait_for(&format!("a log line with {needles:?}"), |ng| {
+            found = find(&ng.log());
+            found.is_some()
+        });
+        found.expect("waited for")
+    }
+
     /// Allows log lines containing `s` at alert/emerg/crit level.
     pub fn allow(&mut self, s: &str) {
         self.allowed.push(s.to_string());

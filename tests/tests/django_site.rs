@@ -463,11 +463,7 @@ fn a_django_startproject_site_moves_from_gunicorn() {
         });
         // Written by the console handler Django made at import (preload=on, in the pool
         // manager): still nginx-format lines, tagged with the pool and the worker.
-        let log = ng.log();
-        let line = log
-            .lines()
-            .find(|l| l.contains("Internal Server Error: /readonly/admin/login/"))
-            .expect("Django's own log line");
+        let line = ng.log_line(&["Internal Server Error: /readonly/admin/login/"]);
         assert!(
             line.contains("[error]") && line.contains("poold \"readonly\": worker "),
             "{line}"

@@ -147,12 +147,8 @@ fn a_flask_app_runs_unmodified() {
     );
     // ...as lines a parser can read: nginx's format, a level per stream, the pool and the
     // worker's pid (ngx_pool._stdio), as wsgi.errors lines are.
-    let log = ng.log();
     for (stream, level) in [("stdout", "[notice]"), ("stderr", "[error]")] {
-        let line = log
-            .lines()
-            .find(|l| l.contains(&format!("{stream} says marker-5f3a")))
-            .unwrap();
+        let line = ng.log_line(&[&format!("{stream} says marker-5f3a")]);
         let stamp = line.split(' ').take(2).collect::<Vec<_>>().join(" ");
         assert!(
             stamp.len() == 19 && stamp.as_bytes()[4] == b'/' && stamp.as_bytes()[13] == b':',
@@ -165,14 +161,7 @@ fn a_flask_app_runs_unmodified() {
     // in the pool manager (preload=on), it writes through the same line writer, tagged with
     // the worker that logs.
     let pid = text(&ng.get("/log?m=marker-77c1"));
-    ng.wait_for("the app's logging line", |ng| {
-        ng.log().contains("logging says marker-77c1")
-    });
-    let log = ng.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("logging says marker-77c1"))
-        .unwrap();
+    let line = ng.log_line(&["logging says marker-77c1"]);
     assert!(
         line.contains("[error]") && line.contains(&format!("poold \"flask\": worker {pid}")),
         "{line}"
@@ -195,11 +184,7 @@ fn exceptions_exits_and_kills_get_the_statuses_named_and_the_pool_goes_on() {
     ng.wait_for("the traceback in error_log", |ng| {
         ng.log().contains("RuntimeError: boom in a view")
     });
-    let log = ng.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("Exception on /boom [GET]"))
-        .expect("Flask's line");
+    let line = ng.log_line(&["Exception on /boom [GET]"]);
     assert!(line.contains("[error]"), "{line}");
 
     // sys.exit() and os._exit() in a request: 502 for it, a new worker, the next one served.
@@ -399,11 +384,8 @@ fn a_raw_apps_exceptions_give_500_or_a_cut_response_and_close_is_always_called()
         log.contains("the WSGI app rawapp:app failed:")
             && log.contains(": | RuntimeError: raised by the raw app")
     });
+    let line = ng.log_line(&["the WSGI app rawapp:app failed:", "/raise"]);
     let log = ng.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("the WSGI app rawapp:app failed:") && l.contains("/raise"))
-        .expect("a line naming the app and the URI");
     assert!(line.contains("[error]"), "{line}");
     // The traceback keeps its lines, each a log line of its own with poold's prefix.
     assert!(

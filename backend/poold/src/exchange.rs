@@ -5,7 +5,6 @@
 //! [`crate::host`] is the `extern "C"` table over this; the worker loop makes an `Exchange` per
 //! request and turns its [`Outcome`] into a completed, streamed or failed slot.
 
-use ngx_pool_abi as abi;
 use ngx_pool_channel::message::{
     check_header, encode_response_head_iter, set_announced_length, Header, RequestView,
     UNKNOWN_LENGTH,
@@ -82,8 +81,7 @@ const DEFAULT_NAMES: [&[u8]; 8] = [
     b"SCRIPT_NAME",
 ];
 
-/// A host status code (`NGX_POOL_ERR_*`).
-pub type Status = i32;
+pub use ngx_pool_abi::HostStatus as Status;
 
 /// How the request ended, for the worker to deliver.
 #[derive(Debug)]
@@ -242,9 +240,9 @@ impl<'a> Exchange<'a> {
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, Status> {
         match self.input.read(buf) {
             Ok(n) => Ok(n),
-            Err(_) if self.is_cancelled() => Err(abi::NGX_POOL_ERR_GONE),
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(abi::NGX_POOL_ERR_GONE),
-            Err(_) => Err(abi::NGX_POOL_ERR_IO),
+            Err(_) if self.is_cancelled() => Err(Status::Gone),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(Status::Gone),
+            Err(_) => Err(Status::Io),
         }
     }
 
@@ -257,7 +255,7 @@ impl<'a> Exchange<'a> {
 
     fn refuse(&mut self, what: String) -> Status {
         self.refused = Some(what);
-        abi::NGX_POOL_ERR_INVALID
+        Status::Invalid
     }
 
     /// Sets status and headers (once, before any body). `headers` is walked twice (checked,
@@ -267,7 +265,7 @@ impl<'a> Exchange<'a> {
         I: ExactSizeIterator<Item = (&'h [u8], &'h [u8])> + Clone,
     {
         if self.started {
-            let e = abi::NGX_POOL_ERR_STATE;
+            let e = Status::State;
             return Err(self.broke("started its response twice".into(), e));
         }
         if !(100..=999).contains(&status) {
@@ -303,12 +301,12 @@ impl<'a> Exchange<'a> {
 
     fn sink_error(&mut self, e: io::Error) -> Status {
         if self.is_cancelled() || e.kind() == io::ErrorKind::BrokenPipe {
-            return abi::NGX_POOL_ERR_GONE;
+            return Status::Gone;
         }
         if self.channel_error.is_none() {
             self.channel_error = Some(e.to_string());
         }
-        abi::NGX_POOL_ERR_IO
+        Status::Io
     }
 
     /// Sends the head and the buffered body, and streams from then on.
@@ -331,12 +329,12 @@ impl<'a> Exchange<'a> {
     /// Appends body bytes.
     pub fn write(&mut self, data: &[u8]) -> Result<(), Status> {
         if !self.started {
-            let e = abi::NGX_POOL_ERR_STATE;
+            let e = Status::State;
             return Err(self.broke("wrote its body before starting the response".into(), e));
         }
         if let Some(d) = self.declared {
             if self.written + data.len() as u64 > d {
-                let e = abi::NGX_POOL_ERR_TOO_LARGE;
+                let e = Status::TooLarge;
                 let what = format!("wrote past its Content-Length of {d}");
                 return Err(self.broke(what, e));
             }
@@ -355,14 +353,14 @@ impl<'a> Exchange<'a> {
     /// Sends what there is now.
     pub fn flush(&mut self) -> Result<(), Status> {
         if !self.started {
-            let e = abi::NGX_POOL_ERR_STATE;
+            let e = Status::State;
             return Err(self.broke("flushed before starting the response".into(), e));
         }
         self.start_streaming()
     }
 
     /// The handler returned `rc`: how the request ends. `handler` names it in log lines.
-    pub fn conclude(&mut self, rc: Status, handler: &str) -> Outcome {
+    pub fn conclude(&mut self, rc: i32, handler: &str) -> Outcome {
         // Only the failure lines below name it: built there, never on the common path.
         let view_uri = self.view.uri;
         let uri = || String::from_utf8_lossy(view_uri);
@@ -381,7 +379,7 @@ impl<'a> Exchange<'a> {
         } else {
             "502"
         };
-        if rc != abi::NGX_POOL_OK {
+        if rc != Status::Ok.raw() {
             let broke = self
                 .violation
                 .take()

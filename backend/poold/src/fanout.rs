@@ -7,7 +7,6 @@
 //! the handler (`NGX_POOL_TASK_YOURS`), which still holds what it needs to run it, so no host
 //! call is ever re-entered.
 
-use ngx_pool_abi as abi;
 use ngx_pool_channel::chain::ChainError;
 use ngx_pool_channel::slot::{self, FailReason, SlotId, SlotState};
 use ngx_pool_channel::stream::{self, Direction, StreamReader, StreamWriter};
@@ -25,8 +24,7 @@ const TAKE_BACK_GRACE: Duration = Duration::from_millis(25);
 /// held to this, not to the pool's memory.
 const MAX_CALLS: usize = 1 << 16;
 
-/// A host status code (`NGX_POOL_*`).
-pub type Status = i32;
+use ngx_pool_abi::HostStatus as Status;
 
 /// One task this caller queued.
 struct Call {
@@ -89,12 +87,12 @@ impl<'r> Calls<'r> {
     pub fn submit(&mut self, input: &[u8]) -> Result<u64, Status> {
         let side = self.region.pool_side();
         if self.calls.len() >= MAX_CALLS {
-            return Err(abi::NGX_POOL_ERR_FULL);
+            return Err(Status::Full);
         }
         let c = self.caller;
         let full = || {
             slot::count_inline(side);
-            abi::NGX_POOL_ERR_FULL
+            Status::Full
         };
         let id = slot::alloc_task(side, c.worker, c.pid, c.deadline_ms).ok_or_else(full)?;
         let mut call = Call {
@@ -145,27 +143,27 @@ impl<'r> Calls<'r> {
             let mut unknown = None;
             for &h in wanted {
                 match self.find(h) {
-                    Some(i) if self.calls[i].answer.is_some() => return Ok((abi::NGX_POOL_OK, h)),
+                    Some(i) if self.calls[i].answer.is_some() => return Ok((Status::Ok, h)),
                     Some(_) => {}
                     None => unknown = Some(h),
                 }
             }
             if unknown.is_some() {
-                return Err(abi::NGX_POOL_ERR_STATE);
+                return Err(Status::State);
             }
             if self.caller_gone() {
                 self.cancel_all(true);
-                return Err(abi::NGX_POOL_ERR_GONE);
+                return Err(Status::Gone);
             }
             let now = monotonic_ms();
             if until.is_some_and(|u| now >= u) {
-                return Err(abi::NGX_POOL_ERR_TIMEOUT);
+                return Err(Status::Timeout);
             }
             if progressed {
                 continue;
             }
             if let Some(h) = self.take_back(wanted) {
-                return Ok((abi::NGX_POOL_TASK_YOURS, h));
+                return Ok((Status::TaskYours, h));
             }
             let ids: Vec<SlotId> = self
                 .calls
@@ -192,11 +190,11 @@ impl<'r> Calls<'r> {
 
     /// `task_result`: the answer of an answered task.
     pub fn result(&self, handle: u64) -> Result<&[u8], Status> {
-        let i = self.find(handle).ok_or(abi::NGX_POOL_ERR_STATE)?;
+        let i = self.find(handle).ok_or(Status::State)?;
         match self.calls[i].answer {
             Some(Ok(())) => Ok(&self.calls[i].output),
             Some(Err(status)) => Err(status),
-            None => Err(abi::NGX_POOL_ERR_STATE),
+            None => Err(Status::State),
         }
     }
 
@@ -223,7 +221,7 @@ impl<'r> Calls<'r> {
         let side = self.region.pool_side();
         for c in self.calls.iter_mut().filter(|c| c.answer.is_none()) {
             slot::cancel_task(side, c.id, stop);
-            c.answer = Some(Err(abi::NGX_POOL_ERR_GONE));
+            c.answer = Some(Err(Status::Gone));
         }
     }
 
@@ -279,7 +277,7 @@ impl<'r> Calls<'r> {
                 let read = drain(region, call, &mut self.buf);
                 call.answer = Some(match read {
                     Ok(_) if call.reader.position() == total => Ok(()),
-                    _ => Err(abi::NGX_POOL_ERR_IO),
+                    _ => Err(Status::Io),
                 });
                 slot::release_task(side, call.id);
                 moved = true;
@@ -291,7 +289,7 @@ impl<'r> Calls<'r> {
             }
             // Not ours any more (only a corrupt region or poold's reclaiming does that).
             _ => {
-                call.answer = Some(Err(abi::NGX_POOL_ERR_IO));
+                call.answer = Some(Err(Status::Io));
                 moved = true;
             }
         }
@@ -367,9 +365,9 @@ fn drain(region: &Region, call: &mut Call, buf: &mut Vec<u8>) -> Result<bool, Ch
 /// The status `task_result` gives for a task that failed this way.
 fn status_of(reason: FailReason) -> Status {
     match reason {
-        FailReason::WorkerDied => abi::NGX_POOL_ERR_LOST,
-        FailReason::Timeout => abi::NGX_POOL_ERR_GONE,
-        FailReason::HandlerError | FailReason::BadResponse | FailReason::Other => abi::NGX_POOL_ERR,
-        FailReason::BadRequest | FailReason::Undelivered => abi::NGX_POOL_ERR_IO,
+        FailReason::WorkerDied => Status::Lost,
+        FailReason::Timeout => Status::Gone,
+        FailReason::HandlerError | FailReason::BadResponse | FailReason::Other => Status::Error,
+        FailReason::BadRequest | FailReason::Undelivered => Status::Io,
     }
 }

@@ -9,7 +9,9 @@
 use crate::exchange::Exchange;
 use crate::fanout::Calls;
 use crate::log;
-use ngx_pool_abi::{self as abi, ngx_pool_header, ngx_pool_host, ngx_pool_request, ngx_pool_str};
+use ngx_pool_abi::{
+    self as abi, ngx_pool_header, ngx_pool_host, ngx_pool_request, ngx_pool_str, HostStatus,
+};
 use std::cell::Cell;
 use std::ffi::{c_char, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -234,10 +236,10 @@ unsafe extern "C" fn param_count(r: *mut ngx_pool_request) -> usize {
 
 fn pair_at(pairs: &[(&[u8], &[u8])], index: usize, o: *mut ngx_pool_header) -> i32 {
     if o.is_null() {
-        return abi::NGX_POOL_ERR_INVALID;
+        return HostStatus::Invalid.raw();
     }
     let Some((n, v)) = pairs.get(index) else {
-        return abi::NGX_POOL_ERR_NOT_FOUND;
+        return HostStatus::NotFound.raw();
     };
     // SAFETY: `o` is non-NULL and, per the ABI, points at an ngx_pool_header the handler owns.
     unsafe {
@@ -246,16 +248,16 @@ fn pair_at(pairs: &[(&[u8], &[u8])], index: usize, o: *mut ngx_pool_header) -> i
             value: out(v),
         })
     };
-    abi::NGX_POOL_OK
+    HostStatus::Ok.raw()
 }
 
 unsafe extern "C" fn header_at(r: *mut ngx_pool_request, i: usize, o: *mut ngx_pool_header) -> i32 {
-    with(r, abi::NGX_POOL_ERR_STATE, |ex| {
+    with(r, HostStatus::State.raw(), |ex| {
         pair_at(&ex.view.headers, i, o)
     })
 }
 unsafe extern "C" fn param_at(r: *mut ngx_pool_request, i: usize, o: *mut ngx_pool_header) -> i32 {
-    with(r, abi::NGX_POOL_ERR_STATE, |ex| pair_at(ex.params(), i, o))
+    with(r, HostStatus::State.raw(), |ex| pair_at(ex.params(), i, o))
 }
 unsafe extern "C" fn header(r: *mut ngx_pool_request, name: *const c_char) -> ngx_pool_str {
     with(r, ngx_pool_str::ABSENT, |ex| {
@@ -275,15 +277,15 @@ unsafe extern "C" fn body_length(r: *mut ngx_pool_request) -> u64 {
     with(r, 0, |ex| ex.body_len())
 }
 unsafe extern "C" fn read(r: *mut ngx_pool_request, buf: *mut u8, len: usize) -> isize {
-    with(r, abi::NGX_POOL_ERR_STATE as isize, |ex| {
+    with(r, HostStatus::State.raw() as isize, |ex| {
         if buf.is_null() || len > isize::MAX as usize {
-            return abi::NGX_POOL_ERR_INVALID as isize;
+            return HostStatus::Invalid.raw() as isize;
         }
         // SAFETY: per the ABI, `buf` points at `len` writable bytes the handler owns.
         let buf = unsafe { std::slice::from_raw_parts_mut(buf, len) };
         match ex.read(buf) {
             Ok(n) => n as isize,
-            Err(status) => status as isize,
+            Err(status) => status.raw() as isize,
         }
     })
 }
@@ -293,11 +295,11 @@ unsafe extern "C" fn start(
     headers: *const ngx_pool_header,
     count: usize,
 ) -> i32 {
-    with(r, abi::NGX_POOL_ERR_STATE, |ex| {
+    with(r, HostStatus::State.raw(), |ex| {
         let list: &[ngx_pool_header] = if count == 0 {
             &[]
         } else if headers.is_null() || count > (1 << 16) {
-            return abi::NGX_POOL_ERR_INVALID;
+            return HostStatus::Invalid.raw();
         } else {
             // SAFETY: per the ABI, `headers` points at `count` entries the handler owns.
             unsafe { std::slice::from_raw_parts(headers, count) }
@@ -315,28 +317,31 @@ unsafe extern "C" fn start(
             .map(pair)
             .any(|(n, v)| n.is_none() || v.is_none())
         {
-            return abi::NGX_POOL_ERR_INVALID;
+            return HostStatus::Invalid.raw();
         }
         let pairs = list
             .iter()
             .map(pair)
             .map(|(n, v)| (n.unwrap_or_default(), v.unwrap_or_default()));
         ex.start(status, pairs)
-            .map_or_else(|e| e, |()| abi::NGX_POOL_OK)
+            .map_or_else(HostStatus::raw, |()| HostStatus::Ok.raw())
     })
 }
 unsafe extern "C" fn write(r: *mut ngx_pool_request, data: *const u8, len: usize) -> i32 {
-    with(r, abi::NGX_POOL_ERR_STATE, |ex| {
+    with(r, HostStatus::State.raw(), |ex| {
         // SAFETY: per the ABI, `data` points at `len` readable bytes.
         match unsafe { given(data, len) } {
-            Some(d) => ex.write(d).map_or_else(|e| e, |()| abi::NGX_POOL_OK),
-            None => abi::NGX_POOL_ERR_INVALID,
+            Some(d) => ex
+                .write(d)
+                .map_or_else(HostStatus::raw, |()| HostStatus::Ok.raw()),
+            None => HostStatus::Invalid.raw(),
         }
     })
 }
 unsafe extern "C" fn flush(r: *mut ngx_pool_request) -> i32 {
-    with(r, abi::NGX_POOL_ERR_STATE, |ex| {
-        ex.flush().map_or_else(|e| e, |()| abi::NGX_POOL_OK)
+    with(r, HostStatus::State.raw(), |ex| {
+        ex.flush()
+            .map_or_else(HostStatus::raw, |()| HostStatus::Ok.raw())
     })
 }
 unsafe extern "C" fn is_cancelled(r: *mut ngx_pool_request) -> i32 {
@@ -349,21 +354,21 @@ unsafe extern "C" fn task_submit(
     len: usize,
     task: *mut u64,
 ) -> i32 {
-    with_calls(r, abi::NGX_POOL_ERR_STATE, |calls| {
+    with_calls(r, HostStatus::State.raw(), |calls| {
         // SAFETY: per the ABI, `input` points at `len` readable bytes (copied before return).
         let Some(input) = (unsafe { given(input, len) }) else {
-            return abi::NGX_POOL_ERR_INVALID;
+            return HostStatus::Invalid.raw();
         };
         if task.is_null() {
-            return abi::NGX_POOL_ERR_INVALID;
+            return HostStatus::Invalid.raw();
         }
         match calls.submit(input) {
             Ok(h) => {
                 // SAFETY: non-NULL, and per the ABI a u64 the handler owns.
                 unsafe { task.write(h) };
-                abi::NGX_POOL_OK
+                HostStatus::Ok.raw()
             }
-            Err(status) => status,
+            Err(status) => status.raw(),
         }
     })
 }
@@ -375,9 +380,9 @@ unsafe extern "C" fn task_wait(
     timeout_ms: i64,
     task: *mut u64,
 ) -> i32 {
-    with_calls(r, abi::NGX_POOL_ERR_STATE, |calls| {
+    with_calls(r, HostStatus::State.raw(), |calls| {
         if tasks.is_null() || task.is_null() || count == 0 || count > (1 << 20) {
-            return abi::NGX_POOL_ERR_INVALID;
+            return HostStatus::Invalid.raw();
         }
         // SAFETY: per the ABI, `tasks` points at `count` handles the handler owns.
         let wanted = unsafe { std::slice::from_raw_parts(tasks, count) };
@@ -386,26 +391,26 @@ unsafe extern "C" fn task_wait(
             Ok((status, h)) => {
                 // SAFETY: non-NULL, and per the ABI a u64 the handler owns.
                 unsafe { task.write(h) };
-                status
+                status.raw()
             }
-            Err(status) => status,
+            Err(status) => status.raw(),
         }
     })
 }
 
 unsafe extern "C" fn task_result(r: *mut ngx_pool_request, task: u64, o: *mut ngx_pool_str) -> i32 {
-    with_calls(r, abi::NGX_POOL_ERR_STATE, |calls| {
+    with_calls(r, HostStatus::State.raw(), |calls| {
         if o.is_null() {
-            return abi::NGX_POOL_ERR_INVALID;
+            return HostStatus::Invalid.raw();
         }
         match calls.result(task) {
             Ok(bytes) => {
                 // SAFETY: non-NULL, and per the ABI an ngx_pool_str the handler owns; the bytes
                 // live in the Calls until the task is released or the call returns.
                 unsafe { o.write(out(bytes)) };
-                abi::NGX_POOL_OK
+                HostStatus::Ok.raw()
             }
-            Err(status) => status,
+            Err(status) => status.raw(),
         }
     })
 }
