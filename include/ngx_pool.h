@@ -7,7 +7,7 @@
 #ifndef NGX_POOL_H
 #define NGX_POOL_H
 
-/* Generated from backend/abi by cbindgen: do not edit. See docs/abi.md. */
+/* Generated from crates/abi by cbindgen: do not edit. See docs/abi.md. */
 
 #include <stddef.h>
 #include <stdint.h>

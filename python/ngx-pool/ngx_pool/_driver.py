@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover - exercised by the fallback tests
 from .errors import Cancelled, MaybeEncodingError, RemoteTraceback, TimeoutError, WorkerLost
 
 # Status codes of _ngx_pool: the host's, by the names the extension gives them (HostStatus in
-# backend/abi, the one table; include/ngx_pool.h has the same values). None outside a pool,
+# crates/abi, the one table; include/ngx_pool.h has the same values). None outside a pool,
 # where no native call is made.
 _OK, _YOURS, _GONE, _FULL, _LOST, _TIMEOUT = (
     (_native.OK, _native.TASK_YOURS, _native.GONE, _native.FULL, _native.LOST, _native.TIMEOUT)

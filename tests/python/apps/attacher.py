@@ -1,5 +1,5 @@
 """A hostile local process for tests/tests/peers.rs: the real attach handshake of an nginx worker
-(backend/channel/src/handshake.rs) on a pool's socket, without the attachment secret.
+(crates/channel/src/handshake.rs) on a pool's socket, without the attachment secret.
 
 As a WSGI app (`attacher:app`), it does it from inside a pool's handler:
   GET /?socket=PATH&version=N  -> JSON {"status": ..., "got_fd": ...}

@@ -23,7 +23,7 @@ fn committed_header_is_generated_from_the_crate() {
     let committed = std::fs::read(&header).unwrap_or_default();
     assert!(
         committed == generated,
-        "include/ngx_pool.h differs from what backend/abi generates; regenerate it with\n  \
+        "include/ngx_pool.h differs from what crates/abi generates; regenerate it with\n  \
          NGX_POOL_BLESS_HEADER=1 cargo test -p ngx-pool-abi --test header\nand commit it"
     );
 }

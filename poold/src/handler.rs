@@ -240,7 +240,7 @@ impl LoadedHandler {
     }
 }
 
-/// What the WSGI handler's `init` is given for `spec` (see backend/pyext/src/wsgi): one
+/// What the WSGI handler's `init` is given for `spec` (see python/pyext/src/wsgi): one
 /// `key=value` per line.
 pub fn wsgi_init_config(spec: &HandlerSpec, pool: &ngx_pool_conf::PoolSettings) -> String {
     let HandlerSpec::Wsgi { module, callable } = spec else {

@@ -3,7 +3,7 @@
 //!
 //! Input: an 8-byte seed for the operations' random choices, then patches
 //! `(u32 offset, u8 length, bytes)` written over the tables after some legitimate traffic.
-//! Run with `cargo +nightly fuzz run region` in `backend/channel` (see the README).
+//! Run with `cargo +nightly fuzz run region` in `crates/channel` (see the README).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
