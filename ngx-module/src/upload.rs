@@ -1,5 +1,7 @@
 //! Writing a request into its slot's stream: the head, then the body from nginx's memory
-//! buffers or its temporary file, as the pool worker's credit allows.
+//! buffers or its temporary file, as the pool worker's credit allows. The steps on the region
+//! (open, room, write, enqueue) and the rules that keep the arena from deadlocking are the
+//! channel's ([`ngx_pool_channel::outgoing`]); this file reads nginx's body parts.
 //!
 //! nginx reads the whole body from the client first (into memory or its temp file, as with
 //! `proxy_request_buffering on`); from there it streams into the arena in windows, so a body up
@@ -7,10 +9,9 @@
 //! queue holds only the chunks of its head (and what of the body fits beside it there).
 
 use ngx_pool_channel::chain::ChainError;
-use ngx_pool_channel::stream::{Direction, StreamWriter};
+use ngx_pool_channel::outgoing::{self, NotOpened, RequestOut, Room};
 use ngx_pool_channel::{Region, SlotId};
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::Ordering;
 
 /// One piece of the request body as nginx holds it.
 pub enum BodyPart {
@@ -79,7 +80,8 @@ pub struct Upload {
     part: usize,
     at: u64,
     total: u64,
-    writer: StreamWriter,
+    /// Once a slot is taken and the head written.
+    out: Option<RequestOut>,
     file_buf: Vec<u8>,
     /// The body arrives while the request runs (`pool_request_buffering off`).
     arriving: bool,
@@ -99,7 +101,7 @@ impl Upload {
             part: 0,
             at: 0,
             total,
-            writer: StreamWriter::new(),
+            out: None,
             file_buf: Vec::new(),
             arriving,
         }
@@ -110,50 +112,37 @@ impl Upload {
         self.parts.extend(parts);
     }
 
-    pub fn head_len(&self) -> u32 {
-        self.head.len() as u32
+    /// Takes a slot for connection `conn` (generation `conn_gen`) and writes the head onto it
+    /// (see [`outgoing::open`]); the slot is given back on any failure.
+    pub fn open(&mut self, region: &Region, conn: u32, conn_gen: u32) -> Result<SlotId, NotOpened> {
+        let out = outgoing::open(region, conn, conn_gen, &self.head, self.total)?;
+        let id = out.id();
+        self.out = Some(out);
+        Ok(id)
     }
 
-    /// Head plus body, in bytes.
-    pub fn total(&self) -> u64 {
-        self.total
+    /// Puts the opened request in the pool's queue (see [`RequestOut::enqueue`]).
+    pub fn enqueue(&self, region: &Region, timeout_ms: Option<u64>) -> bool {
+        self.out
+            .as_ref()
+            .is_some_and(|o| o.enqueue(region, timeout_ms))
     }
 
-    /// Writes the head onto a fresh slot's stream. On `ArenaFull` the caller releases the slot
-    /// (which frees what was written) and tries again later with a new one.
-    pub fn write_head(&mut self, region: &Region, id: SlotId) -> Result<(), ChainError> {
-        self.writer = StreamWriter::new();
-        self.writer
-            .append(region, id, Direction::Request, &self.head)?;
-        self.writer.publish(region, id, Direction::Request);
-        Ok(())
-    }
-
-    /// Writes body bytes while the window (the queued window while `queued`) and the arena
-    /// allow. The caller wakes the pool worker afterwards.
-    pub fn pump(&mut self, region: &Region, id: SlotId, queued: bool) -> Pumped {
-        let g = region.geometry();
+    /// Writes body bytes while the window (none beyond the head's chunk while `queued`) and the
+    /// arena allow. The caller wakes the pool worker afterwards.
+    pub fn pump(&mut self, region: &Region, queued: bool) -> Pumped {
+        let Some(out) = self.out.as_mut() else {
+            return Pumped::Failed("the request has no slot".into());
+        };
         loop {
-            if self.writer.written() >= self.total {
+            if out.written_all() {
                 return Pumped::Done;
             }
-            let mut room = self.writer.room(region, id, Direction::Request);
-            if queued {
-                // A request waiting in the queue takes no chunk beyond its head's: the body
-                // stays in nginx's buffers or temp file until a worker takes the request, so
-                // waiting requests never hold what running ones need (the arena cannot
-                // deadlock, whatever the burst of uploads).
-                room = room.min(self.writer.tail_space(region));
-            }
-            if room == 0 {
-                return Pumped::Waiting;
-            }
-            // Request bodies may take three quarters of the arena: the rest stays for
-            // responses, so running requests can always answer and free what they hold.
-            let in_use = region.header().stats.chunks_in_use.load(Ordering::Relaxed);
-            if in_use * 4 >= u64::from(g.chunks) * 3 {
-                return Pumped::ArenaFull;
-            }
+            let room = match out.room(region, queued) {
+                Room::Bytes(n) => n,
+                Room::Waiting => return Pumped::Waiting,
+                Room::ArenaFull => return Pumped::ArenaFull,
+            };
             let Some(part) = self.parts.get(self.part) else {
                 if self.arriving {
                     return Pumped::NeedBody;
@@ -161,11 +150,9 @@ impl Upload {
                 return Pumped::Failed("the request body is shorter than announced".into());
             };
             let n = (part.len() - self.at).min(room).min(STEP) as usize;
-            let before = self.writer.written();
-            let res = match part {
+            let (taken, res) = match part {
                 BodyPart::Memory(..) | BodyPart::Arriving(_) => {
-                    let bytes = part.bytes(self.at, n);
-                    self.writer.append(region, id, Direction::Request, bytes)
+                    out.write(region, part.bytes(self.at, n))
                 }
                 BodyPart::File { fd, from, .. } => {
                     self.file_buf.resize(STEP as usize, 0);
@@ -182,20 +169,18 @@ impl Upload {
                             return Pumped::Failed(format!("reading the body's temp file: {e}"))
                         }
                     };
-                    self.writer
-                        .append(region, id, Direction::Request, &self.file_buf[..got])
+                    out.write(region, &self.file_buf[..got])
                 }
             };
-            self.at += self.writer.written() - before;
+            self.at += taken as u64;
             if self.at >= part.len() {
                 part.taken();
                 self.part += 1;
                 self.at = 0;
-                if self.writer.written() >= self.total {
+                if out.written_all() {
                     self.arriving = false;
                 }
             }
-            self.writer.publish(region, id, Direction::Request);
             match res {
                 Ok(()) => {}
                 Err(ChainError::ArenaFull) => return Pumped::ArenaFull,

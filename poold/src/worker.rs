@@ -1,19 +1,21 @@
 //! A pool worker's loop: take a request from the region, run the handler with the request body
 //! streaming in and the response streaming out, wake the nginx worker that owns the request.
+//! Each step on the region is one of the channel's pool-side operations
+//! ([`ngx_pool_channel::incoming`]); this file holds what is the worker's to decide: which
+//! handler runs, when to retire, whom to wake.
 
 use crate::exchange::{DefaultsText, Exchange, Outcome, ResponseSink};
 use crate::fanout::{Caller, Calls};
 use crate::handler::LoadedHandler;
 use crate::{host, log};
-use ngx_pool_channel::chain::ChainError;
 use ngx_pool_channel::handshake::{recv_frame, send_frame, Frame, CONN_FD, READY, RETIRING};
-use ngx_pool_channel::message::{decode_request_head, RequestView, ServerSide};
+use ngx_pool_channel::incoming::{self, AnswerOut, Notify, Taken};
+use ngx_pool_channel::message::{RequestView, ServerSide};
 use ngx_pool_channel::slot::{self, FailReason, Handover, SlotId, SlotState, WorkerState};
-use ngx_pool_channel::stream::{self, Direction, StreamReader, StreamWriter};
 use ngx_pool_channel::Region;
 use nix::sys::socket::MsgFlags;
 use std::cell::RefCell;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -207,55 +209,30 @@ impl Worker<'_> {
     fn serve_with(&mut self, id: SlotId, scratch: &mut Scratch) -> Handover {
         let region = self.region;
         let pid = self.pid;
-        let Some((head_len, total)) = slot::request(region, id) else {
-            return slot::fail(region.pool_side(), id, FailReason::BadRequest);
-        };
-        let mut input = self.stream_in(id, total);
-        let head = &mut scratch.request_head;
-        if u64::from(head_len) > region.geometry().message_limit() || u64::from(head_len) > total {
-            log!(
-                "error",
-                "worker {pid}: request in slot {} has a head of {head_len} bytes; refused",
-                id.index
-            );
-            return slot::fail(region.pool_side(), id, FailReason::BadRequest);
-        }
-        head.resize(head_len as usize, 0);
-        if let Err(e) = input.read_exact(head) {
-            log!(
-                "error",
-                "worker {pid}: request head in slot {}: {e}",
-                id.index
-            );
-            return slot::fail(region.pool_side(), id, FailReason::BadRequest);
-        }
-        let (view, body_len) = match decode_request_head(head) {
-            Ok(v) => v,
-            Err(e) => {
-                log!("error", "worker {pid}: {e}");
-                return slot::fail(region.pool_side(), id, FailReason::BadRequest);
+        let taken = incoming::take(region, id, &mut scratch.request_head, &self.waker);
+        let Taken {
+            view,
+            body_len,
+            mut body,
+            mut answer,
+        } = match taken {
+            Ok(t) => t,
+            Err(refused) => {
+                log!("error", "worker {pid}: {}", refused.why);
+                return incoming::fail(region, id, refused.reason);
             }
         };
-        if u64::from(head_len).checked_add(body_len) != Some(total) {
-            log!(
-                "error",
-                "worker {pid}: request in slot {}: lengths disagree",
-                id.index
-            );
-            return slot::fail(region.pool_side(), id, FailReason::BadRequest);
-        }
         // For log lines only; borrowed, so the common path allocates nothing for it.
         let uri: &[u8] = view.uri;
         let cancelled = move || slot::state_of(region, id) == Some(SlotState::Abandoned);
-        let mut output = self.stream_out(id);
         let defaults = DefaultsText::default();
         let mut ex = Exchange::new(
             view,
             &defaults,
             body_len,
-            &mut input,
+            &mut body,
             &cancelled,
-            &mut output,
+            &mut answer,
             &mut scratch.response_head,
             &mut scratch.body,
         );
@@ -266,51 +243,29 @@ impl Worker<'_> {
         let outcome = ex.conclude(rc, handler.name());
         drop(ex);
         let delivered = match outcome {
-            Outcome::Whole => output.whole(&scratch.response_head, &scratch.body),
-            Outcome::Streamed => Ok(output.end()),
+            Outcome::Whole => answer.whole(&scratch.response_head, &scratch.body),
+            Outcome::Streamed => Ok(answer.end()),
             Outcome::Failed(reason, msg) => {
                 if let Some(msg) = msg {
                     log!("error", "worker {pid}: {msg}");
                 }
-                return slot::fail(region.pool_side(), id, reason);
+                return incoming::fail(region, id, reason);
             }
         };
         delivered.unwrap_or_else(|e| {
-            if slot::state_of(region, id) != Some(SlotState::Abandoned) {
+            if !answer.abandoned() {
                 log!(
                     "error",
                     "worker {pid}: response to \"{}\" not delivered: {e}",
                     String::from_utf8_lossy(uri)
                 );
             }
-            slot::fail(region.pool_side(), id, FailReason::Undelivered)
+            incoming::fail(region, id, FailReason::Undelivered)
         })
     }
 }
 
 impl<'a> Worker<'a> {
-    /// The request stream of slot `id` (`total` bytes), as the handler reads it.
-    fn stream_in(&self, id: SlotId, total: u64) -> StreamIn<'_> {
-        StreamIn {
-            region: self.region,
-            id,
-            reader: StreamReader::new(),
-            total,
-            waker: &self.waker,
-        }
-    }
-
-    /// The response stream of slot `id`, as the handler writes it.
-    fn stream_out(&self, id: SlotId) -> StreamOut<'_> {
-        StreamOut {
-            region: self.region,
-            id,
-            writer: StreamWriter::new(),
-            head_len: 0,
-            waker: &self.waker,
-        }
-    }
-
     /// This worker as the caller of fan-out tasks for request `id`: the tasks inherit its
     /// deadline, the earlier of its own `pool_timeout` and the pool's `timeout`.
     fn caller(&self, id: SlotId) -> Caller {
@@ -337,12 +292,13 @@ impl<'a> Worker<'a> {
     fn run_task(&mut self, id: SlotId, scratch: &mut Scratch) -> Handover {
         let region = self.region;
         let pid = self.pid;
-        let Some((_, total)) = slot::request(region, id) else {
-            return slot::fail(region.pool_side(), id, FailReason::BadRequest);
+        let (mut input, answer) = match incoming::take_raw(region, id, &self.waker) {
+            Ok(streams) => streams,
+            Err(refused) => return incoming::fail(region, id, refused.reason),
         };
-        let mut input = self.stream_in(id, total);
+        let total = input.total();
         let cancelled = move || slot::state_of(region, id) != Some(SlotState::Running);
-        let mut sink = TaskOut(self.stream_out(id));
+        let mut sink = TaskOut(answer);
         let defaults = DefaultsText::default();
         let view = RequestView {
             method: b"",
@@ -399,37 +355,40 @@ impl<'a> Worker<'a> {
         let outcome = ex.conclude(rc, handler.name());
         drop(ex);
         let delivered = match outcome {
-            Outcome::Whole => sink
-                .0
-                .append(&scratch.body, SlotState::Running, true)
-                .map(|()| sink.0.writer.written()),
-            Outcome::Streamed => Ok(sink.0.writer.written()),
+            Outcome::Whole => sink.0.task_write(&scratch.body),
+            Outcome::Streamed => Ok(()),
             Outcome::Failed(reason, msg) => {
                 if let Some(msg) = msg {
                     log!("error", "worker {pid}: fan-out task: {msg}");
                 }
-                return slot::fail(region.pool_side(), id, reason);
+                return incoming::fail(region, id, reason);
             }
         };
         match delivered {
-            Ok(total) => {
-                sink.0.writer.publish(region, id, Direction::Response);
-                slot::finish(region.pool_side(), id, 0, total)
-            }
-            Err(_) => slot::fail(region.pool_side(), id, FailReason::Undelivered),
+            Ok(()) => sink.0.task_end(),
+            Err(_) => incoming::fail(region, id, FailReason::Undelivered),
         }
     }
 }
 
 /// A task's output: the body of a response without a head, on the task's response stream.
-struct TaskOut<'r>(StreamOut<'r>);
+struct TaskOut<'r>(AnswerOut<'r, Waker>);
 
 impl ResponseSink for TaskOut<'_> {
     fn start(&mut self, _head: &[u8], _declared: Option<u64>) -> io::Result<()> {
         Ok(())
     }
     fn write(&mut self, data: &[u8]) -> io::Result<()> {
-        self.0.append(data, SlotState::Running, true)
+        self.0.task_write(data)
+    }
+}
+
+impl ResponseSink for AnswerOut<'_, Waker> {
+    fn start(&mut self, head: &[u8], _declared: Option<u64>) -> io::Result<()> {
+        AnswerOut::start(self, head)
+    }
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        AnswerOut::write(self, data)
     }
 }
 
@@ -440,8 +399,8 @@ pub struct Waker {
     pub conns: ConnFds,
 }
 
-impl Waker {
-    pub fn wake(&mut self, region: &Region, conn: u32, conn_gen: u32) {
+impl Notify for Waker {
+    fn wake(&mut self, region: &Region, conn: u32, conn_gen: u32) {
         if !slot::needs_wake(region.pool_side(), conn, conn_gen) {
             return;
         }
@@ -459,16 +418,9 @@ impl Waker {
             ),
         }
     }
+}
 
-    /// Wakes the nginx worker that owns slot `id` if it asked to be told of progress.
-    fn progress(&mut self, region: &Region, id: SlotId) {
-        if stream::nginx_wants_wake(region, id) {
-            if let Some(v) = slot::view(region, id.index) {
-                self.wake(region, v.conn, v.conn_gen);
-            }
-        }
-    }
-
+impl Waker {
     /// Takes every eventfd poold has sent since the last look.
     fn refresh_conns(&mut self) {
         while let Ok(Some((frame, fd))) = recv_frame(&self.control, MsgFlags::MSG_DONTWAIT) {
@@ -476,151 +428,5 @@ impl Waker {
                 self.conns.insert(frame.a, frame.b, fd);
             }
         }
-    }
-}
-
-/// How long a pool worker sleeps before looking at its slot again while it waits for nginx
-/// (it is woken earlier on progress; this bounds the wait if a wake-up is lost with a crash).
-const STREAM_WAIT: Duration = Duration::from_millis(100);
-
-fn gone() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::BrokenPipe,
-        "nginx no longer wants the response",
-    )
-}
-
-/// The request body as the handler reads it: from the request stream, as nginx writes it.
-struct StreamIn<'r> {
-    region: &'r Region,
-    id: SlotId,
-    reader: StreamReader,
-    total: u64,
-    waker: &'r RefCell<Waker>,
-}
-
-impl Read for StreamIn<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let (region, id, dir) = (self.region, self.id, Direction::Request);
-        loop {
-            let pos = self.reader.position();
-            if pos >= self.total || out.is_empty() {
-                return Ok(0);
-            }
-            let want = ((self.total - pos) as usize).min(out.len());
-            let n = self.reader.read(region, id, dir, &mut out[..want])?;
-            if n > 0 {
-                if self.reader.release(region, id, dir, self.reader.position()) {
-                    self.waker.borrow_mut().progress(region, id);
-                }
-                return Ok(n);
-            }
-            if slot::state_of(region, id) != Some(SlotState::Running) {
-                return Err(gone());
-            }
-            // nginx may be holding back more body until told we are reading (a request it
-            // wrote while queued stops at the queued window).
-            self.waker.borrow_mut().progress(region, id);
-            stream::worker_wait(region, id, STREAM_WAIT, || {
-                stream::published(region, id, dir) > pos
-                    || slot::state_of(region, id) != Some(SlotState::Running)
-            });
-        }
-    }
-}
-
-/// The response as the worker writes it: onto the response stream, within the credit window.
-struct StreamOut<'r> {
-    region: &'r Region,
-    id: SlotId,
-    writer: StreamWriter,
-    head_len: u32,
-    waker: &'r RefCell<Waker>,
-}
-
-impl StreamOut<'_> {
-    /// Appends `data`, waiting for credit (`windowed`) and for free chunks while the slot stays
-    /// in `state`.
-    fn append(&mut self, mut data: &[u8], state: SlotState, windowed: bool) -> io::Result<()> {
-        let (region, id, dir) = (self.region, self.id, Direction::Response);
-        while !data.is_empty() {
-            if slot::state_of(region, id) != Some(state) {
-                return Err(gone());
-            }
-            let room = if windowed {
-                self.writer.room(region, id, dir)
-            } else {
-                u64::MAX
-            };
-            if room == 0 {
-                stream::worker_wait(region, id, STREAM_WAIT, || {
-                    self.writer.room(region, id, dir) > 0
-                        || slot::state_of(region, id) != Some(state)
-                });
-                continue;
-            }
-            let n = (room.min(data.len() as u64)) as usize;
-            let before = self.writer.written();
-            let res = self.writer.append(region, id, dir, &data[..n]);
-            data = &data[(self.writer.written() - before) as usize..];
-            match res {
-                Ok(()) => {}
-                Err(ChainError::ArenaFull) => {
-                    // Others hold the arena; their readers free it as their clients read.
-                    stream::worker_wait(region, id, Duration::from_millis(2), || false);
-                }
-                Err(e) => return Err(e.into()),
-            }
-            if windowed {
-                self.writer.publish(region, id, dir);
-                self.waker.borrow_mut().progress(region, id);
-            }
-        }
-        Ok(())
-    }
-
-    /// A response that streamed: the stream is complete (the exchange checked its length).
-    fn end(&mut self) -> Handover {
-        slot::finish(
-            self.region.pool_side(),
-            self.id,
-            self.head_len,
-            self.writer.written(),
-        )
-    }
-
-    /// A response buffered whole: head and body in one go.
-    fn whole(&mut self, head: &[u8], body: &[u8]) -> io::Result<Handover> {
-        self.append(head, SlotState::Running, false)?;
-        self.append(body, SlotState::Running, false)?;
-        self.writer
-            .publish(self.region, self.id, Direction::Response);
-        Ok(slot::finish(
-            self.region.pool_side(),
-            self.id,
-            head.len() as u32,
-            self.writer.written(),
-        ))
-    }
-}
-
-impl ResponseSink for StreamOut<'_> {
-    fn start(&mut self, head: &[u8], _declared: Option<u64>) -> io::Result<()> {
-        self.append(head, SlotState::Running, false)?;
-        self.writer
-            .publish(self.region, self.id, Direction::Response);
-        self.head_len = head.len() as u32;
-        match slot::start_streaming(self.region.pool_side(), self.id, self.head_len) {
-            Handover::Deliver { conn, conn_gen } => {
-                self.waker.borrow_mut().wake(self.region, conn, conn_gen);
-                Ok(())
-            }
-            Handover::Abandoned => Err(gone()),
-            Handover::ToCaller => Ok(()),
-        }
-    }
-
-    fn write(&mut self, data: &[u8]) -> io::Result<()> {
-        self.append(data, SlotState::Streaming, true)
     }
 }

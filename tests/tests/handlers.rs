@@ -391,7 +391,7 @@ fn a_library_built_for_abi_1_0_loads_and_its_missing_fork_hooks_are_not_read() {
 #[test]
 fn a_rust_handler_fans_out_over_the_pool_and_completes_at_one_worker_too() {
     for workers in [4, 1] {
-        let ng = Nginx::start(Conf::new(
+        let mut ng = Nginx::start(Conf::new(
             &format!(
                 "    pool r handler=dylib:{} workers={workers};",
                 example_rust_handler().display()
@@ -423,6 +423,11 @@ fn a_rust_handler_fans_out_over_the_pool_and_completes_at_one_worker_too() {
             assert_eq!(r.status, 200);
             assert_eq!(r.json()["sum"], 650);
         }
+        // nginx has the whole answer once its declared length is in; the worker gives its
+        // tasks' slots back just after.
+        ng.wait_for("the tasks' slots to be back", |ng| {
+            ng.pool_status("r")["slots"]["in_use"] == 0
+        });
         let s = ng.get("/status").json();
         let c = &s["pools"][0]["counters"];
         let (submitted, done, inline) = (

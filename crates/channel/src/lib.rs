@@ -13,6 +13,11 @@
 //! A chunk lost with a process killed mid-operation is returned at the next idle moment
 //! ([`scavenge`]).
 //!
+//! Each side goes through one operation per step of a request: the nginx side writes it with
+//! [`outgoing`] and reads the answer with [`answer`]; the pool side takes, reads and answers it
+//! with [`incoming`]. The building blocks under them ([`slot`], [`stream`], [`chain`]) are what
+//! those operations, poold's supervision and the tests' corruption checks are made of.
+//!
 //! No process ever holds a lock another process waits on. Every value read from the region is
 //! validated before use: the other side may have crashed mid-write or be buggy, and a bad value
 //! fails one request, never the reader.
@@ -30,10 +35,14 @@ pub mod freelist;
 pub mod fuzzing;
 #[cfg(not(loom))]
 pub mod handshake;
+#[cfg(not(loom))]
+pub mod incoming;
 pub mod layout;
 #[cfg(all(test, loom))]
 mod loom_models;
 pub mod message;
+#[cfg(not(loom))]
+pub mod outgoing;
 pub mod queue;
 #[cfg(not(loom))]
 pub mod region;

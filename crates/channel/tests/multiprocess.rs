@@ -6,16 +6,19 @@
 //! end.
 #![cfg(not(loom))] // needs the real memfd region
 
-use ngx_pool_channel::chain::ChainError;
+use ngx_pool_channel::incoming::{self, Notify};
+use ngx_pool_channel::outgoing::{self, RequestOut, Room};
 use ngx_pool_channel::scavenge;
 use ngx_pool_channel::slot::{self, Handover, SlotId, SlotState};
 use ngx_pool_channel::spin::Spin;
-use ngx_pool_channel::stream::{self, Direction, StreamReader, StreamWriter};
+use ngx_pool_channel::stream::{self, Direction, StreamReader};
 use ngx_pool_channel::{Geometry, Region};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
+use std::cell::RefCell;
+use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
@@ -52,54 +55,33 @@ fn payload(producer: u32, seq: u32) -> Vec<u8> {
     out
 }
 
-/// How long a consumer sleeps at most before looking at its slot again (it is woken earlier).
-const WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+/// The consumers' eventfd table: one eventfd per producer, by connection index.
+struct Eventfds<'a>(&'a [OwnedFd]);
 
-fn wake(region: &Region, eventfds: &[OwnedFd], conn: u32, conn_gen: u32) {
-    if slot::needs_wake(region.pool_side(), conn, conn_gen) {
-        if let Some(fd) = eventfds.get(conn as usize) {
-            let _ = nix::unistd::write(fd.as_fd(), &1u64.to_ne_bytes());
+impl Notify for Eventfds<'_> {
+    fn wake(&mut self, region: &Region, conn: u32, conn_gen: u32) {
+        if slot::needs_wake(region.pool_side(), conn, conn_gen) {
+            if let Some(fd) = self.0.get(conn as usize) {
+                let _ = nix::unistd::write(fd.as_fd(), &1u64.to_ne_bytes());
+            }
         }
     }
 }
 
-fn wake_owner(region: &Region, eventfds: &[OwnedFd], id: SlotId) {
-    if stream::nginx_wants_wake(region, id) {
-        if let Some(v) = slot::view(region, id.index) {
-            wake(region, eventfds, v.conn, v.conn_gen);
-        }
-    }
-}
-
-/// A pool worker's part: reads each request as it streams in, checks it byte for byte against
-/// what its producer must have sent, and streams it back as the reply (head: the first 16
-/// bytes), within the credit window.
+/// A pool worker's part, through the channel's pool-side operations as poold's workers use
+/// them: reads each request as it streams in, checks it byte for byte against what its
+/// producer must have sent, and streams it back as the reply (head: the first 16 bytes),
+/// within the credit window.
 fn consumer(region: &Region, index: u32, eventfds: &[OwnedFd]) -> ! {
-    let running = |id| slot::state_of(region, id) == Some(SlotState::Running);
+    let notify = RefCell::new(Eventfds(eventfds));
     loop {
         let id = slot::wait_for_work(region.pool_side(), index, &mut Spin::off(), &|| false)
             .expect("work");
-        let (_, total) = slot::request(region, id).expect("request");
+        let (mut body, mut answer) = incoming::take_raw(region, id, &notify).expect("request");
         // Read the request whole, as it arrives.
-        let mut reader = StreamReader::new();
-        let mut msg = vec![0u8; total as usize];
-        let mut got = 0usize;
-        while got < msg.len() && running(id) {
-            let n = reader
-                .read(region, id, Direction::Request, &mut msg[got..])
-                .expect("read request");
-            got += n;
-            if reader.release(region, id, Direction::Request, reader.position()) || n == 0 {
-                wake_owner(region, eventfds, id);
-            }
-            if n == 0 {
-                let pos = reader.position();
-                stream::worker_wait(region, id, WAIT, || {
-                    stream::published(region, id, Direction::Request) > pos || !running(id)
-                });
-            }
-        }
-        if got == msg.len() {
+        let mut msg = vec![0u8; body.total() as usize];
+        let whole = body.read_exact(&mut msg).is_ok();
+        if whole {
             let producer = u32::from_le_bytes(msg[0..4].try_into().unwrap());
             let seq = u32::from_le_bytes(msg[4..8].try_into().unwrap());
             if msg != payload(producer, seq) {
@@ -108,61 +90,21 @@ fn consumer(region: &Region, index: u32, eventfds: &[OwnedFd]) -> ! {
             }
         }
         // Stream it back: the head, then the rest as credit allows.
-        let mut w = StreamWriter::new();
-        let mut sent = 0usize;
-        let mut streaming = false;
-        while got == msg.len() && sent < msg.len() {
-            let state = if streaming {
-                SlotState::Streaming
-            } else {
-                SlotState::Running
-            };
-            if slot::state_of(region, id) != Some(state) {
-                break;
-            }
-            let room = if streaming {
-                w.room(region, id, Direction::Response)
-            } else {
-                16
-            };
-            if room == 0 {
-                stream::worker_wait(region, id, WAIT, || {
-                    w.room(region, id, Direction::Response) > 0
-                        || slot::state_of(region, id) != Some(state)
-                });
-                continue;
-            }
-            let n = (room as usize).min(msg.len() - sent);
-            let before = w.written();
-            let res = w.append(region, id, Direction::Response, &msg[sent..sent + n]);
-            sent += (w.written() - before) as usize;
-            w.publish(region, id, Direction::Response);
-            match res {
-                Ok(()) => {}
-                Err(ChainError::ArenaFull) => {
-                    std::thread::sleep(std::time::Duration::from_millis(1))
-                }
-                Err(e) => panic!("consumer {index}: {e}"),
-            }
-            if !streaming && sent >= 16 {
-                match slot::start_streaming(region.pool_side(), id, 16) {
-                    Handover::Deliver { conn, conn_gen } => wake(region, eventfds, conn, conn_gen),
-                    Handover::Abandoned | Handover::ToCaller => break,
-                }
-                streaming = true;
-            } else {
-                wake_owner(region, eventfds, id);
-            }
-        }
-        let handover = if got == msg.len() && sent == msg.len() {
-            slot::finish(region.pool_side(), id, 16.min(sent as u32), w.written())
+        let head = msg.len().min(16);
+        let answered = whole
+            && answer
+                .start(&msg[..head])
+                .and_then(|()| answer.write(&msg[head..]))
+                .is_ok();
+        let handover = if answered {
+            answer.end()
         } else {
-            slot::fail(region.pool_side(), id, slot::FailReason::Other)
+            incoming::fail(region, id, slot::FailReason::Other)
         };
         // Only now: a consumer killed before this is found holding the request.
         slot::clear_current(region.pool_side(), index);
         if let Handover::Deliver { conn, conn_gen } = handover {
-            wake(region, eventfds, conn, conn_gen);
+            notify.borrow_mut().wake(region, conn, conn_gen);
         }
     }
 }
@@ -172,7 +114,7 @@ struct Exchange {
     id: SlotId,
     seq: u32,
     msg: Vec<u8>,
-    writer: StreamWriter,
+    out: RequestOut,
     reader: StreamReader,
     reply: Vec<u8>,
 }
@@ -190,28 +132,21 @@ impl Exchange {
     /// Does what nginx does for a request in flight: writes what the window allows, reads
     /// what is published of the reply, frees what it read.
     fn step(&mut self, region: &Region, ask: bool) -> Result<Step, String> {
-        let (id, total) = (self.id, self.msg.len() as u64);
+        let id = self.id;
         let state = slot::state_of(region, id);
         let mut moved = false;
         if matches!(
             state,
             Some(SlotState::Queued | SlotState::Running | SlotState::Streaming)
-        ) && self.writer.written() < total
+        ) && !self.out.written_all()
         {
-            let g = region.geometry();
-            let mut room = self.writer.room(region, id, Direction::Request);
-            if state == Some(SlotState::Queued) {
-                let outstanding = g.stream_window().saturating_sub(room);
-                room = room.min(g.queued_window().saturating_sub(outstanding));
-            }
-            let at = self.writer.written() as usize;
-            let n = (room as usize).min(self.msg.len() - at);
-            if n > 0 {
-                let _ = self
-                    .writer
-                    .append(region, id, Direction::Request, &self.msg[at..at + n]);
-                self.writer.publish(region, id, Direction::Request);
-                moved |= self.writer.written() as usize > at;
+            // The module's rules, from the channel: nothing beyond the head's chunk while
+            // queued, the window after, three quarters of the arena at most.
+            if let Room::Bytes(room) = self.out.room(region, state == Some(SlotState::Queued)) {
+                let at = self.out.written() as usize;
+                let n = (room as usize).min(self.msg.len() - at);
+                let (taken, _) = self.out.write(region, &self.msg[at..at + n]);
+                moved |= taken > 0;
                 stream::notify_worker(region, id);
             }
         }
@@ -265,34 +200,20 @@ fn producer(region: &Region, me: u32, conn_gen: u32, eventfd: &OwnedFd, may_fail
     let mut seen = vec![0u32; PER_PRODUCER as usize];
     let mut next = 0u32;
     let mut idle = 0u32;
-    let g = region.geometry();
     while next < PER_PRODUCER || !inflight.is_empty() {
         while next < PER_PRODUCER && inflight.len() < IN_FLIGHT {
-            let Some(id) = slot::alloc(region.nginx_side(), me, conn_gen) else {
+            let msg = payload(me, next);
+            let head = &msg[..msg.len().min(16)];
+            let Ok(out) = outgoing::open(region, me, conn_gen, head, msg.len() as u64) else {
                 break;
             };
-            let msg = payload(me, next);
-            let mut writer = StreamWriter::new();
-            let first = msg.len().min(g.queued_window() as usize);
-            if writer
-                .append(region, id, Direction::Request, &msg[..first])
-                .is_err()
-            {
-                slot::release(region.nginx_side(), id);
-                break;
-            }
-            writer.publish(region, id, Direction::Request);
-            assert!(slot::submit(
-                region.nginx_side(),
-                id,
-                16.min(msg.len() as u32),
-                msg.len() as u64
-            ));
+            assert!(out.enqueue(region, None));
+            slot::wake_workers(region.nginx_side(), 1);
             inflight.push(Exchange {
-                id,
+                id: out.id(),
                 seq: next,
                 msg,
-                writer,
+                out,
                 reader: StreamReader::new(),
                 reply: Vec::new(),
             });

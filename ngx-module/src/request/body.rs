@@ -68,7 +68,7 @@ pub(super) fn pump_upload(ctx: *mut Ctx, region: &Region, id: SlotId, queued: bo
     };
     let mut asked = false;
     loop {
-        let pumped = up.pump(region, id, queued);
+        let pumped = up.pump(region, queued);
         stream::notify_worker(region, id);
         match pumped {
             Pumped::Done => {

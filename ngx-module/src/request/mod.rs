@@ -29,8 +29,8 @@ use nginx_sys::{
     NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleServerConf, Request};
-use ngx_pool_channel::chain::ChainError;
 use ngx_pool_channel::message::{encode_request_head, RequestHead, ServerSide};
+use ngx_pool_channel::outgoing::NotOpened;
 use ngx_pool_channel::slot::{self, SlotId, SlotState};
 use ngx_pool_channel::stream;
 use ngx_pool_channel::Region;
@@ -305,75 +305,52 @@ fn submit(ctx: *mut Ctx) {
             format!("pool \"{}\": poold went away", name()),
         );
     };
-    // A request joins the queue only while the arena stays at most half full with it: waiting
-    // requests hold just their head (see `Upload::pump`), and the other half is for running
-    // requests' bodies (up to three quarters) and answers, so those can always finish and free
-    // what the waiting ones need. Past that, wait in nginx for room (bounded by the queue
-    // deadline, then 503), holding nothing of the arena.
-    let g = region.geometry();
-    let in_use = region
-        .header()
-        .stats
-        .chunks_in_use
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let head_chunks = c.upload.as_ref().map_or(1, |u| {
-        u64::from(u.head_len()).div_ceil(u64::from(g.chunk_data()))
-    });
-    if (in_use + head_chunks) * 2 > u64::from(g.chunks) {
-        return arm_retry(ctx);
-    }
-    let Some(id) = slot::alloc(region.nginx_side(), conn, conn_gen) else {
-        let stats = &region.header().stats;
-        stats
-            .rejected_full
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // A slot is counted in use just after it leaves the free list (and uncounted just
-        // before it returns), so at most one per process (nginx workers, pool workers) is in
-        // neither: a free list empty while far fewer are counted was emptied by a write over it.
-        let counted = stats
-            .slots_in_use
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let in_between = u64::from(g.max_conns) + u64::from(g.max_workers);
-        if counted + in_between < u64::from(g.slots) {
-            runtime::report_corruption(
-                c.pool,
-                Some(&format!(
-                    "no free slot while {counted} of {} are in use",
-                    g.slots
-                )),
-            );
-        }
-        return fail(
-            ctx,
-            Failure::Full,
-            format!("pool \"{}\": queue full (all slots in use)", name()),
-        );
-    };
     let Some(up) = c.upload.as_mut() else {
-        slot::release(region.nginx_side(), id);
         return fail(ctx, Failure::Internal, String::new());
     };
-    match up.write_head(&region, id) {
-        Ok(()) => {}
-        Err(ChainError::ArenaFull) => {
-            // Wait for space, bounded by the queue deadline (or the whole deadline).
-            slot::release(region.nginx_side(), id);
-            return arm_retry(ctx);
+    // Past the arena's rules for waiting requests (`outgoing::open`), the request waits in
+    // nginx for room, holding nothing of the arena, bounded by the queue deadline (then 503).
+    let id = match up.open(&region, conn, conn_gen) {
+        Ok(id) => id,
+        Err(NotOpened::ArenaFull) => return arm_retry(ctx),
+        Err(NotOpened::Broken(e)) => {
+            return fail(ctx, Failure::BadAnswer, format!("pool \"{}\": {e}", name()))
         }
-        Err(e) => {
-            slot::release(region.nginx_side(), id);
-            return fail(ctx, Failure::BadAnswer, format!("pool \"{}\": {e}", name()));
+        Err(NotOpened::NoSlot) => {
+            let g = region.geometry();
+            let stats = &region.header().stats;
+            stats
+                .rejected_full
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // A slot is counted in use just after it leaves the free list (and uncounted just
+            // before it returns), so at most one per process (nginx workers, pool workers) is
+            // in neither: a free list empty while far fewer are counted was emptied by a write
+            // over it.
+            let counted = stats
+                .slots_in_use
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let in_between = u64::from(g.max_conns) + u64::from(g.max_workers);
+            if counted + in_between < u64::from(g.slots) {
+                runtime::report_corruption(
+                    c.pool,
+                    Some(&format!(
+                        "no free slot while {counted} of {} are in use",
+                        g.slots
+                    )),
+                );
+            }
+            return fail(
+                ctx,
+                Failure::Full,
+                format!("pool \"{}\": queue full (all slots in use)", name()),
+            );
         }
-    }
-    if let Pumped::Failed(e) = up.pump(&region, id, true) {
+    };
+    if let Pumped::Failed(e) = up.pump(&region, true) {
         slot::release(region.nginx_side(), id);
         return fail(ctx, Failure::Internal, format!("pool \"{}\": {e}", name()));
     }
-    let (head_len, total) = (up.head_len(), up.total());
-    if let Some(ms) = c.own_timeout {
-        slot::set_timeout(region.nginx_side(), id, ms);
-    }
-    if !slot::enqueue(region.nginx_side(), id, head_len, total) {
+    if !up.enqueue(&region, c.own_timeout) {
         slot::release(region.nginx_side(), id);
         // The queue holds as many cells as there are slots: a request holding a fresh slot
         // always finds room, unless some process wrote over the queue.
