@@ -41,7 +41,7 @@ pub(crate) fn new_retry_timer(i: usize) -> *mut ngx_event_t {
     let ev: &'static mut ngx_event_t = Box::leak(Box::new(unsafe { std::mem::zeroed() }));
     ev.handler = Some(on_retry);
     ev.data = i as *mut std::ffi::c_void;
-    ev.log = runtime::cycle_log();
+    ev.log = crate::log::cycle_log();
     // A pending retry never holds up a graceful shutdown.
     ev.set_cancelable(1);
     ev
@@ -226,7 +226,7 @@ fn start(i: usize, path: &std::path::Path) -> Result<Attaching, String> {
     unsafe {
         (*timer).handler = Some(on_timeout);
         (*timer).data = i as *mut std::ffi::c_void;
-        (*timer).log = runtime::cycle_log();
+        (*timer).log = crate::log::cycle_log();
         (*timer).set_cancelable(1);
         nginx_sys::ngx_add_timer(
             timer,
@@ -274,7 +274,7 @@ fn failed_as(i: usize, reason: &str, retry: Duration, maybe_starting: bool) {
                 (true, false) => (NGX_LOG_ERR, " (frozen or overloaded?)"),
                 (false, false) => (NGX_LOG_ERR, ""),
             };
-            runtime::log(
+            crate::log::log(
                 level,
                 &format!(
                     "pool \"{name}\": cannot attach to {}: {reason}{why}",
@@ -400,7 +400,7 @@ fn complete(
     });
     match stored {
         Ok((name, socket)) => {
-            runtime::log(
+            crate::log::log(
                 NGX_LOG_NOTICE,
                 &format!(
                     "pool \"{name}\": attached to {} as connection {conn}",

@@ -8,7 +8,7 @@
 //! is not in the event loop (`fd` -1, so the pipe never arms events or timers on it) whose
 //! `recv_chain` copies published response bytes from the arena into the pipe's buffers and
 //! gives the handler its credit back at once (the channel's
-//! [`AnswerReader`](ngx_pool_channel::answer::AnswerReader), in [`Feed`]). The eventfd (more bytes published)
+//! [`AnswerReader`], in [`Feed`]). The eventfd (more bytes published)
 //! and the client's write events drive the pipe, as `ngx_http_upstream_process_upstream` and
 //! `_downstream` drive proxy's (development guide, "Buffers"; `src/event/ngx_event_pipe.c`).
 

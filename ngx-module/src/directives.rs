@@ -1,7 +1,7 @@
 //! Configuration directives (`pool`, `pool_pass`, `pool_param`, `pool_log_level`, `pool_timeout`,
 //! `pool_daemon`, `pool_status`, and the buffering ones) at the FFI edge.
 //!
-//! Parsing proper is in [`crate::conf`]; this module turns nginx's argument arrays into `&str`s,
+//! Parsing proper is in [`ngx_pool_conf`]; this module turns nginx's argument arrays into `&str`s,
 //! stores results in the module's configuration structs, and reports errors the nginx way: a
 //! message string returned from the set handler, to which nginx adds "in FILE:LINE".
 //! See <https://nginx.org/en/docs/dev/development_guide.html#config_directives>.

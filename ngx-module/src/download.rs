@@ -8,7 +8,7 @@
 //! slowly keeps `c->buffered` set and its buffers unsent, so the credit stops and the handler
 //! waits: nginx's own backpressure reaches the application without anything piling up.
 
-use crate::request::log_request;
+use crate::log::log_request;
 use nginx_sys::{ngx_buf_t, ngx_chain_t, ngx_http_request_t, ngx_int_t, ngx_str_t};
 use nginx_sys::{ngx_table_elt_t, NGX_ERROR, NGX_OK};
 use ngx_pool_channel::message::{decode_response_head, UNKNOWN_LENGTH};

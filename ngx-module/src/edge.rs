@@ -69,7 +69,7 @@ pub fn guard<T>(entry: &'static str, on_panic: impl FnOnce() -> T, body: impl Fn
                 .map(|at| format!(" at {at}"))
                 .unwrap_or_default();
             // Logging must not panic again here: the message is plain text.
-            crate::runtime::log(
+            crate::log::log(
                 nginx_sys::NGX_LOG_ALERT,
                 &format!("ngx-pool: panic in the {entry} entry point{at}: {msg}; recovered"),
             );

@@ -17,7 +17,7 @@ pub fn on_init_process(cycle: *mut ngx_cycle_t) {
     // SAFETY: the core module's configuration exists in every cycle and is only read here.
     let ccf = ngx::core::NgxCoreModule::main_conf(unsafe { &*cycle });
     let cores_wanted = ccf.is_some_and(|c| c.rlimit_core != -1 || c.working_directory.len > 0);
-    let log = crate::runtime::cycle_log();
+    let log = crate::log::cycle_log();
     if cores_wanted {
         ngx::ngx_log_error!(
             NGX_LOG_NOTICE,

@@ -22,6 +22,7 @@ mod directives;
 mod download;
 mod edge;
 mod isolation;
+mod log;
 mod managed;
 mod params;
 mod rejections;

@@ -36,7 +36,7 @@ pub fn init(pools: &[String]) {
             let ev: &'static mut ngx_event_t = Box::leak(Box::new(unsafe { std::mem::zeroed() }));
             ev.handler = Some(on_timer);
             ev.data = i as *mut std::ffi::c_void;
-            ev.log = crate::runtime::cycle_log();
+            ev.log = crate::log::cycle_log();
             ev.set_cancelable(1);
             Rejections {
                 logged_at: None,
@@ -79,7 +79,7 @@ pub fn note(i: usize, r: *mut ngx_http_request_t, level: u32, reason: &str) {
         }
     });
     if write_now {
-        crate::request::log_request_at(r, level, reason);
+        crate::log::log_request_at(r, level, reason);
     }
 }
 
@@ -100,7 +100,7 @@ fn flush(i: usize) {
         (n > 0).then(|| (n, e.level, std::mem::take(&mut e.last_reason)))
     });
     if let Some((n, level, last)) = summary {
-        crate::runtime::log(
+        crate::log::log(
             level,
             &format!("{n} more requests got 503 in the last second (the last: {last})"),
         );

@@ -10,7 +10,7 @@
 //! while calling back into nginx (finalizing a request can re-enter us through cleanups).
 
 use crate::directives::{Module, PoolEntry};
-use crate::request;
+use crate::log::{cycle_log, log};
 use nginx_sys::{
     ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_http_request_t, NGX_LOG_ALERT, NGX_LOG_ERR,
 };
@@ -30,6 +30,15 @@ use std::time::Instant;
 pub struct InFlight {
     pub gen: u32,
     pub r: *mut ngx_http_request_t,
+    /// Whom to tell of what happens to it (the runtime does not know what a request is).
+    pub told: &'static Tell,
+}
+
+/// What the runtime tells a request in flight: the pool made progress on it (its eventfd), or
+/// the pool's poold went away with it.
+pub struct Tell {
+    pub progress: fn(*mut ngx_http_request_t),
+    pub lost: fn(*mut ngx_http_request_t),
 }
 
 /// A live attachment.
@@ -237,18 +246,9 @@ impl PoolRt {
     }
 }
 
-pub fn cycle_log() -> *mut nginx_sys::ngx_log_t {
-    // SAFETY: ngx_cycle is set for the worker's whole life.
-    unsafe { (*nginx_sys::ngx_cycle).log }
-}
-
 /// How many pools this worker knows.
 pub fn pool_count() -> usize {
     POOLS.with(|p| p.try_borrow().map_or(0, |p| p.len()))
-}
-
-pub fn log(level: u32, msg: &str) {
-    ngx::ngx_log_error!(level, cycle_log(), "{}", msg);
 }
 
 pub fn on_init_process(cycle: *mut ngx_cycle_t) {
@@ -435,7 +435,7 @@ pub fn complete_ready(i: usize) -> bool {
             ids.dedup();
             candidates.extend(ids.iter().filter_map(|id| {
                 let f = p.inflight.get(&id.index).filter(|f| f.gen == id.gen)?;
-                Some((id.index, f.gen, f.r))
+                Some((id.index, f.gen, f.r, f.told))
             }));
         } else {
             candidates.extend(
@@ -448,11 +448,11 @@ pub fn complete_ready(i: usize) -> bool {
                         };
                         slot::state_of(&a.region, id) != Some(SlotState::Queued)
                     })
-                    .map(|(index, f)| (*index, f.gen, f.r)),
+                    .map(|(index, f)| (*index, f.gen, f.r, f.told)),
             );
         }
     });
-    for &(index, gen, r) in &candidates {
+    for &(index, gen, r, told) in &candidates {
         // An earlier one may have ended and freed this request meanwhile; look it up again.
         let live = with_pool(i, |p| {
             p.inflight
@@ -461,14 +461,14 @@ pub fn complete_ready(i: usize) -> bool {
         });
         // (A request whose entry cannot be read now is not lost: its deadline timer ends it.)
         if live == Ok(true) {
-            request::on_pool_event(r);
+            (told.progress)(r);
         }
     }
     SCRATCH.with(|s| *s.borrow_mut() = (ids, candidates));
     looked != Err(PoolAccess::Busy)
 }
 
-type Candidates = Vec<(u32, u32, *mut ngx_http_request_t)>;
+type Candidates = Vec<(u32, u32, *mut ngx_http_request_t, &'static Tell)>;
 
 /// The requests in flight on a pool, by slot index.
 pub type InFlightMap = HashMap<u32, InFlight, std::hash::BuildHasherDefault<SlotIndexHasher>>;
@@ -521,7 +521,7 @@ pub fn detach(i: usize, reason: Option<&str>) {
             ),
         );
         for f in inflight {
-            request::on_pool_lost(f.r);
+            (f.told.lost)(f.r);
         }
     }
 }

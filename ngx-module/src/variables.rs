@@ -4,32 +4,12 @@
 //!
 //! Added in the module's preconfiguration (the nginx development guide, "Variables"); each is
 //! evaluated from what the request's context recorded of its way through the pool
-//! ([`Outcome`]), read in the log phase. Times are seconds with millisecond resolution, as
+//! ([`crate::request::Outcome`]), read in the log phase. Times are seconds with millisecond resolution, as
 //! nginx's `$request_time`; a variable with nothing to say is not found (logged as `-`).
 
 use crate::directives::Module;
 use ngx::ffi::{ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_str_t, ngx_variable_value_t};
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Request};
-
-/// What a request's context records of its way through the pool (CLOCK_MONOTONIC ms, the
-/// clock the slots' `started_ms` use in every process).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Outcome {
-    pub queued_ms: Option<u64>,
-    pub started_ms: Option<u64>,
-    pub finished_ms: Option<u64>,
-    pub worker_pid: Option<u32>,
-    /// `ok`, `crashed`, `timeout`, `full`, `queue_timeout`, `cancelled`, `error`,
-    /// `unavailable`; none while it runs.
-    pub status: Option<&'static str>,
-}
-
-impl Outcome {
-    /// Sets the status unless one is set already (the first reason is the real one).
-    pub fn end(&mut self, status: &'static str) {
-        self.status.get_or_insert(status);
-    }
-}
 
 #[derive(Clone, Copy)]
 enum Var {

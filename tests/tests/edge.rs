@@ -140,7 +140,7 @@ fn a_nested_access_to_the_pools_state_is_a_logged_error_and_the_request_is_answe
     let log = ng.log();
     assert!(
         log.contains(
-            "the pools' state was wanted again while in use, at ngx-module/src/request/mod.rs:"
+            "the pools' state was wanted again while in use, at ngx-module/src/request/admit.rs:"
         ),
         "{log}"
     );

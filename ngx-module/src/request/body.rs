@@ -60,9 +60,8 @@ pub(super) fn body_parts(r: *mut ngx_http_request_t, arriving: bool) -> Vec<Body
 }
 
 /// Writes what the window allows of the request body. Returns false if the request ended.
-pub(super) fn pump_upload(ctx: *mut Ctx, region: &Region, id: SlotId, queued: bool) -> bool {
-    // SAFETY: `ctx` is a live context.
-    let c = unsafe { &mut *ctx };
+pub(super) fn pump_upload(ctx: CtxRef, region: &Region, id: SlotId, queued: bool) -> bool {
+    let c = ctx.get();
     let Some(up) = c.upload.as_mut() else {
         return true;
     };
@@ -109,9 +108,8 @@ pub(super) fn pump_upload(ctx: *mut Ctx, region: &Region, id: SlotId, queued: bo
 
 /// Reads what the client has sent of an arriving body into nginx's buffers and hands them to
 /// the upload. `Ok(true)` if any came; `Err` if the request ended (timed out, bad body).
-pub(super) fn read_more(ctx: *mut Ctx) -> Result<bool, ()> {
-    // SAFETY: `ctx` is a live context.
-    let c = unsafe { &mut *ctx };
+pub(super) fn read_more(ctx: CtxRef) -> Result<bool, ()> {
+    let c = ctx.get();
     let r = c.r;
     // SAFETY: a live request reading its body unbuffered (it was queued with `reading_body`).
     let rc = unsafe { nginx_sys::ngx_http_read_unbuffered_request_body(r) };
@@ -151,8 +149,7 @@ pub(super) unsafe extern "C" fn on_body_read(r: *mut ngx_http_request_t) {
                     return;
                 }
                 if body_cut_short(r) {
-                    // SAFETY: `ctx` is live (the request is).
-                    let pool = unsafe { (*ctx).pool };
+                    let pool = ctx.get().pool;
                     log_request_at(
                         r,
                         nginx_sys::NGX_LOG_INFO,

@@ -48,7 +48,7 @@ pub(super) fn server_side<'a>(r: *mut ngx_http_request_t, req: &'a Request) -> S
 }
 
 /// Encodes the request head and makes the request's context. `Err(status)` to answer at once.
-pub(super) fn begin(r: *mut ngx_http_request_t) -> Result<*mut Ctx, Refused> {
+pub(super) fn begin(r: *mut ngx_http_request_t) -> Result<CtxRef, Refused> {
     let i = pool_index(r).ok_or(Failure::Internal)?;
     match runtime::ensure_attached(i) {
         State::Attached => {}

@@ -22,15 +22,8 @@ pub(super) fn observe(o: &mut Outcome, region: &Region, id: SlotId, state: Optio
 
 /// Sends the response head once, then the body: buffered through nginx's event pipe, or
 /// streamed from the arena as it comes; `total` once `Done`.
-pub(super) fn respond(
-    ctx: *mut Ctx,
-    region: &Region,
-    id: SlotId,
-    total: Option<u64>,
-    client: bool,
-) {
-    // SAFETY: `ctx` is a live context.
-    let c = unsafe { &mut *ctx };
+pub(super) fn respond(ctx: CtxRef, region: &Region, id: SlotId, total: Option<u64>, client: bool) {
+    let c = ctx.get();
     let r = c.r;
     if c.download.is_none() && c.buffered.is_none() {
         let head_len = slot::response(region, id).map_or(0, |(h, _)| h);
@@ -76,9 +69,8 @@ pub(super) fn respond(
 }
 
 /// Turns the event pipe of a buffered response once.
-pub(super) fn pump_buffered(ctx: *mut Ctx, client: bool) {
-    // SAFETY: `ctx` is a live context.
-    let c = unsafe { &mut *ctx };
+pub(super) fn pump_buffered(ctx: CtxRef, client: bool) {
+    let c = ctx.get();
     let Some(b) = c.buffered.as_mut() else {
         return;
     };
@@ -100,9 +92,8 @@ pub(super) fn pump_buffered(ctx: *mut Ctx, client: bool) {
 }
 
 /// Streams body bytes from the arena as they come (`pool_buffering off`).
-pub(super) fn pump_download(ctx: *mut Ctx, region: &Region, id: SlotId, total: Option<u64>) {
-    // SAFETY: `ctx` is a live context.
-    let c = unsafe { &mut *ctx };
+pub(super) fn pump_download(ctx: CtxRef, region: &Region, id: SlotId, total: Option<u64>) {
+    let c = ctx.get();
     let r = c.r;
     let Some(d) = c.download.as_mut() else {
         return;
