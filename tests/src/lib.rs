@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod http;
+pub mod load;
 pub mod memory;
 pub mod procs;
 

@@ -5,6 +5,7 @@
 //! Every case runs real hostile clients against a real nginx and poold.
 
 use ngx_pool_tests::http::{exchange_streamed, request, sha256_of};
+use ngx_pool_tests::load::{self, Load};
 use ngx_pool_tests::{Conf, Nginx};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -308,19 +309,15 @@ fn a_response_head_over_pool_max_header_size_is_a_502_naming_pool_handler_and_si
 
 /// `n` concurrent uploads of `size` bytes to `path`; returns the count of each status.
 fn flood(port: u16, path: &str, n: usize, size: usize) -> std::collections::BTreeMap<u16, usize> {
-    let body: std::sync::Arc<Vec<u8>> = std::sync::Arc::new((0..size).map(|i| i as u8).collect());
-    let path = path.to_string();
-    let statuses = ngx_pool_tests::parallel(n, n, move |_| {
-        match request(port, "POST", &path, &[], &body) {
-            Ok(r) => r.status,
-            Err(_) => 0,
-        }
-    });
-    let mut counts = std::collections::BTreeMap::new();
-    for s in statuses {
-        *counts.entry(s).or_insert(0) += 1;
-    }
-    counts
+    let body = (0..size).map(|i| i as u8).collect();
+    let upload = Load {
+        port,
+        method: "POST",
+        path: path.to_string(),
+        body: std::sync::Arc::new(body),
+        clients: n,
+    };
+    load::burst(&upload, n)
 }
 
 #[test]

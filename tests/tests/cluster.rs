@@ -3,54 +3,8 @@
 //! own cluster (its own subnet) and is skipped, saying so, where namespaces cannot be made.
 
 use ngx_pool_tests::cluster::Cluster;
-use ngx_pool_tests::http::Response;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use ngx_pool_tests::load::{Load, Outcome};
 use std::time::{Duration, Instant};
-
-/// One request of a load run: when it started (since the run began), and its answer.
-struct Outcome {
-    started: Duration,
-    result: Result<Response, String>,
-}
-
-/// `clients` threads each sending GET `path` through the front one after the other until
-/// `stop` is set; every outcome returned.
-fn load(c: &Cluster, clients: usize, path: &str, stop: Arc<AtomicBool>) -> LoadRun {
-    let t0 = Instant::now();
-    let threads = (0..clients)
-        .map(|_| {
-            let (port, path, stop) = (c.port, path.to_string(), stop.clone());
-            std::thread::spawn(move || {
-                let mut out = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let started = t0.elapsed();
-                    let result = ngx_pool_tests::http::request(port, "GET", &path, &[], b"")
-                        .map_err(|e| e.to_string());
-                    out.push(Outcome { started, result });
-                }
-                out
-            })
-        })
-        .collect();
-    LoadRun { t0, threads, stop }
-}
-
-struct LoadRun {
-    t0: Instant,
-    threads: Vec<std::thread::JoinHandle<Vec<Outcome>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl LoadRun {
-    fn finish(self) -> Vec<Outcome> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.threads
-            .into_iter()
-            .flat_map(|t| t.join().expect("a load thread panicked"))
-            .collect()
-    }
-}
 
 fn ok(o: &Outcome) -> bool {
     matches!(&o.result, Ok(r) if r.status == 200)
@@ -171,12 +125,7 @@ fn a_host_killed_mid_load_loses_only_its_requests_in_flight() {
         return;
     };
     let clients = 6;
-    let run = load(
-        &c,
-        clients,
-        "/cpu?n=300000",
-        Arc::new(AtomicBool::new(false)),
-    );
+    let run = Load::get(c.port, "/cpu?n=300000", clients).start();
     std::thread::sleep(Duration::from_secs(1)); // load, not synchronisation: a second of traffic
     let killed_at = run.t0.elapsed();
     c.host_cmd("kill", 2); // SIGKILL of host 2's nginx, poold and pool workers
@@ -233,7 +182,7 @@ fn a_host_killed_mid_load_loses_only_its_requests_in_flight() {
 #[test]
 fn reload_of_one_host_under_load_fails_no_request() {
     let Some(c) = Cluster::up(24, 3) else { return };
-    let run = load(&c, 4, "/cpu?n=100000", Arc::new(AtomicBool::new(false)));
+    let run = Load::get(c.port, "/cpu?n=100000", 4).start();
     let attached_before = c.host_log(1).matches("attached to").count();
     for i in 1..=2 {
         c.host_cmd("reload", 1);
@@ -262,7 +211,7 @@ fn reload_of_one_host_under_load_fails_no_request() {
 #[test]
 fn a_host_cut_off_for_seconds_costs_delays_not_failures() {
     let Some(c) = Cluster::up(25, 3) else { return };
-    let run = load(&c, 6, "/cpu?n=20000", Arc::new(AtomicBool::new(false)));
+    let run = Load::get(c.port, "/cpu?n=20000", 6).start();
     std::thread::sleep(Duration::from_secs(1)); // load, not synchronisation: traffic before
     let cut_at = run.t0.elapsed();
     c.host_cmd("link-down", 2); // host 2's cable pulled: packets dropped, nothing refused

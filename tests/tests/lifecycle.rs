@@ -1,6 +1,7 @@
 //! Reload, quit and external mode against the real nginx.
 
 use ngx_pool_tests::http::request;
+use ngx_pool_tests::load::{Load, LoadRun};
 use ngx_pool_tests::{free_port, procs, temp_prefix, Conf, ExternalPoold, Nginx, READY_TIMEOUT};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -549,49 +550,15 @@ fn a_frozen_poold_never_stalls_the_nginx_worker() {
     ng.finish();
 }
 
-/// Runs `wrk` against `path` for `secs` seconds; returns (requests, failures): non-2xx/3xx
-/// answers and socket errors.
-fn wrk(port: u16, path: &str, secs: u32) -> std::thread::JoinHandle<(u64, u64)> {
-    let path = path.to_string();
-    std::thread::spawn(move || {
-        let out = std::process::Command::new("wrk")
-            .args(["-t1", "-c8", &format!("-d{secs}s")])
-            .arg(format!("http://127.0.0.1:{port}{path}"))
-            .output()
-            .expect("wrk (scripts/setup installs it)");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let number_after = |label: &str| -> u64 {
-            text.lines()
-                .find_map(|l| l.trim().strip_prefix(label))
-                .map(|rest| {
-                    rest.trim()
-                        .split(|c: char| !c.is_ascii_digit())
-                        .next()
-                        .unwrap_or("0")
-                        .parse()
-                        .unwrap_or(0)
-                })
-                .unwrap_or(0)
-        };
-        let requests = text
-            .lines()
-            .find(|l| l.contains("requests in"))
-            .and_then(|l| l.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0);
-        let socket_errors: u64 = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Socket errors:"))
-            .map(|rest| {
-                rest.split(',')
-                    .filter_map(|part| part.split_whitespace().nth(1)?.parse::<u64>().ok())
-                    .sum()
-            })
-            .unwrap_or(0);
-        (
-            requests,
-            number_after("Non-2xx or 3xx responses:") + socket_errors,
-        )
-    })
+/// How many requests of a load run there were, and how many failed (no answer, or a status
+/// other than 2xx/3xx).
+fn tally(run: LoadRun) -> (u64, u64) {
+    let outcomes = run.finish();
+    let failed = outcomes
+        .iter()
+        .filter(|o| !(200..400).contains(&o.status()))
+        .count();
+    (outcomes.len() as u64, failed as u64)
 }
 
 #[test]
@@ -603,9 +570,9 @@ fn a_hostile_run_loses_nothing_outside_the_pool_that_was_hit() {
     ));
     let socket = ng.dir.join("logs/pool-hit.sock").display().to_string();
     let port = ng.port;
-    let plain = wrk(port, "/plain", 8);
-    let other = wrk(port, "/other", 8);
-    let hit = wrk(port, "/hit?ms=5", 8);
+    let plain = Load::get(port, "/plain", 8).start();
+    let other = Load::get(port, "/other", 8).start();
+    let hit = Load::get(port, "/hit?ms=5", 8).start();
     // The hit pool's watchdog (a child of the master naming its socket) and poold (its child).
     let watchdog_of_hit = |ng: &Nginx| -> u32 {
         ng.watchdogs()
@@ -641,9 +608,9 @@ fn a_hostile_run_loses_nothing_outside_the_pool_that_was_hit() {
     ng.wait_for("the hit pool serving", |ng| {
         ng.get("/hit?ms=1").status == 200
     });
-    let (plain_n, plain_failed) = plain.join().unwrap();
-    let (other_n, other_failed) = other.join().unwrap();
-    let (hit_n, hit_failed) = hit.join().unwrap();
+    let (plain_n, plain_failed) = tally(plain);
+    let (other_n, other_failed) = tally(other);
+    let (hit_n, hit_failed) = tally(hit);
     eprintln!("plain {plain_n} ({plain_failed} failed), other {other_n} ({other_failed}), hit {hit_n} ({hit_failed})");
     assert!(plain_n > 100 && other_n > 100, "the load ran");
     assert_eq!(plain_failed, 0, "return 200 requests failed");
