@@ -12,7 +12,6 @@ pub mod procs;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -730,7 +729,7 @@ pub fn python_apps() -> PathBuf {
 /// benchmarks. Killed (its whole process group) when dropped, whatever the test did.
 pub struct Gunicorn {
     pub port: u16,
-    child: Child,
+    child: procs::Owned,
 }
 
 impl Gunicorn {
@@ -738,16 +737,16 @@ impl Gunicorn {
     /// (`-w 2`, `-k gthread`, ...), and waits until it accepts connections.
     pub fn start(app: &str, args: &[&str]) -> Gunicorn {
         let port = free_port();
-        let child = Command::new(python_env().join("bin/gunicorn"))
-            .args(["--chdir"])
-            .arg(python_apps())
-            .args(["-b", &format!("127.0.0.1:{port}"), "--log-level", "warning"])
-            .args(args)
-            .arg(app)
-            .process_group(0)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start gunicorn");
+        let child = procs::Owned::spawn(
+            Command::new(python_env().join("bin/gunicorn"))
+                .args(["--chdir"])
+                .arg(python_apps())
+                .args(["-b", &format!("127.0.0.1:{port}"), "--log-level", "warning"])
+                .args(args)
+                .arg(app)
+                .stdout(Stdio::null()),
+        )
+        .expect("start gunicorn");
         let g = Gunicorn { port, child };
         let deadline = Instant::now() + READY_TIMEOUT;
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -762,13 +761,5 @@ impl Gunicorn {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
-    }
-}
-
-impl Drop for Gunicorn {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child's process group.
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
-        let _ = self.child.wait();
     }
 }

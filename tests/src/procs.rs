@@ -135,3 +135,52 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
     };
     (field("RssAnon:"), field("RssShmem:"))
 }
+
+/// A process a test started (a peer server, an attacker, a helper), in a process group of its
+/// own: the group is SIGKILLed and the process reaped when this is dropped, whatever the test
+/// did. The one way tests hold what they start besides nginx.
+pub struct Owned(std::process::Child);
+
+impl Owned {
+    /// Spawns `cmd` in a new process group.
+    pub fn spawn(cmd: &mut std::process::Command) -> std::io::Result<Owned> {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0).spawn().map(Owned)
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// The child, for its pipes.
+    pub fn child(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) has no memory-safety preconditions; the group is our child's own.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Processes a test did not start but must not leave behind (nginx's workers after their
+/// master was SIGKILLed, what a pool spawned): SIGKILLed when this is dropped, each only if it
+/// still is what `is_theirs` says.
+pub struct KillOnDrop {
+    pub pids: Vec<u32>,
+    pub is_theirs: fn(u32) -> bool,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for &p in &self.pids {
+            if (self.is_theirs)(p) {
+                kill(p, libc::SIGKILL);
+            }
+        }
+    }
+}

@@ -201,17 +201,18 @@ fn a_process_of_nginxs_user_cannot_inspect_nginx_workers_or_pool_workers() {
     let status = std::fs::read_to_string(format!("/proc/{b_worker}/status")).unwrap();
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
     // The check itself can tell: the same user reaches a plain process of its own.
-    let mut own = std::process::Command::new("setpriv")
-        .args([
-            "--reuid",
-            &uid.to_string(),
-            "--regid",
-            &uid.to_string(),
-            "--clear-groups",
-        ])
-        .args(["sleep", "30"])
-        .spawn()
-        .expect("setpriv (util-linux)");
+    let own = procs::Owned::spawn(
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid",
+                &uid.to_string(),
+                "--regid",
+                &uid.to_string(),
+                "--clear-groups",
+            ])
+            .args(["sleep", "30"]),
+    )
+    .expect("setpriv (util-linux)");
     let pid = own.id();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
@@ -224,8 +225,7 @@ fn a_process_of_nginxs_user_cannot_inspect_nginx_workers_or_pool_workers() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let reached = reach(uid, pid);
-    own.kill().unwrap();
-    own.wait().unwrap();
+    drop(own);
     assert_ne!(
         reached, 0,
         "the probe cannot reach even its own user's process"

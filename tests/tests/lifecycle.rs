@@ -189,15 +189,10 @@ fn sigkill_of_the_nginx_master_takes_poold_and_its_workers_down() {
     ));
     let dir = ng.dir.display().to_string();
     // nginx's own workers outlive a SIGKILLed master (that is nginx): kill them however this ends.
-    struct KillOnDrop(Vec<u32>);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            for p in &self.0 {
-                procs::kill(*p, libc::SIGKILL);
-            }
-        }
-    }
-    let _nginx_workers = KillOnDrop(ng.worker_pids());
+    let _nginx_workers = procs::KillOnDrop {
+        pids: ng.worker_pids(),
+        is_theirs: |p| procs::cmdline(p).starts_with("nginx: worker process"),
+    };
     let pool_side: Vec<u32> = procs::with_arg_containing(&format!("{dir}/logs/pool-app.sock"));
     assert_eq!(pool_side.len(), 5, "watchdog, spare, poold and 2 workers");
     procs::kill(ng.master_pid(), libc::SIGKILL);

@@ -8,13 +8,13 @@
 
 use ngx_pool_channel::handshake;
 use ngx_pool_channel::layout::LAYOUT_VERSION;
-use ngx_pool_tests::{python_apps, python_env, temp_prefix, Conf, ExternalPoold, Nginx};
+use ngx_pool_tests::{procs, python_apps, python_env, temp_prefix, Conf, ExternalPoold, Nginx};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const NOBODY: u32 = 65534;
@@ -178,16 +178,6 @@ fn a_handler_of_another_pool_gets_no_region_nor_does_its_pool_s_secret() {
     ng.finish();
 }
 
-/// The holder: `n` handshakes (and some silent connections) kept open until dropped.
-struct Held(Child);
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn fake_attachments_by_nginx_s_user_do_not_keep_reloaded_workers_out() {
     if !is_root() {
@@ -200,7 +190,8 @@ fn fake_attachments_by_nginx_s_user_do_not_keep_reloaded_workers_out() {
     ));
     let socket = managed_socket(&ng, "a");
     // 300 connections (the table has 256 slots, 2 taken by nginx), held open.
-    let mut held = Held(
+    // The holder: the handshakes (and some silent connections) kept open until dropped.
+    let mut held = procs::Owned::spawn(
         attacker(
             NOBODY,
             &[
@@ -211,12 +202,11 @@ fn fake_attachments_by_nginx_s_user_do_not_keep_reloaded_workers_out() {
             ],
         )
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap(),
-    );
+        .stdout(Stdio::piped()),
+    )
+    .unwrap();
     let mut line = String::new();
-    BufReader::new(held.0.stdout.take().unwrap())
+    BufReader::new(held.child().stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     let report: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
