@@ -23,6 +23,8 @@ fn bench_script_quick_mode_runs_every_target() {
         "| proxy_pass native |",
         "| gunicorn",
         "| pool, 1 worker |",
+        "## Transport: 1 nginx worker, 1 pool worker",
+        "CPU × return 200 |",
         "## Buffering: pool_buffering on (default) and off",
         "| 1 MiB, buffering on |",
         "| 1 MiB, proxy_pass |",
@@ -54,6 +56,19 @@ fn bench_script_quick_mode_runs_every_target() {
             }
         }
     }
+    // The report is rendered from the results kept as data, and renders again from them alone.
+    let json = root.join("target/bench/results.json");
+    let again = Command::new(root.join("scripts/bench"))
+        .arg("--render")
+        .arg(&json)
+        .output()
+        .expect("scripts/bench --render");
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(
+        stdout.contains(String::from_utf8_lossy(&again.stdout).trim()),
+        "--render of {} is not the report printed",
+        json.display()
+    );
     // Every run of every target answered without errors.
     let (http_part, wsgi_part) = stdout
         .split("## channel vs unix socket")

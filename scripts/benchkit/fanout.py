@@ -13,12 +13,13 @@ kernel's last pid (/proc/loadavg) during the run: every process made on the mach
 upper bound for the stack's own.
 """
 import http.client
-import statistics
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from .report import Report
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 TARGET = ROOT / "target"
 VENV = TARGET / "python-env"
 ITEMS = 8
@@ -93,8 +94,8 @@ def load(port, path, conc, secs):
 
 
 def run(h):
-    log, procs, quick, prefix, tree = h["log"], h["procs"], h["quick"], h["prefix"], h["tree"]
-    cores = h["nproc"]
+    log, procs, quick, prefix, tree = h.log, h.procs, h.quick, h.prefix, h.tree
+    cores = h.nproc
     import subprocess
     subprocess.run([str(ROOT / "scripts/python-env")], check=True)  # Flask, Gunicorn
     dirty_venv = TARGET / "dirty-env"
@@ -104,7 +105,7 @@ def run(h):
     item_s = one_request / ITEMS
     env = dict(__import__("os").environ, KERNEL_N=str(n),
                PYTHONPATH=str(ROOT / "python/ngx-pool"))
-    gport, dport, port = h["free_port"](), h["free_port"](), h["free_port"]()
+    gport, dport, port = h.free_port(), h.free_port(), h.free_port()
     groot = procs.start([str(VENV / "bin/gunicorn"), "-w", str(cores), "-b", f"127.0.0.1:{gport}",
                          "--timeout", "120", "--chdir", str(ROOT / "bench"), "fanout_app:app"],
                         "gunicorn (fan-out)", gport, env=env).pid
@@ -137,7 +138,7 @@ http {{
     }}
 }}
 """)
-    nroot = procs.start([str(h["nginx_binary"]()), "-p", str(prefix), "-c", str(conf)], "nginx (fan-out)", port).pid
+    nroot = procs.start([str(h.nginx_binary()), "-p", str(prefix), "-c", str(conf)], "nginx (fan-out)", port).pid
     log_file = prefix / "logs/fanout-error.log"
     deadline = time.time() + 60
     while log_file.read_text().count("attached to") < 1:
@@ -175,23 +176,24 @@ http {{
             alive = len(tree(root)) + (2 if root != nroot else 0)  # + nginx master and worker
             p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else 0
             rps[(name[:3], conc)] = r
-            rows.append(f"| {name} | {conc} | {r:.2f} | {p(0.5):.0f} | {p(0.99):.0f} | {busy:.2f} | {alive} | {created} | {bad} |")
+            rows.append([name, conc, r, p(0.5), p(0.99), busy, alive, created, bad])
     ideal = cores / one_request
-    out = [f"\n## The seed's pattern: 8 items of {item_s * 1000:.0f} ms of pure Python per request, "
-           f"{cores} cores, {secs} s per cell\n",
-           "| stack | c | req/s | p50 ms | p99 ms | cores busy | processes alive | processes created | failed |",
-           "|---|---|---|---|---|---|---|---|---|"] + rows
+    out = Report()
+    out.heading(f"The seed's pattern: 8 items of {item_s * 1000:.0f} ms of pure Python per request, "
+                f"{cores} cores, {secs} s per cell")
+    out.table([("stack", ""), ("c", ""), ("req/s", ".2f"), ("p50 ms", ".0f"), ("p99 ms", ".0f"),
+               ("cores busy", ".2f"), ("processes alive", ""), ("processes created", ""), ("failed", "")], rows)
     ideal_worker = cores / one_worker
-    out.append(f"\nOne process running a request's 8 items alone: {1 / one_request:.2f} req/s "
+    out.text(f"One process running a request's 8 items alone: {1 / one_request:.2f} req/s "
                f"(× cores = {ideal:.2f}) in Debian's python3, as (a)-(c) run them; "
                f"{1 / one_worker:.2f} req/s (× cores = {ideal_worker:.2f}) in a pool worker (the "
                f"venv's python too), {one_worker / one_request:.2f}× the time.")
     for conc in (4, 16):
         d = rps[("(d)", conc)]
-        out.append(f"c={conc}: (d) = {d / max(rps[('(a)', conc)], 1e-9):.1f}× (a), "
+        out.text(f"c={conc}: (d) = {d / max(rps[('(a)', conc)], 1e-9):.1f}× (a), "
                    f"{d / max(rps[('(b)', conc)], 1e-9):.2f}× (b), "
                    f"{d / max(rps[('(c)', conc)], 1e-9):.2f}× (c), {d / ideal:.2f}× cores × one python3 process, "
                    f"{d / ideal_worker:.2f}× cores × one pool worker.")
-    out.append("Processes alive: the whole stack at the end of the cell (nginx included). Cores busy: "
+    out.text("Processes alive: the whole stack at the end of the cell (nginx included). Cores busy: "
                "the CPU time the stack (nginx included) used during the cell per second of it.")
     return out

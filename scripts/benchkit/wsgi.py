@@ -21,7 +21,9 @@ import subprocess
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from .report import Report
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 SECOND_PYTHON = "3.12"
 GUNICORN = "gunicorn==23.0.0"  # as tests/python/requirements.txt
 TARGET = ROOT / "target"
@@ -62,7 +64,7 @@ def start_nginx(h, name, P, pool, proxies, extra=""):
     """nginx with `pool flask ...` (`pool`: its parameters) at /pool/ and a proxy_pass location
     per peer (`proxies`: path prefix -> port), waiting until every worker attached; its port and
     process."""
-    prefix, port = h["prefix"], h["free_port"]()
+    prefix, port = h.prefix, h.free_port()
     conf, log_file = prefix / f"{name}-nginx.conf", prefix / f"logs/{name}-error.log"
     peers = "".join(f"\n        location /{k}/ {{ proxy_pass http://127.0.0.1:{v}/; }}" for k, v in proxies.items())
     conf.write_text(f"""
@@ -82,7 +84,7 @@ http {{
     }}
 }}
 """)
-    ng = h["procs"].start([str(h["nginx_binary"]()), "-p", str(prefix), "-c", str(conf)], f"nginx ({name})", port)
+    ng = h.procs.start([str(h.nginx_binary()), "-p", str(prefix), "-c", str(conf)], f"nginx ({name})", port)
     deadline = time.time() + 30
     while log_file.read_text().count("attached to") < P:
         if time.time() > deadline:
@@ -104,11 +106,11 @@ def check_answers(base, targets, views):
 def run(h):
     """`h` is scripts/bench's toolbox: procs, wrk, free_port, nginx_binary, tree, log, quick,
     prefix."""
-    log, procs, quick, prefix, tree = h["log"], h["procs"], h["quick"], h["prefix"], h["tree"]
+    log, procs, quick, tree = h.log, h.procs, h.quick, h.tree
     ensure_peers(log, quick)
-    P = h["nproc"]
+    P = h.nproc
     bench_dir = ROOT / "bench"
-    ports = {k: h["free_port"]() for k in ("gsync", "gpre", "gthread", "uwsgi", "granian")}
+    ports = {k: h.free_port() for k in ("gsync", "gpre", "gthread", "uwsgi", "granian")}
     gunicorn = str(VENV / "bin/gunicorn")
     roots = {}
     common = ["--chdir", str(bench_dir), "--timeout", "120", "--log-level", "warning"]
@@ -185,10 +187,10 @@ def run(h):
             k = r % len(targets)
             for name, pre in targets[k:] + targets[:k]:
                 log(f"wsgi round {r + 1}/{rounds}: {name} {v}")
-                res.setdefault((name, v), []).append(h["wrk"](base + pre + v, conc, secs, lambda: 0))
+                res.setdefault((name, v), []).append(h.wrk(base + pre + v, conc, secs, lambda: 0))
     mem = {}
     # --preload is loaded once like the others, so its workers have touched what they use.
-    h["wrk"](base + "/gpre/json", conc, secs, lambda: 0)
+    h.wrk(base + "/gpre/json", conc, secs, lambda: 0)
     for name in [t[0] for t in targets] + ["gunicorn sync --preload"]:
         pids = stack(name)
         mem[name] = (pss_kib(pids), len(pids))
@@ -196,41 +198,43 @@ def run(h):
     def med(name, v, key="rps"):
         return statistics.median(x[key] for x in res[(name, v)])
 
-    out = [f"\n## WSGI: one Flask app, {P} Python processes each, wrk c={conc}, {secs}s x {rounds} "
-           "interleaved rounds, medians\n"]
-    out.append("| view | " + " | ".join(t[0] for t in targets) + " | ngx-pool × "
-               + " | × ".join(t[0] for t in targets[1:]) + " |")
-    out.append("|---" * (2 * len(targets)) + "|")
+    out = Report()
+    out.heading(f"WSGI: one Flask app, {P} Python processes each, wrk c={conc}, {secs}s x {rounds} "
+                "interleaved rounds, medians")
+    # One row per view and measure: req/s (with ngx-pool's ratio to each peer) and p99 ms.
+    columns = ([("view", "")] + [(t[0], ".0f") for t in targets]
+               + [(("ngx-pool × " if i == 0 else "× ") + t[0], ".2f") for i, t in enumerate(targets[1:])])
+    rows = []
     for v in VIEWS:
         ours = med("ngx-pool", v)
-        row = [f"{med(t[0], v):.0f}" for t in targets]
-        ratios = [f"{ours / med(t[0], v):.2f}" for t in targets[1:]]
-        out.append(f"| {v} req/s | " + " | ".join(row) + " | " + " | ".join(ratios) + " |")
+        rows.append([f"{v} req/s"] + [med(t[0], v) for t in targets]
+                    + [ours / med(t[0], v) for t in targets[1:]])
     for v in VIEWS:
-        row = [f"{med(t[0], v, 'p99'):.1f}" for t in targets]
-        out.append(f"| {v} p99 ms | " + " | ".join(row) + " |" + " |" * (len(targets) - 1))
+        rows.append([f"{v} p99 ms"] + [f"{med(t[0], v, 'p99'):.1f}" for t in targets]
+                    + [""] * (len(targets) - 1))
+    out.table(columns, rows)
     errors = {t[0]: sum(x["errors"] for v in VIEWS for x in res[(t[0], v)]) for t in targets}
-    out.append("\nErrors (non-2xx, socket): " + ", ".join(f"{k} {e}" for k, e in errors.items()) + ".")
-    out.append("\nMemory, PSS of the whole stack (nginx and the server's every process) after its runs:\n")
-    out.append("| stack | processes | PSS MiB | × gunicorn --preload |")
-    out.append("|---|---|---|---|")
+    out.text("Errors (non-2xx, socket): " + ", ".join(f"{k} {e}" for k, e in errors.items()) + ".")
+    out.text("Memory, PSS of the whole stack (nginx and the server's every process) after its runs:")
     pre = mem["gunicorn sync --preload"][0]
-    for name, (kib, n) in mem.items():
-        out.append(f"| {name} | {n} | {kib / 1024:.1f} | {kib / pre:.2f} |")
-    out += second_python(h, P, bench_dir, conc, secs, rounds)
+    out.table([("stack", ""), ("processes", ""), ("PSS MiB", ".1f"), ("× gunicorn --preload", ".2f")],
+              [[name, n, kib / 1024, kib / pre] for name, (kib, n) in mem.items()])
+    out.extend(second_python(h, P, bench_dir, conc, secs, rounds))
     return out
 
 
 def second_python(h, P, bench_dir, conc, secs, rounds):
     """The CPU view under another CPython: ngx-pool (a pool in that venv's python) against
     Gunicorn sync from the same venv, behind one nginx, interleaved rounds."""
-    log, procs = h["log"], h["procs"]
+    log, procs = h.log, h.procs
     venv = TARGET / "py-matrix" / SECOND_PYTHON
     py = venv / "bin/python"
     if not (venv / ".ngx-pool-wheel").exists():
         log(f"SKIPPED the second Python: no {venv} (scripts/python-matrix makes it where CPython "
             f"{SECOND_PYTHON} is installed)")
-        return [f"\nSKIPPED: the CPU view under CPython {SECOND_PYTHON} (not on this machine)."]
+        out = Report()
+        out.text(f"SKIPPED: the CPU view under CPython {SECOND_PYTHON} (not on this machine).")
+        return out
     if not (venv / "bin/gunicorn").exists():
         log(f"installing {GUNICORN} into {venv}")
         subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", GUNICORN],
@@ -243,7 +247,7 @@ def second_python(h, P, bench_dir, conc, secs, rounds):
                  if line.startswith("home")), "")
     lib = str(Path(home).parent / "lib") if home else ""
     env = dict(os.environ, LD_LIBRARY_PATH=lib) if lib else None
-    gport = h["free_port"]()
+    gport = h.free_port()
     procs.start([str(venv / "bin/gunicorn"), "-w", str(P), "-b", f"127.0.0.1:{gport}", "--chdir",
                  str(bench_dir), "--timeout", "120", "--log-level", "warning", "wsgi_app:app"],
                 "gunicorn (second Python)", gport, env=env)
@@ -257,10 +261,12 @@ def second_python(h, P, bench_dir, conc, secs, rounds):
     for r in range(rounds):
         for name, pre in targets:
             log(f"second Python round {r + 1}/{rounds}: {name} /cpu")
-            res.setdefault(name, []).append(h["wrk"](base + pre + "/cpu", conc, secs, lambda: 0)["rps"])
+            res.setdefault(name, []).append(h.wrk(base + pre + "/cpu", conc, secs, lambda: 0)["rps"])
     ours, theirs = statistics.median(res["ngx-pool"]), statistics.median(res["gunicorn sync"])
-    return [f"\n## The CPU view under a second Python: CPython {version} (a venv of scripts/python-matrix), "
-            f"both stacks on that interpreter, {P} processes each, wrk c={conc}, {secs}s x {rounds} rounds, medians\n",
-            "| view | ngx-pool | gunicorn sync | ngx-pool × gunicorn sync |",
-            "|---|---|---|---|",
-            f"| /cpu req/s | {ours:.0f} | {theirs:.0f} | {ours / theirs:.2f} |"]
+    out = Report()
+    out.heading(f"The CPU view under a second Python: CPython {version} (a venv of scripts/python-matrix), "
+                f"both stacks on that interpreter, {P} processes each, wrk c={conc}, {secs}s x {rounds} "
+                "rounds, medians")
+    out.table([("view", ""), ("ngx-pool", ".0f"), ("gunicorn sync", ".0f"), ("ngx-pool × gunicorn sync", ".2f")],
+              [["/cpu req/s", ours, theirs, ours / theirs]])
+    return out

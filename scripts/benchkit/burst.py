@@ -10,7 +10,9 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from .report import Report
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 TARGET = ROOT / "target"
 BURST = 16
 
@@ -35,9 +37,9 @@ def burst(port, path):
 
 
 def run(h):
-    log, procs, quick, prefix = h["log"], h["procs"], h["quick"], h["prefix"]
-    P = max(2, h["nproc"] * 2)
-    port = h["free_port"]()
+    log, procs, quick, prefix = h.log, h.procs, h.quick, h.prefix
+    P = max(2, h.nproc * 2)
+    port = h.free_port()
     conf = prefix / "burst-nginx.conf"
     conf.write_text(f"""
 daemon off;
@@ -58,7 +60,7 @@ http {{
     }}
 }}
 """)
-    procs.start([str(h["nginx_binary"]()), "-p", str(prefix), "-c", str(conf)], "nginx (burst)", port)
+    procs.start([str(h.nginx_binary()), "-p", str(prefix), "-c", str(conf)], "nginx (burst)", port)
     log_file = prefix / "logs/burst-error.log"
     deadline = time.time() + 30
     while log_file.read_text().count("attached to") < 2:
@@ -83,15 +85,16 @@ http {{
                     time.sleep(0.2)
             log(f"burst round {r + 1}/{rounds}: {name}")
             res[name].extend(burst(port, f"/{name}?ms=50"))
-    out = [f"\n## A burst of {BURST} requests of 50 ms: fixed pool of {P} against workers=1-{P} "
-           f"back at 1 before each burst, {rounds} rounds\n"]
-    out.append("| pool | p50 ms | p90 ms | max ms | non-200 |")
-    out.append("|---|---|---|---|---|")
+    out = Report()
+    out.heading(f"A burst of {BURST} requests of 50 ms: fixed pool of {P} against workers=1-{P} "
+                f"back at 1 before each burst, {rounds} rounds")
+    rows = []
     for name, xs in res.items():
         lat = sorted(x[0] * 1000 for x in xs)
         bad = sum(1 for x in xs if x[1] != 200)
         p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
-        out.append(f"| {name} | {statistics.median(lat):.1f} | {p(0.9):.1f} | {lat[-1]:.1f} | {bad} |")
+        rows.append([name, statistics.median(lat), p(0.9), lat[-1], bad])
+    out.table([("pool", ""), ("p50 ms", ".1f"), ("p90 ms", ".1f"), ("max ms", ".1f"), ("non-200", "")], rows)
     fixed, dyn = (statistics.median(sorted(x[0] for x in res[k])) for k in ("fixed", "dynamic"))
-    out.append(f"\nMedian latency of a burst's requests, dynamic against fixed: {dyn / fixed:.2f}×.")
+    out.text(f"Median latency of a burst's requests, dynamic against fixed: {dyn / fixed:.2f}×.")
     return out

@@ -11,7 +11,9 @@ import subprocess
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from .report import Report
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 CLUSTER = ROOT / "scripts/cluster"
 NET = 30  # 10.77.30.0/24: apart from the tests' subnets (21-24)
 CONCURRENCY = 6  # one host: 1 running + 5 queued, within its queue=8 and queue_timeout=250ms
@@ -23,12 +25,14 @@ def cores_of(hosts, nproc):
 
 
 def run(h):
-    log, quick, prefix, free_port, wrk = h["log"], h["quick"], h["prefix"], h["free_port"], h["wrk"]
-    nproc = h["nproc"]
-    head = "\n## Scale-out: one CPU view over 1, 2 and 3 hosts behind a front nginx\n"
+    log, quick, prefix, free_port, wrk = h.log, h.quick, h.prefix, h.free_port, h.wrk
+    nproc = h.nproc
+    out = Report()
+    out.heading("Scale-out: one CPU view over 1, 2 and 3 hosts behind a front nginx")
     if os.geteuid() != 0:
         log("cluster: skipped (network namespaces need root)")
-        return [head, "Skipped: `scripts/cluster` needs root (network namespaces)."]
+        out.text("Skipped: `scripts/cluster` needs root (network namespaces).")
+        return out
     secs = 1 if quick else 10
     rounds = 1 if quick else 3
     port = free_port()
@@ -73,22 +77,21 @@ def run(h):
         cluster("down", check=False)
 
     one = statistics.median(x["rps"] for x in res[1])
-    out = [head]
     pins = ", ".join(f"host {i + 1} → core {c}" for i, c in enumerate(cores_of(3, nproc)))
     shared = "" if nproc >= 3 else (f" This machine has {nproc} cores: host 3 shares core "
                                      f"{cores_of(3, nproc)[2]} with host 1, so 3 hosts have "
                                      f"{min(3, nproc)} cores between them.")
-    out.append(f"Each host one pool worker (`--cpu-workers 1`), pinned with taskset: {pins}.{shared} "
+    out.text(f"Each host one pool worker (`--cpu-workers 1`), pinned with taskset: {pins}.{shared} "
                f"The front nginx and wrk are not pinned. View: builtin:cpu, about {TARGET_MS:.0f} ms "
-               f"per request; concurrency {CONCURRENCY}; {rounds} round(s) of {secs} s, median.\n")
-    out.append("| hosts | cores | req/s | p50 ms | p99 ms | errors | × 1 host | × 1 host per core |")
-    out.append("|---|---|---|---|---|---|---|---|")
+               f"per request; concurrency {CONCURRENCY}; {rounds} round(s) of {secs} s, median.")
+    rows = []
     for hosts in (1, 2, 3):
         xs = res[hosts]
         rps = statistics.median(x["rps"] for x in xs)
         cores = len(set(cores_of(hosts, nproc)))
         p50 = statistics.median(x["p50"] for x in xs)
         p99 = statistics.median(x["p99"] for x in xs)
-        out.append(f"| {hosts} | {cores} | {rps:.1f} | {p50:.1f} | {p99:.1f} | "
-                   f"{sum(x['errors'] for x in xs)} | {rps / one:.2f} | {rps / one / cores:.2f} |")
+        rows.append([hosts, cores, rps, p50, p99, sum(x["errors"] for x in xs), rps / one, rps / one / cores])
+    out.table([("hosts", ""), ("cores", ""), ("req/s", ".1f"), ("p50 ms", ".1f"), ("p99 ms", ".1f"),
+               ("errors", ""), ("× 1 host", ".2f"), ("× 1 host per core", ".2f")], rows)
     return out

@@ -1,0 +1,188 @@
+"""What every part of the bench shares: the tree's paths, the load tool (wrk), processes started
+and always stopped, and the `Bench` every part is given.
+"""
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+TARGET = ROOT / "target"
+NPROC = os.cpu_count() or 1
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, what, proc=None, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            sys.exit(f"bench: {what} exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"bench: {what} did not listen on {port}")
+
+
+def setup(quick):
+    run([str(ROOT / "scripts/setup")])
+    if not shutil.which("wrk"):
+        sys.exit("bench: wrk not found (scripts/setup installs it as root: apt-get install wrk)")
+    run(["cargo", "build", "--release", "--workspace"], cwd=ROOT)
+    venv = TARGET / "bench/venv"
+    py = venv / "bin/python"
+    if not py.exists():
+        run([sys.executable, "-m", "venv", str(venv)])
+    have = subprocess.run([str(py), "-c", "import flask, gunicorn"], capture_output=True).returncode == 0
+    if not have:
+        log("installing flask and gunicorn into target/bench/venv")
+        run([str(py), "-m", "pip", "install", "-q", "flask", "gunicorn"])
+    uwsgi = venv / "bin/uwsgi"
+    if not quick and not uwsgi.exists():
+        log("installing uwsgi (compiles; skipped from the report if it fails)")
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "uwsgi"])
+    return venv
+
+
+def nginx_binary():
+    found = sorted(TARGET.glob("release/build/nginx-sys-*/out/objs/nginx"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        sys.exit("bench: nginx binary not built")
+    return found[-1]
+
+
+class Procs:
+    """Processes started by the bench; all killed at the end, whatever happens."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, cmd, what, port=None, **kw):
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, **kw)
+        self.procs.append(p)
+        if port:
+            wait_port(port, what, p)
+        return p
+
+    def stop(self):
+        for p in self.procs:
+            try:
+                os.killpg(p.pid, 15)
+            except ProcessLookupError:
+                pass
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            # And whatever of its session is left, even once its leader has exited: a Gunicorn
+            # worker that outlived its master (it ignored SIGTERM for seconds) stayed running,
+            # re-parented to init, after the bench.
+            try:
+                os.killpg(p.pid, 9)
+            except ProcessLookupError:
+                pass
+
+
+def tree(pid):
+    """The processes of the tree rooted at pid (by parentage, from /proc)."""
+    parents = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = open(f"/proc/{d}/stat").read()
+                parents[int(d)] = int(stat[stat.rfind(")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    seen, todo = {pid}, [pid]
+    while todo:
+        p = todo.pop()
+        for c, pp in parents.items():
+            if pp == p and c not in seen:
+                seen.add(c)
+                todo.append(c)
+    return seen
+
+
+def tree_size(pid):
+    """How many processes the tree rooted at pid has."""
+    return len(tree(pid))
+
+
+def wrk(url, conc, secs, count):
+    """One closed-loop wrk run; `count()` is sampled for the peak process count meanwhile."""
+    peak = [0]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], count())
+            stop.wait(0.2)
+
+    t = threading.Thread(target=sample)
+    t.start()
+    out = subprocess.run(
+        ["wrk", f"-t{min(2, conc)}", f"-c{conc}", f"-d{secs}s", "--latency", "--timeout", "30s", url],
+        capture_output=True, text=True,
+    ).stdout
+    stop.set()
+    t.join()
+
+    def ms(label):
+        m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            return float("nan")
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errors = 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    return {"rps": float(rps.group(1)) if rps else 0.0, "p50": ms("50%"), "p99": ms("99%"),
+            "errors": errors, "procs": peak[0]}
+
+
+
+@dataclass
+class Bench:
+    """What a part of the bench is given: whether the run is quick, the temporary prefix its
+    nginx instances live in, and the processes it starts (stopped at the end, whatever
+    happens). The helpers it uses are this module's functions."""
+
+    quick: bool
+    prefix: Path
+    procs: Procs
+    venv: Path
+    nproc: int = NPROC
+
+    log = staticmethod(log)
+    free_port = staticmethod(free_port)
+    wrk = staticmethod(wrk)
+    tree = staticmethod(tree)
+    tree_size = staticmethod(tree_size)
+    nginx_binary = staticmethod(nginx_binary)
