@@ -81,7 +81,7 @@ unsafe impl HttpModuleLocationConf for Module {
 }
 
 pub static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
-    preconfiguration: Some(crate::variables::preconfiguration),
+    preconfiguration: Some(crate::wiring::PRECONFIGURATION),
     postconfiguration: None,
     create_main_conf: Some(<Module as HttpModule>::create_main_conf),
     init_main_conf: None,
@@ -450,7 +450,7 @@ setter!(set_pool_daemon, MainConf, |cf, main, args| {
 });
 
 setter!(set_pool_status, LocConf, |cf, _loc, _args| {
-    set_content_handler(cf, crate::status::pool_status_handler)
+    set_content_handler(cf, crate::wiring::POOL_STATUS_HANDLER)
 });
 
 setter!(set_pool_param, LocConf, |cf, loc, args| {
@@ -522,7 +522,7 @@ setter!(set_pool_pass, LocConf, |cf, loc, args| {
     }
     loc.pool_name = Some(args[0].to_string());
     loc.origin = origin(cf);
-    set_content_handler(cf, crate::request::pool_pass_handler)
+    set_content_handler(cf, crate::wiring::POOL_PASS_HANDLER)
 });
 
 /// Makes `handler` the content handler of the location being parsed: how `proxy_pass` and

@@ -10,13 +10,12 @@
 //! body in ([`upload`]) and the response out ([`download`]). `unsafe` code lives in those
 //! FFI-edge modules; the directive parameters are parsed in plain Rust by the `ngx-pool-conf`
 //! crate. Every entry point nginx calls runs under [`edge::guard`]: no panic unwinds into nginx.
-//! Attaching to a pool never waits on poold ([`attach`]).
+//! Attaching to a pool never waits on poold ([`runtime::attach`]).
 
 // A cdylib whose interface is nginx's module table: these docs are for the people working on
 // it (`cargo doc --document-private-items`), and link its private modules.
 #![allow(rustdoc::private_intra_doc_links)]
 
-mod attach;
 mod buffered;
 mod directives;
 mod download;
@@ -33,6 +32,21 @@ mod upload;
 mod variables;
 
 use nginx_sys::{ngx_cycle_t, ngx_int_t, ngx_module_t, NGX_HTTP_MODULE, NGX_OK};
+
+/// Where the layers meet: what the configuration hands nginx (the content handlers of
+/// `pool_pass` and `pool_status`, the variables' preconfiguration) named here, at the crate's
+/// root, so that [`directives`] (the configuration, which every layer reads) depends on none of
+/// the layers that serve requests.
+mod wiring {
+    use nginx_sys::{ngx_conf_t, ngx_http_request_t, ngx_int_t};
+
+    pub type ContentHandler = unsafe extern "C" fn(*mut ngx_http_request_t) -> ngx_int_t;
+
+    pub const POOL_PASS_HANDLER: ContentHandler = crate::request::pool_pass_handler;
+    pub const POOL_STATUS_HANDLER: ContentHandler = crate::status::pool_status_handler;
+    pub const PRECONFIGURATION: unsafe extern "C" fn(*mut ngx_conf_t) -> ngx_int_t =
+        crate::variables::preconfiguration;
+}
 
 /// The module table entry nginx loads (`ngx_pool_module`).
 #[used]

@@ -20,12 +20,12 @@
 //! end's status, `$pool_status`, log level and Retry-After) and [`outcome`](mod@outcome) (what the `$pool_*`
 //! variables read).
 
-use crate::attach::State;
 use crate::buffered::{Buffered, Feed, Turn};
 use crate::directives::buffering::Effective;
 use crate::directives::Module;
 use crate::download::{self, Download, Pump, Started};
 use crate::log::{log_request, log_request_at};
+use crate::runtime::attach::State;
 use crate::runtime::{self, with_pool, InFlight};
 use crate::upload::{BodyPart, Pumped, Upload};
 use nginx_sys::{

@@ -9,6 +9,8 @@
 //! nginx workers are single-threaded, so the state is a thread-local; no borrow of it is held
 //! while calling back into nginx (finalizing a request can re-enter us through cleanups).
 
+pub mod attach;
+
 use crate::directives::{Module, PoolEntry};
 use crate::log::{cycle_log, log};
 use nginx_sys::{
@@ -86,7 +88,7 @@ pub fn report_corruption(i: usize, evidence: Option<&str>) {
             NGX_LOG_ERR,
             &format!("pool \"{name}\": its shared region is corrupt ({why}); poold is told to start a new one"),
         );
-        crate::attach::report_corrupt(c);
+        crate::runtime::attach::report_corrupt(c);
     }
 }
 
@@ -99,8 +101,8 @@ pub struct PoolRt {
     pub timeout_ms: u64,
     pub queue_timeout_ms: Option<u64>,
     pub attached: Option<Attached>,
-    /// A handshake under way ([`crate::attach`]).
-    pub(crate) attaching: Option<crate::attach::Attaching>,
+    /// A handshake under way ([`crate::runtime::attach`]).
+    pub(crate) attaching: Option<crate::runtime::attach::Attaching>,
     pub(crate) next_attempt: Option<Instant>,
     pub(crate) last_failure_logged: Option<Instant>,
     /// Attached once in this worker's life: a pool that stops answering after that is a fault;
@@ -108,7 +110,7 @@ pub struct PoolRt {
     pub(crate) ever_attached: bool,
     /// Since when the attempts fail (none once attached).
     pub(crate) failing_since: Option<Instant>,
-    /// Retries the attachment while no request asks ([`crate::attach`]).
+    /// Retries the attachment while no request asks ([`crate::runtime::attach`]).
     pub(crate) retry_timer: *mut ngx_event_t,
     pub inflight: InFlightMap,
 }
@@ -294,7 +296,7 @@ fn pool_rt((i, e): (usize, &PoolEntry)) -> PoolRt {
         last_failure_logged: None,
         ever_attached: false,
         failing_since: None,
-        retry_timer: crate::attach::new_retry_timer(i),
+        retry_timer: crate::runtime::attach::new_retry_timer(i),
         inflight: InFlightMap::default(),
     }
 }
@@ -302,7 +304,7 @@ fn pool_rt((i, e): (usize, &PoolEntry)) -> PoolRt {
 pub fn on_exit_process() {
     let n = POOLS.with(|p| p.borrow().len());
     for i in 0..n {
-        crate::attach::cancel_retry(i);
+        crate::runtime::attach::cancel_retry(i);
         detach(i, None);
         // A handshake still under way: its connection and timer go (outside the borrow).
         let attaching = with_pool(i, |p| p.attaching.take());
@@ -311,8 +313,8 @@ pub fn on_exit_process() {
 }
 
 /// Where pool `i`'s attachment stands; starts a handshake if one is due (never waits for it).
-pub fn ensure_attached(i: usize) -> crate::attach::State {
-    crate::attach::ensure(i)
+pub fn ensure_attached(i: usize) -> crate::runtime::attach::State {
+    crate::runtime::attach::ensure(i)
 }
 
 /// Hands `fd` to nginx as a connection whose read events call `handler`; `c->data` is the pool
@@ -385,7 +387,7 @@ unsafe fn socket_event(ev: *mut ngx_event_t) {
     // SAFETY: still our event; clearing `ready` is how an edge-triggered handler says "drained".
     unsafe { (*ev).set_ready(0) };
     detach(i, Some("poold closed the connection"));
-    crate::attach::retry_soon(i);
+    crate::runtime::attach::retry_soon(i);
 }
 
 /// Pool workers finished requests of ours.
