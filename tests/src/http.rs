@@ -20,6 +20,10 @@ fn find_header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h st
 }
 
 impl Response {
+    /// The body as text (invalid UTF-8 replaced).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
     pub fn header(&self, name: &str) -> Option<&str> {
         find_header(&self.headers, name)
     }

@@ -63,7 +63,11 @@ fn bench_script_quick_mode_runs_every_target() {
         .arg(&json)
         .output()
         .expect("scripts/bench --render");
-    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     assert!(
         stdout.contains(String::from_utf8_lossy(&again.stdout).trim()),
         "--render of {} is not the report printed",

@@ -32,10 +32,6 @@ use std::process::Command;
 
 const PASSWORD: &str = "correct-horse-battery-staple-42";
 
-fn text(r: &Response) -> String {
-    String::from_utf8_lossy(&r.body).into_owned()
-}
-
 /// The project's directory, removed however the test ends.
 struct Site(PathBuf);
 
@@ -222,14 +218,14 @@ fn form_encode(fields: &[(&str, &str)]) -> String {
 fn post_login(ng: &Nginx, prefix: &str) -> Response {
     // The admin sends an anonymous visitor to its login page.
     let r = ng.get(&format!("{prefix}/admin/"));
-    assert_eq!(r.status, 302, "{}", text(&r));
+    assert_eq!(r.status, 302, "{}", r.text());
     let login = format!("{prefix}/admin/login/?next={prefix}/admin/");
     assert_eq!(r.header("Location"), Some(login.as_str()));
 
     let page = ng.get(&login);
-    assert_eq!(page.status, 200, "{}", text(&page));
+    assert_eq!(page.status, 200, "{}", page.text());
     let csrf_cookie = cookie(&page, "csrftoken").expect("the login page sets csrftoken");
-    let body = text(&page);
+    let body = page.text();
     assert!(
         body.contains(&format!("action=\"{login}\"")),
         "the form posts back to {login}:\n{body}"
@@ -262,7 +258,7 @@ fn post_login(ng: &Nginx, prefix: &str) -> Response {
 /// Logs in to the admin mounted at `prefix` and opens its index; returns the session cookie.
 fn log_in(ng: &Nginx, prefix: &str) -> String {
     let r = post_login(ng, prefix);
-    assert_eq!(r.status, 302, "the log-in failed:\n{}", text(&r));
+    assert_eq!(r.status, 302, "the log-in failed:\n{}", r.text());
     assert_eq!(
         r.header("Location"),
         Some(format!("{prefix}/admin/").as_str())
@@ -277,7 +273,7 @@ fn log_in(ng: &Nginx, prefix: &str) -> String {
         b"",
     )
     .unwrap();
-    let body = text(&r);
+    let body = r.text();
     assert_eq!(r.status, 200, "{body}");
     assert!(body.contains("Site administration"), "{body}");
     assert!(body.contains("Welcome,"), "{body}");
@@ -293,9 +289,9 @@ fn log_in(ng: &Nginx, prefix: &str) -> String {
 fn static_from_nginx(ng: &Nginx, path: &str, pool: &str) {
     let before = ng.pool_status(pool)["counters"]["accepted"].clone();
     let css = ng.get(path);
-    assert_eq!(css.status, 200, "{path}: {}", text(&css));
+    assert_eq!(css.status, 200, "{path}: {}", css.text());
     assert_eq!(css.header("Content-Type"), Some("text/css"), "{path}");
-    assert!(text(&css).contains("DJANGO Admin styles"), "{path}");
+    assert!(css.text().contains("DJANGO Admin styles"), "{path}");
     // What Django's middleware would have added (it would have answered 404 anyway: DEBUG off).
     assert_eq!(css.header("X-Frame-Options"), None, "{path}");
     assert_eq!(css.header("X-Content-Type-Options"), None, "{path}");
@@ -351,7 +347,7 @@ fn a_django_startproject_site_moves_from_gunicorn() {
 
     // The login page, from the pool, with the admin's CSS linked where collectstatic put it.
     let r = ng.get("/admin/login/");
-    let body = text(&r);
+    let body = r.text();
     assert_eq!(r.status, 200, "{body}");
     assert!(
         body.contains("<title>Log in | Django site admin</title>"),
@@ -371,7 +367,7 @@ fn a_django_startproject_site_moves_from_gunicorn() {
     // The same project under /blog/ in a pool of its own: Django takes the prefix from
     // SCRIPT_NAME, with no FORCE_SCRIPT_NAME in its settings.
     let r = ng.get("/blog/admin/login/");
-    let body = text(&r);
+    let body = r.text();
     assert_eq!(r.status, 200, "{body}");
     assert!(
         body.contains("href=\"/blog/static/admin/css/base.css\""),
@@ -385,12 +381,12 @@ fn a_django_startproject_site_moves_from_gunicorn() {
 
     // One pool behind two prefixes: each request's links follow its SCRIPT_NAME, but the
     // static URL is the one of the first request the process served.
-    let first = text(&ng.get("/two/admin/login/"));
+    let first = ng.get("/two/admin/login/").text();
     assert!(
         first.contains("href=\"/two/static/admin/css/base.css\""),
         "{first}"
     );
-    let second = text(&ng.get("/one/admin/login/"));
+    let second = ng.get("/one/admin/login/").text();
     assert!(second.contains("action=\"/one/admin/login/\""), "{second}");
     assert!(
         second.contains("href=\"/two/static/admin/css/base.css\""),
@@ -404,7 +400,7 @@ fn a_django_startproject_site_moves_from_gunicorn() {
     ];
     let who = |path: &str, headers: &[(&str, &str)]| {
         let r = request(ng.port, "GET", path, headers, b"").unwrap();
-        assert_eq!(r.status, 200, "{path}: {}", text(&r));
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
         r.json()
     };
     let plain = who("/whoami/", &[]);
@@ -432,7 +428,7 @@ fn a_django_startproject_site_moves_from_gunicorn() {
         b"",
     )
     .unwrap();
-    assert_eq!(r.status, 400, "{}", text(&r));
+    assert_eq!(r.status, 400, "{}", r.text());
     ng.wait_for("Django's DisallowedHost line in error_log", |ng| {
         ng.log()
             .contains("Invalid HTTP_HOST header: 'evil.example'")
@@ -457,7 +453,7 @@ fn a_django_startproject_site_moves_from_gunicorn() {
     if unsafe { libc::geteuid() } == 0 {
         assert_eq!(ng.get("/readonly/admin/login/").status, 200);
         let r = post_login(&ng, "/readonly");
-        assert_eq!(r.status, 500, "{}", text(&r));
+        assert_eq!(r.status, 500, "{}", r.text());
         ng.wait_for("Django's traceback in error_log", |ng| {
             ng.log().contains("attempt to write a readonly database")
         });

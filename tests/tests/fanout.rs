@@ -6,10 +6,6 @@ use ngx_pool_tests::http::request;
 use ngx_pool_tests::{memory, procs, python_apps, python_env, Conf, Nginx};
 use std::time::Duration;
 
-fn text(r: &ngx_pool_tests::http::Response) -> String {
-    String::from_utf8_lossy(&r.body).into_owned()
-}
-
 fn fanout_pool(workers: u32, extra: &str) -> String {
     format!(
         "    pool fan handler=wsgi:fanout:app venv={} chdir={} workers={workers} env=WORK=5000 {extra};",
@@ -39,7 +35,7 @@ fn the_seed_snippet_runs_with_only_its_import_changed_at_one_worker_and_all_fann
         let mut ng = Nginx::start(Conf::new(&fanout_pool(workers, ""), LOCATIONS));
         let before = memory::pool_workers(&ng);
         let r = ng.get("/seed?n=8");
-        assert_eq!(r.status, 200, "{}", text(&r));
+        assert_eq!(r.status, 200, "{}", r.text());
         let j = r.json();
         assert_eq!(j["sum"], 140, "0² + .. + 7²");
         if workers == 1 {
@@ -59,7 +55,7 @@ fn the_seed_snippet_runs_with_only_its_import_changed_at_one_worker_and_all_fann
             .collect();
         for t in all {
             let r = t.join().unwrap();
-            assert_eq!(r.status, 200, "{}", text(&r));
+            assert_eq!(r.status, 200, "{}", r.text());
             assert_eq!(r.json()["sum"], 140);
         }
         // No process was created: the same pool workers, nothing else.
@@ -83,7 +79,7 @@ fn the_seed_snippet_runs_with_only_its_import_changed_at_one_worker_and_all_fann
 fn the_pool_api_people_use_works_and_nests() {
     let mut ng = Nginx::start(Conf::new(&fanout_pool(3, ""), LOCATIONS));
     let r = ng.get("/api");
-    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(r.status, 200, "{}", r.text());
     let j = r.json();
     let squares: Vec<u64> = (0..10).map(|x| x * x).collect();
     assert_eq!(j["map"], serde_json::json!(squares));
@@ -137,7 +133,7 @@ fn a_worker_killed_mid_task_is_worker_lost_in_the_caller_and_is_replaced() {
             r.json(),
             serde_json::json!([0, "lost", 2, 3]),
             "{}",
-            text(&r)
+            r.text()
         );
         lost = true;
         break;
@@ -160,7 +156,7 @@ fn the_deadline_applies_to_the_tasks_and_a_client_gone_cancels_them() {
     ng.allow("killed by SIGTERM");
     let started = std::time::Instant::now();
     let r = ng.get("/slow?s=30&n=4");
-    assert_eq!(r.status, 504, "{}", text(&r));
+    assert_eq!(r.status, 504, "{}", r.text());
     assert!(started.elapsed() < Duration::from_secs(10));
     // The runners were stopped too: no worker still sleeps in a task.
     ng.wait_for("every worker idle again", |ng| {
@@ -254,7 +250,7 @@ fn a_100_mib_result_streams_through_a_small_arena() {
     // 16 MiB of arena: the result passes through it in windows.
     let mut ng = Nginx::start(Conf::new(&fanout_pool(2, "arena=16m"), LOCATIONS));
     let r = ng.get("/big?mib=100");
-    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(r.status, 200, "{}", r.text());
     let j = r.json();
     assert_eq!(j["size"], 100 << 20);
     use sha2::Digest;
@@ -308,7 +304,7 @@ if __name__ == "__main__":
 /// The checks of tests/python/apps/mpcheck.py (multiprocessing's documented behaviour of every
 /// Pool method and error case) have no failures.
 fn assert_no_mp_failures(r: &ngx_pool_tests::http::Response, what: &str) {
-    assert_eq!(r.status, 200, "{what}: {}", text(r));
+    assert_eq!(r.status, 200, "{what}: {}", r.text());
     assert_eq!(
         r.json(),
         serde_json::json!([]),
@@ -357,7 +353,7 @@ fn ngx_pool_pool_behaves_as_multiprocessing_pool_outside_a_pool_worker() {
 fn a_map_from_threadpoolexecutor_threads_runs_in_parallel_on_the_workers() {
     let mut ng = Nginx::start(Conf::new(&fanout_pool(4, "timeout=60s"), LOCATIONS));
     let r = ng.get("/threads?t=4&n=3000000");
-    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(r.status, 200, "{}", r.text());
     let j = r.json();
     assert_eq!(j["tasks"], 8, "{j}");
     // Run by the other workers, not one after another in the caller.
@@ -386,11 +382,11 @@ fn tasks_a_request_left_behind_do_not_reach_the_next_request() {
     let mut ng = Nginx::start(Conf::new(&fanout_pool(2, ""), LOCATIONS));
     for round in 0..4 {
         let left = ng.get("/leave?n=4&s=0.3");
-        assert_eq!(left.status, 200, "{}", text(&left));
+        assert_eq!(left.status, 200, "{}", left.text());
         // At once, in whichever worker: the pool's own tasks only.
         for _ in 0..2 {
             let r = ng.get("/seed?n=4");
-            assert_eq!(r.status, 200, "round {round}: {}", text(&r));
+            assert_eq!(r.status, 200, "round {round}: {}", r.text());
             assert_eq!(r.json()["sum"], 14, "round {round}");
         }
     }

@@ -15,10 +15,6 @@ fn fnv1a(data: &[u8]) -> String {
     format!("{h:016x}")
 }
 
-fn text(r: &ngx_pool_tests::http::Response) -> String {
-    String::from_utf8_lossy(&r.body).into_owned()
-}
-
 #[test]
 fn the_c_example_echoes_a_parameter_streams_and_reads_the_body() {
     let libs = temp_prefix();
@@ -32,10 +28,10 @@ fn the_c_example_echoes_a_parameter_streams_and_reads_the_body() {
          location /anon/ { pool_pass c; }",
     ));
     let r = ng.get("/c/hi");
-    assert_eq!((r.status, text(&r).as_str()), (200, "hello, alice\n"));
+    assert_eq!((r.status, r.text().as_str()), (200, "hello, alice\n"));
     assert_eq!(r.header("Content-Type"), Some("text/plain"));
     // A location without pool_param of its own does not get another location's.
-    assert_eq!(text(&ng.get("/anon/hi")), "hello, you\n");
+    assert_eq!(ng.get("/anon/hi").text(), "hello, you\n");
     // 3 MB streamed in 64 KiB writes, with its Content-Length.
     let r = ng.get("/c/stream?bytes=3000000");
     assert_eq!(r.status, 200);
@@ -71,10 +67,10 @@ fn the_rust_example_does_json_streams_and_turns_errors_and_panics_into_500() {
         "    location /r/ { pool_param X_USER bob; pool_pass r; }\n    \
          location = /status { pool_status; }",
     ));
-    assert_eq!(text(&ng.get("/r/hello")), "hi, bob\n");
+    assert_eq!(ng.get("/r/hello").text(), "hi, bob\n");
     let sum = |ng: &Nginx| {
         let r = request(ng.port, "POST", "/r/sum", &[], br#"{"numbers":[1,2,3.5]}"#).unwrap();
-        assert_eq!(r.status, 200, "{}", text(&r));
+        assert_eq!(r.status, 200, "{}", r.text());
         let j = r.json();
         assert_eq!(
             (j["count"].as_u64(), j["sum"].as_f64()),
@@ -85,12 +81,12 @@ fn the_rust_example_does_json_streams_and_turns_errors_and_panics_into_500() {
     let worker = sum(&ng);
     let r = request(ng.port, "POST", "/r/sum", &[], b"{nope").unwrap();
     assert_eq!(r.status, 400);
-    assert!(text(&r).starts_with("bad JSON"), "{}", text(&r));
+    assert!(r.text().starts_with("bad JSON"), "{}", r.text());
     assert_eq!(ng.get("/r/sum").status, 405);
     // Flushed line by line, 100 ms apart: streamed (chunked: no length was declared), whole.
     let r = ng.get("/r/lines?n=3&ms=100");
     assert_eq!(r.header("Transfer-Encoding"), Some("chunked"));
-    assert_eq!(text(&r), "line 0\nline 1\nline 2\n");
+    assert_eq!(r.text(), "line 0\nline 1\nline 2\n");
     // An Err and a panic: 500 each, the reason in the error log, and the same worker (the pool
     // has one) answers the next request: no unwinding crossed the ABI.
     let r = ng.get("/r/error");
@@ -176,7 +172,7 @@ fn a_handler_breaking_the_rules_gets_the_right_status_and_a_log_line() {
     }
     let r = ng.get("/rules/statuses");
     assert_eq!(
-        text(&r),
+        r.text(),
         "start_status_42=-1 header_past_end=-6 header_null_out=-1 unknown_param_absent=1"
     );
     // A second head after the first was flushed: the response is cut short (no final chunk),
@@ -188,7 +184,7 @@ fn a_handler_breaking_the_rules_gets_the_right_status_and_a_log_line() {
     // A handle kept past its request is refused, not dereferenced.
     assert_eq!(ng.get("/rules/keep").status, 200);
     let r = ng.get("/rules/stale");
-    assert_eq!(text(&r), "stale method absent, write -2");
+    assert_eq!(r.text(), "stale method absent, write -2");
     // A segfault kills only its worker: 502, and the pool serves on.
     assert_eq!(ng.get("/rules/segv").status, 502);
     assert_eq!(ng.get("/rules/ok").status, 200);
@@ -383,7 +379,7 @@ fn a_library_built_for_abi_1_0_loads_and_its_missing_fork_hooks_are_not_read() {
     // Had poold called the hooks past the declared size, no worker would have been forked.
     for _ in 0..4 {
         let r = ng.get("/");
-        assert_eq!((r.status, text(&r).as_str()), (200, "abi 1.0\n"));
+        assert_eq!((r.status, r.text().as_str()), (200, "abi 1.0\n"));
     }
     ng.finish();
 }
@@ -400,7 +396,7 @@ fn a_rust_handler_fans_out_over_the_pool_and_completes_at_one_worker_too() {
         ));
         // 1² + .. + 12² = 650, each task 30 ms of work.
         let r = ng.get("/r/squares?n=12&ms=30");
-        assert_eq!(r.status, 200, "{}", text(&r));
+        assert_eq!(r.status, 200, "{}", r.text());
         let j = r.json();
         assert_eq!(j["sum"], 650);
         let ran_on = j["workers"].as_u64().unwrap();

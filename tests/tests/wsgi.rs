@@ -5,10 +5,6 @@ use ngx_pool_tests::http::{exchange_streamed, request};
 use ngx_pool_tests::{python_apps, python_env, Conf, Nginx};
 use std::time::{Duration, Instant};
 
-fn text(r: &ngx_pool_tests::http::Response) -> String {
-    String::from_utf8_lossy(&r.body).into_owned()
-}
-
 /// A pool line for app `spec` from the test apps, with `extra` parameters.
 fn wsgi_pool(name: &str, spec: &str, extra: &str) -> String {
     // Two workers unless `extra` says how many (nginx -t refuses a parameter given twice).
@@ -31,7 +27,7 @@ fn a_flask_app_runs_unmodified() {
         "    location / { pool_pass flask; }",
     ));
     let r = ng.get("/");
-    assert_eq!((r.status, text(&r).as_str()), (200, "hello from flask\n"));
+    assert_eq!((r.status, r.text().as_str()), (200, "hello from flask\n"));
     assert_eq!(r.header("Content-Type"), Some("text/html; charset=utf-8"));
     let j = ng.get("/json?a=1&b=two").json();
     assert_eq!(j["path"], "/json");
@@ -51,7 +47,7 @@ fn a_flask_app_runs_unmodified() {
         form,
     )
     .unwrap();
-    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["name"], "Ada L");
     assert_eq!(r.json()["tags"], serde_json::json!(["x", "y!"]));
 
@@ -68,7 +64,7 @@ fn a_flask_app_runs_unmodified() {
         &body,
     )
     .unwrap();
-    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["filename"], "data.bin");
     assert_eq!(r.json()["size"], 300_000);
     use sha2::Digest;
@@ -99,7 +95,7 @@ fn a_flask_app_runs_unmodified() {
     assert_eq!((r.status, r.header("Location")), (302, Some("/")));
     let r = ng.get("/nowhere");
     assert_eq!(r.status, 404);
-    assert!(text(&r).contains("Not Found"));
+    assert!(r.text().contains("Not Found"));
 
     // A streamed response reaches the client as the generator yields, not at its end (the view
     // says `X-Accel-Buffering: no`).
@@ -133,7 +129,7 @@ fn a_flask_app_runs_unmodified() {
     );
 
     // print() reaches the error log as it is written (unbuffered), on stdout and stderr alike.
-    assert_eq!(text(&ng.get("/print?m=marker-5f3a")), "printed\n");
+    assert_eq!(ng.get("/print?m=marker-5f3a").text(), "printed\n");
     // poold passes the workers' lines on as it reads them from their pipe (log_rate=): soon
     // after the answer, not necessarily before it.
     ng.wait_for(
@@ -160,7 +156,7 @@ fn a_flask_app_runs_unmodified() {
     // So is what a logging handler made at import writes (Django's LOGGING makes one): made
     // in the pool manager (preload=on), it writes through the same line writer, tagged with
     // the worker that logs.
-    let pid = text(&ng.get("/log?m=marker-77c1"));
+    let pid = ng.get("/log?m=marker-77c1").text();
     let line = ng.log_line(&["logging says marker-77c1"]);
     assert!(
         line.contains("[error]") && line.contains(&format!("poold \"flask\": worker {pid}")),
@@ -180,7 +176,7 @@ fn exceptions_exits_and_kills_get_the_statuses_named_and_the_pool_goes_on() {
     // which is error_log.
     let r = ng.get("/boom");
     assert_eq!(r.status, 500);
-    assert!(text(&r).contains("Internal Server Error"));
+    assert!(r.text().contains("Internal Server Error"));
     ng.wait_for("the traceback in error_log", |ng| {
         ng.log().contains("RuntimeError: boom in a view")
     });
@@ -245,7 +241,7 @@ fn a_raw_wsgi_app_passes_wsgiref_validate() {
         b"body bytes",
     )
     .unwrap();
-    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(r.status, 200, "{}", r.text());
     let e = r.json();
     assert_eq!(e["REQUEST_METHOD"], "POST");
     assert_eq!(e["SCRIPT_NAME"], "");
@@ -307,16 +303,16 @@ fn a_raw_wsgi_app_passes_wsgiref_validate() {
     // write(), then the iterable; close() called on every iterable.
     let r = ng.get("/write");
     assert_eq!(
-        (r.status, text(&r).as_str()),
+        (r.status, r.text().as_str()),
         (200, "written, then iterated\n")
     );
     let r = ng.get("/closing");
-    assert_eq!(text(&r), "one\ntwo\n");
+    assert_eq!(r.text(), "one\ntwo\n");
 
     // exc_info before the head: the app's own error response replaces the first one.
     let r = ng.get("/exc-info");
     assert_eq!(
-        (r.status, text(&r).as_str()),
+        (r.status, r.text().as_str()),
         (503, "the app's own error page\n")
     );
 
@@ -378,7 +374,7 @@ fn a_raw_apps_exceptions_give_500_or_a_cut_response_and_close_is_always_called()
     // the request's URI.
     let r = ng.get("/raise");
     assert_eq!(r.status, 500);
-    assert_eq!(text(&r), "Internal Server Error\n");
+    assert_eq!(r.text(), "Internal Server Error\n");
     ng.wait_for("the failure and its traceback in the log", |ng| {
         let log = ng.log();
         log.contains("the WSGI app rawapp:app failed:")
@@ -430,7 +426,7 @@ fn a_django_project_runs_unmodified() {
          location /shop/ { pool_param SCRIPT_NAME /shop; pool_pass django; }",
     ));
     let r = ng.get("/");
-    assert_eq!((r.status, text(&r).as_str()), (200, "hello from django\n"));
+    assert_eq!((r.status, r.text().as_str()), (200, "hello from django\n"));
     let j = ng.get("/json?q=ok").json();
     assert_eq!(
         (j["path"].as_str(), j["q"].as_str()),
@@ -491,7 +487,7 @@ fn a_django_project_runs_unmodified() {
     assert_eq!((r.status, r.header("Location")), (302, Some("/")));
     assert_eq!(ng.get("/nowhere").status, 404);
     let r = ng.get("/stream");
-    assert_eq!(text(&r), "tick 0\ntick 1\ntick 2\n");
+    assert_eq!(r.text(), "tick 0\ntick 1\ntick 2\n");
     // Django's own 500 page, its log line in error_log through wsgi.errors.
     assert_eq!(ng.get("/boom").status, 500);
     ng.finish();
@@ -600,8 +596,8 @@ fn flask_under_the_pool_answers_as_under_gunicorn() {
         assert!(
             a.2 == b.2,
             "{method} {path}: bodies differ:\n{}\n---\n{}",
-            text(&ours),
-            text(&theirs)
+            ours.text(),
+            theirs.text()
         );
     }
     ng.finish();
@@ -619,7 +615,7 @@ fn parallel_load(
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             match request(port, "GET", path, &[], b"") {
                 Ok(r) if r.status == 200 => ok += 1,
-                Ok(r) => bad.push(format!("{} {}", r.status, text(&r))),
+                Ok(r) => bad.push(format!("{} {}", r.status, r.text())),
                 Err(e) => bad.push(e.to_string()),
             }
         }
@@ -676,7 +672,7 @@ fn an_import_error_is_503_until_fixed_and_a_reload_deploys_new_code_without_a_fa
         )
     };
     std::fs::write(&app, version("v1")).unwrap();
-    ng.wait_for("the fixed app to serve", |ng| text(&ng.get("/")) == "v1");
+    ng.wait_for("the fixed app to serve", |ng| ng.get("/").text() == "v1");
 
     // A deploy: new code, nginx -s reload while clients keep asking; none of them fails.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -686,7 +682,7 @@ fn an_import_error_is_503_until_fixed_and_a_reload_deploys_new_code_without_a_fa
     std::thread::sleep(Duration::from_millis(300));
     std::fs::write(&app, version("v2")).unwrap();
     ng.reload(None);
-    ng.wait_for("the new code to serve", |ng| text(&ng.get("/")) == "v2");
+    ng.wait_for("the new code to serve", |ng| ng.get("/").text() == "v2");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut served = 0;
     for c in clients {
@@ -757,7 +753,7 @@ fn a_leaking_app_is_recycled_by_max_rss_and_preload_off_imports_in_each_worker()
     // That request left the worker above max_rss: it retires, a fresh one (nothing held)
     // serves next, and no request failed.
     ng.wait_for("a fresh worker", |ng| {
-        text(&ng.get("/pid")).parse::<u64>().ok() != first["pid"].as_u64()
+        ng.get("/pid").text().parse::<u64>().ok() != first["pid"].as_u64()
     });
     let again = ng.get("/leak?mb=8").json();
     assert_eq!(again["held_mb"], 8, "the hoard went with the old worker");
@@ -765,7 +761,7 @@ fn a_leaking_app_is_recycled_by_max_rss_and_preload_off_imports_in_each_worker()
     ng.wait_for("the retirement's line", |ng| ng.log().contains("max_rss"));
 
     // preload=off: the manager only starts Python; each worker imports the app itself.
-    assert_eq!(text(&ng.get("/late/")), "hello from flask\n");
+    assert_eq!(ng.get("/late/").text(), "hello from flask\n");
     assert!(ng
         .log()
         .contains("WSGI app flaskapp:app to be imported in each worker (preload=off)"));
@@ -913,7 +909,7 @@ fn bad_python_settings_are_named_by_nginx_t_or_at_start() {
         "    location / { pool_pass t; }",
     ));
     assert_eq!(
-        text(&ng.get("/")),
+        ng.get("/").text(),
         "1 threads\n",
         "the thread stayed in the manager"
     );
@@ -937,7 +933,7 @@ fn a_python_worker_past_its_deadline_dies_on_sigterm_and_is_replaced() {
     ));
     let r = ng.get("/sleep?s=20");
     assert_eq!(r.status, 504);
-    assert_eq!(text(&ng.get("/")), "hello from flask\n");
+    assert_eq!(ng.get("/").text(), "hello from flask\n");
     let log = ng.log();
     assert!(log.contains("killed by SIGTERM"), "{log}");
     assert!(!log.contains("ignored SIGTERM"), "{log}");
@@ -962,7 +958,7 @@ fn a_pool_runs_in_the_apps_own_interpreter_with_no_libpython_of_ours() {
     ));
     // The seed's view: its map fans out onto the same pool's other workers.
     let r = ng.get("/seed?n=8");
-    assert_eq!(r.status, 200, "{}\n{}", text(&r), poold.log_text());
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), poold.log_text());
     let j = r.json();
     assert_eq!(j["sum"], 140);
     assert!(j["workers"].as_u64().unwrap() >= 2, "no fan-out: {j}");
@@ -1003,7 +999,7 @@ fn an_external_poold_binary_hands_a_wsgi_pool_to_the_apps_interpreter() {
     ));
     let r = ng.get("/");
     assert_eq!(
-        (r.status, text(&r).as_str()),
+        (r.status, r.text().as_str()),
         (200, "hello from flask\n"),
         "{}",
         poold.log_text()
@@ -1073,7 +1069,7 @@ fn every_cpython_on_the_machine_runs_the_app_in_its_own_interpreter() {
     let ng = Nginx::start(Conf::new(&pools.join("\n"), &locations.join("\n")));
     for (_, version, venv) in &found {
         let v = ng.get(&format!("/{version}/version"));
-        assert_eq!(v.status, 200, "{version}: {}", text(&v));
+        assert_eq!(v.status, 200, "{version}: {}", v.text());
         let v = v.json();
         assert!(
             v["version"]
@@ -1090,7 +1086,7 @@ fn every_cpython_on_the_machine_runs_the_app_in_its_own_interpreter() {
             "{version}: the worker is that interpreter"
         );
         let seed = ng.get(&format!("/{version}/seed?n=8"));
-        assert_eq!(seed.status, 200, "{version}: {}", text(&seed));
+        assert_eq!(seed.status, 200, "{version}: {}", seed.text());
         assert_eq!(seed.json()["sum"], 140, "{version}");
         eprintln!("CPython {version}: served, the seed's map fanned out");
     }
@@ -1160,7 +1156,7 @@ fn the_demos_flask_app_fans_out_over_its_pool_and_creates_no_process() {
     let mut ran_tasks = std::collections::BTreeSet::new();
     for _ in 0..3 {
         let r = ng.get("/flask/fanout?n=8");
-        assert_eq!(r.status, 200, "{}", text(&r));
+        assert_eq!(r.status, 200, "{}", r.text());
         let j = r.json();
         assert_eq!(j["sum"], 140);
         ran_tasks.extend(
