@@ -73,12 +73,12 @@ fn value(r: *mut ngx_http_request_t, which: Var) -> Option<String> {
         Var::Worker => outcome?.worker_pid.map(|p| p.to_string()),
         Var::QueueTime => {
             let o = outcome?;
-            let to = o.started_ms.or(o.finished_ms)?;
-            Some(seconds(to.saturating_sub(o.queued_ms?)))
+            let to = o.started_us.or(o.finished_us)?;
+            Some(seconds(to.saturating_sub(o.queued_us?) / 1000))
         }
         Var::ExecTime => {
             let o = outcome?;
-            Some(seconds(o.finished_ms?.saturating_sub(o.started_ms?)))
+            Some(seconds(o.finished_us?.saturating_sub(o.started_us?) / 1000))
         }
         Var::Status => match outcome.and_then(|o| o.status) {
             Some(s) => Some(s.to_string()),

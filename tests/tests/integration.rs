@@ -25,6 +25,8 @@ mod lifecycle;
 mod log_flood;
 #[path = "lost.rs"]
 mod lost;
+#[path = "metrics.rs"]
+mod metrics;
 #[path = "orphans.rs"]
 mod orphans;
 #[path = "peers.rs"]

@@ -115,7 +115,22 @@ pub fn take_raw<'r, N: Notify>(
 /// Fails request `id` with `reason`; whom to wake (the nginx worker, the caller of a task) is
 /// in the hand-over.
 pub fn fail(region: &Region, id: SlotId, reason: FailReason) -> Handover {
+    observe_run(region, id);
     slot::fail(region.pool_side(), id, reason)
+}
+
+/// Counts how long request `id` ran in this worker (from its taking to now) in the pool's
+/// run-time histogram; fan-out tasks are not requests and are not counted.
+fn observe_run(region: &Region, id: SlotId) {
+    let Some(s) = region.slot(id.index) else {
+        return;
+    };
+    if slot::is_task(s) {
+        return;
+    }
+    let started = s.started_us.load(std::sync::atomic::Ordering::Relaxed);
+    let ran = crate::sys::monotonic_us().saturating_sub(started);
+    region.header().stats.run_time.observe(ran);
 }
 
 fn gone() -> io::Error {
@@ -271,6 +286,7 @@ impl<'r, N: Notify> AnswerOut<'r, N> {
 
     /// A streamed answer is complete.
     pub fn end(&mut self) -> Handover {
+        observe_run(self.region, self.id);
         slot::finish(
             self.region.pool_side(),
             self.id,
@@ -285,6 +301,7 @@ impl<'r, N: Notify> AnswerOut<'r, N> {
         self.append(body, SlotState::Running, false)?;
         self.writer
             .publish(self.region, self.id, Direction::Response);
+        observe_run(self.region, self.id);
         Ok(slot::finish(
             self.region.pool_side(),
             self.id,

@@ -5,14 +5,14 @@
 //! offsets computed from the [`Geometry`] by `const` functions; a reader recomputes them and
 //! checks them against the header before trusting anything.
 
-use crate::sync::{AtomicU32, AtomicU64};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 use std::mem::size_of;
 
 /// `b"NGXPOOL1"` read as a little-endian integer.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"NGXPOOL1");
 /// Bumped on any change of layout or message format; both sides must agree exactly.
-pub const LAYOUT_VERSION: u32 = 13;
+pub const LAYOUT_VERSION: u32 = 14;
 /// Alignment of every section and of the chunk stride.
 pub const SECTION_ALIGN: u64 = 128;
 /// Alignment of the chunk payloads: a page, so that payloads start on a page (and a cache
@@ -238,6 +238,41 @@ pub struct Stats {
     pub tasks_inline: AtomicU64,
     /// Lines the pool's workers wrote to stdout or stderr that poold dropped (`log_rate=`).
     pub log_lines_dropped: AtomicU64,
+    /// How long requests waited in the queue (from nginx queueing one to a worker taking it),
+    /// observed by nginx workers.
+    pub queue_time: Histogram,
+    /// How long requests ran in a worker (from taking one to its answer handed over or failed),
+    /// observed by the pool workers.
+    pub run_time: Histogram,
+}
+
+/// Upper bounds of the time histograms' buckets, in microseconds: web work from 1 ms to a minute
+/// (the last bucket, past 60 s, is Prometheus's `+Inf`).
+pub const HISTOGRAM_BOUNDS_US: [u64; 15] = [
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000, 30_000_000, 60_000_000,
+];
+
+/// A distribution of durations, pool-wide: what every nginx worker's scrape reads. Counts per
+/// bucket (not cumulative; the exposition sums them), their total in microseconds, and how many.
+#[repr(C)]
+#[derive(Default)]
+pub struct Histogram {
+    pub buckets: [AtomicU64; HISTOGRAM_BOUNDS_US.len() + 1],
+    pub sum_us: AtomicU64,
+    pub count: AtomicU64,
+}
+
+impl Histogram {
+    /// Counts one duration of `us` microseconds (relaxed: for reporting only).
+    pub fn observe(&self, us: u64) {
+        let i = HISTOGRAM_BOUNDS_US.partition_point(|&b| b < us);
+        if let Some(b) = self.buckets.get(i) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// One request slot. `state` owns everything else: a side reads the other fields only after an
@@ -257,8 +292,9 @@ pub struct Slot {
     pub resp_head: AtomicU32,
     pub req_len: AtomicU64,
     pub resp_len: AtomicU64,
-    /// Milliseconds (CLOCK_MONOTONIC) when a worker took it; for deadlines and status.
-    pub started_ms: AtomicU64,
+    /// Microseconds (CLOCK_MONOTONIC) when a worker took it; for deadlines, status and the
+    /// time histograms.
+    pub started_us: AtomicU64,
     /// Free-list link (index + 1, 0 = end).
     pub next_free: AtomicU32,
     /// This request's own deadline in ms from when a worker took it (`pool_timeout`), 0 for

@@ -31,6 +31,69 @@ pub struct PoolStatus {
     pub chunk_size: u32,
     /// Monotonic counters, by name.
     pub counters: Vec<(&'static str, u64)>,
+    /// How long requests waited in the queue.
+    pub queue_time: HistogramStatus,
+    /// How long requests ran in a worker.
+    pub run_time: HistogramStatus,
+}
+
+/// A time histogram read from the region: cumulative counts at each bound (seconds; the last
+/// bound is +Inf), the total in seconds, and how many were counted.
+#[derive(Debug, Clone)]
+pub struct HistogramStatus {
+    pub buckets: Vec<(f64, u64)>,
+    pub sum_seconds: f64,
+    pub count: u64,
+}
+
+impl HistogramStatus {
+    fn read(h: &crate::layout::Histogram) -> HistogramStatus {
+        let bounds = crate::layout::HISTOGRAM_BOUNDS_US
+            .iter()
+            .map(|us| *us as f64 / 1e6)
+            .chain([f64::INFINITY]);
+        let mut total = 0u64;
+        let buckets = bounds
+            .zip(&h.buckets)
+            .map(|(le, b)| {
+                total = total.saturating_add(b.load(Ordering::Relaxed));
+                (le, total)
+            })
+            .collect();
+        HistogramStatus {
+            buckets,
+            sum_seconds: h.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+            // The buckets' total, read with them: a scrape is then consistent with itself
+            // (`+Inf` equals `_count`), whatever was counted meanwhile.
+            count: total,
+        }
+    }
+
+    /// The `q` quantile (0..1), interpolated within its bucket as Prometheus's
+    /// `histogram_quantile` does; `None` while nothing was counted.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = q * self.count as f64;
+        let mut lower = (0.0, 0u64);
+        for &(le, c) in &self.buckets {
+            if c as f64 >= rank {
+                if le.is_infinite() {
+                    return Some(lower.0);
+                }
+                let inside = (c - lower.1) as f64;
+                let into = if inside > 0.0 {
+                    (rank - lower.1 as f64) / inside
+                } else {
+                    1.0
+                };
+                return Some(lower.0 + (le - lower.0) * into);
+            }
+            lower = (le, c);
+        }
+        Some(lower.0)
+    }
 }
 
 fn state_name(code: u32) -> &'static str {
@@ -91,5 +154,7 @@ pub fn snapshot(region: &Region) -> PoolStatus {
             ("tasks_inline", c(&s.tasks_inline)),
             ("log_lines_dropped", c(&s.log_lines_dropped)),
         ],
+        queue_time: HistogramStatus::read(&s.queue_time),
+        run_time: HistogramStatus::read(&s.run_time),
     }
 }

@@ -5,7 +5,7 @@ use std::io;
 use std::time::Duration;
 
 #[cfg(loom)]
-pub use loom_futex::{futex_wait, futex_wake, monotonic_ms};
+pub use loom_futex::{futex_wait, futex_wake, monotonic_ms, monotonic_us};
 
 /// Under loom a futex wait is a yield (loom then runs another thread) and a wake is nothing:
 /// every waiter re-checks its condition in a loop, which is what the model explores.
@@ -20,6 +20,9 @@ mod loom_futex {
         Ok(0)
     }
     pub fn monotonic_ms() -> u64 {
+        0
+    }
+    pub fn monotonic_us() -> u64 {
         0
     }
 }
@@ -93,13 +96,19 @@ pub fn futex_wake(word: &AtomicU32, count: u32) -> io::Result<usize> {
 #[cfg(not(loom))]
 /// Milliseconds of CLOCK_MONOTONIC: the one clock every process on the machine shares.
 pub fn monotonic_ms() -> u64 {
+    monotonic_us() / 1000
+}
+
+/// CLOCK_MONOTONIC in microseconds: the same clock in every process of the machine.
+#[cfg(not(loom))]
+pub fn monotonic_us() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
 #[cfg(not(loom))]

@@ -117,7 +117,7 @@ pub(super) fn submit(ctx: CtxRef) {
         );
     }
     c.slot = Some(id);
-    c.outcome.queued_ms = Some(now_ms());
+    c.outcome.queued_us = Some(ngx_pool_channel::sys::monotonic_us());
     crate::runtime::wake_workers_later(c.pool);
     progress(ctx);
 }

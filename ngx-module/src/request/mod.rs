@@ -134,10 +134,6 @@ pub fn outcome_of(r: *mut ngx_http_request_t) -> Option<Outcome> {
     ctx_of(r).map(|c| c.get().outcome)
 }
 
-fn now_ms() -> u64 {
-    ngx_pool_channel::sys::monotonic_ms()
-}
-
 fn pool_index(r: *mut ngx_http_request_t) -> Option<usize> {
     // SAFETY: `r` is a live request nginx handed us.
     let req = unsafe { Request::from_ngx_http_request(r) };

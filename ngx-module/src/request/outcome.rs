@@ -1,13 +1,13 @@
 //! What a request records of its way through the pool, for the `$pool_*` variables
 //! ([`crate::variables`], which reads it in the log phase and knows nothing else of requests).
 
-/// What a request's context records of its way through the pool (CLOCK_MONOTONIC ms, the
-/// clock the slots' `started_ms` use in every process).
+/// What a request's context records of its way through the pool (CLOCK_MONOTONIC µs, the
+/// clock the slots' `started_us` use in every process).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Outcome {
-    pub queued_ms: Option<u64>,
-    pub started_ms: Option<u64>,
-    pub finished_ms: Option<u64>,
+    pub queued_us: Option<u64>,
+    pub started_us: Option<u64>,
+    pub finished_us: Option<u64>,
     pub worker_pid: Option<u32>,
     /// `ok`, `crashed`, `timeout`, `full`, `queue_timeout`, `cancelled`, `error`,
     /// `unavailable`; none while it runs.

@@ -3,20 +3,29 @@
 
 use super::*;
 
-/// Records, once, which worker took the request and when, and when its answer was complete.
+/// Records, once, which worker took the request and when (and how long it waited, in the
+/// pool's queue-time histogram), and when its answer was complete.
 pub(super) fn observe(o: &mut Outcome, region: &Region, id: SlotId, state: Option<SlotState>) {
     if o.worker_pid.is_none() {
         if let Some(s) = region.slot(id.index) {
             let worker = s.worker.load(std::sync::atomic::Ordering::Relaxed);
-            o.started_ms = Some(s.started_ms.load(std::sync::atomic::Ordering::Relaxed));
+            let started = s.started_us.load(std::sync::atomic::Ordering::Relaxed);
+            o.started_us = Some(started);
             o.worker_pid = region
                 .worker(worker)
                 .map(|w| w.pid.load(std::sync::atomic::Ordering::Relaxed))
                 .filter(|p| *p != 0);
+            if let Some(queued) = o.queued_us {
+                region
+                    .header()
+                    .stats
+                    .queue_time
+                    .observe(started.saturating_sub(queued));
+            }
         }
     }
-    if o.finished_ms.is_none() && matches!(state, Some(SlotState::Done | SlotState::Failed)) {
-        o.finished_ms = Some(now_ms());
+    if o.finished_us.is_none() && matches!(state, Some(SlotState::Done | SlotState::Failed)) {
+        o.finished_us = Some(ngx_pool_channel::sys::monotonic_us());
     }
 }
 

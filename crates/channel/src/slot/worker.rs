@@ -27,8 +27,8 @@ pub fn take(side: PoolSide<'_>, worker: u32) -> Option<SlotId> {
         }
         if let Some(s) = region.slot(id.index) {
             s.worker.store(worker, Ordering::Relaxed);
-            s.started_ms
-                .store(crate::sys::monotonic_ms(), Ordering::Relaxed);
+            s.started_us
+                .store(crate::sys::monotonic_us(), Ordering::Relaxed);
         }
         if transition(region, id, SlotState::Queued, SlotState::Running) {
             return Some(id);
@@ -255,7 +255,7 @@ pub fn running_since(region: &Region, worker: u32) -> Option<(SlotId, u64, Optio
     let own = s.timeout_ms.load(Ordering::Relaxed);
     Some((
         id,
-        s.started_ms.load(Ordering::Relaxed),
+        s.started_us.load(Ordering::Relaxed) / 1000,
         (own != 0).then_some(u64::from(own)),
     ))
 }
