@@ -45,6 +45,10 @@ fn times(h: &HistogramStatus) -> serde_json::Value {
         "sum_seconds": h.sum_seconds,
         "p50_seconds": h.quantile(0.5),
         "p99_seconds": h.quantile(0.99),
+        // Cumulative counts at each bound (seconds; the last, +Inf, as null): what the page
+        // takes differences of between its samples for the quantiles of the last seconds.
+        "le": h.buckets.iter().map(|(le, _)| if le.is_finite() { json!(le) } else { json!(null) }).collect::<Vec<_>>(),
+        "cumulative": h.buckets.iter().map(|(_, c)| c).collect::<Vec<_>>(),
     })
 }
 
