@@ -11,6 +11,46 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The PromQL expressions of the Grafana dashboard (packaging/grafana/ngx-pool.json), with its
+/// variables given values: the pools of these tests, a one-minute rate interval.
+fn dashboard_queries() -> Vec<String> {
+    let text = std::fs::read_to_string(repo_dir().join("packaging/grafana/ngx-pool.json")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut out = Vec::new();
+    for panel in doc["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            out.push(
+                expr.replace("$pool", "app|other")
+                    .replace("$__rate_interval", "1m"),
+            );
+        }
+    }
+    assert!(out.len() >= 10, "{out:?}");
+    out
+}
+
+/// The metric families a PromQL expression names (`_bucket`, `_sum` and `_count` are a
+/// histogram's).
+fn families_in(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("ngx_pool_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(&name)
+            .to_string();
+        out.push(family);
+    }
+    out
+}
+
 /// Prometheus's binaries, if scripts/setup unpacked them.
 fn tool(name: &str) -> Option<PathBuf> {
     let p = repo_dir()
@@ -116,6 +156,15 @@ fn the_exposition_passes_promtool_with_help_type_and_histograms() {
     assert!(count("ngx_pool_run_seconds_sum{pool=\"app\"}") >= 0.03 * app_runs);
     assert_eq!(count("ngx_pool_queue_seconds_count{pool=\"other\"}"), 20.0);
     assert_eq!(count("ngx_pool_run_seconds_count{pool=\"other\"}"), 20.0);
+    // Every metric the Grafana dashboard queries is one the endpoint exposes.
+    for expr in dashboard_queries() {
+        for family in families_in(&expr) {
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "the dashboard queries {family}, which the endpoint does not expose: {expr}"
+            );
+        }
+    }
     // The JSON gives the same distribution, with its median and 99th percentile.
     let run = &ng.pool_status("app")["latency"]["run"];
     assert!(run["count"].as_f64().unwrap() >= app_runs, "{run}");
@@ -135,16 +184,19 @@ fn api(port: u16, path: &str) -> (u16, serde_json::Value) {
     }
 }
 
-/// `query`'s single value, URL-encoded by hand (the queries below use no other characters).
-fn query(port: u16, query: &str) -> Option<f64> {
-    let q: String = query
-        .bytes()
+/// `q` URL-encoded: letters, digits, `_` and `.` as they are, every other byte as `%XX`.
+fn encode(q: &str) -> String {
+    q.bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
-        .collect();
-    let (status, v) = api(port, &format!("/api/v1/query?query={q}"));
+        .collect()
+}
+
+/// `query`'s single value.
+fn query(port: u16, query: &str) -> Option<f64> {
+    let (status, v) = api(port, &format!("/api/v1/query?query={}", encode(query)));
     if status != 200 {
         return None;
     }
@@ -209,6 +261,12 @@ fn a_real_prometheus_scrapes_the_pools_and_answers_a_quantile_of_the_run() {
     let p50 = quantile.unwrap_or_else(|| panic!("no quantile from prometheus:\n{}", log()));
     // Every request slept 30 ms: the median falls in the 25-50 ms bucket.
     assert!((0.025..=0.05).contains(&p50), "p50 {p50}");
+    // Every query of the Grafana dashboard is one Prometheus takes and answers.
+    for expr in dashboard_queries() {
+        let (status, v) = api(port, &format!("/api/v1/query?query={}", encode(&expr)));
+        assert_eq!(status, 200, "{expr}: {v}");
+        assert_eq!(v["status"], "success", "{expr}: {v}");
+    }
     // The scrape itself was clean: no sample Prometheus refused.
     let (_, targets) = api(port, "/api/v1/targets");
     let target = &targets["data"]["activeTargets"][0];
