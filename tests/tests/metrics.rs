@@ -261,6 +261,20 @@ fn a_real_prometheus_scrapes_the_pools_and_answers_a_quantile_of_the_run() {
     let p50 = quantile.unwrap_or_else(|| panic!("no quantile from prometheus:\n{}", log()));
     // Every request slept 30 ms: the median falls in the 25-50 ms bucket.
     assert!((0.025..=0.05).contains(&p50), "p50 {p50}");
+    // Quantiles of both times, per pool: one answer for each of the two pools.
+    for family in ["ngx_pool_queue_seconds", "ngx_pool_run_seconds"] {
+        let expr = format!("histogram_quantile(0.99, sum by (pool, le) ({family}_bucket))");
+        let (status, v) = api(port, &format!("/api/v1/query?query={}", encode(&expr)));
+        assert_eq!(status, 200, "{expr}: {v}");
+        let mut pools: Vec<&str> = v["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["metric"]["pool"].as_str())
+            .collect();
+        pools.sort();
+        assert_eq!(pools, ["app", "other"], "{expr}: {v}");
+    }
     // Every query of the Grafana dashboard is one Prometheus takes and answers.
     for expr in dashboard_queries() {
         let (status, v) = api(port, &format!("/api/v1/query?query={}", encode(&expr)));
