@@ -34,7 +34,7 @@ def main(doc):
         sys.stdout.write(render(load(Path(args.render).read_text())))
         return
     only = [name for name in PARTS if getattr(args, name)]
-    report = run(args.quick, only)
+    report, failed = run(args.quick, only)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(report.to_json())
     text = render(load(Path(args.json).read_text()))
@@ -42,9 +42,24 @@ def main(doc):
     if args.out:
         Path(args.out).write_text(text)
     log(f"results as data in {args.json}")
+    if failed:
+        sys.exit(f"bench: failed: {', '.join(failed)} (the report above has the rest)")
+
+
+def part(report, failed, name, fn, bench):
+    """Runs one part into `report`; a part that fails is named in the report and in `failed`,
+    and the others still run (their results are not lost with it)."""
+    try:
+        report.extend(fn(bench))
+    except SystemExit as e:
+        log(f"part {name} failed: {e}")
+        report.heading(f"{name}: FAILED")
+        report.text(f"The {name} part failed: {e}")
+        failed.append(name)
 
 
 def run(quick, only):
+    """Runs the parts asked for (all by default); returns the report and the parts that failed."""
     venv = setup(quick)
     procs = Procs()
     prefix = Path(tempfile.mkdtemp(prefix="ngx-pool-bench-"))
@@ -53,15 +68,16 @@ def run(quick, only):
     (prefix / "logs").chmod(0o755)
     bench = Bench(quick=quick, prefix=prefix, procs=procs, venv=venv)
     report = Report()
+    failed = []
     try:
         if only:
             for name in only:
                 report.heading(f"scripts/bench --{name}{' --quick' if quick else ''}", 1)
-                report.extend(PARTS[name][1](bench))
-            return report
-        report.extend(core.run(bench))
+                part(report, failed, name, PARTS[name][1], bench)
+            return report, failed
+        part(report, failed, "core", core.run, bench)
         for name in PARTS:
-            report.extend(PARTS[name][1](bench))
+            part(report, failed, name, PARTS[name][1], bench)
     finally:
         procs.stop()
         shutil.rmtree(prefix, ignore_errors=True)
@@ -70,4 +86,4 @@ def run(quick, only):
     out = subprocess.run([str(TARGET / "release/channel-bench"), "--scale", "0.02" if quick else "1"],
                          check=True, capture_output=True, text=True).stdout
     report.text(out.strip())
-    return report
+    return report, failed
