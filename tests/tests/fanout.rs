@@ -34,16 +34,26 @@ fn the_seed_snippet_runs_with_only_its_import_changed_at_one_worker_and_all_fann
     for workers in [4u32, 1] {
         let mut ng = Nginx::start(Conf::new(&fanout_pool(workers, ""), LOCATIONS));
         let before = memory::pool_workers(&ng);
-        let r = ng.get("/seed?n=8");
-        assert_eq!(r.status, 200, "{}", r.text());
-        let j = r.json();
-        assert_eq!(j["sum"], 140, "0² + .. + 7²");
+        // With idle workers the tasks spread; a caller whose pool gets no CPU for a moment (the
+        // suite runs tests side by side on two cores) takes them back and runs them itself, as
+        // it should. So: spread at least once in a few tries.
+        let mut spread = Vec::new();
+        for _ in 0..5 {
+            let r = ng.get("/seed?n=8");
+            assert_eq!(r.status, 200, "{}", r.text());
+            let j = r.json();
+            assert_eq!(j["sum"], 140, "0² + .. + 7²");
+            spread.push(j["workers"].as_u64().unwrap());
+            if workers == 1 || spread.last() >= Some(&2) {
+                break;
+            }
+        }
         if workers == 1 {
-            assert_eq!(j["workers"], 1);
+            assert_eq!(spread, [1]);
         } else {
             assert!(
-                j["workers"].as_u64().unwrap() >= 2,
-                "spread over the pool: {j}"
+                spread.iter().any(|w| *w >= 2),
+                "never spread over the pool: workers per try {spread:?}"
             );
         }
         // Every worker fans out at once, twice over.
@@ -66,7 +76,7 @@ fn the_seed_snippet_runs_with_only_its_import_changed_at_one_worker_and_all_fann
         let per_map = if workers == 1 { 4 } else { 8 };
         assert_eq!(
             c["tasks_completed"].as_u64().unwrap() + c["tasks_inline"].as_u64().unwrap(),
-            per_map * (2 * workers as u64 + 1),
+            per_map * (2 * workers as u64 + spread.len() as u64),
             "every task ran once: {c}"
         );
         assert_eq!(c["worker_exits"], 0, "{c}");

@@ -395,15 +395,26 @@ fn a_rust_handler_fans_out_over_the_pool_and_completes_at_one_worker_too() {
             "    location /r/ { pool_pass r; }\n    location = /status { pool_status; }",
         ));
         // 1² + .. + 12² = 650, each task 30 ms of work.
-        let r = ng.get("/r/squares?n=12&ms=30");
-        assert_eq!(r.status, 200, "{}", r.text());
-        let j = r.json();
-        assert_eq!(j["sum"], 650);
-        let ran_on = j["workers"].as_u64().unwrap();
+        // With idle workers the tasks spread; a pool starved of CPU for a moment (tests run side
+        // by side) leaves them to their caller, as it should: spread at least once in a few tries.
+        let mut ran_on = Vec::new();
+        for _ in 0..5 {
+            let r = ng.get("/r/squares?n=12&ms=30");
+            assert_eq!(r.status, 200, "{}", r.text());
+            let j = r.json();
+            assert_eq!(j["sum"], 650);
+            ran_on.push(j["workers"].as_u64().unwrap());
+            if workers == 1 || ran_on.last() >= Some(&2) {
+                break;
+            }
+        }
         if workers == 1 {
-            assert_eq!(ran_on, 1, "the caller ran every task itself");
+            assert_eq!(ran_on, [1], "the caller ran every task itself");
         } else {
-            assert!(ran_on >= 2, "the tasks spread over the pool: {j}");
+            assert!(
+                ran_on.iter().any(|w| *w >= 2),
+                "the tasks never spread over the pool: workers per try {ran_on:?}"
+            );
         }
         // Every worker fanning out at once still completes.
         let all: Vec<_> = (0..workers)
@@ -433,7 +444,7 @@ fn a_rust_handler_fans_out_over_the_pool_and_completes_at_one_worker_too() {
         );
         assert_eq!(
             done + inline,
-            12 * (workers as u64 + 1),
+            12 * (workers as u64 + ran_on.len() as u64),
             "every task ran once: {c}"
         );
         assert!(submitted >= done, "{c}");
