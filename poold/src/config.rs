@@ -15,6 +15,7 @@ REQUIRED:
     --handler SPEC      builtin:echo | builtin:hello | builtin:sleep | builtin:cpu | builtin:crash
                         | builtin:spawn | builtin:stream | dylib:PATH (a handler library,
                         see docs/abi.md) | wsgi:MODULE:CALLABLE (a Python WSGI app)
+                        | asgi:MODULE:APP (a Python ASGI app)
 
 OPTIONS:
     --handler-args STR  passed to the handler's init (before the workers are forked)
@@ -25,7 +26,13 @@ OPTIONS:
                         [default: /usr/bin/python3]. It needs the ngx-pool package;
                         the pool runs as PATH -m ngx_pool serve (this program execs it)
     --python-path DIRS  wsgi: directories put first on sys.path (':'-separated)
-    --preload on|off    wsgi: import the app before forking (on) or in each worker [on]
+    --preload on|off    wsgi, asgi: import the app before forking (on) or in each
+                        worker [on]
+    --concurrency N     asgi: requests (and WebSockets) a worker runs at once on its event
+                        loop; the pool runs workers x N at once, the rest wait in the
+                        queue [default: 100; 1 for every other handler]
+    --lifespan auto|on|off
+                        asgi: the lifespan protocol, as uvicorn's [auto]
     --name NAME         pool name used in log lines                  [default: pool]
     --workers N         pool worker processes                        [default: number of CPUs]
                         or MIN-MAX: MIN at start, more while requests wait, up to MAX
@@ -146,14 +153,25 @@ impl Config {
     /// The region geometry these settings make.
     pub fn geometry(&self) -> Geometry {
         Geometry {
-            slots: self.pool.workers + self.pool.queue,
+            slots: self.pool.workers * self.lanes() + self.pool.queue,
             chunk_size: self.chunk as u32,
             chunks: (self.pool.arena / self.chunk) as u32,
             max_conns: self.max_conns,
-            // Room for a replacement per worker: a retiring worker's successor is forked
-            // before it leaves.
-            max_workers: (self.pool.workers * 2).min(8192),
+            // A region worker entry per lane of every process there may be.
+            max_workers: self.processes_max() * self.lanes(),
         }
+    }
+
+    /// Worker processes there may be at once: room for a replacement per worker, as a
+    /// retiring worker's successor is forked before it leaves.
+    pub fn processes_max(&self) -> u32 {
+        (self.pool.workers * 2).min(8192)
+    }
+
+    /// Requests a worker process runs at once (`--concurrency`): each holds one of the
+    /// process's lanes, a region worker entry of its own (see `crate::lanes`).
+    pub fn lanes(&self) -> u32 {
+        self.pool.concurrency()
     }
 
     /// A request running longer has its worker killed (`--timeout`).
@@ -256,6 +274,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
     if cfg.pool.handler.is_empty() {
         return Err("--handler is required (see --help)".into());
     }
+    cfg.pool.check_combination()?;
     if cfg.chunk > u32::MAX as u64 {
         return Err("--chunk too large".into());
     }

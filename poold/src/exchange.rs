@@ -379,6 +379,17 @@ impl<'a> Exchange<'a> {
         } else {
             "502"
         };
+        if rc == Status::Timeout.raw() && !self.streaming {
+            // The handler ended the request at its deadline itself (an ASGI worker cancels the
+            // app's task and goes on serving): 504, as when poold stops a worker for it.
+            return Outcome::Failed(
+                FailReason::Timeout,
+                Some(format!(
+                    "handler \"{handler}\" stopped \"{}\" at its deadline; 504",
+                    uri()
+                )),
+            );
+        }
         if rc != Status::Ok.raw() {
             let broke = self
                 .violation

@@ -51,7 +51,7 @@ impl LoadedHandler {
     /// the `ngx-pool` package's extension ([`LoadedHandler::compiled_in`]).
     pub fn load(spec: &HandlerSpec) -> Result<LoadedHandler, LoadError> {
         match spec {
-            HandlerSpec::Wsgi { .. } => Err(LoadError(format!(
+            HandlerSpec::Python { .. } => Err(LoadError(format!(
                 "handler={spec} runs in the app's own interpreter (`python -m ngx_pool serve`, from the ngx-pool package), not in the poold binary"
             ))),
             HandlerSpec::Builtin(name) => {
@@ -240,10 +240,13 @@ impl LoadedHandler {
     }
 }
 
-/// What the WSGI handler's `init` is given for `spec` (see python/pyext/src/wsgi): one
-/// `key=value` per line.
-pub fn wsgi_init_config(spec: &HandlerSpec, pool: &ngx_pool_conf::PoolSettings) -> String {
-    let HandlerSpec::Wsgi { module, callable } = spec else {
+/// What the Python handlers' `init` is given for `spec` (see python/pyext/src/settings.rs):
+/// one `key=value` per line.
+pub fn python_init_config(spec: &HandlerSpec, pool: &ngx_pool_conf::PoolSettings) -> String {
+    let HandlerSpec::Python {
+        module, callable, ..
+    } = spec
+    else {
         return String::new();
     };
     let mut out = format!(
@@ -252,6 +255,14 @@ pub fn wsgi_init_config(spec: &HandlerSpec, pool: &ngx_pool_conf::PoolSettings) 
     );
     if let Some(p) = &pool.python_path {
         out.push_str(&format!("python_path={p}\n"));
+    }
+    if pool.is_asgi() {
+        out.push_str(&format!(
+            "lifespan={}\nconcurrency={}\ntimeout={}\n",
+            pool.lifespan.name(),
+            pool.concurrency(),
+            pool.timeout_ms.unwrap_or(0)
+        ));
     }
     out
 }

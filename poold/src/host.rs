@@ -60,7 +60,10 @@ struct Current {
 /// reachable from every thread of the worker (a handler's own threads, e.g. Python's
 /// `concurrent.futures` threads, submit and wait too), one host function at a time (this
 /// lock); `Clear` takes the lock to end the borrow, so no other thread uses it past `run_with`.
-static CALLS: std::sync::Mutex<Option<(usize, CallsPtr)>> = std::sync::Mutex::new(None);
+///
+/// A worker with lanes (`crate::lanes`) runs several requests at once, each on its own thread:
+/// one entry per request being run, by handle.
+static CALLS: std::sync::Mutex<Vec<(usize, CallsPtr)>> = std::sync::Mutex::new(Vec::new());
 
 /// A type-erased `&mut Calls` of `run_with`.
 #[derive(Clone, Copy)]
@@ -68,7 +71,7 @@ struct CallsPtr(*mut ());
 // SAFETY: only dereferenced under the `CALLS` lock while `run_with` lasts (see `with_calls`).
 unsafe impl Send for CallsPtr {}
 
-fn calls_lock() -> std::sync::MutexGuard<'static, Option<(usize, CallsPtr)>> {
+fn calls_lock() -> std::sync::MutexGuard<'static, Vec<(usize, CallsPtr)>> {
     CALLS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -88,9 +91,11 @@ impl RequestHandle {
 thread_local! {
     /// The request this worker is running; `None` between requests.
     static CURRENT: Cell<Option<Current>> = const { Cell::new(None) };
-    /// The last handle given out (never 0, so no handle is NULL).
-    static SERIAL: Cell<usize> = const { Cell::new(0) };
 }
+
+/// The last handle given out (never 0, so no handle is NULL); one count for the process, so
+/// that requests run at once on several lanes never share a handle.
+static SERIAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Runs `handle` with `ex` as the current request (or task) and `calls` as its fan-out tasks,
 /// under a handle of its own.
@@ -99,11 +104,10 @@ pub fn run_with<T>(
     calls: &mut Calls<'_>,
     handle: impl FnOnce(RequestHandle) -> T,
 ) -> T {
-    let serial = SERIAL.with(|s| {
-        let n = s.get().wrapping_add(1).max(1);
-        s.set(n);
-        n
-    });
+    let serial = SERIAL
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .wrapping_add(1)
+        .max(1);
     CURRENT.with(|c| {
         c.set(Some(Current {
             handle: serial,
@@ -112,17 +116,17 @@ pub fn run_with<T>(
             exchange: (ex as *mut Exchange<'_>).cast::<()>(),
         }))
     });
-    let previous = calls_lock().replace((serial, CallsPtr((calls as *mut Calls<'_>).cast())));
+    calls_lock().push((serial, CallsPtr((calls as *mut Calls<'_>).cast())));
     // Cleared however `handle` ends; the fan-out's borrow once no other thread is in a host
     // function with it.
-    struct Clear(Option<(usize, CallsPtr)>);
+    struct Clear(usize);
     impl Drop for Clear {
         fn drop(&mut self) {
             CURRENT.with(|c| c.set(None));
-            *calls_lock() = self.0.take();
+            calls_lock().retain(|(h, _)| *h != self.0);
         }
     }
-    let _clear = Clear(previous);
+    let _clear = Clear(serial);
     handle(RequestHandle(serial))
 }
 
@@ -147,12 +151,9 @@ fn with<T>(r: *mut ngx_pool_request, otherwise: T, f: impl FnOnce(&mut Exchange<
 /// Any thread of the worker may call it (one at a time).
 fn with_calls<T>(r: *mut ngx_pool_request, otherwise: T, f: impl FnOnce(&mut Calls<'_>) -> T) -> T {
     let current = calls_lock();
-    let Some((handle, calls)) = *current else {
+    let Some(&(_, calls)) = current.iter().find(|(h, _)| *h == r as usize) else {
         return otherwise;
     };
-    if handle != r as usize {
-        return otherwise;
-    }
     // SAFETY: the Calls `run_with` was given: alive until the handler returns, whose `Clear`
     // waits for this lock (held until `f` returns), and used by one host function at a time
     // (this lock), apart from the exchange.

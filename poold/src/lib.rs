@@ -12,6 +12,7 @@ pub mod exchange;
 pub mod fanout;
 pub mod handler;
 pub mod host;
+pub mod lanes;
 pub mod log;
 pub mod reaper;
 pub mod run;

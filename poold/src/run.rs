@@ -19,10 +19,11 @@ pub(crate) const EXIT_LOAD_FAILED: i32 = 78;
 pub(crate) const FAILED_LOADS_ENV: &str = "NGX_POOL_FAILED_LOADS";
 
 /// Runs poold with `args` (its command line without the program name); returns only when
-/// asked for its help or version, or once the pool has stopped. `wsgi`: the WSGI handler's
-/// descriptor, when it is compiled into the running program (the Python extension); without
-/// it, a `wsgi:` pool is handed to its interpreter once the socket is bound.
-pub fn run(args: impl Iterator<Item = String>, wsgi: Option<&'static ngx_pool_handler>) {
+/// asked for its help or version, or once the pool has stopped. `python`: the Python
+/// handlers' descriptors, when they are compiled into the running program (the Python
+/// extension); without them, a `wsgi:` or `asgi:` pool is handed to its interpreter once the
+/// socket is bound.
+pub fn run(args: impl Iterator<Item = String>, python: Option<PythonHandlers>) {
     let cfg = match config::parse(args) {
         Ok(Command::Run(c)) => *c,
         Ok(Command::Help) => {
@@ -91,13 +92,13 @@ pub fn run(args: impl Iterator<Item = String>, wsgi: Option<&'static ngx_pool_ha
         crate::log!("emerg", "{e}");
         std::process::exit(1);
     }
-    if wsgi.is_none() && cfg.pool.handler.starts_with("wsgi:") {
+    if python.is_none() && crate::watchdog::interpreter::is_python(&cfg) {
         // An external poold binary: the app's interpreter runs the pool, on the socket bound
         // here (a managed pool's watchdog does this itself).
         hand_to_interpreter(&cfg, &handoff);
     }
     let ready = handoff.ready;
-    let handler = match load(&cfg, wsgi) {
+    let handler = match load(&cfg, python) {
         Ok(h) => {
             crate::host::set_failed_loads(0);
             h
@@ -185,9 +186,17 @@ pub(crate) fn drop_root(cfg: &Config) -> Result<(), String> {
     crate::sys::drop_root(uid, gid).map_err(|e| format!("cannot become user {user}: {e}"))
 }
 
+/// The handlers the Python extension has compiled in, one per interface.
+#[derive(Clone, Copy)]
+pub struct PythonHandlers {
+    pub wsgi: &'static ngx_pool_handler,
+    pub asgi: &'static ngx_pool_handler,
+}
+
 /// Loads the handler and runs its `init` (root is gone by now).
-fn load(cfg: &Config, wsgi: Option<&'static ngx_pool_handler>) -> Result<LoadedHandler, LoadError> {
-    let spec = ngx_pool_conf::HandlerSpec::parse(&cfg.pool.handler).map_err(LoadError)?;
+fn load(cfg: &Config, python: Option<PythonHandlers>) -> Result<LoadedHandler, LoadError> {
+    use ngx_pool_conf::{HandlerSpec, Interface};
+    let spec = HandlerSpec::parse(&cfg.pool.handler).map_err(LoadError)?;
     // chdir= and env= hold for the handler's whole life, in this process and every worker.
     if let Some(dir) = &cfg.pool.chdir {
         std::env::set_current_dir(dir).map_err(|e| LoadError(format!("chdir {dir}: {e}")))?;
@@ -199,13 +208,15 @@ fn load(cfg: &Config, wsgi: Option<&'static ngx_pool_handler>) -> Result<LoadedH
         }
     }
     let init_args = match spec {
-        ngx_pool_conf::HandlerSpec::Wsgi { .. } => {
-            crate::handler::wsgi_init_config(&spec, &cfg.pool)
-        }
+        HandlerSpec::Python { .. } => crate::handler::python_init_config(&spec, &cfg.pool),
         _ => cfg.pool.handler_args.clone().unwrap_or_default(),
     };
-    let handler = match (&spec, wsgi) {
-        (ngx_pool_conf::HandlerSpec::Wsgi { .. }, Some(desc)) => {
+    let handler = match (&spec, python) {
+        (HandlerSpec::Python { interface, .. }, Some(handlers)) => {
+            let desc = match interface {
+                Interface::Wsgi => handlers.wsgi,
+                Interface::Asgi => handlers.asgi,
+            };
             LoadedHandler::compiled_in(desc, &spec)?
         }
         _ => LoadedHandler::load(&spec)?,
@@ -219,7 +230,7 @@ fn load(cfg: &Config, wsgi: Option<&'static ngx_pool_handler>) -> Result<LoadedH
 fn hand_to_interpreter(cfg: &Config, handoff: &crate::watchdog::Handoff) -> ! {
     let python = match crate::watchdog::interpreter::for_pool(cfg) {
         Ok(Some(python)) => python,
-        Ok(None) => std::process::exit(EXIT_LOAD_FAILED), // not a wsgi: pool: never asked
+        Ok(None) => std::process::exit(EXIT_LOAD_FAILED), // not a Python pool: never asked
         Err(e) => {
             crate::log!("error", "{e}; the pool answers 503");
             std::process::exit(EXIT_LOAD_FAILED);

@@ -18,6 +18,7 @@ use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The eventfds of attached nginx workers, by connection index: (generation, eventfd).
@@ -105,10 +106,10 @@ pub const EXIT_WORKER_INIT: i32 = 71;
 
 /// How long a retiring worker waits for poold to say its replacement is ready before it leaves
 /// anyway (poold could not fork one).
-const RETIRE_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const RETIRE_WAIT: Duration = Duration::from_secs(10);
 
 /// Resident set size of this process, in bytes.
-fn own_rss() -> Option<u64> {
+pub(crate) fn own_rss() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     // SAFETY: sysconf has no preconditions.
@@ -184,16 +185,16 @@ impl Worker<'_> {
         }
     }
 
-    fn tell_poold(&self, kind: [u8; 4]) {
+    pub(crate) fn tell_poold(&self, kind: [u8; 4]) {
         let w = self.waker.borrow();
         let _ = send_frame(
-            &w.control,
+            w.control(),
             Frame::new(kind, self.index, 0, 0),
             None::<&OwnedFd>,
         );
     }
 
-    fn serve(&mut self, id: SlotId) -> Handover {
+    pub(crate) fn serve(&mut self, id: SlotId) -> Handover {
         let mut scratch = std::mem::take(&mut self.scratch);
         let task = self.region.slot(id.index).is_some_and(slot::is_task);
         let handover = if task {
@@ -392,11 +393,34 @@ impl ResponseSink for AnswerOut<'_, Waker> {
     }
 }
 
-/// Wakes nginx workers through their eventfds.
+/// Wakes nginx workers through their eventfds. Every lane of a worker (see `crate::lanes`)
+/// holds a copy: the table is shared, and whichever lane looks at the control socket first
+/// takes what poold sent for all of them.
+#[derive(Clone)]
 pub struct Waker {
     /// From poold: eventfds of nginx workers that attached after this worker was forked.
-    pub control: OwnedFd,
-    pub conns: ConnFds,
+    control: Arc<OwnedFd>,
+    conns: Arc<Mutex<ConnFds>>,
+}
+
+impl Waker {
+    pub fn new(control: OwnedFd, conns: ConnFds) -> Waker {
+        Waker {
+            control: Arc::new(control),
+            conns: Arc::new(Mutex::new(conns)),
+        }
+    }
+
+    /// The control socket to poold (READY, RETIRING).
+    pub fn control(&self) -> &OwnedFd {
+        &self.control
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, ConnFds> {
+        self.conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl Notify for Waker {
@@ -404,10 +428,16 @@ impl Notify for Waker {
         if !slot::needs_wake(region.pool_side(), conn, conn_gen) {
             return;
         }
-        if self.conns.get(conn).map(|(g, _)| *g) != Some(conn_gen) {
-            self.refresh_conns();
+        let mut table = self.table();
+        if table.get(conn).map(|(g, _)| *g) != Some(conn_gen) {
+            // Takes every eventfd poold has sent since the last look.
+            while let Ok(Some((frame, fd))) = recv_frame(&self.control, MsgFlags::MSG_DONTWAIT) {
+                if let (CONN_FD, Some(fd)) = (frame.kind, fd) {
+                    table.insert(frame.a, frame.b, fd);
+                }
+            }
         }
-        match self.conns.get(conn) {
+        match table.get(conn) {
             Some((g, fd)) if *g == conn_gen => {
                 let _ = nix::unistd::write(fd.as_fd(), &1u64.to_ne_bytes());
             }
@@ -416,17 +446,6 @@ impl Notify for Waker {
                 "worker {}: no eventfd for nginx connection {conn}",
                 std::process::id()
             ),
-        }
-    }
-}
-
-impl Waker {
-    /// Takes every eventfd poold has sent since the last look.
-    fn refresh_conns(&mut self) {
-        while let Ok(Some((frame, fd))) = recv_frame(&self.control, MsgFlags::MSG_DONTWAIT) {
-            if let (CONN_FD, Some(fd)) = (frame.kind, fd) {
-                self.conns.insert(frame.a, frame.b, fd);
-            }
         }
     }
 }

@@ -3,6 +3,8 @@
 //! (the harness is `tests/src/`). Run one file's tests with
 //! `cargo test --release -p ngx-pool-tests --test integration FILE::`.
 
+#[path = "asgi.rs"]
+mod asgi;
 #[path = "buffering.rs"]
 mod buffering;
 #[path = "config.rs"]

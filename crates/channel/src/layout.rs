@@ -154,8 +154,8 @@ impl Geometry {
         if self.max_conns == 0 || self.max_conns > 4096 {
             return Err("max_conns must be 1..=4096");
         }
-        if self.max_workers == 0 || self.max_workers > 8192 {
-            return Err("max_workers must be 1..=8192");
+        if self.max_workers == 0 || self.max_workers > 65_536 {
+            return Err("max_workers must be 1..=65536");
         }
         if self.max_conns as u64 * self.completion_cap() as u64 > u32::MAX as u64 {
             return Err("max_conns x slots too large for the completion rings");

@@ -110,22 +110,35 @@ pub fn snapshot(region: &Region) -> PoolStatus {
     let g = region.geometry();
     let h = region.header();
     let now = crate::sys::monotonic_ms();
-    let workers = (0..g.max_workers)
-        .filter_map(|i| {
-            let e = region.worker(i)?;
-            let pid = e.pid.load(Ordering::Relaxed);
-            (pid != 0).then(|| WorkerStatus {
-                index: i,
-                pid,
-                state: match crate::slot::running_task(region, i) {
-                    Some(_) => "task",
-                    None => state_name(e.state.load(Ordering::Relaxed)),
-                },
-                served: e.served.load(Ordering::Relaxed),
-                busy_ms: running_since(region, i).map(|(_, since, _)| now.saturating_sub(since)),
-            })
+    let lanes = (0..g.max_workers).filter_map(|i| {
+        let e = region.worker(i)?;
+        let pid = e.pid.load(Ordering::Relaxed);
+        (pid != 0).then(|| WorkerStatus {
+            index: i,
+            pid,
+            state: match crate::slot::running_task(region, i) {
+                Some(_) => "task",
+                None => state_name(e.state.load(Ordering::Relaxed)),
+            },
+            served: e.served.load(Ordering::Relaxed),
+            busy_ms: running_since(region, i).map(|(_, since, _)| now.saturating_sub(since)),
         })
-        .collect();
+    });
+    // An ASGI worker holds several entries (lanes, side by side, one per request it may run at
+    // once): one line per process, busy while any lane is.
+    let mut workers: Vec<WorkerStatus> = Vec::new();
+    for lane in lanes {
+        match workers.last_mut() {
+            Some(w) if w.pid == lane.pid => {
+                w.served += lane.served;
+                w.busy_ms = w.busy_ms.max(lane.busy_ms);
+                if lane.state == "busy" || lane.state == "task" || w.state == "exited" {
+                    w.state = lane.state;
+                }
+            }
+            _ => workers.push(lane),
+        }
+    }
     let s = &h.stats;
     let c = |a: &crate::sync::AtomicU64| a.load(Ordering::Relaxed);
     PoolStatus {

@@ -80,9 +80,32 @@ pub enum HandlerSpec {
     Builtin(String),
     /// `dylib:PATH`: a handler library exporting `ngx_pool_handler_v1`.
     Dylib(PathBuf),
-    /// `wsgi:MODULE[:CALLABLE]`: a Python WSGI app, run by the Python adapter (a handler
-    /// library beside poold). The callable defaults to `application`, as Gunicorn's does.
-    Wsgi { module: String, callable: String },
+    /// `wsgi:MODULE[:CALLABLE]` or `asgi:MODULE[:APP]`: a Python app, run in the app's own
+    /// interpreter by the `ngx-pool` package's extension. The callable defaults to
+    /// `application` for WSGI, as Gunicorn's does, and `app` for ASGI.
+    Python {
+        interface: Interface,
+        module: String,
+        callable: String,
+    },
+}
+
+/// How a Python app is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interface {
+    /// PEP 3333: one request at a time per worker.
+    Wsgi,
+    /// ASGI 3.0: an event loop per worker, `concurrency=` requests at once.
+    Asgi,
+}
+
+impl Interface {
+    pub fn name(self) -> &'static str {
+        match self {
+            Interface::Wsgi => "wsgi",
+            Interface::Asgi => "asgi",
+        }
+    }
 }
 
 /// A dotted Python name (`pkg.mod`), as `import` takes it.
@@ -109,20 +132,26 @@ impl HandlerSpec {
             )),
             Some(("dylib", "")) => Err("handler \"dylib:\" needs a path".to_string()),
             Some(("dylib", path)) => Ok(HandlerSpec::Dylib(PathBuf::from(path))),
-            Some(("wsgi", app)) => {
-                let (module, callable) = app.split_once(':').unwrap_or((app, "application"));
+            Some((kind @ ("wsgi" | "asgi"), app)) => {
+                let (interface, default, upper) = if kind == "wsgi" {
+                    (Interface::Wsgi, "application", "WSGI")
+                } else {
+                    (Interface::Asgi, "app", "ASGI")
+                };
+                let (module, callable) = app.split_once(':').unwrap_or((app, default));
                 if !python_dotted(module) || !python_dotted(callable) {
                     return Err(format!(
-                        "invalid WSGI app \"{app}\" (expected wsgi:MODULE:CALLABLE, as in wsgi:myapp:app)"
+                        "invalid {upper} app \"{app}\" (expected {kind}:MODULE:CALLABLE, as in {kind}:myapp:app)"
                     ));
                 }
-                Ok(HandlerSpec::Wsgi {
+                Ok(HandlerSpec::Python {
+                    interface,
                     module: module.to_string(),
                     callable: callable.to_string(),
                 })
             }
             _ => Err(format!(
-                "unknown handler \"{spec}\" (expected builtin:NAME, dylib:PATH or wsgi:MODULE:CALLABLE)"
+                "unknown handler \"{spec}\" (expected builtin:NAME, dylib:PATH, wsgi:MODULE:CALLABLE or asgi:MODULE:APP)"
             )),
         }
     }
@@ -159,7 +188,11 @@ impl std::fmt::Display for HandlerSpec {
         match self {
             HandlerSpec::Builtin(n) => write!(f, "builtin:{n}"),
             HandlerSpec::Dylib(p) => write!(f, "dylib:{}", p.display()),
-            HandlerSpec::Wsgi { module, callable } => write!(f, "wsgi:{module}:{callable}"),
+            HandlerSpec::Python {
+                interface,
+                module,
+                callable,
+            } => write!(f, "{}:{module}:{callable}", interface.name()),
         }
     }
 }
@@ -245,6 +278,7 @@ pub fn parse_pool(args: &[&str]) -> Result<PoolConf, String> {
     if p.settings.handler.is_empty() && !p.external {
         return Err(format!("pool \"{}\" needs handler=", p.settings.name));
     }
+    p.settings.check_combination()?;
     if p.external && p.socket.is_none() {
         return Err(format!(
             "external pool \"{}\" needs socket=PATH",
@@ -397,7 +431,16 @@ mod tests {
     fn errors_say_what_is_wrong() {
         let e = |a: &[&str]| parse_pool(a).unwrap_err();
         assert!(e(&["a", "handler=builtin:nope"]).contains("unknown handler"));
-        assert!(e(&["a", "handler=python:x"]).contains("expected builtin:NAME, dylib:PATH or wsgi"));
+        assert!(e(&["a", "handler=python:x"]).contains("expected builtin:NAME, dylib:PATH, wsgi"));
+        assert!(e(&["a", "handler=asgi:x-y"]).contains("invalid ASGI app"));
+        assert!(e(&["a", "handler=wsgi:w", "concurrency=4"]).contains("only for asgi: pools"));
+        assert!(e(&["a", "handler=builtin:echo", "lifespan=on"]).contains("only for asgi: pools"));
+        assert!(e(&["a", "handler=asgi:w", "lifespan=yes"]).contains("invalid lifespan"));
+        assert!(e(&["a", "handler=asgi:w", "concurrency=0"]).contains("invalid concurrency"));
+        assert!(
+            e(&["a", "handler=asgi:w", "workers=4096", "concurrency=1000"])
+                .contains("too many requests at once")
+        );
         assert!(e(&["a", "handler=wsgi:my-app:app"]).contains("invalid WSGI app"));
         assert!(e(&["a", "handler=wsgi:"]).contains("invalid WSGI app"));
         assert!(e(&["a", "handler=dylib:"]).contains("needs a path"));
@@ -440,6 +483,19 @@ mod tests {
             HandlerSpec::parse("wsgi:hello").unwrap().to_string(),
             "wsgi:hello:application"
         );
+        assert_eq!(
+            HandlerSpec::parse("asgi:main").unwrap().to_string(),
+            "asgi:main:app"
+        );
+        let a = parse_pool(&["a", "handler=asgi:main:api"]).unwrap();
+        assert_eq!(a.settings.concurrency(), DEFAULT_ASGI_CONCURRENCY);
+        let a = parse_pool(&["a", "handler=asgi:main:api", "concurrency=7"]).unwrap();
+        assert_eq!(
+            (a.settings.concurrency(), a.settings.lifespan),
+            (7, Lifespan::Auto)
+        );
+        let w = parse_pool(&["a", "handler=wsgi:main"]).unwrap();
+        assert_eq!(w.settings.concurrency(), 1);
         let p = parse_pool(&["a", "handler=dylib:/x.so", "handler_args=--k v"]).unwrap();
         assert_eq!(p.settings.handler_args.as_deref(), Some("--k v"));
     }

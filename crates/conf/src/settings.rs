@@ -25,6 +25,35 @@ pub const DEFAULT_LOG_RATE: u32 = 200;
 /// The highest `log_rate=` short of unlimited (`0`).
 pub const MAX_LOG_RATE: u32 = 1_000_000;
 
+/// Requests an ASGI worker runs at once when `concurrency=` is not given (uvicorn and Granian
+/// set no bound by default; a pool states one, as its processes are bounded).
+pub const DEFAULT_ASGI_CONCURRENCY: u32 = 100;
+/// The most requests a pool may run at once over all its workers (`workers` × `concurrency`,
+/// counting the room for replacements twice): each is a worker entry in the shared region.
+pub const MAX_LANES: u64 = 65_536;
+
+/// ASGI's lifespan protocol, as uvicorn's `--lifespan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifespan {
+    /// Run it if the app supports it; an app that raises on the `lifespan` scope before its
+    /// startup message is taken not to (a warning line), and serves.
+    Auto,
+    /// Run it: an app that fails or refuses it does not serve.
+    On,
+    /// Never send the `lifespan` scope.
+    Off,
+}
+
+impl Lifespan {
+    pub fn name(self) -> &'static str {
+        match self {
+            Lifespan::Auto => "auto",
+            Lifespan::On => "on",
+            Lifespan::Off => "off",
+        }
+    }
+}
+
 /// A pool's settings as poold runs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSettings {
@@ -91,6 +120,11 @@ pub struct PoolSettings {
     /// (100 is everyone's default): the `cpu.weight` of its cgroup (`cpu_weight=`, as
     /// systemd's `CPUWeight=`).
     pub cpu_weight: Option<u32>,
+    /// ASGI: requests (and WebSockets) a worker runs at once on its event loop
+    /// (`concurrency=`); none: [`DEFAULT_ASGI_CONCURRENCY`] for ASGI, 1 for everything else.
+    pub concurrency: Option<u32>,
+    /// ASGI: the lifespan protocol (`lifespan=auto|on|off`).
+    pub lifespan: Lifespan,
 }
 
 /// The highest `pids_max=`: the kernel's highest pid (`PID_MAX_LIMIT`).
@@ -122,6 +156,8 @@ pub const SETTING_NAMES: &[&str] = &[
     "memory_max",
     "pids_max",
     "cpu_weight",
+    "concurrency",
+    "lifespan",
 ];
 
 impl PoolSettings {
@@ -151,7 +187,49 @@ impl PoolSettings {
             memory_max: None,
             pids_max: None,
             cpu_weight: None,
+            concurrency: None,
+            lifespan: Lifespan::Auto,
         }
+    }
+
+    /// Whether the pool runs an ASGI app.
+    pub fn is_asgi(&self) -> bool {
+        self.handler.starts_with("asgi:")
+    }
+
+    /// Requests a worker runs at once.
+    pub fn concurrency(&self) -> u32 {
+        match self.concurrency {
+            Some(n) => n,
+            None if self.is_asgi() => DEFAULT_ASGI_CONCURRENCY,
+            None => 1,
+        }
+    }
+
+    /// Checks the settings against each other: what is ASGI's only, and the bound of requests
+    /// at once.
+    pub fn check_combination(&self) -> Result<(), String> {
+        if !self.is_asgi() && !self.handler.is_empty() {
+            if self.concurrency.is_some_and(|n| n > 1) {
+                return Err(format!(
+                    "concurrency= is only for asgi: pools (a {} worker runs one request at a time)",
+                    self.handler.split(':').next().unwrap_or_default()
+                ));
+            }
+            if self.lifespan != Lifespan::Auto {
+                return Err("lifespan= is only for asgi: pools".to_string());
+            }
+        }
+        let lanes = u64::from(self.workers) * 2 * u64::from(self.concurrency());
+        if lanes > MAX_LANES {
+            return Err(format!(
+                "too many requests at once: workers={} x concurrency={} (with room for each worker's replacement) is over {}",
+                self.workers,
+                self.concurrency(),
+                MAX_LANES / 2
+            ));
+        }
+        Ok(())
     }
 
     /// Whether `key` (nginx.conf spelling) is one of these settings.
@@ -256,6 +334,15 @@ impl PoolSettings {
             "memory_max" => self.memory_max = Some(size_from_1m()?),
             "pids_max" => self.pids_max = Some(number(MAX_PIDS_MAX)?),
             "cpu_weight" => self.cpu_weight = Some(number(MAX_CPU_WEIGHT)?),
+            "concurrency" => self.concurrency = Some(number(10_000)?),
+            "lifespan" => {
+                self.lifespan = match value {
+                    "auto" => Lifespan::Auto,
+                    "on" => Lifespan::On,
+                    "off" => Lifespan::Off,
+                    _ => return Err(format!("invalid lifespan \"{value}\" (auto, on or off)")),
+                }
+            }
             "chdir" | "venv" | "python" | "python_path" if value.is_empty() => {
                 return Err(format!("{key}= needs a path"))
             }
@@ -368,6 +455,12 @@ impl PoolSettings {
         }
         if let Some(n) = self.cpu_weight {
             put("cpu_weight", n.to_string());
+        }
+        if let Some(n) = self.concurrency {
+            put("concurrency", n.to_string());
+        }
+        if self.lifespan != Lifespan::Auto {
+            put("lifespan", self.lifespan.name().to_string());
         }
         args
     }
@@ -509,6 +602,8 @@ mod tests {
             ("memory_max", "512m"),
             ("pids_max", "64"),
             ("cpu_weight", "50"),
+            ("concurrency", "8"),
+            ("lifespan", "off"),
         ] {
             s.set(k, v).unwrap();
         }

@@ -8,6 +8,27 @@ use super::*;
 pub(super) const START_STEP: usize = 16;
 
 impl Supervisor {
+    /// The region worker entries of pool worker `i`: one per request it runs at once.
+    pub(super) fn lanes(&self, i: usize) -> std::ops::Range<u32> {
+        let n = self.cfg.lanes();
+        i as u32 * n..(i as u32 + 1) * n
+    }
+
+    /// The region entries of pool worker `i`'s lanes.
+    pub(super) fn entries(
+        &self,
+        i: usize,
+    ) -> impl Iterator<Item = &ngx_pool_channel::layout::WorkerEntry> + '_ {
+        self.lanes(i).filter_map(|l| self.region.worker(l))
+    }
+
+    /// Tells pool worker `i` (every lane of it) that it may leave.
+    pub(super) fn tell_retire(&self, i: usize) {
+        for lane in self.lanes(i) {
+            slot::tell_retire(self.region.pool_side(), lane);
+        }
+    }
+
     /// Forks pool worker `i`.
     pub(super) fn spawn(&mut self, i: usize) -> io::Result<()> {
         let (ours, theirs) = socketpair(
@@ -19,7 +40,7 @@ impl Supervisor {
         let me = self.me;
         // The entry is reset before the fork: the child writes its own state (Idle) at once,
         // and must not be overwritten.
-        if let Some(e) = self.region.worker(i as u32) {
+        for e in self.entries(i) {
             e.state
                 .store(WorkerState::Starting as u32, Ordering::Relaxed);
             e.current.store(0, Ordering::Relaxed);
@@ -28,6 +49,7 @@ impl Supervisor {
             e.started_ms
                 .store(ngx_pool_channel::sys::monotonic_ms(), Ordering::Relaxed);
         }
+        let lanes = self.lanes(i);
         let pid = {
             let region = &self.region;
             let handler = &self.handler;
@@ -76,15 +98,27 @@ impl Supervisor {
                 crate::host::set_pool_workers(pool_workers);
                 // `theirs` is kept open above; the duplicate below is what the worker owns.
                 let control = theirs.try_clone().unwrap_or_else(|_| std::process::exit(1));
+                let waker = crate::worker::Waker::new(control, table);
+                if lanes.len() > 1 {
+                    crate::lanes::Lanes {
+                        region,
+                        handler,
+                        first: lanes.start,
+                        count: lanes.len() as u32,
+                        waker,
+                        spin,
+                        max_requests,
+                        max_rss,
+                        timeout_ms,
+                    }
+                    .run()
+                }
                 Worker {
                     region,
                     handler,
-                    index: i as u32,
+                    index: lanes.start,
                     pid: std::process::id(),
-                    waker: std::cell::RefCell::new(crate::worker::Waker {
-                        control,
-                        conns: table,
-                    }),
+                    waker: std::cell::RefCell::new(waker),
                     spin: ngx_pool_channel::spin::Spin::adaptive(spin),
                     max_requests,
                     max_rss,
@@ -97,7 +131,7 @@ impl Supervisor {
             forked?
         };
         drop(theirs);
-        if let Some(e) = self.region.worker(i as u32) {
+        for e in self.entries(i) {
             e.pid.store(pid.as_raw() as u32, Ordering::Relaxed);
         }
         if self.workers[i].started.is_some() {
@@ -137,52 +171,74 @@ impl Supervisor {
                 }
                 continue;
             }
-            if let Some((id, deadline)) = slot::running_task(&self.region, i as u32) {
-                // A task is held to its request's deadline (moved to now when its caller gave
-                // it up), not to a timeout of its own.
-                if deadline != 0 && now_ms > deadline {
-                    log!(
-                        "error",
-                        "pool worker {pid} runs the fan-out task in slot {} past its request's deadline (or its caller gave it up); SIGTERM",
-                        id.index
-                    );
-                    let _ = kill(pid, Signal::SIGTERM);
-                    self.workers[i].killed_for_timeout = Some(Instant::now());
-                }
-                continue;
-            }
-            let Some((id, started, own)) = slot::running_since(&self.region, i as u32) else {
-                continue;
-            };
-            if slot::state_of(&self.region, id) == Some(slot::SlotState::Abandoned) {
-                // Its client went away: its fan-out tasks are stopped like at a deadline.
-                let stopped =
-                    slot::stop_tasks_of(self.region.pool_side(), i as u32, pid.as_raw() as u32);
-                if stopped > 0 {
-                    log!(
-                        "notice",
-                        "the client of the request pool worker {pid} runs went away: {stopped} of its fan-out tasks stopped"
-                    );
+            for lane in self.lanes(i) {
+                if self.enforce_lane_deadline(i, pid, lane, now_ms) {
+                    break;
                 }
             }
-            let pool = self.cfg.pool.timeout_ms;
-            let (limit, whose) = match (own, pool) {
-                (Some(o), Some(p)) if o < p => (o, "request's pool_timeout"),
-                (_, Some(p)) => (p, "pool's timeout"),
-                (Some(o), None) => (o, "request's pool_timeout"),
-                (None, None) => continue,
-            };
-            let elapsed = now_ms.saturating_sub(started);
-            if elapsed > limit {
+        }
+    }
+
+    /// Deadlines of lane `lane` of worker `i` (process `pid`); true if it was told to stop.
+    fn enforce_lane_deadline(&mut self, i: usize, pid: Pid, lane: u32, now_ms: u64) -> bool {
+        if let Some((id, deadline)) = slot::running_task(&self.region, lane) {
+            // A task is held to its request's deadline (moved to now when its caller gave
+            // it up), not to a timeout of its own.
+            if deadline != 0 && now_ms > deadline {
                 log!(
                     "error",
-                    "pool worker {pid} has run the request in slot {} for {elapsed} ms, past the {whose} of {limit} ms; SIGTERM",
+                    "pool worker {pid} runs the fan-out task in slot {} past its request's deadline (or its caller gave it up); SIGTERM",
                     id.index
                 );
                 let _ = kill(pid, Signal::SIGTERM);
                 self.workers[i].killed_for_timeout = Some(Instant::now());
+                return true;
+            }
+            return false;
+        }
+        let Some((id, started, own)) = slot::running_since(&self.region, lane) else {
+            return false;
+        };
+        if slot::state_of(&self.region, id) == Some(slot::SlotState::Abandoned) {
+            // Its client went away: its fan-out tasks are stopped like at a deadline.
+            let stopped = slot::stop_tasks_of(self.region.pool_side(), lane, pid.as_raw() as u32);
+            if stopped > 0 {
+                log!(
+                    "notice",
+                    "the client of the request pool worker {pid} runs went away: {stopped} of its fan-out tasks stopped"
+                );
             }
         }
+        let pool = self.cfg.pool.timeout_ms;
+        let (limit, whose) = match (own, pool) {
+            (Some(o), Some(p)) if o < p => (o, "request's pool_timeout"),
+            (_, Some(p)) => (p, "pool's timeout"),
+            (Some(o), None) => (o, "request's pool_timeout"),
+            (None, None) => return false,
+        };
+        // A worker running several requests at once cancels one past its deadline itself and
+        // goes on with the others; poold steps in only when it did not (its event loop is
+        // stuck in synchronous code).
+        let (limit_now, stuck) = if self.cfg.lanes() > 1 {
+            (
+                limit + CANCEL_GRACE.as_millis() as u64,
+                " and it did not cancel it",
+            )
+        } else {
+            (limit, "")
+        };
+        let elapsed = now_ms.saturating_sub(started);
+        if elapsed > limit_now {
+            log!(
+                "error",
+                "pool worker {pid} has run the request in slot {} for {elapsed} ms, past the {whose} of {limit} ms{stuck}; SIGTERM",
+                id.index
+            );
+            let _ = kill(pid, Signal::SIGTERM);
+            self.workers[i].killed_for_timeout = Some(Instant::now());
+            return true;
+        }
+        false
     }
 
     pub(super) fn respawn_due(&mut self) -> io::Result<()> {
@@ -216,6 +272,7 @@ impl Supervisor {
             };
             match frame.kind {
                 READY => {
+                    self.served_once = true;
                     if let Some(old) = self.workers[i].replacing.take() {
                         log!(
                             "info",
@@ -223,7 +280,7 @@ impl Supervisor {
                             self.workers[i].pid.map_or(0, |p| p.as_raw()),
                             self.workers[old].pid.map_or(0, |p| p.as_raw())
                         );
-                        slot::tell_retire(self.region.pool_side(), old as u32);
+                        self.tell_retire(old);
                     }
                 }
                 RETIRING if !self.workers[i].replaced => {
@@ -280,6 +337,24 @@ impl Supervisor {
             }
             other => format!("{other:?}"),
         };
+        if let (WaitStatus::Exited(_, crate::worker::EXIT_WORKER_INIT), false) =
+            (status, self.served_once)
+        {
+            // No worker has ever started (an ASGI app's lifespan startup failed, an app
+            // imported in each worker did not import): the pool does not start, as when its
+            // handler does not load.
+            if self.cfg.successor && !crate::watchdog::loaded_once() {
+                log!("error", "the pool's first worker could not start (see above); this new generation does not start: the running one keeps serving with the previous settings");
+            } else {
+                log!("error", "the pool's first worker could not start (see above); the pool answers 503 and poold tries again with a growing delay");
+            }
+            for w in &self.workers {
+                if let Some(pid) = w.pid {
+                    let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
+                }
+            }
+            std::process::exit(crate::run::EXIT_LOAD_FAILED);
+        }
         let pid = self.workers[i].pid.take().map_or(0, |p| p.as_raw());
         // Anything the handler forked dies with the worker (the group outlives its leader).
         let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
@@ -289,7 +364,7 @@ impl Supervisor {
             .worker_exits
             .fetch_add(1, Ordering::Relaxed);
         self.workers[i].control = None;
-        if let Some(e) = self.region.worker(i as u32) {
+        for e in self.entries(i) {
             e.state.store(WorkerState::Exited as u32, Ordering::Relaxed);
         }
         // A replacement forked for this worker (it was retiring) takes its place whatever way
@@ -306,10 +381,10 @@ impl Supervisor {
                 .stats
                 .recycles
                 .fetch_add(1, Ordering::Relaxed);
-            let served = self
-                .region
-                .worker(i as u32)
-                .map_or(0, |e| e.served.load(Ordering::Relaxed));
+            let served: u64 = self
+                .entries(i)
+                .map(|e| e.served.load(Ordering::Relaxed))
+                .sum();
             let w = &mut self.workers[i];
             w.quick_deaths = 0;
             if std::mem::take(&mut w.shrinking) {
@@ -317,7 +392,7 @@ impl Supervisor {
                     "notice",
                     "pool worker {pid} stopped after idle_timeout (the pool shrinks)"
                 );
-                if let Some(e) = self.region.worker(i as u32) {
+                for e in self.entries(i) {
                     e.pid.store(0, Ordering::Relaxed);
                 }
                 return;
@@ -325,7 +400,7 @@ impl Supervisor {
             if was_replaced {
                 // Its replacement was forked before it left; this slot stays free.
                 log!("notice", "pool worker {pid} retired after {served} requests (max_requests/max_rss); its replacement already serves");
-                if let Some(e) = self.region.worker(i as u32) {
+                for e in self.entries(i) {
                     e.pid.store(0, Ordering::Relaxed);
                 }
             } else {
@@ -340,33 +415,36 @@ impl Supervisor {
             FailReason::WorkerDied
         };
         self.maybe_lost = true;
-        match slot::reclaim_worker(self.region.pool_side(), i as u32, reason) {
-            Some((id, Handover::Deliver { .. })) => log!(
-                "error",
-                "pool worker {pid} {how} while running a request (slot {}); it gets 502",
-                id.index
-            ),
-            Some((id, Handover::ToCaller)) => log!(
-                "error",
-                "pool worker {pid} {how} while running a fan-out task (slot {}); its caller is told the worker was lost",
-                id.index
-            ),
-            _ => log!("warn", "pool worker {pid} {how}"),
-        }
-        // Its own fan-out: queued tasks dropped, running ones' answers discarded.
-        let dropped = slot::reclaim_tasks(self.region.pool_side(), i as u32, pid as u32);
-        if dropped > 0 {
-            log!(
-                "warn",
-                "pool worker {pid} left {dropped} fan-out tasks of its own; they are cancelled"
-            );
+        for lane in self.lanes(i) {
+            match slot::reclaim_worker(self.region.pool_side(), lane, reason) {
+                Some((id, Handover::Deliver { .. })) => log!(
+                    "error",
+                    "pool worker {pid} {how} while running a request (slot {}); it gets 502",
+                    id.index
+                ),
+                Some((id, Handover::ToCaller)) => log!(
+                    "error",
+                    "pool worker {pid} {how} while running a fan-out task (slot {}); its caller is told the worker was lost",
+                    id.index
+                ),
+                _ if lane == self.lanes(i).start => log!("warn", "pool worker {pid} {how}"),
+                _ => {}
+            }
+            // Its own fan-out: queued tasks dropped, running ones' answers discarded.
+            let dropped = slot::reclaim_tasks(self.region.pool_side(), lane, pid as u32);
+            if dropped > 0 {
+                log!(
+                    "warn",
+                    "pool worker {pid} left {dropped} fan-out tasks of its own; they are cancelled"
+                );
+            }
         }
         // The dead worker may have set a connection's wake-up flag and died before writing its
         // eventfd, which would leave that nginx worker deaf to every later completion; after a
         // death every attached nginx worker is woken unconditionally (it finds what changed).
         self.wake_all();
         if was_replaced {
-            if let Some(e) = self.region.worker(i as u32) {
+            for e in self.entries(i) {
                 e.pid.store(0, Ordering::Relaxed);
             }
             return;

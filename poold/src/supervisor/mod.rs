@@ -42,6 +42,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const STOP_GRACE: Duration = Duration::from_secs(3);
 /// How long a worker past its deadline has between SIGTERM and SIGKILL.
 const DEADLINE_GRACE: Duration = Duration::from_secs(2);
+/// How long past a request's deadline a worker running several at once (ASGI) has to cancel it
+/// before poold stops the worker.
+const CANCEL_GRACE: Duration = Duration::from_secs(2);
 /// The longest a superseded generation waits for its nginx workers to leave.
 const DRAIN_LIMIT: Duration = Duration::from_secs(300);
 
@@ -106,6 +109,8 @@ pub struct Supervisor {
     /// A process died since the slots and arena were last found whole: it may have taken a slot
     /// or a chunk with it, which is returned at the next idle moment.
     maybe_lost: bool,
+    /// A worker of this poold said READY: its handler's `worker_init` works.
+    served_once: bool,
     /// An nginx worker reported the region corrupt (its pid): a new generation is due.
     corrupt_report: Option<u32>,
     /// When the pool last grew (`workers=MIN-MAX`): at most one new worker per GROW_INTERVAL.
@@ -173,7 +178,7 @@ impl Supervisor {
         let output = output::WorkerOutput::new(cfg.pool.log_rate)?;
         let conns = (0..cfg.max_conns).map(|_| None).collect();
         // One entry per region worker slot: `workers` run, the others take replacements.
-        let workers = (0..cfg.geometry().max_workers)
+        let workers = (0..cfg.processes_max())
             .map(|_| WorkerSlot::default())
             .collect();
         Ok(Supervisor {
@@ -192,6 +197,7 @@ impl Supervisor {
             workers,
             me: nix::unistd::getpid(),
             maybe_lost: false,
+            served_once: false,
             corrupt_report: None,
             last_grow: None,
             output,

@@ -50,11 +50,13 @@ impl Supervisor {
         }
         // Who has been idle, and since when.
         for i in 0..self.workers.len() {
-            let Some(e) = self.region.worker(i as u32) else {
-                continue;
-            };
-            let served = e.served.load(Ordering::Relaxed);
-            let busy = e.current.load(Ordering::Relaxed) != 0;
+            let served: u64 = self
+                .entries(i)
+                .map(|e| e.served.load(Ordering::Relaxed))
+                .sum();
+            let busy = self
+                .entries(i)
+                .any(|e| e.current.load(Ordering::Relaxed) != 0);
             let w = &mut self.workers[i];
             if w.pid.is_none() {
                 continue;
@@ -83,7 +85,7 @@ impl Supervisor {
                 self.workers[i].pid.map_or(0, |p| p.as_raw()),
                 size - 1
             );
-            slot::tell_retire(self.region.pool_side(), i as u32);
+            self.tell_retire(i);
         }
         Ok(())
     }

@@ -30,12 +30,20 @@ fn of(cfg: &Config) -> PathBuf {
 /// The probe's exit status when the interpreter runs but has no `ngx_pool._native`.
 const NO_PACKAGE: i32 = 3;
 
-/// For a `wsgi:` pool, its interpreter, once it is known to import `ngx_pool._native` as the
+/// Whether the pool runs a Python app (`wsgi:`, `asgi:`), in its own interpreter.
+pub(crate) fn is_python(cfg: &Config) -> bool {
+    matches!(
+        ngx_pool_conf::HandlerSpec::parse(&cfg.pool.handler),
+        Ok(ngx_pool_conf::HandlerSpec::Python { .. })
+    )
+}
+
+/// For a `wsgi:` or `asgi:` pool, its interpreter, once it is known to import `ngx_pool._native` as the
 /// pool's user with its `env=` (nothing of the venv runs as root); `None` for other handlers
 /// (this program runs them). An error, naming the interpreter, when it cannot run as the pool's
 /// user or has no `ngx-pool` package (then with the command that installs it).
 pub(crate) fn for_pool(cfg: &Config) -> io::Result<Option<PathBuf>> {
-    if !cfg.pool.handler.starts_with("wsgi:") {
+    if !is_python(cfg) {
         return Ok(None);
     }
     let python = of(cfg);

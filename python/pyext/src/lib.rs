@@ -5,22 +5,32 @@
 
 use pyo3::prelude::*;
 
-mod wsgi;
+mod app;
+mod asgi;
+mod fork;
+mod settings;
+pub(crate) mod wsgi;
 
 /// Runs a pool with `args` (poold's command-line arguments, see `poold --help`) in this
 /// interpreter, the GIL released (the WSGI handler takes it when it runs Python); returns once
 /// the pool has stopped (or after printing the help or the version).
 #[pyfunction]
 fn serve(py: Python<'_>, args: Vec<String>) {
-    let desc = wsgi::ngx_pool_handler_v1();
-    // SAFETY: the WSGI handler's descriptor is a static made by the SDK's `export_handler!`
-    // (never NULL), compiled into this module, which stays loaded while the interpreter runs.
-    let desc: &'static _ = unsafe { &*desc };
-    py.allow_threads(|| poold::run::run(args.into_iter(), Some(desc)));
+    // SAFETY: the handlers' descriptors are statics made by the SDK's `export_handler!` (never
+    // NULL), compiled into this module, which stays loaded while the interpreter runs.
+    let handlers = unsafe {
+        poold::run::PythonHandlers {
+            wsgi: &*wsgi::ngx_pool_handler_v1(),
+            asgi: &*asgi::descriptor(),
+        }
+    };
+    py.allow_threads(|| poold::run::run(args.into_iter(), Some(handlers)));
 }
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(serve, m)?)?;
+    m.add_class::<asgi::CallHandle>()?;
+    m.add_class::<asgi::BridgeHandle>()?;
     Ok(())
 }

@@ -12,21 +12,21 @@
 //!   `preload=off` the app is imported in each worker here instead;
 //! * `handle`: the environ (`environ.rs`), the call, the response streamed out (`respond.rs`).
 
-mod environ;
-mod fanout;
-mod fork;
+pub(crate) mod environ;
+pub(crate) mod fanout;
 mod io;
 mod respond;
-mod settings;
 
+use crate::app::{self, python_error};
+use crate::fork;
+use crate::settings::Settings;
 use ngx_pool_sdk::{
     Error, ErrorKind, Handler, Level, Request, Response, Result, Status, Stream, Task,
 };
 use pyo3::exceptions::{PySystemExit, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyTuple};
 use respond::StartResponse;
-use settings::Settings;
 use std::sync::OnceLock;
 
 /// A WSGI app in a pool.
@@ -37,21 +37,6 @@ pub struct Wsgi {
     shared: environ::Shared,
 }
 
-fn python_error(py: Python<'_>, e: &PyErr) -> String {
-    let formatted = (|| -> PyResult<String> {
-        let lines = py.import("traceback")?.call_method1(
-            "format_exception",
-            (e.get_type(py), e.value(py), e.traceback(py)),
-        )?;
-        PyString::new(py, "")
-            .call_method1("join", (lines,))?
-            .extract()
-    })();
-    formatted
-        .map(|t| t.trim_end().to_string())
-        .unwrap_or_else(|_| e.to_string())
-}
-
 impl Wsgi {
     fn app_name(&self) -> String {
         format!("{}:{}", self.settings.module, self.settings.callable)
@@ -59,51 +44,9 @@ impl Wsgi {
 
     /// Imports the app and finds its callable.
     fn import(&self, py: Python<'_>) -> Result {
-        let found = (|| -> PyResult<Bound<'_, PyAny>> {
-            let mut obj = py.import(self.settings.module.as_str())?.into_any();
-            for part in self.settings.callable.split('.') {
-                obj = obj.getattr(part)?;
-            }
-            if !obj.is_callable() {
-                return Err(PyTypeError::new_err(format!(
-                    "{} is a {}, not a WSGI callable",
-                    self.app_name(),
-                    obj.get_type().name()?
-                )));
-            }
-            Ok(obj)
-        })();
-        let app = found.map_err(|e| {
-            Error::msg(format!(
-                "cannot load the WSGI app {}:\n{}",
-                self.app_name(),
-                python_error(py, &e)
-            ))
-        })?;
-        let _ = self.app.set(app.unbind());
+        let app = app::import(py, &self.settings, "WSGI")?;
+        let _ = self.app.set(app);
         Ok(())
-    }
-
-    /// What the workers should not inherit without knowing: threads the import started.
-    fn warn_about_threads(&self, py: Python<'_>) {
-        let count = (|| -> PyResult<usize> {
-            let modules = py.import("sys")?.getattr("modules")?;
-            match modules.get_item("threading") {
-                Ok(t) => t.call_method0("active_count")?.extract(),
-                Err(_) => Ok(1),
-            }
-        })()
-        .unwrap_or(1);
-        if count > 1 {
-            ngx_pool_sdk::log(
-                Level::Warn,
-                &format!(
-                    "importing the WSGI app {} started {} threads; with preload=on they do not exist in the workers (fork copies only the forking thread, and a lock one of them held stays locked): set preload=off to import it in each worker",
-                    self.app_name(),
-                    count - 1
-                ),
-            );
-        }
     }
 
     fn call(&self, py: Python<'_>, req: &Request<'_>, stream: Stream) -> Result {
@@ -205,37 +148,7 @@ impl Handler for Wsgi {
         let settings = Settings::parse(args).map_err(Error::msg)?;
         Python::with_gil(|py| {
             let fail = |e: PyErr| Error::msg(format!("Python set-up: {}", python_error(py, &e)));
-            let sys = py.import("sys").map_err(fail)?;
-            // python_path= first, then the working directory (chdir=), as Gunicorn puts its
-            // --pythonpath and --chdir first on sys.path.
-            let cwd = std::env::current_dir()
-                .map(|d| d.display().to_string())
-                .unwrap_or_default();
-            let path = sys.getattr("path").map_err(fail)?;
-            let firsts = settings
-                .python_path
-                .iter()
-                .map(|d| d.display().to_string())
-                .chain(std::iter::once(cwd));
-            for (i, dir) in firsts.enumerate() {
-                path.call_method1("insert", (i, dir)).map_err(fail)?;
-            }
-            fanout::install(py).map_err(fail)?;
-            // What the app prints: nginx-format lines with the pid of the process that writes
-            // (`_stdio.py`), from here on, so that a logging handler the app makes at import
-            // (Django's LOGGING) holds the line writer too, in every worker.
-            if let Err(e) = py
-                .import("ngx_pool._stdio")
-                .and_then(|m| m.call_method0("install"))
-            {
-                ngx_pool_sdk::log(
-                    Level::Warn,
-                    &format!(
-                        "the app's stdout and stderr stay raw: {}",
-                        python_error(py, &e)
-                    ),
-                );
-            }
+            app::set_up(py, &settings)?;
             let file_wrapper = py
                 .import("wsgiref.util")
                 .and_then(|m| m.getattr("FileWrapper"))
@@ -250,33 +163,9 @@ impl Handler for Wsgi {
             };
             if wsgi.settings.preload {
                 wsgi.import(py)?;
-                wsgi.warn_about_threads(py);
+                app::warn_about_threads(py, &wsgi.app_name());
             }
-            // What exists now is shared by every worker: keep the collector from touching (and
-            // so copying) those pages.
-            py.import("gc")
-                .and_then(|gc| gc.call_method0("freeze"))
-                .map_err(fail)?;
-            let version: String = sys
-                .getattr("version")
-                .and_then(|v| v.extract())
-                .unwrap_or_default();
-            ngx_pool_sdk::log(
-                Level::Notice,
-                &format!(
-                    "WSGI app {} {} (Python {}, sys.prefix {})",
-                    wsgi.app_name(),
-                    if wsgi.settings.preload {
-                        "imported before forking"
-                    } else {
-                        "to be imported in each worker (preload=off)"
-                    },
-                    version.split_whitespace().next().unwrap_or(""),
-                    sys.getattr("prefix")
-                        .and_then(|p| p.extract::<String>())
-                        .unwrap_or_default()
-                ),
-            );
+            app::freeze_and_tell(py, &wsgi.settings, "WSGI")?;
             Ok(wsgi)
         })
     }

@@ -1,7 +1,8 @@
-//! What poold tells the WSGI handler in `init`: the app and how to find it, one `key=value` a
-//! line (made by poold from the `pool` directive's `handler=wsgi:...`, `python_path=`,
-//! `preload=`; see `poold::handler::wsgi_init_config`). The venv needs no setting: it is the
-//! interpreter this runs in.
+//! What poold tells the Python handlers in `init`: the app and how to find it, one `key=value` a
+//! line (made by poold from the `pool` directive's `handler=wsgi:...`/`asgi:...`,
+//! `python_path=`, `preload=`, and for ASGI `lifespan=`, `concurrency=`, `timeout=`; see
+//! `poold::handler::python_init_config`). The venv needs no setting: it is the interpreter this
+//! runs in.
 
 use std::path::PathBuf;
 
@@ -13,6 +14,12 @@ pub struct Settings {
     pub callable: String,
     pub python_path: Vec<PathBuf>,
     pub preload: bool,
+    /// ASGI: `auto`, `on` or `off`.
+    pub lifespan: String,
+    /// ASGI: requests a worker runs at once.
+    pub concurrency: u32,
+    /// The pool's `timeout=` in ms (0: none): an ASGI request past it is cancelled.
+    pub timeout_ms: u64,
 }
 
 impl Settings {
@@ -23,11 +30,14 @@ impl Settings {
             callable: String::new(),
             python_path: Vec::new(),
             preload: true,
+            lifespan: "auto".to_string(),
+            concurrency: 1,
+            timeout_ms: 0,
         };
         for line in text.lines().filter(|l| !l.is_empty()) {
             let (key, value) = line
                 .split_once('=')
-                .ok_or_else(|| format!("WSGI settings: no '=' in \"{line}\""))?;
+                .ok_or_else(|| format!("settings: no '=' in \"{line}\""))?;
             match key {
                 "app" => app = Some(value.to_string()),
                 "python_path" => {
@@ -38,11 +48,15 @@ impl Settings {
                         .collect()
                 }
                 "preload" => s.preload = value != "off",
-                other => return Err(format!("WSGI settings: unknown key \"{other}\"")),
+                "lifespan" => s.lifespan = value.to_string(),
+                "concurrency" => s.concurrency = value.parse().unwrap_or(1),
+                "timeout" => s.timeout_ms = value.parse().unwrap_or(0),
+                other => return Err(format!("settings: unknown key \"{other}\"")),
             }
         }
-        let app =
-            app.ok_or("WSGI settings: no app= (is the pool's handler wsgi:MODULE:CALLABLE?)")?;
+        let app = app.ok_or(
+            "settings: no app= (is the pool's handler wsgi:MODULE:CALLABLE or asgi:MODULE:APP?)",
+        )?;
         let (module, callable) = app.split_once(':').unwrap_or((&app, "application"));
         s.module = module.to_string();
         s.callable = callable.to_string();

@@ -1,0 +1,191 @@
+"""The event loop of an ASGI pool worker (``handler=asgi:MODULE:APP``).
+
+The extension starts it in each worker after the fork (``start``), on a thread of its own: the
+worker's lanes, one per request it runs at once, hand it requests through a bridge whose
+descriptor the loop watches, and wait for the answers; no lane runs Python. Here the app's
+coroutine runs for each request with ``receive`` and ``send`` over the request's call, and the
+lifespan protocol runs as uvicorn's ``--lifespan`` does: startup before the first request (its
+failure stops the worker, and the pool's start), shutdown when the worker leaves.
+"""
+
+import asyncio
+import sys
+import threading
+import traceback
+
+import _ngx_pool
+
+
+def _log(level, text):
+    for line in text.rstrip("\n").split("\n"):
+        _ngx_pool.log(level, line)
+
+
+def _new_loop():
+    """uvloop's loop where the app's venv has uvloop (as uvicorn's ``--loop auto``)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def start(bridge, app, lifespan, name):
+    """Starts the loop's thread; the extension waits for the lifespan's startup on the bridge."""
+    worker = _Worker(bridge, app, name)
+    thread = threading.Thread(target=worker.main, args=(lifespan,), name="asgi-loop", daemon=True)
+    thread.start()
+
+
+class _LifespanUnsupported(Exception):
+    pass
+
+
+class _Worker:
+    def __init__(self, bridge, app, name):
+        self.bridge = bridge
+        self.app = app
+        self.name = name
+        self.loop = None
+        # Per call (by key): the futures of its receive() and send() waiting for news.
+        self.waiters = {}
+        self.tasks = {}
+        # The lifespan's state, copied into each request's scope (as uvicorn does).
+        self.state = {}
+        self.lifespan = None
+        self.stopping = False
+
+    def main(self, mode):
+        self.loop = loop = _new_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            error = loop.run_until_complete(self.startup(mode))
+        except BaseException:
+            error = traceback.format_exc()
+        if error is not None:
+            self.bridge.started(error)
+            return
+        loop.add_reader(self.bridge.fd, self.on_wake)
+        self.bridge.started(None)
+        try:
+            loop.run_forever()
+        finally:
+            self.bridge.stopped()
+
+    # Requests.
+
+    def on_wake(self):
+        new, woken, stop = self.bridge.drain()
+        loop = self.loop
+        for call, scope in new:
+            scope["state"] = self.state.copy()
+            key = call.key
+            self.tasks[key] = loop.create_task(self.run(call, key, scope))
+        for call in woken:
+            key = call.key
+            if call.cancel_due():
+                task = self.tasks.get(key)
+                if task is not None:
+                    task.cancel()
+            for fut in self.waiters.pop(key, ()):
+                if not fut.done():
+                    fut.set_result(None)
+        if stop and not self.stopping:
+            self.stopping = True
+            loop.create_task(self.shutdown())
+
+    def wait(self, key):
+        fut = self.loop.create_future()
+        self.waiters.setdefault(key, []).append(fut)
+        return fut
+
+    async def run(self, call, key, scope):
+        wait = self.wait
+
+        async def receive():
+            while True:
+                event = call.receive()
+                if event is not None:
+                    return event
+                await wait(key)
+
+        async def send(message):
+            if call.send(message):
+                await wait(key)
+
+        try:
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            call.finish("cancelled")
+        except BaseException:
+            error = traceback.format_exc().rstrip()
+            if not call.finish(error):
+                # After a complete answer (Starlette's error middleware answers 500, then
+                # raises): the lane has left, the log still gets it.
+                _log("error", f"the ASGI app {self.name} failed: {error}")
+        else:
+            call.finish(None)
+        finally:
+            self.tasks.pop(key, None)
+            self.waiters.pop(key, None)
+
+    # Lifespan.
+
+    async def startup(self, mode):
+        """None once the app started (or has no lifespan), else why it did not."""
+        if mode == "off":
+            return None
+        inbox = asyncio.Queue()
+        outbox = asyncio.Queue()
+        scope = {
+            "type": "lifespan",
+            "asgi": {"version": "3.0", "spec_version": "2.0"},
+            "state": self.state,
+        }
+
+        async def run():
+            try:
+                await self.app(scope, inbox.get, outbox.put)
+            except BaseException:
+                await outbox.put({"type": "_raised", "traceback": traceback.format_exc().rstrip()})
+            else:
+                await outbox.put({"type": "_returned"})
+
+        self.lifespan = (inbox, outbox, self.loop.create_task(run()))
+        await inbox.put({"type": "lifespan.startup"})
+        message = await outbox.get()
+        kind = message.get("type")
+        if kind == "lifespan.startup.complete":
+            return None
+        self.lifespan = None
+        if kind == "lifespan.startup.failed":
+            return "lifespan.startup.failed: " + str(message.get("message", ""))
+        if kind in ("_raised", "_returned") and mode == "auto":
+            how = "raised" if kind == "_raised" else "returned"
+            _log(
+                "info" if kind == "_returned" else "warn",
+                f"the ASGI app {self.name} {how} on the lifespan scope: it is taken to have no lifespan (lifespan=auto)"
+                + ("\n" + message["traceback"] if kind == "_raised" else ""),
+            )
+            return None
+        if kind == "_raised":
+            return message["traceback"]
+        if kind == "_returned":
+            return "the app returned on the lifespan scope without lifespan.startup.complete (lifespan=on)"
+        return f"the app sent {kind!r} on the lifespan scope, not lifespan.startup.complete"
+
+    async def shutdown(self):
+        try:
+            if self.lifespan is not None:
+                inbox, outbox, task = self.lifespan
+                await inbox.put({"type": "lifespan.shutdown"})
+                message = await outbox.get()
+                kind = message.get("type")
+                if kind == "lifespan.shutdown.failed":
+                    _log("error", f"the ASGI app {self.name}'s lifespan shutdown failed: {message.get('message', '')}")
+                elif kind == "_raised":
+                    _log("error", f"the ASGI app {self.name}'s lifespan shutdown raised:\n{message['traceback']}")
+        except BaseException:
+            _log("error", traceback.format_exc())
+        finally:
+            self.loop.stop()

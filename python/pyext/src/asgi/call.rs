@@ -1,0 +1,332 @@
+//! One ASGI request between its two threads: the lane that holds it in the region (reads the
+//! body from shared memory, writes the answer, watches the client and the deadline) and the
+//! event loop that runs the app. They meet in [`CallState`] under one lock; neither blocks the
+//! other: the lane sleeps on the call's condition variable, the loop on a future that the
+//! lane's news resolves through the bridge ([`super::bridge`]).
+
+use super::bridge::Bridge;
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// What the app sent, for the lane to write.
+pub enum ToLane {
+    Start {
+        status: u16,
+        headers: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    Body {
+        data: Vec<u8>,
+        more: bool,
+    },
+    /// The app's coroutine ended: `None`, or what went wrong (a traceback, a broken rule).
+    Done(Option<String>),
+}
+
+/// What the lane has for the app's `receive()`.
+pub enum ToApp {
+    Body(Vec<u8>, bool),
+}
+
+/// Request body the lane reads ahead of the app: enough for a form in one go, little enough
+/// that a large upload streams.
+pub const BODY_AHEAD: usize = 256 << 10;
+/// Answer bytes the app may have sent ahead of the lane before its `send()` waits.
+pub const SEND_AHEAD: usize = 1 << 20;
+
+#[derive(Default)]
+pub struct CallState {
+    pub to_lane: VecDeque<ToLane>,
+    /// Body bytes in `to_lane`.
+    pub to_lane_bytes: usize,
+    pub to_app: VecDeque<ToApp>,
+    pub to_app_bytes: usize,
+    /// The request body is all in `to_app` (or taken).
+    pub body_complete: bool,
+    /// The loop awaits news of this call (its `receive()` found nothing, or its `send()` is
+    /// over [`SEND_AHEAD`]): the lane's next news goes through the bridge.
+    pub app_waiting: bool,
+    /// The request's deadline passed: the app's task is to be cancelled.
+    pub cancel: bool,
+    /// The client went away (or nginx gave the request up): `receive()` gives
+    /// `http.disconnect`, `send()` raises.
+    pub disconnected: bool,
+    /// The lane is done with the request (answered, or gave up): later messages are dropped.
+    pub lane_gone: bool,
+    /// Protocol state, kept on the loop's side.
+    pub started: bool,
+    pub complete: bool,
+}
+
+pub struct Call {
+    state: Mutex<CallState>,
+    /// The lane sleeps here.
+    lane_wakes: Condvar,
+    bridge: Arc<Bridge>,
+}
+
+impl Call {
+    pub fn new(bridge: Arc<Bridge>, body_len: u64) -> Call {
+        Call {
+            state: Mutex::new(CallState {
+                body_complete: body_len == 0,
+                ..Default::default()
+            }),
+            lane_wakes: Condvar::new(),
+            bridge,
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, CallState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The lane: sleeps until the app has news or `limit` passes.
+    pub fn lane_wait<'a>(
+        &self,
+        st: MutexGuard<'a, CallState>,
+        limit: std::time::Duration,
+    ) -> MutexGuard<'a, CallState> {
+        self.lane_wakes
+            .wait_timeout(st, limit)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|e| e.into_inner().0)
+    }
+
+    /// The lane: tells the app's side of news, if it waits for some (or `always`).
+    pub fn tell_app(self: &Arc<Self>, st: &mut CallState, always: bool) {
+        if st.app_waiting || always {
+            st.app_waiting = false;
+            self.bridge.wake(self.clone());
+        }
+    }
+}
+
+/// A call as the event loop's Python code holds it (`ngx_pool._asgi`).
+#[pyclass(module = "ngx_pool._native", frozen)]
+pub struct CallHandle(pub Arc<Call>);
+
+fn violation(st: &mut CallState, call: &Call, rule: String) -> PyErr {
+    st.to_lane.push_back(ToLane::Done(Some(format!(
+        "it broke the ASGI protocol: {rule}"
+    ))));
+    st.complete = true;
+    call.lane_wakes.notify_one();
+    PyRuntimeError::new_err(format!("ASGI protocol: {rule}"))
+}
+
+/// A header name as RFC 9110 allows it (a token).
+fn valid_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+}
+
+fn valid_value(value: &[u8]) -> bool {
+    !value.iter().any(|&c| c == b'\r' || c == b'\n' || c == 0)
+}
+
+fn bytes_of(v: &Bound<'_, PyAny>) -> Option<Vec<u8>> {
+    if let Ok(b) = v.downcast::<PyBytes>() {
+        return Some(b.as_bytes().to_vec());
+    }
+    if let Ok(b) = v.downcast::<pyo3::types::PyByteArray>() {
+        return Some(b.to_vec());
+    }
+    None
+}
+
+#[pymethods]
+impl CallHandle {
+    /// The next `receive()` event, or None when there is none yet (the loop then waits for
+    /// this call's news).
+    fn receive<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let call = &self.0;
+        let mut st = call.lock();
+        let event = PyDict::new(py);
+        if let Some(ToApp::Body(data, more)) = st.to_app.pop_front() {
+            st.to_app_bytes -= data.len();
+            // The lane reads more once there is room.
+            call.lane_wakes.notify_one();
+            drop(st);
+            event.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "http.request"))?;
+            event.set_item(pyo3::intern!(py, "body"), PyBytes::new(py, &data))?;
+            event.set_item(pyo3::intern!(py, "more_body"), more)?;
+            return Ok(Some(event));
+        }
+        if st.disconnected || (st.complete && st.lane_gone) {
+            drop(st);
+            event.set_item(
+                pyo3::intern!(py, "type"),
+                pyo3::intern!(py, "http.disconnect"),
+            )?;
+            return Ok(Some(event));
+        }
+        if st.body_complete && st.lane_gone {
+            // The whole body was taken and the answer sent: only a disconnect can come, which
+            // the app gets now rather than never.
+            drop(st);
+            event.set_item(
+                pyo3::intern!(py, "type"),
+                pyo3::intern!(py, "http.disconnect"),
+            )?;
+            return Ok(Some(event));
+        }
+        st.app_waiting = true;
+        Ok(None)
+    }
+
+    /// Takes one message of the app's `send()`; true if the app should wait before the next
+    /// (the lane has [`SEND_AHEAD`] bytes to write already).
+    fn send(&self, message: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let py = message.py();
+        let call = &self.0;
+        let kind: String = message
+            .get_item(pyo3::intern!(py, "type"))
+            .map_err(|_| PyTypeError::new_err("an ASGI message needs a \"type\""))?
+            .extract()?;
+        let mut st = call.lock();
+        if st.disconnected {
+            return Err(PyOSError::new_err("the client went away"));
+        }
+        match kind.as_str() {
+            "http.response.start" => {
+                if st.started {
+                    return Err(violation(
+                        &mut st,
+                        call,
+                        "http.response.start sent twice".into(),
+                    ));
+                }
+                let status = message
+                    .get_item(pyo3::intern!(py, "status"))
+                    .ok()
+                    .and_then(|s| s.extract::<i64>().ok());
+                let status = match status {
+                    Some(s) if (100..=599).contains(&s) => s as u16,
+                    _ => {
+                        return Err(violation(
+                            &mut st,
+                            call,
+                            format!(
+                                "http.response.start with status {} (an int from 100 to 599)",
+                                message
+                                    .get_item("status")
+                                    .map(|s| s.repr().map(|r| r.to_string()).unwrap_or_default())
+                                    .unwrap_or_else(|_| "missing".into())
+                            ),
+                        ))
+                    }
+                };
+                let mut headers = Vec::new();
+                if let Ok(list) = message.get_item(pyo3::intern!(py, "headers")) {
+                    for pair in list.try_iter()? {
+                        let pair = pair?;
+                        let name = pair.get_item(0).ok().and_then(|n| bytes_of(&n));
+                        let value = pair.get_item(1).ok().and_then(|v| bytes_of(&v));
+                        match (name, value) {
+                            (Some(n), Some(v)) if valid_name(&n) && valid_value(&v) => {
+                                headers.push((n, v))
+                            }
+                            _ => {
+                                let shown = pair.repr().map(|r| r.to_string()).unwrap_or_default();
+                                return Err(violation(
+                                    &mut st,
+                                    call,
+                                    format!("http.response.start with the header {shown} (a pair of byte strings: a token, and a value without CR, LF or NUL)"),
+                                ));
+                            }
+                        }
+                    }
+                }
+                st.started = true;
+                st.to_lane.push_back(ToLane::Start { status, headers });
+            }
+            "http.response.body" => {
+                if !st.started {
+                    return Err(violation(
+                        &mut st,
+                        call,
+                        "http.response.body sent before http.response.start".into(),
+                    ));
+                }
+                if st.complete {
+                    return Err(violation(
+                        &mut st,
+                        call,
+                        "http.response.body sent after the response was complete".into(),
+                    ));
+                }
+                let data = match message.get_item(pyo3::intern!(py, "body")) {
+                    Ok(b) => match bytes_of(&b) {
+                        Some(d) => d,
+                        None => {
+                            return Err(violation(
+                                &mut st,
+                                call,
+                                format!(
+                                    "http.response.body with a body of type {} (bytes)",
+                                    b.get_type().name()?
+                                ),
+                            ))
+                        }
+                    },
+                    Err(_) => Vec::new(),
+                };
+                let more = match message.get_item(pyo3::intern!(py, "more_body")) {
+                    Ok(m) => m.is_truthy()?,
+                    Err(_) => false,
+                };
+                st.complete = !more;
+                st.to_lane_bytes += data.len();
+                st.to_lane.push_back(ToLane::Body { data, more });
+            }
+            other => {
+                return Err(violation(
+                    &mut st,
+                    call,
+                    format!(
+                        "a message of type \"{}\" on an http scope",
+                        PyString::new(py, other)
+                    ),
+                ))
+            }
+        }
+        call.lane_wakes.notify_one();
+        let wait = st.to_lane_bytes > SEND_AHEAD && !st.lane_gone;
+        if wait {
+            st.app_waiting = true;
+        }
+        Ok(wait)
+    }
+
+    /// The app's coroutine ended, with `error` (a traceback) if it raised.
+    /// False if the lane has left (the answer was complete): an error is then the loop's to
+    /// log.
+    #[pyo3(signature = (error=None))]
+    fn finish(&self, error: Option<String>) -> bool {
+        let mut st = self.0.lock();
+        if st.lane_gone {
+            return false;
+        }
+        st.to_lane.push_back(ToLane::Done(error));
+        self.0.lane_wakes.notify_one();
+        true
+    }
+
+    /// Whether the request's deadline passed (the loop cancels the app's task).
+    fn cancel_due(&self) -> bool {
+        self.0.lock().cancel
+    }
+
+    /// A number for this call, stable while it lives (the loop keys its waiters by it).
+    #[getter]
+    fn key(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+}

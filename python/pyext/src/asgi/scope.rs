@@ -1,0 +1,124 @@
+//! The `http` scope of a request (ASGI HTTP spec 2.4): copied out of shared memory by the lane
+//! (no Python there), made a dict on the loop's thread.
+
+use crate::wsgi::environ::percent_decoded;
+use ngx_pool_sdk::Request;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+/// What the scope is made of, owned.
+pub struct RequestData {
+    method: String,
+    http_version: &'static str,
+    scheme: &'static str,
+    raw_path: Vec<u8>,
+    query: Vec<u8>,
+    root_path: Vec<u8>,
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
+    client: Option<(String, u16)>,
+    server: Option<(String, u16)>,
+}
+
+impl RequestData {
+    pub fn of(req: &Request<'_>) -> RequestData {
+        let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
+        let port = |name: &str| {
+            req.param_str(name)
+                .and_then(|p| p.parse::<u16>().ok())
+                .unwrap_or(0)
+        };
+        let client = Some(req.client())
+            .filter(|c| !c.is_empty())
+            .map(|c| (c.to_string(), req.client_port()));
+        let server = text(req.param("SERVER_NAME"))
+            .filter(|n| !n.is_empty())
+            .or_else(|| {
+                req.header("Host").map(|h| {
+                    let h = String::from_utf8_lossy(h);
+                    match h.rfind(':') {
+                        Some(i) if !h.ends_with(']') => h[..i].to_string(),
+                        _ => h.into_owned(),
+                    }
+                })
+            })
+            .map(|name| (name, port("SERVER_PORT")));
+        let scheme = match req.param("REQUEST_SCHEME") {
+            Some(b"https") => "https",
+            _ => "http",
+        };
+        let http_version = match req.version() {
+            (1, 0) => "1.0",
+            (2, _) => "2",
+            (3, _) => "3",
+            _ => "1.1",
+        };
+        let uri = req.uri().as_bytes();
+        let raw_path = match uri.iter().position(|&c| c == b'?') {
+            Some(i) => &uri[..i],
+            None => uri,
+        };
+        RequestData {
+            method: req.method().to_string(),
+            http_version,
+            scheme,
+            raw_path: raw_path.to_vec(),
+            query: req.query().as_bytes().to_vec(),
+            root_path: req.param("SCRIPT_NAME").unwrap_or_default().to_vec(),
+            headers: req
+                .headers()
+                .map(|(n, v)| (n.to_ascii_lowercase(), v.to_vec()))
+                .collect(),
+            client,
+            server,
+        }
+    }
+
+    /// The scope dict.
+    pub fn scope<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let scope = PyDict::new(py);
+        let asgi = PyDict::new(py);
+        asgi.set_item(pyo3::intern!(py, "version"), "3.0")?;
+        asgi.set_item(pyo3::intern!(py, "spec_version"), "2.4")?;
+        scope.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "http"))?;
+        scope.set_item(pyo3::intern!(py, "asgi"), asgi)?;
+        scope.set_item(pyo3::intern!(py, "http_version"), self.http_version)?;
+        scope.set_item(pyo3::intern!(py, "method"), &self.method)?;
+        scope.set_item(pyo3::intern!(py, "scheme"), self.scheme)?;
+        // `path` is decoded (UTF-8, as uvicorn decodes it) and includes root_path, as ASGI
+        // wants since spec 2.? (Starlette strips root_path from it for routing).
+        let decoded = percent_decoded(&self.raw_path);
+        scope.set_item(
+            pyo3::intern!(py, "path"),
+            PyString::new(py, &String::from_utf8_lossy(&decoded)),
+        )?;
+        scope.set_item(
+            pyo3::intern!(py, "raw_path"),
+            PyBytes::new(py, &self.raw_path),
+        )?;
+        scope.set_item(
+            pyo3::intern!(py, "query_string"),
+            PyBytes::new(py, &self.query),
+        )?;
+        scope.set_item(
+            pyo3::intern!(py, "root_path"),
+            PyString::new(py, &String::from_utf8_lossy(&self.root_path)),
+        )?;
+        let headers = PyList::empty(py);
+        for (n, v) in &self.headers {
+            headers.append(PyTuple::new(
+                py,
+                [PyBytes::new(py, n), PyBytes::new(py, v)],
+            )?)?;
+        }
+        scope.set_item(pyo3::intern!(py, "headers"), headers)?;
+        match &self.client {
+            Some((host, port)) => scope.set_item(pyo3::intern!(py, "client"), (host, *port))?,
+            None => scope.set_item(pyo3::intern!(py, "client"), py.None())?,
+        }
+        match &self.server {
+            Some((host, port)) => scope.set_item(pyo3::intern!(py, "server"), (host, *port))?,
+            None => scope.set_item(pyo3::intern!(py, "server"), py.None())?,
+        }
+        Ok(scope)
+    }
+}
