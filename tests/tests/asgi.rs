@@ -109,3 +109,175 @@ fn a_fastapi_app_runs_unmodified() {
     assert_eq!(text.matches("shutdown").count(), 2, "{text}");
     let _ = std::fs::remove_file(&rec);
 }
+
+#[test]
+fn concurrency_is_the_bound_of_requests_a_worker_runs_at_once() {
+    // One worker, three at once: of four slow requests, three run together and the fourth
+    // waits in the queue for a lane.
+    let ng = Nginx::start(Conf::new(
+        &asgi_pool("api", "fastapiapp:app", "workers=1 concurrency=3"),
+        "    location / { pool_pass api; }",
+    ));
+    let port = ng.port;
+    let started = Instant::now();
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let r = request(port, "GET", "/sleep?ms=700", &[], b"").unwrap();
+                (r.status, started.elapsed())
+            })
+        })
+        .collect();
+    let done: Vec<(u16, Duration)> = slow.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(done.iter().all(|(s, _)| *s == 200), "{done:?}");
+    let most = ng.get("/most").json();
+    assert_eq!(most["most"], 3, "{most}");
+    // The fourth ran after one of the first three had finished.
+    let last = done.iter().map(|(_, t)| *t).max().unwrap();
+    assert!(last >= Duration::from_millis(1400), "{done:?}");
+    ng.finish();
+}
+
+#[test]
+fn a_request_past_its_deadline_is_cancelled_and_the_worker_serves_on() {
+    let rec = record_file("deadline");
+    let mut ng = Nginx::start(Conf::new(
+        &asgi_pool(
+            "api",
+            "fastapiapp:app",
+            &format!(
+                "workers=1 concurrency=4 timeout=1s env=ASGI_RECORD={}",
+                rec.display()
+            ),
+        ),
+        "    location / { pool_pass api; }",
+    ));
+    let pid = ng.get("/state").json()["pid"].clone();
+    let port = ng.port;
+    let slow = std::thread::spawn(move || {
+        request(port, "GET", "/cancellable?ms=8000&tag=late", &[], b"").unwrap()
+    });
+    // Meanwhile the worker's other lanes serve.
+    for _ in 0..5 {
+        assert_eq!(ng.get("/sleep?ms=50").status, 200);
+    }
+    let r = slow.join().unwrap();
+    assert_eq!(r.status, 504);
+    // The app's task got CancelledError: its own handler ran.
+    wait_recorded(&rec, "cancelled late");
+    ng.log_line(&["ran past the pool's timeout of 1000 ms", "its task was cancelled"]);
+    // The same worker goes on.
+    assert_eq!(ng.get("/state").json()["pid"], pid);
+    assert!(!recorded(&rec).contains("finished late"));
+    ng.finish();
+    let _ = std::fs::remove_file(&rec);
+}
+
+#[test]
+fn a_worker_whose_event_loop_is_stuck_in_synchronous_code_is_replaced() {
+    let mut ng = Nginx::start(Conf::new(
+        &asgi_pool("api", "fastapiapp:app", "workers=1 concurrency=4 timeout=1s"),
+        "    location / { pool_pass api; }",
+    ));
+    let pid = ng.get("/state").json()["pid"].clone();
+    let r = ng.get("/block-loop?ms=20000");
+    assert_eq!(r.status, 504);
+    ng.log_line(&["past the pool's timeout of 1000 ms and it did not cancel it; SIGTERM"]);
+    // A new worker serves (the stuck one was stopped, SIGKILL at the latest).
+    let mut replaced = None;
+    ng.wait_for("a replacement worker", |ng| {
+        let r = ng.get("/state");
+        if r.status == 200 && r.json()["pid"] != pid {
+            replaced = Some(r.json()["pid"].clone());
+        }
+        replaced.is_some()
+    });
+    ng.finish();
+}
+
+#[test]
+fn a_client_that_leaves_is_an_http_disconnect_for_the_app() {
+    use std::io::Write;
+    let rec = record_file("disconnect");
+    let ng = Nginx::start(Conf::new(
+        &asgi_pool(
+            "api",
+            "fastapiapp:app",
+            &format!("workers=1 env=ASGI_RECORD={}", rec.display()),
+        ),
+        "    location / { pool_pass api; }",
+    ));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", ng.port)).unwrap();
+    s.write_all(
+        b"POST /watch?tag=gone HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .unwrap();
+    // Wait until the app has the request (it reads the body, then polls), then leave.
+    std::thread::sleep(Duration::from_millis(300));
+    drop(s);
+    wait_recorded(&rec, "disconnect gone");
+    // A client that stays is not told it left.
+    let r = request(ng.port, "POST", "/watch?tag=stays", &[], b"x").unwrap();
+    assert_eq!(r.status, 200);
+    ng.finish();
+    let _ = std::fs::remove_file(&rec);
+}
+
+#[test]
+fn an_app_that_breaks_the_protocol_gets_500_and_a_line_naming_the_rule() {
+    let mut ng = Nginx::start(Conf::new(
+        &asgi_pool("raw", "rawasgi:app", "workers=1"),
+        "    location / { pool_pass raw; }",
+    ));
+    assert_eq!(ng.get("/ok").text(), "ok\n");
+    for (path, rule) in [
+        ("/body-first", "http.response.body sent before http.response.start"),
+        ("/start-twice", "http.response.start sent twice"),
+        ("/bad-status", "http.response.start with status '200 OK'"),
+        ("/bad-header", "http.response.start with the header (b'x-evil'"),
+        ("/no-start", "returned without sending http.response.start"),
+    ] {
+        let r = ng.get(path);
+        assert_eq!(r.status, 500, "{path}: {}", r.text());
+        assert!(r.header("Injected").is_none());
+        ng.log_line(&[rule]);
+    }
+    // A body after the answer was complete: the client has its answer; the log says why the
+    // app then failed.
+    assert_eq!(ng.get("/after-complete").text(), "done\n");
+    ng.log_line(&["http.response.body sent after the response was complete"]);
+    let r = ng.get("/start-only");
+    assert_eq!((r.status, r.header("X-Only"), r.body.len()), (201, Some("start"), 0));
+    assert_eq!(ng.get("/chunks").text(), "part 0\npart 1\npart 2\n");
+    let r = request(ng.port, "POST", "/receive-all", &[], &vec![b'z'; 700_000]).unwrap();
+    assert_eq!(r.text(), "700000\n");
+    ng.finish();
+}
+
+#[test]
+fn a_failed_lifespan_startup_keeps_the_pool_from_starting_with_the_apps_traceback() {
+    let mut ng = Nginx::start(Conf::new(
+        &format!(
+            "{}\n{}\n{}",
+            asgi_pool("failing", "rawasgi:failing_startup", "workers=1"),
+            asgi_pool("plain", "rawasgi:no_lifespan", "workers=1"),
+            asgi_pool("strict", "rawasgi:no_lifespan", "workers=1 lifespan=on"),
+        ),
+        "    location /f/ { pool_pass failing; }\n    location /p/ { pool_pass plain; }\n    location /s/ { pool_pass strict; }",
+    ));
+    ng.log_line(&["ConnectionError: the database is not there"]);
+    ng.log_line(&["the pool's first worker could not start (see above); the pool answers 503"]);
+    // (A request that reached the pool as its poold left is 502, as for any poold lost.)
+    ng.wait_for("503 from the pool that did not start", |ng| {
+        ng.get("/f/ok").status == 503
+    });
+    assert_eq!(ng.get("/f/ok").status, 503);
+    // An app without lifespan serves under lifespan=auto, with a line saying so ...
+    ng.log_line(&["rawasgi:no_lifespan raised on the lifespan scope: it is taken to have no lifespan"]);
+    assert_eq!(ng.get("/p/ok").status, 404);
+    // ... and does not start under lifespan=on.
+    ng.log_line(&["poold \"strict\"", "lifespan startup failed"]);
+    ng.wait_for("503 from the strict pool", |ng| ng.get("/s/ok").status == 503);
+    ng.allow("the pool's first worker could not start");
+    ng.finish();
+}

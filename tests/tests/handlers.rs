@@ -317,7 +317,7 @@ fn nginx_t_names_a_missing_handler_library() {
     for (bad, reason) in [
         (
             "handler=lua:x",
-            "expected builtin:NAME, dylib:PATH or wsgi:MODULE:CALLABLE",
+            "expected builtin:NAME, dylib:PATH, wsgi:MODULE:CALLABLE or asgi:MODULE:APP",
         ),
         ("handler=dylib:", "needs a path"),
     ] {

@@ -916,7 +916,7 @@ fn bad_python_settings_are_named_by_nginx_t_or_at_start() {
     let log = ng.log();
     assert!(
         log.lines().any(|l| l.contains("[warn]")
-            && l.contains("importing the WSGI app threaded:app started 1 threads")
+            && l.contains("importing the app threaded:app started 1 threads")
             && l.contains("set preload=off")),
         "{log}"
     );

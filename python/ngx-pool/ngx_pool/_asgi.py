@@ -143,9 +143,18 @@ class _Worker:
             "state": self.state,
         }
 
+        # Whether the app took the startup message: one that raises after it failed its
+        # startup; one that raises before never spoke lifespan (lifespan=auto then serves).
+        took = []
+
+        async def receive():
+            message = await inbox.get()
+            took.append(message["type"])
+            return message
+
         async def run():
             try:
-                await self.app(scope, inbox.get, outbox.put)
+                await self.app(scope, receive, outbox.put)
             except BaseException:
                 await outbox.put({"type": "_raised", "traceback": traceback.format_exc().rstrip()})
             else:
@@ -160,7 +169,7 @@ class _Worker:
         self.lifespan = None
         if kind == "lifespan.startup.failed":
             return "lifespan.startup.failed: " + str(message.get("message", ""))
-        if kind in ("_raised", "_returned") and mode == "auto":
+        if kind in ("_raised", "_returned") and mode == "auto" and not took:
             how = "raised" if kind == "_raised" else "returned"
             _log(
                 "info" if kind == "_returned" else "warn",
@@ -171,7 +180,7 @@ class _Worker:
         if kind == "_raised":
             return message["traceback"]
         if kind == "_returned":
-            return "the app returned on the lifespan scope without lifespan.startup.complete (lifespan=on)"
+            return "the app returned on the lifespan scope without sending lifespan.startup.complete"
         return f"the app sent {kind!r} on the lifespan scope, not lifespan.startup.complete"
 
     async def shutdown(self):
