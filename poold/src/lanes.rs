@@ -80,7 +80,9 @@ impl Lanes<'_> {
         }
         let signals = mask
             .thread_block()
-            .and_then(|()| SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK))
+            .and_then(|()| {
+                SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            })
             .unwrap_or_else(|e| {
                 log!("error", "worker {pid}: cannot take its signals: {e}");
                 std::process::exit(EXIT_WORKER_INIT)

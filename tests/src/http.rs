@@ -294,3 +294,39 @@ pub fn exchange_streamed(
         start,
     })
 }
+
+/// A response as a differential test compares it with a peer's: status, headers but those
+/// of the connection and framing (lowercased, sorted), body.
+pub fn comparable(r: &Response) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut headers: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| {
+            // Framing too: a stream that ends before nginx reads its head goes out with a
+            // Content-Length instead of chunked; the bodies are compared byte for byte.
+            ![
+                "date",
+                "server",
+                "connection",
+                "keep-alive",
+                "transfer-encoding",
+                "content-length",
+            ]
+            .contains(&n.to_ascii_lowercase().as_str())
+        })
+        .map(|(n, v)| {
+            let n = n.to_ascii_lowercase();
+            // Flask builds Allow from a set: its order is the process's hash seed's.
+            let v = if n == "allow" {
+                let mut m: Vec<&str> = v.split(", ").collect();
+                m.sort();
+                m.join(", ")
+            } else {
+                v.clone()
+            };
+            (n, v)
+        })
+        .collect();
+    headers.sort();
+    (r.status, headers, r.body.clone())
+}

@@ -732,6 +732,42 @@ pub struct Gunicorn {
     child: procs::Owned,
 }
 
+/// A uvicorn from the test virtualenv serving one of the test apps: the ASGI tests' peer.
+pub struct Uvicorn {
+    pub port: u16,
+    child: procs::Owned,
+}
+
+impl Uvicorn {
+    /// Starts `uvicorn APP` in the test apps' directory with `args` (`--workers 2`, ...), and
+    /// waits until it accepts connections.
+    pub fn start(app: &str, args: &[&str]) -> Uvicorn {
+        let port = free_port();
+        let child = procs::Owned::spawn(
+            Command::new(python_env().join("bin/python"))
+                .args(["-m", "uvicorn", "--app-dir"])
+                .arg(python_apps())
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--log-level", "warning"])
+                .args(args)
+                .arg(app)
+                .stdout(Stdio::null()),
+        )
+        .expect("start uvicorn");
+        let u = Uvicorn { port, child };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "uvicorn did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        u
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Gunicorn {
     /// Starts `gunicorn APP` from the test virtualenv in the test apps' directory, with `args`
     /// (`-w 2`, `-k gthread`, ...), and waits until it accepts connections.

@@ -1,7 +1,7 @@
 //! Python WSGI apps through `pool_pass`, run unmodified by the Python adapter: a real nginx,
 //! the real module and poold, Debian's CPython, Flask and Django from the test virtualenv.
 
-use ngx_pool_tests::http::{exchange_streamed, request};
+use ngx_pool_tests::http::{comparable, exchange_streamed, request};
 use ngx_pool_tests::{python_apps, python_env, Conf, Nginx};
 use std::time::{Duration, Instant};
 
@@ -495,40 +495,6 @@ fn a_django_project_runs_unmodified() {
 
 /// What a response must agree on between servers: status, headers but the ones each server
 /// sets its own way, body.
-fn comparable(r: &ngx_pool_tests::http::Response) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut headers: Vec<(String, String)> = r
-        .headers
-        .iter()
-        .filter(|(n, _)| {
-            // Framing too: a stream that ends before nginx reads its head goes out with a
-            // Content-Length instead of chunked; the bodies are compared byte for byte.
-            ![
-                "date",
-                "server",
-                "connection",
-                "keep-alive",
-                "transfer-encoding",
-                "content-length",
-            ]
-            .contains(&n.to_ascii_lowercase().as_str())
-        })
-        .map(|(n, v)| {
-            let n = n.to_ascii_lowercase();
-            // Flask builds Allow from a set: its order is the process's hash seed's.
-            let v = if n == "allow" {
-                let mut m: Vec<&str> = v.split(", ").collect();
-                m.sort();
-                m.join(", ")
-            } else {
-                v.clone()
-            };
-            (n, v)
-        })
-        .collect();
-    headers.sort();
-    (r.status, headers, r.body.clone())
-}
-
 #[test]
 fn flask_under_the_pool_answers_as_under_gunicorn() {
     let gunicorn = ngx_pool_tests::Gunicorn::start("flaskapp:app", &["-w", "2"]);
