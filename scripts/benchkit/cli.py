@@ -7,13 +7,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import burst, cluster, core, fanout, transport, wsgi
+from . import asgi, burst, cluster, core, fanout, transport, wsgi
 from .common import TARGET, Bench, Procs, log, setup
 from .report import Report, load, render
 
 PARTS = {
     "transport": ("only what pool_pass costs over return 200 (1 nginx worker, 1 pool worker)", transport.run),
     "wsgi": ("only the WSGI comparison", wsgi.run),
+    "asgi": ("only the ASGI comparison", asgi.run),
     "burst": ("only the burst latency comparison", burst.run),
     "fanout": ("only the seed's fan-out pattern", fanout.run),
     "cluster": ("only the scale-out over hosts", cluster.run),

@@ -60,13 +60,20 @@ def pss_kib(pids):
     return total
 
 
-def start_nginx(h, name, P, pool, proxies, extra=""):
+def start_nginx(h, name, P, pool, proxies, extra="", keepalive=False):
     """nginx with `pool flask ...` (`pool`: its parameters) at /pool/ and a proxy_pass location
-    per peer (`proxies`: path prefix -> port), waiting until every worker attached; its port and
-    process."""
+    per peer (`proxies`: path prefix -> port; with `keepalive`, through an upstream that keeps
+    64 connections open, as an operator sets it up for an HTTP/1.1 server), waiting until every
+    worker attached; its port and process."""
     prefix, port = h.prefix, h.free_port()
     conf, log_file = prefix / f"{name}-nginx.conf", prefix / f"logs/{name}-error.log"
-    peers = "".join(f"\n        location /{k}/ {{ proxy_pass http://127.0.0.1:{v}/; }}" for k, v in proxies.items())
+    if keepalive:
+        upstreams = "".join(f"\n    upstream up_{k} {{ server 127.0.0.1:{v}; keepalive 64; }}" for k, v in proxies.items())
+        peers = "".join(f"\n        location /{k}/ {{ proxy_pass http://up_{k}/; proxy_http_version 1.1; "
+                        'proxy_set_header Connection ""; }' for k in proxies)
+    else:
+        upstreams = ""
+        peers = "".join(f"\n        location /{k}/ {{ proxy_pass http://127.0.0.1:{v}/; }}" for k, v in proxies.items())
     conf.write_text(f"""
 daemon off;
 worker_processes {P};
@@ -77,7 +84,7 @@ events {{ worker_connections 4096; }}
 http {{
     access_log off;
     client_body_temp_path {prefix}/body-{name};
-    pool flask {pool};
+    pool flask {pool};{upstreams}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         location /pool/ {{ rewrite ^/pool(/.*)$ $1 break; pool_pass flask; }}{peers}{extra}

@@ -55,6 +55,9 @@ pub struct CallState {
     pub disconnected: bool,
     /// The lane is done with the request (answered, or gave up): later messages are dropped.
     pub lane_gone: bool,
+    /// The lane sleeps on the call's condition variable (a wake-up is a system call: made only
+    /// then).
+    pub lane_waiting: bool,
     /// Protocol state, kept on the loop's side.
     pub started: bool,
     pub complete: bool,
@@ -88,13 +91,25 @@ impl Call {
     /// The lane: sleeps until the app has news or `limit` passes.
     pub fn lane_wait<'a>(
         &self,
-        st: MutexGuard<'a, CallState>,
+        mut st: MutexGuard<'a, CallState>,
         limit: std::time::Duration,
     ) -> MutexGuard<'a, CallState> {
-        self.lane_wakes
+        st.lane_waiting = true;
+        let mut st = self
+            .lane_wakes
             .wait_timeout(st, limit)
             .map(|(g, _)| g)
-            .unwrap_or_else(|e| e.into_inner().0)
+            .unwrap_or_else(|e| e.into_inner().0);
+        st.lane_waiting = false;
+        st
+    }
+
+    /// The loop: wakes the lane if it sleeps.
+    fn wake_lane(&self, st: &mut CallState) {
+        if st.lane_waiting {
+            st.lane_waiting = false;
+            self.lane_wakes.notify_one();
+        }
     }
 
     /// The lane: tells the app's side of news, if it waits for some (or `always`).
@@ -115,7 +130,7 @@ fn violation(st: &mut CallState, call: &Call, rule: String) -> PyErr {
         "it broke the ASGI protocol: {rule}"
     ))));
     st.complete = true;
-    call.lane_wakes.notify_one();
+    call.wake_lane(st);
     PyRuntimeError::new_err(format!("ASGI protocol: {rule}"))
 }
 
@@ -152,7 +167,7 @@ impl CallHandle {
         if let Some(ToApp::Body(data, more)) = st.to_app.pop_front() {
             st.to_app_bytes -= data.len();
             // The lane reads more once there is room.
-            call.lane_wakes.notify_one();
+            call.wake_lane(&mut st);
             drop(st);
             event.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "http.request"))?;
             event.set_item(pyo3::intern!(py, "body"), PyBytes::new(py, &data))?;
@@ -297,7 +312,10 @@ impl CallHandle {
                 ))
             }
         }
-        call.lane_wakes.notify_one();
+        // The head waits for the first body (see `ToLane::Start`): no need to wake the lane.
+        if kind != "http.response.start" {
+            call.wake_lane(&mut st);
+        }
         let wait = st.to_lane_bytes > SEND_AHEAD && !st.lane_gone;
         if wait {
             st.app_waiting = true;
@@ -315,7 +333,7 @@ impl CallHandle {
             return false;
         }
         st.to_lane.push_back(ToLane::Done(error));
-        self.0.lane_wakes.notify_one();
+        self.0.wake_lane(&mut st);
         true
     }
 

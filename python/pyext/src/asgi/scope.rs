@@ -12,6 +12,8 @@ pub struct RequestData {
     http_version: &'static str,
     scheme: &'static str,
     raw_path: Vec<u8>,
+    /// Decoded.
+    path: Vec<u8>,
     query: Vec<u8>,
     root_path: Vec<u8>,
     headers: Vec<(Vec<u8>, Vec<u8>)>,
@@ -53,15 +55,27 @@ impl RequestData {
             _ => "1.1",
         };
         let uri = req.uri().as_bytes();
-        let raw_path = match uri.iter().position(|&c| c == b'?') {
+        let mut raw_path = match uri.iter().position(|&c| c == b'?') {
             Some(i) => &uri[..i],
             None => uri,
         };
+        // nginx's $document_uri: decoded, normalised, and what a `rewrite` made of the URI
+        // (the WSGI handler's PATH_INFO comes from it too). Where it is not the request line's
+        // path decoded (a rewrite), the app sees the rewritten path, raw as well.
+        let document_uri = req.param("DOCUMENT_URI").filter(|d| !d.is_empty());
+        let path = match document_uri {
+            Some(d) => d.to_vec(),
+            None => percent_decoded(raw_path),
+        };
+        if document_uri.is_some_and(|d| d != percent_decoded(raw_path).as_slice()) {
+            raw_path = document_uri.unwrap_or_default();
+        }
         RequestData {
             method: req.method().to_string(),
             http_version,
             scheme,
             raw_path: raw_path.to_vec(),
+            path,
             query: req.query().as_bytes().to_vec(),
             root_path: req.param("SCRIPT_NAME").unwrap_or_default().to_vec(),
             headers: req
@@ -86,10 +100,9 @@ impl RequestData {
         scope.set_item(pyo3::intern!(py, "scheme"), self.scheme)?;
         // `path` is decoded (UTF-8, as uvicorn decodes it) and includes root_path, as ASGI
         // wants since spec 2.? (Starlette strips root_path from it for routing).
-        let decoded = percent_decoded(&self.raw_path);
         scope.set_item(
             pyo3::intern!(py, "path"),
-            PyString::new(py, &String::from_utf8_lossy(&decoded)),
+            PyString::new(py, &String::from_utf8_lossy(&self.path)),
         )?;
         scope.set_item(
             pyo3::intern!(py, "raw_path"),
