@@ -391,3 +391,63 @@ fn fastapi_under_the_pool_answers_as_under_uvicorn() {
     ng.finish();
     drop(uvicorn);
 }
+
+#[test]
+fn the_demos_fastapi_app_awaits_many_requests_per_worker() {
+    // examples/fastapi as scripts/run serves it (nginx-conf/demo.conf's pool line).
+    let dir = ngx_pool_tests::repo_dir().join("examples/fastapi");
+    let ng = Nginx::start(Conf::new(
+        &format!(
+            "    pool api handler=asgi:main:app venv={} chdir={} workers=2 concurrency=100 timeout=30s;",
+            python_env().display(),
+            dir.display()
+        ),
+        "    location /api/ { pool_param SCRIPT_NAME /api; pool_pass api; }",
+    ));
+    let hello = ng.get("/api/").json();
+    assert_eq!(hello["hello"], "from fastapi");
+    let processes = || {
+        let mut all: Vec<u32> = ng
+            .poolds()
+            .into_iter()
+            .flat_map(ngx_pool_tests::procs::descendants)
+            .collect();
+        all.sort();
+        all
+    };
+    let before = processes();
+    let port = ng.port;
+    let started = Instant::now();
+    let waits: Vec<_> = (0..50)
+        .map(|_| {
+            std::thread::spawn(move || {
+                request(port, "GET", "/api/wait?ms=300", &[], b"")
+                    .unwrap()
+                    .json()
+            })
+        })
+        .collect();
+    let answers: Vec<serde_json::Value> = waits.into_iter().map(|t| t.join().unwrap()).collect();
+    // Fifty 300 ms waits on two workers: 7.5 s one at a time; together, well under 3.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    for a in &answers {
+        assert_eq!(a["waited_ms"], 300);
+        // The lifespan ran in the worker that answers.
+        assert_eq!(a["worker_started"], a["pid"]);
+    }
+    let r = request(
+        port,
+        "POST",
+        "/api/items/3",
+        &[("Content-Type", "application/json")],
+        br#"{"a":1}"#,
+    )
+    .unwrap();
+    assert_eq!(r.json(), serde_json::json!({"id": 3, "a": 1}));
+    assert_eq!(processes(), before, "no process was created");
+    ng.finish();
+}

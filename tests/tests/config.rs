@@ -305,3 +305,31 @@ fn a_duplicate_parameter_a_huge_arena_and_a_long_socket_path_fail_nginx_t() {
         "a unix socket's path has at most 107 bytes",
     );
 }
+
+#[test]
+fn asgi_settings_out_of_place_fail_nginx_t() {
+    for (pool, reason) in [
+        (
+            "    pool p handler=wsgi:app:app concurrency=8;",
+            "concurrency= is only for asgi: pools (a wsgi worker runs one request at a time)",
+        ),
+        (
+            "    pool p handler=builtin:echo lifespan=off;",
+            "lifespan= is only for asgi: pools",
+        ),
+        (
+            "    pool p handler=asgi:main:app lifespan=sometimes;",
+            "invalid lifespan \"sometimes\" (auto, on or off)",
+        ),
+        (
+            "    pool p handler=asgi:main:app workers=100 concurrency=1000;",
+            "too many requests at once: workers=100 x concurrency=1000",
+        ),
+        (
+            "    pool p handler=asgi:main-app;",
+            "invalid ASGI app \"main-app\"",
+        ),
+    ] {
+        rejected(pool, "", reason);
+    }
+}

@@ -9,7 +9,6 @@ failure stops the worker, and the pool's start), shutdown when the worker leaves
 """
 
 import asyncio
-import sys
 import threading
 import traceback
 

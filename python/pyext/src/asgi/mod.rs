@@ -37,6 +37,9 @@ const WATCH: Duration = Duration::from_millis(100);
 /// How long a worker waits for the lifespan's shutdown before it leaves anyway.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
+/// Set once this worker said that it does not carry WebSockets.
+static WEBSOCKET_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// An ASGI app in a pool.
 pub struct Asgi {
     settings: Settings,
@@ -302,6 +305,15 @@ impl Handler for Asgi {
             return Err(Error::msg("the ASGI event loop is not running"));
         };
         let stream = resp.into_stream();
+        let websocket = req
+            .header("Upgrade")
+            .is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"));
+        if websocket && !WEBSOCKET_WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            stream.log(
+                Level::Warn,
+                "a WebSocket handshake reaches the ASGI app as a plain http request: the pool does not carry WebSockets yet (this line once per worker)",
+            );
+        }
         let call = Arc::new(Call::new(bridge.clone(), req.body_len()));
         bridge.submit(call.clone(), scope::RequestData::of(req));
         let out = self.serve(req, stream, &call);
