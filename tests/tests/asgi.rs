@@ -267,6 +267,8 @@ fn an_app_that_breaks_the_protocol_gets_500_and_a_line_naming_the_rule() {
     assert_eq!(ng.get("/chunks").text(), "part 0\npart 1\npart 2\n");
     let r = request(ng.port, "POST", "/receive-all", &[], &vec![b'z'; 700_000]).unwrap();
     assert_eq!(r.text(), "700000\n");
+    // No body: one empty http.request all the same.
+    assert_eq!(ng.get("/receive-all").text(), "0\n");
     ng.finish();
 }
 
@@ -449,5 +451,41 @@ fn the_demos_fastapi_app_awaits_many_requests_per_worker() {
     .unwrap();
     assert_eq!(r.json(), serde_json::json!({"id": 3, "a": 1}));
     assert_eq!(processes(), before, "no process was created");
+    ng.finish();
+}
+
+#[test]
+fn a_django_project_runs_under_asgi_with_its_async_views() {
+    let mut ng = Nginx::start(Conf::new(
+        &asgi_pool("django", "djangoapp.asgi:application", ""),
+        "    location / { pool_pass django; }\n    \
+         location /shop/ { pool_param SCRIPT_NAME /shop; pool_pass django; }",
+    ));
+    let r = ng.get("/");
+    assert_eq!((r.status, r.text().as_str()), (200, "hello from django\n"));
+    let j = ng.get("/async").json();
+    assert_eq!(
+        (j["async"].as_bool(), j["path"].as_str()),
+        (Some(true), Some("/async"))
+    );
+    // Mounted under a prefix: Django's ASGI handler takes root_path as SCRIPT_NAME.
+    let j = ng.get("/shop/json?q=ok").json();
+    assert_eq!(
+        (j["path"].as_str(), j["script"].as_str(), j["q"].as_str()),
+        (Some("/shop/json"), Some("/shop"), Some("ok"))
+    );
+    let r = request(
+        ng.port,
+        "POST",
+        "/form",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"name=Grace&tag=a&tag=b",
+    )
+    .unwrap();
+    assert_eq!(r.json()["name"], "Grace");
+    assert_eq!(r.json()["tags"], serde_json::json!(["a", "b"]));
+    assert_eq!(ng.get("/stream").text(), "tick 0\ntick 1\ntick 2\n");
+    assert_eq!(ng.get("/boom").status, 500);
+    ng.log_line(&["RuntimeError: boom in a django view"]);
     ng.finish();
 }

@@ -72,11 +72,16 @@ pub struct Call {
 
 impl Call {
     pub fn new(bridge: Arc<Bridge>, body_len: u64) -> Call {
+        let mut st = CallState {
+            body_complete: body_len == 0,
+            ..Default::default()
+        };
+        if body_len == 0 {
+            // No body: the first receive() is one empty http.request all the same.
+            st.to_app.push_back(ToApp::Body(Vec::new(), false));
+        }
         Call {
-            state: Mutex::new(CallState {
-                body_complete: body_len == 0,
-                ..Default::default()
-            }),
+            state: Mutex::new(st),
             lane_wakes: Condvar::new(),
             bridge,
         }

@@ -12,4 +12,5 @@ urlpatterns = [
     path("go", views.go),
     path("stream", views.stream),
     path("boom", views.boom),
+    path("async", views.async_view),
 ]

@@ -1,3 +1,4 @@
+import asyncio
 import hashlib
 
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
@@ -46,3 +47,9 @@ def stream(request):
 
 def boom(request):
     raise RuntimeError("boom in a django view")
+
+
+async def async_view(request):
+    # An async view: native under ASGI, run in a thread under WSGI.
+    await asyncio.sleep(0.01)
+    return JsonResponse({"async": True, "path": request.path, "script": request.META.get("SCRIPT_NAME")})
