@@ -259,11 +259,27 @@ fn an_app_that_breaks_the_protocol_gets_500_and_a_line_naming_the_rule() {
     // app then failed.
     assert_eq!(ng.get("/after-complete").text(), "done\n");
     ng.log_line(&["http.response.body sent after the response was complete"]);
-    let r = ng.get("/start-only");
-    assert_eq!(
-        (r.status, r.header("X-Only"), r.body.len()),
-        (201, Some("start"), 0)
+    for (path, rule) in [
+        ("/start-only", "returned before the response was complete (no http.response.body after http.response.start); 500"),
+        ("/ctl-header", "http.response.start with the header (b'x-ctl', b'a\\x01b')"),
+        ("/three-tuple", "http.response.start with the header (b'x-a', b'1', b'2')"),
+        ("/own-cancel", "CancelledError"),
+    ] {
+        let r = ng.get(path);
+        assert_eq!(r.status, 500, "{path}: {}", r.text());
+        ng.log_line(&[rule]);
+    }
+    // Returning in the middle of a stream: the client sees the answer cut (never a clean 200
+    // with what was sent), the log why.
+    let cut = request(ng.port, "GET", "/stream-return", &[], b"");
+    assert!(
+        cut.as_ref().map_or(true, |r| r.body != b"partial-"),
+        "a cut stream looked whole: {:?}",
+        cut.map(|r| r.text())
     );
+    ng.log_line(&[
+        "returned before the response was complete (its last http.response.body had more_body)",
+    ]);
     assert_eq!(ng.get("/chunks").text(), "part 0\npart 1\npart 2\n");
     let r = request(ng.port, "POST", "/receive-all", &[], &vec![b'z'; 700_000]).unwrap();
     assert_eq!(r.text(), "700000\n");
@@ -488,4 +504,79 @@ fn a_django_project_runs_under_asgi_with_its_async_views() {
     assert_eq!(ng.get("/boom").status, 500);
     ng.log_line(&["RuntimeError: boom in a django view"]);
     ng.finish();
+}
+
+#[test]
+fn what_an_app_does_after_its_client_left_or_its_deadline_is_bounded() {
+    use std::io::{Read, Write};
+    let rec = record_file("bounded");
+    let mut ng = Nginx::start(Conf::new(
+        &asgi_pool(
+            "api",
+            "fastapiapp:app",
+            &format!(
+                "workers=1 concurrency=4 timeout=1s env=ASGI_RECORD={}",
+                rec.display()
+            ),
+        ),
+        "    location / { pool_pass api; pool_buffering off; }",
+    ));
+    // A stream as fast as the app can make it, whose client reads a little and leaves: its
+    // send() raises and the generator stops (it once grew the worker without bound).
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", ng.port)).unwrap();
+    s.write_all(b"GET /feed?tag=fast HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut got = 0;
+    while got < 1 << 20 {
+        got += s.read(&mut buf).unwrap();
+    }
+    drop(s);
+    wait_recorded(&rec, "feed stopped fast");
+    // A task whose client left before its deadline is still cancelled at the deadline.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", ng.port)).unwrap();
+    s.write_all(b"GET /cancellable?ms=60000&tag=left HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(s);
+    wait_recorded(&rec, "cancelled left");
+    // A loop stuck past its requests' deadlines: the requests that waited for it are cancelled
+    // before they start and the worker serves on (poold does not have to stop it).
+    let pid = ng.get("/state").json()["pid"].clone();
+    let port = ng.port;
+    let blocker = std::thread::spawn(move || {
+        request(port, "GET", "/block-loop?ms=1500", &[], b"")
+            .unwrap()
+            .status
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let queued: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || {
+                request(port, "GET", "/sleep?ms=10", &[], b"")
+                    .unwrap()
+                    .status
+            })
+        })
+        .collect();
+    assert_eq!(blocker.join().unwrap(), 504);
+    for q in queued {
+        assert_eq!(q.join().unwrap(), 504);
+    }
+    // Past the deadline and poold's grace (1 s + 2 s): the same worker still serves.
+    std::thread::sleep(Duration::from_millis(3200));
+    assert_eq!(ng.get("/state").json()["pid"], pid);
+    assert!(!ng.log().contains("did not cancel it"), "{}", ng.log());
+    // SystemExit in a task the app started ends the loop: the worker leaves and a fresh one
+    // serves (the pool never hangs on a dead loop).
+    assert_eq!(ng.get("/bg-sysexit").status, 200);
+    ng.log_line(&["the event loop of the ASGI app fastapiapp:app stopped"]);
+    let mut fresh = false;
+    ng.wait_for("a fresh worker", |ng| {
+        let r = ng.get("/state");
+        fresh = r.status == 200 && r.json()["pid"] != pid;
+        fresh
+    });
+    ng.finish();
+    let _ = std::fs::remove_file(&rec);
 }

@@ -9,6 +9,7 @@ failure stops the worker, and the pool's start), shutdown when the worker leaves
 """
 
 import asyncio
+import os
 import threading
 import traceback
 
@@ -29,9 +30,10 @@ def _new_loop():
     return uvloop.new_event_loop()
 
 
-def start(bridge, app, lifespan, name):
-    """Starts the loop's thread; the extension waits for the lifespan's startup on the bridge."""
-    worker = _Worker(bridge, app, name)
+def start(bridge, app, lifespan, name, timeout):
+    """Starts the loop's thread; the extension waits for the lifespan's startup on the bridge.
+    `timeout`: the pool's `timeout=` in seconds (0: none)."""
+    worker = _Worker(bridge, app, name, timeout)
     thread = threading.Thread(target=worker.main, args=(lifespan,), name="asgi-loop", daemon=True)
     thread.start()
 
@@ -41,10 +43,13 @@ class _LifespanUnsupported(Exception):
 
 
 class _Worker:
-    def __init__(self, bridge, app, name):
+    def __init__(self, bridge, app, name, timeout):
         self.bridge = bridge
         self.app = app
         self.name = name
+        self.timeout = timeout
+        # Calls whose task this loop cancelled at the pool's timeout (by key).
+        self.timed_out = set()
         self.loop = None
         # Per call (by key): the futures of its receive() and send() waiting for news.
         self.waiters = {}
@@ -68,8 +73,16 @@ class _Worker:
         self.bridge.started(None)
         try:
             loop.run_forever()
-        finally:
-            self.bridge.stopped()
+        except BaseException:
+            # SystemExit or KeyboardInterrupt in a task the app started, which asyncio lets
+            # through: with no loop the worker cannot serve; it leaves (its requests get 502,
+            # poold forks a fresh one).
+            _log("error", f"the event loop of the ASGI app {self.name} stopped:\n{traceback.format_exc().rstrip()}\nthe worker exits")
+            os._exit(70)
+        if not self.stopping:
+            _log("error", f"the event loop of the ASGI app {self.name} stopped (loop.stop() in the app?); the worker exits")
+            os._exit(70)
+        self.bridge.stopped()
 
     # Requests.
 
@@ -79,19 +92,42 @@ class _Worker:
         for call, scope in new:
             scope["state"] = self.state.copy()
             key = call.key
-            self.tasks[key] = loop.create_task(self.run(call, key, scope))
+            task = loop.create_task(self.run(call, key, scope))
+            self.tasks[key] = task
+            # A task cancelled before its first step never runs run()'s handlers: the
+            # callback finishes its call all the same.
+            timer = None
+            if self.timeout:
+                # The deadline holds even once the lane has left (the client went away, or the
+                # request waited in the queue and nginx gave it up first).
+                timer = loop.call_later(self.timeout, self.expire, key)
+            task.add_done_callback(lambda t, call=call, key=key, timer=timer: self.done(t, call, key, timer))
         for call in woken:
             key = call.key
             if call.cancel_due():
-                task = self.tasks.get(key)
-                if task is not None:
-                    task.cancel()
+                self.expire(key)
             for fut in self.waiters.pop(key, ()):
                 if not fut.done():
                     fut.set_result(None)
         if stop and not self.stopping:
             self.stopping = True
             loop.create_task(self.shutdown())
+
+    def expire(self, key):
+        """Cancels call `key`'s task: its deadline has passed."""
+        task = self.tasks.get(key)
+        if task is not None and not task.done():
+            self.timed_out.add(key)
+            task.cancel()
+
+    def done(self, task, call, key, timer):
+        if timer is not None:
+            timer.cancel()
+        if task.cancelled():
+            call.finish("cancelled")
+        self.timed_out.discard(key)
+        self.tasks.pop(key, None)
+        self.waiters.pop(key, None)
 
     def wait(self, key):
         fut = self.loop.create_future()
@@ -115,18 +151,21 @@ class _Worker:
         try:
             await self.app(scope, receive, send)
         except asyncio.CancelledError:
-            call.finish("cancelled")
+            if key in self.timed_out:
+                call.finish("cancelled")
+            else:
+                # The app's own cancellation, not the deadline's: an error like any other.
+                self.failed(call, traceback.format_exc().rstrip())
         except BaseException:
-            error = traceback.format_exc().rstrip()
-            if not call.finish(error):
-                # After a complete answer (Starlette's error middleware answers 500, then
-                # raises): the lane has left, the log still gets it.
-                _log("error", f"the ASGI app {self.name} failed: {error}")
+            self.failed(call, traceback.format_exc().rstrip())
         else:
             call.finish(None)
-        finally:
-            self.tasks.pop(key, None)
-            self.waiters.pop(key, None)
+
+    def failed(self, call, error):
+        if not call.finish(error):
+            # After a complete answer (Starlette's error middleware answers 500, then raises):
+            # the lane has left, the log still gets it.
+            _log("error", f"the ASGI app {self.name} failed: {error}")
 
     # Lifespan.
 
@@ -151,9 +190,14 @@ class _Worker:
             took.append(message["type"])
             return message
 
+        async def send(message):
+            if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+                raise TypeError(f"ASGI protocol: a lifespan message is a dict with a \"type\", not {message!r}")
+            await outbox.put(message)
+
         async def run():
             try:
-                await self.app(scope, receive, outbox.put)
+                await self.app(scope, receive, send)
             except BaseException:
                 await outbox.put({"type": "_raised", "traceback": traceback.format_exc().rstrip()})
             else:

@@ -225,3 +225,26 @@ def cpu(n: int = 20000):
     for i in range(n):
         total += i * i % 7
     return {"total": total}
+
+
+@app.get("/feed")
+async def feed(tag: str = "f"):
+    # Streams as fast as it can, for ever: it must stop once its client has gone.
+    async def gen():
+        try:
+            while True:
+                yield b"x" * 65536
+                await asyncio.sleep(0)
+        finally:
+            record(f"feed stopped {tag}")
+
+    return StreamingResponse(gen(), media_type="application/octet-stream")
+
+
+@app.get("/bg-sysexit")
+async def bg_sysexit():
+    async def bad():
+        raise SystemExit(0)
+
+    asyncio.get_running_loop().create_task(bad())
+    return {"scheduled": "SystemExit"}

@@ -36,6 +36,17 @@ async def app(scope, receive, send):
         await send({"type": "http.response.body", "body": b"more"})
     elif path == "/start-only":
         await send({"type": "http.response.start", "status": 201, "headers": [(b"x-only", b"start")]})
+    elif path == "/stream-return":
+        await send(start)
+        await send({"type": "http.response.body", "body": b"partial-", "more_body": True})
+        return
+    elif path == "/ctl-header":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-ctl", b"a\x01b")]})
+    elif path == "/three-tuple":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"1", b"2")]})
+    elif path == "/own-cancel":
+        import asyncio
+        raise asyncio.CancelledError()
     elif path == "/chunks":
         await send(start)
         for i in range(3):

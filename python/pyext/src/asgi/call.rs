@@ -61,6 +61,9 @@ pub struct CallState {
     /// Protocol state, kept on the loop's side.
     pub started: bool,
     pub complete: bool,
+    /// The app broke a rule (its lane says which): the exception that follows is not logged
+    /// again.
+    pub violated: bool,
 }
 
 pub struct Call {
@@ -131,11 +134,16 @@ impl Call {
 pub struct CallHandle(pub Arc<Call>);
 
 fn violation(st: &mut CallState, call: &Call, rule: String) -> PyErr {
-    st.to_lane.push_back(ToLane::Done(Some(format!(
-        "it broke the ASGI protocol: {rule}"
-    ))));
+    if !st.lane_gone {
+        // The lane names the rule (and answers 500 if it can); else the loop logs the
+        // RuntimeError, which names it too.
+        st.to_lane.push_back(ToLane::Done(Some(format!(
+            "it broke the ASGI protocol: {rule}"
+        ))));
+        st.violated = true;
+        call.wake_lane(st);
+    }
     st.complete = true;
-    call.wake_lane(st);
     PyRuntimeError::new_err(format!("ASGI protocol: {rule}"))
 }
 
@@ -147,8 +155,12 @@ fn valid_name(name: &[u8]) -> bool {
             .all(|&c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
 }
 
+/// A field value as RFC 9110 allows it: visible characters, obs-text, spaces and tabs (no
+/// other control character: CR, LF and NUL would split the response, the rest confuse clients).
 fn valid_value(value: &[u8]) -> bool {
-    !value.iter().any(|&c| c == b'\r' || c == b'\n' || c == 0)
+    value
+        .iter()
+        .all(|&c| c == b'\t' || (c >= 0x20 && c != 0x7f))
 }
 
 fn bytes_of(v: &Bound<'_, PyAny>) -> Option<Vec<u8>> {
@@ -214,6 +226,11 @@ impl CallHandle {
         if st.disconnected {
             return Err(PyOSError::new_err("the client went away"));
         }
+        if st.lane_gone && !st.complete {
+            // The lane gave the answer up (the client is gone): as above, rather than pile up
+            // what nobody will read. After a complete answer, the rules below say what is wrong.
+            return Err(PyOSError::new_err("the client went away"));
+        }
         match kind.as_str() {
             "http.response.start" => {
                 if st.started {
@@ -247,7 +264,12 @@ impl CallHandle {
                 if let Ok(list) = message.get_item(pyo3::intern!(py, "headers")) {
                     for pair in list.try_iter()? {
                         let pair = pair?;
-                        let name = pair.get_item(0).ok().and_then(|n| bytes_of(&n));
+                        let two = pair.len().is_ok_and(|n| n == 2);
+                        let name = pair
+                            .get_item(0)
+                            .ok()
+                            .filter(|_| two)
+                            .and_then(|n| bytes_of(&n));
                         let value = pair.get_item(1).ok().and_then(|v| bytes_of(&v));
                         match (name, value) {
                             (Some(n), Some(v)) if valid_name(&n) && valid_value(&v) => {
@@ -258,7 +280,7 @@ impl CallHandle {
                                 return Err(violation(
                                     &mut st,
                                     call,
-                                    format!("http.response.start with the header {shown} (a pair of byte strings: a token, and a value without CR, LF or NUL)"),
+                                    format!("http.response.start with the header {shown} (a pair of byte strings: a token, and a value without control characters)"),
                                 ));
                             }
                         }
@@ -334,6 +356,10 @@ impl CallHandle {
     #[pyo3(signature = (error=None))]
     fn finish(&self, error: Option<String>) -> bool {
         let mut st = self.0.lock();
+        if st.violated && error.is_some() {
+            // The RuntimeError of a broken rule, which the lane has named already.
+            return true;
+        }
         if st.lane_gone {
             return false;
         }

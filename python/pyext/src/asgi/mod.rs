@@ -34,6 +34,8 @@ type Head = (u16, Vec<(Vec<u8>, Vec<u8>)>);
 
 /// How often a lane that waits for the app looks at whether nginx still wants the answer.
 const WATCH: Duration = Duration::from_millis(100);
+/// How often a worker whose lifespan startup has not completed says so.
+const STARTUP_WARN: Duration = Duration::from_secs(10);
 /// How long a worker waits for the lifespan's shutdown before it leaves anyway.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
@@ -76,6 +78,7 @@ impl Asgi {
                         app.bind(py),
                         self.settings.lifespan.as_str(),
                         self.app_name(),
+                        self.settings.timeout_ms as f64 / 1000.0,
                     ),
                 )
             })
@@ -86,8 +89,23 @@ impl Asgi {
                 ))
             })?;
         let _ = self.bridge.set(bridge.clone());
-        // Startup runs on the loop's thread: this one lets go of the GIL while it waits.
-        let phase = py.allow_threads(|| bridge.wait_phase_past(&Phase::Starting, Duration::MAX));
+        // Startup runs on the loop's thread: this one lets go of the GIL while it waits, and
+        // says so now and then (uvicorn waits for ever too, but silently).
+        let since = Instant::now();
+        let phase = py.allow_threads(|| loop {
+            let phase = bridge.wait_phase_past(&Phase::Starting, STARTUP_WARN);
+            if phase != Phase::Starting {
+                break phase;
+            }
+            ngx_pool_sdk::log(
+                Level::Warn,
+                &format!(
+                    "the ASGI app {}'s lifespan startup has not completed after {} s; the worker serves once it has",
+                    self.app_name(),
+                    since.elapsed().as_secs()
+                ),
+            );
+        });
         match phase {
             Phase::Failed(why) => Err(Error::msg(format!(
                 "the ASGI app {}'s lifespan startup failed; the worker exits:\n{why}",
@@ -152,7 +170,7 @@ impl Asgi {
                         }
                     }
                     ToLane::Done(error) => {
-                        return self.ended(stream, error, head.take(), sent_head, started)
+                        return self.ended(stream, error, head.take(), sent_head, started);
                     }
                 }
                 continue;
@@ -223,21 +241,23 @@ impl Asgi {
                 }
                 internal_error(stream)
             }
-            None if sent_head => Ok(()),
-            None => match head {
-                // Started, no body: an empty one (uvicorn ends it the same way).
-                Some((status, headers)) => start(stream, status, &headers),
-                None => {
-                    stream.log(
-                        Level::Error,
-                        &format!(
-                            "the ASGI app {} returned without sending http.response.start; 500",
-                            self.app_name()
-                        ),
-                    );
-                    internal_error(stream)
+            None => {
+                let what = match (sent_head, head.is_some()) {
+                    (true, _) => "returned before the response was complete (its last http.response.body had more_body); the response is cut short",
+                    (false, true) => "returned before the response was complete (no http.response.body after http.response.start); 500",
+                    (false, false) => "returned without sending http.response.start; 500",
+                };
+                stream.log(
+                    Level::Error,
+                    &format!("the ASGI app {} {what}", self.app_name()),
+                );
+                if sent_head {
+                    // The client must see the answer is incomplete: nginx closes the
+                    // connection without ending the body.
+                    return Err(Error::msg("the response is incomplete"));
                 }
-            },
+                internal_error(stream)
+            }
         }
     }
 }
@@ -321,6 +341,11 @@ impl Handler for Asgi {
         // streaming response's listener for it waits there now).
         let mut st = call.lock();
         st.lane_gone = true;
+        if out.is_err() {
+            // Given up (the client left, a write failed, the deadline): the app's send()
+            // raises from now on rather than pile up what nobody will read.
+            st.disconnected = true;
+        }
         call.tell_app(&mut st, false);
         // An error the app raised after its answer was complete (Starlette's error middleware
         // answers 500, then raises): logged all the same. Later ones the loop logs itself.
@@ -345,7 +370,16 @@ impl Handler for Asgi {
     fn worker_exit(&self) {
         if let Some(bridge) = self.bridge.get() {
             bridge.stop();
-            let _ = bridge.wait_phase_past(&Phase::Serving, SHUTDOWN_WAIT);
+            if bridge.wait_phase_past(&Phase::Serving, SHUTDOWN_WAIT) == Phase::Serving {
+                ngx_pool_sdk::log(
+                    Level::Warn,
+                    &format!(
+                        "the ASGI app {}'s lifespan shutdown did not complete within {} s; the worker leaves",
+                        self.app_name(),
+                        SHUTDOWN_WAIT.as_secs()
+                    ),
+                );
+            }
         }
     }
 }

@@ -32,17 +32,10 @@ impl RequestData {
         let client = Some(req.client())
             .filter(|c| !c.is_empty())
             .map(|c| (c.to_string(), req.client_port()));
+        // The server block's server_name; None where it has none (the spec allows it), never
+        // the client's Host header, which the client chooses (it is in the headers).
         let server = text(req.param("SERVER_NAME"))
             .filter(|n| !n.is_empty())
-            .or_else(|| {
-                req.header("Host").map(|h| {
-                    let h = String::from_utf8_lossy(h);
-                    match h.rfind(':') {
-                        Some(i) if !h.ends_with(']') => h[..i].to_string(),
-                        _ => h.into_owned(),
-                    }
-                })
-            })
             .map(|name| (name, port("SERVER_PORT")));
         let scheme = match req.param("REQUEST_SCHEME") {
             Some(b"https") => "https",
