@@ -20,11 +20,21 @@ fn asgi_pool(name: &str, spec: &str, extra: &str) -> String {
     )
 }
 
-/// A file the app records into (`ASGI_RECORD`), fresh for the test.
+/// A file the app records into (`ASGI_RECORD`), fresh for the test, in a directory of its own
+/// that the pool's user (nobody, where the tests run as root) may write.
 fn record_file(tag: &str) -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!("asgi-record-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_file(&p);
-    p
+    let dir = std::env::temp_dir().join(format!("asgi-record-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    dir.join("record")
+}
+
+/// Removes what [`record_file`] made.
+fn remove_record(p: &std::path::Path) {
+    if let Some(dir) = p.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 fn recorded(p: &std::path::Path) -> String {
@@ -107,7 +117,7 @@ fn a_fastapi_app_runs_unmodified() {
     let text = recorded(&rec);
     assert_eq!(text.matches("startup").count(), 2, "{text}");
     assert_eq!(text.matches("shutdown").count(), 2, "{text}");
-    let _ = std::fs::remove_file(&rec);
+    remove_record(&rec);
 }
 
 #[test]
@@ -173,7 +183,7 @@ fn a_request_past_its_deadline_is_cancelled_and_the_worker_serves_on() {
     assert_eq!(ng.get("/state").json()["pid"], pid);
     assert!(!recorded(&rec).contains("finished late"));
     ng.finish();
-    let _ = std::fs::remove_file(&rec);
+    remove_record(&rec);
 }
 
 #[test]
@@ -227,7 +237,7 @@ fn a_client_that_leaves_is_an_http_disconnect_for_the_app() {
     let r = request(ng.port, "POST", "/watch?tag=stays", &[], b"x").unwrap();
     assert_eq!(r.status, 200);
     ng.finish();
-    let _ = std::fs::remove_file(&rec);
+    remove_record(&rec);
 }
 
 #[test]
@@ -578,5 +588,5 @@ fn what_an_app_does_after_its_client_left_or_its_deadline_is_bounded() {
         fresh
     });
     ng.finish();
-    let _ = std::fs::remove_file(&rec);
+    remove_record(&rec);
 }
