@@ -539,7 +539,9 @@ fn what_an_app_does_after_its_client_left_or_its_deadline_is_bounded() {
     let mut buf = vec![0u8; 256 << 10];
     let mut got = 0;
     while got < 1 << 20 {
-        got += s.read(&mut buf).unwrap();
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended after {got} bytes");
+        got += n;
     }
     drop(s);
     wait_recorded(&rec, "feed stopped fast");
