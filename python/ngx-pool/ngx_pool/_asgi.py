@@ -78,11 +78,17 @@ class _Worker:
             # through: with no loop the worker cannot serve; it leaves (its requests get 502,
             # poold forks a fresh one).
             _log("error", f"the event loop of the ASGI app {self.name} stopped:\n{traceback.format_exc().rstrip()}\nthe worker exits")
-            os._exit(70)
+            self.exit()
         if not self.stopping:
             _log("error", f"the event loop of the ASGI app {self.name} stopped (loop.stop() in the app?); the worker exits")
-            os._exit(70)
+            self.exit()
         self.bridge.stopped()
+
+    def exit(self):
+        """The loop is gone: the lanes write what the app sent them (1 s at most), then the
+        worker ends (poold fails what it still ran with 502 and forks a fresh one)."""
+        self.bridge.flush()
+        os._exit(70)
 
     # Requests.
 

@@ -9,7 +9,7 @@ use super::scope::RequestData;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 #[derive(Default)]
@@ -34,6 +34,9 @@ pub enum Phase {
 
 pub struct Bridge {
     inbox: Mutex<Inbox>,
+    /// The calls handed to the loop, for a loop that dies to let their lanes write what it
+    /// sent them first ([`BridgeHandle::flush`]).
+    live: Mutex<Vec<Weak<Call>>>,
     eventfd: OwnedFd,
     phase: Mutex<Phase>,
     phase_changed: Condvar,
@@ -47,6 +50,7 @@ impl Bridge {
         )?;
         Ok(Bridge {
             inbox: Mutex::default(),
+            live: Mutex::default(),
             eventfd: eventfd.into(),
             phase: Mutex::new(Phase::Starting),
             phase_changed: Condvar::new(),
@@ -68,6 +72,16 @@ impl Bridge {
 
     /// A lane: a new request for the app.
     pub fn submit(&self, call: Arc<Call>, request: RequestData) {
+        {
+            let mut live = self
+                .live
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if live.len() >= 64 && live.len().is_power_of_two() {
+                live.retain(|c| c.strong_count() > 0);
+            }
+            live.push(Arc::downgrade(&call));
+        }
         let mut inbox = self.inbox();
         inbox.new.push((call, request));
         self.signal(&mut inbox);
@@ -160,6 +174,28 @@ impl BridgeHandle {
         self.0.set_phase(match error {
             None => Phase::Serving,
             Some(e) => Phase::Failed(e),
+        });
+    }
+
+    /// The loop has died (`SystemExit` in a task of the app's): waits (1 s at most) until the
+    /// lanes have written what the app had sent them, before the worker ends.
+    fn flush(&self, py: Python<'_>) {
+        py.allow_threads(|| {
+            let until = std::time::Instant::now() + Duration::from_secs(1);
+            while std::time::Instant::now() < until {
+                let pending = self
+                    .0
+                    .live
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .iter()
+                    .filter_map(Weak::upgrade)
+                    .any(|c| c.has_unwritten());
+                if !pending {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
         });
     }
 

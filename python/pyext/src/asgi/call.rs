@@ -120,6 +120,12 @@ impl Call {
         }
     }
 
+    /// Whether the app sent something its lane has not written yet.
+    pub fn has_unwritten(&self) -> bool {
+        let st = self.lock();
+        !st.lane_gone && st.to_lane.iter().any(|m| !matches!(m, ToLane::Done(_)))
+    }
+
     /// The lane: tells the app's side of news, if it waits for some (or `always`).
     pub fn tell_app(self: &Arc<Self>, st: &mut CallState, always: bool) {
         if st.app_waiting || always {
