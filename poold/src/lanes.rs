@@ -1,6 +1,6 @@
 //! A worker process that runs several requests at once (an ASGI pool's `concurrency=N`): N
 //! lanes, each a thread with a region worker entry of its own, serving one request at a time
-//! exactly as a single-request worker does ([`crate::worker::Worker::serve`]).
+//! exactly as a single-request worker does (`Worker::serve` in `crate::worker`).
 //!
 //! So everything the channel and poold know of a worker holds per lane unchanged: which
 //! request a lane holds (a dead process's lanes are all reclaimed), its deadline, its fan-out
