@@ -461,6 +461,18 @@ impl Nginx {
             .collect()
     }
 
+    /// Every process under the pools' poolds (their workers and what those started), sorted:
+    /// what a test compares before and after to see that nothing was created.
+    pub fn pool_processes(&self) -> Vec<u32> {
+        let mut all: Vec<u32> = self
+            .poolds()
+            .into_iter()
+            .flat_map(procs::descendants)
+            .collect();
+        all.sort();
+        all
+    }
+
     /// The watchdogs' spares (each the child of its watchdog: see the README's "Security model").
     pub fn spares(&self) -> Vec<u32> {
         self.watchdogs()

@@ -434,16 +434,7 @@ fn the_demos_fastapi_app_awaits_many_requests_per_worker() {
     ));
     let hello = ng.get("/api/").json();
     assert_eq!(hello["hello"], "from fastapi");
-    let processes = || {
-        let mut all: Vec<u32> = ng
-            .poolds()
-            .into_iter()
-            .flat_map(ngx_pool_tests::procs::descendants)
-            .collect();
-        all.sort();
-        all
-    };
-    let before = processes();
+    let before = ng.pool_processes();
     let port = ng.port;
     let started = Instant::now();
     let waits: Vec<_> = (0..50)
@@ -476,7 +467,7 @@ fn the_demos_fastapi_app_awaits_many_requests_per_worker() {
     )
     .unwrap();
     assert_eq!(r.json(), serde_json::json!({"id": 3, "a": 1}));
-    assert_eq!(processes(), before, "no process was created");
+    assert_eq!(ng.pool_processes(), before, "no process was created");
     ng.finish();
 }
 

@@ -1109,16 +1109,7 @@ fn the_demos_flask_app_fans_out_over_its_pool_and_creates_no_process() {
         ),
         "    location /flask/ { pool_param SCRIPT_NAME /flask; pool_pass flask; }",
     ));
-    let processes = || {
-        let mut all: Vec<u32> = ng
-            .poolds()
-            .into_iter()
-            .flat_map(ngx_pool_tests::procs::descendants)
-            .collect();
-        all.sort();
-        all
-    };
-    let before = processes();
+    let before = ng.pool_processes();
     let mut ran_tasks = std::collections::BTreeSet::new();
     for _ in 0..3 {
         let r = ng.get("/flask/fanout?n=8");
@@ -1134,6 +1125,10 @@ fn the_demos_flask_app_fans_out_over_its_pool_and_creates_no_process() {
         );
     }
     assert_eq!(ran_tasks.len(), 2, "both workers ran tasks: {ran_tasks:?}");
-    assert_eq!(processes(), before, "the fan-out created no process");
+    assert_eq!(
+        ng.pool_processes(),
+        before,
+        "the fan-out created no process"
+    );
     ng.finish();
 }

@@ -197,17 +197,9 @@ impl CallHandle {
             event.set_item(pyo3::intern!(py, "more_body"), more)?;
             return Ok(Some(event));
         }
-        if st.disconnected || (st.complete && st.lane_gone) {
-            drop(st);
-            event.set_item(
-                pyo3::intern!(py, "type"),
-                pyo3::intern!(py, "http.disconnect"),
-            )?;
-            return Ok(Some(event));
-        }
-        if st.body_complete && st.lane_gone {
-            // The whole body was taken and the answer sent: only a disconnect can come, which
-            // the app gets now rather than never.
+        // The client left; or the lane has (the answer sent, or the whole body taken): only a
+        // disconnect can come, which the app gets now rather than never.
+        if st.disconnected || (st.lane_gone && (st.complete || st.body_complete)) {
             drop(st);
             event.set_item(
                 pyo3::intern!(py, "type"),
