@@ -55,7 +55,7 @@
 #define NGX_POOL_ABI_MAJOR 1
 
 // The ABI's minor version: what was appended to the tables since the major version began.
-#define NGX_POOL_ABI_MINOR 2
+#define NGX_POOL_ABI_MINOR 3
 
 // Success.
 #define NGX_POOL_OK 0
@@ -94,6 +94,17 @@
 // ABI 1.2, `task_wait`: no worker has taken the task named in `*task` yet, and the host gave
 // it back to the caller: run it yourself (the host has forgotten it; do not release it).
 #define NGX_POOL_TASK_YOURS 1
+
+// ABI 1.3, `read_wait`: no body byte came: its `timeout_ms` passed, or a `wake` (or the
+// request's `closing` turning non-zero) ended the wait.
+#define NGX_POOL_AGAIN -10
+
+// ABI 1.3: the `body_length` of a request nginx is ready to upgrade (a WebSocket handshake,
+// `Upgrade: websocket` over HTTP/1.1, to a pool whose handler carries them). If the handler
+// answers 101, the body is then whatever the client sends on the upgraded connection, read
+// with `read_wait` while the response streams, until the client closes (`NGX_POOL_ERR_GONE`).
+// Any other answer is an ordinary response and nothing of the body is read.
+#define NGX_POOL_BODY_OPEN (1 << 62)
 
 // A generic failure, for a handler's own `init`, `worker_init` or `handle` to return.
 #define NGX_POOL_ERR -100
@@ -221,6 +232,21 @@ typedef struct ngx_pool_host {
   void (*task_release)(struct ngx_pool_request *r, uint64_t task);
   // ABI 1.2. How many workers the pool may run at once (its `workers`, or MAX of MIN-MAX).
   uint32_t (*pool_workers)(void);
+  // ABI 1.3. As `read`, but waits at most `timeout_ms` (negative: no limit; 0: not at all),
+  // and returns `NGX_POOL_AGAIN` when that passes with no byte, or when another thread
+  // `wake`s the request, or when its `closing` turns non-zero. Reads an open body
+  // (`NGX_POOL_BODY_OPEN`) while the response streams. An idle wait costs no CPU.
+  ptrdiff_t (*read_wait)(struct ngx_pool_request *r, uint8_t *buf, size_t len, int64_t timeout_ms);
+  // ABI 1.3. A token that names request `r` to `wake` (never 0), usable from any thread.
+  uint64_t (*waker)(struct ngx_pool_request *r);
+  // ABI 1.3. From any thread: ends the `read_wait` that the request named by `waker` sleeps
+  // in, or makes its next one return at once. A token of a request that has ended, or that
+  // was never given, does nothing.
+  void (*wake)(uint64_t waker);
+  // ABI 1.3. Whether a long-lived request (an upgraded connection) should end now, as a
+  // WebSocket close code: 0, no; 1001, this worker retires (`max_requests`, `max_rss`); 1012,
+  // the pool or nginx restarts (a reload, a stop). `read_wait` returns once when it changes.
+  uint32_t (*closing)(struct ngx_pool_request *r);
 } ngx_pool_host;
 
 // What a handler library exports, through `const ngx_pool_handler *ngx_pool_handler_v1(void)`.

@@ -31,6 +31,8 @@ pub struct Download {
     /// than its window needs.
     spare: Vec<(*mut ngx_buf_t, *mut ngx_chain_t)>,
     last_sent: bool,
+    /// The answer is a 101 to an upgrade nginx offered: the connection is a tunnel now.
+    pub upgraded: bool,
 }
 
 /// What to do after reading a response head.
@@ -57,6 +59,9 @@ pub struct Opts {
     pub copy_up_to: u64,
     /// The largest response head accepted (`pool_max_header_size`).
     pub max_head: u64,
+    /// The request asked for an upgrade that nginx offers the pool (see `request::tunnel`):
+    /// a 101 is allowed, and makes the connection a tunnel.
+    pub upgrade: bool,
 }
 
 const HOP_BY_HOP: &[&[u8]] = &[
@@ -122,13 +127,19 @@ pub fn start(
     }
     let (head, body) = bytes.split_at(head_len as usize);
     let view = decode_response_head(head).map_err(|e| e.to_string())?;
-    if !(200..=599).contains(&view.status) {
+    let upgraded = view.status == 101 && opts.upgrade;
+    if !(200..=599).contains(&view.status) && !upgraded {
         // 1xx would be taken by the client for an interim answer (101: a protocol switch) with
-        // the connection kept for what follows: a desync a handler must not be able to cause.
+        // the connection kept for what follows: a desync a handler must not be able to cause
+        // (a 101 is only taken for an upgrade the client asked for and nginx offered).
         return Err(format!(
-            "response status {} (a handler may send 200 to 599)",
+            "response status {} (a handler may send 200 to 599, or 101 to a WebSocket handshake)",
             view.status
         ));
+    }
+    if upgraded {
+        // A complete small answer was read whole: the WebSocket closed at once.
+        return upgrade(r, &view.headers, reader, head_len, small.map(|_| body));
     }
     let announced = ngx_pool_channel::message::announced_length(head).unwrap_or(UNKNOWN_LENGTH);
     let body_len = total.map(|t| t - head_len);
@@ -169,15 +180,74 @@ pub fn start(
             declared,
         });
     }
-    Ok(Started::Streaming(Download {
-        reader,
-        declared,
-        head_len,
-        sent: head_len,
-        handed: VecDeque::new(),
-        spare: Vec::new(),
-        last_sent: false,
-    }))
+    Ok(Started::Streaming(Download::new(
+        reader, declared, head_len, false,
+    )))
+}
+
+/// Sends a 101 (its `Upgrade` kept, nginx writes `Connection: upgrade`) and streams what
+/// follows unbuffered, on a connection that is not kept alive after.
+fn upgrade(
+    r: *mut ngx_http_request_t,
+    headers: &[(&[u8], &[u8])],
+    reader: StreamReader,
+    head_len: u64,
+    whole: Option<&[u8]>,
+) -> Result<Started, String> {
+    // SAFETY: the live request, its header not sent yet; strings copied into its pool.
+    let rc = unsafe {
+        (*r).set_keepalive(0);
+        (*r).headers_out.status_line = ngx_str_t {
+            len: SWITCHING.len(),
+            data: SWITCHING.as_ptr() as *mut u8,
+        };
+        for (name, value) in headers {
+            if name.eq_ignore_ascii_case(b"upgrade") && !push_header(r, name, value) {
+                return Err("no memory for the response head".into());
+            }
+        }
+        let others: Vec<(&[u8], &[u8])> = headers
+            .iter()
+            .filter(|(n, _)| !n.eq_ignore_ascii_case(b"upgrade"))
+            .copied()
+            .collect();
+        send_header(r, 101, &others, None)
+    };
+    if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
+        return Ok(Started::Sent(rc));
+    }
+    if let Some(body) = whole {
+        return Ok(Started::Sent(send_pooled(r, body)));
+    }
+    // The head goes out now, not with the first bytes the app sends (nginx would hold it
+    // back for `postpone_output`), as `ngx_http_upstream_upgrade` does.
+    // SAFETY: the live request whose header was just sent.
+    if unsafe { nginx_sys::ngx_http_send_special(r, nginx_sys::NGX_HTTP_FLUSH as usize) }
+        == NGX_ERROR as ngx_int_t
+    {
+        return Ok(Started::Sent(NGX_ERROR as ngx_int_t));
+    }
+    Ok(Started::Streaming(Download::new(
+        reader, None, head_len, true,
+    )))
+}
+
+/// The status line of a 101 (nginx's table has none for 1xx).
+const SWITCHING: &[u8] = b"101 Switching Protocols";
+
+impl Download {
+    fn new(reader: StreamReader, declared: Option<u64>, head_len: u64, upgraded: bool) -> Self {
+        Download {
+            reader,
+            declared,
+            head_len,
+            sent: head_len,
+            handed: VecDeque::new(),
+            spare: Vec::new(),
+            last_sent: false,
+            upgraded,
+        }
+    }
 }
 
 /// The outcome of one pump.

@@ -109,6 +109,9 @@ impl Upload {
 
     /// More of an arriving body.
     pub fn add(&mut self, parts: impl IntoIterator<Item = BodyPart>) {
+        // Parts already written go: an upgraded connection adds parts for as long as it lasts.
+        self.parts.drain(..self.part);
+        self.part = 0;
         self.parts.extend(parts);
     }
 

@@ -5,13 +5,44 @@
 //! [`crate::host`] is the `extern "C"` table over this; the worker loop makes an `Exchange` per
 //! request and turns its [`Outcome`] into a completed, streamed or failed slot.
 
+use crate::wakers::{self, RequestWake};
+use ngx_pool_channel::incoming::{BodyIn, Notify};
 use ngx_pool_channel::message::{
     check_header, encode_response_head_iter, set_announced_length, Header, RequestView,
     UNKNOWN_LENGTH,
 };
 use ngx_pool_channel::slot::FailReason;
+use ngx_pool_channel::{Region, SlotId};
 use std::cell::OnceCell;
 use std::io::{self, Read};
+use std::sync::Arc;
+use std::time::Duration;
+
+// The ABI's open body is the channel's: nginx writes one, handlers read the other.
+const _: () = assert!(ngx_pool_abi::NGX_POOL_BODY_OPEN == ngx_pool_channel::message::OPEN_BODY);
+
+/// The request body as an exchange reads it: a `Read`, and a wait that another thread can end
+/// (the channel's [`BodyIn`]).
+pub trait BodySource: Read {
+    /// See [`BodyIn::read_wait`].
+    fn read_wait(
+        &mut self,
+        out: &mut [u8],
+        limit: Option<Duration>,
+        interrupted: &dyn Fn() -> bool,
+    ) -> io::Result<Option<usize>>;
+}
+
+impl<N: Notify> BodySource for BodyIn<'_, N> {
+    fn read_wait(
+        &mut self,
+        out: &mut [u8],
+        limit: Option<Duration>,
+        interrupted: &dyn Fn() -> bool,
+    ) -> io::Result<Option<usize>> {
+        BodyIn::read_wait(self, out, limit, interrupted)
+    }
+}
 
 /// Responses up to this size are sent in one piece when the handler returns; past it (or at
 /// `flush`) the head goes out and the body streams as the handler writes it.
@@ -105,9 +136,14 @@ pub struct Exchange<'a> {
     path: &'a [u8],
     query: &'a [u8],
     body_len: u64,
-    input: &'a mut dyn Read,
+    input: &'a mut dyn BodySource,
     cancelled: &'a dyn Fn() -> bool,
     sink: &'a mut dyn ResponseSink,
+    /// The request's slot, for wake-ups from other threads ([`crate::wakers`]); none for a
+    /// fan-out task.
+    slot: Option<(&'a Region, SlotId)>,
+    /// Made on the first `read_wait`, `waker` or `closing`.
+    wake: OnceCell<Arc<RequestWake>>,
     /// The response head, encoded at `start` (its announced length set when known).
     pub head: &'a mut Vec<u8>,
     /// Body bytes not yet sent.
@@ -133,7 +169,7 @@ impl<'a> Exchange<'a> {
         view: RequestView<'a>,
         defaults: &'a DefaultsText,
         body_len: u64,
-        input: &'a mut dyn Read,
+        input: &'a mut dyn BodySource,
         cancelled: &'a dyn Fn() -> bool,
         sink: &'a mut dyn ResponseSink,
         head: &'a mut Vec<u8>,
@@ -156,6 +192,8 @@ impl<'a> Exchange<'a> {
             input,
             cancelled,
             sink,
+            slot: None,
+            wake: OnceCell::new(),
             head,
             body,
             started: false,
@@ -234,6 +272,53 @@ impl<'a> Exchange<'a> {
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, v)| *v)
+    }
+
+    /// Request `id` in `region` is what this exchange runs (wake-ups reach it there).
+    pub fn set_slot(&mut self, region: &'a Region, id: SlotId) {
+        self.slot = Some((region, id));
+    }
+
+    fn wake_state(&self) -> Option<&Arc<RequestWake>> {
+        let (region, id) = self.slot?;
+        Some(
+            self.wake
+                .get_or_init(|| Arc::new(RequestWake::new(region, id))),
+        )
+    }
+
+    /// A token for [`wakers::wake`] (0 for a fan-out task, which cannot be woken).
+    pub fn waker(&self) -> u64 {
+        self.wake_state().map_or(0, wakers::token)
+    }
+
+    /// Why the request should end now (0: it need not).
+    pub fn closing(&self) -> u32 {
+        self.wake_state().map_or(0, |w| w.closing())
+    }
+
+    /// Reads body bytes, waiting at most `limit`: `Ok(None)` when none came (the limit passed,
+    /// a wake-up, a new closing code).
+    pub fn read_wait(
+        &mut self,
+        buf: &mut [u8],
+        limit: Option<Duration>,
+    ) -> Result<Option<usize>, Status> {
+        let wake = self.wake_state().cloned();
+        let interrupted = || wake.as_ref().is_some_and(|w| w.interrupted());
+        let got = self.input.read_wait(buf, limit, &interrupted);
+        match got {
+            Ok(None) => {
+                if let Some(w) = &wake {
+                    w.take();
+                }
+                Ok(None)
+            }
+            Ok(n) => Ok(n),
+            Err(_) if self.is_cancelled() => Err(Status::Gone),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(Status::Gone),
+            Err(_) => Err(Status::Io),
+        }
     }
 
     /// Reads body bytes: the count, 0 at the end.
@@ -450,5 +535,14 @@ impl<'a> Exchange<'a> {
         };
         set_announced_length(self.head, announced);
         Outcome::Whole
+    }
+}
+
+impl Drop for Exchange<'_> {
+    fn drop(&mut self) {
+        // The request's tokens do nothing once it has ended.
+        if let Some(w) = self.wake.get() {
+            wakers::forget(w);
+        }
     }
 }

@@ -46,6 +46,10 @@ pub static HOST: ngx_pool_host = ngx_pool_host {
     task_result: Some(task_result),
     task_release: Some(task_release),
     pool_workers: Some(pool_workers),
+    read_wait: Some(read_wait),
+    waker: Some(waker),
+    wake: Some(wake),
+    closing: Some(closing),
 };
 
 /// The request (or task) being run: its handle (a serial number) and its exchange
@@ -289,6 +293,37 @@ unsafe extern "C" fn read(r: *mut ngx_pool_request, buf: *mut u8, len: usize) ->
             Err(status) => status.raw() as isize,
         }
     })
+}
+unsafe extern "C" fn read_wait(
+    r: *mut ngx_pool_request,
+    buf: *mut u8,
+    len: usize,
+    timeout_ms: i64,
+) -> isize {
+    with(r, HostStatus::State.raw() as isize, |ex| {
+        if buf.is_null() || len > isize::MAX as usize {
+            return HostStatus::Invalid.raw() as isize;
+        }
+        // SAFETY: per the ABI, `buf` points at `len` writable bytes the handler owns.
+        let buf = unsafe { std::slice::from_raw_parts_mut(buf, len) };
+        let limit = u64::try_from(timeout_ms)
+            .ok()
+            .map(std::time::Duration::from_millis);
+        match ex.read_wait(buf, limit) {
+            Ok(Some(n)) => n as isize,
+            Ok(None) => HostStatus::Again.raw() as isize,
+            Err(status) => status.raw() as isize,
+        }
+    })
+}
+unsafe extern "C" fn waker(r: *mut ngx_pool_request) -> u64 {
+    with(r, 0, |ex| ex.waker())
+}
+unsafe extern "C" fn wake(token: u64) {
+    let _ = catch_unwind(|| crate::wakers::wake(token));
+}
+unsafe extern "C" fn closing(r: *mut ngx_pool_request) -> u32 {
+    with(r, 0, |ex| ex.closing())
 }
 unsafe extern "C" fn start(
     r: *mut ngx_pool_request,

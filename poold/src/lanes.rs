@@ -161,12 +161,27 @@ impl Lanes<'_> {
                 );
                 return 0;
             }
+            let retired = shared
+                .retiring
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_some_and(|t| t.elapsed() >= RETIRE_WAIT)
+                || (self.first..self.first + self.count)
+                    .any(|lane| slot::retire_due(self.region.pool_side(), lane));
+            if retired {
+                // The other lanes leave at their next request boundary; an upgraded
+                // connection has none: it is closed (a WebSocket with 1001).
+                crate::wakers::close_all(crate::wakers::GOING_AWAY);
+            }
             let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
             let _ = poll(&mut fds, PollTimeout::from(100u16));
             if let Ok(Some(_)) = signals.read_signal() {
                 if signalled.is_none() {
                     signalled = Some(Instant::now());
                     shared.stopping.store(true, Ordering::SeqCst);
+                    // Upgraded connections are closed now (a WebSocket with 1012): they
+                    // have FINISH_WAIT for their closing handshake.
+                    crate::wakers::close_all(crate::wakers::RESTART);
                     // Wakes the lanes asleep waiting for work, so that they see it.
                     for lane in self.first..self.first + self.count {
                         slot::tell_retire(self.region.pool_side(), lane);

@@ -18,5 +18,6 @@ pub mod reaper;
 pub mod run;
 pub mod supervisor;
 pub mod sys;
+pub mod wakers;
 pub mod watchdog;
 pub mod worker;

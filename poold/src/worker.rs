@@ -237,6 +237,7 @@ impl Worker<'_> {
             &mut scratch.response_head,
             &mut scratch.body,
         );
+        ex.set_slot(region, id);
         let handler = self.handler;
         let mut calls = Calls::new(region, self.caller(id));
         let rc = host::run_with(&mut ex, &mut calls, |r| handler.handle(r));

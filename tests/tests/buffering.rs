@@ -576,9 +576,24 @@ fn an_interim_status_from_a_handler_is_a_502_not_a_desync() {
             .status,
         299
     );
+    // Not even to a WebSocket handshake: nginx offers the upgrade to ASGI pools only.
+    let r = request(
+        ng.port,
+        "GET",
+        "/s?bytes=5&status=101",
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+        ],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 502);
     assert!(ng
         .log()
-        .contains("response status 101 (a handler may send 200 to 599)"));
+        .contains("response status 101 (a handler may send 200 to 599"));
     ng.finish();
 }
 

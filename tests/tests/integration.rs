@@ -39,5 +39,7 @@ mod status_page;
 mod streaming;
 #[path = "variables.rs"]
 mod variables;
+#[path = "websocket.rs"]
+mod websocket;
 #[path = "wsgi.rs"]
 mod wsgi;

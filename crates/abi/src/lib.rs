@@ -25,7 +25,7 @@ use core::marker::{PhantomData, PhantomPinned};
 /// The ABI's major version: a library built for another one is refused at load time.
 pub const NGX_POOL_ABI_MAJOR: u32 = 1;
 /// The ABI's minor version: what was appended to the tables since the major version began.
-pub const NGX_POOL_ABI_MINOR: u32 = 2;
+pub const NGX_POOL_ABI_MINOR: u32 = 3;
 
 /// Success.
 pub const NGX_POOL_OK: i32 = 0;
@@ -54,6 +54,15 @@ pub const NGX_POOL_ERR_TIMEOUT: i32 = -9;
 /// ABI 1.2, `task_wait`: no worker has taken the task named in `*task` yet, and the host gave
 /// it back to the caller: run it yourself (the host has forgotten it; do not release it).
 pub const NGX_POOL_TASK_YOURS: i32 = 1;
+/// ABI 1.3, `read_wait`: no body byte came: its `timeout_ms` passed, or a `wake` (or the
+/// request's `closing` turning non-zero) ended the wait.
+pub const NGX_POOL_AGAIN: i32 = -10;
+/// ABI 1.3: the `body_length` of a request nginx is ready to upgrade (a WebSocket handshake,
+/// `Upgrade: websocket` over HTTP/1.1, to a pool whose handler carries them). If the handler
+/// answers 101, the body is then whatever the client sends on the upgraded connection, read
+/// with `read_wait` while the response streams, until the client closes (`NGX_POOL_ERR_GONE`).
+/// Any other answer is an ordinary response and nothing of the body is read.
+pub const NGX_POOL_BODY_OPEN: u64 = 1 << 62;
 /// A generic failure, for a handler's own `init`, `worker_init` or `handle` to return.
 pub const NGX_POOL_ERR: i32 = -100;
 
@@ -75,12 +84,13 @@ pub enum HostStatus {
     Full = NGX_POOL_ERR_FULL,
     Lost = NGX_POOL_ERR_LOST,
     Timeout = NGX_POOL_ERR_TIMEOUT,
+    Again = NGX_POOL_AGAIN,
     Error = NGX_POOL_ERR,
 }
 
 impl HostStatus {
     /// Every status, once.
-    pub const ALL: [HostStatus; 12] = [
+    pub const ALL: [HostStatus; 13] = [
         HostStatus::Ok,
         HostStatus::TaskYours,
         HostStatus::Invalid,
@@ -92,6 +102,7 @@ impl HostStatus {
         HostStatus::Full,
         HostStatus::Lost,
         HostStatus::Timeout,
+        HostStatus::Again,
         HostStatus::Error,
     ];
 
@@ -115,6 +126,7 @@ impl HostStatus {
             HostStatus::Full => "FULL",
             HostStatus::Lost => "LOST",
             HostStatus::Timeout => "TIMEOUT",
+            HostStatus::Again => "AGAIN",
             HostStatus::Error => "ERR",
         }
     }
@@ -312,6 +324,29 @@ pub struct ngx_pool_host {
     pub task_release: Option<unsafe extern "C" fn(r: *mut ngx_pool_request, task: u64)>,
     /// ABI 1.2. How many workers the pool may run at once (its `workers`, or MAX of MIN-MAX).
     pub pool_workers: Option<unsafe extern "C" fn() -> u32>,
+
+    /// ABI 1.3. As `read`, but waits at most `timeout_ms` (negative: no limit; 0: not at all),
+    /// and returns `NGX_POOL_AGAIN` when that passes with no byte, or when another thread
+    /// `wake`s the request, or when its `closing` turns non-zero. Reads an open body
+    /// (`NGX_POOL_BODY_OPEN`) while the response streams. An idle wait costs no CPU.
+    pub read_wait: Option<
+        unsafe extern "C" fn(
+            r: *mut ngx_pool_request,
+            buf: *mut u8,
+            len: usize,
+            timeout_ms: i64,
+        ) -> isize,
+    >,
+    /// ABI 1.3. A token that names request `r` to `wake` (never 0), usable from any thread.
+    pub waker: Option<unsafe extern "C" fn(r: *mut ngx_pool_request) -> u64>,
+    /// ABI 1.3. From any thread: ends the `read_wait` that the request named by `waker` sleeps
+    /// in, or makes its next one return at once. A token of a request that has ended, or that
+    /// was never given, does nothing.
+    pub wake: Option<unsafe extern "C" fn(waker: u64)>,
+    /// ABI 1.3. Whether a long-lived request (an upgraded connection) should end now, as a
+    /// WebSocket close code: 0, no; 1001, this worker retires (`max_requests`, `max_rss`); 1012,
+    /// the pool or nginx restarts (a reload, a stop). `read_wait` returns once when it changes.
+    pub closing: Option<unsafe extern "C" fn(r: *mut ngx_pool_request) -> u32>,
 }
 
 /// What a handler library exports, through `const ngx_pool_handler *ngx_pool_handler_v1(void)`.
@@ -393,7 +428,7 @@ mod tests {
                 assert_ne!(a.raw(), b.raw(), "{a:?} and {b:?} share a value");
             }
         }
-        for v in [2, -10, -99, -101, i32::MIN, i32::MAX] {
+        for v in [2, -11, -99, -101, i32::MIN, i32::MAX] {
             assert_eq!(HostStatus::try_from(v), Err(v));
         }
     }

@@ -36,6 +36,20 @@ pub trait Notify {
 /// (it is woken earlier on progress; this bounds the wait if a wake-up is lost with a crash).
 const STREAM_WAIT: Duration = Duration::from_millis(100);
 
+/// The longest sleep of [`BodyIn::read_wait`]: nginx wakes the worker on every byte, when it
+/// gives the request up, and (poold's reclaim) when its worker dies, so this only bounds a lost
+/// wake-up; an idle upgraded connection costs one look a minute.
+const OPEN_WAIT: Duration = Duration::from_secs(60);
+
+/// Whether nginx still wants request `id`'s answer (and sends its body): it runs, or its
+/// answer streams (an upgraded connection's body arrives all along).
+fn live(region: &Region, id: SlotId) -> bool {
+    matches!(
+        slot::state_of(region, id),
+        Some(SlotState::Running | SlotState::Streaming)
+    )
+}
+
 /// Why a request could not be taken: the reason it fails with, and a line for the log.
 #[derive(Debug)]
 pub struct Refused {
@@ -184,15 +198,58 @@ impl<N: Notify> Read for BodyIn<'_, N> {
                 }
                 return Ok(n);
             }
-            if slot::state_of(region, id) != Some(SlotState::Running) {
+            if !live(region, id) {
                 return Err(gone());
             }
             // nginx may be holding back more body until told we are reading (a request it
             // wrote while queued stops at the queued window).
             self.notify.borrow_mut().progress(region, id);
             stream::worker_wait(region, id, STREAM_WAIT, || {
-                stream::published(region, id, dir) > pos
-                    || slot::state_of(region, id) != Some(SlotState::Running)
+                stream::published(region, id, dir) > pos || !live(region, id)
+            });
+        }
+    }
+}
+
+impl<N: Notify> BodyIn<'_, N> {
+    /// As `read`, but sleeps at most `limit` (`None`: as long as it takes) and returns
+    /// `Ok(None)` when that passes with no byte, or when `interrupted()` holds: another thread
+    /// sets what it looks at and then wakes this slot ([`stream::notify_worker`]); it is asked
+    /// after the wait is armed, so no such wake-up is lost.
+    pub fn read_wait(
+        &mut self,
+        out: &mut [u8],
+        limit: Option<Duration>,
+        interrupted: &dyn Fn() -> bool,
+    ) -> io::Result<Option<usize>> {
+        let (region, id, dir) = (self.region, self.id, Direction::Request);
+        let until = limit.map(|l| std::time::Instant::now() + l);
+        loop {
+            let pos = self.reader.position();
+            if pos >= self.total || out.is_empty() {
+                return Ok(Some(0));
+            }
+            let want = ((self.total - pos) as usize).min(out.len());
+            let n = self.reader.read(region, id, dir, &mut out[..want])?;
+            if n > 0 {
+                if self.reader.release(region, id, dir, self.reader.position()) {
+                    self.notify.borrow_mut().progress(region, id);
+                }
+                return Ok(Some(n));
+            }
+            if !live(region, id) {
+                return Err(gone());
+            }
+            if interrupted() {
+                return Ok(None);
+            }
+            let left = until.map(|u| u.saturating_duration_since(std::time::Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Ok(None);
+            }
+            self.notify.borrow_mut().progress(region, id);
+            stream::worker_wait(region, id, left.unwrap_or(OPEN_WAIT).min(OPEN_WAIT), || {
+                stream::published(region, id, dir) > pos || !live(region, id) || interrupted()
             });
         }
     }

@@ -12,7 +12,7 @@ use std::mem::size_of;
 /// `b"NGXPOOL1"` read as a little-endian integer.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"NGXPOOL1");
 /// Bumped on any change of layout or message format; both sides must agree exactly.
-pub const LAYOUT_VERSION: u32 = 14;
+pub const LAYOUT_VERSION: u32 = 15;
 /// Alignment of every section and of the chunk stride.
 pub const SECTION_ALIGN: u64 = 128;
 /// Alignment of the chunk payloads: a page, so that payloads start on a page (and a cache
@@ -323,6 +323,11 @@ pub struct Slot {
     /// A task's deadline (CLOCK_MONOTONIC ms), its request's; 0 for none. poold stops a worker
     /// running a task past it.
     pub deadline_ms: AtomicU64,
+    /// nginx's word to the pool worker running an open-ended request (an upgraded connection,
+    /// [`crate::message::OPEN_BODY`]): [`crate::slot::NOTICE_GOING_AWAY`] once its nginx worker
+    /// shuts down gracefully (a reload), so that the tunnel is closed cleanly; else 0.
+    pub notice: AtomicU32,
+    pub _pad: u32,
 }
 
 /// One attached nginx worker.
@@ -399,7 +404,7 @@ pub struct ChunkHead {
 #[cfg(not(loom))]
 const _: () = assert!(size_of::<ChunkHead>() == 64);
 #[cfg(not(loom))]
-const _: () = assert!(size_of::<Slot>() == 128);
+const _: () = assert!(size_of::<Slot>() == 136);
 #[cfg(not(loom))]
 const _: () = assert!(size_of::<Conn>() == 64);
 #[cfg(not(loom))]

@@ -282,6 +282,12 @@ impl<'a> Cursor<'a> {
 /// A response body length that is not known in advance (the body streams until `Done`).
 pub const UNKNOWN_LENGTH: u64 = u64::MAX;
 
+/// The body length nginx announces for a request it is ready to upgrade (a WebSocket
+/// handshake to a pool that carries them): once the pool answers 101, the body is whatever the
+/// client sends, until it closes. Far past any real body, and `head + OPEN_BODY` cannot
+/// overflow. The ABI's `NGX_POOL_BODY_OPEN`.
+pub const OPEN_BODY: u64 = 1 << 62;
+
 /// Decodes a request head that is exactly `bytes`; returns it (with an empty body) and the
 /// body length it announces.
 pub fn decode_request_head(bytes: &[u8]) -> Result<(RequestView<'_>, u64), DecodeError> {

@@ -94,9 +94,11 @@ impl ErrorKind {
             HostStatus::Lost => ErrorKind::Lost,
             HostStatus::Timeout => ErrorKind::Timeout,
             HostStatus::Full => ErrorKind::Full,
-            HostStatus::Ok | HostStatus::TaskYours | HostStatus::NotFound | HostStatus::Error => {
-                ErrorKind::Handler
-            }
+            HostStatus::Ok
+            | HostStatus::TaskYours
+            | HostStatus::NotFound
+            | HostStatus::Again
+            | HostStatus::Error => ErrorKind::Handler,
         }
     }
 

@@ -289,6 +289,74 @@ impl Detached {
 }
 
 /// Whether the host has the fan-out functions of ABI 1.2 (its table reaches them).
+/// Whether the host has ABI 1.3's functions (`read_wait`, `waker`, `wake`, `closing`).
+fn has_waits(host: Host) -> bool {
+    let end = std::mem::offset_of!(ngx_pool_host, closing)
+        + std::mem::size_of::<Option<unsafe extern "C" fn(*mut ngx_pool_request) -> u32>>();
+    host.0.size as usize >= end
+}
+
+/// A token that names a request to [`Detached::wake_token`]'s host, from any thread.
+#[derive(Clone, Copy)]
+pub struct WakeToken {
+    host: Host,
+    token: u64,
+}
+
+// SAFETY: a number the host looks up (never dereferenced) and its immutable table.
+unsafe impl Send for WakeToken {}
+// SAFETY: as above.
+unsafe impl Sync for WakeToken {}
+
+impl WakeToken {
+    /// Ends the `read_wait` its request sleeps in (or makes its next one return at once).
+    pub fn wake(&self) {
+        if let Some(f) = self.host.0.wake.filter(|_| has_waits(self.host)) {
+            // SAFETY: the host looks the token up; a stale one does nothing (the ABI).
+            unsafe { f(self.token) }
+        }
+    }
+}
+
+impl Detached {
+    /// `read_wait`: `Ok(Some(n))` bytes (0 at the end), `Ok(None)` when the wait ended without
+    /// one, or the host's status.
+    pub fn read_wait(&self, buf: &mut [u8], timeout_ms: Option<u64>) -> Result<Option<usize>, i32> {
+        let Some(f) = self.host.0.read_wait.filter(|_| has_waits(self.host)) else {
+            return Err(abi::NGX_POOL_ERR_STATE);
+        };
+        let ms = timeout_ms.map_or(-1, |ms| i64::try_from(ms).unwrap_or(i64::MAX));
+        // SAFETY: `buf` is valid for `buf.len()` bytes of writing; the request is ours.
+        let n = unsafe { f(self.r, buf.as_mut_ptr(), buf.len(), ms) };
+        if n == abi::NGX_POOL_AGAIN as isize {
+            return Ok(None);
+        }
+        usize::try_from(n)
+            .map(Some)
+            .map_err(|_| i32::try_from(n).unwrap_or(abi::NGX_POOL_ERR_IO))
+    }
+
+    /// `waker`: a token for [`WakeToken::wake`] (`None` from a host without it).
+    pub fn wake_token(&self) -> Option<WakeToken> {
+        let f = self.host.0.waker.filter(|_| has_waits(self.host))?;
+        // SAFETY: a host function given a handle it validates.
+        let token = unsafe { f(self.r) };
+        (token != 0).then_some(WakeToken {
+            host: self.host,
+            token,
+        })
+    }
+
+    /// `closing`: 0, or the WebSocket close code the request should end with now.
+    pub fn closing(&self) -> u32 {
+        match self.host.0.closing.filter(|_| has_waits(self.host)) {
+            // SAFETY: a host function given a handle it validates.
+            Some(f) => unsafe { f(self.r) },
+            None => 0,
+        }
+    }
+}
+
 fn has_tasks(host: Host) -> bool {
     let end = std::mem::offset_of!(ngx_pool_host, pool_workers)
         + std::mem::size_of::<Option<unsafe extern "C" fn() -> u32>>();

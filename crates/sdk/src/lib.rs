@@ -39,7 +39,7 @@ pub use ngx_pool_abi as abi;
 pub use request::{BodyReader, Request};
 pub use response::Response;
 pub use status::Status;
-pub use stream::Stream;
+pub use stream::{Stream, Waker};
 
 /// Application code run by pool workers.
 ///

@@ -94,6 +94,12 @@ impl<'r> Request<'r> {
     pub fn body_len(&self) -> u64 {
         self.call.body_length()
     }
+    /// Whether nginx is ready to upgrade this request (a WebSocket handshake over HTTP/1.1):
+    /// answered 101, its body is what the client sends on the connection until it closes
+    /// (`NGX_POOL_BODY_OPEN`, read with [`crate::Stream::read_wait`]).
+    pub fn body_is_open(&self) -> bool {
+        self.body_len() == crate::abi::NGX_POOL_BODY_OPEN
+    }
     /// The body as a stream, read from shared memory as nginx delivers it: a body of any size
     /// in constant memory. A read fails (`ErrorKind::Gone`) once the request is cancelled.
     pub fn body_reader(&self) -> BodyReader<'_, 'r> {

@@ -6,6 +6,17 @@ use crate::host::{Detached, Level};
 use crate::status::Status;
 use ngx_pool_abi::{self as abi, ngx_pool_header, ngx_pool_str};
 
+/// Ends a request's [`Stream::read_wait`] from another thread (see [`Stream::waker`]).
+#[derive(Clone, Copy)]
+pub struct Waker(crate::host::WakeToken);
+
+impl Waker {
+    /// Wakes the request's reader; a request that has ended is not affected.
+    pub fn wake(&self) {
+        self.0.wake();
+    }
+}
+
 /// The request's body and its response, from [`crate::Response::into_stream`]. It may be kept
 /// past the end of `handle` (a Python app may hold on to `wsgi.input`): then every operation
 /// fails with [`crate::ErrorKind::State`], because the host refuses a finished request's handle.
@@ -32,6 +43,34 @@ impl Stream {
         self.handle
             .read(buf)
             .map_err(|rc| Error::from_status(rc, "reading the request body"))
+    }
+
+    /// Reads request body bytes, waiting at most `timeout` (`None`: as long as it takes):
+    /// `Ok(None)` when the wait ended without a byte (the timeout, a [`Waker::wake`], a new
+    /// [`closing`](Stream::closing) code). Reads an open body (an upgraded connection's, see
+    /// [`crate::Request::body_is_open`]) while the response streams.
+    pub fn read_wait(
+        &self,
+        buf: &mut [u8],
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Option<usize>> {
+        self.handle
+            .read_wait(
+                buf,
+                timeout.map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64),
+            )
+            .map_err(|rc| Error::from_status(rc, "reading the request body"))
+    }
+
+    /// A waker that ends this request's [`read_wait`](Stream::read_wait) from any thread.
+    pub fn waker(&self) -> Option<Waker> {
+        self.handle.wake_token().map(Waker)
+    }
+
+    /// 0, or the WebSocket close code this long-lived request should end with now: 1001 (the
+    /// worker retires), 1012 (the pool or nginx restarts).
+    pub fn closing(&self) -> u32 {
+        self.handle.closing()
     }
 
     /// Sends status and headers (once; a second call is refused).

@@ -110,6 +110,9 @@ pub(super) fn pump_upload(ctx: CtxRef, region: &Region, id: SlotId, queued: bool
 /// the upload. `Ok(true)` if any came; `Err` if the request ended (timed out, bad body).
 pub(super) fn read_more(ctx: CtxRef) -> Result<bool, ()> {
     let c = ctx.get();
+    if c.tunnel.is_some() {
+        return tunnel::read(ctx);
+    }
     let r = c.r;
     // SAFETY: a live request reading its body unbuffered (it was queued with `reading_body`).
     let rc = unsafe { nginx_sys::ngx_http_read_unbuffered_request_body(r) };

@@ -92,8 +92,11 @@ pub(super) fn begin(r: *mut ngx_http_request_t) -> Result<CtxRef, Refused> {
     // SAFETY: reading flags and the parsed length of a live request.
     let (arriving, announced) =
         unsafe { ((*r).reading_body() != 0, (*r).headers_in.content_length_n) };
+    let tunnel = tunnel::wants_tunnel(r, i, req);
     let parts = body_parts(r, arriving);
-    let body: u64 = if arriving {
+    let body: u64 = if tunnel {
+        ngx_pool_channel::message::OPEN_BODY
+    } else if arriving {
         announced.max(0) as u64
     } else {
         parts.iter().map(BodyPart::len).sum()
@@ -149,13 +152,14 @@ pub(super) fn begin(r: *mut ngx_http_request_t) -> Result<CtxRef, Refused> {
                 .filter(|q| *q < timeout_ms)
                 .map(|q| (q, timeout_ms - q)),
             region,
-            upload: Some(Upload::new(bytes, parts, body, arriving)),
+            upload: Some(Upload::new(bytes, parts, body, arriving || tunnel)),
             download: None,
             buffered: None,
             buffering,
             timeout_ms,
             own_timeout,
             outcome: Outcome::default(),
+            tunnel: tunnel.then_some(Tunnel::Offered),
         },
     )
     .ok_or(Refused::Failed(Failure::Internal, String::new()))

@@ -50,6 +50,7 @@ mod finish;
 mod head;
 mod outcome;
 mod respond;
+mod tunnel;
 mod waiting;
 
 use admit::*;
@@ -60,6 +61,7 @@ use finish::*;
 use head::*;
 pub use outcome::Outcome;
 use respond::*;
+use tunnel::Tunnel;
 use waiting::*;
 
 /// Per-request state, in the request pool; dropped by its pool cleanup.
@@ -88,6 +90,8 @@ struct Ctx {
     own_timeout: Option<u64>,
     /// Its way through the pool, for the `$pool_*` variables.
     outcome: Outcome,
+    /// A WebSocket handshake the pool may upgrade, and then the upgraded connection.
+    tunnel: Option<Tunnel>,
 }
 
 /// A request's context, by handle: what every step of a suspended request is given.

@@ -40,6 +40,7 @@ pub(super) fn respond(ctx: CtxRef, region: &Region, id: SlotId, total: Option<u6
             buffering: c.buffering.response,
             copy_up_to: c.buffering.buffer_size as u64,
             max_head: c.buffering.max_header_size as u64,
+            upgrade: matches!(c.tunnel, Some(Tunnel::Offered)),
         };
         match download::start(r, region, id, head_len, total, &opts) {
             Err(e) => {
@@ -57,7 +58,13 @@ pub(super) fn respond(ctx: CtxRef, region: &Region, id: SlotId, total: Option<u6
                 forget_slot(ctx);
                 return complete(ctx, rc);
             }
-            Ok(Started::Streaming(d)) => c.download = Some(d),
+            Ok(Started::Streaming(d)) => {
+                let upgraded = d.upgraded;
+                c.download = Some(d);
+                if upgraded {
+                    return tunnel::open(ctx);
+                }
+            }
             Ok(Started::Buffer {
                 reader,
                 head_len,

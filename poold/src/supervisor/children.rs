@@ -58,6 +58,7 @@ impl Supervisor {
             let max_rss = self.cfg.pool.max_rss;
             let timeout_ms = self.cfg.pool.timeout_ms;
             let pool_workers = self.cfg.pool.workers;
+            let asgi = self.cfg.pool.is_asgi();
             let output = self.output.write_end();
             // Jitter: N plus up to 10%, different per fork, so workers do not retire together.
             let max_requests = self.cfg.pool.max_requests.map(u64::from).map(|n| {
@@ -99,7 +100,9 @@ impl Supervisor {
                 // `theirs` is kept open above; the duplicate below is what the worker owns.
                 let control = theirs.try_clone().unwrap_or_else(|_| std::process::exit(1));
                 let waker = crate::worker::Waker::new(control, table);
-                if lanes.len() > 1 {
+                // An ASGI worker runs on lanes even with one: its main thread takes the
+                // stopping signals and closes WebSockets cleanly.
+                if lanes.len() > 1 || asgi {
                     crate::lanes::Lanes {
                         region,
                         handler,
@@ -209,6 +212,11 @@ impl Supervisor {
                 );
             }
         }
+        if slot::is_open_tunnel(&self.region, id) {
+            // An upgraded connection (a WebSocket) lasts as long as its client wants: no
+            // deadline; its worker's event loop is watched through its other requests.
+            return false;
+        }
         let pool = self.cfg.pool.timeout_ms;
         let (limit, whose) = match (own, pool) {
             (Some(o), Some(p)) if o < p => (o, "request's pool_timeout"),
@@ -219,7 +227,7 @@ impl Supervisor {
         // A worker running several requests at once cancels one past its deadline itself and
         // goes on with the others; poold steps in only when it did not (its event loop is
         // stuck in synchronous code).
-        let (limit_now, stuck) = if self.cfg.lanes() > 1 {
+        let (limit_now, stuck) = if self.cfg.lanes() > 1 || self.cfg.pool.is_asgi() {
             (
                 limit + CANCEL_GRACE.as_millis() as u64,
                 " and it did not cancel it",

@@ -103,9 +103,10 @@ class _Worker:
             # A task cancelled before its first step never runs run()'s handlers: the
             # callback finishes its call all the same.
             timer = None
-            if self.timeout:
+            if self.timeout and scope["type"] == "http":
                 # The deadline holds even once the lane has left (the client went away, or the
-                # request waited in the queue and nginx gave it up first).
+                # request waited in the queue and nginx gave it up first). A WebSocket has
+                # none once accepted (its lane holds the handshake to it).
                 timer = loop.call_later(self.timeout, self.expire, key)
             task.add_done_callback(lambda t, call=call, key=key, timer=timer: self.done(t, call, key, timer))
         for call in woken:

@@ -337,6 +337,7 @@ fn prepare(slot: &Slot, conn: u32, conn_gen: u32, caller: u32) -> u32 {
     slot.resp_len.store(0, Ordering::Relaxed);
     slot.fail_reason.store(0, Ordering::Relaxed);
     slot.timeout_ms.store(0, Ordering::Relaxed);
+    slot.notice.store(0, Ordering::Relaxed);
     for w in [
         &slot.req_written,
         &slot.req_consumed,

@@ -24,6 +24,47 @@ pub fn alloc(side: NginxSide<'_>, conn: u32, conn_gen: u32) -> Option<SlotId> {
     Some(SlotId { index, gen })
 }
 
+/// [`crate::layout::Slot::notice`]: the nginx worker that owns the request is shutting down
+/// gracefully (a reload): an upgraded connection is to be closed now, cleanly.
+pub const NOTICE_GOING_AWAY: u32 = 1;
+
+/// nginx: tells the pool worker running request `id` that its nginx worker is going away (see
+/// [`NOTICE_GOING_AWAY`]), and wakes it if it waits.
+pub fn notice_going_away(side: NginxSide<'_>, id: SlotId) {
+    let region = side.region();
+    if let Some(s) = region.slot(id.index) {
+        if state_of(region, id)
+            .is_some_and(|st| matches!(st, SlotState::Running | SlotState::Streaming))
+        {
+            s.notice.store(NOTICE_GOING_AWAY, Ordering::SeqCst);
+            crate::stream::notify_worker(region, id);
+        }
+    }
+}
+
+/// Pool worker: nginx's notice for request `id` (0: none; see [`NOTICE_GOING_AWAY`]).
+pub fn notice(region: &Region, id: SlotId) -> u32 {
+    match state_of(region, id) {
+        Some(SlotState::Running | SlotState::Streaming) => region
+            .slot(id.index)
+            .map_or(0, |s| s.notice.load(Ordering::SeqCst)),
+        _ => 0,
+    }
+}
+
+/// Whether request `id` is an upgraded connection: its body open-ended
+/// ([`crate::message::OPEN_BODY`]) and its answer (the 101) streaming. It has no deadline.
+pub fn is_open_tunnel(region: &Region, id: SlotId) -> bool {
+    if state_of(region, id) != Some(SlotState::Streaming) {
+        return false;
+    }
+    region.slot(id.index).is_some_and(|s| {
+        let total = s.req_len.load(Ordering::Relaxed);
+        let head = u64::from(s.req_head_len.load(Ordering::Relaxed));
+        total.saturating_sub(head) >= crate::message::OPEN_BODY
+    })
+}
+
 /// nginx, before `submit`: this request's own deadline (`pool_timeout`), for poold to enforce.
 pub fn set_timeout(side: NginxSide<'_>, id: SlotId, ms: u64) {
     let region = side.region();

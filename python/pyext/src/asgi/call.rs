@@ -23,11 +23,60 @@ pub enum ToLane {
     },
     /// The app's coroutine ended: `None`, or what went wrong (a traceback, a broken rule).
     Done(Option<String>),
+    /// `websocket.accept`.
+    Accept {
+        subprotocol: Option<String>,
+        headers: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    /// `websocket.send`.
+    Message(WsMessage),
+    /// `websocket.close` (before `websocket.accept`: the handshake is refused, 403).
+    Close {
+        code: u16,
+        reason: String,
+    },
+}
+
+/// A WebSocket message's payload.
+pub enum WsMessage {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+impl WsMessage {
+    pub fn len(&self) -> usize {
+        match self {
+            WsMessage::Text(t) => t.len(),
+            WsMessage::Binary(b) => b.len(),
+        }
+    }
 }
 
 /// What the lane has for the app's `receive()`.
 pub enum ToApp {
     Body(Vec<u8>, bool),
+    /// `websocket.connect` (the first event of a websocket scope).
+    Connect,
+    /// `websocket.receive`.
+    Message(WsMessage),
+    /// `websocket.disconnect`, with its close code and reason.
+    Disconnect(u16, String),
+}
+
+/// Where a websocket scope's protocol stands (the app's side of it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WsPhase {
+    /// Not a websocket scope.
+    #[default]
+    None,
+    /// `websocket.connect` given; `accept`, `close` or an HTTP response may follow.
+    Connecting,
+    /// Accepted: messages flow.
+    Open,
+    /// Answered with `websocket.http.response.start`: its body follows.
+    HttpResponse,
+    /// Closed by the app (or refused), or the client disconnected.
+    Closed,
 }
 
 /// Request body the lane reads ahead of the app: enough for a form in one go, little enough
@@ -64,6 +113,11 @@ pub struct CallState {
     /// The app broke a rule (its lane says which): the exception that follows is not logged
     /// again.
     pub violated: bool,
+    /// A websocket scope's protocol state.
+    pub ws: WsPhase,
+    /// Wakes the lane out of its wait for the client's bytes (an open WebSocket's lane sleeps
+    /// there, not on the condition variable).
+    pub waker: Option<ngx_pool_sdk::Waker>,
 }
 
 pub struct Call {
@@ -79,7 +133,12 @@ impl Call {
             body_complete: body_len == 0,
             ..Default::default()
         };
-        if body_len == 0 {
+        if body_len == ngx_pool_sdk::abi::NGX_POOL_BODY_OPEN {
+            // A WebSocket handshake: no body; the first receive() is websocket.connect.
+            st.body_complete = true;
+            st.ws = WsPhase::Connecting;
+            st.to_app.push_back(ToApp::Connect);
+        } else if body_len == 0 {
             // No body: the first receive() is one empty http.request all the same.
             st.to_app.push_back(ToApp::Body(Vec::new(), false));
         }
@@ -113,10 +172,13 @@ impl Call {
     }
 
     /// The loop: wakes the lane if it sleeps.
-    fn wake_lane(&self, st: &mut CallState) {
+    pub(super) fn wake_lane(&self, st: &mut CallState) {
         if st.lane_waiting {
             st.lane_waiting = false;
             self.lane_wakes.notify_one();
+        }
+        if let Some(w) = &st.waker {
+            w.wake();
         }
     }
 
@@ -139,7 +201,7 @@ impl Call {
 #[pyclass(module = "ngx_pool._native", frozen)]
 pub struct CallHandle(pub Arc<Call>);
 
-fn violation(st: &mut CallState, call: &Call, rule: String) -> PyErr {
+pub(super) fn violation(st: &mut CallState, call: &Call, rule: String) -> PyErr {
     if !st.lane_gone {
         // The lane names the rule (and answers 500 if it can); else the loop logs the
         // RuntimeError, which names it too.
@@ -154,7 +216,7 @@ fn violation(st: &mut CallState, call: &Call, rule: String) -> PyErr {
 }
 
 /// A header name as RFC 9110 allows it (a token).
-fn valid_name(name: &[u8]) -> bool {
+pub(super) fn valid_name(name: &[u8]) -> bool {
     !name.is_empty()
         && name
             .iter()
@@ -163,13 +225,13 @@ fn valid_name(name: &[u8]) -> bool {
 
 /// A field value as RFC 9110 allows it: visible characters, obs-text, spaces and tabs (no
 /// other control character: CR, LF and NUL would split the response, the rest confuse clients).
-fn valid_value(value: &[u8]) -> bool {
+pub(super) fn valid_value(value: &[u8]) -> bool {
     value
         .iter()
         .all(|&c| c == b'\t' || (c >= 0x20 && c != 0x7f))
 }
 
-fn bytes_of(v: &Bound<'_, PyAny>) -> Option<Vec<u8>> {
+pub(super) fn bytes_of(v: &Bound<'_, PyAny>) -> Option<Vec<u8>> {
     if let Ok(b) = v.downcast::<PyBytes>() {
         return Some(b.as_bytes().to_vec());
     }
@@ -186,6 +248,9 @@ impl CallHandle {
     fn receive<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         let call = &self.0;
         let mut st = call.lock();
+        if st.ws != WsPhase::None {
+            return super::ws_events::receive(py, call, st);
+        }
         let event = PyDict::new(py);
         if let Some(ToApp::Body(data, more)) = st.to_app.pop_front() {
             st.to_app_bytes -= data.len();
@@ -221,6 +286,9 @@ impl CallHandle {
             .map_err(|_| PyTypeError::new_err("an ASGI message needs a \"type\""))?
             .extract()?;
         let mut st = call.lock();
+        if st.ws != WsPhase::None {
+            return super::ws_events::send(py, call, st, &kind, message);
+        }
         if st.disconnected {
             return Err(PyOSError::new_err("the client went away"));
         }

@@ -14,6 +14,8 @@
 mod bridge;
 mod call;
 mod scope;
+mod websocket;
+mod ws_events;
 
 pub use bridge::BridgeHandle;
 pub use call::CallHandle;
@@ -38,9 +40,6 @@ const WATCH: Duration = Duration::from_millis(100);
 const STARTUP_WARN: Duration = Duration::from_secs(10);
 /// How long a worker waits for the lifespan's shutdown before it leaves anyway.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
-
-/// Set once this worker said that it does not carry WebSockets.
-static WEBSOCKET_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// An ASGI app in a pool.
 pub struct Asgi {
@@ -172,6 +171,8 @@ impl Asgi {
                     ToLane::Done(error) => {
                         return self.ended(stream, error, head.take(), sent_head, started);
                     }
+                    // WebSocket messages: refused on an http scope by the loop's checks.
+                    ToLane::Accept { .. } | ToLane::Message(_) | ToLane::Close { .. } => {}
                 }
                 continue;
             }
@@ -325,18 +326,21 @@ impl Handler for Asgi {
             return Err(Error::msg("the ASGI event loop is not running"));
         };
         let stream = resp.into_stream();
-        let websocket = req
-            .header("Upgrade")
-            .is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"));
-        if websocket && !WEBSOCKET_WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            stream.log(
-                Level::Warn,
-                "a WebSocket handshake reaches the ASGI app as a plain http request: the pool does not carry WebSockets yet (this line once per worker)",
-            );
+        // nginx offers the upgrade of a WebSocket handshake (an open body): the app gets a
+        // websocket scope. Other requests, `Upgrade` header or not, are http.
+        let websocket = req.body_is_open();
+        if websocket {
+            if let Err(refusal) = websocket::check_handshake(req) {
+                return websocket::refuse(stream, refusal);
+            }
         }
         let call = Arc::new(Call::new(bridge.clone(), req.body_len()));
-        bridge.submit(call.clone(), scope::RequestData::of(req));
-        let out = self.serve(req, stream, &call);
+        bridge.submit(call.clone(), scope::RequestData::of(req, websocket));
+        let out = if websocket {
+            self.serve_websocket(req, stream, &call)
+        } else {
+            self.serve(req, stream, &call)
+        };
         // Whatever the app sends from now on is dropped; its receive() says disconnect (a
         // streaming response's listener for it waits there now).
         let mut st = call.lock();

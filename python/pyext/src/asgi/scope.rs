@@ -19,10 +19,12 @@ pub struct RequestData {
     headers: Vec<(Vec<u8>, Vec<u8>)>,
     client: Option<(String, u16)>,
     server: Option<(String, u16)>,
+    /// A `websocket` scope (a handshake nginx offers to upgrade), else `http`.
+    websocket: bool,
 }
 
 impl RequestData {
-    pub fn of(req: &Request<'_>) -> RequestData {
+    pub fn of(req: &Request<'_>, websocket: bool) -> RequestData {
         let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
         let port = |name: &str| {
             req.param_str(name)
@@ -77,6 +79,7 @@ impl RequestData {
                 .collect(),
             client,
             server,
+            websocket,
         }
     }
 
@@ -86,11 +89,33 @@ impl RequestData {
         let asgi = PyDict::new(py);
         asgi.set_item(pyo3::intern!(py, "version"), "3.0")?;
         asgi.set_item(pyo3::intern!(py, "spec_version"), "2.4")?;
-        scope.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "http"))?;
         scope.set_item(pyo3::intern!(py, "asgi"), asgi)?;
         scope.set_item(pyo3::intern!(py, "http_version"), self.http_version)?;
-        scope.set_item(pyo3::intern!(py, "method"), &self.method)?;
-        scope.set_item(pyo3::intern!(py, "scheme"), self.scheme)?;
+        if self.websocket {
+            scope.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "websocket"))?;
+            let scheme = if self.scheme == "https" { "wss" } else { "ws" };
+            scope.set_item(pyo3::intern!(py, "scheme"), scheme)?;
+            // Offered subprotocols, in the client's order, from every such header.
+            let subprotocols = PyList::empty(py);
+            for (n, v) in &self.headers {
+                if n == b"sec-websocket-protocol" {
+                    for p in v.split(|b| *b == b',') {
+                        let p = p.trim_ascii();
+                        if !p.is_empty() {
+                            subprotocols.append(PyString::new(py, &String::from_utf8_lossy(p)))?;
+                        }
+                    }
+                }
+            }
+            scope.set_item(pyo3::intern!(py, "subprotocols"), subprotocols)?;
+            let extensions = PyDict::new(py);
+            extensions.set_item("websocket.http.response", PyDict::new(py))?;
+            scope.set_item(pyo3::intern!(py, "extensions"), extensions)?;
+        } else {
+            scope.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "http"))?;
+            scope.set_item(pyo3::intern!(py, "method"), &self.method)?;
+            scope.set_item(pyo3::intern!(py, "scheme"), self.scheme)?;
+        }
         // `path` is decoded (UTF-8, as uvicorn decodes it) and includes root_path, as ASGI
         // wants since spec 2.? (Starlette strips root_path from it for routing).
         scope.set_item(
