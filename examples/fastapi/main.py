@@ -5,7 +5,7 @@ import asyncio
 import os
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 
 
 @asynccontextmanager
@@ -32,3 +32,21 @@ async def wait(request: Request, ms: int = 100):
 @app.post("/items/{item_id}")
 async def create(item_id: int, item: dict):
     return {"id": item_id, **item}
+
+
+@app.websocket("/ws")
+async def echo(ws: WebSocket):
+    # A WebSocket through pool_pass: it holds one of the worker's `concurrency` places while
+    # open, and costs nothing while idle.
+    await ws.accept()
+    try:
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("text") is not None:
+                await ws.send_text(message["text"])
+            else:
+                await ws.send_bytes(message["bytes"])
+    except WebSocketDisconnect:
+        pass

@@ -744,6 +744,30 @@ pub struct Gunicorn {
     child: procs::Owned,
 }
 
+/// Runs a WebSocket client scenario of `tests/python/wsclient.py` (the `websockets` library in
+/// the test virtualenv) against `url`; what it printed (JSON).
+pub fn ws_client(scenario: &str, url: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(python_env().join("bin/python"))
+        .arg(python_apps().join("../wsclient.py"))
+        .arg(scenario)
+        .arg(url)
+        .args(args)
+        .output()
+        .expect("run wsclient.py");
+    assert!(
+        out.status.success(),
+        "wsclient {scenario} {url}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "wsclient {scenario}: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
 /// A uvicorn from the test virtualenv serving one of the test apps: the ASGI tests' peer.
 pub struct Uvicorn {
     pub port: u16,

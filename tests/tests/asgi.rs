@@ -467,6 +467,9 @@ fn the_demos_fastapi_app_awaits_many_requests_per_worker() {
     )
     .unwrap();
     assert_eq!(r.json(), serde_json::json!({"id": 3, "a": 1}));
+    // Its WebSocket echoes.
+    let e = ngx_pool_tests::ws_client("echo", &format!("ws://127.0.0.1:{port}/api/ws"), &["2"]);
+    assert_eq!(e["texts"][1], "hello 1 ✓");
     assert_eq!(ng.pool_processes(), before, "no process was created");
     ng.finish();
 }

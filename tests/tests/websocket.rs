@@ -31,27 +31,8 @@ fn start(extra: &str) -> Nginx {
     ))
 }
 
-/// Runs a `wsclient.py` scenario and returns what it printed.
 fn client(scenario: &str, url: &str, args: &[&str]) -> Value {
-    let out = Command::new(python_env().join("bin/python"))
-        .arg(python_apps().join("../wsclient.py"))
-        .arg(scenario)
-        .arg(url)
-        .args(args)
-        .output()
-        .expect("run wsclient.py");
-    assert!(
-        out.status.success(),
-        "wsclient {scenario} {url}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "wsclient {scenario}: {e}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    ngx_pool_tests::ws_client(scenario, url, args)
 }
 
 fn url(port: u16, path: &str) -> String {
