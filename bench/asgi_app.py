@@ -3,11 +3,12 @@
 /hello -> "hello"            /json -> a small JSON document
 /io    -> awaits 10 ms (a database or another service)
 /cpu   -> a fixed amount of pure-Python work (~10 ms here), in an async view
+/ws    -> a WebSocket that echoes each text message
 """
 
 import asyncio
 
-from fastapi import FastAPI
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import PlainTextResponse
 
 app = FastAPI()
@@ -36,3 +37,14 @@ async def cpu():
     for i in range(80_000):
         x += i * i
     return {"sum": x}
+
+
+@app.websocket("/ws")
+async def ws_echo(ws: WebSocket):
+    # The WebSocket round trip: each message echoed as it comes.
+    await ws.accept()
+    try:
+        while True:
+            await ws.send_text(await ws.receive_text())
+    except WebSocketDisconnect:
+        pass

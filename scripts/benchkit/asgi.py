@@ -9,9 +9,12 @@ same wrk, two Python processes each, all on Debian's python3 (venvs of it).
   granian            proxy_pass (keepalive upstream), --interface asgi --workers 2
 
 Views: /hello and /json at c=32, /io (awaits 10 ms) at c=256, /cpu (~10 ms of pure Python) at
-c=32. Memory: the PSS of each whole stack after its runs. WebSocket round trips are not measured:
-the pool does not carry WebSockets yet.
+c=32. Memory: the PSS of each whole stack after its runs. WebSocket: the round trip of a 32-byte
+text message on one connection (tests/python/wsclient.py's `rtt`, the `websockets` client, 2000
+round trips a run), through pool_pass and through proxy_pass with the Upgrade headers (as an
+operator sets it up); p50 and p99.
 """
+import json
 import statistics
 import subprocess
 
@@ -51,8 +54,12 @@ def run(h):
         targets.append(("granian", "/granian"))
     else:
         log("SKIPPED granian in --asgi: not installed (a full run installs it)")
+    # WebSockets to the peers: proxy_pass with the Upgrade headers, on a path of their own.
+    ws_peers = "".join(f"\n        location /{k}-ws/ {{ proxy_pass http://up_{k}/; proxy_http_version 1.1; "
+                       "proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection \"upgrade\"; }"
+                       for k in proxies)
     port, ng = start_nginx(h, "asgi", P, f"handler=asgi:asgi_app:app venv={VENV} chdir={bench_dir} "
-                           f"workers={P} timeout=120s", proxies, keepalive=True)
+                           f"workers={P} timeout=120s", proxies, extra=ws_peers, keepalive=True)
     base = f"http://127.0.0.1:{port}"
     nginx_pid = ng.pid
 
@@ -73,6 +80,15 @@ def run(h):
             for name, pre in targets[k:] + targets[:k]:
                 log(f"asgi round {r + 1}/{rounds}: {name} {v} c={conc}")
                 res.setdefault((name, v), []).append(h.wrk(base + pre + v, conc, secs, lambda: 0))
+    ws = {}
+    for r in range(rounds):
+        k = r % len(targets)
+        for name, pre in targets[k:] + targets[:k]:
+            path = "/pool/ws" if name == "ngx-pool" else f"{pre}-ws/ws"
+            log(f"asgi round {r + 1}/{rounds}: {name} WebSocket echo")
+            got = _rtt(f"ws://127.0.0.1:{port}{path}", 300 if quick else 2000)
+            if got is not None:
+                ws.setdefault(name, []).append(got)
     mem = {name: (pss_kib(stack(name)), len(stack(name))) for name, _ in targets}
 
     def med(name, v, key="rps"):
@@ -98,8 +114,27 @@ def run(h):
     uv = mem["uvicorn"][0]
     out.table([("stack", ""), ("processes", ""), ("PSS MiB", ".1f"), ("× uvicorn", ".2f")],
               [[name, n, kib / 1024, kib / uv] for name, (kib, n) in mem.items()])
-    out.text("Not measured: the WebSocket echo round trip (the pool does not carry WebSockets yet).")
+    out.text("WebSocket echo, one connection, 32-byte text messages, round trip in µs (medians of the runs):")
+    ws_rows = []
+    ours = statistics.median(x["p50_us"] for x in ws["ngx-pool"]) if "ngx-pool" in ws else None
+    for name, _ in targets:
+        if name not in ws:
+            ws_rows.append([name, "failed", "", ""])
+            continue
+        p50 = statistics.median(x["p50_us"] for x in ws[name])
+        p99 = statistics.median(x["p99_us"] for x in ws[name])
+        ws_rows.append([name, f"{p50:.0f}", f"{p99:.0f}", f"{p50 / ours:.2f}" if ours else ""])
+    out.table([("server", ""), ("p50 µs", ""), ("p99 µs", ""), ("p50 ÷ ngx-pool's", "")], ws_rows)
     return out
+
+
+def _rtt(url, count):
+    """The `rtt` scenario of tests/python/wsclient.py against `url`; None if it failed."""
+    out = subprocess.run([str(VENV / "bin/python"), str(ROOT / "tests/python/wsclient.py"), "rtt", url, str(count)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return None
+    return json.loads(out.stdout)
 
 
 def _cmdline(pid):
