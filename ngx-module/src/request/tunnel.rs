@@ -37,9 +37,18 @@ pub(super) enum Tunnel {
 /// Whether request `r` of pool `pool` is to be offered as a tunnel.
 pub(super) fn wants_tunnel(r: *mut ngx_http_request_t, pool: usize, req: &Request) -> bool {
     // SAFETY: fields of a live request.
-    let (version, method) = unsafe { ((*r).http_version, (*r).method) };
+    let (version, method, body) = unsafe {
+        let h = &(*r).headers_in;
+        (
+            (*r).http_version,
+            (*r).method,
+            h.content_length_n > 0 || h.chunked() != 0,
+        )
+    };
+    // A handshake is a GET without a body (RFC 6455 4.1): bytes after its head are frames.
     if version != nginx_sys::NGX_HTTP_VERSION_11 as usize
         || method != nginx_sys::NGX_HTTP_GET as usize
+        || body
     {
         return false;
     }
