@@ -33,6 +33,8 @@ OPTIONS:
                         queue [default: 100; 1 for every other handler]
     --lifespan auto|on|off
                         asgi: the lifespan protocol, as uvicorn's [auto]
+    --ws-ping TIME      asgi: ping a WebSocket silent this long, close it (1011) if no
+                        answer comes within as long again; off: never      [default: 20s]
     --name NAME         pool name used in log lines                  [default: pool]
     --workers N         pool worker processes                        [default: number of CPUs]
                         or MIN-MAX: MIN at start, more while requests wait, up to MAX

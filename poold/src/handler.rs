@@ -258,10 +258,11 @@ pub fn python_init_config(spec: &HandlerSpec, pool: &ngx_pool_conf::PoolSettings
     }
     if pool.is_asgi() {
         out.push_str(&format!(
-            "lifespan={}\nconcurrency={}\ntimeout={}\n",
+            "lifespan={}\nconcurrency={}\ntimeout={}\nws_ping={}\n",
             pool.lifespan.name(),
             pool.concurrency(),
-            pool.timeout_ms.unwrap_or(0)
+            pool.timeout_ms.unwrap_or(0),
+            pool.ws_ping_ms.unwrap_or(ngx_pool_conf::DEFAULT_WS_PING_MS)
         ));
     }
     out

@@ -10,8 +10,9 @@
 use ngx_pool_channel::slot::{self, SlotId};
 use ngx_pool_channel::stream;
 use ngx_pool_channel::Region;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 /// WebSocket close code for a worker that retires (RFC 6455 1001, "going away").
 pub const GOING_AWAY: u32 = 1001;
@@ -21,13 +22,17 @@ pub const RESTART: u32 = 1012;
 /// Why this process's long-lived requests should end (0: they need not).
 static CLOSING: AtomicU32 = AtomicU32::new(0);
 
-/// The requests whose waker was asked for, by token.
-static TABLE: Mutex<Vec<(u64, Arc<RequestWake>)>> = Mutex::new(Vec::new());
+/// The requests whose waker was asked for, by token (a worker may hold thousands of
+/// WebSockets, each woken per message the app sends).
+static TABLE: OnceLock<Mutex<HashMap<u64, Arc<RequestWake>>>> = OnceLock::new();
 
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(0);
 
-fn table() -> MutexGuard<'static, Vec<(u64, Arc<RequestWake>)>> {
-    TABLE.lock().unwrap_or_else(PoisonError::into_inner)
+fn table() -> MutexGuard<'static, HashMap<u64, Arc<RequestWake>>> {
+    TABLE
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The region a pool worker serves, for wake-ups from threads that hold no borrow of it.
@@ -55,6 +60,8 @@ pub struct RequestWake {
     woken: AtomicBool,
     /// The closing code `read_wait` last returned for (it returns once per change).
     seen_closing: AtomicU32,
+    /// Its token, once given.
+    token: OnceLock<u64>,
 }
 
 impl RequestWake {
@@ -64,6 +71,7 @@ impl RequestWake {
             id,
             woken: AtomicBool::new(false),
             seen_closing: AtomicU32::new(0),
+            token: OnceLock::new(),
         }
     }
 
@@ -101,26 +109,23 @@ impl RequestWake {
 
 /// A token for `req`, entered in the table until [`forget`] (the request's end).
 pub fn token(req: &Arc<RequestWake>) -> u64 {
-    let mut t = table();
-    if let Some((token, _)) = t.iter().find(|(_, w)| Arc::ptr_eq(w, req)) {
-        return *token;
-    }
-    let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed) + 1;
-    t.push((token, req.clone()));
-    token
+    *req.token.get_or_init(|| {
+        let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed) + 1;
+        table().insert(token, req.clone());
+        token
+    })
 }
 
-/// Takes `req` out of the table: its tokens do nothing from now on.
+/// Takes `req` out of the table: its token does nothing from now on.
 pub fn forget(req: &Arc<RequestWake>) {
-    table().retain(|(_, w)| !Arc::ptr_eq(w, req));
+    if let Some(token) = req.token.get() {
+        table().remove(token);
+    }
 }
 
 /// Wakes the request named by `token`, if it is still running.
 pub fn wake(token: u64) {
-    let found = table()
-        .iter()
-        .find(|(t, _)| *t == token)
-        .map(|(_, w)| w.clone());
+    let found = table().get(&token).cloned();
     if let Some(w) = found {
         w.wake();
     }
@@ -135,7 +140,7 @@ pub fn close_all(code: u32) {
     {
         return;
     }
-    let all: Vec<Arc<RequestWake>> = table().iter().map(|(_, w)| w.clone()).collect();
+    let all: Vec<Arc<RequestWake>> = table().values().cloned().collect();
     for w in all {
         w.wake();
     }

@@ -453,3 +453,121 @@ fn a_client_that_breaks_the_protocol_is_closed_with_the_rfcs_code_and_the_worker
     ng.finish();
     let _ = std::fs::remove_dir_all(&rec);
 }
+
+/// A masked client frame of `opcode` carrying `payload`.
+fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [7u8, 1, 9, 3];
+    let mut f = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n < 65536 => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    f
+}
+
+#[test]
+fn clients_that_never_read_hold_a_small_window_and_the_pool_serves_on() {
+    // A small arena (8 MiB; requests queue only while at most half is in use): with a full
+    // 1 MiB window each way, four stalled WebSockets would stop every request.
+    let ng = Nginx::start(Conf::new(
+        &ws_pool("workers=1 arena=8m"),
+        "    location / { pool_pass ws; }\n    location = /status { pool_status; }",
+    ));
+    let data = frame(2, &vec![0x5a; 64 << 10]);
+    let mut stalled = Vec::new();
+    for _ in 0..12 {
+        let mut s = raw_handshake(ng.port, "/ws/echo");
+        s.set_nonblocking(true).unwrap();
+        // Sends echo requests and reads nothing, until nothing more is taken for a while.
+        let mut quiet_since = Instant::now();
+        let mut at = 0;
+        while quiet_since.elapsed() < Duration::from_millis(500) {
+            match s.write(&data[at..]) {
+                Ok(n) => {
+                    at = (at + n) % data.len();
+                    quiet_since = Instant::now();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("the stalled client's write failed: {e}"),
+            }
+        }
+        stalled.push(s);
+    }
+    let chunks = ng.pool_status("ws")["chunks"]["in_use"].as_u64().unwrap();
+    eprintln!("12 stalled WebSockets hold {chunks} chunks of 512");
+    // Each holds its two small windows (64 KiB, four chunks each way) and no more.
+    assert!(
+        chunks <= 12 * 10,
+        "12 stalled WebSockets hold {chunks} chunks"
+    );
+    // Every other request is served at once, WebSocket or not.
+    let r = ng.get("/");
+    assert_eq!((r.status, r.text().as_str()), (200, "hello\n"));
+    let e = client("echo", &url(ng.port, "/ws/echo"), &["2"]);
+    assert_eq!(e["texts"][1], "hello 1 ✓");
+    drop(stalled);
+    ng.finish();
+}
+
+#[test]
+fn a_client_that_closes_its_side_after_its_close_frame_gets_the_servers() {
+    let ng = start("workers=1");
+    let mut s = raw_handshake(ng.port, "/ws/echo");
+    s.write_all(&frame(8, &1000u16.to_be_bytes())).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(close_code(&mut s), Some(1000));
+    // The app's own headers on its accept, framing ones dropped: the 101 carries no body.
+    let c = client("until_closed", &url(ng.port, "/ws/headers"), &[]);
+    assert_eq!(
+        (c["received"][0].as_str(), c["rcvd_code"].as_u64()),
+        (Some("hi"), Some(1000)),
+        "{c}"
+    );
+    ng.finish();
+}
+
+#[test]
+fn a_silent_client_is_pinged_and_closed_with_1011_when_it_does_not_answer() {
+    let mut ng = start("workers=1 ws_ping=1s");
+    let mut s = raw_handshake(ng.port, "/ws/echo");
+    let started = Instant::now();
+    // The ping comes after about a second of silence.
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(head[0] & 0x0f, 9, "not a ping: {head:?}");
+    let mut rest = vec![0u8; (head[1] & 0x7f) as usize];
+    s.read_exact(&mut rest).unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    // Unanswered, the connection is closed with 1011 about a second later.
+    assert_eq!(close_code(&mut s), Some(1011));
+    // A client that answers (the websockets library does) stays open across several pings.
+    let mut s = raw_handshake(ng.port, "/ws/echo");
+    for _ in 0..3 {
+        s.read_exact(&mut head).unwrap();
+        assert_eq!(head[0] & 0x0f, 9);
+        let mut rest = vec![0u8; (head[1] & 0x7f) as usize];
+        s.read_exact(&mut rest).unwrap();
+        s.write_all(&frame(10, &rest)).unwrap();
+    }
+    s.write_all(&frame(1, b"still here")).unwrap();
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(head[0] & 0x0f, 1, "the answered WebSocket was closed");
+    ng.log_line(&["did not answer a ping within 1000 ms"]);
+    ng.finish();
+}

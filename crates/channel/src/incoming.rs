@@ -102,11 +102,18 @@ pub fn take<'h, 'r, N: Notify>(
     if u64::from(head_len).checked_add(body_len) != Some(total) {
         return Err(Refused::bad(id, "lengths disagree"));
     }
+    let mut answer = AnswerOut::new(region, id, notify);
+    if body_len >= crate::message::OPEN_BODY {
+        // An upgrade nginx offers: its answer may flow for hours, on a small window.
+        answer
+            .writer
+            .limit_window(region, region.geometry().tunnel_window());
+    }
     Ok(Taken {
         view,
         body_len,
         body,
-        answer: AnswerOut::new(region, id, notify),
+        answer,
     })
 }
 

@@ -66,6 +66,19 @@ impl Geometry {
             floor
         }
     }
+    /// The window of each stream of an upgraded connection (a WebSocket): it lasts as long as
+    /// its client wants, so it holds little of the arena however slowly it reads (a thousand
+    /// stalled ones must not fill what every request needs); a few chunks keep it moving.
+    pub const fn tunnel_window(&self) -> u64 {
+        let floor = 2 * self.chunk_data() as u64;
+        let want = if floor > 64 << 10 { floor } else { 64 << 10 };
+        let w = self.stream_window();
+        if want < w {
+            want
+        } else {
+            w
+        }
+    }
     /// The part of the window a request may fill while it waits in the queue: queued requests
     /// must not be able to take the arena that running ones need for their answers.
     pub const fn queued_window(&self) -> u64 {

@@ -67,6 +67,10 @@ pub fn open(
     }
     let id = slot::alloc(region.nginx_side(), conn, conn_gen).ok_or(NotOpened::NoSlot)?;
     let mut writer = StreamWriter::new();
+    if total.saturating_sub(head.len() as u64) >= crate::message::OPEN_BODY {
+        // An upgrade nginx offers: its body may flow for hours, on a small window.
+        writer.limit_window(region, g.tunnel_window());
+    }
     if let Err(e) = writer.append(region, id, Direction::Request, head) {
         slot::release(region.nginx_side(), id);
         return Err(match e {

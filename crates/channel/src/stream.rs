@@ -68,6 +68,8 @@ pub struct StreamWriter {
     tail: u32,
     tail_len: u32,
     written: u64,
+    /// A window smaller than the geometry's (see [`StreamWriter::limit_window`]); 0: none.
+    window: u64,
 }
 
 impl StreamWriter {
@@ -89,6 +91,15 @@ impl StreamWriter {
         }
     }
 
+    /// Holds this stream to a window of `bytes` (at least two chunks' worth, below which a
+    /// reader could not free a chunk to give credit; at most the geometry's window).
+    pub fn limit_window(&mut self, region: &Region, bytes: u64) {
+        let g = region.geometry();
+        self.window = bytes
+            .max(2 * u64::from(g.chunk_data()))
+            .min(g.stream_window());
+    }
+
     /// How many more bytes the window allows now.
     pub fn room(&self, region: &Region, id: SlotId, dir: Direction) -> u64 {
         let Some(e) = ends(region, id, dir) else {
@@ -97,7 +108,10 @@ impl StreamWriter {
         // Acquire: pairs with the reader's Release in `StreamReader::release`: the chunks it
         // freed are back on the free list before we count on them.
         let consumed = e.consumed.load(Ordering::Acquire);
-        let window = region.geometry().stream_window();
+        let window = match self.window {
+            0 => region.geometry().stream_window(),
+            w => w,
+        };
         window.saturating_sub(self.written.saturating_sub(consumed))
     }
 

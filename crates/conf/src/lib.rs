@@ -436,6 +436,8 @@ mod tests {
         assert!(e(&["a", "handler=wsgi:w", "concurrency=4"]).contains("only for asgi: pools"));
         assert!(e(&["a", "handler=builtin:echo", "lifespan=on"]).contains("only for asgi: pools"));
         assert!(e(&["a", "handler=asgi:w", "lifespan=yes"]).contains("invalid lifespan"));
+        assert!(e(&["a", "handler=wsgi:w", "ws_ping=5s"]).contains("only for asgi: pools"));
+        assert!(e(&["a", "handler=asgi:w", "ws_ping=soon"]).contains("invalid ws_ping"));
         assert!(e(&["a", "handler=asgi:w", "concurrency=0"]).contains("invalid concurrency"));
         assert!(
             e(&["a", "handler=asgi:w", "workers=4096", "concurrency=1000"])

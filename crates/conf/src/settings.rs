@@ -125,7 +125,14 @@ pub struct PoolSettings {
     pub concurrency: Option<u32>,
     /// ASGI: the lifespan protocol (`lifespan=auto|on|off`).
     pub lifespan: Lifespan,
+    /// ASGI: how often an open WebSocket that has heard nothing from its client pings it, and
+    /// how long it then waits for an answer before it closes with 1011 (`ws_ping=`, uvicorn's
+    /// `--ws-ping-interval` and `--ws-ping-timeout`); none: [`DEFAULT_WS_PING_MS`]; 0: never.
+    pub ws_ping_ms: Option<u64>,
 }
+
+/// The default of `ws_ping=`: uvicorn's 20 s.
+pub const DEFAULT_WS_PING_MS: u64 = 20_000;
 
 /// The highest `pids_max=`: the kernel's highest pid (`PID_MAX_LIMIT`).
 pub const MAX_PIDS_MAX: u32 = 4 << 20;
@@ -158,6 +165,7 @@ pub const SETTING_NAMES: &[&str] = &[
     "cpu_weight",
     "concurrency",
     "lifespan",
+    "ws_ping",
 ];
 
 impl PoolSettings {
@@ -189,6 +197,7 @@ impl PoolSettings {
             cpu_weight: None,
             concurrency: None,
             lifespan: Lifespan::Auto,
+            ws_ping_ms: None,
         }
     }
 
@@ -218,6 +227,9 @@ impl PoolSettings {
             }
             if self.lifespan != Lifespan::Auto {
                 return Err("lifespan= is only for asgi: pools".to_string());
+            }
+            if self.ws_ping_ms.is_some() {
+                return Err("ws_ping= is only for asgi: pools (WebSockets)".to_string());
             }
         }
         let lanes = u64::from(self.workers) * 2 * u64::from(self.concurrency());
@@ -335,6 +347,19 @@ impl PoolSettings {
             "pids_max" => self.pids_max = Some(number(MAX_PIDS_MAX)?),
             "cpu_weight" => self.cpu_weight = Some(number(MAX_CPU_WEIGHT)?),
             "concurrency" => self.concurrency = Some(number(10_000)?),
+            "ws_ping" => {
+                self.ws_ping_ms = match value {
+                    "off" => Some(0),
+                    v => match parse_time_ms(v) {
+                        Some(ms) => Some(ms),
+                        None => {
+                            return Err(format!(
+                                "invalid ws_ping \"{value}\" (a time such as 20s, or off)"
+                            ))
+                        }
+                    },
+                }
+            }
             "lifespan" => {
                 self.lifespan = match value {
                     "auto" => Lifespan::Auto,
@@ -458,6 +483,9 @@ impl PoolSettings {
         }
         if let Some(n) = self.concurrency {
             put("concurrency", n.to_string());
+        }
+        if let Some(ms) = self.ws_ping_ms {
+            put("ws_ping", format!("{ms}ms"));
         }
         if self.lifespan != Lifespan::Auto {
             put("lifespan", self.lifespan.name().to_string());

@@ -134,8 +134,8 @@ pub(super) fn timeout(ev: *mut ngx_event_t, ctx: CtxRef) {
     // SAFETY: as above.
     let c = ctx.get();
     if matches!(c.tunnel, Some(Tunnel::Open { .. })) {
-        // An open tunnel has no deadline: its timer is the grace of a shutdown.
-        return tunnel::shutdown_grace_over(ctx);
+        // An open tunnel has no deadline: its timer is a grace (see `tunnel`).
+        return tunnel::grace_over(ctx);
     }
     let name = pool_name(c.pool);
     if let Some((waited, rest)) = c.queue_phase.take() {

@@ -26,12 +26,20 @@ const TUNNEL_BUFFER: usize = 16 << 10;
 /// worker for it: a worker with no timers left exits.
 const SHUTDOWN_GRACE_MS: u64 = 5000;
 
+/// How long the pool has to answer what a client sent just before it closed its side (its
+/// close frame, whose answer ends the WebSocket cleanly) before the tunnel ends anyway.
+const CLIENT_EOF_GRACE_MS: u64 = 1000;
+
 /// Where a request stands as a tunnel.
 pub(super) enum Tunnel {
     /// It asks for an upgrade, which the pool may answer with 101.
     Offered,
-    /// Upgraded: the client's bytes are read into `buf` as the pool has room for them.
-    Open { buf: *mut nginx_sys::ngx_buf_t },
+    /// Upgraded: the client's bytes are read into `buf` as the pool has room for them; `eof`
+    /// once the client has closed its side.
+    Open {
+        buf: *mut nginx_sys::ngx_buf_t,
+        eof: bool,
+    },
 }
 
 /// Whether request `r` of pool `pool` is to be offered as a tunnel.
@@ -87,8 +95,13 @@ pub(super) fn open(ctx: CtxRef) {
         // `close` set; ours tells the pool instead of dropping the connection (see below).
         (*conn).set_idle(1);
         (*(*conn).read).handler = Some(on_connection_read);
+        // Small messages go out as they are written, as nginx's own upgrade does.
+        let req = Request::from_ngx_http_request(r);
+        if ngx::http::NgxHttpCoreModule::location_conf(req).is_some_and(|l| l.tcp_nodelay != 0) {
+            nginx_sys::ngx_tcp_nodelay(conn);
+        }
     }
-    c.tunnel = Some(Tunnel::Open { buf });
+    c.tunnel = Some(Tunnel::Open { buf, eof: false });
     // What the client sent right behind its handshake came with the head: first in line.
     // SAFETY: the request's header buffer, [pos, last) unread.
     let early = unsafe {
@@ -105,8 +118,8 @@ pub(super) fn open(ctx: CtxRef) {
 /// `Err` if the tunnel ended (the client closed, or its connection failed).
 pub(super) fn read(ctx: CtxRef) -> Result<bool, ()> {
     let c = ctx.get();
-    let Some(Tunnel::Open { buf }) = c.tunnel else {
-        // Not upgraded (yet): the client has nothing to send.
+    let Some(Tunnel::Open { buf, eof: false }) = c.tunnel else {
+        // Not upgraded (yet): the client has nothing to send; or it has sent all it will.
         return Ok(false);
     };
     let r = c.r;
@@ -138,12 +151,27 @@ pub(super) fn read(ctx: CtxRef) -> Result<bool, ()> {
         unsafe { nginx_sys::ngx_handle_read_event((*(*r).connection).read, 0) };
         return Ok(false);
     }
-    // The client closed (0) or its connection failed: the pool's app is told it left.
+    if n == 0 {
+        // The client closed its side: what it sent last (a close frame) is in the pool's hands,
+        // which answers and ends the response; if it does not, the tunnel ends after a grace.
+        c.tunnel = Some(Tunnel::Open { buf, eof: true });
+        if c.timer.timer_set() == 0 {
+            // SAFETY: the context's own timer.
+            unsafe {
+                nginx_sys::ngx_add_timer(
+                    ptr::addr_of_mut!(c.timer),
+                    CLIENT_EOF_GRACE_MS as nginx_sys::ngx_msec_t,
+                )
+            };
+        }
+        return Ok(false);
+    }
+    // Its connection failed: the pool's app is told it left.
     log_request_at(
         r,
         nginx_sys::NGX_LOG_INFO,
         &format!(
-            "pool \"{}\": the client closed the upgraded connection",
+            "pool \"{}\": the upgraded connection failed",
             pool_name(c.pool)
         ),
     );
@@ -151,16 +179,19 @@ pub(super) fn read(ctx: CtxRef) -> Result<bool, ()> {
     Err(())
 }
 
-/// The tunnel was still open [`SHUTDOWN_GRACE_MS`] after nginx began to shut down: closed.
-pub(super) fn shutdown_grace_over(ctx: CtxRef) {
+/// The tunnel's timer: the grace after the client closed its side, or after nginx began to
+/// shut down, is over; the connection is closed.
+pub(super) fn grace_over(ctx: CtxRef) {
     let c = ctx.get();
+    let what = if matches!(c.tunnel, Some(Tunnel::Open { eof: true, .. })) {
+        format!("the client closed the upgraded connection ({CLIENT_EOF_GRACE_MS} ms ago)")
+    } else {
+        format!("the upgraded connection was still open {SHUTDOWN_GRACE_MS} ms after nginx began to shut down; closed")
+    };
     log_request_at(
         c.r,
         nginx_sys::NGX_LOG_INFO,
-        &format!(
-            "pool \"{}\": the upgraded connection was still open {SHUTDOWN_GRACE_MS} ms after nginx began to shut down; closed",
-            pool_name(c.pool)
-        ),
+        &format!("pool \"{}\": {what}", pool_name(c.pool)),
     );
     terminate(ctx);
 }
@@ -193,7 +224,14 @@ unsafe extern "C" fn on_connection_read(ev: *mut ngx_event_t) {
         || recover(r),
         || {
             // SAFETY: the live connection of the request.
-            let shutting_down = unsafe { (*conn).close() != 0 };
+            let (shutting_down, forced) = unsafe { ((*conn).close() != 0, (*conn).error() != 0) };
+            if shutting_down && forced {
+                // `worker_shutdown_timeout` ran out: nginx closes every connection now.
+                if let Some(ctx) = ctx_of(r) {
+                    terminate(ctx);
+                }
+                return;
+            }
             if shutting_down {
                 // SAFETY: as above.
                 unsafe {
@@ -205,13 +243,15 @@ unsafe extern "C" fn on_connection_read(ev: *mut ngx_event_t) {
                     if let Some(id) = c.slot {
                         slot::notice_going_away(c.region.nginx_side(), id);
                     }
-                    // SAFETY: the context's own timer, not set while the tunnel is open.
-                    unsafe {
-                        nginx_sys::ngx_add_timer(
-                            ptr::addr_of_mut!(c.timer),
-                            SHUTDOWN_GRACE_MS as nginx_sys::ngx_msec_t,
-                        )
-                    };
+                    if c.timer.timer_set() == 0 {
+                        // SAFETY: the context's own timer.
+                        unsafe {
+                            nginx_sys::ngx_add_timer(
+                                ptr::addr_of_mut!(c.timer),
+                                SHUTDOWN_GRACE_MS as nginx_sys::ngx_msec_t,
+                            )
+                        };
+                    }
                 }
                 return;
             }

@@ -423,11 +423,16 @@ impl Supervisor {
             FailReason::WorkerDied
         };
         self.maybe_lost = true;
+        let status = if reason == FailReason::Timeout {
+            "504"
+        } else {
+            "502"
+        };
         for lane in self.lanes(i) {
             match slot::reclaim_worker(self.region.pool_side(), lane, reason) {
                 Some((id, Handover::Deliver { .. })) => log!(
                     "error",
-                    "pool worker {pid} {how} while running a request (slot {}); it gets 502",
+                    "pool worker {pid} {how} while running a request (slot {}); it gets {status} (its connection is closed if the answer had begun: a stream, a WebSocket)",
                     id.index
                 ),
                 Some((id, Handover::ToCaller)) => log!(

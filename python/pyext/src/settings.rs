@@ -1,6 +1,6 @@
 //! What poold tells the Python handlers in `init`: the app and how to find it, one `key=value` a
 //! line (made by poold from the `pool` directive's `handler=wsgi:...`/`asgi:...`,
-//! `python_path=`, `preload=`, and for ASGI `lifespan=`, `concurrency=`, `timeout=`; see
+//! `python_path=`, `preload=`, and for ASGI `lifespan=`, `concurrency=`, `timeout=`, `ws_ping=`; see
 //! `poold::handler::python_init_config`). The venv needs no setting: it is the interpreter this
 //! runs in.
 
@@ -20,6 +20,8 @@ pub struct Settings {
     pub concurrency: u32,
     /// The pool's `timeout=` in ms (0: none): an ASGI request past it is cancelled.
     pub timeout_ms: u64,
+    /// ASGI: `ws_ping=` in ms (0: no pings).
+    pub ws_ping_ms: u64,
 }
 
 impl Settings {
@@ -33,6 +35,7 @@ impl Settings {
             lifespan: "auto".to_string(),
             concurrency: 1,
             timeout_ms: 0,
+            ws_ping_ms: 0,
         };
         for line in text.lines().filter(|l| !l.is_empty()) {
             let (key, value) = line
@@ -51,6 +54,7 @@ impl Settings {
                 "lifespan" => s.lifespan = value.to_string(),
                 "concurrency" => s.concurrency = value.parse().unwrap_or(1),
                 "timeout" => s.timeout_ms = value.parse().unwrap_or(0),
+                "ws_ping" => s.ws_ping_ms = value.parse().unwrap_or(0),
                 other => return Err(format!("settings: unknown key \"{other}\"")),
             }
         }

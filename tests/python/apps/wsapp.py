@@ -100,3 +100,11 @@ async def wait(ws: WebSocket):
     await ws.send_text(str(os.getpid()))
     message = await ws.receive()
     record(f"wait {os.getpid()} {message['type']} {message.get('code')}")
+
+
+@app.websocket("/ws/headers")
+async def headers(ws: WebSocket):
+    """Accepts with headers of its own, framing ones among them (dropped: a 101 has no body)."""
+    await ws.accept(headers=[(b"x-extra", b"1"), (b"content-length", b"10"), (b"transfer-encoding", b"chunked")])
+    await ws.send_text("hi")
+    await ws.close()

@@ -44,9 +44,10 @@ pub fn check_handshake(req: &Request<'_>) -> std::result::Result<(), (Status, bo
             "WebSocket handshake: Sec-WebSocket-Version must be 13\n",
         ));
     }
-    // A base64-encoded 16-byte nonce is 24 characters ending in "==".
+    // A base64-encoded 16-byte nonce: 22 characters of the alphabet and "==".
     let key = key.trim_ascii();
-    if key.len() != 24 || !key.ends_with(b"==") {
+    let base64 = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
+    if key.len() != 24 || !key.ends_with(b"==") || !key[..22].iter().all(base64) {
         return Err((
             Status::BAD_REQUEST,
             false,
@@ -194,12 +195,19 @@ impl Asgi {
         if let Some(p) = &subprotocol {
             headers.push((b"Sec-WebSocket-Protocol", p.as_bytes()));
         }
+        // Ours to set; and what would frame a body a 101 has none of (RFC 9110 15.2: no
+        // Content-Length or Transfer-Encoding on a 1xx), or is hop-by-hop.
         let ours = |n: &[u8]| {
             [
                 &b"upgrade"[..],
                 b"connection",
                 b"sec-websocket-accept",
                 b"sec-websocket-protocol",
+                b"content-length",
+                b"transfer-encoding",
+                b"keep-alive",
+                b"te",
+                b"trailer",
             ]
             .iter()
             .any(|o| o.eq_ignore_ascii_case(n))
@@ -226,6 +234,9 @@ impl Asgi {
             stream,
             call,
             closing_since: None,
+            ping: Duration::from_millis(self.settings.ws_ping_ms),
+            heard: Instant::now(),
+            pinged: None,
         };
         let out = link.run(self);
         let mut st = call.lock();
@@ -247,6 +258,13 @@ struct Link<'c> {
     call: &'c Arc<Call>,
     /// Set once our close frame is out: the client's is awaited until [`CLOSE_WAIT`].
     closing_since: Option<Instant>,
+    /// `ws_ping=`: a client silent this long is pinged, and closed if it stays silent as long
+    /// again (a peer gone without a word holds a lane otherwise); zero: never.
+    ping: Duration,
+    /// When the client last sent anything.
+    heard: Instant,
+    /// When our unanswered ping went out.
+    pinged: Option<Instant>,
 }
 
 /// How a link's step ended.
@@ -289,10 +307,21 @@ impl Link<'_> {
             if limit == Some(Duration::ZERO) {
                 return Ok(());
             }
+            let limit = match (limit, self.ping_due()) {
+                (Some(l), _) => Some(l),
+                (None, Some(due)) => Some(due.saturating_duration_since(Instant::now())),
+                (None, None) => None,
+            };
+            if limit == Some(Duration::ZERO) {
+                self.keepalive(asgi)?;
+                continue;
+            }
             match self.stream.read_wait(&mut buf, limit)? {
                 None => continue,
                 Some(0) => return Ok(()),
                 Some(n) => {
+                    self.heard = Instant::now();
+                    self.pinged = None;
                     self.ws.get_mut().input.extend(&buf[..n]);
                     if let Step::Closed = self.carry_client()? {
                         return Ok(());
@@ -410,6 +439,33 @@ impl Link<'_> {
                 }
             }
         }
+    }
+
+    /// When the next ping goes out, or the unanswered one times out (none while closing).
+    fn ping_due(&self) -> Option<Instant> {
+        if self.ping.is_zero() || self.closing_since.is_some() {
+            return None;
+        }
+        Some(self.pinged.unwrap_or(self.heard) + self.ping)
+    }
+
+    /// The client has been silent for `ws_ping`: a ping; silent as long again after it: closed.
+    fn keepalive(&mut self, asgi: &Asgi) -> Result {
+        if self.pinged.is_none() {
+            let _ = self.ws.write(Message::Ping(Vec::new().into()));
+            self.pinged = Some(Instant::now());
+            return self.flush();
+        }
+        self.stream.log(
+            Level::Info,
+            &format!(
+                "the WebSocket client of the ASGI app {} did not answer a ping within {} ms; closing it (1011)",
+                asgi.app_name(),
+                self.ping.as_millis()
+            ),
+        );
+        self.tell_app(ToApp::Disconnect(INTERNAL, String::new()));
+        self.close(INTERNAL, "keepalive ping timeout")
     }
 
     fn tell_app(&self, event: ToApp) {
