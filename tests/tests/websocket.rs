@@ -506,9 +506,9 @@ fn clients_that_never_read_hold_a_small_window_and_the_pool_serves_on() {
     }
     let chunks = ng.pool_status("ws")["chunks"]["in_use"].as_u64().unwrap();
     eprintln!("12 stalled WebSockets hold {chunks} chunks of 512");
-    // Each holds its two small windows (64 KiB, four chunks each way) and no more.
+    // Each holds its two small windows (two chunks each way, and one more) and no more.
     assert!(
-        chunks <= 12 * 10,
+        chunks <= 12 * 6,
         "12 stalled WebSockets hold {chunks} chunks"
     );
     // Every other request is served at once, WebSocket or not.
@@ -569,5 +569,41 @@ fn a_silent_client_is_pinged_and_closed_with_1011_when_it_does_not_answer() {
     s.read_exact(&mut head).unwrap();
     assert_eq!(head[0] & 0x0f, 1, "the answered WebSocket was closed");
     ng.log_line(&["did not answer a ping within 1000 ms"]);
+    ng.finish();
+}
+
+#[test]
+fn a_pool_carries_the_websockets_a_third_of_its_arena_holds_and_answers_503_past_them() {
+    // A 2 MiB arena is 128 chunks; a WebSocket may hold 6 of them: 7 at once.
+    let mut ng = start("workers=1 arena=2m");
+    let open: Vec<Holder> = (0..7)
+        .map(|i| Holder::open(&url(ng.port, "/ws/wait"), &format!("cap{i}")))
+        .collect();
+    let upgrade = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    let r = ngx_pool_tests::http::request(ng.port, "GET", "/ws/echo", &upgrade, b"").unwrap();
+    assert_eq!(r.status, 503);
+    ng.log_line(&["7 WebSockets are open, the most its arena carries"]);
+    // Plain requests are not affected, and a closed WebSocket makes room.
+    assert_eq!(ng.get("/").status, 200);
+    drop(open);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r =
+            ngx_pool_tests::http::request(ng.port, "GET", "/ws/nowhere", &upgrade, b"").unwrap();
+        if r.status == 403 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no room after the WebSockets closed: {}",
+            r.status
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     ng.finish();
 }

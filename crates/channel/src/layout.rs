@@ -67,17 +67,17 @@ impl Geometry {
         }
     }
     /// The window of each stream of an upgraded connection (a WebSocket): it lasts as long as
-    /// its client wants, so it holds little of the arena however slowly it reads (a thousand
-    /// stalled ones must not fill what every request needs); a few chunks keep it moving.
+    /// its client wants, so it holds little of the arena however slowly it reads: two chunks,
+    /// the least a stream moves with.
     pub const fn tunnel_window(&self) -> u64 {
-        let floor = 2 * self.chunk_data() as u64;
-        let want = if floor > 64 << 10 { floor } else { 64 << 10 };
-        let w = self.stream_window();
-        if want < w {
-            want
-        } else {
-            w
-        }
+        2 * self.chunk_data() as u64
+    }
+    /// Upgraded connections a pool carries at once: together they hold at most a third of the
+    /// arena (each at most its two windows and a chunk more each way), so requests always
+    /// find the half that the queue's rule keeps for them. 227 for the default 64 MiB arena.
+    pub const fn max_tunnels(&self) -> u32 {
+        let per_tunnel = 2 * (self.tunnel_window() / self.chunk_data() as u64 + 1);
+        (self.chunks as u64 / 3 / per_tunnel) as u32
     }
     /// The part of the window a request may fill while it waits in the queue: queued requests
     /// must not be able to take the arena that running ones need for their answers.

@@ -93,6 +93,18 @@ pub(super) fn begin(r: *mut ngx_http_request_t) -> Result<CtxRef, Refused> {
     let (arriving, announced) =
         unsafe { ((*r).reading_body() != 0, (*r).headers_in.content_length_n) };
     let tunnel = tunnel::wants_tunnel(r, i, req);
+    if tunnel {
+        let (open, most) = (slot::open_tunnels(&region), region.geometry().max_tunnels());
+        if open >= most {
+            return Err(Refused::Failed(
+                Failure::Full,
+                format!(
+                    "pool \"{}\": {open} WebSockets are open, the most its arena carries (a third of it); 503 (a larger arena= carries more)",
+                    pool_name(i)
+                ),
+            ));
+        }
+    }
     let parts = body_parts(r, arriving);
     let body: u64 = if tunnel {
         ngx_pool_channel::message::OPEN_BODY

@@ -34,8 +34,8 @@ const CLIENT_EOF_GRACE_MS: u64 = 1000;
 pub(super) enum Tunnel {
     /// It asks for an upgrade, which the pool may answer with 101.
     Offered,
-    /// Upgraded: the client's bytes are read into `buf` as the pool has room for them; `eof`
-    /// once the client has closed its side.
+    /// Upgraded: the client's bytes are read into `buf` as the pool has room for them (what
+    /// it sent before closing too); `eof` once the client has closed its side.
     Open {
         buf: *mut nginx_sys::ngx_buf_t,
         eof: bool,
@@ -118,8 +118,8 @@ pub(super) fn open(ctx: CtxRef) {
 /// `Err` if the tunnel ended (the client closed, or its connection failed).
 pub(super) fn read(ctx: CtxRef) -> Result<bool, ()> {
     let c = ctx.get();
-    let Some(Tunnel::Open { buf, eof: false }) = c.tunnel else {
-        // Not upgraded (yet): the client has nothing to send; or it has sent all it will.
+    let Some(Tunnel::Open { buf, .. }) = c.tunnel else {
+        // Not upgraded (yet): the client has nothing to send.
         return Ok(false);
     };
     let r = c.r;
@@ -152,18 +152,7 @@ pub(super) fn read(ctx: CtxRef) -> Result<bool, ()> {
         return Ok(false);
     }
     if n == 0 {
-        // The client closed its side: what it sent last (a close frame) is in the pool's hands,
-        // which answers and ends the response; if it does not, the tunnel ends after a grace.
-        c.tunnel = Some(Tunnel::Open { buf, eof: true });
-        if c.timer.timer_set() == 0 {
-            // SAFETY: the context's own timer.
-            unsafe {
-                nginx_sys::ngx_add_timer(
-                    ptr::addr_of_mut!(c.timer),
-                    CLIENT_EOF_GRACE_MS as nginx_sys::ngx_msec_t,
-                )
-            };
-        }
+        client_closed(ctx);
         return Ok(false);
     }
     // Its connection failed: the pool's app is told it left.
@@ -184,7 +173,8 @@ pub(super) fn read(ctx: CtxRef) -> Result<bool, ()> {
 pub(super) fn grace_over(ctx: CtxRef) {
     let c = ctx.get();
     let what = if matches!(c.tunnel, Some(Tunnel::Open { eof: true, .. })) {
-        format!("the client closed the upgraded connection ({CLIENT_EOF_GRACE_MS} ms ago)")
+        "the client closed its side of the upgraded connection and the pool did not end it; closed"
+            .to_string()
     } else {
         format!("the upgraded connection was still open {SHUTDOWN_GRACE_MS} ms after nginx began to shut down; closed")
     };
@@ -203,10 +193,35 @@ unsafe extern "C" fn on_tunnel_read(r: *mut ngx_http_request_t) {
         || recover(r),
         || {
             if let Some(ctx) = ctx_of(r) {
+                // A close behind bytes not read yet (the app is not reading): the socket says
+                // so (EPOLLRDHUP); the tunnel ends after the grace, not when the app reads.
+                // SAFETY: the live request's connection and read event.
+                if unsafe { (*(*(*r).connection).read).pending_eof() } != 0 {
+                    client_closed(ctx);
+                }
                 progress(ctx);
             }
         },
     );
+}
+
+/// The client closed its side: what it sent last (a close frame) is the pool's to answer,
+/// which ends the response; if it does not, the tunnel ends after [`CLIENT_EOF_GRACE_MS`].
+fn client_closed(ctx: CtxRef) {
+    let c = ctx.get();
+    let Some(Tunnel::Open { buf, eof: false }) = c.tunnel else {
+        return;
+    };
+    c.tunnel = Some(Tunnel::Open { buf, eof: true });
+    if c.timer.timer_set() == 0 {
+        // SAFETY: the context's own timer.
+        unsafe {
+            nginx_sys::ngx_add_timer(
+                ptr::addr_of_mut!(c.timer),
+                CLIENT_EOF_GRACE_MS as nginx_sys::ngx_msec_t,
+            )
+        };
+    }
 }
 
 /// The connection's read handler while it tunnels: nginx's own (`ngx_http_request_handler`)

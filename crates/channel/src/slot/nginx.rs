@@ -65,6 +65,15 @@ pub fn is_open_tunnel(region: &Region, id: SlotId) -> bool {
     })
 }
 
+/// Upgraded connections open in the region now (a scan of the slots: no count to keep right
+/// across crashes).
+pub fn open_tunnels(region: &Region) -> u32 {
+    (0..region.geometry().slots)
+        .filter_map(|i| view(region, i))
+        .filter(|v| v.state == Some(SlotState::Streaming) && is_open_tunnel(region, v.id))
+        .count() as u32
+}
+
 /// nginx, before `submit`: this request's own deadline (`pool_timeout`), for poold to enforce.
 pub fn set_timeout(side: NginxSide<'_>, id: SlotId, ms: u64) {
     let region = side.region();
