@@ -216,7 +216,7 @@ pub(super) fn violation(st: &mut CallState, call: &Call, rule: String) -> PyErr 
 }
 
 /// A header name as RFC 9110 allows it (a token).
-pub(super) fn valid_name(name: &[u8]) -> bool {
+fn valid_name(name: &[u8]) -> bool {
     !name.is_empty()
         && name
             .iter()
@@ -225,10 +225,46 @@ pub(super) fn valid_name(name: &[u8]) -> bool {
 
 /// A field value as RFC 9110 allows it: visible characters, obs-text, spaces and tabs (no
 /// other control character: CR, LF and NUL would split the response, the rest confuse clients).
-pub(super) fn valid_value(value: &[u8]) -> bool {
+fn valid_value(value: &[u8]) -> bool {
     value
         .iter()
         .all(|&c| c == b'\t' || (c >= 0x20 && c != 0x7f))
+}
+
+/// The `headers` of message `what` (absent: none): pairs of byte strings, a token and a value
+/// without control characters; anything else breaks the protocol.
+pub(super) fn headers_of(
+    st: &mut CallState,
+    call: &Call,
+    list: Option<Bound<'_, PyAny>>,
+    what: &str,
+) -> PyResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut headers = Vec::new();
+    let Some(list) = list else {
+        return Ok(headers);
+    };
+    for pair in list.try_iter()? {
+        let pair = pair?;
+        let two = pair.len().is_ok_and(|n| n == 2);
+        let name = pair
+            .get_item(0)
+            .ok()
+            .filter(|_| two)
+            .and_then(|n| bytes_of(&n));
+        let value = pair.get_item(1).ok().and_then(|v| bytes_of(&v));
+        match (name, value) {
+            (Some(n), Some(v)) if valid_name(&n) && valid_value(&v) => headers.push((n, v)),
+            _ => {
+                let shown = pair.repr().map(|r| r.to_string()).unwrap_or_default();
+                return Err(violation(
+                    st,
+                    call,
+                    format!("{what} with the header {shown} (a pair of byte strings: a token, and a value without control characters)"),
+                ));
+            }
+        }
+    }
+    Ok(headers)
 }
 
 pub(super) fn bytes_of(v: &Bound<'_, PyAny>) -> Option<Vec<u8>> {
@@ -326,32 +362,12 @@ impl CallHandle {
                         ))
                     }
                 };
-                let mut headers = Vec::new();
-                if let Ok(list) = message.get_item(pyo3::intern!(py, "headers")) {
-                    for pair in list.try_iter()? {
-                        let pair = pair?;
-                        let two = pair.len().is_ok_and(|n| n == 2);
-                        let name = pair
-                            .get_item(0)
-                            .ok()
-                            .filter(|_| two)
-                            .and_then(|n| bytes_of(&n));
-                        let value = pair.get_item(1).ok().and_then(|v| bytes_of(&v));
-                        match (name, value) {
-                            (Some(n), Some(v)) if valid_name(&n) && valid_value(&v) => {
-                                headers.push((n, v))
-                            }
-                            _ => {
-                                let shown = pair.repr().map(|r| r.to_string()).unwrap_or_default();
-                                return Err(violation(
-                                    &mut st,
-                                    call,
-                                    format!("http.response.start with the header {shown} (a pair of byte strings: a token, and a value without control characters)"),
-                                ));
-                            }
-                        }
-                    }
-                }
+                let headers = headers_of(
+                    &mut st,
+                    call,
+                    message.get_item(pyo3::intern!(py, "headers")).ok(),
+                    "http.response.start",
+                )?;
                 st.started = true;
                 st.to_lane.push_back(ToLane::Start { status, headers });
             }

@@ -3,8 +3,7 @@
 //! them into frames ([`super::websocket`]).
 
 use super::call::{
-    bytes_of, valid_name, valid_value, violation, Call, CallState, ToApp, ToLane, WsMessage,
-    WsPhase, SEND_AHEAD,
+    bytes_of, headers_of, violation, Call, CallState, ToApp, ToLane, WsMessage, WsPhase, SEND_AHEAD,
 };
 use pyo3::exceptions::{PyOSError, PyTypeError};
 use pyo3::prelude::*;
@@ -105,32 +104,7 @@ pub fn send(
                 })?),
                 None => None,
             };
-            let mut headers = Vec::new();
-            if let Some(list) = field("headers") {
-                for pair in list.try_iter()? {
-                    let pair = pair?;
-                    let two = pair.len().is_ok_and(|n| n == 2);
-                    let name = pair
-                        .get_item(0)
-                        .ok()
-                        .filter(|_| two)
-                        .and_then(|n| bytes_of(&n));
-                    let value = pair.get_item(1).ok().and_then(|v| bytes_of(&v));
-                    match (name, value) {
-                        (Some(n), Some(v)) if valid_name(&n) && valid_value(&v) => {
-                            headers.push((n, v))
-                        }
-                        _ => {
-                            let shown = pair.repr().map(|r| r.to_string()).unwrap_or_default();
-                            return Err(violation(
-                                &mut st,
-                                call,
-                                format!("websocket.accept with the header {shown} (a pair of byte strings: a token, and a value without control characters)"),
-                            ));
-                        }
-                    }
-                }
-            }
+            let headers = headers_of(&mut st, call, field("headers"), "websocket.accept")?;
             st.ws = WsPhase::Open;
             ToLane::Accept {
                 subprotocol,
@@ -220,26 +194,12 @@ pub fn send(
                     ))
                 }
             };
-            let mut headers = Vec::new();
-            if let Some(list) = field("headers") {
-                for pair in list.try_iter()? {
-                    let pair = pair?;
-                    let name = pair.get_item(0).ok().and_then(|n| bytes_of(&n));
-                    let value = pair.get_item(1).ok().and_then(|v| bytes_of(&v));
-                    match (name, value) {
-                        (Some(n), Some(v)) if valid_name(&n) && valid_value(&v) => {
-                            headers.push((n, v))
-                        }
-                        _ => {
-                            return Err(violation(
-                                &mut st,
-                                call,
-                                "websocket.http.response.start with a header that is not a pair of valid byte strings".into(),
-                            ))
-                        }
-                    }
-                }
-            }
+            let headers = headers_of(
+                &mut st,
+                call,
+                field("headers"),
+                "websocket.http.response.start",
+            )?;
             st.ws = WsPhase::HttpResponse;
             st.started = true;
             ToLane::Start { status, headers }
