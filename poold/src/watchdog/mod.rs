@@ -174,6 +174,12 @@ fn keep(
         ) {
             Watched::Stop(code) => finish(&mut duties, cgroup, &mut spare, code),
             Watched::Died(how) => {
+                // poold exits 0 only when told to stop (SIGTERM, its nginx master gone): the
+                // same news reaches us a moment later (nginx's quit signals both), and is a
+                // stop, not a death to recover from.
+                if how == "exited with code 0" && pause(STOP_NEWS_WAIT, &signals, lifeline) {
+                    finish(&mut duties, cgroup, &mut spare, 0);
+                }
                 // Nothing of the dead poold's may run beside the next one (a worker's
                 // child holding a port, a daemon it started, a worker that ignored its
                 // death signal for a moment). Not the spare.
@@ -544,6 +550,9 @@ fn stop(k: &Kept, sig: Option<Signal>) -> i32 {
 }
 
 /// Sleeps `delay` unless told to stop meanwhile; returns true if so.
+/// How long a poold that exited 0 may precede the stop order it obeyed.
+const STOP_NEWS_WAIT: Duration = Duration::from_secs(1);
+
 fn pause(delay: Duration, signals: &SignalFd, lifeline: RawFd) -> bool {
     let until = Instant::now() + delay;
     loop {
