@@ -29,6 +29,25 @@ pub fn child_defaults(parent: Pid) {
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }
 
+/// A worker with lanes, before it starts any thread (they inherit it): the `SCHED_BATCH`
+/// policy.
+///
+/// Same share of the CPU as before (the nice value is unchanged); what changes is wake-up
+/// preemption: a worker's thread that is woken (a request queued, an answer to write) no longer
+/// preempts the thread running on its core, nginx's event loop or the worker's own event loop,
+/// but takes a free core or waits for the scheduler's next tick. nginx never waits behind pool
+/// code, and the work of a busy pool gets done in batches (fewer context switches per request).
+/// A thread woken on a machine with an idle core still runs there at once.
+pub fn batch_scheduling() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param that outlives the call; pid 0 is this thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Closes every descriptor of this process except `keep` (and stdin, stdout, stderr).
 pub fn close_all_except(keep: &[RawFd]) {
     let keep: HashSet<RawFd> = keep.iter().copied().chain([0, 1, 2]).collect();

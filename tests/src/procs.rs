@@ -25,6 +25,27 @@ pub fn alive(pid: u32) -> bool {
     stat_fields(pid).is_some_and(|f| f.first().is_some_and(|s| s != "Z"))
 }
 
+/// The scheduling policy of each thread of `pid` (`SCHED_OTHER` 0, `SCHED_BATCH` 3, ...), by
+/// thread name.
+pub fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let tid = e.ok()?.file_name();
+        let s = std::fs::read_to_string(format!("/proc/{pid}/task/{}/stat", tid.to_str()?)).ok()?;
+        let name = s[s.find('(')? + 1..s.rfind(')')?].to_string();
+        // Field 41, the policy; fields after the command name start at 3.
+        let policy = s[s.rfind(')')? + 2..]
+            .split_whitespace()
+            .nth(41 - 3)?
+            .parse()
+            .ok()?;
+        Some((name, policy))
+    })
+    .collect()
+}
+
 /// utime + stime in clock ticks.
 pub fn cpu_ticks(pid: u32) -> u64 {
     stat_fields(pid)

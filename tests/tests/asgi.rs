@@ -142,6 +142,13 @@ fn concurrency_is_the_bound_of_requests_a_worker_runs_at_once() {
     assert!(done.iter().all(|(s, _)| *s == 200), "{done:?}");
     let most = ng.get("/most").json();
     assert_eq!(most["most"], 3, "{most}");
+    // Every thread of the worker (its lanes, the event loop, anyio's) runs in SCHED_BATCH:
+    // woken, it does not preempt nginx.
+    let workers = ngx_pool_tests::memory::pool_workers(&ng);
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    let threads = ngx_pool_tests::procs::thread_policies(workers[0]);
+    assert!(threads.len() >= 4, "{threads:?}");
+    assert!(threads.iter().all(|(_, p)| *p == 3), "{threads:?}");
     // The fourth ran after one of the first three had finished.
     let last = done.iter().map(|(_, t)| *t).max().unwrap();
     assert!(last >= Duration::from_millis(1400), "{done:?}");

@@ -36,6 +36,11 @@ fn a_flask_app_runs_unmodified() {
     assert_eq!(env["app_mode"], "test");
     assert_eq!(env["cwd"], python_apps().display().to_string());
     assert_eq!(env["prefix"], python_env().display().to_string());
+    // A single-request worker keeps the default scheduling class (only lanes run SCHED_BATCH).
+    for w in ngx_pool_tests::memory::pool_workers(&ng) {
+        let threads = ngx_pool_tests::procs::thread_policies(w);
+        assert!(threads.iter().all(|(_, p)| *p == 0), "{threads:?}");
+    }
 
     // A form POST, repeated fields included.
     let form = b"name=Ada+L&tag=x&tag=y%21";

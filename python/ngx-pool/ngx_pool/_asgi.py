@@ -9,6 +9,7 @@ failure stops the worker, and the pool's start), shutdown when the worker leaves
 """
 
 import asyncio
+import math
 import os
 import threading
 import traceback
@@ -38,6 +39,12 @@ def start(bridge, app, lifespan, name, timeout):
     thread.start()
 
 
+# Deadlines are grouped by when they fall, a group per DEADLINE_STEP seconds, with one timer per
+# group rather than one per request: a task is cancelled up to DEADLINE_STEP after its deadline
+# (its lane, while it waits, ends the request at the deadline itself).
+DEADLINE_STEP = 0.05
+
+
 class _LifespanUnsupported(Exception):
     pass
 
@@ -50,6 +57,8 @@ class _Worker:
         self.timeout = timeout
         # Calls whose task this loop cancelled at the pool's timeout (by key).
         self.timed_out = set()
+        # The deadlines to come: when (a multiple of DEADLINE_STEP) -> the keys due then.
+        self.deadlines = {}
         self.loop = None
         # Per call (by key): the futures of its receive() and send() waiting for news.
         self.waiters = {}
@@ -102,13 +111,13 @@ class _Worker:
             self.tasks[key] = task
             # A task cancelled before its first step never runs run()'s handlers: the
             # callback finishes its call all the same.
-            timer = None
+            due = None
             if self.timeout and scope["type"] == "http":
                 # The deadline holds even once the lane has left (the client went away, or the
                 # request waited in the queue and nginx gave it up first). A WebSocket has
                 # none once accepted (its lane holds the handshake to it).
-                timer = loop.call_later(self.timeout, self.expire, key)
-            task.add_done_callback(lambda t, call=call, key=key, timer=timer: self.done(t, call, key, timer))
+                due = self.watch_deadline(key)
+            task.add_done_callback(lambda t, call=call, key=key, due=due: self.done(t, call, key, due))
         for call in woken:
             key = call.key
             if call.cancel_due():
@@ -120,6 +129,21 @@ class _Worker:
             self.stopping = True
             loop.create_task(self.shutdown())
 
+    def watch_deadline(self, key):
+        """Cancels call `key`'s task once the pool's timeout has passed; returns the keys it is
+        due with."""
+        due = math.ceil((self.loop.time() + self.timeout) / DEADLINE_STEP) * DEADLINE_STEP
+        keys = self.deadlines.get(due)
+        if keys is None:
+            keys = self.deadlines[due] = set()
+            self.loop.call_at(due, self.expire_due, due)
+        keys.add(key)
+        return keys
+
+    def expire_due(self, due):
+        for key in self.deadlines.pop(due, ()):
+            self.expire(key)
+
     def expire(self, key):
         """Cancels call `key`'s task: its deadline has passed."""
         task = self.tasks.get(key)
@@ -127,9 +151,9 @@ class _Worker:
             self.timed_out.add(key)
             task.cancel()
 
-    def done(self, task, call, key, timer):
-        if timer is not None:
-            timer.cancel()
+    def done(self, task, call, key, due):
+        if due is not None:
+            due.discard(key)
         if task.cancelled():
             call.finish("cancelled")
         self.timed_out.discard(key)

@@ -9,6 +9,7 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 use std::collections::VecDeque;
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// What the app sent, for the lane to write.
@@ -118,6 +119,10 @@ pub struct CallState {
     /// Wakes the lane out of its wait for the client's bytes (an open WebSocket's lane sleeps
     /// there, not on the condition variable).
     pub waker: Option<ngx_pool_sdk::Waker>,
+    /// Wake-ups decided under the lock, made once it is released ([`CallGuard`]).
+    wake_lane: bool,
+    wake_reader: bool,
+    wake_app: bool,
 }
 
 pub struct Call {
@@ -149,51 +154,137 @@ impl Call {
         }
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, CallState> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The call's state, locked; the wake-ups decided while it is held are made when the
+    /// guard drops, after the lock is released.
+    pub fn lock(self: &Arc<Self>) -> CallGuard<'_> {
+        CallGuard {
+            guard: Some(
+                self.state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            ),
+            call: self,
+        }
     }
 
     /// The lane: sleeps until the app has news or `limit` passes.
     pub fn lane_wait<'a>(
         &self,
-        mut st: MutexGuard<'a, CallState>,
+        mut st: CallGuard<'a>,
         limit: std::time::Duration,
-    ) -> MutexGuard<'a, CallState> {
+    ) -> CallGuard<'a> {
+        // News for the app decided in this critical section cannot wait for the guard to drop
+        // (the lane sleeps first): it goes now, under the lock (a rare path: a cancellation).
+        st.wake_now();
         st.lane_waiting = true;
-        let mut st = self
+        let guard = st.guard.take().unwrap_or_else(|| unreachable!());
+        let mut guard = self
             .lane_wakes
-            .wait_timeout(st, limit)
+            .wait_timeout(guard, limit)
             .map(|(g, _)| g)
             .unwrap_or_else(|e| e.into_inner().0);
-        st.lane_waiting = false;
+        guard.lane_waiting = false;
+        st.guard = Some(guard);
         st
     }
 
-    /// The loop: wakes the lane if it sleeps.
+    /// The loop: wakes the lane if it sleeps (once the lock is released).
     pub(super) fn wake_lane(&self, st: &mut CallState) {
         if st.lane_waiting {
             st.lane_waiting = false;
-            self.lane_wakes.notify_one();
+            st.wake_lane = true;
         }
-        if let Some(w) = &st.waker {
-            w.wake();
+        if st.waker.is_some() {
+            st.wake_reader = true;
         }
     }
 
     /// Whether the app sent something its lane has not written yet.
-    pub fn has_unwritten(&self) -> bool {
+    pub fn has_unwritten(self: &Arc<Self>) -> bool {
         let st = self.lock();
         !st.lane_gone && st.to_lane.iter().any(|m| !matches!(m, ToLane::Done(_)))
     }
 
-    /// The lane: tells the app's side of news, if it waits for some (or `always`).
-    pub fn tell_app(self: &Arc<Self>, st: &mut CallState, always: bool) {
+    /// The lane: tells the app's side of news, if it waits for some (or `always`), once the
+    /// lock is released.
+    pub fn tell_app(&self, st: &mut CallState, always: bool) {
         if st.app_waiting || always {
             st.app_waiting = false;
-            self.bridge.wake(self.clone());
+            st.wake_app = true;
         }
+    }
+}
+
+/// The call's state, locked. The other thread is woken only after the lock is released: woken
+/// under it, it would find the lock held, sleep on it, and need a second wake-up (and on a busy
+/// machine the event loop would wait for a preempted lane that holds it).
+pub struct CallGuard<'a> {
+    guard: Option<MutexGuard<'a, CallState>>,
+    call: &'a Arc<Call>,
+}
+
+impl CallGuard<'_> {
+    /// Makes the wake-ups decided so far, under the lock.
+    fn wake_now(&mut self) {
+        if let Some(st) = self.guard.as_mut() {
+            Wakes::take(st).make(self.call);
+        }
+    }
+}
+
+/// The wake-ups a critical section decided: the lane asleep on the condition variable, the
+/// lane asleep in its wait for the client's bytes (an open WebSocket's), the event loop.
+struct Wakes {
+    lane: bool,
+    waker: Option<ngx_pool_sdk::Waker>,
+    app: bool,
+}
+
+impl Wakes {
+    fn take(st: &mut CallState) -> Wakes {
+        Wakes {
+            lane: std::mem::take(&mut st.wake_lane),
+            waker: std::mem::take(&mut st.wake_reader)
+                .then_some(st.waker)
+                .flatten(),
+            app: std::mem::take(&mut st.wake_app),
+        }
+    }
+
+    fn make(self, call: &Arc<Call>) {
+        if self.lane {
+            call.lane_wakes.notify_one();
+        }
+        if let Some(w) = self.waker {
+            w.wake();
+        }
+        if self.app {
+            call.bridge.wake(call.clone());
+        }
+    }
+}
+
+impl Deref for CallGuard<'_> {
+    type Target = CallState;
+    fn deref(&self) -> &CallState {
+        self.guard.as_deref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl DerefMut for CallGuard<'_> {
+    fn deref_mut(&mut self) -> &mut CallState {
+        self.guard.as_deref_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        let Some(mut st) = self.guard.take() else {
+            return;
+        };
+        let wakes = Wakes::take(&mut st);
+        drop(st);
+        wakes.make(self.call);
     }
 }
 

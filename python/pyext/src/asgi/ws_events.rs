@@ -3,12 +3,12 @@
 //! them into frames ([`super::websocket`]).
 
 use super::call::{
-    bytes_of, headers_of, violation, Call, CallState, ToApp, ToLane, WsMessage, WsPhase, SEND_AHEAD,
+    bytes_of, headers_of, violation, Call, CallGuard, ToApp, ToLane, WsMessage, WsPhase, SEND_AHEAD,
 };
 use pyo3::exceptions::{PyOSError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
-use std::sync::{Arc, MutexGuard};
+use std::sync::Arc;
 
 /// Close code the app is told when the connection ended without a close frame.
 pub const ABNORMAL: u16 = 1006;
@@ -17,7 +17,7 @@ pub const ABNORMAL: u16 = 1006;
 pub fn receive<'py>(
     py: Python<'py>,
     call: &Arc<Call>,
-    mut st: MutexGuard<'_, CallState>,
+    mut st: CallGuard<'_>,
 ) -> PyResult<Option<Bound<'py, PyDict>>> {
     let event = PyDict::new(py);
     let Some(next) = st.to_app.pop_front() else {
@@ -81,7 +81,7 @@ fn sendable(code: u16) -> bool {
 pub fn send(
     py: Python<'_>,
     call: &Arc<Call>,
-    mut st: MutexGuard<'_, CallState>,
+    mut st: CallGuard<'_>,
     kind: &str,
     message: &Bound<'_, PyAny>,
 ) -> PyResult<bool> {
