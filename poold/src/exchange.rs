@@ -101,7 +101,7 @@ impl Decimal {
 }
 
 /// The default parameter set, in the order the ABI documents.
-const DEFAULT_NAMES: [&[u8]; 8] = [
+const DEFAULT_NAMES: [&[u8]; 9] = [
     b"SERVER_NAME",
     b"SERVER_PORT",
     b"SERVER_PROTOCOL",
@@ -110,6 +110,7 @@ const DEFAULT_NAMES: [&[u8]; 8] = [
     b"REMOTE_PORT",
     b"DOCUMENT_URI",
     b"SCRIPT_NAME",
+    b"SERVER_ADDR",
 ];
 
 pub use ngx_pool_abi::HostStatus as Status;
@@ -243,7 +244,7 @@ impl<'a> Exchange<'a> {
                 }
             });
             let scheme: &[u8] = if v.server.https { b"https" } else { b"http" };
-            let values: [&'a [u8]; 8] = [
+            let values: [&'a [u8]; 9] = [
                 v.server.name,
                 t.server_port.text(),
                 &t.protocol,
@@ -252,6 +253,7 @@ impl<'a> Exchange<'a> {
                 t.client_port.text(),
                 v.server.document_uri,
                 b"",
+                v.server.addr,
             ];
             let mut list: Vec<Header<'a>> = DEFAULT_NAMES.into_iter().zip(values).collect();
             for (name, value) in v.decode_params().unwrap_or_default() {

@@ -308,12 +308,7 @@ impl<'a> Worker<'a> {
             version: (1, 1),
             client: b"",
             client_port: 0,
-            server: ServerSide {
-                name: b"",
-                port: 0,
-                https: false,
-                document_uri: b"",
-            },
+            server: ServerSide::default(),
             headers: Vec::new(),
             params_raw: b"",
             body: b"",

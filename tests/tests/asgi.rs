@@ -414,6 +414,8 @@ fn fastapi_under_the_pool_answers_as_under_uvicorn() {
         let mut s = request(port, "GET", "/scope?q=%20x", &[], b"")
             .unwrap()
             .json();
+        // The listening address and port, each its own (not the Host header's).
+        assert_eq!(s["server"], serde_json::json!(["127.0.0.1", port]), "{s}");
         let o = s.as_object_mut().unwrap();
         o.remove("headers");
         o.remove("server");

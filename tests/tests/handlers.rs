@@ -138,6 +138,7 @@ fn pool_param_with_variables_and_the_default_set_reach_the_handler() {
     assert_ne!(j["client_port"], 0);
     assert_eq!(p["DOCUMENT_URI"], "/e/x");
     assert_eq!(p["SCRIPT_NAME"], "");
+    assert_eq!(p["SERVER_ADDR"], "127.0.0.1");
     assert!(p["SERVER_NAME"].is_string());
     // Its own pool_params replace the inherited ones (as uwsgi_param), and one of the
     // defaults' names overrides the default.

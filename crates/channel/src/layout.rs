@@ -12,7 +12,7 @@ use std::mem::size_of;
 /// `b"NGXPOOL1"` read as a little-endian integer.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"NGXPOOL1");
 /// Bumped on any change of layout or message format; both sides must agree exactly.
-pub const LAYOUT_VERSION: u32 = 15;
+pub const LAYOUT_VERSION: u32 = 16;
 /// Alignment of every section and of the chunk stride.
 pub const SECTION_ALIGN: u64 = 128;
 /// Alignment of the chunk payloads: a page, so that payloads start on a page (and a cache

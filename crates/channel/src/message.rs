@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! request  = u8 format, str8 method, str32 uri, u8 major, u8 minor, str16 client, u16 port,
-//!            str16 server_name, u16 server_port, u8 flags (1: https), str32 document_uri,
+//!            str16 server_name, u16 server_port, str16 server_addr, u8 flags (1: https),
+//!            str32 document_uri,
 //!            u32 n, n × (str16 name, str32 value)          (headers)
 //!            u32 len, len bytes of: u32 m, m × (str16 name, str32 value)   (parameters)
 //!            u64 body_len, body
@@ -14,7 +15,7 @@
 
 use std::io::{self, Write};
 
-pub const REQUEST_FORMAT: u8 = 2;
+pub const REQUEST_FORMAT: u8 = 3;
 
 /// A header as (name, value) bytes.
 pub type Header<'a> = (&'a [u8], &'a [u8]);
@@ -40,7 +41,7 @@ pub struct RequestHead<'a> {
     pub client: &'a [u8],
     pub client_port: u16,
     /// What the pool worker cannot know of the request: `$server_name`, `$server_port`,
-    /// whether it came over TLS, and `$document_uri` (nginx's normalized path).
+    /// `$server_addr`, whether it came over TLS, and `$document_uri` (nginx's normalized path).
     pub server: ServerSide<'a>,
     pub headers: &'a [Header<'a>],
     /// The location's `pool_param`s, evaluated by nginx for this request (the default set is
@@ -53,6 +54,8 @@ pub struct RequestHead<'a> {
 pub struct ServerSide<'a> {
     pub name: &'a [u8],
     pub port: u16,
+    /// The address the request came in on, as `$server_addr` (`unix:/path` for a unix socket).
+    pub addr: &'a [u8],
     pub https: bool,
     pub document_uri: &'a [u8],
 }
@@ -139,6 +142,7 @@ pub fn encode_request_head(
     w.write_all(&head.client_port.to_le_bytes())?;
     put_str(w, head.server.name, 2)?;
     w.write_all(&head.server.port.to_le_bytes())?;
+    put_str(w, head.server.addr, 2)?;
     w.write_all(&[u8::from(head.server.https)])?;
     put_str(w, head.server.document_uri, 4)?;
     put_headers(w, head.headers)?;
@@ -334,6 +338,7 @@ fn request_fields<'a>(c: &mut Cursor<'a>) -> Result<RequestView<'a>, DecodeError
     let server = ServerSide {
         name: c.str(2)?,
         port: c.u16()?,
+        addr: c.str(2)?,
         https: c.u8()? & 1 == 1,
         document_uri: c.str(4)?,
     };
@@ -400,6 +405,7 @@ mod tests {
             server: ServerSide {
                 name: b"example.org",
                 port: 8080,
+                addr: b"192.0.2.1",
                 https: true,
                 document_uri: b"/a",
             },

@@ -17,31 +17,50 @@ pub(super) fn ngx_bytes(s: &ngx_str_t) -> &[u8] {
     unsafe { std::slice::from_raw_parts(s.data, s.len) }
 }
 
-/// What the pool worker cannot know of request `r`: `$server_name`, `$server_port`, `$scheme`
-/// and `$document_uri`, read from nginx's structures as those variables do.
+/// Room for a local address as text: nginx's `NGX_SOCKADDR_STRLEN` (`unix:` and a 108-byte
+/// path, the longest; an IPv6 address without its port is shorter).
+const SOCKADDR_STRLEN: usize = 5 + 108;
+
+/// What the pool worker cannot know of request `r`: `$server_name`, `$server_port`,
+/// `$server_addr`, `$scheme` and `$document_uri`, read from nginx's structures as those
+/// variables do.
 pub(super) fn server_side<'a>(r: *mut ngx_http_request_t, req: &'a Request) -> ServerSide<'a> {
     let name = ngx::http::NgxHttpCoreModule::server_conf(req)
         .map_or(&[][..], |cscf| ngx_bytes(&cscf.server_name));
     // SAFETY: a live request and its connection; nginx fills the local address on demand (a
-    // getsockname only for a wildcard listener, then cached on the connection).
-    let (port, https, document_uri) = unsafe {
+    // getsockname only for a wildcard listener, then cached on the connection). The text is
+    // in the request's pool, which outlives `'a`.
+    let (port, addr, https, document_uri) = unsafe {
         let c = (*r).connection;
-        let port = if nginx_sys::ngx_connection_local_sockaddr(c, ptr::null_mut(), 0)
-            == nginx_sys::NGX_OK as ngx_int_t
+        // The address as text, in the request's pool (it is encoded before the pool goes): as
+        // `$server_addr` makes it.
+        let mut text = ngx_str_t {
+            len: SOCKADDR_STRLEN,
+            data: nginx_sys::ngx_pnalloc((*r).pool, SOCKADDR_STRLEN) as *mut u8,
+        };
+        let (port, addr) = if !text.data.is_null()
+            && nginx_sys::ngx_connection_local_sockaddr(c, &mut text, 0)
+                == nginx_sys::NGX_OK as ngx_int_t
         {
-            nginx_sys::ngx_inet_get_port((*c).local_sockaddr)
+            (
+                nginx_sys::ngx_inet_get_port((*c).local_sockaddr),
+                // The request's pool holds it as long as the request (`'a`); nginx wrote
+                // `text.len` bytes of it.
+                std::slice::from_raw_parts(text.data, text.len.min(SOCKADDR_STRLEN)),
+            )
         } else {
-            0
+            (0, &[][..])
         };
         #[cfg(ngx_feature = "http_ssl")]
         let https = !(*c).ssl.is_null();
         #[cfg(not(ngx_feature = "http_ssl"))]
         let https = false;
-        (port, https, ngx_bytes(&(*r).uri))
+        (port, addr, https, ngx_bytes(&(*r).uri))
     };
     ServerSide {
         name,
         port,
+        addr,
         https,
         document_uri,
     }

@@ -18,7 +18,8 @@ pub struct RequestData {
     root_path: Vec<u8>,
     headers: Vec<(Vec<u8>, Vec<u8>)>,
     client: Option<(String, u16)>,
-    server: Option<(String, u16)>,
+    /// The listening address and port, or a unix socket's path and None.
+    server: Option<(String, Option<u16>)>,
     /// A `websocket` scope (a handshake nginx offers to upgrade), else `http`.
     websocket: bool,
 }
@@ -34,11 +35,14 @@ impl RequestData {
         let client = Some(req.client())
             .filter(|c| !c.is_empty())
             .map(|c| (c.to_string(), req.client_port()));
-        // The server block's server_name; None where it has none (the spec allows it), never
-        // the client's Host header, which the client chooses (it is in the headers).
-        let server = text(req.param("SERVER_NAME"))
-            .filter(|n| !n.is_empty())
-            .map(|name| (name, port("SERVER_PORT")));
+        // The address the request came in on, as the spec says (uvicorn's listening
+        // address); never the client's Host header, which the client chooses.
+        let server = text(req.param("SERVER_ADDR"))
+            .filter(|a| !a.is_empty())
+            .map(|addr| match addr.strip_prefix("unix:") {
+                Some(path) => (path.to_string(), None),
+                None => (addr, Some(port("SERVER_PORT"))),
+            });
         let scheme = match req.param("REQUEST_SCHEME") {
             Some(b"https") => "https",
             _ => "http",
