@@ -145,7 +145,11 @@ class _Worker:
             self.expire(key)
 
     def expire(self, key):
-        """Cancels call `key`'s task: its deadline has passed."""
+        """Cancels call `key`'s task: its deadline has passed. Once: the lane's news and the
+        loop's own timer may both say so, and a second cancel would cut short the cleanup the
+        app runs after the first (its `finally: await ...`)."""
+        if key in self.timed_out:
+            return
         task = self.tasks.get(key)
         if task is not None and not task.done():
             self.timed_out.add(key)

@@ -167,6 +167,27 @@ impl Call {
         }
     }
 
+    /// [`Call::lock`] for the loop's side, which holds the GIL: a lock held by a thread that
+    /// waits for the GIL (an app's other thread in `send()`, while this call's `send()` runs the
+    /// app's Python under the lock: its headers' `__iter__`) is waited for without it, so the
+    /// two cannot wait for each other.
+    pub fn lock_py(self: &Arc<Self>, py: Python<'_>) -> CallGuard<'_> {
+        loop {
+            let guard = match self.state.try_lock() {
+                Ok(g) => g,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    py.allow_threads(|| drop(self.state.lock()));
+                    continue;
+                }
+            };
+            return CallGuard {
+                guard: Some(guard),
+                call: self,
+            };
+        }
+    }
+
     /// The lane: sleeps until the app has news or `limit` passes.
     pub fn lane_wait<'a>(
         &self,
@@ -374,7 +395,7 @@ impl CallHandle {
     /// this call's news).
     fn receive<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         let call = &self.0;
-        let mut st = call.lock();
+        let mut st = call.lock_py(py);
         if st.ws != WsPhase::None {
             return super::ws_events::receive(py, call, st);
         }
@@ -412,7 +433,7 @@ impl CallHandle {
             .get_item(pyo3::intern!(py, "type"))
             .map_err(|_| PyTypeError::new_err("an ASGI message needs a \"type\""))?
             .extract()?;
-        let mut st = call.lock();
+        let mut st = call.lock_py(py);
         if st.ws != WsPhase::None {
             return super::ws_events::send(py, call, st, &kind, message);
         }
@@ -527,8 +548,8 @@ impl CallHandle {
     /// False if the lane has left (the answer was complete): an error is then the loop's to
     /// log.
     #[pyo3(signature = (error=None))]
-    fn finish(&self, error: Option<String>) -> bool {
-        let mut st = self.0.lock();
+    fn finish(&self, py: Python<'_>, error: Option<String>) -> bool {
+        let mut st = self.0.lock_py(py);
         if st.violated && error.is_some() {
             // The RuntimeError of a broken rule, which the lane has named already.
             return true;
@@ -542,8 +563,8 @@ impl CallHandle {
     }
 
     /// Whether the request's deadline passed (the loop cancels the app's task).
-    fn cancel_due(&self) -> bool {
-        self.0.lock().cancel
+    fn cancel_due(&self, py: Python<'_>) -> bool {
+        self.0.lock_py(py).cancel
     }
 
     /// A number for this call, stable while it lives (the loop keys its waiters by it).
