@@ -129,8 +129,32 @@ def tree_size(pid):
     return len(tree(pid))
 
 
+def _busy_jiffies():
+    """(busy, total) CPU time of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    return sum(v) - idle, sum(v)
+
+
+def settle(limit=10.0, quiet=0.1, window=0.25):
+    """Waits until the machine is quiet (under `quiet` of its CPU busy over `window` seconds),
+    `limit` seconds at most; returns how long it waited. A server that goes on working after
+    wrk left (requests it had accepted and queues, which nobody reads any more) would
+    otherwise run into the next measurement, at the expense of whichever stack comes next."""
+    start = time.monotonic()
+    while True:
+        a = _busy_jiffies()
+        time.sleep(window)
+        b = _busy_jiffies()
+        if (b[0] - a[0]) <= quiet * max(1, b[1] - a[1]) or time.monotonic() - start >= limit:
+            return time.monotonic() - start
+
+
 def wrk(url, conc, secs, count):
-    """One closed-loop wrk run; `count()` is sampled for the peak process count meanwhile."""
+    """One closed-loop wrk run, on a quiet machine (`settle`); `count()` is sampled for the
+    peak process count meanwhile."""
+    settle(limit=2.0 if secs <= 1 else 10.0)
     peak = [0]
     stop = threading.Event()
 
