@@ -4,6 +4,7 @@
 
 use super::io::{Errors, Input};
 use ngx_pool_sdk::{Request, Stream};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
@@ -48,6 +49,23 @@ fn cgi_name(name: &[u8]) -> String {
     s
 }
 
+/// The environ key of a parameter of the default set (docs/abi.md), made once per worker: the
+/// keys every request has are not allocated again for each (nor are the common headers').
+fn known_key<'py>(py: Python<'py>, name: &[u8]) -> Option<&'py Bound<'py, PyString>> {
+    Some(match name {
+        b"SERVER_NAME" => intern!(py, "SERVER_NAME"),
+        b"SERVER_PORT" => intern!(py, "SERVER_PORT"),
+        b"SERVER_PROTOCOL" => intern!(py, "SERVER_PROTOCOL"),
+        b"REQUEST_SCHEME" => intern!(py, "REQUEST_SCHEME"),
+        b"REMOTE_ADDR" => intern!(py, "REMOTE_ADDR"),
+        b"REMOTE_PORT" => intern!(py, "REMOTE_PORT"),
+        b"DOCUMENT_URI" => intern!(py, "DOCUMENT_URI"),
+        b"SCRIPT_NAME" => intern!(py, "SCRIPT_NAME"),
+        b"SERVER_ADDR" => intern!(py, "SERVER_ADDR"),
+        _ => return None,
+    })
+}
+
 /// The objects every environ shares, made once per worker.
 pub struct Shared {
     pub version: Py<PyAny>,
@@ -66,13 +84,19 @@ pub fn build<'py>(
     // REQUEST_SCHEME, REMOTE_ADDR, REMOTE_PORT, DOCUMENT_URI, SCRIPT_NAME) and the location's
     // pool_params, which replace defaults of the same name.
     for (name, value) in req.params() {
-        env.set_item(latin1(py, name), latin1(py, value))?;
+        match known_key(py, name) {
+            Some(key) => env.set_item(key, latin1(py, value))?,
+            None => env.set_item(latin1(py, name), latin1(py, value))?,
+        }
     }
-    env.set_item("REQUEST_METHOD", req.method())?;
-    env.set_item("QUERY_STRING", latin1(py, req.query().as_bytes()))?;
+    env.set_item(intern!(py, "REQUEST_METHOD"), req.method())?;
+    env.set_item(
+        intern!(py, "QUERY_STRING"),
+        latin1(py, req.query().as_bytes()),
+    )?;
     let script_name = req.param("SCRIPT_NAME");
     if script_name.is_none() {
-        env.set_item("SCRIPT_NAME", "")?;
+        env.set_item(intern!(py, "SCRIPT_NAME"), intern!(py, ""))?;
     }
     let script_name = script_name.unwrap_or_default();
     // nginx's $document_uri: decoded, normalised, and what a `rewrite` made of the URI (as
@@ -86,11 +110,11 @@ pub fn build<'py>(
         Some(rest) if !script_name.is_empty() && (rest.is_empty() || rest[0] == b'/') => rest,
         _ => &path[..],
     };
-    env.set_item("PATH_INFO", latin1(py, path_info))?;
+    env.set_item(intern!(py, "PATH_INFO"), latin1(py, path_info))?;
     // A server block without server_name has an empty $server_name: name the host the client
     // asked for instead, as Gunicorn does.
     let named = env
-        .get_item("SERVER_NAME")?
+        .get_item(intern!(py, "SERVER_NAME"))?
         .is_some_and(|v| v.len().unwrap_or(0) > 0);
     if !named {
         let host = req.header("Host").unwrap_or(b"localhost");
@@ -98,12 +122,12 @@ pub fn build<'py>(
             Some(i) if !host.ends_with(b"]") => &host[..i],
             _ => host,
         };
-        env.set_item("SERVER_NAME", latin1(py, name))?;
+        env.set_item(intern!(py, "SERVER_NAME"), latin1(py, name))?;
     }
     for (key, fallback) in [
-        ("SERVER_PORT", "80"),
-        ("SERVER_PROTOCOL", "HTTP/1.1"),
-        ("REMOTE_ADDR", ""),
+        (intern!(py, "SERVER_PORT"), "80"),
+        (intern!(py, "SERVER_PROTOCOL"), "HTTP/1.1"),
+        (intern!(py, "REMOTE_ADDR"), ""),
     ] {
         if !env.contains(key)? {
             env.set_item(key, fallback)?;
@@ -112,11 +136,11 @@ pub fn build<'py>(
     let mut content_length = false;
     for (name, value) in req.headers() {
         if name.eq_ignore_ascii_case(b"content-type") {
-            env.set_item("CONTENT_TYPE", latin1(py, value))?;
+            env.set_item(intern!(py, "CONTENT_TYPE"), latin1(py, value))?;
             continue;
         }
         if name.eq_ignore_ascii_case(b"content-length") {
-            env.set_item("CONTENT_LENGTH", latin1(py, value))?;
+            env.set_item(intern!(py, "CONTENT_LENGTH"), latin1(py, value))?;
             content_length = true;
             continue;
         }
@@ -136,21 +160,28 @@ pub fn build<'py>(
     }
     if !content_length && req.body_len() > 0 {
         // A chunked body nginx read whole: its length is known now.
-        env.set_item("CONTENT_LENGTH", req.body_len().to_string())?;
+        env.set_item(intern!(py, "CONTENT_LENGTH"), req.body_len().to_string())?;
     }
     let scheme = match req.param("REQUEST_SCHEME") {
         Some(b"https") => "https",
         _ => "http",
     };
-    env.set_item("wsgi.version", shared.version.bind(py))?;
-    env.set_item("wsgi.url_scheme", scheme)?;
-    env.set_item("wsgi.input", Input::new(stream))?;
-    env.set_item("wsgi.input_terminated", true)?;
-    env.set_item("wsgi.errors", Errors::new(stream))?;
-    env.set_item("wsgi.multithread", false)?;
-    env.set_item("wsgi.multiprocess", true)?;
-    env.set_item("wsgi.run_once", false)?;
-    env.set_item("wsgi.file_wrapper", shared.file_wrapper.bind(py))?;
+    let scheme = match scheme {
+        "https" => intern!(py, "https"),
+        _ => intern!(py, "http"),
+    };
+    env.set_item(intern!(py, "wsgi.version"), shared.version.bind(py))?;
+    env.set_item(intern!(py, "wsgi.url_scheme"), scheme)?;
+    env.set_item(intern!(py, "wsgi.input"), Input::new(stream))?;
+    env.set_item(intern!(py, "wsgi.input_terminated"), true)?;
+    env.set_item(intern!(py, "wsgi.errors"), Errors::new(stream))?;
+    env.set_item(intern!(py, "wsgi.multithread"), false)?;
+    env.set_item(intern!(py, "wsgi.multiprocess"), true)?;
+    env.set_item(intern!(py, "wsgi.run_once"), false)?;
+    env.set_item(
+        intern!(py, "wsgi.file_wrapper"),
+        shared.file_wrapper.bind(py),
+    )?;
     Ok(env)
 }
 
