@@ -266,7 +266,12 @@ fn idle_websockets_cost_no_cpu_and_count_against_concurrency() {
         .map(|i| Holder::open(&url(ng.port, "/ws/wait"), &format!("idle{i}")))
         .collect();
     assert!(holders.iter().all(|h| h.pid() == worker));
-    let (with, ticks) = quiet("20 idle WebSockets");
+    // The quieter of two windows: the last handshakes' own wake-ups may still trail into the
+    // first (a wake-up per socket every 100 ms would be in both).
+    let (with, ticks) = std::cmp::min(
+        quiet("20 idle WebSockets"),
+        quiet("20 idle WebSockets, again"),
+    );
     // A wake-up per socket every 100 ms would be 600 more; none is allowed but noise.
     assert!(
         with <= before + 20,
