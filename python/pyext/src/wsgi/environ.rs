@@ -49,8 +49,8 @@ fn cgi_name(name: &[u8]) -> String {
     s
 }
 
-/// The environ key of a parameter of the default set (docs/abi.md), made once per worker: the
-/// keys every request has are not allocated again for each (nor are the common headers').
+/// The environ key of a parameter of the default set (docs/abi.md), made once per worker, as
+/// the other keys every request has are: not allocated again for each request.
 fn known_key<'py>(py: Python<'py>, name: &[u8]) -> Option<&'py Bound<'py, PyString>> {
     Some(match name {
         b"SERVER_NAME" => intern!(py, "SERVER_NAME"),
@@ -163,11 +163,7 @@ pub fn build<'py>(
         env.set_item(intern!(py, "CONTENT_LENGTH"), req.body_len().to_string())?;
     }
     let scheme = match req.param("REQUEST_SCHEME") {
-        Some(b"https") => "https",
-        _ => "http",
-    };
-    let scheme = match scheme {
-        "https" => intern!(py, "https"),
+        Some(b"https") => intern!(py, "https"),
         _ => intern!(py, "http"),
     };
     env.set_item(intern!(py, "wsgi.version"), shared.version.bind(py))?;
