@@ -189,17 +189,18 @@ def run(h):
     # Python's allocator": the hypervisor's steal, and which pymalloc pool a worker's loop
     # happens to allocate from), and what the servers cost is a few percent of it: more rounds.
     cpu_rounds = 1 if quick else 7
+    view_rounds = {v: cpu_rounds if v == "/cpu" else rounds for v in VIEWS}
     conc = 32
     res = {}
-    for r in range(max(rounds, cpu_rounds)):
+    for r in range(max(view_rounds.values())):
         for v in VIEWS:
-            if r >= (cpu_rounds if v == "/cpu" else rounds):
+            if r >= view_rounds[v]:
                 continue
             # Each round starts with another stack, so that none always runs first after a
             # change of view (or always right after the same neighbour).
             k = r % len(targets)
             for name, pre in targets[k:] + targets[:k]:
-                log(f"wsgi round {r + 1}/{cpu_rounds if v == '/cpu' else rounds}: {name} {v}")
+                log(f"wsgi round {r + 1}/{view_rounds[v]}: {name} {v}")
                 res.setdefault((name, v), []).append(h.wrk(base + pre + v, conc, secs, lambda: 0))
     mem = {}
     # --preload is loaded once like the others, so its workers have touched what they use.

@@ -81,8 +81,8 @@ pub fn build<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let env = PyDict::new(py);
     // The parameters first: the default set (SERVER_NAME, SERVER_PORT, SERVER_PROTOCOL,
-    // REQUEST_SCHEME, REMOTE_ADDR, REMOTE_PORT, DOCUMENT_URI, SCRIPT_NAME) and the location's
-    // pool_params, which replace defaults of the same name.
+    // REQUEST_SCHEME, REMOTE_ADDR, REMOTE_PORT, DOCUMENT_URI, SCRIPT_NAME, SERVER_ADDR) and the
+    // location's pool_params, which replace defaults of the same name.
     for (name, value) in req.params() {
         match known_key(py, name) {
             Some(key) => env.set_item(key, latin1(py, value))?,
