@@ -66,9 +66,7 @@ def run(h):
     def stack(name):
         if name == "ngx-pool":
             return tree(nginx_pid)
-        kids = tree(nginx_pid)
-        pools = {p for p in kids if "poold" in _cmdline(p) or "ngx_pool" in _cmdline(p)}
-        return (kids - pools) | tree(roots[name])
+        return h.nginx_only(nginx_pid) | tree(roots[name])
 
     check_answers(base, targets, [v for v, _ in VIEWS])
     secs = 1 if quick else 5
@@ -136,9 +134,3 @@ def _rtt(url, count):
         return None
     return json.loads(out.stdout)
 
-
-def _cmdline(pid):
-    try:
-        return open(f"/proc/{pid}/cmdline").read()
-    except OSError:
-        return ""

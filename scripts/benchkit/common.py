@@ -124,9 +124,39 @@ def tree(pid):
     return seen
 
 
+def nginx_only(master):
+    """nginx's own processes (its master and workers, by the titles nginx gives them), without
+    the pools it started: a peer behind the same nginx shares these, not the pools."""
+    own = set()
+    for p in tree(master):
+        try:
+            with open(f"/proc/{p}/cmdline") as f:
+                if f.read().startswith("nginx:"):
+                    own.add(p)
+        except OSError:
+            pass
+    return own
+
+
 def tree_size(pid):
     """How many processes the tree rooted at pid has."""
     return len(tree(pid))
+
+
+def cpu_seconds(pids):
+    """CPU time (user + system) these processes have spent so far, with the children they have
+    reaped. The kernel counts a task's time without the hypervisor's steal (paravirtual time
+    accounting), so it is the steadier measure of what a stack costs on a shared machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / tick
 
 
 def _busy_jiffies():
@@ -151,9 +181,10 @@ def settle(limit=10.0, quiet=0.1, window=0.25):
             return time.monotonic() - start
 
 
-def wrk(url, conc, secs, count):
+def wrk(url, conc, secs, count, cpu_of=None):
     """One closed-loop wrk run, on a quiet machine (`settle`); `count()` is sampled for the
-    peak process count meanwhile."""
+    peak process count meanwhile. With `cpu_of` (the stack's processes), the result also has
+    `cpu_ms`: the CPU time they spent per request answered."""
     settle(limit=2.0 if secs <= 1 else 10.0)
     peak = [0]
     stop = threading.Event()
@@ -165,10 +196,12 @@ def wrk(url, conc, secs, count):
 
     t = threading.Thread(target=sample)
     t.start()
+    cpu_before = cpu_seconds(cpu_of) if cpu_of else 0.0
     out = subprocess.run(
         ["wrk", f"-t{min(2, conc)}", f"-c{conc}", f"-d{secs}s", "--latency", "--timeout", "30s", url],
         capture_output=True, text=True,
     ).stdout
+    cpu_used = cpu_seconds(cpu_of) - cpu_before if cpu_of else 0.0
     stop.set()
     t.join()
 
@@ -187,8 +220,13 @@ def wrk(url, conc, secs, count):
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if m:
         errors += sum(int(x) for x in m.groups())
-    return {"rps": float(rps.group(1)) if rps else 0.0, "p50": ms("50%"), "p99": ms("99%"),
-            "errors": errors, "procs": peak[0]}
+    done = re.search(r"^\s*(\d+) requests in", out, re.M)
+    requests = int(done.group(1)) if done else 0
+    result = {"rps": float(rps.group(1)) if rps else 0.0, "p50": ms("50%"), "p99": ms("99%"),
+              "errors": errors, "procs": peak[0], "requests": requests}
+    if cpu_of:
+        result["cpu_ms"] = cpu_used * 1000 / max(requests, 1)
+    return result
 
 
 
@@ -209,4 +247,5 @@ class Bench:
     wrk = staticmethod(wrk)
     tree = staticmethod(tree)
     tree_size = staticmethod(tree_size)
+    nginx_only = staticmethod(nginx_only)
     nginx_binary = staticmethod(nginx_binary)

@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from .common import cpu_seconds
 from .report import Report
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -48,19 +49,6 @@ def calibrate():
     out = subprocess.check_output([str(VENV / "bin/python"), "-c", code], cwd=ROOT / "bench", env=env)
     n, one_request = out.split()
     return int(n), float(one_request)
-
-
-def cpu_seconds(pids):
-    """CPU time (user + system) of these processes and of their children they have reaped."""
-    tick = __import__("os").sysconf("SC_CLK_TCK")
-    total = 0
-    for p in pids:
-        try:
-            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(x) for x in f[11:15])  # utime stime cutime cstime
-        except (OSError, ValueError):
-            pass
-    return total / tick
 
 
 def load(port, path, conc, secs):

@@ -5,7 +5,6 @@ ratios: throughput (`pool_pass` ÷ `return 200`, goal ≥ 0.8) and server CPU pe
 worker, poold and the pool worker, from /proc, ÷ nginx's worker alone for `return 200`, goal
 ≤ 1.5).
 """
-import os
 import statistics
 import time
 
@@ -13,17 +12,6 @@ from .common import TARGET
 from .report import Report
 
 CONC = 32
-
-
-def cpu_ticks(pids):
-    total = 0
-    for p in pids:
-        try:
-            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
 
 
 def run(h):
@@ -62,10 +50,8 @@ http {{
     for r in range(rounds):
         for name, path in (targets if r % 2 == 0 else targets[::-1]):
             log(f"transport round {r + 1}/{rounds}: {name}")
-            before = cpu_ticks(server)
-            x = h.wrk(f"http://127.0.0.1:{port}{path}", CONC, secs, lambda: 0)
-            used = (cpu_ticks(server) - before) / os.sysconf("SC_CLK_TCK")
-            x["cpu_us"] = used / max(x["rps"] * secs, 1) * 1e6
+            x = h.wrk(f"http://127.0.0.1:{port}{path}", CONC, secs, lambda: 0, cpu_of=server)
+            x["cpu_us"] = x["cpu_ms"] * 1000
             res.setdefault(name, []).append(x)
 
     def med(name, key):
