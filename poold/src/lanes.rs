@@ -220,8 +220,13 @@ impl Lanes<'_> {
             let stop = || {
                 slot::retire_due(region.pool_side(), lane) || shared.stopping.load(Ordering::SeqCst)
             };
-            let Some(id) = slot::wait_for_work(region.pool_side(), lane, &mut worker.spin, &stop)
-            else {
+            let Some(id) = slot::wait_for_work(
+                region.pool_side(),
+                lane,
+                &mut worker.spin,
+                &stop,
+                &crate::sys::trim_heap,
+            ) else {
                 continue;
             };
             entry

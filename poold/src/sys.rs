@@ -48,6 +48,14 @@ pub fn batch_scheduling() -> io::Result<()> {
     Ok(())
 }
 
+/// Gives the free pages of this process's heap back to the kernel: a pool worker does it when it
+/// has had no work for a while ([`ngx_pool_channel::trim::QUIET`]), so that what a burst of
+/// large requests made it allocate does not stay resident in an idle worker.
+pub fn trim_heap() {
+    // SAFETY: malloc_trim has no preconditions; glibc takes its own arena locks.
+    unsafe { libc::malloc_trim(0) };
+}
+
 /// Closes every descriptor of this process except `keep` (and stdin, stdout, stderr).
 pub fn close_all_except(keep: &[RawFd]) {
     let keep: HashSet<RawFd> = keep.iter().copied().chain([0, 1, 2]).collect();

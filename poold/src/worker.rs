@@ -159,8 +159,13 @@ impl Worker<'_> {
             // poold may tell an idle worker to leave (its replacement is ready, or the pool
             // shrinks): looked at before each sleep and after each wake-up.
             let stop = || slot::retire_due(region.pool_side(), index);
-            let Some(id) = slot::wait_for_work(region.pool_side(), index, &mut self.spin, &stop)
-            else {
+            let Some(id) = slot::wait_for_work(
+                region.pool_side(),
+                index,
+                &mut self.spin,
+                &stop,
+                &crate::sys::trim_heap,
+            ) else {
                 continue;
             };
             entry

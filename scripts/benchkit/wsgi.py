@@ -195,6 +195,9 @@ def run(h):
     mem = {}
     # --preload is loaded once like the others, so its workers have touched what they use.
     h.wrk(base + "/gpre/json", conc, secs, lambda: 0)
+    # Read idle: every stack quiet for 7 s at least (a pool worker gives the arena's written
+    # pages and its free heap back after 5 s without work; the others keep what they hold).
+    time.sleep(2)
     for name in [t[0] for t in targets] + ["gunicorn sync --preload"]:
         pids = stack(name)
         mem[name] = (pss_kib(pids), len(pids))
@@ -229,7 +232,8 @@ def run(h):
              "less. It moves less than req/s from round to round on a shared machine.")
     errors = {t[0]: sum(x["errors"] for v in VIEWS for x in res[(t[0], v)]) for t in targets}
     out.text("Errors (non-2xx, socket): " + ", ".join(f"{k} {e}" for k, e in errors.items()) + ".")
-    out.text("Memory, PSS of the whole stack (nginx and the server's every process) after its runs:")
+    out.text("Memory, PSS of the whole stack (nginx and the server's every process) after its runs, "
+             "idle for 7 s or more:")
     pre = mem["gunicorn sync --preload"][0]
     out.table([("stack", ""), ("processes", ""), ("PSS MiB", ".1f"), ("× gunicorn --preload", ".2f")],
               [[name, n, kib / 1024, kib / pre] for name, (kib, n) in mem.items()])

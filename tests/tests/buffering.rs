@@ -662,3 +662,66 @@ fn streamed_uploads_that_fail_or_are_cut_short_are_ended_at_once() {
     assert_eq!(busy.join().unwrap(), 200);
     ng.finish();
 }
+
+/// Bytes of the pool's arena in memory: the allocated blocks of its memfd, through poold's
+/// descriptor (a page of a memfd exists from its first write until it is given back).
+fn arena_resident(ng: &Nginx) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let pid = ng.poold();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("poold's descriptors");
+    fds.flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:ngx-pool:"))
+        })
+        .map(|e| std::fs::metadata(e.path()).map_or(0, |m| m.blocks() * 512))
+        .max()
+        .expect("poold holds its region")
+}
+
+#[test]
+fn a_bursts_arena_pages_go_back_to_the_kernel_once_the_pool_is_quiet() {
+    let mut ng = Nginx::start(
+        Conf::new(
+            "    pool down handler=builtin:stream workers=2 timeout=60s;",
+            "    location /stream { pool_pass down; }\n    location = /status { pool_status; }",
+        )
+        .workers(2),
+    );
+    let at_start = arena_resident(&ng);
+    // A burst: 16 clients at once, 4 MiB each, every byte checked.
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let port = ng.port;
+            std::thread::spawn(move || {
+                let path = format!("/stream?bytes={}", 4 * MIB);
+                exchange_streamed(port, "GET", &path, 0, |_| 0, 1 << 16, |_| {}).unwrap()
+            })
+        })
+        .collect();
+    for c in clients {
+        let r = c.join().unwrap();
+        assert!(r.complete);
+        assert_eq!(r.sha256, sha256_of(4 * MIB, stream_byte));
+    }
+    let after_burst = arena_resident(&ng);
+    assert!(
+        after_burst >= at_start + MIB,
+        "the burst wrote the arena: {at_start} then {after_burst} bytes resident"
+    );
+    // Quiet for the trim's 5 s: the written chunks' pages go back.
+    ng.wait_for("the arena's written pages to go back", |ng| {
+        arena_resident(ng) <= at_start + 256 * 1024
+    });
+    let p = ng.pool_status("down");
+    assert_eq!(p["chunks"]["in_use"], 0, "{p}");
+    // The arena works as before: the next answers are whole, and it is written again.
+    for _ in 0..3 {
+        let path = "/stream?bytes=5000000";
+        let r = exchange_streamed(ng.port, "GET", path, 0, |_| 0, 1 << 16, |_| {}).unwrap();
+        assert!(r.complete);
+        assert_eq!(r.sha256, sha256_of(5_000_000, stream_byte));
+    }
+    assert!(arena_resident(&ng) > at_start, "written again");
+    ng.finish();
+}

@@ -11,7 +11,8 @@
 //! * one **connection** entry per attached nginx worker, with its wake-up flag.
 //!
 //! A chunk lost with a process killed mid-operation is returned at the next idle moment
-//! ([`scavenge`]).
+//! ([`scavenge`]); the pages of written free chunks go back to the kernel once a worker has
+//! been without work for a while ([`trim`]).
 //!
 //! Each side goes through one operation per step of a request: the nginx side writes it with
 //! [`outgoing`] and reads the answer with [`answer`]; the pool side takes, reads and answers it
@@ -58,6 +59,8 @@ pub mod status;
 pub mod stream;
 pub mod sync;
 pub mod sys;
+#[cfg(not(loom))]
+pub mod trim;
 
 pub use layout::Geometry;
 pub use region::Region;

@@ -389,6 +389,49 @@ impl Region {
         Some(self.map.as_ptr().wrapping_add(off))
     }
 
+    /// The whole pages of chunk `index`'s payload, as (offset in the mapping, length); `None`
+    /// for an index out of bounds or a chunk smaller than a page.
+    fn chunk_pages(&self, index: u32) -> Option<(usize, usize)> {
+        if index >= self.geometry.chunks {
+            return None;
+        }
+        let page = crate::sys::page_size();
+        let start = self.chunk_offset(index);
+        let end = start + self.geometry.chunk_data() as usize;
+        let first = start.next_multiple_of(page);
+        let last = end - end % page;
+        (first < last).then(|| (first, last - first))
+    }
+
+    /// Whether the first whole page of chunk `index`'s payload is in memory: the arena's pages
+    /// are made when first written, and [`Region::chunk_discard`] gives them back.
+    pub fn chunk_resident(&self, index: u32) -> bool {
+        let Some((offset, _)) = self.chunk_pages(index) else {
+            return false;
+        };
+        crate::sys::page_resident(self.map.as_ptr().wrapping_add(offset))
+    }
+
+    /// Gives the pages of chunk `index`'s payload back to the kernel (the memfd's backing, so
+    /// for every process that maps it): afterwards they read as zeros, and the next write makes
+    /// them again. False if out of bounds or the kernel refused.
+    ///
+    /// The caller must own the chunk (it took it from the free list and has not published it).
+    pub fn chunk_discard(&self, index: u32) -> bool {
+        let Some((offset, len)) = self.chunk_pages(index) else {
+            return false;
+        };
+        // SAFETY: the range is whole pages inside chunk `index`'s payload (`chunk_pages`), which
+        // the caller owns; payload bytes are never referenced (invariant 3), so no Rust
+        // reference sees them change to zeros, and no other process reads or writes a chunk it
+        // does not own.
+        unsafe {
+            self.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::Remove, offset, len)
+        }
+        .is_ok()
+    }
+
     /// Copies `out.len()` bytes of chunk `index`'s payload from `at` into `out`. Returns false if
     /// out of bounds.
     pub fn chunk_read(&self, index: u32, at: u32, out: &mut [u8]) -> bool {

@@ -1,4 +1,4 @@
-//! Thin, checked wrappers over the few raw system calls the channel needs (futex).
+//! Thin, checked wrappers over the few raw system calls the channel needs (futex, page residency).
 
 use crate::sync::AtomicU32;
 use std::io;
@@ -118,4 +118,27 @@ pub fn thread_involuntary_switches() -> io::Result<i64> {
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     syscall!(getrusage(libc::RUSAGE_THREAD, &mut usage))?;
     Ok(usage.ru_nivcsw)
+}
+
+#[cfg(not(loom))]
+/// The size of a memory page.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(page)
+        .ok()
+        .filter(|p| *p > 0)
+        .unwrap_or(4096)
+}
+
+#[cfg(not(loom))]
+/// Whether the page at `addr` (page-aligned, inside a live mapping) is in memory; for a shared
+/// file mapping, whether the file has that page, whichever process made it.
+pub fn page_resident(addr: *const u8) -> bool {
+    let mut vec = [0u8; 1];
+    // SAFETY: mincore only reads the kernel's page tables for [addr, addr + 1 page) and writes
+    // one byte per page into `vec`, which has room for the one page asked about; a bad address
+    // is an error (ENOMEM), not undefined behaviour.
+    let res = syscall!(mincore(addr as *mut libc::c_void, 1, vec.as_mut_ptr()));
+    res.is_ok() && vec[0] & 1 == 1
 }

@@ -143,8 +143,8 @@ fn channel(size: usize, iters: usize, spin: Duration, zero_copy: bool) -> Round 
         let mut spin = Spin::adaptive(spin);
         let mut buf = Vec::new();
         loop {
-            let id =
-                slot::wait_for_work(region.pool_side(), 0, &mut spin, &|| false).expect("work");
+            let id = slot::wait_for_work(region.pool_side(), 0, &mut spin, &|| false, &|| {})
+                .expect("work");
             let (_, len) = slot::request(&region, id).expect("request");
             buf.resize(len as usize, 0);
             if zero_copy {

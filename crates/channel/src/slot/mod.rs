@@ -292,6 +292,19 @@ impl Drop for MarkerWindow<'_> {
     }
 }
 
+/// Pool worker `worker`'s marker window around a change to a free list that is not a slot
+/// operation (the arena trim, [`crate::trim`]); closes when dropped. Only that worker opens it,
+/// while it serves nothing, so its marker keeps one writer.
+#[cfg(not(loom))]
+pub(crate) struct WorkerWindow<'r>(#[allow(dead_code)] MarkerWindow<'r>);
+
+#[cfg(not(loom))]
+impl<'r> WorkerWindow<'r> {
+    pub(crate) fn open(region: &'r Region, worker: u32) -> Self {
+        WorkerWindow(MarkerWindow::open(region, Actor::Worker(worker)))
+    }
+}
+
 /// poold: process `actor` is dead; if it died inside a marker window, evens its marker out so
 /// that the scavenger does not wait for it (what it left is found as lost).
 fn close_dead_window(region: &Region, actor: Actor) {

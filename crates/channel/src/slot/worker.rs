@@ -65,7 +65,10 @@ pub fn retire_due(side: PoolSide<'_>, worker: u32) -> bool {
 ///
 /// First it may poll the queue for a few microseconds, as `spin` decides ([`crate::spin`]):
 /// under load the next request is usually that close, and catching it saves the producer a
-/// futex wake and us a sleep, when a core is free to poll on.
+/// futex wake and us a sleep, when a core is free to poll on. If the arena holds written free
+/// chunks, the sleep ends after [`crate::trim::QUIET`] without work to give their pages back,
+/// and `on_quiet` runs then too (the worker trims its own heap); once: a trimmed arena has
+/// nothing more to give until it is written again.
 ///
 /// Returns `None` when `stop` says so (checked before each sleep and after each wake-up).
 pub fn wait_for_work(
@@ -73,6 +76,7 @@ pub fn wait_for_work(
     worker: u32,
     spin: &mut crate::spin::Spin,
     stop: &dyn Fn() -> bool,
+    on_quiet: &dyn Fn(),
 ) -> Option<SlotId> {
     let region = side.region();
     let h = region.header();
@@ -100,10 +104,40 @@ pub fn wait_for_work(
             h.sleepers.fetch_sub(1, Ordering::SeqCst);
             return None;
         }
-        let _ = crate::sys::futex_wait(&h.work_seq, seq, None);
+        let quiet = quiet_timeout(region);
+        let asleep_since = crate::sys::monotonic_ms();
+        let _ = crate::sys::futex_wait(&h.work_seq, seq, quiet);
         h.sleepers.fetch_sub(1, Ordering::SeqCst);
+        // Only a full quiet spell with nothing queued meanwhile (an interrupted or woken sleep
+        // starts another).
+        let quiet_ms = quiet.map_or(u64::MAX, |q| q.as_millis() as u64);
+        if crate::sys::monotonic_ms().saturating_sub(asleep_since) >= quiet_ms
+            && h.work_seq.load(Ordering::SeqCst) == seq
+        {
+            trim_arena(region, worker);
+            on_quiet();
+        }
     }
 }
+
+#[cfg(not(loom))]
+fn quiet_timeout(region: &Region) -> Option<std::time::Duration> {
+    crate::trim::pending(region).then_some(crate::trim::QUIET)
+}
+
+#[cfg(not(loom))]
+fn trim_arena(region: &Region, worker: u32) {
+    crate::trim::run(region, worker);
+}
+
+// Under loom no sleep has a timeout and nothing is trimmed.
+#[cfg(loom)]
+fn quiet_timeout(_: &Region) -> Option<std::time::Duration> {
+    None
+}
+
+#[cfg(loom)]
+fn trim_arena(_: &Region, _: u32) {}
 
 /// Pool worker: the response head (`head_len` bytes) is published on the response stream and
 /// the body follows; nginx may start sending. Returns where to deliver the news, or
