@@ -202,6 +202,12 @@ impl Lanes<'_> {
     fn lane(&self, mut worker: Worker<'_>, shared: &Shared) {
         let (region, lane) = (self.region, worker.index);
         let entry = region.worker(lane).expect("lane within geometry");
+        // As a worker's (`worker.rs`): the heap trimmed once per quiet spell after work.
+        let heap_used = std::cell::Cell::new(true);
+        let trim_heap = || {
+            crate::sys::trim_heap();
+            heap_used.set(false);
+        };
         loop {
             let leave = shared
                 .retiring
@@ -225,7 +231,7 @@ impl Lanes<'_> {
                 lane,
                 &mut worker.spin,
                 &stop,
-                &crate::sys::trim_heap,
+                heap_used.get().then_some(&trim_heap),
             ) else {
                 continue;
             };
@@ -233,6 +239,7 @@ impl Lanes<'_> {
                 .state
                 .store(WorkerState::Busy as u32, Ordering::Relaxed);
             let handover = worker.serve(id);
+            heap_used.set(true);
             slot::clear_current(region.pool_side(), lane);
             entry.served.fetch_add(1, Ordering::Relaxed);
             if let Handover::Deliver { conn, conn_gen } = handover {

@@ -49,7 +49,7 @@ pub fn batch_scheduling() -> io::Result<()> {
 }
 
 /// Gives the free pages of this process's heap back to the kernel: a pool worker does it when it
-/// has had no work for a while ([`ngx_pool_channel::trim::QUIET`]), so that what a burst of
+/// has had no work for a while ([`ngx_pool_channel::slot::QUIET`]), so that what a burst of
 /// large requests made it allocate does not stay resident in an idle worker.
 pub fn trim_heap() {
     // SAFETY: malloc_trim has no preconditions; glibc takes its own arena locks.

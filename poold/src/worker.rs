@@ -144,6 +144,12 @@ impl Worker<'_> {
         // Set once this worker asked to retire: it keeps serving until poold says its
         // replacement is ready (or, if none comes, for RETIRE_WAIT at most).
         let mut retiring: Option<Instant> = None;
+        // Whether the heap may hold free pages to give back: after work, not again after a trim.
+        let heap_used = std::cell::Cell::new(true);
+        let trim_heap = || {
+            crate::sys::trim_heap();
+            heap_used.set(false);
+        };
         loop {
             let leave = retiring.is_some_and(|t| t.elapsed() >= RETIRE_WAIT);
             if slot::retire_due(region.pool_side(), index) || leave {
@@ -164,7 +170,7 @@ impl Worker<'_> {
                 index,
                 &mut self.spin,
                 &stop,
-                &crate::sys::trim_heap,
+                heap_used.get().then_some(&trim_heap),
             ) else {
                 continue;
             };
@@ -172,6 +178,7 @@ impl Worker<'_> {
                 .state
                 .store(WorkerState::Busy as u32, Ordering::Relaxed);
             let handover = self.serve(id);
+            heap_used.set(true);
             slot::clear_current(region.pool_side(), index);
             let served = entry.served.fetch_add(1, Ordering::Relaxed) + 1;
             if let Handover::Deliver { conn, conn_gen } = handover {

@@ -3,9 +3,10 @@
 //! The arena lives in a memfd: a page exists from its first write and then stays, in every
 //! process that maps the region, for the pool's life. After a burst (a few large uploads, many
 //! 1 MiB answers at once) the pages it wrote would stay resident however quiet the pool gets.
-//! So a pool worker that has had no work for [`QUIET`] gives back the pages of the free chunks
-//! that have any (`MADV_REMOVE`: they read as zeros until written again), as an allocator trims
-//! its heap.
+//! So pool worker 0, once it has had no work for [`QUIET`] and no request is in flight, gives
+//! back the pages of the free chunks that have any (`MADV_REMOVE`: they read as zeros until
+//! written again), as an allocator trims its heap. One worker only: trims running side by side
+//! would hold more than half the arena between them.
 //!
 //! Which chunks: the free list is a stack, and a chunk only ever leaves it from the top and
 //! comes back on top, so the chunks ever written sit above the ones never taken. A trim takes
@@ -22,10 +23,8 @@ use crate::freelist;
 use crate::region::Region;
 use crate::slot::WorkerWindow;
 use crate::sync::Ordering;
-use std::time::Duration;
 
-/// How long a worker has had nothing to do before it trims.
-pub const QUIET: Duration = Duration::from_secs(5);
+pub use crate::slot::QUIET;
 
 /// Whether the chunk on top of the free list has pages in memory: something to give back.
 pub fn pending(region: &Region) -> bool {

@@ -75,14 +75,8 @@ impl Notify for Eventfds<'_> {
 fn consumer(region: &Region, index: u32, eventfds: &[OwnedFd]) -> ! {
     let notify = RefCell::new(Eventfds(eventfds));
     loop {
-        let id = slot::wait_for_work(
-            region.pool_side(),
-            index,
-            &mut Spin::off(),
-            &|| false,
-            &|| {},
-        )
-        .expect("work");
+        let id = slot::wait_for_work(region.pool_side(), index, &mut Spin::off(), &|| false, None)
+            .expect("work");
         let (mut body, mut answer) = incoming::take_raw(region, id, &notify).expect("request");
         // Read the request whole, as it arrives.
         let mut msg = vec![0u8; body.total() as usize];

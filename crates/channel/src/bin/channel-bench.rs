@@ -143,7 +143,7 @@ fn channel(size: usize, iters: usize, spin: Duration, zero_copy: bool) -> Round 
         let mut spin = Spin::adaptive(spin);
         let mut buf = Vec::new();
         loop {
-            let id = slot::wait_for_work(region.pool_side(), 0, &mut spin, &|| false, &|| {})
+            let id = slot::wait_for_work(region.pool_side(), 0, &mut spin, &|| false, None)
                 .expect("work");
             let (_, len) = slot::request(&region, id).expect("request");
             buf.resize(len as usize, 0);

@@ -65,10 +65,13 @@ pub fn retire_due(side: PoolSide<'_>, worker: u32) -> bool {
 ///
 /// First it may poll the queue for a few microseconds, as `spin` decides ([`crate::spin`]):
 /// under load the next request is usually that close, and catching it saves the producer a
-/// futex wake and us a sleep, when a core is free to poll on. If the arena holds written free
-/// chunks, the sleep ends after [`crate::trim::QUIET`] without work to give their pages back,
-/// and `on_quiet` runs then too (the worker trims its own heap); once: a trimmed arena has
-/// nothing more to give until it is written again.
+/// futex wake and us a sleep, when a core is free to poll on.
+///
+/// A quiet spell ([`QUIET`] without work) ends the sleep once, if there is
+/// something to give back: `on_quiet` (the worker's own heap), and, for worker 0 alone while
+/// no request is in flight, the written free chunks of the arena ([`crate::trim`]; one
+/// trimmer, so that trims never hold more than half the arena between them). A trimmed arena
+/// has nothing more to give until it is written again.
 ///
 /// Returns `None` when `stop` says so (checked before each sleep and after each wake-up).
 pub fn wait_for_work(
@@ -76,7 +79,7 @@ pub fn wait_for_work(
     worker: u32,
     spin: &mut crate::spin::Spin,
     stop: &dyn Fn() -> bool,
-    on_quiet: &dyn Fn(),
+    mut on_quiet: Option<&dyn Fn()>,
 ) -> Option<SlotId> {
     let region = side.region();
     let h = region.header();
@@ -104,7 +107,8 @@ pub fn wait_for_work(
             h.sleepers.fetch_sub(1, Ordering::SeqCst);
             return None;
         }
-        let quiet = quiet_timeout(region);
+        let arena_to_trim = worker == 0 && arena_pending(region);
+        let quiet = (on_quiet.is_some() || arena_to_trim).then_some(QUIET);
         let asleep_since = crate::sys::monotonic_ms();
         let _ = crate::sys::futex_wait(&h.work_seq, seq, quiet);
         h.sleepers.fetch_sub(1, Ordering::SeqCst);
@@ -114,15 +118,23 @@ pub fn wait_for_work(
         if crate::sys::monotonic_ms().saturating_sub(asleep_since) >= quiet_ms
             && h.work_seq.load(Ordering::SeqCst) == seq
         {
-            trim_arena(region, worker);
-            on_quiet();
+            // Relaxed: a hint (a request that starts now finds chunks all the same).
+            if arena_to_trim && h.stats.slots_in_use.load(Ordering::Relaxed) == 0 {
+                trim_arena(region, worker);
+            }
+            if let Some(f) = on_quiet.take() {
+                f();
+            }
         }
     }
 }
 
+/// How long a pool worker has had nothing to do before it gives back what it holds idle.
+pub const QUIET: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[cfg(not(loom))]
-fn quiet_timeout(region: &Region) -> Option<std::time::Duration> {
-    crate::trim::pending(region).then_some(crate::trim::QUIET)
+fn arena_pending(region: &Region) -> bool {
+    crate::trim::pending(region)
 }
 
 #[cfg(not(loom))]
@@ -130,10 +142,10 @@ fn trim_arena(region: &Region, worker: u32) {
     crate::trim::run(region, worker);
 }
 
-// Under loom no sleep has a timeout and nothing is trimmed.
+// Under loom the arena is never trimmed.
 #[cfg(loom)]
-fn quiet_timeout(_: &Region) -> Option<std::time::Duration> {
-    None
+fn arena_pending(_: &Region) -> bool {
+    false
 }
 
 #[cfg(loom)]
